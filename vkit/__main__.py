@@ -1,0 +1,3 @@
+from vkit.cli import main
+
+raise SystemExit(main())
