@@ -1,0 +1,320 @@
+"""One benchmark run: direct, through NGINX, through the vkit gateway, through LiteLLM.
+
+The stand-in upstream and the load generator are pinned to CPU 0, the proxy under test to
+CPU 1 (``taskset``). For each target: concurrency 1/16/64, streaming and not, for
+``--duration`` seconds each (after a short warm-up); the proxy's CPU time per request comes
+from its process tree's utime+stime in ``/proc``, its memory is the tree's RSS after the run.
+
+    .venv/bin/python bench/run.py [--duration 3] [--targets direct,nginx,vkit,litellm]
+
+LiteLLM is installed into its own venv under ``.vkit/bench/litellm-venv`` on first use
+(skipped with a message if that fails). Prints a Markdown table and writes JSON lines to
+``.vkit/bench/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".vkit" / "bench"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MODEL = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for member in tree(pid):
+        with suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for member in tree(pid):
+        with suppress(OSError):
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE
+    return total / 2**20
+
+
+def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError):
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:g} s")
+
+
+@contextmanager
+def process(
+    argv: list[str], cpu: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[int]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu), *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def load(url: str, concurrency: int, stream: bool, duration: float, api_key: str | None) -> dict:
+    argv = [
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        str(ROOT / "bench" / "loadgen.py"),
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+    ]
+    argv += ["--stream"] if stream else []
+    argv += ["--api-key", api_key] if api_key else []
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    name: str, url: str, pid: int | None, args: argparse.Namespace, api_key: str | None = None
+) -> list[dict]:
+    rows = []
+    load(url, 4, False, 1.0, api_key)  # warm-up
+    for stream in (False, True):
+        for concurrency in (1, 16, 64):
+            before = cpu_seconds(pid) if pid else 0.0
+            row = load(url, concurrency, stream, args.duration, api_key)
+            if pid and row["requests"]:
+                row["cpu_ms_per_req"] = round(
+                    (cpu_seconds(pid) - before) * 1000 / row["requests"], 3
+                )
+            row["target"] = name
+            rows.append(row)
+            print(
+                f"  {name} stream={stream} c={concurrency}: {row['rps']} req/s "
+                f"p50 {row['p50_ms']} ms, statuses {row['statuses']}",
+                flush=True,
+            )
+    if pid:
+        for row in rows:
+            row["rss_mb"] = round(rss_mb(pid), 1)
+    return rows
+
+
+def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    if shutil.which("nginx") is None:
+        print("nginx not installed: skipped")
+        return []
+    sys.path.insert(0, str(ROOT))
+    from vkit.nginx_conf import render_nginx_conf
+
+    port = free_port()
+    prefix = work / "nginx"
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(render_nginx_conf([upstream], f"127.0.0.1:{port}"))
+    argv = ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")]
+    with process(argv, 1, work / "nginx.log") as pid:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 10)
+        return measure("nginx", f"http://127.0.0.1:{port}", pid, args)
+
+
+def run_vkit(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    keys = work / "keys.yaml"
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vkit",
+            "keys",
+            "add",
+            "bench",
+            "--file",
+            str(keys),
+            "--rpm",
+            "100000000",
+            "--tpm",
+            "1000000000",
+            "--concurrency",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    secret = added.stdout.strip().splitlines()[-1]
+    port = free_port()
+    env = {
+        "VKIT_GATEWAY_UPSTREAMS": upstream,
+        "VKIT_GATEWAY_KEYS_FILE": str(keys),
+        "VKIT_GATEWAY_LOG_LEVEL": "warning",
+    }
+    argv = [sys.executable, "-m", "vkit", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    with process(argv, 1, work / "vkit.log", env) as pid:
+        wait_http(f"http://127.0.0.1:{port}/readyz", 30)
+        return measure("vkit", f"http://127.0.0.1:{port}", pid, args, secret)
+
+
+def litellm_binary() -> Path | None:
+    venv = CACHE / "litellm-venv"
+    binary = venv / "bin" / "litellm"
+    if binary.exists():
+        return binary
+    print("installing LiteLLM into its own venv (once)...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        with (CACHE / "litellm-install.log").open("wb") as log:
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+                check=True,
+                timeout=900,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"LiteLLM install failed ({exc}): skipped")
+        return None
+    return binary if binary.exists() else None
+
+
+def run_litellm(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    binary = litellm_binary()
+    if binary is None:
+        return []
+    config = work / "litellm.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": MODEL,
+                        "litellm_params": {
+                            "model": f"openai/{MODEL}",
+                            "api_base": f"{upstream}/v1",
+                            "api_key": "none",
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    port = free_port()
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    argv = [str(binary), "--config", str(config), "--port", str(port), "--num_workers", "1"]
+    with process(argv, 1, work / "litellm.log", env) as pid:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180)
+        except RuntimeError as exc:
+            print(f"LiteLLM did not start ({exc}); see {work / 'litellm.log'}: skipped")
+            return []
+        return measure("litellm", f"http://127.0.0.1:{port}", pid, args)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        "\n| target | stream | conc | req/s | p50 ms | p99 ms | TTFT p50 ms | CPU ms/req | RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['target']} | {'yes' if r['stream'] else 'no'} | {r['concurrency']} | "
+            f"{r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['ttft_p50_ms'] or '-'} | "
+            f"{r.get('cpu_ms_per_req', '-')} | {r.get('rss_mb', '-')} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
+    parser.add_argument("--targets", default="direct,nginx,vkit,litellm")
+    args = parser.parse_args()
+    targets = args.targets.split(",")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vkit-bench-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}"
+        argv = [
+            sys.executable,
+            str(ROOT / "bench" / "upstream.py"),
+            "--port",
+            str(port),
+            "--model",
+            MODEL,
+        ]
+        with process(argv, 0, work / "upstream.log"):
+            wait_http(f"{upstream}/health", 10)
+            if "direct" in targets:
+                rows += measure("direct", upstream, None, args)
+            for name, runner in (
+                ("nginx", run_nginx),
+                ("vkit", run_vkit),
+                ("litellm", run_litellm),
+            ):
+                if name in targets:
+                    print(f"{name}...", flush=True)
+                    rows += runner(upstream, work, args)
+    with (CACHE / "results.jsonl").open("a") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

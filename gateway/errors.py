@@ -1,0 +1,167 @@
+"""The gateway's one error hierarchy; every error renders as the OpenAI envelope.
+
+    GatewayError           500 internal_error
+      InvalidRequest       400 invalid_request_error  malformed JSON, wrong types, bad max_tokens
+      AuthenticationFailed 401 authentication_error   missing, unknown or disabled key
+      PermissionDenied     403 permission_error       model not allowed for this key
+      NotFound             404 not_found_error        unknown model or path
+      PayloadTooLarge      413 invalid_request_error  body over the size limit
+      RateLimitExceeded    429 rate_limit_error       reason "requests" | "tokens" | "concurrency";
+                                                      carries retry_after (s), x-ratelimit-* headers
+      UpstreamError        502 upstream_error         bad answer from the upstream
+      UpstreamUnavailable  503 service_unavailable    no upstream could be reached
+      UpstreamTimeout      504 timeout_error          no first byte within the timeout
+
+The envelope is ``{"error": {"message", "type", "param", "code"}}``; ``code`` is a short
+string such as ``"rate_limit_exceeded"`` or ``None``. :func:`normalise_upstream_error`
+rewrites vLLM's bare ``{"error": "Unauthorized"}`` and the old flat
+``{"object": "error", "message": ..}`` shape into the same envelope.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base class: an error the gateway answers itself, as an OpenAI envelope."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+    def body(self) -> bytes:
+        return json.dumps(self.envelope()).encode()
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "model_not_allowed"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class RateLimitExceeded(GatewayError):
+    """429 with ``Retry-After`` and the ``x-ratelimit-*`` headers.
+
+    ``reason`` is ``"requests"``, ``"tokens"`` or ``"concurrency"``; ``retry_after`` is in
+    seconds; ``ratelimit_headers`` holds the ``x-ratelimit-{limit,remaining,reset}-{requests,
+    tokens}`` values the limiter computed.
+    """
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float,
+        ratelimit_headers: dict[str, str] | None = None,
+    ) -> None:
+        headers = dict(ratelimit_headers or {})
+        headers["retry-after"] = str(max(1, int(retry_after + 0.999)))
+        super().__init__(message, headers=headers)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.ratelimit_headers = dict(ratelimit_headers or {})
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class UpstreamUnavailable(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+def error_envelope(
+    message: str, error_type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+_TYPE_BY_STATUS = {
+    400: InvalidRequest.error_type,
+    401: AuthenticationFailed.error_type,
+    403: PermissionDenied.error_type,
+    404: NotFound.error_type,
+    413: PayloadTooLarge.error_type,
+    429: RateLimitExceeded.error_type,
+    502: UpstreamError.error_type,
+    503: UpstreamUnavailable.error_type,
+    504: UpstreamTimeout.error_type,
+}
+
+
+def normalise_upstream_error(status: int, body: bytes) -> bytes | None:
+    """The envelope for an upstream error body that is not one already; ``None`` if it is.
+
+    vLLM's ``--api-key`` answers ``{"error": "Unauthorized"}`` and versions before 0.10.1
+    answered ``{"object": "error", "message": .., "code": 400}`` (REFERENCE section 1).
+    """
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return None
+    message = f"upstream answered {status}"
+    if isinstance(parsed, dict):
+        if isinstance(parsed.get("error"), str):
+            message = parsed["error"]
+        elif isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    error_type = _TYPE_BY_STATUS.get(status, "upstream_error")
+    return json.dumps(error_envelope(message, error_type, None, status)).encode()

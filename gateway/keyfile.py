@@ -1,0 +1,138 @@
+"""The keys file: API keys as YAML, loaded with errors that name the line, saved atomically.
+
+    keys:
+      - name: alice
+        sha256: 9f86d0...   # hex SHA-256 of the secret; the secret itself is never stored
+        rpm: 60             # requests per minute (absent/null: unlimited)
+        tpm: 60000          # tokens per minute (absent/null: unlimited)
+        concurrency: 8      # requests in flight (absent/null: unlimited)
+        max_tokens: 1024    # cap per request (absent/null: the gateway's global cap)
+        models: [tiny-llama]  # allowed models; empty: all
+        enabled: true
+        created: 2026-01-01T00:00:00Z
+
+Only YAML is supported. Saving writes a temporary file in the same directory with mode
+0600 and ``os.replace``-s it over the old one, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class KeyFileError(ValueError):
+    """The keys file cannot be read, parsed or validated; the message names line and field."""
+
+
+class ApiKey(BaseModel):
+    """One key: its name, the digest of its secret, and its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", repr=False)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    models: tuple[str, ...] = ()
+    enabled: bool = True
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class KeyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[ApiKey] = []
+
+
+def parse_keys(text: str, source: str = "keys file") -> list[ApiKey]:
+    """Validate the YAML text; names and digests must be unique."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KeyFileError(f"{source}{where}: not valid YAML: {problem}") from None
+    try:
+        keys = KeyFile.model_validate(raw if raw is not None else {}).keys
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        line = _line_of(node, loc)
+        field = ".".join(str(part) for part in loc) or "top level"
+        where = f" line {line}" if line else ""
+        raise KeyFileError(f"{source}{where}: {field}: {err['msg']}") from None
+    _check_unique(keys, source)
+    return keys
+
+
+def _check_unique(keys: list[ApiKey], source: str) -> None:
+    names: set[str] = set()
+    digests: set[str] = set()
+    for key in keys:
+        if key.name in names:
+            raise KeyFileError(f"{source}: duplicate key name '{key.name}'")
+        if key.sha256 in digests:
+            raise KeyFileError(f"{source}: key '{key.name}' repeats another key's sha256")
+        names.add(key.name)
+        digests.add(key.sha256)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[object, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or of its nearest parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == part), None)
+            if child is None:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return line
+
+
+def load_keys(path: Path) -> list[ApiKey]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_keys(text, str(path))
+
+
+def dump_keys(keys: list[ApiKey]) -> str:
+    data = {"keys": [key.model_dump(mode="json", exclude_none=True) for key in keys]}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_keys(path: Path, keys: list[ApiKey]) -> None:
+    """Write atomically: temp file (0600) in the same directory, fsync, ``os.replace``."""
+    text = dump_keys(keys)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

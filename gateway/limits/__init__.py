@@ -1,0 +1,40 @@
+"""Per-key limits: requests/min, tokens/min (reserved at admission, settled with usage) and
+concurrent requests.
+
+    limiter: Limiter = MemoryLimiter(clock=time.monotonic)      # one process
+    limiter = RedisLimiter(redis_client, on_backend_error="allow")  # shared by all gateways
+    lease = await limiter.acquire(key, tokens=prompt_estimate + max_tokens)  # may raise 429
+    ...                                    # lease.headers: x-ratelimit-* for the response
+    await lease.settle(used_tokens)        # refund the unused part, free the slot; idempotent
+
+``acquire`` raises :class:`gateway.errors.RateLimitExceeded` (reason ``requests`` |
+``tokens`` | ``concurrency``, ``retry_after``, ``x-ratelimit-*`` headers), or
+:class:`gateway.errors.InvalidRequest` when the reservation exceeds the key's whole tpm.
+The math is in :mod:`gateway.limits.bucket`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from gateway.keyfile import ApiKey
+from gateway.limits.memory import MemoryLimiter
+from gateway.limits.redis_limiter import RedisLimiter
+
+__all__ = ["Lease", "Limiter", "MemoryLimiter", "RedisLimiter"]
+
+
+class Lease(Protocol):
+    """An admitted request's hold on its key's budget."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The success-path ``x-ratelimit-*`` headers."""
+        ...
+
+    async def settle(self, used_tokens: int) -> None: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, key: ApiKey, tokens: int) -> Lease: ...

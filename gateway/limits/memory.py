@@ -1,0 +1,58 @@
+"""The in-process limiter: the bucket math of :mod:`gateway.limits.bucket` on a dict.
+
+asyncio-safe because nothing awaits between reading and writing a key's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.limits.bucket import KeyLimits, KeyState, admit, fresh_state, settle
+
+
+def limits_of(key: Any) -> KeyLimits:
+    return KeyLimits(rpm=key.rpm, tpm=key.tpm, concurrency=key.concurrency)
+
+
+class MemoryLease:
+    def __init__(
+        self, limiter: MemoryLimiter, key: Any, reserved: int, headers: dict[str, str]
+    ) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._reserved = reserved
+        self._headers = headers
+        self.settled = False
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    async def settle(self, used_tokens: int) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self._limiter.release(self._key, self._reserved, used_tokens)
+
+
+class MemoryLimiter:
+    """Limits for one gateway process; ``clock`` returns seconds (e.g. ``time.monotonic``)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._states: dict[str, KeyState] = {}
+
+    def state(self, key: Any) -> KeyState:
+        limits = limits_of(key)
+        state = self._states.get(key.name)
+        if state is None:
+            state = self._states[key.name] = fresh_state(limits, self._clock())
+        return state
+
+    async def acquire(self, key: Any, tokens: int) -> MemoryLease:
+        headers = admit(self.state(key), limits_of(key), tokens, self._clock())
+        return MemoryLease(self, key, tokens, headers)
+
+    def release(self, key: Any, reserved: int, used: int) -> None:
+        settle(self.state(key), limits_of(key), reserved, used, self._clock())

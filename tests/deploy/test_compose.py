@@ -1,0 +1,205 @@
+"""The compose bundle: the committed example is the rendered one, and it is well formed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
+from vkit.cli import main
+
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "docker"
+EXAMPLE = [
+    "render", "compose", "--gpu", "rtx4090", "--gpus", "0,1", "--model", "llama-3.1-8b",
+    "--quant", "awq", "--concurrency", "16",
+]  # fmt: skip
+RENDERED = ["compose.yaml", "nginx/vkit.conf", "prometheus/prometheus.yml"]
+RENDERED += ["prometheus/cost.rules.yml"]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
+    return data
+
+
+def vllm_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in compose["services"].items() if k.startswith("vllm-")}
+
+
+def seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return int(match.group(1))
+
+
+def test_committed_bundle_is_exactly_the_rendered_example(tmp_path: Path) -> None:
+    assert main([*EXAMPLE, "--out", str(tmp_path / "compose.yaml")]) == 0
+    for name in RENDERED:
+        assert (tmp_path / name).read_text() == (DOCKER_DIR / name).read_text(), name
+
+
+def test_without_out_the_compose_file_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(EXAMPLE) == 0
+    assert capsys.readouterr().out == (DOCKER_DIR / "compose.yaml").read_text()
+
+
+def test_one_replica_per_gpu_each_with_its_own_device(compose: dict[str, Any]) -> None:
+    services = vllm_services(compose)
+    assert sorted(services) == ["vllm-0", "vllm-1"]
+    devices = []
+    for service in services.values():
+        (reservation,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert reservation["capabilities"] == ["gpu"]
+        devices += reservation["device_ids"]
+        assert service["ipc"] == "host"
+        assert any("huggingface" in volume for volume in service["volumes"])
+    assert sorted(devices) == ["0", "1"]
+
+
+def test_replicas_are_supervised_and_drain_before_they_are_killed(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in vllm_services(compose).items():
+        command = service["command"]
+        shutdown = int(command[command.index("--shutdown-timeout") + 1])
+        assert seconds(service["stop_grace_period"]) > shutdown, name
+        assert service["restart"] == "unless-stopped"
+        assert "/health" in " ".join(service["healthcheck"]["test"])
+        assert seconds(service["healthcheck"]["start_period"]) >= 300
+        image = service["image"]
+        assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", image), image
+
+
+def test_replica_command_carries_the_fit_solver_settings(compose: dict[str, Any]) -> None:
+    command = compose["services"]["vllm-0"]["command"]
+    flags = dict(zip(command[::2], command[1::2], strict=True))
+    assert flags["--served-model-name"] == "llama-3.1-8b"
+    assert int(flags["--max-model-len"]) >= 2048
+    assert int(flags["--max-num-seqs"]) >= 16
+    assert flags["--host"] == "0.0.0.0"
+
+
+def test_only_gateway_and_grafana_publish_ports(compose: dict[str, Any]) -> None:
+    published = sorted(k for k, v in compose["services"].items() if v.get("ports"))
+    assert published == ["gateway", "grafana"]
+    for service in compose["services"].values():
+        assert "network_mode" not in service
+
+
+def test_every_service_restarts_and_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["restart"] == "unless-stopped", name
+        tag = service["image"].rsplit(":", 1)[-1]
+        if name != "gateway":  # built here
+            assert tag not in ("latest", service["image"]), name
+
+
+def test_secrets_fail_loudly_and_env_example_documents_every_variable() -> None:
+    text = (DOCKER_DIR / "compose.yaml").read_text()
+    variables = set(re.findall(r"\$\{(\w+)", text))
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    assert {"VLLM_API_KEY", "GRAFANA_ADMIN_PASSWORD", "VLLM_MODEL"} <= required
+    example = (DOCKER_DIR / ".env.example").read_text()
+    documented = set(re.findall(r"^(\w+)=", example, re.M))
+    assert variables <= documented, variables - documented
+
+
+def test_gateway_image_runs_as_a_non_root_user() -> None:
+    dockerfile = (DOCKER_DIR / "gateway.Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    bases = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
+    assert all(base.endswith("-slim") for base in bases)
+
+
+def test_gateway_environment_is_what_the_gateway_reads(compose: dict[str, Any]) -> None:
+    env = compose["services"]["gateway"]["environment"]
+    assert unknown_gateway_variables(env) == []
+    settings = gateway_settings(env)
+    assert settings.upstream_urls == ["http://nginx:8000"]
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.health.expected_models == ["llama-3.1-8b"]
+    assert settings.upstream_api_key is not None
+    published = compose["services"]["gateway"]["ports"]
+    assert published == [f"${{VKIT_GATEWAY_PORT:-8080}}:{settings.port}"]
+
+
+def test_the_gateway_variable_check_can_fail() -> None:
+    assert unknown_gateway_variables({"VKIT_GATEWAY_UPSTREAM": "x"}) == ["VKIT_GATEWAY_UPSTREAM"]
+    assert unknown_gateway_variables({"VKIT_GATEWAY_HOST__X": "y"}) == ["VKIT_GATEWAY_HOST__X"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--gpus", "0,0"], 2),
+        (["--gpu", "no-such-gpu"], 2),
+        (["--model", "llama-3.1-70b"], 1),  # does not fit on a 4090
+    ],
+)
+def test_bad_requests_are_one_line_errors(
+    argv: list[str], code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = list(EXAMPLE)
+    for flag, value in zip(argv[::2], argv[1::2], strict=True):
+        args[args.index(flag) + 1] = value
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err
+
+
+def docker_compose() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("docker-compose is not installed (Debian package: docker-compose)")
+
+
+def compose_config(tmp_path: Path, env: str, compose_text: str) -> subprocess.CompletedProcess[str]:
+    env_file = tmp_path / "test.env"
+    env_file.write_text(env)
+    compose_file = DOCKER_DIR / "compose.yaml"
+    if compose_text != compose_file.read_text():  # a variant: same directory, own name
+        compose_file = tmp_path / "compose.yaml"
+        compose_file.write_text(compose_text)
+    argv = [*docker_compose(), "--env-file", str(env_file), "-f", str(compose_file)]
+    return subprocess.run(
+        [*argv, "--project-directory", str(DOCKER_DIR), "config", "-q"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def filled_env() -> str:
+    example = (DOCKER_DIR / ".env.example").read_text()
+    return re.sub(r"^(\w+)=$", r"\1=test-value", example, flags=re.M)
+
+
+@pytest.mark.services
+def test_docker_compose_accepts_the_committed_file(tmp_path: Path) -> None:
+    text = (DOCKER_DIR / "compose.yaml").read_text()
+    result = compose_config(tmp_path, filled_env(), text)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.services
+def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    text = (DOCKER_DIR / "compose.yaml").read_text()
+    env = re.sub(r"^VLLM_API_KEY=.*$", "", filled_env(), flags=re.M)
+    result = compose_config(tmp_path, env, text)
+    assert result.returncode != 0
+    assert "VLLM_API_KEY" in result.stderr
+
+
+@pytest.mark.services
+def test_docker_compose_validates_the_schema(tmp_path: Path) -> None:
+    """The check above can fail: an unknown service key is refused."""
+    text = (DOCKER_DIR / "compose.yaml").read_text().replace("ipc: host", "ipc_mode: host", 1)
+    result = compose_config(tmp_path, filled_env(), text)
+    assert result.returncode != 0
+    assert "ipc_mode" in result.stderr

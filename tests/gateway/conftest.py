@@ -1,0 +1,97 @@
+"""Fixtures: a scripted upstream on a real socket and the gateway under a real uvicorn
+server in the test's event loop (streams, timeouts and disconnects need real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter, ScriptedUpstream
+
+SECRET = "sk-test-alice"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+@dataclass
+class RunningGateway:
+    app: FastAPI
+    url: str
+    registry: CollectorRegistry
+    limiter: RecordingLimiter
+    client: httpx.AsyncClient
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    double = await ScriptedUpstream().start()
+    try:
+        yield double
+    finally:
+        await double.stop()
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFactory]:
+    servers: list[tuple[uvicorn.Server, asyncio.Task[Any], httpx.AsyncClient]] = []
+
+    async def start(
+        *,
+        upstreams: list[str] | None = None,
+        keys: dict[str, Key] | None = None,
+        limiter: Any = None,
+        **overrides: Any,
+    ) -> RunningGateway:
+        fields: dict[str, Any] = {
+            "upstreams": upstreams or [upstream.url],
+            "port": 0,
+            "health": {"interval": 0.2, "timeout": 1.0},
+            "retry": {"attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.02},
+        }
+        settings = GatewaySettings(**(fields | overrides))
+        registry = CollectorRegistry()
+        limiter = limiter if limiter is not None else RecordingLimiter()
+        store = DictKeyStore(keys if keys is not None else {SECRET: Key("alice")})
+        app = create_app(settings, key_store=store, limiter=limiter, registry=registry)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        pool = app.state.forwarder.pool
+        await wait_until(lambda: all(u.probed for u in pool.upstreams))
+        client = httpx.AsyncClient(base_url=url, timeout=10)
+        servers.append((server, task, client))
+        return RunningGateway(app, url, registry, limiter, client)
+
+    yield start
+    for server, task, client in servers:
+        await client.aclose()
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)

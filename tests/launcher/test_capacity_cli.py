@@ -1,0 +1,106 @@
+"""``vkit capacity`` end to end: output formats, the chart, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vkit.cli import main
+
+
+def test_table_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["capacity", "--users", "10000"]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation: 1x rtx4090" in out
+
+
+def test_json_output_parses(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["capacity", "--users", "100000", "--gpus", "rtx4090,h100", "--json"]
+    assert main(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [o["label"] for o in plan["options"]] == ["rtx4090", "h100-sxm"]
+    assert plan["options"][0]["gpus"] == 4
+    assert plan["usage"]["daily_users"] == 100_000
+
+
+def test_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chart = tmp_path / "cost.png"
+    assert main(["capacity", "--users", "1000", "--csv", "--plot", str(chart)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("option,gpu,provider")
+    assert captured.out.splitlines()[-1].startswith("serverless,")
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    assert str(chart) in captured.err
+
+
+def test_flags_reach_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "capacity",
+        "--users",
+        "2000",
+        "--requests-per-user",
+        "6",
+        "--peak-share",
+        "1",
+        "--peak-hours",
+        "4",
+        "--tok-s",
+        "20",
+        "--model",
+        "13b",
+        "--quant",
+        "awq",
+        "--redundancy",
+        "1",
+        "--gpus",
+        "l40s=1.0",
+        "--json",
+    ]
+    assert main(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["usage"]["user_tok_s"] == 20 and plan["model"] == "llama-2-13b"
+    # 2,000 x 6 requests in 4 h, 10 s each: 12,000 / 14,400 s x 10 s
+    assert plan["peak_concurrency"] == pytest.approx(12_000 / 14_400 * 10)
+    assert plan["options"][0]["usd_per_hour"] == 1.0 and plan["spares"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--users", "-5"], "--users"),
+        (["--users", "0"], "--users"),
+        (["--users", "100", "--peak-share", "1.5"], "--peak-share"),
+        (["--users", "100", "--peak-share", "-0.1"], "--peak-share"),
+        (["--users", "100", "--gpus", "rtx9090"], "unknown GPU"),
+        (["--users", "100", "--quant", "int3"], "--quant"),
+        (["--users", "100", "--model", "nope-3b"], "unknown model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["capacity", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--users", "0"], "--users"), (["--users", "10", "--gpus", "tpu"], "unknown GPU")],
+)
+def test_bad_input_through_the_real_command(args: list[str], needle: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vkit", "capacity", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr

@@ -1,0 +1,165 @@
+"""``vkit render``: write deploy files for a given box.
+
+    vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b --quant awq \\
+        --concurrency 16 --out deploy/docker/compose.yaml
+    vkit render nginx --upstream 127.0.0.1:8001 --upstream 127.0.0.1:8002 \\
+        --listen 127.0.0.1:8000 --site --out /etc/nginx/sites-available/vkit.conf
+
+``render compose`` solves the fit for one GPU of that type (the launcher's fit solver)
+and writes the compose file; with ``--out`` it also writes, beside it, the NGINX site
+and the Prometheus files the compose file mounts. Without ``--out`` it prints the
+compose file only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from launcher.fit import FitRequest, plan_fit
+from launcher.gpus import get_gpu, normalize_gpu_name
+from launcher.memory import Quantization
+from launcher.models import load_model
+from vkit.errors import CliError, UsageError
+from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
+from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
+from vkit.render.compose import ComposeSpec
+
+
+class ComposeArgs(BaseModel):
+    """``vkit render compose`` arguments, typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu: str
+    gpus: list[str] = Field(min_length=1)
+    model: str
+    quant: Quantization = "bf16"
+    concurrency: int | None = Field(default=None, ge=1)
+    context: int | None = Field(default=None, ge=16)
+    shutdown_timeout: int = Field(default=30, ge=1)
+    out: Path | None = None
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            ids = [part.strip() for part in value.split(",")]
+            if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+                raise ValueError("expected distinct GPU indexes like 0,1")
+            return ids
+        return value
+
+
+class NginxArgs(BaseModel):
+    """``vkit render nginx`` arguments, typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: list[str] = Field(min_length=1)
+    listen: str
+    site: bool = False
+    workers: int = Field(default=1, ge=1)
+    read_timeout: int = Field(default=600, ge=1)
+    out: Path | None = None
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("render", help="write deploy files (compose, NGINX)")
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    compose = kinds.add_parser("compose", help="docker compose bundle for a GPU box")
+    compose.add_argument("--gpu", required=True, help="GPU type, e.g. rtx4090")
+    compose.add_argument("--gpus", required=True, help="GPU indexes, one replica each: 0,1")
+    compose.add_argument("--model", required=True, help="model name (configs/models)")
+    compose.add_argument("--quant", default="bf16", help="bf16, fp8, awq, gptq, int8")
+    target = compose.add_mutually_exclusive_group()
+    target.add_argument("--concurrency", type=int, help="target concurrent requests")
+    target.add_argument("--context", type=int, help="target max_model_len")
+    compose.add_argument("--shutdown-timeout", type=int, default=30, help="drain seconds")
+    compose.add_argument("--out", type=Path, help="compose file to write (with its companions)")
+    compose.set_defaults(handler=run_compose)
+
+    nginx = kinds.add_parser("nginx", help="NGINX config over vLLM replicas")
+    nginx.add_argument("--upstream", action="append", required=True, help="host:port (repeat)")
+    nginx.add_argument("--listen", required=True, help="PORT or HOST:PORT")
+    nginx.add_argument("--site", action="store_true", help="site file (http context) only")
+    nginx.add_argument("--workers", type=int, default=1)
+    nginx.add_argument("--read-timeout", type=int, default=600, help="seconds")
+    nginx.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    nginx.set_defaults(handler=run_nginx)
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    settings = ComposeArgs.model_validate(
+        {k: v for k, v in vars(args).items() if k in ComposeArgs.model_fields and v is not None}
+    )
+    gpu = get_gpu(settings.gpu)
+    model = load_model(settings.model)
+    request = FitRequest(
+        quant=settings.quant, concurrency=settings.concurrency, context=settings.context
+    )
+    plan = plan_fit(request, gpu, model)
+    if not plan.fits:
+        raise CliError(f"{model.name} does not fit on {gpu.name}: {'; '.join(plan.problems)}")
+    spec = ComposeSpec(
+        gpu=normalize_gpu_name(settings.gpu),
+        gpu_ids=settings.gpus,
+        model=model.name,
+        shutdown_timeout_s=settings.shutdown_timeout,
+    )
+    files = render_compose_bundle(
+        spec, plan, price_per_hour=gpu.price_per_hour, command=_command_line(args)
+    )
+    if settings.out is None:
+        sys.stdout.write(files[COMPOSE_FILE])
+        return 0
+    files[settings.out.name] = files.pop(COMPOSE_FILE)
+    for path in write_files(files, settings.out.parent):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_nginx(args: argparse.Namespace) -> int:
+    settings = NginxArgs.model_validate(
+        {k: v for k, v in vars(args).items() if k in NginxArgs.model_fields}
+    )
+    tuning = ProxyTuning(read_timeout_s=settings.read_timeout)
+    try:
+        if settings.site:
+            text = render_nginx_site(settings.upstream, settings.listen, tuning=tuning)
+        else:
+            text = render_nginx_conf(
+                settings.upstream,
+                settings.listen,
+                tuning=tuning,
+                worker_processes=settings.workers,
+            )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if settings.out is None:
+        sys.stdout.write(text)
+    else:
+        settings.out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(settings.out, text)
+        print(f"wrote {settings.out}")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this render (recorded in the files' header)."""
+    parts = ["vkit", "render", "compose", "--gpu", args.gpu, "--gpus", args.gpus]
+    parts += ["--model", args.model]
+    if args.quant != "bf16":
+        parts += ["--quant", args.quant]
+    for flag in ("concurrency", "context"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    if args.shutdown_timeout != 30:
+        parts += ["--shutdown-timeout", str(args.shutdown_timeout)]
+    return shlex.join(parts)

@@ -1,0 +1,89 @@
+"""Every rendered file of a compose deployment, as text, and an atomic writer.
+
+    >>> files = render_compose_bundle(spec, plan, price_per_hour=0.39)
+    >>> sorted(files)
+    ['compose.yaml', 'nginx/vkit.conf', 'prometheus/cost.rules.yml', 'prometheus/prometheus.yml']
+
+Keys are paths relative to the compose file's directory. ``deploy/docker/`` holds the
+rendered example (``vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b
+--quant awq``); a test re-renders it and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher.fit import FitPlan
+from vkit.nginx_conf import render_nginx_site
+from vkit.render.compose import (
+    DCGM_PORT,
+    GATEWAY_PORT,
+    NGINX_PORT,
+    VLLM_PORT,
+    ComposeSpec,
+    build_compose,
+    replica_service_name,
+)
+from vkit.render.prometheus import build_cost_rules, build_prometheus_config
+
+COMPOSE_FILE = "compose.yaml"
+NGINX_SITE_FILE = "nginx/vkit.conf"
+PROMETHEUS_FILE = "prometheus/prometheus.yml"
+COST_RULES_FILE = "prometheus/cost.rules.yml"
+
+
+def header(command: str) -> str:
+    return f"# Rendered by `{command}`; edit the renderer (or re-render), not this file.\n"
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096)
+
+
+def render_compose_bundle(
+    spec: ComposeSpec, plan: FitPlan, *, price_per_hour: float | None, command: str
+) -> dict[str, str]:
+    """compose.yaml, the NGINX site over the replicas, and the Prometheus files."""
+    replicas = [f"{replica_service_name(g)}:{VLLM_PORT}" for g in spec.gpu_ids]
+    prometheus = build_prometheus_config(
+        replicas, f"gateway:{GATEWAY_PORT}", f"dcgm-exporter:{DCGM_PORT}"
+    )
+    files = {
+        COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan)),
+        NGINX_SITE_FILE: render_nginx_site(replicas, str(NGINX_PORT)),
+        PROMETHEUS_FILE: header(command) + dump_yaml(prometheus),
+    }
+    if price_per_hour is not None:
+        rules = build_cost_rules(list(spec.gpu_ids), spec.gpu, price_per_hour)
+    else:  # no price known for this GPU: cost panels stay empty
+        rules = {"groups": [{"name": "vkit-gpu-prices", "rules": []}]}
+    files[COST_RULES_FILE] = header(command) + dump_yaml(rules)
+    return files
+
+
+def write_files(files: dict[str, str], root: Path) -> list[Path]:
+    """Write each file under ``root`` atomically (temp file + rename); return the paths."""
+    written = []
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+        written.append(path)
+    return written
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

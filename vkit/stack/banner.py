@@ -1,0 +1,34 @@
+"""The text ``vkit up`` prints once the stack is ready: URL, key, and examples."""
+
+from __future__ import annotations
+
+from textwrap import dedent
+
+
+def render_banner(url: str, api_key: str, model: str, replicas: int) -> str:
+    """A copy-paste-ready summary for curl and the OpenAI Python SDK."""
+    return dedent(
+        f"""\
+        vkit is up: {replicas} replica(s) behind NGINX, gateway at {url}
+
+          URL:     {url}/v1
+          API key: {api_key}
+          Model:   {model}
+
+        curl:
+          curl {url}/v1/chat/completions \\
+            -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
+            -d '{{"model": "{model}", "max_tokens": 32,
+                 "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+        OpenAI Python SDK:
+          from openai import OpenAI
+          client = OpenAI(base_url="{url}/v1", api_key="{api_key}")
+          reply = client.chat.completions.create(
+              model="{model}", messages=[{{"role": "user", "content": "Hello"}}], max_tokens=32
+          )
+          print(reply.choices[0].message.content)
+
+        Press Ctrl-C to stop everything.
+        """
+    )

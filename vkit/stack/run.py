@@ -1,0 +1,163 @@
+"""``run_stack``: the shell around the pure plan. Starts, watches and stops the stack.
+
+Order: preflight (binaries, ports) -> run directory (logs, nginx.conf, a fresh keys
+file with one demo key, the tiny model) -> start everything -> wait, with progress,
+until the replicas, NGINX, Redis and then the gateway are ready -> banner -> watch
+until Ctrl-C/SIGTERM or a fatal exit -> stop everything, front door first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import NoReturn
+
+from launcher.tiny_model import build_tiny_model
+from vkit.stack.banner import render_banner
+from vkit.stack.demo_key import add_key
+from vkit.stack.plan import StackLayout, StackPlan, StackPorts, plan_stack
+from vkit.stack.ports import pick_free_ports
+from vkit.stack.preflight import check_binaries, check_ports
+from vkit.stack.processes import ProcessFailed, ProcessGroup, RunningProcess, tail_lines
+from vkit.stack.settings import UpSettings
+
+Say = Callable[[str], None]
+DEMO_KEY_NAME = "demo"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.executable) -> int:
+    check_binaries(settings)
+    ports = resolve_ports(settings)
+    layout = StackLayout(settings.run_dir)
+    prepare_run_dir(layout)
+    model_path = resolve_model(settings, layout, say)
+    plan = plan_stack(
+        settings, ports, layout, model_path=model_path, python=python, cpu_count=os.cpu_count() or 1
+    )
+    layout.nginx_conf.write_text(plan.nginx_conf)
+    secret = add_key(python, layout.keys_file, DEMO_KEY_NAME, settings.demo_key, [plan.model_name])
+    group = ProcessGroup()
+    try:
+        with _sigterm_as_interrupt():
+            start_and_wait(group, plan, settings, say)
+            say(render_banner(plan.gateway_url, secret, plan.model_name, settings.replicas))
+            watch(group, say)
+    except KeyboardInterrupt:
+        say("vkit up: stopping (draining requests in flight) ...")
+        return 0
+    finally:
+        with _signals_ignored():
+            group.stop_all(grace_s=settings.shutdown_timeout_s + 5)
+        say("vkit up: everything stopped")
+
+
+def resolve_ports(settings: UpSettings) -> StackPorts:
+    """Explicit ports are checked; the internal ones left unset are picked free."""
+    check_ports({"gateway": settings.port}, settings.host)
+    internal = {f"replica-{i}": port for i, port in enumerate(settings.replica_ports or [])}
+    if settings.nginx_port:
+        internal["nginx"] = settings.nginx_port
+    if settings.redis_port and settings.redis:
+        internal["redis"] = settings.redis_port
+    check_ports(internal)
+    free = iter(pick_free_ports(settings.replicas + 2))
+    replicas = settings.replica_ports or [next(free) for _ in range(settings.replicas)]
+    return StackPorts(
+        gateway=settings.port,
+        nginx=settings.nginx_port or next(free),
+        replicas=tuple(replicas),
+        redis=(settings.redis_port or next(free)) if settings.redis else None,
+    )
+
+
+def prepare_run_dir(layout: StackLayout) -> None:
+    """Fresh logs and keys for this run; the tiny model is kept between runs."""
+    for stale in (layout.logs, layout.nginx_prefix):
+        shutil.rmtree(stale, ignore_errors=True)
+        stale.mkdir(parents=True)
+    layout.keys_file.unlink(missing_ok=True)
+
+
+def resolve_model(settings: UpSettings, layout: StackLayout, say: Say) -> str:
+    if settings.model is not None:
+        return settings.model
+    say(f"vkit up: preparing the built-in tiny model in {layout.tiny_model_dir} ...")
+    return str(build_tiny_model(layout.tiny_model_dir).resolve())
+
+
+def start_and_wait(group: ProcessGroup, plan: StackPlan, settings: UpSettings, say: Say) -> None:
+    backends = [group.start(spec) for spec in plan.specs if spec.name != "gateway"]
+    say(
+        f"vkit up: starting {settings.replicas} replica(s), NGINX and the gateway; logs in "
+        f"{StackLayout(settings.run_dir).logs}"
+    )
+    group.wait_ready(
+        backends, settings.startup_timeout_s, on_progress=_progress(say), progress_every_s=10
+    )
+    say("vkit up: replicas ready; starting the gateway ...")
+    gateway = [group.start(spec) for spec in plan.specs if spec.name == "gateway"]
+    group.wait_ready(gateway, 60.0, on_progress=_progress(say))
+
+
+def _progress(say: Say) -> Callable[[Sequence[str], float], None]:
+    def report(pending: Sequence[str], elapsed: float) -> None:
+        say(f"  ... {elapsed:4.0f} s, waiting for {', '.join(pending)}")
+
+    return report
+
+
+def watch(group: ProcessGroup, say: Say, poll_s: float = 1.0) -> NoReturn:
+    """Serve until interrupted; a dead replica is reported, a dead front end is fatal."""
+    reported: set[str] = set()
+    while True:
+        for process in group.exited():
+            if process.name not in reported:
+                reported.add(process.name)
+                _report_exit(process, say)
+        replicas = [p for p in group.running if p.name.startswith("replica-")]
+        fatal = [p for p in group.exited() if not p.name.startswith("replica-")]
+        if fatal or all(p.exit_code() is not None for p in replicas):
+            dead = (fatal or replicas)[0]
+            raise ProcessFailed(
+                dead.name, f"exited with code {dead.exit_code()}", dead.spec.log_path
+            )
+        time.sleep(poll_s)
+
+
+def _report_exit(process: RunningProcess, say: Say) -> None:
+    say(f"vkit up: {process.name} exited with code {process.exit_code()}; last log lines:")
+    for line in tail_lines(process.spec.log_path, 10):
+        say(f"    {line}")
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
