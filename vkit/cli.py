@@ -47,13 +47,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> VkitArgumentParser
         dest="command", metavar="COMMAND", required=True, parser_class=VkitArgumentParser
     )
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # TODO(integration): remove once all commands exist
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from launcher.capacity.costs import SERVERLESS_USD_PER_GPU_SECOND, PricedGpu, parse_priced_gpu
 from launcher.capacity.options import CapacityRequest
 from launcher.capacity.plan import plan_capacity
-from launcher.capacity.plot import draw_cost_chart
 from launcher.capacity.report import render_csv, render_json, render_table
 from launcher.capacity.usage import UsageProfile
 from vkit.errors import UsageError
@@ -144,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     render = render_json if args.json else render_csv if args.csv else render_table
     sys.stdout.write(render(plan))
     if args.plot is not None:
+        # matplotlib loads only when a chart is asked for: every `vkit` command imports this module.
+        from launcher.capacity.plot import draw_cost_chart
+
         draw_cost_chart(plan, args.plot)
         print(f"chart written to {args.plot}", file=sys.stderr)
     return 0
