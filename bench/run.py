@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -254,15 +255,21 @@ def run_litellm(upstream: str, work: Path, args: argparse.Namespace) -> list[dic
         )
     )
     port = free_port()
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    master_key = "sk-" + secrets.token_hex(16)  # LiteLLM refuses to start without one
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MASTER_KEY": master_key,
+    }
     argv = [str(binary), "--config", str(config), "--port", str(port), "--num_workers", "1"]
     with process(argv, 1, work / "litellm.log", env) as pid:
         try:
-            wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180)
+            wait_http(f"http://127.0.0.1:{port}/health/liveliness", 120)
         except RuntimeError as exc:
-            print(f"LiteLLM did not start ({exc}); see {work / 'litellm.log'}: skipped")
+            shutil.copy(work / "litellm.log", CACHE / "litellm.log")
+            print(f"LiteLLM did not start ({exc}); see {CACHE / 'litellm.log'}: skipped")
             return []
-        return measure("litellm", f"http://127.0.0.1:{port}", pid, args)
+        return measure("litellm", f"http://127.0.0.1:{port}", pid, args, master_key)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -30,7 +30,7 @@ def test_gateway_timeout_is_a_504_envelope_and_aborts_the_engine(
     gateway_strict: str, secrets: dict[str, str], vllm_replicas: list[Any]
 ) -> None:
     before = generated(vllm_replicas)
-    client = sdk(gateway_strict, secrets["basic"])
+    client = sdk(gateway_strict, secrets["slow"])
     with pytest.raises(openai.APIStatusError) as timed_out:
         client.completions.create(
             model=MODEL, prompt="Tell a long story", max_tokens=LONG, extra_body=IGNORE_EOS
