@@ -120,7 +120,7 @@ class Gate:
                 changed = True
         raw = encode_body(body.data) if changed else received
         reserve = body.prompt_tokens_estimate + (body.max_tokens or 0)
-        lease = await self._acquire(key, key_name, reserve)
+        lease = await self._acquire(key, key_name, body.model, reserve)
         if lease is None:
             return Admitted(key_name, body, raw, _no_lease, [])
         headers = [(k.encode(), v.encode()) for k, v in lease.headers.items()]
@@ -135,13 +135,18 @@ class Gate:
                 f"model '{model}' is not served here", param="model", code="model_not_found"
             )
 
-    async def _acquire(self, key: KeyLike | None, key_name: str, tokens: int) -> LeaseLike | None:
+    async def _acquire(
+        self, key: KeyLike | None, key_name: str, model: str, tokens: int
+    ) -> LeaseLike | None:
         if key is None or self.limiter is None:
             return None
         try:
             return await self.limiter.acquire(key, tokens)
         except RateLimitExceeded as exc:
             self.metrics.rate_limited.labels(key_name, exc.reason).inc()
+            # 429s count as answered requests too, so error-ratio panels and alerts see them.
+            model_label = model if model in self.pool.known_models() else "other"
+            self.metrics.requests.labels(key_name, model_label, str(exc.status_code)).inc()
             raise
 
 

@@ -45,6 +45,14 @@ async def test_concurrent_reservations_never_overshoot_the_tpm(
     assert int(refused.headers["retry-after"]) >= 1
     assert "x-ratelimit-remaining-tokens" in refused.headers
     assert gw.metric("vkit_gateway_rate_limited_total", {"key": "alice", "reason": "tokens"}) == 4
+    answered_429 = sum(
+        sample.value
+        for family in gw.registry.collect()
+        if family.name == "vkit_gateway_requests"
+        for sample in family.samples
+        if sample.name == "vkit_gateway_requests_total" and sample.labels["status"] == "429"
+    )
+    assert answered_429 == 4  # refusals count as answered requests too (error-ratio alerts)
     # settled with real usage (7 + 4 tokens each): the unused reservations came back
     again = await gw.client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert again.status_code == 200
