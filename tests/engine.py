@@ -4,7 +4,7 @@ Registered in ``tests/conftest.py`` (``pytest_plugins = ["tests.engine"]``); run
 ``-p tests.engine``. The fixture :func:`vllm_replicas` builds the tiny model once
 (:func:`launcher.tiny_model.build_tiny_model`), starts both replicas in parallel through
 ``vkit launch --cpu`` (each pinned to its own core, ``VLLM_CPU_KVCACHE_SPACE=1``,
-``--enforce-eager``, ``--max-model-len 256``, served as ``tiny-llama``, logs to files),
+``--enforce-eager``, ``--max-model-len 2048``, served as ``tiny-llama``, logs to files),
 waits for them with a bounded timeout, and stops them at the end (SIGTERM, then SIGKILL).
 
     def test_something(vllm_replicas):
@@ -32,7 +32,7 @@ from launcher.tiny_model import TINY_MODEL_NAME, build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPLICAS = 2
-MAX_MODEL_LEN = 256
+MAX_MODEL_LEN = 2048  # room for generations that outlast the E2E timeouts
 KV_CACHE_SPACE_GIB = 1
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 20.0

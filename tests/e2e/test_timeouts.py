@@ -15,7 +15,7 @@ from tests.e2e.prom import sample_sum
 
 pytestmark = pytest.mark.engine
 
-LONG = 200  # tokens: seconds of generation on the CPU engine, far past the timeouts
+LONG = 1500  # tokens: seconds of generation on the CPU engine, far past the timeouts
 
 
 def running(replicas: list[Any]) -> float:

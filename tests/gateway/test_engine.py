@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.engine import MAX_MODEL_LEN
 from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
 
 pytestmark = pytest.mark.engine
@@ -87,7 +88,7 @@ async def test_client_disconnect_aborts_the_vllm_request(
     prompt_tokens = (await gw.client.post("/v1/completions", json=probe, headers=AUTH)).json()[
         "usage"
     ]["prompt_tokens"]
-    room = 256 - prompt_tokens - 1
+    room = MAX_MODEL_LEN - prompt_tokens - 1
     assert room >= 150
     generated_before = await replicas_sum(vllm_replicas, "vllm:generation_tokens_total")
     body = {**probe, "max_tokens": room, "ignore_eos": True, "stream": True}
