@@ -55,15 +55,17 @@ class VllmProbe:
         except httpx.HTTPError:
             return False
 
-    def ready(self) -> bool:
-        """/health 200 is not enough (it answers before the model is served)."""
+    def ready(self, model: str | None = None) -> bool:
+        """/health 200 is not enough (it answers before the model is served): /v1/models must
+        list a model too -- ``model`` itself, when given."""
         if not self.healthy():
             return False
         try:
             models = httpx.get(f"{self._base_url}/v1/models", timeout=self._timeout).json()
         except (httpx.HTTPError, ValueError):
             return False
-        return bool(models.get("data"))
+        served = [entry.get("id") for entry in models.get("data") or []]
+        return bool(served) if model is None else model in served
 
 
 class HealthWatcher:

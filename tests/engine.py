@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from launcher.readiness import VllmProbe
 from launcher.tiny_model import TINY_MODEL_NAME, build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -173,30 +174,20 @@ class EngineReplica:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def is_ready(self, client: httpx.Client) -> bool:
-        """/health is 200 and /v1/models lists the model (REFERENCE section 1)."""
-        try:
-            if client.get(f"{self.base_url}/health").status_code != 200:
-                return False
-            models = client.get(f"{self.base_url}/v1/models").json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        return any(entry.get("id") == self.model for entry in models.get("data", []))
-
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Block until ready; fail the test with the log's last lines on exit or timeout."""
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=5.0) as client:
-            while time.monotonic() < deadline:
-                if self.is_ready(client):
-                    return
-                if not self.running:
-                    code = None if self._proc is None else self._proc.returncode
-                    pytest.fail(
-                        f"replica on port {self.port} exited ({code}) before it was "
-                        f"ready; {self.log_path} ends:\n{self.log_tail()}"
-                    )
-                time.sleep(1.0)
+        probe = VllmProbe(self.base_url)
+        while time.monotonic() < deadline:
+            if probe.ready(self.model):
+                return
+            if not self.running:
+                code = None if self._proc is None else self._proc.returncode
+                pytest.fail(
+                    f"replica on port {self.port} exited ({code}) before it was "
+                    f"ready; {self.log_path} ends:\n{self.log_tail()}"
+                )
+            time.sleep(1.0)
         pytest.fail(
             f"replica on port {self.port} not ready after {timeout:.0f} s; "
             f"{self.log_path} ends:\n{self.log_tail()}"

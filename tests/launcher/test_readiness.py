@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from launcher.readiness import HealthWatcher, SystemdNotifier
+from launcher.readiness import HealthWatcher, SystemdNotifier, VllmProbe
 
 
 class ScriptedProbe:
@@ -70,3 +74,45 @@ def test_ready_then_watchdog_then_silence_when_hung(
 
 def test_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
     assert SystemdNotifier(str(tmp_path / "missing")).send("READY=1") is False
+
+
+class _FakeVllm(BaseHTTPRequestHandler):
+    served: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            body = b""
+        elif self.path == "/v1/models":
+            body = json.dumps({"object": "list", "data": [{"id": m} for m in self.served]}).encode()
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_vllm() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_wants_health_and_the_model_listed(fake_vllm: str) -> None:
+    probe = VllmProbe(fake_vllm, timeout_s=2.0)
+    _FakeVllm.served = []
+    assert probe.healthy() and not probe.ready()  # /health answers before the model is served
+    _FakeVllm.served = ["tiny-llama"]
+    assert probe.ready() and probe.ready("tiny-llama")
+    assert not probe.ready("other-model")
+    assert not VllmProbe("http://127.0.0.1:9", timeout_s=0.5).ready()  # nothing listening
