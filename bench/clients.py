@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from vkit.stack.ports import free_port
 
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]}).encode()
 STREAM_BODY = json.dumps(
@@ -30,12 +31,6 @@ STREAM_BODY = json.dumps(
 HEADERS = {"content-type": "application/json"}
 
 Fetch = Callable[[bytes], Awaitable[int]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from gateway.keyfile import add_key
+from vkit.nginx_conf import render_nginx_conf
+from vkit.stack.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".vkit" / "bench"
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tree(pid: int) -> list[int]:
@@ -160,9 +157,6 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
     if shutil.which("nginx") is None:
         print("nginx not installed: skipped")
         return []
-    sys.path.insert(0, str(ROOT))
-    from vkit.nginx_conf import render_nginx_conf
-
     port = free_port()
     prefix = work / "nginx"
     prefix.mkdir()
@@ -176,29 +170,7 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
 
 def run_vkit(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
     keys = work / "keys.yaml"
-    added = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vkit",
-            "keys",
-            "add",
-            "bench",
-            "--file",
-            str(keys),
-            "--rpm",
-            "100000000",
-            "--tpm",
-            "1000000000",
-            "--concurrency",
-            "1000",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    secret = added.stdout.strip().splitlines()[-1]
+    secret = add_key(keys, "bench", rpm=100_000_000, tpm=1_000_000_000, concurrency=1000)
     port = free_port()
     env = {
         "VKIT_GATEWAY_UPSTREAMS": upstream,

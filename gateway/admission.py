@@ -32,7 +32,7 @@ ANONYMOUS = "anonymous"
 
 
 class KeyLike(Protocol):
-    """What the gateway reads of ``gateway.keys.ApiKey``."""
+    """What the gateway reads of ``gateway.key_store.ApiKey``."""
 
     @property
     def name(self) -> str: ...

@@ -37,7 +37,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 def build_key_store(settings: GatewaySettings) -> KeyStoreLike | None:
     if settings.keys_file is None:
         return None
-    from gateway.keys import KeyStore
+    from gateway.key_store import KeyStore
 
     store: KeyStoreLike = KeyStore(settings.keys_file, clock=time.monotonic)
     return store

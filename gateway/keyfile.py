@@ -18,7 +18,9 @@ Only YAML is supported. Saving writes a temporary file in the same directory wit
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import secrets
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +29,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SECRET_PREFIX = "vk-"
+
+
+def new_secret() -> str:
+    """A fresh secret: ``vk-`` + 32 url-safe random bytes."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest_secret(secret: str) -> str:
+    """What the file stores instead of the secret: its hex SHA-256."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 class KeyFileError(ValueError):
     """The keys file cannot be read, parsed or validated; the message names line and field."""
+
+
+class KeyNameTaken(ValueError):
+    """:func:`add_key` was asked for a name the file already has."""
 
 
 class ApiKey(BaseModel):
@@ -136,3 +153,16 @@ def save_keys(path: Path, keys: list[ApiKey]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def add_key(path: Path, name: str, **limits: object) -> str:
+    """Add a key called ``name`` (``limits``: the :class:`ApiKey` fields rpm, tpm,
+    concurrency, max_tokens, models) to the file at ``path`` -- created when missing --
+    and return its secret, which is stored nowhere: only its digest is written."""
+    keys = load_keys(path) if path.exists() else []
+    if any(key.name == name for key in keys):
+        raise KeyNameTaken(f"a key named '{name}' already exists in {path}")
+    secret = new_secret()
+    keys.append(ApiKey.model_validate({"name": name, "sha256": digest_secret(secret), **limits}))
+    save_keys(path, keys)
+    return secret

@@ -1,34 +1,53 @@
-"""Errors of the launcher: each is a one-line message the ``vkit`` command prints.
+"""Errors of the launcher: plain exceptions that know nothing of exit codes.
 
-vkit.errors.CliError            -- exit 1
-  LaunchError                   -- the engine could not be started or kept running
-  vkit.errors.UsageError        -- exit 2
-    UnknownGpuError             -- a GPU name that configs/gpus.yaml does not list
-    UnknownModelError           -- a model that is neither a directory nor a snapshot
-    UnsupportedQuantizationError -- e.g. FP8 W8A8 on a GPU without FP8 (A100)
-    ExtraArgsError              -- duplicated or malformed pass-through vLLM flags
+    LauncherError                   -- base of everything below
+      LaunchError                   -- the engine could not be started or kept running
+      InvalidInput                  -- the caller asked for something that cannot be
+        UnknownGpuError             -- a GPU name that configs/gpus.yaml does not list
+        UnknownModelError           -- a model that is neither a directory nor a snapshot
+        UnsupportedQuantizationError -- e.g. FP8 W8A8 on a GPU without FP8 (A100)
+        ExtraArgsError              -- duplicated or malformed pass-through vLLM flags
+        ProfileError                -- a deployment profile that is missing or malformed
+        PriceError                  -- a GPU price the capacity planner cannot use
+
+Each message is one line a person can act on. The ``vkit`` command maps these classes to
+exit codes in one table (:mod:`vkit.exit_codes`): ``InvalidInput`` is 2, the rest 1.
 """
 
 from __future__ import annotations
 
-from vkit.errors import CliError, UsageError
+
+class LauncherError(Exception):
+    """Base class of the launcher's errors."""
 
 
-class LaunchError(CliError):
+class LaunchError(LauncherError):
     """vLLM could not be started (or restarted) with corrected values."""
 
 
-class UnknownGpuError(UsageError):
+class InvalidInput(LauncherError):
+    """A request the launcher cannot serve as given (bad name, value or combination)."""
+
+
+class UnknownGpuError(InvalidInput):
     """A GPU name that is not in the GPU profiles."""
 
 
-class UnknownModelError(UsageError):
+class UnknownModelError(InvalidInput):
     """A model name that is neither a local directory nor a config snapshot."""
 
 
-class UnsupportedQuantizationError(UsageError):
+class UnsupportedQuantizationError(InvalidInput):
     """A quantization the chosen GPU cannot run."""
 
 
-class ExtraArgsError(UsageError):
+class ExtraArgsError(InvalidInput):
     """Pass-through vLLM arguments that repeat a flag or are not flags at all."""
+
+
+class ProfileError(InvalidInput):
+    """A deployment profile that cannot be found or read."""
+
+
+class PriceError(InvalidInput):
+    """A GPU price (``GPU[@PROVIDER][=USD_PER_HOUR]``) that is malformed or unknown."""

@@ -2,7 +2,7 @@
 
 Registered in ``tests/conftest.py`` (``pytest_plugins = ["tests.engine"]``); run alone with
 ``-p tests.engine``. The fixture :func:`vllm_replicas` builds the tiny model once
-(:func:`launcher.tiny_model.build_tiny_model`), starts both replicas in parallel through
+(:func:`launcher.supervision.tiny_model.build_tiny_model`), starts both replicas in parallel through
 ``vkit launch --cpu`` (each pinned to its own core, ``VLLM_CPU_KVCACHE_SPACE=1``,
 ``--enforce-eager``, ``--max-model-len 2048``, served as ``tiny-llama``, logs to files),
 waits for them with a bounded timeout, and stops them at the end (SIGTERM, then SIGKILL).
@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher.readiness import VllmProbe
-from launcher.tiny_model import TINY_MODEL_NAME, build_tiny_model
+from launcher.supervision.readiness import VllmProbe
+from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
+from vkit.stack.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPLICAS = 2
@@ -38,13 +39,6 @@ KV_CACHE_SPACE_GIB = 1
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 20.0
 LOG_TAIL_LINES = 40
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _process_tree(pid: int) -> list[int]:

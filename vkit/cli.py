@@ -1,33 +1,25 @@
-"""The ``vkit`` command: one parser, one sub-command per module.
+"""The ``vkit`` command: one parser, one sub-command per module of :mod:`vkit.commands`.
 
-Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds
-its sub-parser and sets a ``handler`` default: a callable that takes the parsed
-``argparse.Namespace`` and returns an exit code. The Namespace stops at the handler,
-which turns it into typed settings at once. Nothing runs at import.
+Each command module exposes ``register(subparsers)``, which adds its sub-parser and sets
+a ``handler`` default: a callable that takes the parsed ``argparse.Namespace`` and returns
+an exit code. The Namespace stops at the handler, which turns it into typed settings at
+once. Errors become one line on stderr and an exit code through :mod:`vkit.exit_codes`.
+Nothing runs at import.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import NoReturn
 
-from pydantic import ValidationError
-
 from vkit import __version__
-from vkit.errors import CliError, format_validation_error
+from vkit.commands import capacity, gateway, keys, launch, plan, render, up
+from vkit.exit_codes import HANDLED, exit_code_for, message_for
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "launcher.commands.plan",
-    "launcher.commands.launch",
-    "launcher.commands.capacity",
-    "gateway.commands.serve",
-    "gateway.commands.keys",
-    "vkit.commands.render",
-    "vkit.commands.up",
-)
+COMMANDS: tuple[ModuleType, ...] = (plan, launch, capacity, gateway, keys, render, up)
 
 
 class VkitArgumentParser(argparse.ArgumentParser):
@@ -37,7 +29,7 @@ class VkitArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> VkitArgumentParser:
+def build_parser(commands: Sequence[ModuleType] = COMMANDS) -> VkitArgumentParser:
     parser = VkitArgumentParser(
         prog="vkit",
         description="Deploy vLLM: plan the fit, launch engines, run the gateway.",
@@ -46,8 +38,8 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> VkitArgumentParser
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=VkitArgumentParser
     )
-    for name in modules:
-        importlib.import_module(name).register(subparsers)
+    for command in commands:
+        command.register(subparsers)
     return parser
 
 
@@ -55,11 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except CliError as exc:
-        print(f"vkit {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ValidationError as exc:
-        print(f"vkit {args.command}: error: {format_validation_error(exc)}", file=sys.stderr)
-        return 2
+    except HANDLED as exc:
+        print(f"vkit {args.command}: error: {message_for(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,7 +33,8 @@ __all__ = [
     "wrap_standalone",
 ]
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "vkit.conf.template"
+# The repository's nginx/ folder, installed as the data package ``vkit.nginx``.
+DEFAULT_TEMPLATE = Path(str(files("vkit.nginx"))) / "vkit.conf.template"
 
 _SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _HOST = re.compile(r"^[A-Za-z0-9._-]+$|^\[[0-9A-Fa-f:.]+\]$")

@@ -7,7 +7,7 @@ COPY vkit ./vkit
 COPY launcher ./launcher
 COPY gateway ./gateway
 RUN pip install --no-cache-dir --prefix=/install .
-# The kit finds its data beside its packages (launcher/config_dir.py, vkit/nginx_conf.py);
+# The kit finds its data beside its packages (launcher/config_files.py, vkit/nginx_conf.py);
 # a wheel install does not carry them, so they go next to site-packages' packages.
 COPY configs /install/lib/python3.11/site-packages/configs
 COPY nginx /install/lib/python3.11/site-packages/nginx

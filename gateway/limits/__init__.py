@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.keyfile import ApiKey
-from gateway.limits.memory import MemoryLimiter
+from gateway.limits.memory_limiter import MemoryLimiter
 from gateway.limits.redis_limiter import RedisLimiter
 
 __all__ = ["Lease", "Limiter", "MemoryLimiter", "RedisLimiter"]

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import UpstreamUnavailable
 from gateway.limits.bucket import KeyState, check_reservation, ratelimit_headers, refusal
-from gateway.limits.memory import limits_of
+from gateway.limits.memory_limiter import limits_of
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from vkit.nginx_conf import ProxyTuning, nginx_argv, render_nginx_conf
+from vkit.stack.ports import free_port
 
 
 def nginx_binary() -> str:
@@ -21,13 +21,6 @@ def nginx_binary() -> str:
     if found is None:
         pytest.fail("nginx is not installed (Debian package: nginx-light or nginx)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

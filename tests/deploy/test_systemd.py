@@ -122,7 +122,8 @@ def test_replica_unit_drains_longer_than_vllm_and_pins_its_gpu() -> None:
     assert service["KillMode"] == "mixed"  # one SIGTERM, to vkit launch, which forwards it
     assert "CUDA_VISIBLE_DEVICES=%i" in (SYSTEMD / "vllm@.service").read_text()
     assert service["User"] == "vkit"
-    # `vkit launch` sends READY=1 and WATCHDOG=1 (launcher/readiness.py): a hung engine restarts.
+    # `vkit launch` sends READY=1 and WATCHDOG=1 (launcher/supervision/sd_notify.py):
+    # a hung engine restarts.
     assert service["Type"] == "notify"
     assert seconds(service["WatchdogSec"]) >= 30
     # Each of these would hide /dev/nvidia* or close the device policy to it.

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from vkit.stack.demo_key import add_key
-from vkit.stack.plan import StackLayout, StackPorts, gateway_spec, nginx_spec, redis_spec
+from vkit.stack.demo_key import add_demo_key
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.processes import ProcessGroup
-from vkit.stack.settings import DemoKeyLimits, UpSettings
+from vkit.stack.stack_plan import StackLayout, StackPorts, gateway_spec, nginx_spec, redis_spec
+from vkit.stack.up_settings import DemoKeyLimits, UpSettings
 
 MODEL = "tiny-llama"
 STARTUP_S = 60.0
@@ -82,7 +82,7 @@ def secrets(stack_dir: Path) -> dict[str, str]:
     made = {}
     for name, (rpm, tpm, concurrency, max_tokens) in KEYS.items():
         limits = DemoKeyLimits(rpm=rpm, tpm=tpm, concurrency=concurrency, max_tokens=max_tokens)
-        made[name] = add_key(sys.executable, keys_file, name, limits, [MODEL])
+        made[name] = add_demo_key(keys_file, name, limits, [MODEL])
     return made
 
 

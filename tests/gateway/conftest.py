@@ -37,11 +37,8 @@ class RunningGateway:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    double = await ScriptedUpstream().start()
-    try:
+    async with ScriptedUpstream() as double:
         yield double
-    finally:
-        await double.stop()
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]

@@ -55,6 +55,12 @@ class ScriptedUpstream:
         self.url = f"http://127.0.0.1:{port}"
         return self
 
+    async def __aenter__(self) -> ScriptedUpstream:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -135,7 +141,7 @@ class ScriptedUpstream:
 
 @dataclass
 class Key:
-    """Shaped like gateway.keys.ApiKey (the fields the gateway reads)."""
+    """Shaped like gateway.key_store.ApiKey (the fields the gateway reads)."""
 
     name: str
     rpm: int = 1000

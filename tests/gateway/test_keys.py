@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.keyfile import ApiKey, KeyFileError, load_keys, parse_keys, save_keys
-from gateway.keys import KeyStore, digest_secret, new_secret
+from gateway.key_store import KeyStore
+from gateway.keyfile import (
+    ApiKey,
+    KeyFileError,
+    digest_secret,
+    load_keys,
+    new_secret,
+    parse_keys,
+    save_keys,
+)
 
 
 class FakeClock:
@@ -106,7 +114,7 @@ def test_reload_on_change_rate_limited_and_broken_edit_keeps_keys(
     path.write_text("keys: [oops\n")
     os.utime(path, ns=(1, 1))  # make sure the signature changes
     clock.now += 2
-    with caplog.at_level(logging.ERROR, logger="gateway.keys"):
+    with caplog.at_level(logging.ERROR, logger="gateway.key_store"):
         assert store.authenticate("s-carol") is not None  # last good keys kept
         clock.now += 2
         store.authenticate("s-carol")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.keyfile import ApiKey, save_keys
-from gateway.keys import KeyStore, digest_secret
+from gateway.key_store import KeyStore
+from gateway.keyfile import ApiKey, digest_secret, save_keys
 from gateway.limits import MemoryLimiter
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.doubles import ScriptedUpstream

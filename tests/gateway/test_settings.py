@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.commands.serve import settings_help
 from gateway.settings import GatewaySettings, load_settings
 from vkit.cli import main
+from vkit.commands.gateway import settings_help
 
 
 def test_arguments_beat_environment_beat_file(tmp_path: Path) -> None:

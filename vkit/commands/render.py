@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from launcher.fit import FitRequest, plan_fit
-from launcher.gpus import get_gpu, normalize_gpu_name
-from launcher.memory import Quantization
-from launcher.models import load_model
-from vkit.errors import CliError, UsageError
+from launcher.sizing.fit import FitRequest, plan_fit
+from launcher.sizing.gpus import get_gpu, normalize_gpu_name
+from launcher.sizing.memory import Quantization
+from launcher.sizing.models import load_model
+from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
 from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
 from vkit.render.compose import ComposeSpec

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vkit.stack.run import run_stack
-from vkit.stack.settings import UpSettings
+from vkit.stack.up_settings import UpSettings
 
 
 def register(subparsers: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from launcher.fit import FitPlan
+from launcher.sizing.fit import FitPlan
 from vkit.nginx_conf import render_nginx_site
 from vkit.render.compose import (
     DCGM_PORT,

@@ -1,7 +1,7 @@
 """The compose file for a GPU box, as a dict: :func:`build_compose`.
 
     >>> spec = ComposeSpec(gpu="rtx4090", gpu_ids=["0", "1"], model="llama-3.1-8b")
-    >>> compose = build_compose(spec, plan)   # plan: launcher.fit.plan_fit(...)
+    >>> compose = build_compose(spec, plan)   # plan: launcher.sizing.fit.plan_fit(...)
     >>> sorted(compose["services"])[:3]
     ['dcgm-exporter', 'gateway', 'grafana']
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from launcher.fit import FitPlan
-from launcher.vllm_args import VllmOptions, build_vllm_argv
+from launcher.sizing.fit import FitPlan
+from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 
 # Pinned images. vLLM: the release whose flags the launcher builds (--shutdown-timeout
 # needs >= 0.18; REFERENCE section 1).

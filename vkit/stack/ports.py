@@ -29,6 +29,11 @@ def ports_in_use(ports: Iterable[int], host: str = "127.0.0.1") -> list[int]:
     return [port for port in ports if port_in_use(port, host)]
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port that is free at the time of the call (tests and benchmarks use this one)."""
+    return pick_free_ports(1, host)[0]
+
+
 def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that are free at the time of the call."""
     with contextlib.ExitStack() as stack:

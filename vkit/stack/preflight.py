@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-from vkit.errors import CliError
+from vkit.exit_codes import CliError
 from vkit.stack.ports import port_in_use
-from vkit.stack.settings import UpSettings
+from vkit.stack.up_settings import UpSettings
 
 Which = Callable[[str], str | None]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from vkit.errors import CliError
+from vkit.exit_codes import CliError
 from vkit.stack.proctree import descendants, kill_all
 from vkit.stack.readiness import is_ready
 from vkit.stack.specs import ProcessSpec

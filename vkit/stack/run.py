@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from launcher.tiny_model import build_tiny_model
+from launcher.supervision.tiny_model import build_tiny_model
 from vkit.stack.banner import render_banner
-from vkit.stack.demo_key import add_key
-from vkit.stack.plan import StackLayout, StackPlan, StackPorts, plan_stack
+from vkit.stack.demo_key import add_demo_key
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
 from vkit.stack.processes import ProcessFailed, ProcessGroup, RunningProcess, tail_lines
-from vkit.stack.settings import UpSettings
+from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
+from vkit.stack.up_settings import UpSettings
 
 Say = Callable[[str], None]
 DEMO_KEY_NAME = "demo"
@@ -45,7 +45,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         settings, ports, layout, model_path=model_path, python=python, cpu_count=os.cpu_count() or 1
     )
     layout.nginx_conf.write_text(plan.nginx_conf)
-    secret = add_key(python, layout.keys_file, DEMO_KEY_NAME, settings.demo_key, [plan.model_name])
+    secret = add_demo_key(layout.keys_file, DEMO_KEY_NAME, settings.demo_key, [plan.model_name])
     group = ProcessGroup()
     try:
         with _sigterm_as_interrupt():

@@ -1,0 +1,73 @@
+"""The capacity planner: usage + model + priced GPUs -> GPUs, dollars and a recommendation.
+
+    >>> plan = plan_capacity(CapacityRequest(usage=UsageProfile(daily_users=10_000)))
+    >>> plan.recommendation.choice
+    '1x rtx4090'
+
+Pure: plain data in, a :class:`CapacityPlan` out (the model's config and the GPU prices are
+read from ``configs/`` through the launcher's loaders unless given).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus
+from launcher.sizing.capacity.options import (
+    CapacityRequest,
+    GpuOptionPlan,
+    ServerlessPlan,
+    plan_option,
+    plan_serverless,
+)
+from launcher.sizing.capacity.recommend import Recommendation, recommend
+from launcher.sizing.capacity.throughput import DecodeCalibration
+from launcher.sizing.capacity.usage import (
+    UsageProfile,
+    peak_concurrency,
+    peak_output_tok_s,
+    peak_requests_per_second,
+)
+from launcher.sizing.models import ModelSpec, load_model
+
+__all__ = ["CapacityPlan", "CapacityRequest", "UsageProfile", "plan_capacity"]
+
+
+class CapacityPlan(BaseModel):
+    """Everything ``vkit capacity`` prints; JSON-ready."""
+
+    usage: UsageProfile
+    model: str
+    quant: str
+    spares: int
+    peak_concurrency: float
+    peak_requests_per_second: float
+    peak_output_tok_s: float
+    options: list[GpuOptionPlan]
+    serverless: ServerlessPlan
+    recommendation: Recommendation
+
+
+def plan_capacity(
+    request: CapacityRequest,
+    options: list[PricedGpu] | None = None,
+    model: ModelSpec | None = None,
+    calibration: DecodeCalibration | None = None,
+) -> CapacityPlan:
+    """Plan ``request`` over ``options`` (default: every priced GPU in configs/gpus.yaml)."""
+    spec = model or load_model(request.model)
+    priced = options if options is not None else default_priced_gpus()
+    option_plans = [plan_option(option, spec, request, calibration) for option in priced]
+    serverless = plan_serverless(request)
+    return CapacityPlan(
+        usage=request.usage,
+        model=spec.name,
+        quant=request.quant,
+        spares=request.spares,
+        peak_concurrency=peak_concurrency(request.usage),
+        peak_requests_per_second=peak_requests_per_second(request.usage),
+        peak_output_tok_s=peak_output_tok_s(request.usage),
+        options=option_plans,
+        serverless=serverless,
+        recommendation=recommend(request, option_plans, serverless),
+    )

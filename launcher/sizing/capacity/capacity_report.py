@@ -1,0 +1,129 @@
+"""A :class:`CapacityPlan` as text: a table for people, JSON and CSV for tools."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+
+from launcher.sizing.capacity.capacity_plan import CapacityPlan
+from launcher.sizing.capacity.options import GpuOptionPlan
+
+CSV_COLUMNS = (
+    "option",
+    "gpu",
+    "provider",
+    "usd_per_hour",
+    "users_per_gpu",
+    "per_user_tok_s",
+    "gpu_tok_s",
+    "gpus",
+    "monthly_usd",
+    "usd_per_user",
+    "utilization",
+    "limited_by",
+)
+
+_TABLE: tuple[tuple[str, str, Callable[[GpuOptionPlan], str]], ...] = (
+    ("option", "<", lambda o: o.label),
+    ("$/hr", ">", lambda o: f"{o.usd_per_hour:.2f}"),
+    ("users/GPU", ">", lambda o: str(o.users_per_gpu) if o.users_per_gpu else "-"),
+    ("tok/s/GPU", ">", lambda o: f"{o.gpu_tok_s:,.0f}" if o.users_per_gpu else "-"),
+    ("GPUs", ">", lambda o: "-" if o.gpus is None else str(o.gpus)),
+    ("$/month", ">", lambda o: _money(o.monthly_usd)),
+    ("$/user", ">", lambda o: "-" if o.usd_per_user is None else f"{o.usd_per_user:,.2f}"),
+    ("peak util", ">", lambda o: "-" if o.utilization is None else f"{o.utilization:.1%}"),
+    ("limited by", "<", lambda o: o.limited_by),
+)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _header(plan: CapacityPlan) -> list[str]:
+    usage = plan.usage
+    return [
+        f"{usage.daily_users:,} daily users x {usage.requests_per_user:g} requests x "
+        f"{usage.tokens_per_request} tokens; {usage.peak_share:.0%} of traffic in "
+        f"{usage.peak_hours:g} h; >= {usage.user_tok_s:g} tok/s per user",
+        f"model {plan.model} ({plan.quant}); peak ~{plan.peak_concurrency:.2f} concurrent "
+        f"requests ({plan.peak_requests_per_second:.3f} req/s, "
+        f"{plan.peak_output_tok_s:,.0f} output tok/s)"
+        + (f"; {plan.spares} spare GPU(s)" if plan.spares else ""),
+    ]
+
+
+def _option_rows(plan: CapacityPlan) -> list[str]:
+    cells = [[name for name, _, _ in _TABLE]]
+    cells += [[render(option) for _, _, render in _TABLE] for option in plan.options]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_TABLE))]
+    aligns = [align for _, align, _ in _TABLE]
+    return [
+        "  ".join(
+            f"{cell:{align}{width}}" for cell, align, width in zip(row, aligns, widths, strict=True)
+        ).rstrip()
+        for row in cells
+    ]
+
+
+def _footer(plan: CapacityPlan) -> list[str]:
+    serverless, rec = plan.serverless, plan.recommendation
+    lines = [
+        f"serverless: ${serverless.usd_per_gpu_second:.6f}/GPU-second x "
+        f"{serverless.busy_gpu_seconds:,.0f} busy GPU-seconds = "
+        f"${serverless.monthly_usd:,.0f}/month (${serverless.usd_per_user:,.2f}/user)",
+    ]
+    lines += [f"  {o.label}: {o.note}" for o in plan.options if o.note]
+    lines.append(f"recommendation: {rec.choice} -- {rec.reason}")
+    if rec.crossover_users is not None and rec.crossover_busy_share is not None:
+        lines.append(
+            f"crossover: self-managed ({rec.crossover_option}) beats serverless from "
+            f"~{rec.crossover_users:,} DAU, {describe_busy_share(rec.crossover_busy_share)}"
+        )
+    return lines
+
+
+def describe_busy_share(share: float) -> str:
+    """``above 33% GPU utilization``; above 100%, the batching a GPU must do to pay off."""
+    if share <= 1:
+        return f"above {share:.0%} GPU utilization"
+    return f"once each GPU does the work of {share:.1f} busy serverless GPUs (batching)"
+
+
+def _rounded(row: dict[str, object]) -> dict[str, object]:
+    """Cents for money, four decimals for shares: no float noise in the CSV."""
+    digits = {"monthly_usd": 2, "usd_per_user": 4, "utilization": 4}
+    return {
+        key: round(value, digits[key])
+        for key, value in row.items()
+        if key in digits and isinstance(value, float)
+    }
+
+
+def render_table(plan: CapacityPlan) -> str:
+    return "\n".join([*_header(plan), "", *_option_rows(plan), "", *_footer(plan)]) + "\n"
+
+
+def render_json(plan: CapacityPlan) -> str:
+    return plan.model_dump_json(indent=2) + "\n"
+
+
+def render_csv(plan: CapacityPlan) -> str:
+    """One row per GPU option and a last row for serverless; empty cells where n/a."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for option in plan.options:
+        row = option.model_dump(include=set(CSV_COLUMNS))
+        writer.writerow({**row, **_rounded(row), "option": option.label})
+    serverless = plan.serverless
+    writer.writerow(
+        {
+            "option": "serverless",
+            **_rounded(
+                {"monthly_usd": serverless.monthly_usd, "usd_per_user": serverless.usd_per_user}
+            ),
+        }
+    )
+    return out.getvalue()

@@ -1,0 +1,78 @@
+"""The readable ``vkit plan`` report and its JSON twin."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from launcher.sizing.fit import FitPlan
+
+
+def command_line(argv: list[str], env: dict[str, str]) -> str:
+    """``VAR=value python -m ...`` as one shell line."""
+    prefix = [f"{key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    return " ".join([*prefix, shlex.join(argv)])
+
+
+def _memory_lines(plan: FitPlan) -> list[str]:
+    if plan.cpu:
+        return [
+            f"  memory    KV cache {plan.kv_gib:.2f} GiB of RAM (VLLM_CPU_KVCACHE_SPACE); "
+            f"weights {plan.weights_gib:.2f} GiB"
+        ]
+    return [
+        f"  memory    {plan.budget_gib:.2f} GiB usable ({plan.gpu_memory_utilization} x "
+        f"{plan.vram_gib:.2f} GiB) = weights {plan.weights_gib:.2f} + overhead "
+        f"{plan.overhead_gib:.2f} + KV cache {plan.kv_gib:.2f} GiB"
+    ]
+
+
+def _speed_line(plan: FitPlan) -> list[str]:
+    if plan.single_stream_tok_s is None or plan.aggregate_tok_s is None:
+        return []
+    return [
+        f"  speed     ~{plan.single_stream_tok_s:,.0f} tok/s single stream, "
+        f"~{plan.aggregate_tok_s:,.0f} tok/s at {plan.aggregate_concurrency} concurrent "
+        "(bandwidth roofline, decode only)"
+    ]
+
+
+def render_plan_text(plan: FitPlan, command: str | None) -> str:
+    """The human report: memory split, settings, speed, verdict and the command line."""
+    where = "CPU" if plan.cpu else f"{plan.target} ({plan.vram_gib:.2f} GiB)"
+    tp = f", TP {plan.tensor_parallel}" if plan.tensor_parallel > 1 else ""
+    lines = [f"{plan.model} on {where}: {plan.quant} weights, {plan.kv_dtype} KV cache{tp}"]
+    lines += _memory_lines(plan)
+    lines.append(
+        f"  KV cache  {plan.kv_bytes_per_token / 1024:g} KiB/token -> {plan.kv_tokens:,} tokens "
+        f"(blocks of {plan.block_size})"
+    )
+    lines.append(
+        f"  serving   max_model_len {plan.max_model_len:,} (full-length requests at once: "
+        f"{plan.concurrency_at_max_len:,}), max_num_seqs {plan.max_num_seqs}"
+    )
+    lines += _speed_line(plan)
+    lines.append(f"  verdict   {'FITS' if plan.fits else 'DOES NOT FIT'}")
+    lines += [f"    - {problem}" for problem in plan.problems]
+    if plan.ways_out:
+        lines.append("  ways out")
+        lines += [f"    - {way}" for way in plan.ways_out]
+    if command is None and plan.fits and plan.model == "tiny-llama":
+        lines += ["", "run it: vkit launch --profile tiny-cpu (builds the tiny model first)"]
+    if command is not None:
+        lines += ["", "vLLM command:", f"  {command}"]
+        if plan.quant in ("awq", "gptq"):
+            lines.append(
+                f"  (--model must name an {plan.quant.upper()} checkpoint; vLLM reads "
+                "its quantization from config.json and picks the Marlin kernels)"
+            )
+    return "\n".join(lines)
+
+
+def plan_json(plan: FitPlan, argv: list[str] | None, env: dict[str, str]) -> dict[str, Any]:
+    """The same as :func:`render_plan_text`, as data."""
+    data = plan.model_dump()
+    data["command"] = argv
+    data["env"] = env
+    data["command_line"] = command_line(argv, env) if argv is not None else None
+    return data

@@ -1,0 +1,184 @@
+"""``vkit launch`` as a Python API: from typed settings to the vLLM command and environment.
+
+    >>> spec = resolve_launch(LaunchSettings(model="llama-3.1-8b", gpu="rtx4090",
+    ...                                      quant="awq", concurrency=16), gpu_visible=True)
+    >>> spec.plan.max_model_len, spec.argv[3:5]
+    (6144, ['--model', 'meta-llama/Llama-3.1-8B-Instruct'])
+
+:func:`resolve_launch` is pure apart from reading model configs; :func:`build_vllm_argv`
+(re-exported from :mod:`launcher.supervision.vllm_args`) renders the options. The process
+itself is run by :class:`launcher.supervision.supervisor.EngineSupervisor`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from launcher.errors import LaunchError, UnknownModelError
+from launcher.sizing.fit import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    CpuTarget,
+    FitPlan,
+    FitRequest,
+    plan_fit,
+)
+from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
+from launcher.sizing.memory import Quantization
+from launcher.sizing.models import KvDtype, ModelSpec, load_model, vllm_model_argument
+from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
+
+__all__ = ["LaunchSettings", "LaunchSpec", "build_vllm_argv", "resolve_launch"]
+
+
+class LaunchSettings(BaseModel):
+    """Everything ``vkit launch`` takes, from flags or a deployment profile (same names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    gpu: str | None = None
+    cpu: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    served_model_name: str | None = None
+    max_model_len: int | None = Field(default=None, ge=16)
+    concurrency: int | None = Field(default=None, ge=1)
+    quant: Quantization = "bf16"
+    kv_cache_dtype: KvDtype = "auto"
+    tensor_parallel: int = Field(default=1, ge=1, le=8)
+    gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
+    enforce_eager: bool = False
+    shutdown_timeout: int | None = Field(default=None, ge=0)
+    kv_cache_space_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
+    max_restarts: int = Field(default=2, ge=0, le=10)
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("shutdown_timeout", mode="before")
+    @classmethod
+    def _whole_seconds(cls, value: object) -> object:
+        """vLLM takes whole seconds: 2.5 -> 3 (never drain for less than asked)."""
+        if isinstance(value, float | str) and value != "":
+            return math.ceil(float(value))
+        return value
+
+
+class LaunchSpec(BaseModel):
+    """The resolved launch: options, the command line, the environment to add, the plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    options: VllmOptions
+    argv: list[str]
+    env: dict[str, str]
+    plan: FitPlan | None
+    cpu: bool
+    notes: list[str] = Field(default_factory=list)
+
+
+def choose_target(
+    settings: LaunchSettings, *, gpu_visible: bool, detected_gpu: str | None = None
+) -> GpuProfile | CpuTarget | None:
+    """CPU with --cpu or when no GPU is visible; else --gpu, else the detected GPU's profile."""
+    if settings.cpu or (not gpu_visible and settings.gpu is None):
+        return CpuTarget(kv_cache_space_gib=settings.kv_cache_space_gib)
+    if settings.gpu is not None:
+        return get_gpu(settings.gpu)
+    if detected_gpu:
+        wanted = detected_gpu.lower().replace(" ", "")
+        for gpu in load_gpus().values():
+            if gpu.name.lower().replace(" ", "") in wanted:
+                return gpu
+    return None
+
+
+def _model_spec(name: str) -> ModelSpec | None:
+    try:
+        return load_model(name)
+    except UnknownModelError:
+        if Path(name).expanduser().exists():
+            raise
+        return None  # a repository id we hold no config for: vLLM's defaults apply
+
+
+def fit_request(settings: LaunchSettings) -> FitRequest:
+    """The solver's request: --max-model-len is a context target, else --concurrency."""
+    return FitRequest(
+        quant=settings.quant,
+        kv_dtype=settings.kv_cache_dtype,
+        tensor_parallel=settings.tensor_parallel,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        context=settings.max_model_len,
+        concurrency=None if settings.max_model_len else settings.concurrency,
+        min_context=min(2048, settings.max_model_len or 2048),
+    )
+
+
+def solve(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:
+    """The fit plan for the settings (larger GPUs offered as ways out)."""
+    alternatives = tuple(load_gpus().values()) if isinstance(target, GpuProfile) else ()
+    return plan_fit(fit_request(settings), target, spec, alternatives)
+
+
+def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:
+    """:func:`solve`, but a plan that does not fit is a :class:`LaunchError`."""
+    plan = solve(settings, target, spec)
+    if not plan.fits:
+        ways = "; ".join(plan.ways_out)
+        raise LaunchError(
+            f"{spec.name} does not fit on {plan.target}: {'; '.join(plan.problems)}"
+            + (f". Ways out: {ways}" if ways else "")
+        )
+    return plan
+
+
+def options_for(settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool) -> VllmOptions:
+    """vLLM options: the plan's max_model_len / max_num_seqs, the rest from the settings."""
+    return VllmOptions(
+        model=vllm_model_argument(settings.model),
+        served_model_name=settings.served_model_name,
+        host=settings.host,
+        port=settings.port,
+        max_model_len=plan.max_model_len if plan else settings.max_model_len,
+        max_num_seqs=plan.max_num_seqs if plan else None,
+        gpu_memory_utilization=None if cpu else settings.gpu_memory_utilization,
+        tensor_parallel=settings.tensor_parallel,
+        quant=settings.quant,
+        kv_cache_dtype=settings.kv_cache_dtype,
+        enforce_eager=settings.enforce_eager,
+        shutdown_timeout=settings.shutdown_timeout,
+        extra_args=settings.extra_args,
+    )
+
+
+def engine_env(settings: LaunchSettings, *, cpu: bool) -> dict[str, str]:
+    """Variables to add for the engine. CPU: the KV budget, VLLM_CPU_KVCACHE_SPACE (GiB)."""
+    return {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_space_gib)} if cpu else {}
+
+
+def resolve_launch(
+    settings: LaunchSettings,
+    *,
+    gpu_visible: bool,
+    detected_gpu: str | None = None,
+    engine: Sequence[str] | None = None,
+) -> LaunchSpec:
+    """Settings -> vLLM options, argv and environment, tuned by the fit solver when it can."""
+    target = choose_target(settings, gpu_visible=gpu_visible, detected_gpu=detected_gpu)
+    cpu = isinstance(target, CpuTarget)
+    spec = _model_spec(settings.model)
+    notes: list[str] = []
+    plan = None
+    if spec is not None and target is not None:
+        plan = plan_for(settings, target, spec)
+    elif spec is None:
+        notes.append(f"no config.json known for {settings.model!r}: not tuned by the solver")
+    else:
+        notes.append("GPU not in configs/gpus.yaml (use --gpu NAME): not tuned by the solver")
+    options = options_for(settings, plan, cpu=cpu)
+    env = engine_env(settings, cpu=cpu)
+    argv = build_vllm_argv(options, engine=engine)
+    return LaunchSpec(options=options, argv=argv, env=env, plan=plan, cpu=cpu, notes=notes)

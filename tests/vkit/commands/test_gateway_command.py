@@ -1,0 +1,62 @@
+"""``vkit gateway`` as a process: settings from the environment, ready, serving, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.gateway.doubles import ScriptedUpstream
+from vkit.stack.ports import free_port
+
+
+async def test_vkit_gateway_serves_from_env_settings(tmp_path: Path) -> None:
+    async with ScriptedUpstream() as upstream:
+        await serve_and_check(upstream, tmp_path)
+
+
+async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "VKIT_GATEWAY_UPSTREAMS": json.dumps([upstream.url]),
+        "VKIT_GATEWAY_ALLOW_ANONYMOUS": "true",
+        "VKIT_GATEWAY_HEALTH__INTERVAL": "0.2",
+        "VKIT_GATEWAY_CAPS__DEFAULT_MAX_TOKENS": "3",
+    }
+    log = (tmp_path / "gw.log").open("wb")
+    argv = [sys.executable, "-m", "vkit", "gateway", "--port", str(port)]
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            async with asyncio.timeout(30):
+                while not await ready():
+                    assert process.poll() is None, (tmp_path / "gw.log").read_text()
+                    await asyncio.sleep(0.1)
+            body = {"model": "tiny-llama", "prompt": "hi"}
+            response = await client.post("/v1/completions", json=body)
+            assert response.status_code == 200
+            assert upstream.bodies[-1]["max_tokens"] == 3
+            metrics = (await client.get("/metrics")).text
+            assert "vkit_gateway_process_resident_memory_bytes" in metrics
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+        assert "Traceback" not in (tmp_path / "gw.log").read_text()
+    finally:
+        process.kill()
+        process.wait(timeout=5)
+        log.close()

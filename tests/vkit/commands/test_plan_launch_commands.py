@@ -1,0 +1,178 @@
+"""``vkit plan`` / ``vkit launch --dry-run``: in-process through ``vkit.cli.main``, and a
+few through a real ``python -m vkit`` subprocess (exit codes, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vkit.cli import main
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def vkit(capsys: pytest.CaptureFixture[str]) -> Callable[..., Done]:
+    """Run ``vkit ARGS`` in-process; argparse's own errors exit through SystemExit."""
+
+    def run(*args: str) -> Done:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+
+    return run
+
+
+def vkit_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vkit", *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+def test_plan_prints_report_and_exact_command(vkit: Callable[..., Done]) -> None:
+    done = vkit(
+        "plan",
+        "--model",
+        "llama-3.1-8b",
+        "--gpu",
+        "rtx4090",
+        "--quant",
+        "awq",
+        "--concurrency",
+        "16",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "FITS" in done.stdout
+    assert "max_model_len 6,144" in done.stdout
+    command = done.stdout.split("vLLM command:\n", 1)[1].splitlines()[0].split()
+    assert command[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert command[command.index("--max-model-len") + 1] == "6144"
+
+
+def test_plan_json_has_the_same_numbers(vkit: Callable[..., Done]) -> None:
+    done = vkit("plan", "--model", "qwen3-8b", "--gpu", "l4", "--context", "40960", "--json")
+    data = json.loads(done.stdout)
+    assert data["kv_bytes_per_token"] == 144 * 1024
+    assert data["fits"] is (done.returncode == 0)
+    if data["fits"]:
+        assert "--max-model-len" in data["command"]
+
+
+def test_plan_that_cannot_fit_exits_1_with_numbers_and_ways_out(vkit: Callable[..., Done]) -> None:
+    done = vkit("plan", "--model", "70b", "--gpu", "rtx4090", "--quant", "awq")
+    assert done.returncode == 1
+    assert "DOES NOT FIT" in done.stdout
+    assert "ways out" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "8b", "--gpu", "v100"], "known GPUs: a100-80gb"),
+        (["--model", "gpt-x", "--gpu", "l4"], "known models:"),
+        (["--model", "8b", "--gpu", "l4", "--concurrency", "0"], "concurrency"),
+        (["--model", "8b", "--gpu", "l4", "--concurrency", "many"], "invalid int value"),
+        (["--model", "8b", "--gpu", "a100-80gb", "--quant", "fp8"], "FP8"),
+        (["--model", "8b", "--gpu", "l4", "--quant", "int3"], "invalid choice"),
+        (["--model", "8b", "--gpu", "l4", "--context", "4096", "--concurrency", "4"], "not both"),
+    ],
+)
+def test_bad_plan_input_is_one_line_and_exit_2(
+    vkit: Callable[..., Done], args: list[str], needle: str
+) -> None:
+    done = vkit("plan", *args)
+    assert done.returncode == 2
+    assert needle in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_launch_dry_run_cpu_with_profile_flags_and_extras(
+    vkit: Callable[..., Done], tmp_path: Path
+) -> None:
+    model = tmp_path / "qwen3-4b"
+    model.mkdir()
+    shutil.copy(REPO / "configs/models/qwen3-4b/config.json", model / "config.json")
+    done = vkit(
+        "launch",
+        "--model",
+        str(model),
+        "--cpu",
+        "--max-model-len",
+        "1024",
+        "--port",
+        "9123",
+        "--dry-run",
+        "--",
+        "--seed",
+        "7",
+        "--max-model-len",
+        "512",
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("VLLM_CPU_KVCACHE_SPACE=1 ")
+    tokens = line.split()
+    assert tokens[tokens.index("--port") + 1] == "9123"
+    assert tokens.count("--max-model-len") == 1
+    assert tokens[tokens.index("--max-model-len") + 1] == "512"
+    assert "--gpu-memory-utilization" not in tokens
+
+
+def test_launch_dry_run_profile_for_a_gpu(vkit: Callable[..., Done]) -> None:
+    done = vkit("launch", "--profile", "llama-3.1-8b-rtx4090", "--dry-run", "--port", "8100")
+    assert done.returncode == 0, done.stderr
+    tokens = done.stdout.split()
+    assert tokens[tokens.index("--model") + 1].endswith("AWQ-INT4")
+    assert tokens[tokens.index("--max-model-len") + 1] == "6144"
+    assert tokens[tokens.index("--port") + 1] == "8100"
+
+
+def test_launch_refuses_a_plan_that_does_not_fit(vkit: Callable[..., Done]) -> None:
+    done = vkit(
+        "launch", "--model", "8b", "--gpu", "rtx4090", "--max-model-len", "131072", "--dry-run"
+    )
+    assert done.returncode == 1
+    assert "does not fit" in done.stderr and "Ways out" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_launch_bad_input_is_one_line_and_exit_2(vkit: Callable[..., Done]) -> None:
+    done = vkit(
+        "launch", "--model", "8b", "--gpu", "l4", "--dry-run", "--", "--seed", "1", "--seed", "2"
+    )
+    assert done.returncode == 2
+    assert "twice" in done.stderr
+    missing = vkit("launch", "--profile", "no-such-profile", "--dry-run")
+    assert missing.returncode == 2
+    assert "tiny-cpu" in missing.stderr
+
+
+def test_real_process_bad_input_exit_codes_and_no_traceback() -> None:
+    unknown = vkit_process("plan", "--model", "8b", "--gpu", "v100")
+    assert unknown.returncode == 2
+    assert unknown.stderr.count("\n") == 1 and "known GPUs" in unknown.stderr
+    bad_flag = vkit_process("launch", "--model", "8b", "--port", "http", "--dry-run")
+    assert bad_flag.returncode == 2
+    assert bad_flag.stderr.count("\n") == 1 and "Traceback" not in bad_flag.stderr
+    no_fit = vkit_process("plan", "--model", "70b", "--gpu", "l4", "--quant", "awq")
+    assert no_fit.returncode == 1
+    assert "DOES NOT FIT" in no_fit.stdout and not no_fit.stderr

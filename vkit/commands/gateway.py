@@ -1,0 +1,118 @@
+"""``vkit gateway``: run the gateway under uvicorn.
+
+The only place that reads the environment and the config file: flags > environment
+(``VKIT_GATEWAY_*``) > ``--config`` YAML > defaults (see :mod:`gateway.settings`).
+A bad setting stops it at start with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import SettingsError
+
+from gateway.settings import GatewaySettings, load_settings
+from vkit.exit_codes import UsageError
+
+ENV_PREFIX = "VKIT_GATEWAY_"
+
+
+class ServeArgs(BaseModel):
+    """The command line, typed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="run the OpenAI-compatible gateway (keys, limits, caps, timeouts, metrics)",
+        description="Run the gateway in front of NGINX or vLLM replicas. "
+        "Settings: flags > environment > --config YAML file > defaults.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML file with the settings below")
+    parser.add_argument("--host", help="listen address (VKIT_GATEWAY_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (VKIT_GATEWAY_PORT)")
+    parser.set_defaults(handler=run)
+
+
+def settings_help() -> str:
+    """One line per setting: its environment variable, default and meaning."""
+    lines = ["settings (environment variable = default: meaning; YAML uses the lower-case path):"]
+    lines += _field_lines(GatewaySettings.model_fields, ENV_PREFIX)
+    lines.append("lists are JSON, e.g. VKIT_GATEWAY_HEALTH__EXPECTED_MODELS='[\"tiny-llama\"]'")
+    return "\n".join(lines)
+
+
+def _field_lines(fields: dict[str, FieldInfo], prefix: str) -> list[str]:
+    lines = []
+    for name, info in fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += _field_lines(annotation.model_fields, f"{prefix}{name.upper()}__")
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = [str(u) for u in default] if name == "upstreams" else default
+        text = f"  {prefix}{name.upper()} = {shown}"
+        if info.description:
+            text += f": {info.description}"
+        lines.append(text)
+    return lines
+
+
+def read_settings(args: ServeArgs) -> GatewaySettings:
+    if args.config is not None and not args.config.is_file():
+        raise UsageError(f"config file not found: {args.config}")
+    overrides: dict[str, object] = {
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    }
+    try:
+        settings = load_settings(args.config, None, **overrides)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise UsageError(f"config file {args.config} is not valid YAML: {reason}") from None
+    if settings.keys_file is None and not settings.allow_anonymous:
+        raise UsageError("no keys: set VKIT_GATEWAY_KEYS_FILE (or allow_anonymous for development)")
+    if settings.keys_file is not None and not settings.keys_file.is_file():
+        raise UsageError(f"keys file not found: {settings.keys_file}")
+    return settings
+
+
+def run(namespace: argparse.Namespace) -> int:
+    args = ServeArgs(config=namespace.config, host=namespace.host, port=namespace.port)
+    settings = read_settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    import uvicorn
+
+    from gateway.assembly import build_app  # imports uvicorn/aiohttp only when running
+    from gateway.keyfile import KeyFileError
+
+    try:
+        app = build_app(settings)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.timeouts.total),
+    )
+    return 0

@@ -1,0 +1,124 @@
+"""``vkit launch``: start vLLM with tuned arguments, supervise it, exit with its code.
+
+vkit launch --model llama-3.1-8b --gpu rtx4090 --quant awq --concurrency 16
+vkit launch --profile tiny-cpu --port 8001 -- --seed 7
+vkit launch --model DIR --cpu --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from launcher.sizing.fit_report import command_line
+from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
+from launcher.supervision.profiles import LaunchEnvironment, load_profile, merge_extra_args
+from launcher.supervision.supervisor import EngineSupervisor
+from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
+from launcher.supervision.vllm_args import build_vllm_argv
+from vkit.commands.plan import _FIELDS, add_model_arguments, settings_fields
+from vkit.exit_codes import UsageError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "launch",
+        help="start vLLM with the fit solver's settings (GPU or CPU) and supervise it",
+        description="Start `python -m vllm.entrypoints.openai.api_server` with tuned flags, "
+        "forward SIGTERM/SIGINT for a graceful drain, relaunch after start-up memory errors, "
+        "and exit with vLLM's exit code. Flags after `--` go to vLLM (they win over ours).",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--max-model-len", type=int, help="context length (else solved)")
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="no CUDA graphs / torch.compile (faster start)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout", type=float, help="seconds vLLM drains in-flight requests on SIGTERM"
+    )
+    parser.add_argument("--max-restarts", type=int, help="relaunches after memory errors (2)")
+    parser.add_argument(
+        "--profile", help="deployment profile: a YAML file or a name in configs/deployments"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    parser.add_argument(
+        "extra", nargs="*", metavar="-- VLLM_ARGS", help="extra vLLM arguments, after --"
+    )
+    parser.set_defaults(handler=run_launch)
+
+
+_LAUNCH_FIELDS = [*_FIELDS, "max_model_len", "enforce_eager", "shutdown_timeout", "max_restarts"]
+
+
+def detect_gpu() -> tuple[bool, str | None]:
+    """Is an NVIDIA GPU visible, and its name (via nvidia-smi)?"""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return Path("/dev/nvidia0").exists(), None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False, None
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return bool(names), names[0] if names else None
+
+
+def settings_from(args: argparse.Namespace, environment: LaunchEnvironment) -> LaunchSettings:
+    """Profile < environment < flags, validated once as LaunchSettings."""
+    fields: dict[str, Any] = load_profile(args.profile) if args.profile else {}
+    if environment.vllm_cpu_kvcache_space is not None:
+        fields["kv_cache_space_gib"] = environment.vllm_cpu_kvcache_space
+    fields.update(settings_fields(args, _LAUNCH_FIELDS))
+    if args.cpu:
+        fields.pop("gpu", None)
+    elif args.gpu:
+        fields.pop("cpu", None)
+    fields["extra_args"] = merge_extra_args(tuple(fields.get("extra_args", ())), tuple(args.extra))
+    if "model" not in fields:
+        raise UsageError("give --model NAME_OR_DIR or --profile FILE")
+    return LaunchSettings(**fields)
+
+
+def with_tiny_model(settings: LaunchSettings, models_dir: Path) -> LaunchSettings:
+    """``--model tiny-llama`` (not a directory): build the built-in tiny model and use it."""
+    if settings.model != TINY_MODEL_NAME or Path(settings.model).is_dir():
+        return settings
+    path = build_tiny_model(models_dir / TINY_MODEL_NAME)
+    return settings.model_copy(
+        update={
+            "model": str(path.resolve()),
+            "served_model_name": settings.served_model_name or TINY_MODEL_NAME,
+        }
+    )
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    environment = LaunchEnvironment()
+    settings = with_tiny_model(settings_from(args, environment), environment.vkit_models_dir)
+    gpu_visible, gpu_name = (False, None) if settings.cpu else detect_gpu()
+    spec = resolve_launch(settings, gpu_visible=gpu_visible, detected_gpu=gpu_name)
+    for note in spec.notes:
+        print(f"vkit launch: note: {note}", file=sys.stderr)
+    line = command_line(spec.argv, spec.env)
+    if args.dry_run:
+        print(line)
+        return 0
+    print(f"vkit launch: {line}", file=sys.stderr, flush=True)
+    supervisor = EngineSupervisor(
+        build_vllm_argv, env={**os.environ, **spec.env}, max_restarts=settings.max_restarts
+    )
+    return supervisor.run(spec.options)

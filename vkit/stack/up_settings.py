@@ -1,0 +1,83 @@
+"""``UpSettings``: everything ``vkit up`` can be told, modelled once.
+
+Sources, highest first: constructor arguments (the CLI flags), ``VKIT_UP_*``
+environment variables, defaults. With no flags at all the stack runs on the CPU with
+the built-in tiny model, two replicas, the gateway on ``127.0.0.1:8000`` and the run
+directory ``.vkit/run`` (logs, nginx.conf, the demo keys file, the tiny model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from launcher.supervision.tiny_model import TINY_MODEL_NAME
+
+TINY_MAX_MODEL_LEN = 256  # REFERENCE section 4: what the CPU engine starts fast with
+
+
+class DemoKeyLimits(BaseModel):
+    """Limits of the fresh demo key that ``vkit up`` prints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int = Field(default=60, ge=1)
+    tpm: int = Field(default=20_000, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    max_tokens: int = Field(default=128, ge=1)
+
+
+class UpSettings(BaseSettings):
+    """The whole local stack: N replicas, NGINX, optional Redis, the gateway."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VKIT_UP_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    replicas: int = Field(default=2, ge=1, le=16)
+    model: str | None = Field(
+        default=None, description="model name or directory; None = tiny model"
+    )
+    gpu: str | None = Field(default=None, description="GPU name from configs/gpus.yaml; None = CPU")
+    served_model_name: str | None = None
+    max_model_len: int | None = Field(default=None, ge=16)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    redis: bool = False
+    run_dir: Path = Path(".vkit/run")
+    nginx_port: int | None = Field(default=None, ge=1, le=65535, description="None = a free port")
+    redis_port: int | None = Field(default=None, ge=1, le=65535, description="None = a free port")
+    replica_ports: list[int] | None = Field(default=None, description="None = free ports")
+    nginx_bin: str = "nginx"
+    redis_bin: str = "redis-server"
+    cpu_kvcache_gib: float = Field(
+        default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE per replica"
+    )
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    shutdown_timeout_s: float = Field(
+        default=10.0, ge=0, description="drain time for in-flight requests"
+    )
+    demo_key: DemoKeyLimits = DemoKeyLimits()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> UpSettings:
+        if self.gpu is not None and self.model is None:
+            raise ValueError("--gpu needs --model (the tiny model is for CPU demos)")
+        if self.replica_ports is not None and len(self.replica_ports) != self.replicas:
+            raise ValueError(
+                f"replica_ports has {len(self.replica_ports)} ports for {self.replicas} replicas"
+            )
+        return self
+
+    @property
+    def uses_tiny_model(self) -> bool:
+        return self.model is None
+
+    @property
+    def model_name(self) -> str:
+        """The name clients send as ``model``."""
+        if self.served_model_name:
+            return self.served_model_name
+        return TINY_MODEL_NAME if self.model is None else self.model
