@@ -15,7 +15,7 @@ from typing import Protocol
 
 from starlette.requests import Request
 
-from gateway.body import RequestBody, encode_body, parse_body
+from gateway.body import encode_body, parse_body
 from gateway.caps import apply_token_cap
 from gateway.errors import (
     AuthenticationFailed,
@@ -25,7 +25,7 @@ from gateway.errors import (
     RateLimitExceeded,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
+from gateway.settings import CapSettings
 from gateway.upstreams import UpstreamPool
 
 ANONYMOUS = "anonymous"
@@ -64,12 +64,22 @@ class LimiterLike(Protocol):
     async def acquire(self, key: KeyLike, tokens: int) -> LeaseLike: ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Admitted:
+    """What admission learned about one request: the facts its exchange works from.
+
+    Built once by :meth:`Gate.admit`; what the exchange produces (status, timings, usage)
+    is :class:`gateway.proxy.Outcome`, a second object."""
+
+    path: str
     key_name: str
-    body: RequestBody
-    raw: bytes
-    settle: Callable[[int], Awaitable[None]]
+    model: str  # the metric label: a served model's name, or "other"
+    body: bytes  # what goes upstream (capped, usage requested)
+    stream: bool
+    include_usage: bool  # whether the client itself asked for the usage chunk
+    prompt_estimate: int
+    settle: Callable[[int], Awaitable[None]]  # the lease's settle(used_tokens)
+    started: float
     headers: list[tuple[bytes, bytes]]  # the success-path x-ratelimit-* headers
 
 
@@ -78,15 +88,22 @@ async def _no_lease(used_tokens: int) -> None:
 
 
 class Gate:
+    """Admission: reads the caps, the body limit and whether anonymous calls are allowed."""
+
     def __init__(
         self,
-        settings: GatewaySettings,
+        *,
+        caps: CapSettings,
+        max_body_bytes: int,
+        allow_anonymous: bool,
         pool: UpstreamPool,
         metrics: GatewayMetrics,
         key_store: KeyStoreLike | None,
         limiter: LimiterLike | None,
     ) -> None:
-        self.settings = settings
+        self.caps = caps
+        self.max_body_bytes = max_body_bytes
+        self.allow_anonymous = allow_anonymous
         self.pool = pool
         self.metrics = metrics
         self.key_store = key_store
@@ -97,7 +114,7 @@ class Gate:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            if self.settings.allow_anonymous:
+            if self.allow_anonymous:
                 return None
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
         key = self.key_store.authenticate(secret.strip()) if self.key_store else None
@@ -105,26 +122,43 @@ class Gate:
             raise AuthenticationFailed("invalid or disabled API key")
         return key
 
-    async def admit(self, request: Request, with_cap: bool) -> Admitted:
+    def model_label(self, model: str) -> str:
+        """A bounded metric label: a served model's name, else ``other``."""
+        return model if model in self.pool.known_models() else "other"
+
+    async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
-        received = await read_body(request, self.settings.max_body_bytes)
+        received = await read_body(request, self.max_body_bytes)
         body = parse_body(received)
         self.check_model(key, body.model)
         changed = False
         if with_cap:
-            changed = apply_token_cap(body, key.max_tokens if key else None, self.settings.caps)
+            changed = apply_token_cap(body, key.max_tokens if key else None, self.caps)
             if body.stream and not body.include_usage:
                 options = body.data.get("stream_options") or {}
                 body.data["stream_options"] = {**options, "include_usage": True}
                 changed = True
         raw = encode_body(body.data) if changed else received
+        label = self.model_label(body.model)
         reserve = body.prompt_tokens_estimate + (body.max_tokens or 0)
-        lease = await self._acquire(key, key_name, body.model, reserve)
-        if lease is None:
-            return Admitted(key_name, body, raw, _no_lease, [])
-        headers = [(k.encode(), v.encode()) for k, v in lease.headers.items()]
-        return Admitted(key_name, body, raw, lease.settle, headers)
+        lease = await self._acquire(key, key_name, label, reserve)
+        settle, headers = _no_lease, []
+        if lease is not None:
+            settle = lease.settle
+            headers = [(k.encode(), v.encode()) for k, v in lease.headers.items()]
+        return Admitted(
+            path=path,
+            key_name=key_name,
+            model=label,
+            body=raw,
+            stream=body.stream,
+            include_usage=body.include_usage,
+            prompt_estimate=body.prompt_tokens_estimate,
+            settle=settle,
+            started=started,
+            headers=headers,
+        )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:
         if key is not None and key.models and model not in key.models:
@@ -136,7 +170,7 @@ class Gate:
             )
 
     async def _acquire(
-        self, key: KeyLike | None, key_name: str, model: str, tokens: int
+        self, key: KeyLike | None, key_name: str, model_label: str, tokens: int
     ) -> LeaseLike | None:
         if key is None or self.limiter is None:
             return None
@@ -145,7 +179,6 @@ class Gate:
         except RateLimitExceeded as exc:
             self.metrics.rate_limited.labels(key_name, exc.reason).inc()
             # 429s count as answered requests too, so error-ratio panels and alerts see them.
-            model_label = model if model in self.pool.known_models() else "other"
             self.metrics.requests.labels(key_name, model_label, str(exc.status_code)).inc()
             raise
 

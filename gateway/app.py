@@ -35,14 +35,14 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     UpstreamError,
-    UpstreamTimeout,
     error_envelope,
 )
-from gateway.health import UpstreamProber, model_ids
+from gateway.health import UpstreamProber
 from gateway.metrics import GatewayMetrics
-from gateway.proxy import Admission, Exchange, Forwarder
+from gateway.proxy import Exchange, Forwarder, upstream_headers
 from gateway.settings import GatewaySettings
 from gateway.upstreams import UpstreamPool
+from launcher.supervision.readiness import ReadinessCheck, model_ids
 
 log = logging.getLogger("vkit.gateway")
 
@@ -72,9 +72,27 @@ def create_app(
     registry = metrics.registry
     client = upstream_client or AiohttpClient(connect_timeout=settings.timeouts.connect)
     pool = UpstreamPool(settings.upstream_urls)
-    forwarder = Forwarder(settings, pool, client, metrics, clock)
-    gate = Gate(settings, pool, metrics, key_store, limiter)
-    prober = UpstreamProber(settings, pool, client, metrics, forwarder.upstream_headers)
+    api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    forwarder = Forwarder(
+        retry=settings.retry,
+        timeouts=settings.timeouts,
+        headers=upstream_headers(api_key),
+        pool=pool,
+        client=client,
+        metrics=metrics,
+        clock=clock,
+    )
+    gate = Gate(
+        caps=settings.caps,
+        max_body_bytes=settings.max_body_bytes,
+        allow_anonymous=settings.allow_anonymous,
+        pool=pool,
+        metrics=metrics,
+        key_store=key_store,
+        limiter=limiter,
+    )
+    check = ReadinessCheck.of(api_key, settings.health.expected_models)
+    prober = UpstreamProber(settings.health, pool, client, metrics, check)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,22 +124,8 @@ def _add_proxy_route(
     app: FastAPI, path: str, with_cap: bool, gate: Gate, forwarder: Forwarder
 ) -> None:
     async def proxy(request: Request) -> Response:
-        started = forwarder.clock()
-        admitted = await gate.admit(request, with_cap)
-        body = admitted.body
-        admission = Admission(
-            path=path,
-            body=admitted.raw,
-            key_name=admitted.key_name,
-            model=body.model if body.model in gate.pool.known_models() else "other",
-            stream=body.stream,
-            include_usage=body.include_usage,
-            prompt_estimate=body.prompt_tokens_estimate,
-            settle=admitted.settle,
-            started=started,
-            headers=admitted.headers,
-        )
-        return Exchange(forwarder, admission)
+        admitted = await gate.admit(request, path, with_cap, started=forwarder.clock())
+        return Exchange(forwarder, admitted)
 
     # A plain Starlette route: FastAPI's per-request dependency solving costs ~50 us and
     # the proxy needs none of it; the OpenAPI entry is added by _document_proxied_routes.
@@ -149,18 +153,14 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
     @app.get("/v1/models", responses=_ERROR_RESPONSES)
     async def list_models(request: Request) -> Response:
         key = gate.authenticate(request)
-        limit = forwarder.settings.timeouts.first_byte
+        limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
+        _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
         try:
-            async with asyncio.timeout(limit):
-                _, upstream = await forwarder.open("GET", "/v1/models", None)
-                try:
-                    body = await upstream.read()
-                finally:
-                    upstream.release()
-        except TimeoutError:
-            raise UpstreamTimeout(f"no model list within {limit:g} s") from None
+            body = await upstream.read()
         except UpstreamBroken:
             body = b""
+        finally:
+            upstream.release()
         if upstream.status != 200 or model_ids(body) is None:
             raise UpstreamError("the upstream's model list could not be read")
         listing = json.loads(body)

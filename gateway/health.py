@@ -1,22 +1,23 @@
 """Background readiness probing of the upstreams.
 
-An upstream is ready when ``GET /health`` answers 200 *and* ``GET /v1/models`` lists a
-model (each of ``health.expected_models`` when set): vLLM's ``/health`` goes 200 as soon as
-the HTTP server binds, before it can serve (REFERENCE section 1). Probes run every
-``health.interval`` seconds in one task started by the app's lifespan; requests never wait
-on them.
+Whether an upstream is ready is decided by the one rule of
+:mod:`launcher.supervision.readiness` (``/health`` 200 and ``/v1/models`` listing a model --
+each of ``health.expected_models`` when set -- asked with the upstream API key), the same
+rule ``vkit launch`` and ``vkit up`` use; this module only sends the two requests through the
+gateway's own pooled client. Probes run every ``health.interval`` seconds in one task
+started by the app's lifespan; requests never wait on them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from gateway.client import UpstreamClient, UpstreamConnectError
 from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
+from gateway.settings import HealthSettings
 from gateway.upstreams import Upstream, UpstreamPool
+from launcher.supervision.readiness import HEALTH_PATH, MODELS_PATH, ReadinessCheck, Verdict
 
 log = logging.getLogger("vkit.gateway.health")
 
@@ -24,66 +25,51 @@ log = logging.getLogger("vkit.gateway.health")
 class UpstreamProber:
     def __init__(
         self,
-        settings: GatewaySettings,
+        settings: HealthSettings,
         pool: UpstreamPool,
         client: UpstreamClient,
         metrics: GatewayMetrics,
-        headers: dict[str, str],
+        check: ReadinessCheck,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.client = client
         self.metrics = metrics
-        self.headers = headers
+        self.check = check
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(u) for u in self.pool.upstreams))
 
     async def probe(self, upstream: Upstream) -> None:
         try:
-            async with asyncio.timeout(self.settings.health.timeout):
-                models = await self._models_if_healthy(upstream)
+            async with asyncio.timeout(self.settings.timeout):
+                verdict = await self._verdict(upstream)
         except (TimeoutError, UpstreamConnectError):
-            models = None
-        expected = set(self.settings.health.expected_models)
-        ready = models is not None and bool(models) and expected <= models
+            verdict = self.check.verdict(None, None, None)
+        ready = verdict.ready
         if ready != upstream.ready or not upstream.probed:
-            log.info("upstream %s is %s", upstream.label, "ready" if ready else "not ready")
+            state = "ready" if ready else "not ready"
+            log.info("upstream %s is %s: %s", upstream.label, state, verdict.reason)
         upstream.ready = ready
         upstream.probed = True
-        upstream.models = frozenset(models or ())
+        upstream.models = verdict.models
         self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
 
-    async def _models_if_healthy(self, upstream: Upstream) -> set[str] | None:
-        health = await self.client.send("GET", upstream.url + "/health", self.headers, None)
+    async def _get(self, upstream: Upstream, path: str) -> tuple[int, bytes]:
+        response = await self.client.send("GET", upstream.url + path, self.check.headers, None)
         try:
-            await health.read()
+            return response.status, await response.read()
         finally:
-            health.release()
-        if health.status != 200:
-            return None
-        listing = await self.client.send("GET", upstream.url + "/v1/models", self.headers, None)
-        try:
-            body = await listing.read()
-        finally:
-            listing.release()
-        if listing.status != 200:
-            return None
-        return model_ids(body)
+            response.release()
+
+    async def _verdict(self, upstream: Upstream) -> Verdict:
+        health_status, _ = await self._get(upstream, HEALTH_PATH)
+        if health_status != 200:
+            return self.check.verdict(health_status, None, None)
+        models_status, body = await self._get(upstream, MODELS_PATH)
+        return self.check.verdict(health_status, models_status, body)
 
     async def run_forever(self) -> None:
         while True:
             await self.probe_all()
-            await asyncio.sleep(self.settings.health.interval)
-
-
-def model_ids(body: bytes) -> set[str] | None:
-    """The ids in a ``/v1/models`` answer, or ``None`` when it is not one."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
-    data = parsed.get("data") if isinstance(parsed, dict) else None
-    if not isinstance(data, list):
-        return None
-    return {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+            await asyncio.sleep(self.settings.interval)

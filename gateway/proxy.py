@@ -6,7 +6,7 @@ client), relays the body, applies the layered timeouts, watches for the client g
 and in every case closes or releases the upstream connection, settles the limiter lease
 with the tokens really used and records the metrics.
 
-Timeouts (``settings.timeouts``): no response head within ``first_byte`` (or ``total``)
+Timeouts (``GatewaySettings.timeouts``): no response head within ``first_byte`` (or ``total``)
 -> 504 envelope; during a stream, a gap over ``idle`` or the ``total`` deadline -> an
 ``data: {"error": ...}`` event and ``data: [DONE]``. Either way the upstream connection
 is closed, so vLLM aborts (REFERENCE section 4).
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
@@ -29,6 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from gateway.admission import Admitted
 from gateway.client import (
     UpstreamBroken,
     UpstreamClient,
@@ -44,7 +45,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.relay import StreamMeter, Usage, usage_from_json
-from gateway.settings import GatewaySettings
+from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("vkit.gateway.proxy")
@@ -66,45 +67,55 @@ class _Retryable(Exception):
 
 
 @dataclass(slots=True)
-class Admission:
-    """A request that passed auth, parsing, caps and the limiter."""
+class Outcome:
+    """What one exchange produced: the answer's status, timings and the usage it reported."""
 
-    path: str
-    body: bytes
-    key_name: str
-    model: str  # the metric label: a served model's name, or "other"
-    stream: bool
-    include_usage: bool
-    prompt_estimate: int
-    settle: Callable[[int], Awaitable[None]]  # the lease's settle(used_tokens)
-    started: float
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
     status: int = 0
     upstream_wait: float = 0.0
     first_byte_at: float | None = None
-    usage: Usage | None = field(default=None)
+    usage: Usage | None = None
+
+
+def upstream_headers(api_key: str | None) -> dict[str, str]:
+    """Headers on every forwarded request: JSON, and vLLM's ``--api-key`` when it has one."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 class Forwarder:
-    """What every exchange shares: settings, upstream pool, client, metrics, clock."""
+    """What every exchange shares: the retry and timeout settings, the upstream pool, the
+    client, the metrics and the clock."""
 
     def __init__(
         self,
-        settings: GatewaySettings,
+        *,
+        retry: RetrySettings,
+        timeouts: TimeoutSettings,
+        headers: dict[str, str],
         pool: UpstreamPool,
         client: UpstreamClient,
         metrics: GatewayMetrics,
         clock: Callable[[], float],
     ) -> None:
-        self.settings = settings
+        self.retry = retry
+        self.timeouts = timeouts
         self.pool = pool
         self.client = client
         self.metrics = metrics
         self.clock = clock
-        self.upstream_headers = {"content-type": "application/json"}
-        if settings.upstream_api_key is not None:
-            secret = settings.upstream_api_key.get_secret_value()
-            self.upstream_headers["authorization"] = f"Bearer {secret}"
+        self.upstream_headers = headers
+
+    async def open_within(
+        self, limit: float, method: str, path: str, body: bytes | None
+    ) -> tuple[Upstream, UpstreamResponse]:
+        """:meth:`open`, but no response head within ``limit`` seconds is a 504."""
+        try:
+            async with asyncio.timeout(limit):
+                return await self.open(method, path, body)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
 
     async def open(
         self, method: str, path: str, body: bytes | None
@@ -114,7 +125,7 @@ class Forwarder:
         Raises UpstreamUnavailable when every attempt failed to connect; when the last
         attempt answered 502/503, that answer (already read) is returned.
         """
-        retry = self.settings.retry
+        retry = self.retry
         candidates = self.pool.candidates(retry.attempts)
         try:  # the common case without tenacity's per-call cost (~30 us)
             return candidates[0], await self._try(candidates[0], method, path, body)
@@ -184,14 +195,16 @@ class _BufferedResponse:
 
 
 class Exchange(Response):
-    """The ASGI response that performs one upstream exchange for an :class:`Admission`."""
+    """The ASGI response that performs one upstream exchange for an :class:`Admitted`
+    request, recording what happened in its :class:`Outcome`."""
 
-    def __init__(self, forwarder: Forwarder, admission: Admission) -> None:
+    def __init__(self, forwarder: Forwarder, admitted: Admitted) -> None:
         # Not Response.__init__: there is no body yet; FastAPI only needs these attributes.
         self.status_code = 200
         self.background = None
         self.forwarder = forwarder
-        self.admission = admission
+        self.admitted = admitted
+        self.outcome = Outcome()
         self._finishing = False
         self._client_gone = False
         self._meter: StreamMeter | None = None
@@ -209,7 +222,7 @@ class Exchange(Response):
             if not self._client_gone:
                 raise
             owner.uncancel()
-            self.admission.status = 499
+            self.outcome.status = 499
         finally:
             watcher.cancel()
             metrics.in_flight.dec()
@@ -225,9 +238,9 @@ class Exchange(Response):
                 return
 
     async def _run(self, send: Send) -> None:
-        admission = self.admission
-        timeouts = self.forwarder.settings.timeouts
-        deadline = admission.started + timeouts.total
+        admitted = self.admitted
+        timeouts = self.forwarder.timeouts
+        deadline = admitted.started + timeouts.total
         try:
             upstream, response = await self._open(min(timeouts.first_byte, timeouts.total))
         except GatewayError as exc:
@@ -235,7 +248,7 @@ class Exchange(Response):
             return
         self._upstream_label = upstream.label
         try:
-            if admission.stream and response.status == 200:
+            if admitted.stream and response.status == 200:
                 await self._relay_stream(send, response, deadline)
             else:
                 await self._relay_body(send, response, deadline)
@@ -248,17 +261,16 @@ class Exchange(Response):
         forwarder = self.forwarder
         began = forwarder.clock()
         try:
-            async with asyncio.timeout(limit):
-                return await forwarder.open("POST", self.admission.path, self.admission.body)
-        except TimeoutError:
-            raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
+            return await forwarder.open_within(
+                limit, "POST", self.admitted.path, self.admitted.body
+            )
         finally:
-            self.admission.upstream_wait += forwarder.clock() - began
+            self.outcome.upstream_wait += forwarder.clock() - began
 
     async def _relay_body(self, send: Send, response: UpstreamResponse, deadline: float) -> None:
         forwarder = self.forwarder
         began = forwarder.clock()
-        limit = min(forwarder.settings.timeouts.idle, deadline - began)
+        limit = min(forwarder.timeouts.idle, deadline - began)
         try:
             async with asyncio.timeout(max(limit, 0.001)):
                 body = await response.read()
@@ -270,10 +282,10 @@ class Exchange(Response):
             await self._send_error(send, error_class(f"the upstream answer broke off ({kind})"))
             return
         finally:
-            self.admission.upstream_wait += forwarder.clock() - began
+            self.outcome.upstream_wait += forwarder.clock() - began
         status = response.status
         if status == 200:
-            self.admission.usage = usage_from_json(body)
+            self.outcome.usage = usage_from_json(body)
         elif status == 401:
             # The upstream refused *our* key: the client's key was fine.
             refused = UpstreamError("the upstream refused the gateway's credentials")
@@ -287,10 +299,10 @@ class Exchange(Response):
     async def _relay_stream(self, send: Send, response: UpstreamResponse, deadline: float) -> None:
         forwarder = self.forwarder
         clock = forwarder.clock
-        idle = forwarder.settings.timeouts.idle
-        meter = self._meter = StreamMeter(keep_usage=self.admission.include_usage)
-        self.admission.status = 200
-        headers = _SSE_HEADERS + self.admission.headers
+        idle = forwarder.timeouts.idle
+        meter = self._meter = StreamMeter(keep_usage=self.admitted.include_usage)
+        self.outcome.status = 200
+        headers = _SSE_HEADERS + self.admitted.headers
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         chunks = response.chunks()
         error: GatewayError | None = None
@@ -306,13 +318,13 @@ class Exchange(Response):
             except UpstreamBroken:
                 error = UpstreamError("the upstream connection broke during the stream")
             finally:
-                self.admission.upstream_wait += clock() - began
+                self.outcome.upstream_wait += clock() - began
             if error is not None or not chunk:
                 break
             out = meter.feed(chunk)
             if out:
-                if self.admission.first_byte_at is None:
-                    self.admission.first_byte_at = clock()
+                if self.outcome.first_byte_at is None:
+                    self.outcome.first_byte_at = clock()
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         tail = meter.flush()
         if error is not None:
@@ -324,37 +336,37 @@ class Exchange(Response):
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _send_whole(self, send: Send, status: int, content_type: bytes, body: bytes) -> None:
-        self.admission.status = status
+        self.outcome.status = status
         self._finishing = True
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-        headers += self.admission.headers
+        headers += self.admitted.headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        if self.admission.first_byte_at is None:
-            self.admission.first_byte_at = self.forwarder.clock()
+        if self.outcome.first_byte_at is None:
+            self.outcome.first_byte_at = self.forwarder.clock()
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_error(self, send: Send, exc: GatewayError) -> None:
         await self._send_whole(send, exc.status_code, _JSON, exc.body())
 
     async def _account(self) -> None:
-        admission = self.admission
+        admitted, outcome = self.admitted, self.outcome
         forwarder = self.forwarder
         metrics = forwarder.metrics
         prompt, completion = self._used_tokens()
         try:
-            await admission.settle(prompt + completion)
+            await admitted.settle(prompt + completion)
         except Exception:  # the answer is out; a failed settle must not turn it into a 500
-            log.exception("settling the lease of key %s failed", admission.key_name)
-        metrics.count_tokens(admission.key_name, prompt, completion)
+            log.exception("settling the lease of key %s failed", admitted.key_name)
+        metrics.count_tokens(admitted.key_name, prompt, completion)
         now = forwarder.clock()
-        first = admission.first_byte_at
+        first = outcome.first_byte_at
         metrics.request_done(
-            key=admission.key_name,
-            model=admission.model,
-            status=admission.status,
-            duration=now - admission.started,
-            time_to_first_byte=None if first is None else first - admission.started,
-            overhead=now - admission.started - admission.upstream_wait,
+            key=admitted.key_name,
+            model=admitted.model,
+            status=outcome.status,
+            duration=now - admitted.started,
+            time_to_first_byte=None if first is None else first - admitted.started,
+            overhead=now - admitted.started - outcome.upstream_wait,
         )
 
     def _used_tokens(self) -> tuple[int, int]:
@@ -362,13 +374,13 @@ class Exchange(Response):
         meter = self._meter
         if meter is not None:
             usage = meter.usage
-            prompt = usage.prompt_tokens if usage else self.admission.prompt_estimate
+            prompt = usage.prompt_tokens if usage else self.admitted.prompt_estimate
             return prompt, meter.completion_tokens
-        usage = self.admission.usage
+        usage = self.outcome.usage
         if usage is not None:
             return usage.prompt_tokens, usage.completion_tokens
-        if self.admission.status == 499:  # gone while the upstream was working on it
-            return self.admission.prompt_estimate, 0
+        if self.outcome.status == 499:  # gone while the upstream was working on it
+            return self.admitted.prompt_estimate, 0
         return 0, 0
 
 

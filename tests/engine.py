@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher.supervision.readiness import VllmProbe
+from launcher.supervision.readiness import ReadinessCheck, VllmProbe
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
 from vkit.stack.ports import free_port
 
@@ -171,9 +171,9 @@ class EngineReplica:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Block until ready; fail the test with the log's last lines on exit or timeout."""
         deadline = time.monotonic() + timeout
-        probe = VllmProbe(self.base_url)
+        probe = VllmProbe(self.base_url, ReadinessCheck.of(models=[self.model]))
         while time.monotonic() < deadline:
-            if probe.ready(self.model):
+            if probe.ready():
                 return
             if not self.running:
                 code = None if self._proc is None else self._proc.returncode

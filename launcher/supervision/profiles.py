@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from launcher.config_files import DEPLOYMENTS_DIR
@@ -24,6 +25,7 @@ class LaunchEnvironment(BaseSettings):
     ``VLLM_CPU_KVCACHE_SPACE``: the CPU engine's KV cache in GiB (vLLM's own variable).
     ``VKIT_MODELS_DIR``: where the built-in tiny model is built (default ``.vkit/models``).
     ``NOTIFY_SOCKET`` / ``WATCHDOG_USEC``: set by systemd for ``Type=notify`` units.
+    ``VLLM_API_KEY``: vLLM's own API key; the readiness check sends it to ``/v1/models``.
     """
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
@@ -32,6 +34,7 @@ class LaunchEnvironment(BaseSettings):
     vkit_models_dir: Path = Path(".vkit/models")
     notify_socket: str | None = None
     watchdog_usec: int | None = None
+    vllm_api_key: SecretStr | None = None
 
     @property
     def watchdog_interval_s(self) -> float | None:

@@ -1,114 +1,127 @@
-"""Tell systemd when vLLM is ready and alive: ``READY=1``, then ``WATCHDOG=1`` (sd_notify).
+"""Is this vLLM replica ready? One answer for the gateway's prober, ``vkit launch``'s systemd
+notifications and ``vkit up``.
 
-vLLM 0.32 sends no sd_notify itself (REFERENCE section 1), so ``vkit launch`` does it for a
-``Type=notify`` unit with ``WatchdogSec=``: READY=1 once ``/health`` is 200 *and*
-``/v1/models`` lists a model, WATCHDOG=1 every half watchdog interval while ``/health`` stays
-200 -- so systemd restarts a hung engine, not only a dead one.
+Ready means: ``GET /health`` answers 200 *and* ``GET /v1/models`` answers 200 and lists a
+model -- every one of ``expected_models`` when some are named. ``/health`` alone is not
+enough: it goes 200 as soon as the HTTP server binds, before the model is served
+(REFERENCE section 1). vLLM's ``--api-key`` guards every path under ``/v1``, so the model
+list is asked for with the key (``Authorization: Bearer``); without it a protected replica
+answers 401 and is never ready.
 
-    >>> watcher = HealthWatcher(probe=VllmProbe("http://127.0.0.1:8000"),
-    ...                         notifier=SystemdNotifier("/run/systemd/notify"),
-    ...                         watchdog_interval_s=30.0)
-    >>> watcher.start(); ...; watcher.stop()
+The rule itself is pure (:meth:`ReadinessCheck.verdict`); each caller brings its own HTTP
+client: :class:`VllmProbe` here (blocking, httpx) for ``vkit launch`` and ``vkit up``, the
+gateway's pooled asyncio client in :mod:`gateway.health`.
+
+    >>> check = ReadinessCheck(api_key="s3cret", expected_models=frozenset({"tiny-llama"}))
+    >>> check.verdict(200, 200, b'{"data": [{"id": "tiny-llama"}]}').ready
+    True
+    >>> VllmProbe("http://127.0.0.1:8000", check).ready()   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Callable
-from typing import Protocol
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import httpx
 
-
-class SystemdNotifier:
-    """Datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@name`` for an abstract socket)."""
-
-    def __init__(self, address: str) -> None:
-        self._address = "\0" + address[1:] if address.startswith("@") else address
-
-    def send(self, message: str) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode(), self._address)
-        except OSError:
-            return False
-        return True
+HEALTH_PATH = "/health"
+MODELS_PATH = "/v1/models"
 
 
-class Probe(Protocol):
-    def healthy(self) -> bool: ...
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one readiness check: ready or not, the models listed, and why."""
 
-    def ready(self) -> bool: ...
+    ready: bool
+    models: frozenset[str]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    """What "ready" means for one replica: the key to send and the models it must list."""
+
+    api_key: str | None = field(default=None, repr=False)
+    expected_models: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, api_key: str | None = None, models: Iterable[str] = ()) -> ReadinessCheck:
+        return cls(api_key=api_key or None, expected_models=frozenset(models))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers for both requests (``/health`` ignores the key; ``/v1/models`` needs it)."""
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def verdict(
+        self, health_status: int | None, models_status: int | None, models_body: bytes | None
+    ) -> Verdict:
+        """Judge the two answers (``None``: that request failed or was not sent)."""
+        none: frozenset[str] = frozenset()
+        if health_status != 200:
+            return Verdict(False, none, f"/health answered {health_status or 'nothing'}")
+        if models_status == 401:
+            return Verdict(False, none, "/v1/models refused the API key (401)")
+        if models_status != 200 or models_body is None:
+            return Verdict(False, none, f"/v1/models answered {models_status or 'nothing'}")
+        listed = model_ids(models_body)
+        if listed is None:
+            return Verdict(False, none, "/v1/models is not a model list")
+        models = frozenset(listed)
+        if not models:
+            return Verdict(False, models, "/v1/models lists no model yet")
+        missing = self.expected_models - models
+        if missing:
+            return Verdict(False, models, f"/v1/models does not list {', '.join(sorted(missing))}")
+        return Verdict(True, models, "serving " + ", ".join(sorted(models)))
+
+
+def model_ids(body: bytes) -> set[str] | None:
+    """The ids in a ``/v1/models`` answer, or ``None`` when it is not one."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    if not isinstance(data, list):
+        return None
+    return {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
 
 
 class VllmProbe:
-    """HTTP checks against one vLLM server."""
-
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._timeout = timeout_s
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self._base_url}/health", timeout=self._timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def ready(self, model: str | None = None) -> bool:
-        """/health 200 is not enough (it answers before the model is served): /v1/models must
-        list a model too -- ``model`` itself, when given."""
-        if not self.healthy():
-            return False
-        try:
-            models = httpx.get(f"{self._base_url}/v1/models", timeout=self._timeout).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        served = [entry.get("id") for entry in models.get("data") or []]
-        return bool(served) if model is None else model in served
-
-
-class HealthWatcher:
-    """A thread: READY=1 once ``probe.ready()``, then WATCHDOG=1 while ``probe.healthy()``."""
+    """:class:`ReadinessCheck` against one replica over blocking HTTP (bounded, no raise)."""
 
     def __init__(
-        self,
-        *,
-        probe: Probe,
-        notifier: SystemdNotifier,
-        watchdog_interval_s: float | None,
-        poll_s: float = 1.0,
-        on_message: Callable[[str], None] | None = None,
+        self, base_url: str, check: ReadinessCheck | None = None, timeout_s: float = 5.0
     ) -> None:
-        self._probe = probe
-        self._notifier = notifier
-        self._watchdog_s = watchdog_interval_s
-        self._poll_s = poll_s
-        self._on_message = on_message
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vkit-sd-notify", daemon=True)
+        self.base_url = base_url.rstrip("/")
+        self.check = check if check is not None else ReadinessCheck()
+        self._timeout = timeout_s
 
-    def _send(self, message: str) -> None:
-        self._notifier.send(message)
-        if self._on_message is not None:
-            self._on_message(message)
+    def _get(self, path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(
+                self.base_url + path, headers=self.check.headers, timeout=self._timeout
+            )
+        except httpx.HTTPError:
+            return None
 
-    def _run(self) -> None:
-        while not self._stop.is_set() and not self._probe.ready():
-            self._stop.wait(self._poll_s)
-        if self._stop.is_set():
-            return
-        self._send("READY=1\nSTATUS=vLLM is serving")
-        if self._watchdog_s is None:
-            return
-        while not self._stop.wait(self._watchdog_s / 2):
-            if self._probe.healthy():
-                self._send("WATCHDOG=1")
+    def healthy(self) -> bool:
+        """``/health`` is 200: the engine is alive (what a watchdog ping needs)."""
+        response = self._get(HEALTH_PATH)
+        return response is not None and response.status_code == 200
 
-    def start(self) -> None:
-        self._thread.start()
+    def verdict(self) -> Verdict:
+        health = self._get(HEALTH_PATH)
+        health_status = health.status_code if health is not None else None
+        if health_status != 200:
+            return self.check.verdict(health_status, None, None)
+        listing = self._get(MODELS_PATH)
+        if listing is None:
+            return self.check.verdict(health_status, None, None)
+        return self.check.verdict(health_status, listing.status_code, listing.content)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._notifier.send("STOPPING=1")
+    def ready(self) -> bool:
+        return self.verdict().ready

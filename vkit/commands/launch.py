@@ -18,9 +18,11 @@ from typing import Any
 from launcher.sizing.fit_report import command_line
 from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
 from launcher.supervision.profiles import LaunchEnvironment, load_profile, merge_extra_args
+from launcher.supervision.readiness import ReadinessCheck, VllmProbe
+from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier
 from launcher.supervision.supervisor import EngineSupervisor
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
-from launcher.supervision.vllm_args import build_vllm_argv
+from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 from vkit.commands.plan import _FIELDS, add_model_arguments, settings_fields
 from vkit.exit_codes import UsageError
 
@@ -121,4 +123,27 @@ def run_launch(args: argparse.Namespace) -> int:
     supervisor = EngineSupervisor(
         build_vllm_argv, env={**os.environ, **spec.env}, max_restarts=settings.max_restarts
     )
-    return supervisor.run(spec.options)
+    watcher = systemd_watcher(environment, spec.options)
+    if watcher is not None:
+        watcher.start()
+    try:
+        return supervisor.run(spec.options)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
+def systemd_watcher(environment: LaunchEnvironment, options: VllmOptions) -> HealthWatcher | None:
+    """Under systemd (``NOTIFY_SOCKET`` set): READY=1 once the replica serves its model by the
+    one readiness rule, asked with vLLM's API key; then WATCHDOG=1 while ``/health`` is 200."""
+    if not environment.notify_socket:
+        return None
+    host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    base_url = f"http://[{host}]:{options.port}" if ":" in host else f"http://{host}:{options.port}"
+    api_key = environment.vllm_api_key.get_secret_value() if environment.vllm_api_key else None
+    check = ReadinessCheck.of(api_key, [options.served_model_name or options.model])
+    return HealthWatcher(
+        probe=VllmProbe(base_url, check),
+        notifier=SystemdNotifier(environment.notify_socket),
+        watchdog_interval_s=environment.watchdog_interval_s,
+    )

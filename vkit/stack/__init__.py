@@ -9,7 +9,7 @@
 """
 
 from vkit.stack.processes import ProcessFailed, ProcessGroup
-from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck
+from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck, VllmCheck
 from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
 from vkit.stack.up_settings import UpSettings
 
@@ -23,5 +23,6 @@ __all__ = [
     "StackPorts",
     "TcpCheck",
     "UpSettings",
+    "VllmCheck",
     "plan_stack",
 ]

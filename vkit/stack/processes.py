@@ -22,7 +22,7 @@ from typing import IO
 
 from vkit.exit_codes import CliError
 from vkit.stack.proctree import descendants, kill_all
-from vkit.stack.readiness import is_ready
+from vkit.stack.ready_checks import is_ready
 from vkit.stack.specs import ProcessSpec
 
 TAIL_LINES = 20

@@ -14,10 +14,18 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class HttpCheck:
-    """Ready when ``GET url`` answers 200 (and, if ``model`` is set, lists that model)."""
+    """Ready when ``GET url`` answers 200."""
 
     url: str
-    model: str | None = None
+
+
+@dataclass(frozen=True)
+class VllmCheck:
+    """Ready when the vLLM replica at ``base_url`` serves ``model`` (the launcher's rule)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class TcpCheck:
     port: int
 
 
-ReadyCheck = HttpCheck | TcpCheck
+ReadyCheck = HttpCheck | TcpCheck | VllmCheck
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vkit.nginx_conf import nginx_argv, render_nginx_conf
-from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck
+from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck, VllmCheck
 from vkit.stack.up_settings import TINY_MAX_MODEL_LEN, UpSettings
 
 LOOPBACK = "127.0.0.1"
@@ -144,7 +144,7 @@ def replica_spec(
         argv=tuple(argv),
         log_path=layout.logs / f"replica-{index}.log",
         env=env,
-        ready=(HttpCheck(f"{base}/health"), HttpCheck(f"{base}/v1/models", settings.model_name)),
+        ready=(VllmCheck(base, settings.model_name),),
         stop_tier=2,
     )
 

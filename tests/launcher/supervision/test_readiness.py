@@ -1,93 +1,65 @@
-"""sd_notify: READY=1 once vLLM serves, WATCHDOG=1 while healthy, over a real AF_UNIX socket."""
+"""The one readiness rule: /health 200, /v1/models (asked with the API key) listing the model."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from launcher.supervision.readiness import HealthWatcher, SystemdNotifier, VllmProbe
+from launcher.supervision.readiness import ReadinessCheck, VllmProbe, model_ids
 
 
-class ScriptedProbe:
-    """Not ready for the first ``not_ready_polls`` polls; healthy until ``hang()``."""
-
-    def __init__(self, not_ready_polls: int) -> None:
-        self.not_ready_polls = not_ready_polls
-        self.alive = True
-
-    def ready(self) -> bool:
-        self.not_ready_polls -= 1
-        return self.not_ready_polls < 0
-
-    def healthy(self) -> bool:
-        return self.alive
+def listing(*models: str) -> bytes:
+    return json.dumps({"object": "list", "data": [{"id": m} for m in models]}).encode()
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    path = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    try:
-        yield path, sock
-    finally:
-        sock.close()
-
-
-def test_ready_then_watchdog_then_silence_when_hung(
-    notify_socket: tuple[str, socket.socket],
+@pytest.mark.parametrize(
+    ("health", "status", "body", "ready", "reason"),
+    [
+        (None, None, None, False, "/health answered nothing"),
+        (503, None, None, False, "/health answered 503"),
+        (200, 401, b'{"error":"Unauthorized"}', False, "refused the API key"),
+        (200, 200, b"<html>", False, "not a model list"),
+        (200, 200, listing(), False, "lists no model yet"),
+        (200, 200, listing("other"), False, "does not list tiny-llama"),
+        (200, 200, listing("tiny-llama", "other"), True, "serving other, tiny-llama"),
+    ],
+)
+def test_verdict_needs_health_and_the_expected_model(
+    health: int | None, status: int | None, body: bytes | None, ready: bool, reason: str
 ) -> None:
-    path, sock = notify_socket
-    probe = ScriptedProbe(not_ready_polls=3)
-    watcher = HealthWatcher(
-        probe=probe, notifier=SystemdNotifier(path), watchdog_interval_s=0.1, poll_s=0.01
-    )
-    watcher.start()
-    try:
-        assert sock.recv(512).startswith(b"READY=1")
-        assert probe.not_ready_polls < 0  # not before the probe said ready
-        assert sock.recv(512) == b"WATCHDOG=1"
-        probe.alive = False  # a hung engine: no more pings, so systemd's watchdog fires
-        time.sleep(0.15)
-        sock.settimeout(0.3)
-        drained = []
-        try:
-            while True:
-                drained.append(sock.recv(512))
-        except TimeoutError:
-            pass
-        assert len(drained) <= 1  # at most one ping already in flight
-    finally:
-        watcher.stop()
-    sock.settimeout(5)
-    assert sock.recv(512) == b"STOPPING=1"
+    verdict = ReadinessCheck.of(models=["tiny-llama"]).verdict(health, status, body)
+    assert verdict.ready is ready
+    assert reason in verdict.reason
 
 
-def test_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
-    assert SystemdNotifier(str(tmp_path / "missing")).send("READY=1") is False
+def test_any_model_will_do_when_none_is_expected() -> None:
+    assert ReadinessCheck().verdict(200, 200, listing("m")).ready
+    assert model_ids(b'{"data": [{"id": 1}, {"id": "a"}, "x"]}') == {"a"}
 
 
 class _FakeVllm(BaseHTTPRequestHandler):
+    """``/health`` open, ``/v1/models`` behind ``--api-key`` (as vLLM guards /v1 paths)."""
+
     served: ClassVar[list[str]] = []
+    api_key: ClassVar[str | None] = None
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            body = b""
-        elif self.path == "/v1/models":
-            body = json.dumps({"object": "list", "data": [{"id": m} for m in self.served]}).encode()
+            self._answer(200, b"")
+        elif self.path != "/v1/models":
+            self._answer(404, b"")
+        elif self.api_key and self.headers.get("authorization") != f"Bearer {self.api_key}":
+            self._answer(401, b'{"error":"Unauthorized"}')
         else:
-            self.send_error(404)
-            return
-        self.send_response(200)
+            self._answer(200, listing(*self.served))
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -106,13 +78,24 @@ def fake_vllm() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+        _FakeVllm.served, _FakeVllm.api_key = [], None
 
 
 def test_probe_wants_health_and_the_model_listed(fake_vllm: str) -> None:
-    probe = VllmProbe(fake_vllm, timeout_s=2.0)
     _FakeVllm.served = []
+    probe = VllmProbe(fake_vllm, timeout_s=2.0)
     assert probe.healthy() and not probe.ready()  # /health answers before the model is served
     _FakeVllm.served = ["tiny-llama"]
-    assert probe.ready() and probe.ready("tiny-llama")
-    assert not probe.ready("other-model")
+    assert probe.ready()
+    assert VllmProbe(fake_vllm, ReadinessCheck.of(models=["tiny-llama"])).ready()
+    assert not VllmProbe(fake_vllm, ReadinessCheck.of(models=["other-model"])).ready()
     assert not VllmProbe("http://127.0.0.1:9", timeout_s=0.5).ready()  # nothing listening
+
+
+def test_probe_sends_the_api_key(fake_vllm: str) -> None:
+    _FakeVllm.served, _FakeVllm.api_key = ["tiny-llama"], "s3cret"
+    without = VllmProbe(fake_vllm, ReadinessCheck.of(models=["tiny-llama"])).verdict()
+    assert not without.ready and "401" in without.reason
+    check = ReadinessCheck.of("s3cret", ["tiny-llama"])
+    assert VllmProbe(fake_vllm, check).ready()
+    assert "s3cret" not in repr(check)  # the key never shows in logs

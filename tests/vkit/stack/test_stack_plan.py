@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from vkit.stack.specs import HttpCheck
+from vkit.stack.specs import HttpCheck, VllmCheck
 from vkit.stack.stack_plan import StackLayout, StackPorts, cpu_binding, plan_stack
 from vkit.stack.up_settings import UpSettings
 
@@ -41,7 +41,7 @@ def test_cpu_replicas_use_launch_on_the_tiny_model_pinned_per_core() -> None:
         assert "--cpu" in argv and "--enforce-eager" in argv
         assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == str(index)
         assert spec.env["HF_HUB_OFFLINE"] == "1"
-        assert HttpCheck(f"http://127.0.0.1:{port}/v1/models", "tiny-llama") in spec.ready
+        assert spec.ready == (VllmCheck(f"http://127.0.0.1:{port}", "tiny-llama"),)
 
 
 @pytest.mark.parametrize(
