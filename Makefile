@@ -39,7 +39,7 @@ check: lint types
 
 # Seconds: pure functions, in-process fakes, real nginx/redis/promtool where cheap.
 test-fast: install
-	$(PYTEST) -q -m "not engine"
+	$(PYTEST) -q -m "not engine and not packaging"
 
 # What CI runs: lint, types and every test, real vLLM CPU replicas included.
 test: check

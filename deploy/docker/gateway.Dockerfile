@@ -6,11 +6,10 @@ COPY pyproject.toml README.md ./
 COPY vkit ./vkit
 COPY launcher ./launcher
 COPY gateway ./gateway
+# Package data (pyproject's package-dir: launcher.configs, vkit.nginx), installed with the rest.
+COPY configs ./configs
+COPY nginx ./nginx
 RUN pip install --no-cache-dir --prefix=/install .
-# The kit finds its data beside its packages (launcher/config_files.py, vkit/nginx_conf.py);
-# a wheel install does not carry them, so they go next to site-packages' packages.
-COPY configs /install/lib/python3.11/site-packages/configs
-COPY nginx /install/lib/python3.11/site-packages/nginx
 
 FROM python:3.11-slim
 RUN groupadd --system vkit && useradd --system --gid vkit --home-dir /nonexistent \
