@@ -87,27 +87,17 @@ async def _no_lease(used_tokens: int) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Gate:
     """Admission: reads the caps, the body limit and whether anonymous calls are allowed."""
 
-    def __init__(
-        self,
-        *,
-        caps: CapSettings,
-        max_body_bytes: int,
-        allow_anonymous: bool,
-        pool: UpstreamPool,
-        metrics: GatewayMetrics,
-        key_store: KeyStoreLike | None,
-        limiter: LimiterLike | None,
-    ) -> None:
-        self.caps = caps
-        self.max_body_bytes = max_body_bytes
-        self.allow_anonymous = allow_anonymous
-        self.pool = pool
-        self.metrics = metrics
-        self.key_store = key_store
-        self.limiter = limiter
+    caps: CapSettings
+    max_body_bytes: int
+    allow_anonymous: bool
+    pool: UpstreamPool
+    metrics: GatewayMetrics
+    key_store: KeyStoreLike | None
+    limiter: LimiterLike | None
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from gateway import openapi_bodies
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
-from gateway.client import AiohttpClient, UpstreamBroken, UpstreamClient
+from gateway.client import AiohttpClient, UpstreamClient, read_and_release
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -76,7 +76,7 @@ def create_app(
     forwarder = Forwarder(
         retry=settings.retry,
         timeouts=settings.timeouts,
-        headers=upstream_headers(api_key),
+        upstream_headers=upstream_headers(api_key),
         pool=pool,
         client=client,
         metrics=metrics,
@@ -155,12 +155,7 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
         key = gate.authenticate(request)
         limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
         _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
-        try:
-            body = await upstream.read()
-        except UpstreamBroken:
-            body = b""
-        finally:
-            upstream.release()
+        body = await read_and_release(upstream)
         if upstream.status != 200 or model_ids(body) is None:
             raise UpstreamError("the upstream's model list could not be read")
         listing = json.loads(body)

@@ -51,6 +51,16 @@ class UpstreamResponse(Protocol):
         """Close the connection now, so the upstream sees the client go away."""
 
 
+async def read_and_release(response: UpstreamResponse) -> bytes:
+    """The whole body (``b""`` when the connection broke off), the connection given back."""
+    try:
+        return await response.read()
+    except UpstreamBroken:
+        return b""
+    finally:
+        response.release()
+
+
 class UpstreamClient(Protocol):
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None

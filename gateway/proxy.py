@@ -35,6 +35,7 @@ from gateway.client import (
     UpstreamClient,
     UpstreamConnectError,
     UpstreamResponse,
+    read_and_release,
 )
 from gateway.errors import (
     GatewayError,
@@ -84,28 +85,18 @@ def upstream_headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Forwarder:
-    """What every exchange shares: the retry and timeout settings, the upstream pool, the
-    client, the metrics and the clock."""
+    """What every exchange shares: the retry and timeout settings, the headers sent upstream,
+    the upstream pool, the client, the metrics and the clock."""
 
-    def __init__(
-        self,
-        *,
-        retry: RetrySettings,
-        timeouts: TimeoutSettings,
-        headers: dict[str, str],
-        pool: UpstreamPool,
-        client: UpstreamClient,
-        metrics: GatewayMetrics,
-        clock: Callable[[], float],
-    ) -> None:
-        self.retry = retry
-        self.timeouts = timeouts
-        self.pool = pool
-        self.client = client
-        self.metrics = metrics
-        self.clock = clock
-        self.upstream_headers = headers
+    retry: RetrySettings
+    timeouts: TimeoutSettings
+    upstream_headers: dict[str, str]
+    pool: UpstreamPool
+    client: UpstreamClient
+    metrics: GatewayMetrics
+    clock: Callable[[], float]
 
     async def open_within(
         self, limit: float, method: str, path: str, body: bytes | None
@@ -163,13 +154,7 @@ class Forwarder:
             raise _Retryable(upstream, None, b"") from None
         if response.status in _RETRY_STATUSES:
             self.metrics.upstream_errors.labels(upstream.label, "status").inc()
-            try:
-                content = await response.read()
-            except UpstreamBroken:
-                content = b""
-            finally:
-                response.release()
-            raise _Retryable(upstream, response, content)
+            raise _Retryable(upstream, response, await read_and_release(response))
         return response
 
 
