@@ -7,6 +7,10 @@ from its process tree's utime+stime in ``/proc``, its memory is the tree's RSS a
 
     .venv/bin/python bench/run.py [--duration 3] [--targets direct,nginx,vkit,litellm]
 
+Before/after a change, in one run: unpack the old code (``git archive HEAD | tar -x -C
+/tmp/before``) and compare ``--targets vkit,baseline --baseline /tmp/before --rounds 4``
+(A B B A A B B A: these shared VMs drift; report the spread, not one row).
+
 LiteLLM is installed into its own venv under ``.vkit/bench/litellm-venv`` on first use
 (skipped with a message if that fails). Prints a Markdown table and writes JSON lines to
 ``.vkit/bench/results.jsonl``.
@@ -86,7 +90,11 @@ def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -
 
 @contextmanager
 def process(
-    argv: list[str], cpu: int, log: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    cpu: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[int]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -94,6 +102,7 @@ def process(
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             start_new_session=True,
         )
     try:
@@ -168,8 +177,12 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
         return measure("nginx", f"http://127.0.0.1:{port}", pid, args)
 
 
-def run_vkit(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+def run_vkit(
+    upstream: str, work: Path, args: argparse.Namespace, tree: Path | None = None
+) -> list[dict]:
+    """The gateway of this checkout, or (``tree``) of another source tree of vkit."""
     keys = work / "keys.yaml"
+    keys.unlink(missing_ok=True)
     secret = add_key(keys, "bench", rpm=100_000_000, tpm=1_000_000_000, concurrency=1000)
     port = free_port()
     env = {
@@ -177,10 +190,20 @@ def run_vkit(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
         "VKIT_GATEWAY_KEYS_FILE": str(keys),
         "VKIT_GATEWAY_LOG_LEVEL": "warning",
     }
+    if tree is not None:  # `python -m vkit` from that tree: its packages come first
+        env["PYTHONPATH"] = str(tree)
     argv = [sys.executable, "-m", "vkit", "gateway", "--host", "127.0.0.1", "--port", str(port)]
-    with process(argv, 1, work / "vkit.log", env) as pid:
+    name = "vkit" if tree is None else "baseline"
+    with process(argv, 1, work / f"{name}.log", env, cwd=tree) as pid:
         wait_http(f"http://127.0.0.1:{port}/readyz", 30)
-        return measure("vkit", f"http://127.0.0.1:{port}", pid, args, secret)
+        return measure(name, f"http://127.0.0.1:{port}", pid, args, secret)
+
+
+def run_baseline(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    if args.baseline is None:
+        print("baseline: no --baseline DIR given: skipped")
+        return []
+    return run_vkit(upstream, work, args, tree=args.baseline)
 
 
 def litellm_binary() -> Path | None:
@@ -246,12 +269,14 @@ def run_litellm(upstream: str, work: Path, args: argparse.Namespace) -> list[dic
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "\n| target | stream | conc | req/s | p50 ms | p99 ms | TTFT p50 ms | CPU ms/req | RSS MB |"
+        "\n| target | round | stream | conc | req/s | p50 ms | p99 ms | TTFT p50 ms | CPU ms/req "
+        "| RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['target']} | {'yes' if r['stream'] else 'no'} | {r['concurrency']} | "
+            f"| {r['target']} | {r['round']} | {'yes' if r['stream'] else 'no'} | "
+            f"{r['concurrency']} | "
             f"{r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['ttft_p50_ms'] or '-'} | "
             f"{r.get('cpu_ms_per_req', '-')} | {r.get('rss_mb', '-')} |"
         )
@@ -261,6 +286,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     parser.add_argument("--targets", default="direct,nginx,vkit,litellm")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another vkit source tree for target 'baseline' (e.g. `git archive HEAD`, "
+        "unpacked), to compare gateways in one run",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the targets, reversing their order every other round (A B, B A, ...)",
+    )
     args = parser.parse_args()
     targets = args.targets.split(",")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -279,16 +316,20 @@ def main() -> None:
         ]
         with process(argv, 0, work / "upstream.log"):
             wait_http(f"{upstream}/health", 10)
-            if "direct" in targets:
-                rows += measure("direct", upstream, None, args)
-            for name, runner in (
-                ("nginx", run_nginx),
-                ("vkit", run_vkit),
-                ("litellm", run_litellm),
-            ):
-                if name in targets:
-                    print(f"{name}...", flush=True)
-                    rows += runner(upstream, work, args)
+            runners = {
+                "direct": lambda upstream, work, args: measure("direct", upstream, None, args),
+                "nginx": run_nginx,
+                "vkit": run_vkit,
+                "baseline": run_baseline,
+                "litellm": run_litellm,
+            }
+            chosen = [name for name in runners if name in targets]
+            for round_number in range(1, args.rounds + 1):
+                order = chosen if round_number % 2 else chosen[::-1]
+                for name in order:
+                    print(f"{name} (round {round_number})...", flush=True)
+                    for row in runners[name](upstream, work, args):
+                        rows.append({**row, "round": round_number})
     with (CACHE / "results.jsonl").open("a") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")

@@ -9,10 +9,16 @@ Serves just enough of vLLM's surface for proxy benchmarks and gateway tests:
   transfer encoding), then the usage chunk when ``stream_options.include_usage`` is set,
   then ``data: [DONE]``.
 
-It parses only the request line, ``Content-Length`` and the two JSON flags it needs, so
+It parses only the request line, ``Content-Length`` and the few JSON fields it needs, so
 that it costs far less CPU than any proxy put in front of it.
 
+Faults for soak runs (``bench/soak.py``), chosen by the request's ``user`` field, which a
+proxy passes through: ``status-500`` and ``status-503`` answer that status with an error
+envelope, ``drop`` closes the connection without a word, ``slow`` streams with
+``--slow-chunk-ms`` between chunks.
+
     python bench/upstream.py --port 9000 [--chunks 16] [--chunk-delay-ms 0] [--model bench]
+        [--slow-chunk-ms 20]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class UpstreamConfig:
     chunks: int = 16
     chunk_delay_s: float = 0.0
     prompt_tokens: int = 10
+    slow_chunk_delay_s: float = 0.02
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found"}
@@ -152,15 +159,24 @@ class StandInUpstream:
         except ValueError:
             writer.write(_json_response(400, {"error": {"message": "bad json", "code": 400}}))
             return
+        fault = request.get("user")
+        if fault in ("status-500", "status-503"):
+            status = int(fault[-3:])
+            error = {"message": "scripted fault", "type": "X", "param": None, "code": status}
+            writer.write(_json_response(status, {"error": error}))
+            return
+        if fault == "drop":
+            raise ConnectionResetError("scripted drop")  # handle() closes the connection
         if not request.get("stream"):
             writer.write(self._completion(chat))
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        delay = self.config.slow_chunk_delay_s if fault == "slow" else self.config.chunk_delay_s
         writer.write(_head(200, "text/event-stream", None))
         for event in self._stream_events(chat, include_usage):
-            if self.config.chunk_delay_s:
+            if delay:
                 await writer.drain()
-                await asyncio.sleep(self.config.chunk_delay_s)
+                await asyncio.sleep(delay)
             writer.write(_chunk(event))
         writer.write(b"0\r\n\r\n")
 
@@ -179,9 +195,13 @@ def main() -> None:
     parser.add_argument("--model", default="bench")
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--slow-chunk-ms", type=float, default=20.0, help='for user "slow"')
     args = parser.parse_args()
     config = UpstreamConfig(
-        model=args.model, chunks=args.chunks, chunk_delay_s=args.chunk_delay_ms / 1000
+        model=args.model,
+        chunks=args.chunks,
+        chunk_delay_s=args.chunk_delay_ms / 1000,
+        slow_chunk_delay_s=args.slow_chunk_ms / 1000,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))

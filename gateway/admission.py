@@ -2,9 +2,13 @@
 
 Order (each step answers with its own envelope): the bearer key (401), the body size
 (413), the JSON fields (400), the key's allowed models (403) and the served models (404),
-the token cap (400 when ``caps.over_cap`` is ``reject``), then the limiter reserves the
-estimated prompt tokens plus the effective ``max_tokens`` (429). The reservation is
-settled with the real usage by :class:`gateway.proxy.Exchange`.
+the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
+(503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
+estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
+(``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
+Streams are forwarded asking for usage on every chunk. The reservation and the
+in-flight slot are given back with the real usage by :class:`gateway.proxy.Exchange`.
+A client that hangs up while sending its body is a quiet 499, counted.
 """
 
 from __future__ import annotations
@@ -13,18 +17,23 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from gateway.accounting import NO_MODEL, answer_labels
 from gateway.body import encode_body, parse_body
 from gateway.caps import apply_token_cap
 from gateway.errors import (
     AuthenticationFailed,
+    ClientGone,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
     RateLimitExceeded,
+    UpstreamUnavailable,
 )
+from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
+from gateway.prompt_tokens import PromptCounter
 from gateway.settings import CapSettings
 from gateway.upstreams import UpstreamPool
 
@@ -81,6 +90,9 @@ class Admitted:
     settle: Callable[[int], Awaitable[None]]  # the lease's settle(used_tokens)
     started: float
     headers: list[tuple[bytes, bytes]]  # the success-path x-ratelimit-* headers
+    reserved: int = 0  # what the lease holds; billed when the answer carries no usage
+    include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
+    choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
 
 
 async def _no_lease(used_tokens: int) -> None:
@@ -98,6 +110,8 @@ class Gate:
     metrics: GatewayMetrics
     key_store: KeyStoreLike | None
     limiter: LimiterLike | None
+    in_flight: InFlightLimit | None = None
+    prompt_counter: PromptCounter | None = None  # None: the body module's byte bound
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -105,12 +119,21 @@ class Gate:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             if self.allow_anonymous:
+                answer_labels(request.scope).key = ANONYMOUS
                 return None
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
         key = self.key_store.authenticate(secret.strip()) if self.key_store else None
         if key is None or not key.enabled:
             raise AuthenticationFailed("invalid or disabled API key")
+        answer_labels(request.scope).key = key.name
         return key
+
+    async def admit_listing(self, request: Request) -> tuple[KeyLike | None, LeaseLike | None]:
+        """``GET /v1/models``: the key (401), then one request of its limits like any other
+        call (429), reserving no tokens. The lease is settled with 0 once answered."""
+        key = self.authenticate(request)
+        key_name = key.name if key is not None else ANONYMOUS
+        return key, await self._acquire(key, key_name, NO_MODEL, 0)
 
     def model_label(self, model: str) -> str:
         """A bounded metric label: a served model's name, else ``other``."""
@@ -119,19 +142,25 @@ class Gate:
     async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
-        received = await read_body(request, self.max_body_bytes)
-        body = parse_body(received)
+        received = await self.read_body(request, key_name)
+        body = parse_body(received, self.prompt_counter, generates=with_cap)
+        label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)
-        changed = False
+        changed = body.ambiguous  # a field named twice: forward what the gateway read
         if with_cap:
-            changed = apply_token_cap(body, key.max_tokens if key else None, self.caps)
-            if body.stream and not body.include_usage:
+            changed |= apply_token_cap(body, key.max_tokens if key else None, self.caps)
+            if body.stream and not body.include_chunk_usage:
+                # usage on every chunk, so a cut stream bills what vLLM generated; the relay
+                # strips what the client did not ask for
                 options = body.data.get("stream_options") or {}
-                body.data["stream_options"] = {**options, "include_usage": True}
+                body.data["stream_options"] = {
+                    **options,
+                    "include_usage": True,
+                    "continuous_usage_stats": True,
+                }
                 changed = True
         raw = encode_body(body.data) if changed else received
-        label = self.model_label(body.model)
-        reserve = body.prompt_tokens_estimate + (body.max_tokens or 0)
+        reserve = body.reservation
         lease = await self._acquire(key, key_name, label, reserve)
         settle, headers = _no_lease, []
         if lease is not None:
@@ -148,6 +177,9 @@ class Gate:
             settle=settle,
             started=started,
             headers=headers,
+            reserved=reserve,
+            include_chunk_usage=body.include_chunk_usage,
+            choices=body.choices,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:
@@ -159,7 +191,33 @@ class Gate:
                 f"model '{model}' is not served here", param="model", code="model_not_found"
             )
 
+    async def read_body(self, request: Request, key_name: str) -> bytes:
+        """The body within ``max_body_bytes``; a client that hangs up while uploading it is
+        answered quietly with a 499 (counted, model ``none``: the body was never parsed)."""
+        return await read_body(request, self.max_body_bytes)
+
     async def _acquire(
+        self, key: KeyLike | None, key_name: str, model_label: str, tokens: int
+    ) -> LeaseLike | None:
+        """A slot of the in-flight bound (503 when full), then the key's lease (429)."""
+        bound = self.in_flight
+        if bound is not None and not bound.enter():
+            busy = UpstreamUnavailable(
+                f"the gateway is serving its limit of {bound.limit} requests; retry shortly",
+                code="gateway_busy",
+                headers={"retry-after": "1"},
+            )
+            self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
+            raise busy
+        try:
+            lease = await self._lease(key, key_name, model_label, tokens)
+        except BaseException:
+            if bound is not None:
+                bound.leave()
+            raise
+        return lease if bound is None else _BoundLease(lease, bound)
+
+    async def _lease(
         self, key: KeyLike | None, key_name: str, model_label: str, tokens: int
     ) -> LeaseLike | None:
         if key is None or self.limiter is None:
@@ -167,22 +225,49 @@ class Gate:
         try:
             return await self.limiter.acquire(key, tokens)
         except RateLimitExceeded as exc:
-            self.metrics.rate_limited.labels(key_name, exc.reason).inc()
-            # 429s count as answered requests too, so error-ratio panels and alerts see them.
-            self.metrics.requests.labels(key_name, model_label, str(exc.status_code)).inc()
+            self._count_refusal(key_name, model_label, exc.reason, exc.status_code)
             raise
+
+    def _count_refusal(self, key_name: str, model_label: str, reason: str, status: int) -> None:
+        # The answer itself is counted by gateway.accounting, like every other answer.
+        self.metrics.rate_limited.labels(key_name, reason).inc()
+
+
+class _BoundLease:
+    """A request's slot of the in-flight bound with its key's lease (if any): settling gives
+    back both, once."""
+
+    def __init__(self, lease: LeaseLike | None, bound: InFlightLimit) -> None:
+        self._lease = lease
+        self._bound: InFlightLimit | None = bound
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._lease.headers if self._lease is not None else {}
+
+    async def settle(self, used_tokens: int) -> None:
+        if self._bound is None:
+            return
+        self._bound.leave()
+        self._bound = None
+        if self._lease is not None:
+            await self._lease.settle(used_tokens)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes (413) before reading it all."""
+    """The body, refusing more than ``limit`` bytes (413) before reading it all; a client
+    that hangs up halfway raises :class:`~gateway.errors.ClientGone` (499)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is over the {limit} byte limit")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the {limit} byte limit")
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the {limit} byte limit")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(f"the client hung up after {size} bytes of the body") from None
     return b"".join(parts)

@@ -4,23 +4,30 @@ Nothing happens at import and nothing is global: settings, the key store, the li
 the upstream client, the metrics registry and the clock are all passed in. The lifespan
 starts the background upstream prober and closes the client.
 
-Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``GET /v1/models`` (only the key's models), ``/livez``, ``/readyz``, ``/metrics``.
-Any other path is a 404 envelope: vLLM's operational routes are never forwarded.
+Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``GET /v1/models`` (only the key's models; one request of the key's limits), ``/livez`` and
+a bare ``/readyz`` (status only). Any other path is a 404 envelope: vLLM's operational
+routes are never forwarded. Every answer is counted by :mod:`gateway.accounting`.
+
+:func:`create_admin_app` builds the admin listener's app (``GatewaySettings.admin_host`` and
+``admin_port``): ``/metrics``, ``/readyz`` with each upstream's state, ``/openapi.json``
+and ``/redoc``. Neither is reachable on the public port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -28,9 +35,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from gateway import openapi_bodies
+from gateway.accounting import RequestAccounting
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
 from gateway.client import AiohttpClient, UpstreamClient, read_and_release
 from gateway.errors import (
+    RETRY_AFTER_S,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -38,7 +47,9 @@ from gateway.errors import (
     error_envelope,
 )
 from gateway.health import UpstreamProber
+from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
+from gateway.prompt_tokens import ByteBound, PromptCounter
 from gateway.proxy import Exchange, Forwarder, upstream_headers
 from gateway.settings import GatewaySettings
 from gateway.upstreams import UpstreamPool
@@ -59,18 +70,31 @@ def create_app(
     key_store: KeyStoreLike | None,
     limiter: LimiterLike | None,
     upstream_client: UpstreamClient | None = None,
+    probe_client: UpstreamClient | None = None,
     registry: CollectorRegistry | None = None,
     metrics: GatewayMetrics | None = None,
     clock: Callable[[], float] = time.perf_counter,
     on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    prompt_counter: PromptCounter | None = None,
 ) -> FastAPI:
     """The gateway. ``metrics`` (built on ``registry``) may be passed in when the limiter
     needs its ``limiter_backend_errors`` counter; ``on_shutdown`` closes what the caller
-    opened for it (a Redis client)."""
+    opened for it (a Redis client); ``background`` runs for the app's lifetime beside the
+    prober (the key store's reload loop). The prober has a client of its own (``probe_client``,
+    by default a small aiohttp pool): requests can exhaust theirs, never the prober's.
+    ``prompt_counter`` counts each request's prompt tokens for the limiter (the models'
+    tokenizers: :func:`gateway.prompt_tokens.build_prompt_counter`); by default the byte
+    bound, an upper bound that needs no tokenizer."""
     if metrics is None:
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
     registry = metrics.registry
-    client = upstream_client or AiohttpClient(connect_timeout=settings.timeouts.connect)
+    # A request in flight holds at most one upstream connection: keep the pool above the bound.
+    connections = max(1024, (settings.max_in_flight or 0) + 64)
+    client = upstream_client or AiohttpClient(settings.timeouts.connect, connections)
+    probes = probe_client or AiohttpClient(
+        settings.timeouts.connect, max_connections=2 * len(settings.upstream_urls)
+    )
     pool = UpstreamPool(settings.upstream_urls)
     api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
     forwarder = Forwarder(
@@ -90,24 +114,35 @@ def create_app(
         metrics=metrics,
         key_store=key_store,
         limiter=limiter,
+        in_flight=InFlightLimit(settings.max_in_flight) if settings.max_in_flight else None,
+        prompt_counter=prompt_counter or ByteBound.of(settings.tokenizers),
     )
     check = ReadinessCheck.of(api_key, settings.health.expected_models)
-    prober = UpstreamProber(settings.health, pool, client, metrics, check)
+    prober = UpstreamProber(settings.health, pool, probes, metrics, check, clock=clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(prober.run_forever())
+        others = [asyncio.create_task(run()) for run in background]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await client.aclose()
-            for close in on_shutdown:
-                await close()
+            for running in (task, *others):
+                running.cancel()
+            stop_others = [functools.partial(_stopped, t) for t in others]
+            await _close_all(
+                [lambda: _stopped(task), *stop_others, client.aclose, probes.aclose, *on_shutdown]
+            )
 
-    app = FastAPI(title="vkit gateway", version="1", lifespan=lifespan, docs_url=None)
+    # /openapi.json and /redoc are served by the admin listener (create_admin_app), not here.
+    app = FastAPI(
+        title="vkit gateway",
+        version="1",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.forwarder = forwarder
     app.state.prober = prober
     app.state.metrics = metrics
@@ -116,8 +151,55 @@ def create_app(
         _add_proxy_route(app, path, with_cap, gate, forwarder)
     _document_proxied_routes(app)
     _add_models_route(app, gate, forwarder)
-    _add_probe_routes(app, pool, registry)
+    _add_probe_routes(app, pool)
+    app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
     return app
+
+
+def create_admin_app(gateway: FastAPI) -> FastAPI:
+    """The admin listener's app for a gateway built by :func:`create_app`: ``/metrics``,
+    ``/readyz`` with each upstream's state, ``/openapi.json`` (the public API) and ``/redoc``.
+    It shares the gateway's registry and upstream pool; the gateway's lifespan runs the
+    prober, so this app has none of its own."""
+    pool: UpstreamPool = gateway.state.forwarder.pool
+    registry: CollectorRegistry = gateway.state.metrics.registry
+    admin = FastAPI(title="vkit gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(admin)
+
+    @admin.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @admin.get("/readyz")
+    async def readyz() -> JSONResponse:
+        upstreams = {u.label: u.ready for u in pool.upstreams}
+        models = sorted(pool.known_models())
+        body = {"status": _readiness(pool), "upstreams": upstreams, "models": models}
+        return _readiness_response(body, pool)
+
+    @admin.get("/openapi.json")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(gateway.openapi())
+
+    @admin.get("/redoc")
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{gateway.title} - ReDoc")
+
+    return admin
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_all(closers: Sequence[Callable[[], Awaitable[object]]]) -> None:
+    """Await every closer in turn; one that fails is logged and the rest still run."""
+    for close in closers:
+        try:
+            await close()
+        except Exception:  # shutdown goes on: the others still hold sockets to close
+            log.exception("closing %s at shutdown failed", getattr(close, "__qualname__", "?"))
 
 
 def _add_proxy_route(
@@ -152,10 +234,14 @@ def _document_proxied_routes(app: FastAPI) -> None:
 def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
     @app.get("/v1/models", responses=_ERROR_RESPONSES)
     async def list_models(request: Request) -> Response:
-        key = gate.authenticate(request)
-        limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
-        _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
-        body = await read_and_release(upstream)
+        key, lease = await gate.admit_listing(request)
+        try:
+            limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
+            _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
+            body = await read_and_release(upstream)
+        finally:
+            if lease is not None:
+                await lease.settle(0)
         if upstream.status != 200 or model_ids(body) is None:
             raise UpstreamError("the upstream's model list could not be read")
         listing = json.loads(body)
@@ -164,26 +250,30 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
             listing["data"] = [
                 m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
             ]
-        return JSONResponse(listing)
+        return JSONResponse(listing, headers=dict(lease.headers) if lease is not None else None)
 
 
-def _add_probe_routes(app: FastAPI, pool: UpstreamPool, registry: CollectorRegistry) -> None:
+def _add_probe_routes(app: FastAPI, pool: UpstreamPool) -> None:
+    """The public probes: no upstream addresses here (the admin ``/readyz`` has them)."""
+
     @app.get("/livez")
     async def livez() -> dict[str, str]:
         return {"status": "alive"}
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        upstreams = {u.label: u.ready for u in pool.upstreams}
-        ready = pool.any_ready
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "upstreams": upstreams},
-            status_code=200 if ready else 503,
-        )
+        return _readiness_response({"status": _readiness(pool)}, pool)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+def _readiness(pool: UpstreamPool) -> str:
+    return "ready" if pool.any_ready else "not ready"
+
+
+def _readiness_response(body: dict[str, Any], pool: UpstreamPool) -> JSONResponse:
+    """200 when an upstream is ready, else 503 with ``Retry-After``."""
+    if pool.any_ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

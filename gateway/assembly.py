@@ -3,6 +3,9 @@
 Used by ``vkit gateway`` only; tests call :func:`gateway.app.create_app` with their own
 parts. Limits live in memory unless ``redis_url`` is set; with Redis every gateway process
 shares them, and ``redis_fail_open`` says whether to keep serving while Redis is down.
+Keys that set no concurrency get ``default_key_concurrency``. The keys file is reloaded by a
+background task of the app's lifespan. Prompts are counted with the tokenizers that
+``settings.tokenizers`` names (loaded once, here); other models' by the byte bound.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gateway.admission import KeyStoreLike, LimiterLike
+from gateway.admission import LimiterLike
 from gateway.app import create_app
+from gateway.key_store import KeyStore
 from gateway.metrics import GatewayMetrics
+from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
 
 
@@ -25,22 +30,22 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics(registry)
     closers: list[Callable[[], Awaitable[object]]] = []
     limiter = build_limiter(settings, metrics, closers)
+    key_store = build_key_store(settings, metrics)
     return create_app(
         settings,
-        key_store=build_key_store(settings),
+        key_store=key_store,
         limiter=limiter,
         metrics=metrics,
         on_shutdown=closers,
+        background=[key_store.run_forever] if key_store is not None else [],
+        prompt_counter=build_prompt_counter(settings.tokenizers),
     )
 
 
-def build_key_store(settings: GatewaySettings) -> KeyStoreLike | None:
+def build_key_store(settings: GatewaySettings, metrics: GatewayMetrics) -> KeyStore | None:
     if settings.keys_file is None:
         return None
-    from gateway.key_store import KeyStore
-
-    store: KeyStoreLike = KeyStore(settings.keys_file, clock=time.monotonic)
-    return store
+    return KeyStore(settings.keys_file, clock=time.monotonic, metrics=metrics)
 
 
 def build_limiter(
@@ -54,18 +59,23 @@ def build_limiter(
     from gateway.limits import MemoryLimiter
 
     if settings.redis_url is None:
-        memory: LimiterLike = MemoryLimiter(clock=time.monotonic)
+        memory: LimiterLike = MemoryLimiter(
+            clock=time.monotonic, default_concurrency=settings.default_key_concurrency
+        )
         return memory
     import redis.asyncio
 
     from gateway.limits import RedisLimiter
 
     client = redis.asyncio.from_url(settings.redis_url)
-    closers.append(client.aclose)
-    shared: LimiterLike = RedisLimiter(  # Redis's TIME: one clock for every gateway
+    shared = RedisLimiter(  # Redis's TIME: one clock for every gateway
         client,
         on_backend_error="allow" if settings.redis_fail_open else "deny",
         backend_errors=metrics.limiter_backend_errors,
+        resets=metrics.limiter_resets,
+        leases_lost=metrics.limiter_leases_lost,
+        default_concurrency=settings.default_key_concurrency,
         lease_ttl=settings.timeouts.total + 60,  # a crashed gateway's slots expire after
     )
+    closers.extend([shared.drain, client.aclose])  # the last undos and releases, then close
     return shared

@@ -1,22 +1,63 @@
 """Parse a client's JSON body once and keep only the fields the gateway acts on.
 
 :func:`parse_body` validates ``model``, ``stream``, ``max_tokens`` /
-``max_completion_tokens`` and ``stream_options`` (a clear :class:`InvalidRequest` for each
-bad one) and estimates the prompt's tokens cheaply, as bytes / 4 of the text in
-``messages`` / ``prompt`` / ``input``; the limiter reserves that estimate and settles with
-the real usage afterwards. Every other field passes through untouched.
+``max_completion_tokens``, ``n`` / ``best_of`` and ``stream_options`` (a clear
+:class:`InvalidRequest` for each bad one) and counts the prompt's tokens with the given
+:class:`PromptCounter` (the model's tokenizer, :mod:`gateway.prompt_tokens`), else with
+:func:`estimate_prompt_tokens`, an upper bound; the limiter reserves that count and settles
+with the real usage afterwards. Every other field passes through untouched.
+
+The reservation is :attr:`RequestBody.reservation`, the one place the counts are
+multiplied: the prompt count (batch prompts summed, as vLLM's ``usage.prompt_tokens``), plus
+:data:`MEDIA_TOKENS` per image, audio or video part, plus ``max_tokens`` for every
+completion the body asks for: ``max(n, best_of)`` choices (beam search's width is ``n``, or
+``best_of`` where older vLLM reads it) for each prompt of a ``/v1/completions`` batch (a list
+of strings or of token-id lists).
+
+Hostile bodies are a 400, never a 500: bytes that are not UTF-8, JSON nested over
+:data:`MAX_DEPTH` levels (no OpenAI request needs a tenth of it; Python's parser would
+raise ``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
+UTF-8 encoder can write back out). A body naming one of the fields the gateway reads twice
+(``{"max_tokens": 1, "max_tokens": 9999}``: Python keeps the last, another parser may keep
+the first) is marked :attr:`RequestBody.ambiguous`, and the gateway forwards it re-encoded,
+so the upstream reads the values the gateway acted on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import InvalidRequest
+from gateway.prompt_tokens import ByteBound, PromptCounter
 
-BYTES_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4  # role and separators; a rough per-message overhead
+_FALLBACK = ByteBound()
+
+MAX_DEPTH = 128  # nesting levels of arrays and objects
+# What one media part stands for in the prompt: what its URL or base64 says of it is no
+# measure. Typical of the models vLLM serves: an image is 576 (LLaVA-1.5) to ~1,600
+# (Llama 3.2 Vision, Qwen2-VL at 1 MP) tokens, 30 s of audio ~750 (Whisper-style encoders).
+MEDIA_TOKENS = {"image": 1024, "audio": 750, "video": 4096}
+_MEDIA_KINDS = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "image_pil": "image",
+    "image_embeds": "image",
+    "audio_url": "audio",
+    "input_audio": "audio",
+    "audio": "audio",
+    "video_url": "video",
+    "video": "video",
+}
+# The fields the gateway acts on, as keys: two of one -> forward re-encoded.
+_READ_KEYS = re.compile(
+    r'"(?:model|stream|stream_options|include_usage|continuous_usage_stats|max_tokens'
+    r'|max_completion_tokens|n|best_of|use_beam_search|prompt|messages|input)"\s*:'
+)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(slots=True)
@@ -28,16 +69,30 @@ class RequestBody:
     stream: bool
     max_tokens: int | None
     include_usage: bool
-    prompt_tokens_estimate: int
+    prompt_tokens_estimate: int  # the prompt count plus MEDIA_TOKENS per media part
+    include_chunk_usage: bool = False  # usage on every chunk: continuous_usage_stats too
+    choices: int = 1  # completions per prompt: max(n, best_of)
+    prompts: int = 1  # prompts in a /v1/completions batch
+    ambiguous: bool = False  # a field the gateway reads is named twice: re-encode it
+
+    @property
+    def completions(self) -> int:
+        """Completions the body asks for: each of its prompts, ``choices`` times."""
+        return self.choices * self.prompts
+
+    @property
+    def reservation(self) -> int:
+        """What the limiter reserves: the prompt estimate, plus ``max_tokens`` for every
+        completion (the effective cap, once :func:`gateway.caps.apply_token_cap` ran)."""
+        return self.prompt_tokens_estimate + (self.max_tokens or 0) * self.completions
 
 
-def parse_body(raw: bytes) -> RequestBody:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object")
+def parse_body(
+    raw: bytes, counter: PromptCounter | None = None, *, generates: bool = True
+) -> RequestBody:
+    """``generates``: the route generates tokens (chat, completions); embeddings do not,
+    and there ``stream: true`` is refused and the output fields are not read."""
+    data, ambiguous = _load(raw)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
@@ -46,14 +101,112 @@ def parse_body(raw: bytes) -> RequestBody:
         stream = False
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream")
+    if stream and not generates:
+        raise InvalidRequest("'stream' is not supported on /v1/embeddings", param="stream")
+    include_usage, include_chunk_usage = _usage_options(data) if generates else (False, False)
     return RequestBody(
         data=data,
         model=model,
         stream=stream,
-        max_tokens=_requested_max_tokens(data),
-        include_usage=_include_usage(data),
-        prompt_tokens_estimate=estimate_prompt_tokens(data),
+        max_tokens=_requested_max_tokens(data) if generates else None,
+        include_usage=include_usage,
+        prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+        include_chunk_usage=include_chunk_usage,
+        choices=_choices(data) if generates else 1,
+        prompts=_batch_prompts(data.get("prompt")) if generates else 1,
+        ambiguous=ambiguous,
     )
+
+
+def _load(raw: bytes) -> tuple[dict[str, Any], bool]:
+    """The body as a dict, and whether a key the gateway reads appears twice in it."""
+    try:
+        text = raw.decode().removeprefix("\ufeff")  # strict: no surrogates as UTF-8 bytes
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid UTF-8: {exc}") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InvalidRequest(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise InvalidRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise InvalidRequest("the body has a lone UTF-16 surrogate (such as \\ud800)")
+    keys = _READ_KEYS.findall(text)
+    return data, len(keys) != len(set(keys))
+
+
+def _deeper_than(data: dict[str, Any], limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (``data`` is level 1)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _has_lone_surrogate(data: object) -> bool:
+    """Whether any key or string holds half a surrogate pair (a decoded pair is one code
+    point, so only a lone half fails to encode)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _choices(data: dict[str, Any]) -> int:
+    """``max(n, best_of)``: vLLM generates ``best_of`` sequences and returns ``n`` of them;
+    beam search's width is ``n`` (``best_of`` in older vLLM)."""
+    found = 1
+    for field in ("n", "best_of"):
+        value = data.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"'{field}' must be a positive integer", param=field)
+        found = max(found, value)
+    return found
+
+
+def _batch_prompts(prompt: object) -> int:
+    """Prompts in ``/v1/completions``' ``prompt``: a list of strings or of token-id lists is
+    a batch, one completion each; a string or one list of token ids is one prompt. Counted
+    on every route: a chat body naming a batch is over-reserved, never under."""
+    if not isinstance(prompt, list) or not prompt:
+        return 1
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in prompt):
+        return 1
+    return len(prompt)
+
+
+def media_tokens(data: dict[str, Any]) -> int:
+    """:data:`MEDIA_TOKENS` for each image, audio or video part of the chat messages."""
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            total += sum(_media_part_tokens(part) for part in content if isinstance(part, dict))
+    return total
+
+
+def _media_part_tokens(part: dict[str, Any]) -> int:
+    kind = part.get("type")
+    if not isinstance(kind, str):  # vLLM also infers the type from the part's one key
+        kind = next((key for key in part if key in _MEDIA_KINDS), "")
+    media = _MEDIA_KINDS.get(kind)
+    return MEDIA_TOKENS[media] if media else 0
 
 
 def _requested_max_tokens(data: dict[str, Any]) -> int | None:
@@ -70,45 +223,32 @@ def _requested_max_tokens(data: dict[str, Any]) -> int | None:
     return found
 
 
-def _include_usage(data: dict[str, Any]) -> bool:
+def _usage_options(data: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the client asked for the final usage chunk, and for usage on every chunk
+    (vLLM sends that only with both ``include_usage`` and ``continuous_usage_stats``)."""
     options = data.get("stream_options")
     if options is None:
-        return False
+        return False, False
     if not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")
-    include = options.get("include_usage", False)
-    if include is not None and not isinstance(include, bool):
-        raise InvalidRequest(
-            "'stream_options.include_usage' must be a boolean", param="stream_options"
-        )
-    return bool(include)
+    flags = []
+    for name in ("include_usage", "continuous_usage_stats"):
+        value = options.get(name, False)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequest(
+                f"'stream_options.{name}' must be a boolean", param="stream_options"
+            )
+        flags.append(bool(value))
+    include, continuous = flags
+    return include, include and continuous
 
 
 def estimate_prompt_tokens(data: dict[str, Any]) -> int:
-    """bytes / 4 of the prompt text, plus a little per chat message; never below 1."""
-    chars = 0
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            chars += BYTES_PER_TOKEN * TOKENS_PER_MESSAGE
-            if isinstance(message, dict):
-                chars += _text_length(message.get("content"))
-    for field in ("prompt", "input"):
-        chars += _text_length(data.get(field))
-    return max(1, chars // BYTES_PER_TOKEN)
-
-
-def _text_length(value: object) -> int:
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return BYTES_PER_TOKEN  # a token id
-    if isinstance(value, list):
-        return sum(_text_length(item) for item in value)
-    if isinstance(value, dict):
-        return _text_length(value.get("text"))
-    return 0
+    """The fallback count: an upper bound on the prompt tokens of any tokenizer vLLM serves
+    (:class:`gateway.prompt_tokens.ByteBound`, whose docstring has the proof); never below 1."""
+    return _FALLBACK.count(data)
 
 
 def encode_body(data: dict[str, Any]) -> bytes:
+    """Compact JSON, ASCII only: every string escaped as the parser read it."""
     return json.dumps(data, separators=(",", ":")).encode()

@@ -4,6 +4,12 @@ Without ``max_tokens`` vLLM generates up to ``max_model_len - prompt_len`` (REFE
 section 1), so the gateway always sends one. The cap is the lower of the key's
 ``max_tokens`` and the global ``caps.max_tokens``; the default injected is
 ``caps.default_max_tokens``, itself capped.
+
+What the client asked for is the lower of ``max_tokens`` and ``max_completion_tokens``
+(``null`` counts as absent). The effective value is written to ``max_tokens`` always (what
+``/v1/completions`` reads, and chat without ``max_completion_tokens``) and to
+``max_completion_tokens`` too whenever the body names it, even as ``null`` (chat reads it
+first): however vLLM reads the body, on either route, it reads the cap.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ def effective_max_tokens(requested: int | None, key_cap: int | None, caps: CapSe
 def apply_token_cap(body: RequestBody, key_cap: int | None, caps: CapSettings) -> bool:
     """Write the effective cap into ``body.data``; return whether the body changed."""
     limit = effective_max_tokens(body.max_tokens, key_cap, caps)
+    data = body.data
     changed = False
-    fields = [f for f in ("max_tokens", "max_completion_tokens") if body.data.get(f) is not None]
-    for field in fields or ["max_tokens"]:
-        if body.data.get(field) != limit:
-            body.data[field] = limit
+    for field in ("max_tokens", "max_completion_tokens"):
+        if data.get(field) != limit and (field == "max_tokens" or field in data):
+            data[field] = limit
             changed = True
     body.max_tokens = limit
     return changed

@@ -16,6 +16,17 @@ runs on a 2-core VM, the stand-in upstream pinned to the other core):
     httpx 0.28                    1.24-1.31      1.51-1.54
 
 Tests inject their own :class:`UpstreamClient` where a real socket is not needed.
+
+Failures, each telling the proxy whether the upstream may have started the request
+(which decides whether it may be sent to another upstream):
+
+    UpstreamClientError       base of all of them
+      UpstreamConnectError    no connection was made: the request never left (retry-safe)
+      UpstreamBadResponse     the answer's head was not HTTP (bad status line, bad
+                              Content-Length): no vLLM answers so (retry-safe)
+      UpstreamDropped         connection closed or reset after the request was sent and
+                              before a head came: it may be generating (not retry-safe)
+      UpstreamBroken          the body broke off after the head
 """
 
 from __future__ import annotations
@@ -26,11 +37,23 @@ from typing import Protocol
 import aiohttp
 
 
-class UpstreamConnectError(Exception):
-    """The upstream could not be reached (refused, reset, DNS, connect timeout)."""
+class UpstreamClientError(Exception):
+    """A request to an upstream failed; the subclass says how far it got."""
 
 
-class UpstreamBroken(Exception):
+class UpstreamConnectError(UpstreamClientError):
+    """The upstream could not be reached (refused, DNS, connect timeout): nothing was sent."""
+
+
+class UpstreamBadResponse(UpstreamClientError):
+    """The upstream answered with something that is not an HTTP response head."""
+
+
+class UpstreamDropped(UpstreamClientError):
+    """The connection closed or reset after the request went out, before any answer."""
+
+
+class UpstreamBroken(UpstreamClientError):
     """The upstream connection failed while the answer was being read."""
 
 
@@ -65,7 +88,8 @@ class UpstreamClient(Protocol):
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
     ) -> UpstreamResponse:
-        """Send and return once the response head arrived; raise UpstreamConnectError."""
+        """Send and return once the response head arrived; raise UpstreamConnectError,
+        UpstreamBadResponse or UpstreamDropped."""
 
     async def aclose(self) -> None: ...
 
@@ -102,6 +126,12 @@ class AiohttpResponse:
         self._response.close()
 
 
+# Idle connections are closed before vLLM's own keep-alive timeout (uvicorn's, 5 s:
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE) ends them: a request sent on a connection the replica is
+# closing at that moment would be dropped, and a dropped request is not retried.
+_KEEPALIVE_S = 4.0
+
+
 class AiohttpClient:
     """aiohttp with keep-alive connections; ``connect_timeout`` bounds the TCP connect."""
 
@@ -113,7 +143,9 @@ class AiohttpClient:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S
+                ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -127,11 +159,19 @@ class AiohttpClient:
             response = await self._get_session().request(
                 method, url, headers=headers, data=body, allow_redirects=False
             )
-        except (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, OSError) as exc:
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise UpstreamConnectError(_describe(exc)) from exc
+        except aiohttp.ClientResponseError as exc:  # the head did not parse
+            raise UpstreamBadResponse(_describe(exc)) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # disconnected, reset, payload
+            raise UpstreamDropped(_describe(exc)) from exc
         return AiohttpResponse(response)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".split("\n", 1)[0]

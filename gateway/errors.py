@@ -9,8 +9,10 @@
       RateLimitExceeded    429 rate_limit_error       reason "requests" | "tokens" | "concurrency";
                                                       carries retry_after (s), x-ratelimit-* headers
       UpstreamError        502 upstream_error         bad answer from the upstream
-      UpstreamUnavailable  503 service_unavailable    no upstream could be reached
+      UpstreamUnavailable  503 service_unavailable    no upstream ready or reachable; Retry-After
       UpstreamTimeout      504 timeout_error          no first byte within the timeout
+      ClientGone           499 client_closed_request  the client hung up before its request was
+                                                      read (counted; nobody is left to answer)
 
 The envelope is ``{"error": {"message", "type", "param", "code"}}``; ``code`` is a short
 string such as ``"rate_limit_exceeded"`` or ``None``. :func:`normalise_upstream_error`
@@ -114,16 +116,39 @@ class UpstreamError(GatewayError):
     default_code = "bad_gateway"
 
 
+# Retry-After on a 503 the gateway answers itself: about one readiness probe (the default
+# HealthSettings.interval), after which a replica that came back is in rotation again.
+RETRY_AFTER_S = 5
+
+
 class UpstreamUnavailable(GatewayError):
+    """503 with ``Retry-After`` (:data:`RETRY_AFTER_S` unless ``headers`` give one)."""
+
     status_code = 503
     error_type = "service_unavailable"
     default_code = "upstream_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        headers = {"retry-after": str(RETRY_AFTER_S), **(headers or {})}
+        super().__init__(message, param=param, code=code, headers=headers)
 
 
 class UpstreamTimeout(GatewayError):
     status_code = 504
     error_type = "timeout_error"
     default_code = "upstream_timeout"
+
+
+class ClientGone(GatewayError):
+    status_code = 499  # NGINX's "client closed request"
+    error_type = "client_closed_request"
 
 
 def error_envelope(

@@ -6,20 +6,38 @@ each of ``health.expected_models`` when set -- asked with the upstream API key),
 rule ``vkit launch`` and ``vkit up`` use; this module only sends the two requests through the
 gateway's own pooled client. Probes run every ``health.interval`` seconds in one task
 started by the app's lifespan; requests never wait on them.
+
+Ready means the model generates. vLLM's ``/health`` can stay 200 after a GPU fault (vLLM
+issue 36960), so with ``health.canary_interval`` set, an upstream the rule calls ready must
+also pass a canary: a one-token completion (``POST /v1/completions``, ``max_tokens: 1``,
+the upstream API key). A passing canary counts for ``canary_interval`` seconds and while
+the rule's verdict holds; a failed one takes the upstream out and is tried again at the
+next probe. Canary tokens are billed to no key and counted in no request metric; they
+have their own: ``vkit_gateway_canary_seconds{upstream}`` and
+``vkit_gateway_canary_failures_total{upstream}``.
+
+Nothing stops the probing: any answer (a body that breaks off, a head that is not HTTP, a
+reset, silence) and any fault of a probe is a "not ready" verdict for that upstream alone,
+logged once when its state changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from collections.abc import Callable
 
-from gateway.client import UpstreamClient, UpstreamConnectError
+from gateway.client import UpstreamBroken, UpstreamClient, UpstreamClientError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import HealthSettings
 from gateway.upstreams import Upstream, UpstreamPool
 from launcher.supervision.readiness import HEALTH_PATH, MODELS_PATH, ReadinessCheck, Verdict
 
 log = logging.getLogger("vkit.gateway.health")
+
+CANARY_PATH = "/v1/completions"
 
 
 class UpstreamProber:
@@ -30,46 +48,126 @@ class UpstreamProber:
         client: UpstreamClient,
         metrics: GatewayMetrics,
         check: ReadinessCheck,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.client = client
         self.metrics = metrics
         self.check = check
-
-    async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(u) for u in self.pool.upstreams))
-
-    async def probe(self, upstream: Upstream) -> None:
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                verdict = await self._verdict(upstream)
-        except (TimeoutError, UpstreamConnectError):
-            verdict = self.check.verdict(None, None, None)
-        ready = verdict.ready
-        if ready != upstream.ready or not upstream.probed:
-            state = "ready" if ready else "not ready"
-            log.info("upstream %s is %s: %s", upstream.label, state, verdict.reason)
-        upstream.ready = ready
-        upstream.probed = True
-        upstream.models = verdict.models
-        self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
-
-    async def _get(self, upstream: Upstream, path: str) -> tuple[int, bytes]:
-        response = await self.client.send("GET", upstream.url + path, self.check.headers, None)
-        try:
-            return response.status, await response.read()
-        finally:
-            response.release()
-
-    async def _verdict(self, upstream: Upstream) -> Verdict:
-        health_status, _ = await self._get(upstream, HEALTH_PATH)
-        if health_status != 200:
-            return self.check.verdict(health_status, None, None)
-        models_status, body = await self._get(upstream, MODELS_PATH)
-        return self.check.verdict(health_status, models_status, body)
+        self.clock = clock
+        self._canary_headers = {**check.headers, "content-type": "application/json"}
+        self._canary_passed_at: dict[str, float] = {}  # upstream label -> clock()
 
     async def run_forever(self) -> None:
         while True:
             await self.probe_all()
             await asyncio.sleep(self.settings.interval)
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(u) for u in self.pool.upstreams))
+
+    async def probe(self, upstream: Upstream) -> None:
+        """Judge ``upstream`` and record the verdict; never raises (but for cancellation)."""
+        try:
+            verdict = await self.judge(upstream)
+        except Exception as exc:  # a fault in one probe must not end the probing of any
+            reason = f"the probe failed ({type(exc).__name__}: {exc})"
+            self._record(upstream, Verdict(False, frozenset(), reason), exc)
+            return
+        self._record(upstream, verdict)
+
+    async def judge(self, upstream: Upstream) -> Verdict:
+        """The readiness rule's verdict, and the canary's when it is on."""
+        verdict = await self._readiness(upstream)
+        if self.settings.canary_interval is None:
+            return verdict
+        if not verdict.ready:
+            self._canary_passed_at.pop(upstream.label, None)
+            return verdict
+        passed_at = self._canary_passed_at.get(upstream.label)
+        if passed_at is not None and self.clock() - passed_at < self.settings.canary_interval:
+            return verdict
+        failure = await self._canary(upstream, min(self.check.expected_models or verdict.models))
+        if failure is not None:
+            self._canary_passed_at.pop(upstream.label, None)
+            return Verdict(False, verdict.models, f"the canary generation {failure}")
+        self._canary_passed_at[upstream.label] = self.clock()
+        return verdict
+
+    def _record(self, upstream: Upstream, verdict: Verdict, error: Exception | None = None) -> None:
+        ready = verdict.ready
+        if ready != upstream.ready or not upstream.probed:
+            state = "ready" if ready else "not ready"
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "upstream %s is %s: %s",
+                upstream.label,
+                state,
+                verdict.reason,
+                exc_info=error,
+            )
+        upstream.ready = ready
+        upstream.probed = True
+        upstream.models = verdict.models
+        self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
+
+    async def _readiness(self, upstream: Upstream) -> Verdict:
+        limit = self.settings.timeout
+        try:
+            async with asyncio.timeout(limit):
+                health_status, _ = await self._get(upstream, HEALTH_PATH)
+                if health_status != 200:
+                    return self.check.verdict(health_status, None, None)
+                models_status, body = await self._get(upstream, MODELS_PATH)
+                return self.check.verdict(health_status, models_status, body)
+        except TimeoutError:
+            return Verdict(False, frozenset(), f"no answer within {limit:g} s")
+
+    async def _get(self, upstream: Upstream, path: str) -> tuple[int | None, bytes | None]:
+        """Status and body; ``(None, None)`` when there was no whole answer."""
+        try:
+            response = await self.client.send("GET", upstream.url + path, self.check.headers, None)
+        except UpstreamClientError:
+            return None, None
+        try:
+            return response.status, await response.read()
+        except UpstreamBroken:
+            return None, None
+        finally:
+            response.release()
+
+    async def _canary(self, upstream: Upstream, model: str) -> str | None:
+        """``None`` when ``upstream`` generated a token for ``model``, else what went wrong."""
+        settings = self.settings
+        request = {"model": model, "prompt": settings.canary_prompt, "max_tokens": 1}
+        url = upstream.url + CANARY_PATH
+        began = self.clock()
+        try:
+            async with asyncio.timeout(settings.canary_timeout):
+                response = await self.client.send(
+                    "POST", url, self._canary_headers, json.dumps(request).encode()
+                )
+                try:
+                    status, body = response.status, await response.read()
+                finally:
+                    response.release()
+            failure = None if status == 200 and _generated(body) else f"answered {status}"
+        except TimeoutError:
+            failure = f"gave no answer within {settings.canary_timeout:g} s"
+        except UpstreamClientError as exc:
+            failure = f"failed ({exc})"
+        self.metrics.canary_seconds.labels(upstream.label).observe(self.clock() - began)
+        if failure is not None:
+            self.metrics.canary_failures.labels(upstream.label).inc()
+        return failure
+
+
+def _generated(body: bytes) -> bool:
+    """A completion with at least one choice."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    return isinstance(choices, list) and bool(choices)

@@ -11,8 +11,9 @@
         enabled: true
         created: 2026-01-01T00:00:00Z
 
-Only YAML is supported. Saving writes a temporary file in the same directory with mode
-0600 and ``os.replace``-s it over the old one, so a reader never sees half a file.
+Only YAML is supported. Saving writes a temporary file in the same directory -- with the
+old file's owner, group and mode (a new one: 0600, or 0640 for a given group) -- and
+``os.replace``-s it over the old one, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,13 +139,30 @@ def dump_keys(keys: list[ApiKey]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def save_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Write atomically: temp file (0600) in the same directory, fsync, ``os.replace``."""
+def save_keys(path: Path, keys: list[ApiKey], *, group: int | None = None) -> None:
+    """Write atomically: temp file in the same directory, fsync, ``os.replace``.
+
+    The new file keeps the owner, group and mode of the one it replaces, so that a file
+    made readable for the gateway's service group (``root:vkit 0640``) stays so when root
+    edits it. A new file is the writer's, mode 0600. ``group`` (a gid) gives the file that
+    group and mode 0640: its owner writes, the group (the gateway's user) reads, nobody else.
+    Keeping or setting an owner or group this process may not give is a ``PermissionError``.
+    """
     text = dump_keys(keys)
     directory = path.parent if str(path.parent) else Path(".")
+    try:
+        old = path.stat()
+        mode, uid, gid = stat.S_IMODE(old.st_mode), old.st_uid, old.st_gid
+    except FileNotFoundError:
+        mode, uid, gid = 0o600, -1, -1  # -1: leave as created
+    if group is not None:
+        mode, gid = 0o640, group
     fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o600)
+        created = os.fstat(fd)
+        if (uid, gid) != (created.st_uid, created.st_gid):
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -155,14 +174,15 @@ def save_keys(path: Path, keys: list[ApiKey]) -> None:
         raise
 
 
-def add_key(path: Path, name: str, **limits: object) -> str:
+def add_key(path: Path, name: str, *, group: int | None = None, **limits: object) -> str:
     """Add a key called ``name`` (``limits``: the :class:`ApiKey` fields rpm, tpm,
     concurrency, max_tokens, models) to the file at ``path`` -- created when missing --
-    and return its secret, which is stored nowhere: only its digest is written."""
+    and return its secret, which is stored nowhere: only its digest is written.
+    ``group``: as in :func:`save_keys`."""
     keys = load_keys(path) if path.exists() else []
     if any(key.name == name for key in keys):
         raise KeyNameTaken(f"a key named '{name}' already exists in {path}")
     secret = new_secret()
     keys.append(ApiKey.model_validate({"name": name, "sha256": digest_secret(secret), **limits}))
-    save_keys(path, keys)
+    save_keys(path, keys, group=group)
     return secret

@@ -4,19 +4,36 @@ Exported names (all prefixed ``vkit_gateway_``; label values are bounded: key *n
 served model names (else ``other``), status codes (499: the client went away), fixed
 reason/kind words, upstream ``host:port``):
 
-- ``vkit_gateway_requests_total{key,model,status}`` -- counter, one per answered request
-- ``vkit_gateway_request_duration_seconds{model}`` -- histogram, whole request
+- ``vkit_gateway_requests_total{key,model,status}`` -- counter, one per answer, whoever gave
+  it (counted in one place, :mod:`gateway.accounting`; key ``unauthenticated`` before the key
+  is known, ``anonymous`` without one; model ``none`` when the answer names no model)
+- ``vkit_gateway_request_duration_seconds{key,model}`` -- histogram, whole request, every answer
 - ``vkit_gateway_time_to_first_token_seconds{model}`` -- histogram, first body byte to client
 - ``vkit_gateway_overhead_seconds`` -- histogram, time not spent waiting on the upstream
 - ``vkit_gateway_tokens_total{key,direction}`` -- counter, direction ``prompt`` | ``completion``
+- ``vkit_gateway_usage_missing_total{key}`` -- counter, answers that carried no usable
+  ``usage`` (billed the whole reservation; a cut stream, its content events)
 - ``vkit_gateway_rate_limited_total{key,reason}`` -- counter, reason ``requests`` | ``tokens`` |
-  ``concurrency``
+  ``concurrency`` (429s) | ``in_flight`` (the gateway-wide ``max_in_flight``: 503s)
 - ``vkit_gateway_in_flight_requests`` -- gauge
 - ``vkit_gateway_upstream_up{upstream}`` -- gauge, 1 when the last probe found it ready
 - ``vkit_gateway_upstream_errors_total{upstream,kind}`` -- counter, kind ``connect`` |
-  ``status`` (502/503) | ``timeout`` | ``stream``
+  ``status`` (502/503) | ``protocol`` (an answer that is not HTTP) | ``dropped`` (closed or
+  reset after the request was sent, before an answer) | ``timeout`` | ``stream``
+- ``vkit_gateway_client_write_timeouts_total`` -- counter, answers abandoned because the
+  client took no write within ``timeouts.client_write`` (it stopped reading)
+- ``vkit_gateway_canary_seconds{upstream}`` -- histogram, the readiness canary's one-token
+  generation (``health.canary_interval``), failed ones included
+- ``vkit_gateway_canary_failures_total{upstream}`` -- counter, canaries that did not generate
 - ``vkit_gateway_limiter_backend_errors_total`` -- counter, the shared limiter's store (Redis)
   failed
+- ``vkit_gateway_limiter_resets_total`` -- counter, the shared limiter's store restarted or lost
+  its data (every key's limits started over)
+- ``vkit_gateway_limiter_leases_lost_total`` -- counter, leases that the store no longer knew
+  when their request settled (a store reset, or an expired lease)
+- ``vkit_gateway_keys_loaded`` -- gauge, API keys in the set being served
+- ``vkit_gateway_keys_reload_refused_total{reason}`` -- counter, changed keys files not loaded
+  (the last good keys kept): reason ``invalid`` | ``empty`` | ``truncated`` | ``unreadable``
 
 (With prometheus_client, counters are exposed with the ``_total`` suffix and histograms as
 ``_bucket``/``_sum``/``_count``.)
@@ -36,11 +53,19 @@ METRIC_NAMES: tuple[str, ...] = (
     "vkit_gateway_time_to_first_token_seconds",
     "vkit_gateway_overhead_seconds",
     "vkit_gateway_tokens_total",
+    "vkit_gateway_usage_missing_total",
     "vkit_gateway_rate_limited_total",
     "vkit_gateway_in_flight_requests",
     "vkit_gateway_upstream_up",
     "vkit_gateway_upstream_errors_total",
     "vkit_gateway_limiter_backend_errors_total",
+    "vkit_gateway_limiter_resets_total",
+    "vkit_gateway_limiter_leases_lost_total",
+    "vkit_gateway_keys_loaded",
+    "vkit_gateway_keys_reload_refused_total",
+    "vkit_gateway_client_write_timeouts_total",
+    "vkit_gateway_canary_seconds",
+    "vkit_gateway_canary_failures_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -58,7 +83,7 @@ class GatewayMetrics:
         self.request_duration = Histogram(
             PREFIX + "request_duration_seconds",
             "Whole request duration",
-            ["model"],
+            ["key", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
@@ -93,13 +118,55 @@ class GatewayMetrics:
             ["upstream", "kind"],
             registry=registry,
         )
+        self.usage_missing = Counter(
+            PREFIX + "usage_missing",
+            "Answers without usable usage, billed their reservation",
+            ["key"],
+            registry=registry,
+        )
         self.limiter_backend_errors = Counter(
             PREFIX + "limiter_backend_errors",
             "Failures of the shared limiter's backend (Redis)",
             registry=registry,
         )
+        self.limiter_resets = Counter(
+            PREFIX + "limiter_resets",
+            "Restarts or data losses of the shared limiter's store (limits started over)",
+            registry=registry,
+        )
+        self.limiter_leases_lost = Counter(
+            PREFIX + "limiter_leases_lost",
+            "Leases the shared limiter's store no longer knew when their request settled",
+            registry=registry,
+        )
+        self.keys_loaded = Gauge(PREFIX + "keys_loaded", "API keys being served", registry=registry)
+        self.keys_reload_refused = Counter(
+            PREFIX + "keys_reload_refused",
+            "Changed keys files not loaded (the last good keys kept)",
+            ["reason"],
+            registry=registry,
+        )
+        self.client_write_timeouts = Counter(
+            PREFIX + "client_write_timeouts",
+            "Answers abandoned: the client took no write within timeouts.client_write",
+            registry=registry,
+        )
+        self.canary_seconds = Histogram(
+            PREFIX + "canary_seconds",
+            "Duration of the readiness canary's one-token generation",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.canary_failures = Counter(
+            PREFIX + "canary_failures",
+            "Readiness canaries that did not generate",
+            ["upstream"],
+            registry=registry,
+        )
 
         self._children: dict[tuple[str, ...], Any] = {}
+        self._answer_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the hot path records ~6 samples a request."""
@@ -115,18 +182,22 @@ class GatewayMetrics:
         if completion:
             self._child(self.tokens, key, "completion").inc(completion)
 
-    def request_done(
-        self,
-        *,
-        key: str,
-        model: str,
-        status: int,
-        duration: float,
-        time_to_first_byte: float | None,
-        overhead: float,
+    def answered(self, key: str, model: str, status: int, duration: float) -> None:
+        """One answer: its count and its duration (the accounting middleware's two samples)."""
+        children = self._answer_children.get((key, model, status))
+        if children is None:
+            children = (
+                self.requests.labels(key, model, str(status)),
+                self.request_duration.labels(key, model),
+            )
+            self._answer_children[(key, model, status)] = children
+        children[0].inc()
+        children[1].observe(duration)
+
+    def exchange_done(
+        self, *, model: str, time_to_first_byte: float | None, overhead: float
     ) -> None:
-        self._child(self.requests, key, model, str(status)).inc()
-        self._child(self.request_duration, model).observe(duration)
+        """What only the exchange knows: time to the first byte and the gateway's overhead."""
         if time_to_first_byte is not None:
             self._child(self.time_to_first_token, model).observe(time_to_first_byte)
         self.overhead.observe(max(overhead, 0.0))

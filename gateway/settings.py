@@ -9,17 +9,29 @@ Sources, highest priority first:
 3. the YAML file given with ``vkit gateway --config FILE`` (same field names, nested mappings),
 4. the defaults below.
 
-Unknown fields are refused (``extra="forbid"``). Timeouts are in seconds.
+Unknown fields are refused (``extra="forbid"``), and so is an unknown ``VKIT_GATEWAY_*``
+variable (:class:`UnknownSetting`, naming the closest valid one): pydantic-settings would
+ignore ``VKIT_GATEWAY_UPSTREAM`` and serve from the default upstream. Timeouts are in seconds.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -29,13 +41,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+ENV_PREFIX = "VKIT_GATEWAY_"
+
 
 class TimeoutSettings(BaseModel):
     """Layered upstream timeouts, seconds.
 
     ``connect``: TCP connect to an upstream; ``first_byte``: from sending the request to the
     response headers (vLLM sends them once the first token is ready when streaming);
-    ``idle``: the longest gap between two stream chunks; ``total``: the whole request.
+    ``idle``: the longest gap between two stream chunks; ``total``: the whole request;
+    ``client_write``: the longest the client may take to accept one write (a client that
+    stops reading with its socket open is cut off after it, its upstream closed).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +62,9 @@ class TimeoutSettings(BaseModel):
     )
     idle: float = Field(default=30.0, gt=0, description="longest gap between stream chunks")
     total: float = Field(default=600.0, gt=0, description="whole request")
+    client_write: float = Field(
+        default=30.0, gt=0, description="longest wait for the client to take one write"
+    )
 
 
 class CapSettings(BaseModel):
@@ -67,7 +86,8 @@ class CapSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Retries before the first byte (connection failures, 502, 503) on another upstream."""
+    """Retries on another upstream, only of attempts no upstream can have started:
+    connection failures, 503, an answer that is not HTTP (see :mod:`gateway.proxy`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -77,7 +97,13 @@ class RetrySettings(BaseModel):
 
 
 class HealthSettings(BaseModel):
-    """Background readiness probing of every upstream (``/health`` and ``/v1/models``)."""
+    """Background readiness probing of every upstream (``/health`` and ``/v1/models``).
+
+    ``canary_interval`` turns on the canary: a one-token completion per ready upstream at
+    most that often, which must succeed within ``canary_timeout`` for it to stay ready
+    (:mod:`gateway.health`). The canary waits in vLLM's queue like any request: keep
+    ``canary_timeout`` above the queueing a busy replica may show, or load takes it out.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,13 +113,50 @@ class HealthSettings(BaseModel):
         default_factory=list,
         description="models /v1/models must list for an upstream to be ready (empty: any one)",
     )
+    canary_interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds between one-token canary generations per upstream (unset: none)",
+    )
+    canary_timeout: float = Field(default=30.0, gt=0, description="per canary generation")
+    canary_prompt: str = Field(default="Hi", min_length=1, description="the canary's prompt")
+
+
+class TokenizerSettings(BaseModel):
+    """Where the gateway finds each model's tokenizer, to count prompt tokens as vLLM does.
+
+    ``models`` maps a model name (as clients send it) to the model's directory (its
+    ``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``) or to a Hugging
+    Face repo id looked up in ``hf_cache``:
+    ``VKIT_GATEWAY_TOKENIZERS__MODELS='{"llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}'``.
+    Other models are counted by a byte bound (``gateway.prompt_tokens.ByteBound``, with the
+    template allowances below); so are texts longer than ``max_tokenized_chars``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, str] = Field(
+        default_factory=dict, description="model name -> model directory or HF repo id"
+    )
+    hf_cache: Path = Field(
+        default=Path("~/.cache/huggingface/hub"), description="Hugging Face hub cache"
+    )
+    max_tokenized_chars: int = Field(
+        default=65536, ge=0, description="longer prompt texts get the byte bound (CPU)"
+    )
+    message_overhead: int = Field(
+        default=8, ge=0, description="byte bound: template tokens per chat message"
+    )
+    request_overhead: int = Field(
+        default=64, ge=0, description="byte bound: template tokens per chat request"
+    )
 
 
 class GatewaySettings(BaseSettings):
     """Everything ``vkit gateway`` needs; see the module docstring for the sources."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VKIT_GATEWAY_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
@@ -118,11 +181,35 @@ class GatewaySettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="listen port")
+    # The admin listener: /metrics, /readyz with each upstream's state, /openapi.json and
+    # /redoc. Off unless a port is set, so that no fixed port collides with Prometheus
+    # (9090) or a second gateway on the host; the deploy files set it.
+    admin_host: str = Field(default="127.0.0.1", description="admin listener address")
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="admin listener port (/metrics, detailed /readyz, /openapi.json, /redoc); "
+        "unset: none",
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    max_in_flight: int | None = Field(
+        default=1000,
+        ge=1,
+        description="requests in flight in this process; more get 503 + Retry-After "
+        "(null: unbounded)",
+    )
+    default_key_concurrency: int | None = Field(
+        default=64,
+        ge=1,
+        description="requests in flight per key whose entry sets no concurrency; more get 429 "
+        "(null: unlimited)",
+    )
     timeouts: TimeoutSettings = TimeoutSettings()
     caps: CapSettings = CapSettings()
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
+    tokenizers: TokenizerSettings = TokenizerSettings()
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug | info | warning | error"
     )
@@ -138,6 +225,16 @@ class GatewaySettings(BaseSettings):
                     raise ValueError("not a JSON list of URLs") from None
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_key_never_takes_every_slot(self) -> GatewaySettings:
+        bound, per_key = self.max_in_flight, self.default_key_concurrency
+        if bound is not None and per_key is not None and per_key >= bound:
+            raise ValueError(
+                f"default_key_concurrency ({per_key}) must be below max_in_flight ({bound}), "
+                "or one key could take every slot"
+            )
+        return self
 
     @property
     def upstream_urls(self) -> list[str]:
@@ -162,7 +259,9 @@ def load_settings(
     **overrides: object,
 ) -> GatewaySettings:
     """Read the environment (``os.environ``, or ``environ`` when given) and the optional YAML
-    file; ``overrides`` (e.g. CLI flags) win over both."""
+    file; ``overrides`` (e.g. CLI flags) win over both. An unknown ``VKIT_GATEWAY_*`` name
+    raises :class:`UnknownSetting`."""
+    check_environment(os.environ if environ is None else environ)
 
     class _Loaded(GatewaySettings):
         model_config = SettingsConfigDict(yaml_file=config_file)
@@ -191,3 +290,30 @@ class _MappingEnvSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self._environ.items()}
+
+
+class UnknownSetting(ValueError):
+    """A ``VKIT_GATEWAY_*`` variable that no setting reads; the message names the closest one."""
+
+
+def env_names(model: type[BaseModel] = GatewaySettings, prefix: str = ENV_PREFIX) -> Iterator[str]:
+    """Every variable the settings read: each field, and each field of a section after ``__``
+    (a section's own name takes the whole section as JSON)."""
+    for name, info in model.model_fields.items():
+        yield prefix + name.upper()
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from env_names(annotation, f"{prefix}{name.upper()}__")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a ``VKIT_GATEWAY_*`` name (any case, like pydantic-settings) that no setting
+    reads, suggesting the closest valid name."""
+    valid = set(env_names())
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid:
+            continue
+        close = difflib.get_close_matches(upper, sorted(valid), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see 'vkit gateway --help'"
+        raise UnknownSetting(f"unknown setting {name} in the environment{hint}")

@@ -10,7 +10,7 @@
 #
 # Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
 # redis-server. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
-# the gateway on 0.0.0.0:8080.
+# the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -136,11 +136,18 @@ VKIT_GATEWAY_UPSTREAM_API_KEY=$secret
 HF_TOKEN="
 write_if_absent "$etc/gateway.env" 0640 "VKIT_GATEWAY_HOST=0.0.0.0
 VKIT_GATEWAY_PORT=8080
+# The admin listener (/metrics for Prometheus, /readyz details, /openapi.json): loopback only.
+VKIT_GATEWAY_ADMIN_HOST=127.0.0.1
+VKIT_GATEWAY_ADMIN_PORT=9180
 VKIT_GATEWAY_UPSTREAMS=[\"http://$nginx_listen\"]
 VKIT_GATEWAY_KEYS_FILE=/etc/vkit/keys.yaml
 VKIT_GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0"
+# The API keys: root writes (vkit keys add keeps owner, group and mode), the gateway's
+# user reads through the vkit group, nobody else. Empty at first: every request is 401
+# until a key is added; the gateway re-reads the file, no restart needed.
+write_if_absent "$etc/keys.yaml" 0640 "keys: []"
 if [[ -z "$destdir" && $dry_run -eq 0 ]]; then
-    chgrp vkit "$etc"/*.env "$etc/replica.yaml"
+    chgrp vkit "$etc"/*.env "$etc/replica.yaml" "$etc/keys.yaml"
 fi
 
 # 5. NGINX site, rendered from the same template as every other deployment.
@@ -159,12 +166,15 @@ if [[ -z "$destdir" ]]; then
     if [[ $enable -eq 1 ]]; then
         units=(vkit-gateway.service)
         for id in "${gpu_ids[@]}"; do units+=("vllm@$id.service"); done
-        run systemctl enable --now "${units[@]}"
+        # --no-block: a replica is "activating" until its weights are loaded and vkit launch
+        # sends READY=1 (minutes for a large model); watch with journalctl -fu vllm@0.
+        run systemctl enable --now --no-block "${units[@]}"
     fi
 fi
 
 echo "vkit: installed for GPUs ${gpus}."
 if [[ $enable -eq 0 ]]; then
-    echo "next: create keys (vkit keys add NAME --file /etc/vkit/keys.yaml ...), then"
-    echo "      systemctl enable --now vkit-gateway $(printf 'vllm@%s ' "${gpu_ids[@]}")"
+    echo "next: systemctl enable --now vkit-gateway $(printf 'vllm@%s ' "${gpu_ids[@]}")"
 fi
+echo "keys: sudo $vkit_bin keys add NAME --file /etc/vkit/keys.yaml --rpm 60 (prints the secret once;"
+echo "      the file stays root:vkit 0640, and the running gateway picks the key up)"

@@ -3,6 +3,7 @@ concurrent requests.
 
     limiter: Limiter = MemoryLimiter(clock=time.monotonic)      # one process
     limiter = RedisLimiter(redis_client, on_backend_error="allow")  # shared by all gateways
+    # both take default_concurrency: the slots of a key whose entry sets no concurrency
     lease = await limiter.acquire(key, tokens=prompt_estimate + max_tokens)  # may raise 429
     ...                                    # lease.headers: x-ratelimit-* for the response
     await lease.settle(used_tokens)        # refund the unused part, free the slot; idempotent
@@ -10,7 +11,8 @@ concurrent requests.
 ``acquire`` raises :class:`gateway.errors.RateLimitExceeded` (reason ``requests`` |
 ``tokens`` | ``concurrency``, ``retry_after``, ``x-ratelimit-*`` headers), or
 :class:`gateway.errors.InvalidRequest` when the reservation exceeds the key's whole tpm.
-The math is in :mod:`gateway.limits.bucket`.
+The math is in :mod:`gateway.limits.bucket`. The gateway-wide bound on requests in flight,
+whatever their key, is :class:`gateway.limits.in_flight.InFlightLimit`.
 """
 
 from __future__ import annotations

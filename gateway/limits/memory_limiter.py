@@ -11,8 +11,11 @@ from typing import Any
 from gateway.limits.bucket import KeyLimits, KeyState, admit, fresh_state, settle
 
 
-def limits_of(key: Any) -> KeyLimits:
-    return KeyLimits(rpm=key.rpm, tpm=key.tpm, concurrency=key.concurrency)
+def limits_of(key: Any, default_concurrency: int | None = None) -> KeyLimits:
+    """The key's limits; ``default_concurrency`` stands in for a concurrency the key's file
+    entry does not set (``GatewaySettings.default_key_concurrency``)."""
+    concurrency = key.concurrency if key.concurrency is not None else default_concurrency
+    return KeyLimits(rpm=key.rpm, tpm=key.tpm, concurrency=concurrency)
 
 
 class MemoryLease:
@@ -37,22 +40,27 @@ class MemoryLease:
 
 
 class MemoryLimiter:
-    """Limits for one gateway process; ``clock`` returns seconds (e.g. ``time.monotonic``)."""
+    """Limits for one gateway process; ``clock`` returns seconds (e.g. ``time.monotonic``);
+    ``default_concurrency`` applies to keys that set no concurrency of their own."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], default_concurrency: int | None = None) -> None:
         self._clock = clock
+        self._default_concurrency = default_concurrency
         self._states: dict[str, KeyState] = {}
 
+    def _limits(self, key: Any) -> KeyLimits:
+        return limits_of(key, self._default_concurrency)
+
     def state(self, key: Any) -> KeyState:
-        limits = limits_of(key)
+        limits = self._limits(key)
         state = self._states.get(key.name)
         if state is None:
             state = self._states[key.name] = fresh_state(limits, self._clock())
         return state
 
     async def acquire(self, key: Any, tokens: int) -> MemoryLease:
-        headers = admit(self.state(key), limits_of(key), tokens, self._clock())
+        headers = admit(self.state(key), self._limits(key), tokens, self._clock())
         return MemoryLease(self, key, tokens, headers)
 
     def release(self, key: Any, reserved: int, used: int) -> None:
-        settle(self.state(key), limits_of(key), reserved, used, self._clock())
+        settle(self.state(key), self._limits(key), reserved, used, self._clock())

@@ -13,7 +13,8 @@ itself is run by :class:`launcher.supervision.supervisor.EngineSupervisor`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,9 +30,16 @@ from launcher.sizing.fit import (
 from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import KvDtype, ModelSpec, load_model, vllm_model_argument
+from launcher.supervision.amx_site import SITE_DIR as AMX_SITE_DIR
 from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 
-__all__ = ["LaunchSettings", "LaunchSpec", "build_vllm_argv", "resolve_launch"]
+__all__ = [
+    "LaunchSettings",
+    "LaunchSpec",
+    "build_vllm_argv",
+    "engine_process_env",
+    "resolve_launch",
+]
 
 
 class LaunchSettings(BaseModel):
@@ -155,8 +163,26 @@ def options_for(settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool) ->
 
 
 def engine_env(settings: LaunchSettings, *, cpu: bool) -> dict[str, str]:
-    """Variables to add for the engine. CPU: the KV budget, VLLM_CPU_KVCACHE_SPACE (GiB)."""
-    return {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_space_gib)} if cpu else {}
+    """Variables to add for the engine. CPU: the KV budget, VLLM_CPU_KVCACHE_SPACE (GiB), and
+    ``PYTHONPATH`` led by :mod:`launcher.supervision.amx_site`, whose ``sitecustomize`` asks
+    Linux for AMX tile state in every engine process (vLLM's CPU worker dies without it on
+    AMX CPUs, REFERENCE section 4)."""
+    if not cpu:
+        return {}
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_space_gib),
+        "PYTHONPATH": str(AMX_SITE_DIR),
+    }
+
+
+def engine_process_env(base: Mapping[str, str], added: Mapping[str, str]) -> dict[str, str]:
+    """The engine's whole environment: ``base`` (ours) with ``added`` on top, except that an
+    added ``PYTHONPATH`` goes in front of the one ``base`` has instead of replacing it."""
+    env = {**base, **added}
+    theirs = base.get("PYTHONPATH")
+    if "PYTHONPATH" in added and theirs:
+        env["PYTHONPATH"] = added["PYTHONPATH"] + os.pathsep + theirs
+    return env
 
 
 def resolve_launch(

@@ -1,6 +1,7 @@
 """Stand-in vLLM replicas for the NGINX tests: tiny ASGI apps on real uvicorn threads.
 
-Each replica answers every request with its own name (``{"replica": NAME}``); it can
+Each replica answers every request with its own name (``{"replica": NAME}``, and on
+``/v1/models`` a one-model list too); it can
 be told to answer 503 (an engine that is starting or dead), and ``/stream`` sends one
 SSE chunk, then waits until the test has seen it before sending the rest, so a test can
 prove that nothing between them buffers the stream.
@@ -73,7 +74,10 @@ class StandInReplica:
         if scope["path"] == "/stream" and self.status == 200:
             await self._stream(send)
             return
-        body = json.dumps({"replica": self.name}).encode()
+        answer: dict[str, Any] = {"replica": self.name}
+        if scope["path"] == "/v1/models":  # a model list, so a gateway in front finds it ready
+            answer |= {"object": "list", "data": [{"id": "tiny-llama", "object": "model"}]}
+        body = json.dumps(answer).encode()
         await send(
             {
                 "type": "http.response.start",

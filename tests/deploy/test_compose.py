@@ -131,6 +131,21 @@ def test_gateway_environment_is_what_the_gateway_reads(compose: dict[str, Any]) 
     assert published == [f"${{VKIT_GATEWAY_PORT:-8080}}:{settings.port}"]
 
 
+def test_prometheus_scrapes_the_gateway_admin_listener_which_is_not_published(
+    compose: dict[str, Any],
+) -> None:
+    gateway = compose["services"]["gateway"]
+    settings = gateway_settings(gateway["environment"])
+    assert settings.admin_port is not None and settings.admin_port != settings.port
+    assert settings.admin_host == "0.0.0.0"  # the Prometheus container reaches it
+    assert all(not str(p).endswith(f":{settings.admin_port}") for p in gateway["ports"])
+    assert "prometheus" in compose["services"]
+    scrape = yaml.safe_load((DOCKER_DIR / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    targets = jobs["vkit-gateway"]["static_configs"][0]["targets"]
+    assert targets == [f"gateway:{settings.admin_port}"]
+
+
 def test_the_gateway_variable_check_can_fail() -> None:
     assert unknown_gateway_variables({"VKIT_GATEWAY_UPSTREAM": "x"}) == ["VKIT_GATEWAY_UPSTREAM"]
     assert unknown_gateway_variables({"VKIT_GATEWAY_HOST__X": "y"}) == ["VKIT_GATEWAY_HOST__X"]

@@ -1,18 +1,30 @@
 """A real NGINX from the rendered template in front of two stand-in replicas.
 
-Shows what the deploy relies on: round-robin, SSE chunks passed on unbuffered, and
-failover to the live replica (a dead port, and a POST answered 503 before any output).
+Shows what the deploy relies on: round-robin, SSE chunks passed on unbuffered, failover
+to the live replica for what no replica can have started (a dead port; a GET answered
+503), and no second replica for a POST the first may have started (it dropped the
+connection after reading it; it answered 503, which the gateway retries instead). With
+the gateway in front, a request reaches at most one replica that may generate it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+import socketserver
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from tests.deploy.nginx_process import running_nginx
 from tests.deploy.standin import StandInReplica
 from vkit.nginx_conf import ProxyTuning
@@ -83,14 +95,159 @@ def test_a_dead_replica_is_skipped(proxy: str, replicas: list[StandInReplica]) -
     assert post_names(proxy, 6) == ["a"] * 6
 
 
-def test_a_post_answered_503_is_retried_on_the_other_replica(
+def test_a_get_answered_503_is_retried_on_the_other_replica(
     proxy: str, replicas: list[StandInReplica]
 ) -> None:
-    """``non_idempotent`` at work: without it NGINX returns the 503 of a POST as it is."""
     replicas[0].status = 503
-    assert post_names(proxy, 6) == ["b"] * 6
+    with httpx.Client(base_url=proxy, timeout=10) as client:
+        names = [client.get("/v1/models").json()["replica"] for _ in range(6)]
+    assert names == ["b"] * 6
     # The failing replica saw one request, then sat out its fail_timeout.
     assert replicas[0].hits == 1
+
+
+def test_a_post_answered_503_is_passed_back_not_resent(
+    proxy: str, replicas: list[StandInReplica]
+) -> None:
+    """No ``non_idempotent``: NGINX sends a POST to one replica; the 503 goes back to the
+    gateway, whose own retry is the only one (so the two layers never multiply)."""
+    replicas[0].status = 503
+    with httpx.Client(base_url=proxy, timeout=10) as client:
+        statuses = [client.post("/v1/completions", json=COMPLETION).status_code for _ in range(4)]
+    assert sorted(statuses) == [200, 200, 503, 503]
+    assert replicas[0].hits == 2 and replicas[1].hits == 2
+
+
+class DroppingReplica:
+    """A replica that reads each POST whole, then closes the connection without a word:
+    one that dies after taking a POST looks so, and it may have begun generating. Any
+    other request gets an empty 200 (its probes pass)."""
+
+    def __init__(self) -> None:
+        replica = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request_line = self.rfile.readline()
+                length = 0
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                self.rfile.read(length)
+                if request_line.startswith(b"POST"):
+                    replica.posts += 1
+                else:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        self.posts = 0
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def __enter__(self) -> DroppingReplica:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def dropping_proxy(tmp_path: Path) -> Iterator[tuple[str, DroppingReplica, StandInReplica]]:
+    live = StandInReplica("b")
+    live.start()
+    try:
+        with DroppingReplica() as dropping:
+            addresses = [dropping.address, live.address]
+            tuning = ProxyTuning(fail_timeout_s=30)
+            with running_nginx(tmp_path / "nginx", addresses, tuning) as url:
+                yield url, dropping, live
+    finally:
+        live.stop()
+
+
+def test_a_post_dropped_after_it_was_read_is_not_sent_to_another_replica(
+    dropping_proxy: tuple[str, DroppingReplica, StandInReplica],
+) -> None:
+    proxy, dropping, live = dropping_proxy
+    with httpx.Client(base_url=proxy, timeout=10) as client:
+        answers = [client.post("/v1/completions", json=COMPLETION) for _ in range(4)]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 502]
+    dropped = next(a for a in answers if a.status_code == 502)
+    assert dropped.json()["error"]["code"] == 502
+    # Four requests, four replicas that may have generated them: none went to two.
+    assert dropping.posts == 1
+    assert live.hits == 3
+
+
+@asynccontextmanager
+async def gateway_in_front(nginx_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway (anonymous calls, no probing after the first) with NGINX as upstream."""
+    fields: dict[str, Any] = {
+        "upstreams": [nginx_url],
+        "allow_anonymous": True,
+        "health": {"interval": 600},
+        "retry": {"attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.02},
+    }
+    settings = GatewaySettings(**fields)
+    app = create_app(settings, key_store=None, limiter=None, registry=CollectorRegistry())
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            while not app.state.forwarder.pool.upstreams[0].probed:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+
+
+async def test_through_gateway_and_nginx_a_dropped_post_runs_on_one_replica(
+    dropping_proxy: tuple[str, DroppingReplica, StandInReplica],
+) -> None:
+    """Gateway retries x NGINX tries: a request the first replica took and dropped is
+    not sent anywhere else, by either layer."""
+    proxy, dropping, live = dropping_proxy
+    async with gateway_in_front(proxy) as gateway:
+        live.hits = 0  # the gateway's first probe went through NGINX
+        statuses = []
+        for _ in range(4):
+            response = await gateway.post("/v1/completions", json=COMPLETION)
+            statuses.append(response.status_code)
+    assert sorted(statuses) == [200, 200, 200, 502]
+    assert dropping.posts + live.hits == 4  # one replica per request
+    assert dropping.posts == 1
+
+
+async def test_through_gateway_and_nginx_a_503_is_retried_once(
+    proxy: str, replicas: list[StandInReplica]
+) -> None:
+    """The replica that answered 503 did not start it: the gateway (not NGINX) sends it
+    again, and NGINX's round-robin takes it to the other replica."""
+    async with gateway_in_front(proxy) as gateway:
+        for replica in replicas:
+            replica.hits = 0
+        replicas[0].status = 503
+        for _ in range(4):
+            response = await gateway.post("/v1/completions", json=COMPLETION)
+            assert response.status_code == 200, response.text
+            assert response.json()["replica"] == "b"
+    assert replicas[1].hits == 4  # one generation per request
+    assert replicas[0].hits <= 4  # each refusal at most once per request
 
 
 def test_no_live_replica_gives_the_openai_error_envelope(

@@ -9,20 +9,31 @@ exactly what install.sh would install (and install.sh really renders the NGINX s
 from __future__ import annotations
 
 import configparser
+import grp
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
+from vkit.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
 PROFILE = ROOT / "configs" / "deployments" / "llama-3.1-8b-rtx4090.yaml"
+# How install.sh creates /etc/vkit/keys.yaml (then writes "keys: []" into it).
+KEYS_FILE_INSTALL = ["install", "-o", "root", "-m", "0640"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +81,9 @@ def test_install_stages_units_profile_ports_and_secrets(staged: Path, vkit_bin: 
     assert (etc / "vkit.env").stat().st_mode & 0o077 == 0o040  # group-readable only
     service = (staged / "etc/systemd/system/vllm@.service").read_text()
     assert f"ExecStart={vkit_bin} launch" in service
+    keys = etc / "keys.yaml"  # empty, for the gateway's group (chgrp vkit on a real install)
+    assert keys.read_text() == "keys: []\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o640
 
 
 def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
@@ -82,6 +96,8 @@ def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     assert settings.upstream_urls == ["http://127.0.0.1:8000"]  # the NGINX site's listen
     assert settings.upstream_api_key is not None
     assert settings.upstream_api_key.get_secret_value() == env["VLLM_API_KEY"]
+    # /metrics on a loopback admin listener: the public 0.0.0.0:8080 serves none
+    assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9180)
 
 
 def test_install_is_idempotent_and_keeps_secrets(staged: Path, vkit_bin: Path) -> None:
@@ -157,3 +173,301 @@ def test_systemd_analyze_flags_a_broken_unit(staged: Path, tmp_path: Path) -> No
     broken.write_text(text.replace("Restart=always", "Restart=sometimes"))
     result = systemd_verify(broken)
     assert "sometimes" in result.stderr
+
+
+# --- The keys file: readable by the service user, and nobody else --------------------------
+
+NOBODY = 65534  # uid nobody, gid nogroup: an unprivileged user outside the service group
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="running the gateway as another user (setpriv) needs root"
+)
+
+
+def unused_gid() -> int:
+    """A group id no group has: the service group of these tests, created nowhere."""
+    return next(gid for gid in range(64000, 60000, -1) if not _group_exists(gid))
+
+
+def _group_exists(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture
+def etc_vkit() -> Iterator[tuple[Path, int]]:
+    """A stand-in for /etc/vkit as install.sh leaves it (root:GROUP 0750), in /tmp so the
+    unprivileged users can reach it; removed afterwards. Yields (directory, group id)."""
+    gid = unused_gid()
+    directory = Path(tempfile.mkdtemp(prefix="vkit-etc-", dir="/tmp"))
+    try:
+        os.chown(directory, 0, gid)
+        directory.chmod(0o750)
+        yield directory, gid
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def vkit_cli(*args: str, user: tuple[int, int] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m vkit ARGS``, as root or as ``user`` = (uid, gid) without other groups."""
+    prefix = [] if user is None else setpriv(*user)
+    argv = [*prefix, sys.executable, "-m", "vkit", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+
+
+def setpriv(uid: int, gid: int) -> list[str]:
+    binary = shutil.which("setpriv")
+    if binary is None:
+        pytest.fail("setpriv is not installed (Debian package: util-linux)")
+    return [binary, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+
+
+def can_run_python_as(uid: int, gid: int) -> str | None:
+    """Why this interpreter cannot import the gateway as ``uid`` (None: it can)."""
+    probe = [*setpriv(uid, gid), sys.executable, "-c", "import gateway.app, vkit.cli"]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
+
+
+@dataclass
+class ServedGateway:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+def serve_as(uid: int, gid: int, keys_file: Path, cwd: Path) -> ServedGateway:
+    """``vkit gateway`` as ``uid``:``gid`` on ``keys_file``, its upstream unreachable."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "VKIT_GATEWAY_KEYS_FILE": str(keys_file),
+        "VKIT_GATEWAY_UPSTREAMS": '["http://127.0.0.1:9"]',  # nothing there: 503, not 401
+        "VKIT_GATEWAY_PORT": str(port),
+    }
+    argv = [*setpriv(uid, gid), sys.executable, "-m", "vkit", "gateway"]
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return ServedGateway(proc, f"http://127.0.0.1:{port}")
+
+
+def wait_serving(gateway: ServedGateway, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if gateway.proc.poll() is not None:
+            pytest.fail(f"the gateway exited ({gateway.proc.returncode}):\n{gateway.output()}")
+        try:
+            if httpx.get(f"{gateway.url}/livez", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the gateway did not serve in {timeout_s} s:\n{gateway.output()}")
+        time.sleep(0.2)
+
+
+def status_with(gateway: ServedGateway, secret: str) -> int:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {secret}"}
+    url = f"{gateway.url}/v1/chat/completions"
+    return httpx.post(url, json=body, headers=headers, timeout=30.0).status_code
+
+
+def secret_of(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def mode_owner_group(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid
+
+
+@pytest.fixture(scope="module")
+def unprivileged_python() -> str | None:
+    """Why this interpreter cannot run the gateway as an unprivileged user (None: it can)."""
+    return can_run_python_as(NOBODY, NOBODY) if os.geteuid() == 0 else "not root"
+
+
+@pytest.fixture
+def service_user(etc_vkit: tuple[Path, int], unprivileged_python: str | None) -> tuple[int, int]:
+    """(uid, gid) the gateway runs as: nobody, in the service group only."""
+    if unprivileged_python is not None:
+        reason = unprivileged_python
+        pytest.skip(f"this Python cannot import the gateway as an unprivileged user: {reason}")
+    return NOBODY, etc_vkit[1]
+
+
+@needs_root
+def test_keys_added_to_the_installed_file_stay_readable_by_the_service_user_only(
+    etc_vkit: tuple[Path, int], service_user: tuple[int, int]
+) -> None:
+    """install.sh creates /etc/vkit/keys.yaml root:vkit 0640; ``vkit keys add`` (as root,
+    as documented) must keep it so, or the gateway (user vkit) gets "Permission denied"."""
+    directory, gid = etc_vkit
+    keys = directory / "keys.yaml"
+    install = [*KEYS_FILE_INSTALL, "-g", str(gid), "/dev/null", str(keys)]
+    subprocess.run(install, check=True, timeout=30)
+    keys.write_text("keys: []\n")  # what install.sh writes
+    alice = secret_of(vkit_cli("keys", "add", "alice", "--file", str(keys), "--rpm", "60"))
+    bob = secret_of(vkit_cli("keys", "add", "bob", "--file", str(keys)))
+    assert vkit_cli("keys", "disable", "bob", "--file", str(keys)).returncode == 0
+    assert mode_owner_group(keys) == ("0o640", 0, gid)
+    outsider = subprocess.run(
+        [*setpriv(NOBODY, NOBODY), "cat", str(keys)], capture_output=True, text=True, timeout=30
+    )
+    assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
+    gateway = serve_as(*service_user, keys, directory)
+    try:
+        wait_serving(gateway)
+        assert status_with(gateway, alice) == 503  # authenticated; nothing upstream
+        assert status_with(gateway, bob) == 401  # disabled
+        assert status_with(gateway, "vk-not-a-key") == 401
+    finally:
+        gateway.output()
+
+
+@needs_root
+def test_keys_add_group_makes_a_new_file_for_the_service_group(
+    etc_vkit: tuple[Path, int], service_user: tuple[int, int]
+) -> None:
+    directory, gid = etc_vkit
+    keys = directory / "keys.yaml"
+    alice = secret_of(vkit_cli("keys", "add", "alice", "--file", str(keys), "--group", str(gid)))
+    assert mode_owner_group(keys) == ("0o640", 0, gid)
+    gateway = serve_as(*service_user, keys, directory)
+    try:
+        wait_serving(gateway)
+        assert status_with(gateway, alice) == 503
+    finally:
+        gateway.output()
+    unknown = vkit_cli("keys", "add", "bob", "--file", str(keys), "--group", "no-such-group-x")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "vkit keys: error: no group named 'no-such-group-x'"
+
+
+@needs_root
+@pytest.mark.parametrize("state", ["missing", "unreadable"])
+def test_a_keys_file_the_gateway_cannot_read_is_exit_2_which_the_unit_does_not_restart(
+    etc_vkit: tuple[Path, int], service_user: tuple[int, int], state: str
+) -> None:
+    directory, _ = etc_vkit
+    keys = directory / "keys.yaml"
+    if state == "unreadable":
+        secret_of(vkit_cli("keys", "add", "alice", "--file", str(keys)))  # root's, 0600
+        assert mode_owner_group(keys) == ("0o600", 0, 0)
+    gateway = serve_as(*service_user, keys, directory)
+    assert gateway.proc.wait(timeout=60) == 2
+    lines = gateway.output().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vkit gateway: error: "), lines
+    assert str(keys) in lines[0]
+    service = unit(SYSTEMD / "vkit-gateway.service")["Service"]
+    assert "2" in service["RestartPreventExitStatus"].split()
+
+
+# --- Hardening that leaves CUDA working ----------------------------------------------------
+
+MAX_EXPOSURE = 4.0
+# Each of these would hide /dev/nvidia* or /proc/driver/nvidia, close the device policy to
+# the GPU's devices, or forbid the JIT (Triton, torch.compile) writable+executable memory.
+CUDA_BREAKERS = {
+    "PrivateDevices", "ProtectClock", "DeviceAllow", "DevicePolicy", "ProcSubset",
+    "MemoryDenyWriteExecute", "PrivateNetwork", "RemoveIPC",
+}  # fmt: skip
+# What CUDA, torch and vLLM call: the driver (ioctl, mmap), NUMA placement and thread
+# pinning (mbind, set_mempolicy, sched_setaffinity), CUDA IPC and shared memory (memfd,
+# pidfd_open, shm*), AMX permission (arch_prctl), worker processes (clone3, prctl).
+CUDA_SYSCALLS = {
+    "ioctl", "mmap", "mremap", "madvise", "mbind", "set_mempolicy", "get_mempolicy",
+    "sched_setaffinity", "memfd_create", "pidfd_open", "shmget", "shmat", "arch_prctl",
+    "clone3", "prctl", "eventfd2", "futex", "sysinfo", "mlock",
+}  # fmt: skip
+
+
+def security_exposure(staged: Path, name: str) -> tuple[float, str]:
+    binary = shutil.which("systemd-analyze")
+    if binary is None:
+        pytest.fail("systemd-analyze is not installed (Debian package: systemd)")
+    done = subprocess.run(
+        [binary, "security", "--offline=true", f"--root={staged}", "--no-pager", name],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=staged / "etc/systemd/system",
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    return float(match.group(1)), done.stdout
+
+
+def syscall_groups() -> dict[str, set[str]]:
+    """``systemd-analyze syscall-filter``: every @group and what it lists."""
+    binary = shutil.which("systemd-analyze")
+    if binary is None:
+        pytest.fail("systemd-analyze is not installed (Debian package: systemd)")
+    out = subprocess.run(
+        [binary, "syscall-filter", "--no-pager"], capture_output=True, text=True, timeout=60
+    ).stdout
+    groups: dict[str, set[str]] = {}
+    current = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = line.split()[0]
+            groups[current] = set()
+        elif current and line.strip() and not line.strip().startswith("#"):
+            groups[current].add(line.strip())
+    return groups
+
+
+def allowed_syscalls(filters: list[str], groups: dict[str, set[str]]) -> set[str]:
+    """The allow-list a unit's SystemCallFilter= lines give (``~`` lines remove)."""
+
+    def expand(item: str) -> set[str]:
+        if not item.startswith("@"):
+            return {item}
+        return set().union(*(expand(member) for member in groups[item]))
+
+    allowed: set[str] = set()
+    for line in filters:
+        words = line.split()
+        if words[0].startswith("~"):
+            allowed -= set().union(*(expand(w.lstrip("~")) for w in words))
+        else:
+            allowed |= set().union(*(expand(w) for w in words))
+    return allowed
+
+
+def unit_lines(path: Path, key: str) -> list[str]:
+    prefix = f"{key}="
+    return [
+        line[len(prefix) :] for line in path.read_text().splitlines() if line.startswith(prefix)
+    ]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("name", ["vllm@0.service", "vkit-gateway.service"])
+def test_systemd_analyze_security_exposure_is_at_most_4(staged: Path, name: str) -> None:
+    exposure, report = security_exposure(staged, name)
+    assert exposure <= MAX_EXPOSURE, report
+
+
+@pytest.mark.services
+def test_replica_hardening_leaves_cuda_its_devices_syscalls_and_gpu_numbering() -> None:
+    path = SYSTEMD / "vllm@.service"
+    service = unit(path)["Service"]
+    assert not CUDA_BREAKERS & set(service)
+    allowed = allowed_syscalls(unit_lines(path, "SystemCallFilter"), syscall_groups())
+    assert allowed >= CUDA_SYSCALLS, sorted(CUDA_SYSCALLS - allowed)
+    assert service["SystemCallErrorNumber"] == "EPERM"  # a missed call fails, not SIGSYS
+    environment = unit_lines(path, "Environment")
+    # %i is the GPU nvidia-smi and DCGM call %i: CUDA's own default order is fastest-first.
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in environment
+    assert "CUDA_VISIBLE_DEVICES=%i" in environment
+    ordering = unit(path)["Unit"]
+    assert "nvidia-persistenced.service" in ordering["After"].split()

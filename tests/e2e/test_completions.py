@@ -9,15 +9,15 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.e2e.clients import IGNORE_EOS, replica_sum, sdk
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import MODEL, KeyFactory
 
 pytestmark = pytest.mark.engine
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
-def test_chat_completion_returns_exactly_max_tokens(gateway: str, secrets: dict[str, str]) -> None:
-    reply = sdk(gateway, secrets["basic"]).chat.completions.create(
+def test_chat_completion_returns_exactly_max_tokens(gateway: str, new_key: KeyFactory) -> None:
+    reply = sdk(gateway, new_key(gateway).secret).chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=5, extra_body=IGNORE_EOS
     )
     assert reply.choices[0].message.role == "assistant"
@@ -26,8 +26,8 @@ def test_chat_completion_returns_exactly_max_tokens(gateway: str, secrets: dict[
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
 
 
-def test_text_completion_returns_exactly_max_tokens(gateway: str, secrets: dict[str, str]) -> None:
-    reply = sdk(gateway, secrets["basic"]).completions.create(
+def test_text_completion_returns_exactly_max_tokens(gateway: str, new_key: KeyFactory) -> None:
+    reply = sdk(gateway, new_key(gateway).secret).completions.create(
         model=MODEL, prompt="Once upon a time", max_tokens=6, extra_body=IGNORE_EOS
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 6
@@ -35,8 +35,8 @@ def test_text_completion_returns_exactly_max_tokens(gateway: str, secrets: dict[
 
 
 @pytest.mark.parametrize("kind", ["chat", "text"])
-def test_stream_has_usage_only_when_asked(gateway: str, secrets: dict[str, str], kind: str) -> None:
-    client = sdk(gateway, secrets["basic"])
+def test_stream_has_usage_only_when_asked(gateway: str, new_key: KeyFactory, kind: str) -> None:
+    client = sdk(gateway, new_key(gateway).secret)
 
     def stream(**extra: Any) -> list[Any]:
         if kind == "chat":
@@ -71,10 +71,10 @@ def test_stream_has_usage_only_when_asked(gateway: str, secrets: dict[str, str],
 
 
 def test_requests_are_spread_across_both_replicas(
-    gateway: str, secrets: dict[str, str], vllm_replicas: list[Any]
+    gateway: str, new_key: KeyFactory, vllm_replicas: list[Any]
 ) -> None:
+    client = sdk(gateway, new_key(gateway).secret)
     before = replica_sum(vllm_replicas, "vllm:request_success_total")
-    client = sdk(gateway, secrets["basic"])
     for _ in range(6):
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
     after = replica_sum(vllm_replicas, "vllm:request_success_total")
@@ -83,8 +83,9 @@ def test_requests_are_spread_across_both_replicas(
     assert all(count >= 1 for count in served), served
 
 
-def test_max_tokens_above_the_key_cap_is_clamped(gateway: str, secrets: dict[str, str]) -> None:
-    reply = sdk(gateway, secrets["capped"]).chat.completions.create(
+def test_max_tokens_above_the_key_cap_is_clamped(gateway: str, new_key: KeyFactory) -> None:
+    capped = new_key(gateway, concurrency=4, max_tokens=8)
+    reply = sdk(gateway, capped.secret).chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=50, extra_body=IGNORE_EOS
     )
     assert reply.usage is not None
@@ -92,9 +93,9 @@ def test_max_tokens_above_the_key_cap_is_clamped(gateway: str, secrets: dict[str
 
 
 def test_max_tokens_above_the_key_cap_is_rejected_when_configured(
-    gateway_strict: str, secrets: dict[str, str]
+    gateway_strict: str, new_key: KeyFactory
 ) -> None:
-    client = sdk(gateway_strict, secrets["capped"])
+    client = sdk(gateway_strict, new_key(gateway_strict, concurrency=4, max_tokens=8).secret)
     with pytest.raises(openai.BadRequestError) as rejected:
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=50)
     assert rejected.value.status_code == 400

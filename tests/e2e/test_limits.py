@@ -8,14 +8,14 @@ import openai
 import pytest
 
 from tests.e2e.clients import IGNORE_EOS, sdk
-from tests.e2e.conftest import KEYS, MODEL
+from tests.e2e.conftest import MODEL, KeyFactory
 
 pytestmark = pytest.mark.engine
 
 
-def test_over_rpm_gets_429_with_retry_after(gateway: str, secrets: dict[str, str]) -> None:
-    rpm = KEYS["rpm"][0]
-    client = sdk(gateway, secrets["rpm"])
+def test_over_rpm_gets_429_with_retry_after(gateway: str, new_key: KeyFactory) -> None:
+    rpm = 3
+    client = sdk(gateway, new_key(gateway, rpm=rpm, concurrency=4).secret)
     for _ in range(rpm):
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
     with pytest.raises(openai.RateLimitError) as limited:
@@ -28,10 +28,10 @@ def test_over_rpm_gets_429_with_retry_after(gateway: str, secrets: dict[str, str
 
 
 def test_concurrent_requests_never_exceed_the_token_budget(
-    gateway: str, secrets: dict[str, str]
+    gateway: str, new_key: KeyFactory
 ) -> None:
-    tpm = KEYS["tpm"][1]
-    client = sdk(gateway, secrets["tpm"])
+    tpm = 240
+    client = sdk(gateway, new_key(gateway, tpm=tpm).secret)
     # The gateway reserves (estimated prompt + max_tokens) at admission. The prompt is one
     # whose bytes/4 estimate is not below its real token count on the tiny tokenizer (10
     # vs 9), so this checks concurrent admission, not the estimator: a short prompt such
@@ -58,10 +58,11 @@ def test_concurrent_requests_never_exceed_the_token_budget(
 
 
 def test_two_gateways_sharing_redis_enforce_one_limit(
-    gateway: str, gateway_peer: str, secrets: dict[str, str]
+    gateway: str, gateway_peer: str, new_key: KeyFactory
 ) -> None:
-    rpm = KEYS["shared"][0]
-    clients = [sdk(gateway, secrets["shared"]), sdk(gateway_peer, secrets["shared"])]
+    rpm = 6
+    shared = new_key(gateway, gateway_peer, rpm=rpm, concurrency=4).secret
+    clients = [sdk(gateway, shared), sdk(gateway_peer, shared)]
     served = limited = 0
     for i in range(2 * rpm):
         try:

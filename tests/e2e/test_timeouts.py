@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.e2e.clients import IGNORE_EOS, replica_sum, sdk, wait_for
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import MODEL, KeyFactory, metrics_text
 from tests.e2e.prom import sample_sum
 
 pytestmark = pytest.mark.engine
@@ -27,10 +27,10 @@ def generated(replicas: list[Any]) -> float:
 
 
 def test_gateway_timeout_is_a_504_envelope_and_aborts_the_engine(
-    gateway_strict: str, secrets: dict[str, str], vllm_replicas: list[Any]
+    gateway_strict: str, new_key: KeyFactory, vllm_replicas: list[Any]
 ) -> None:
+    client = sdk(gateway_strict, new_key(gateway_strict, concurrency=4, max_tokens=2048).secret)
     before = generated(vllm_replicas)
-    client = sdk(gateway_strict, secrets["slow"])
     with pytest.raises(openai.APIStatusError) as timed_out:
         client.completions.create(
             model=MODEL, prompt="Tell a long story", max_tokens=LONG, extra_body=IGNORE_EOS
@@ -43,12 +43,13 @@ def test_gateway_timeout_is_a_504_envelope_and_aborts_the_engine(
 
 
 def test_client_disconnect_aborts_upstream_and_counts_its_tokens(
-    gateway: str, secrets: dict[str, str], vllm_replicas: list[Any]
+    gateway: str, new_key: KeyFactory, vllm_replicas: list[Any]
 ) -> None:
+    key = new_key(gateway, concurrency=4, max_tokens=2048)
     before = generated(vllm_replicas)
     received = 0
     body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": LONG, "stream": True}
-    headers = {"Authorization": f"Bearer {secrets['disconnect']}"}
+    headers = {"Authorization": f"Bearer {key.secret}"}
     with httpx.stream(
         "POST",
         f"{gateway}/v1/completions",
@@ -67,10 +68,8 @@ def test_client_disconnect_aborts_upstream_and_counts_its_tokens(
     assert received <= produced < LONG
 
     def counted() -> float:
-        text = httpx.get(f"{gateway}/metrics", timeout=5).text
-        return sample_sum(
-            text, "vkit_gateway_tokens_total", key="disconnect", direction="completion"
-        )
+        text = metrics_text(gateway)
+        return sample_sum(text, "vkit_gateway_tokens_total", key=key.name, direction="completion")
 
     wait_for(lambda: counted() >= received, 10, "the aborted stream's tokens to be counted")
     assert counted() <= produced

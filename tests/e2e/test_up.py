@@ -1,7 +1,9 @@
 """``vkit up`` end to end: banner, one SDK call with the printed key, Ctrl-C, nothing left.
 
-Ordered first among the E2E tests (see conftest), before the session replicas start,
-so that no more than two engines run at once.
+Its own stack, beside the session's: its own run dir and free ports, and nothing it checks
+(its banner, its key, its children, its ports) is shared with the session stack, so it runs
+in any order. When the session replicas are already up, its replica starts next to two
+idle engines on the same cores; the start-up deadlines allow for that.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from gateway.app import create_app
+from gateway.app import create_admin_app, create_app
 from gateway.settings import GatewaySettings
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter, ScriptedUpstream
 
@@ -29,6 +29,7 @@ class RunningGateway:
     registry: CollectorRegistry
     limiter: RecordingLimiter
     client: httpx.AsyncClient
+    admin: httpx.AsyncClient  # the admin listener's app (/metrics, detailed /readyz), in process
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.registry.get_sample_value(name, labels or {})
@@ -47,12 +48,14 @@ GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 @pytest.fixture
 async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFactory]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[Any], httpx.AsyncClient]] = []
+    admins: list[httpx.AsyncClient] = []
 
     async def start(
         *,
         upstreams: list[str] | None = None,
         keys: dict[str, Key] | None = None,
         limiter: Any = None,
+        upstream_client: Any = None,
         **overrides: Any,
     ) -> RunningGateway:
         fields: dict[str, Any] = {
@@ -65,7 +68,13 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         registry = CollectorRegistry()
         limiter = limiter if limiter is not None else RecordingLimiter()
         store = DictKeyStore(keys if keys is not None else {SECRET: Key("alice")})
-        app = create_app(settings, key_store=store, limiter=limiter, registry=registry)
+        app = create_app(
+            settings,
+            key_store=store,
+            limiter=limiter,
+            registry=registry,
+            upstream_client=upstream_client,
+        )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -78,9 +87,14 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         await wait_until(lambda: all(u.probed for u in pool.upstreams))
         client = httpx.AsyncClient(base_url=url, timeout=10)
         servers.append((server, task, client))
-        return RunningGateway(app, url, registry, limiter, client)
+        transport = httpx.ASGITransport(app=create_admin_app(app))
+        admin = httpx.AsyncClient(transport=transport, base_url="http://admin", timeout=10)
+        admins.append(admin)
+        return RunningGateway(app, url, registry, limiter, client, admin)
 
     yield start
+    for admin in admins:
+        await admin.aclose()
     for server, task, client in servers:
         await client.aclose()
         server.should_exit = True

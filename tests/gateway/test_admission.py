@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from pathlib import Path
 
 import httpx
+import pytest
 
+from gateway.app import create_admin_app
 from gateway.assembly import build_app
 from gateway.body import estimate_prompt_tokens
 from gateway.keyfile import ApiKey, save_keys
@@ -101,6 +104,71 @@ async def test_build_app_serves_keys_from_the_keys_file(
         assert limited.status_code == 429
         wrong = await client.get("/v1/models", headers={"Authorization": "Bearer vk-nope"})
         assert wrong.status_code == 401
-        metrics = (await client.get("/metrics")).text
+        admin = httpx.ASGITransport(app=create_admin_app(app))
+        async with httpx.AsyncClient(transport=admin, base_url="http://admin") as admin_client:
+            metrics = (await admin_client.get("/metrics")).text
         assert "vkit_gateway_process_resident_memory_bytes" in metrics
         assert "vkit_gateway_limiter_backend_errors_total 0.0" in metrics
+
+
+async def test_the_assembled_gateway_reloads_keys_and_bounds_keys_without_concurrency(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    save_keys(keys_file, [api_key()])  # no concurrency of its own
+    settings = GatewaySettings(
+        upstreams=[upstream.url],  # type: ignore[list-item]
+        keys_file=keys_file,
+        default_key_concurrency=1,
+    )
+    app = build_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    body = {"model": "tiny-llama", "prompt": "x"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as client,
+    ):
+        upstream.script.head_delay = 0.3  # both requests are in flight together
+        both = await asyncio.gather(
+            *(client.post("/v1/completions", json=body, headers=AUTH) for _ in range(2))
+        )
+        assert sorted(r.status_code for r in both) == [200, 429]
+        upstream.script.head_delay = 0.0
+        bob = ApiKey(name="bob", sha256=hashlib.sha256(b"s-bob").hexdigest())
+        save_keys(keys_file, [api_key(), bob])
+        async with asyncio.timeout(10):  # the lifespan's reload task picks it up
+            while True:
+                answer = await client.post(
+                    "/v1/completions", json=body, headers={"Authorization": "Bearer s-bob"}
+                )
+                if answer.status_code != 401:
+                    break
+                await asyncio.sleep(0.05)  # a 401 never suspends: let the reload task run
+        assert answer.status_code == 200
+        admin = httpx.ASGITransport(app=create_admin_app(app))
+        async with httpx.AsyncClient(transport=admin, base_url="http://admin") as admin_client:
+            metrics = (await admin_client.get("/metrics")).text
+        assert "vkit_gateway_keys_loaded 2.0" in metrics
+
+
+async def test_a_client_gone_while_uploading_is_a_quiet_499(
+    start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway()
+    host, port = gw.url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {SECRET}\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head.encode() + b'{"model": "tiny-llama", "messages": [')  # then hangs up
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        gone = {"key": "alice", "model": "none", "status": "499"}
+        await wait_until(lambda: gw.metric("vkit_gateway_requests_total", gone) == 1)
+        ok = await gw.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+        assert ok.status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text

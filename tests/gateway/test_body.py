@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from gateway.body import RequestBody, estimate_prompt_tokens, parse_body
+from gateway.body import MEDIA_TOKENS, RequestBody, estimate_prompt_tokens, parse_body
 from gateway.caps import apply_token_cap, effective_max_tokens
 from gateway.errors import InvalidRequest
 from gateway.settings import CapSettings
@@ -32,7 +34,7 @@ def test_bad_bodies_raise_invalid_request(raw: bytes) -> None:
 def test_prompt_estimate_grows_with_the_text() -> None:
     short = estimate_prompt_tokens({"messages": [{"role": "user", "content": "hi"}]})
     long = estimate_prompt_tokens({"messages": [{"role": "user", "content": "hi " * 400}]})
-    assert long - short == pytest.approx(1200 / 4, abs=2)
+    assert long - short == 1200 - 2  # the byte bound: one token per byte of text
     parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}]}]}
     assert estimate_prompt_tokens(parts) >= 10
     assert estimate_prompt_tokens({"prompt": [1, 2, 3]}) == 3
@@ -64,3 +66,91 @@ def test_apply_token_cap_reports_whether_the_body_changed() -> None:
     body = parse_body(b'{"model": "m"}')
     assert apply_token_cap(body, None, caps) is True
     assert body.data["max_tokens"] == 16
+
+
+def test_null_and_conflicting_lengths_end_as_one_capped_value_in_both_fields() -> None:
+    caps = CapSettings(default_max_tokens=16, max_tokens=64)
+    for raw in (
+        b'{"model": "m", "max_tokens": null, "max_completion_tokens": 1}',
+        b'{"model": "m", "max_tokens": 1, "max_completion_tokens": 9999}',
+        b'{"model": "m", "max_tokens": 9999, "max_completion_tokens": 1}',
+    ):
+        body = parse_body(raw)
+        assert apply_token_cap(body, None, caps) is True
+        assert (body.data["max_tokens"], body.data["max_completion_tokens"]) == (1, 1)
+    body = parse_body(b'{"model": "m", "max_completion_tokens": null}')
+    apply_token_cap(body, None, caps)
+    assert (body.data["max_tokens"], body.data["max_completion_tokens"]) == (16, 16)
+
+
+@pytest.mark.parametrize(
+    ("raw", "completions"),
+    [
+        (b'{"model": "m"}', 1),
+        (b'{"model": "m", "n": 3}', 3),
+        (b'{"model": "m", "n": 2, "best_of": 4}', 4),
+        (b'{"model": "m", "n": null, "best_of": null}', 1),
+        (b'{"model": "m", "prompt": ["a", "b", "c"], "n": 2}', 6),
+        (b'{"model": "m", "prompt": [[1, 2], [3]]}', 2),
+        (b'{"model": "m", "prompt": [1, 2, 3]}', 1),
+        (b'{"model": "m", "prompt": []}', 1),
+    ],
+)
+def test_completions_counts_choices_and_batch_prompts(raw: bytes, completions: int) -> None:
+    assert parse_body(raw).completions == completions
+
+
+def test_the_reservation_multiplies_the_estimate_in_one_place() -> None:
+    body = parse_body(b'{"model": "m", "prompt": ["aaaa", "bbbbbbbb"], "n": 3}')
+    body.max_tokens = 10
+    assert body.reservation == estimate_prompt_tokens(body.data) + 10 * 2 * 3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "prompt": "\\ud800"}',
+        b'{"model": "m", "prompt": "\\udfff x"}',
+        b'{"model": "m", "x": {"\\uDBFF": 1}}',
+        b'{"model": "m", "prompt": "\xed\xa0\x80"}',  # a surrogate encoded as UTF-8 bytes
+        b'{"model": "m", "prompt": "\xff"}',  # not UTF-8 at all
+        b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "prompt": ' + b"[" * 129 + b"]" * 129 + b"}",
+        b'{"model": "m", "stream_options": {"continuous_usage_stats": "yes"}}',
+    ],
+)
+def test_hostile_bodies_raise_invalid_request(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_body(raw)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    body = parse_body(b'{"model": "m", "prompt": "\\ud83d\\ude00 \\\\ud800"}')
+    assert body.data["prompt"] == "\N{GRINNING FACE} \\ud800"
+    # 128 levels in all, the body's own object included
+    assert parse_body(b'{"model": "m", "p": ' + b"[" * 127 + b"]" * 127 + b"}").model == "m"
+
+
+def test_stream_is_refused_where_nothing_is_generated() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_body(b'{"model": "m", "input": "x", "stream": true}', generates=False)
+    assert refused.value.param == "stream"
+    assert parse_body(b'{"model": "m", "input": "x", "stream": false}', generates=False)
+
+
+def test_media_parts_are_estimated_as_media_not_as_text() -> None:
+    text = {"type": "text", "text": "hi"}
+    url = "data:image/png;base64," + "A" * 400_000
+    image = {"type": "image_url", "image_url": {"url": url}}
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 100, "format": "wav"}}
+    untyped = {"image_url": {"url": "https://example.com/a.png"}}
+
+    def estimate(*parts: dict[str, object]) -> int:
+        body = {"model": "m", "messages": [{"role": "user", "content": [text, *parts]}]}
+        return parse_body(json.dumps(body).encode()).prompt_tokens_estimate
+
+    base = estimate()
+    assert estimate(image) - base == MEDIA_TOKENS["image"]  # a picture, not its base64
+    assert estimate(audio) - base == MEDIA_TOKENS["audio"]
+    assert estimate(untyped, image) - base == 2 * MEDIA_TOKENS["image"]
+    assert min(MEDIA_TOKENS.values()) >= 256

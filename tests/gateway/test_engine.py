@@ -36,6 +36,24 @@ async def replicas_sum(replicas: list[Any], name: str) -> float:
     return sum(vllm_sample_sum(page, name) for page in pages)
 
 
+async def settled_sum(
+    replicas: list[Any], name: str, *, quiet_s: float = 0.5, timeout: float = 10.0
+) -> float:
+    """``name`` summed over ``replicas`` once two reads ``quiet_s`` apart agree.
+
+    A request that just left ``num_requests_running`` may still have tokens on their way
+    into ``generation_tokens_total``; the counter standing still says they have arrived.
+    """
+    async with asyncio.timeout(timeout):
+        last = await replicas_sum(replicas, name)
+        while True:
+            await asyncio.sleep(quiet_s)  # the interval between two reads, not a wait for it
+            now = await replicas_sum(replicas, name)
+            if now == last:
+                return now
+            last = now
+
+
 async def gateway_for(replicas: list[Any], start_gateway: GatewayFactory) -> RunningGateway:
     gw = await start_gateway(
         upstreams=[r.base_url for r in replicas],
@@ -103,8 +121,7 @@ async def test_client_disconnect_aborts_the_vllm_request(
     async with asyncio.timeout(10):
         while await replicas_sum(vllm_replicas, "vllm:num_requests_running") > 0:
             await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)  # let anything still generating show up in the counter
-    generated = await replicas_sum(vllm_replicas, "vllm:generation_tokens_total")
+    generated = await settled_sum(vllm_replicas, "vllm:generation_tokens_total")
     assert generated - generated_before < room / 2  # aborted, not run to the end
     await wait_until(lambda: bool(gw.limiter.leases[-1].settled))
     assert gw.limiter.leases[-1].settled[0] < prompt_tokens + room  # billed what was relayed

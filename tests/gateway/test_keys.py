@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from gateway.key_store import KeyStore
 from gateway.keyfile import (
@@ -22,6 +23,7 @@ from gateway.keyfile import (
     parse_keys,
     save_keys,
 )
+from gateway.metrics import GatewayMetrics
 
 
 class FakeClock:
@@ -97,35 +99,114 @@ def test_authenticate_matches_digest_and_skips_disabled(tmp_path: Path) -> None:
     assert store.authenticate("") is None
 
 
-def test_reload_on_change_rate_limited_and_broken_edit_keeps_keys(
+def metrics() -> GatewayMetrics:
+    return GatewayMetrics(CollectorRegistry())
+
+
+def refused(m: GatewayMetrics, reason: str) -> float:
+    value = m.registry.get_sample_value(
+        "vkit_gateway_keys_reload_refused_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def loaded(m: GatewayMetrics) -> float | None:
+    return m.registry.get_sample_value("vkit_gateway_keys_loaded")
+
+
+async def test_reload_is_off_the_request_path_and_a_broken_edit_keeps_keys(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "keys.yaml"
     save_keys(path, [make_key("alice", "s-alice")])
-    clock = FakeClock()
-    store = KeyStore(path, clock=clock)
+    clock, m = FakeClock(), metrics()
+    store = KeyStore(path, clock=clock, settle_time=0.0, metrics=m)
+    assert loaded(m) == 1
     save_keys(path, [make_key("alice", "s-alice"), make_key("carol", "s-carol")])
-    clock.now += 0.5
-    assert store.authenticate("s-carol") is None  # checked at most once per second
-    clock.now += 0.6
+    clock.now += 10
+    assert store.authenticate("s-carol") is None  # a request never touches the file
+    await store.refresh()  # the background reload
     carol = store.authenticate("s-carol")
     assert carol is not None and carol.name == "carol"
+    assert loaded(m) == 2
 
     path.write_text("keys: [oops\n")
     os.utime(path, ns=(1, 1))  # make sure the signature changes
-    clock.now += 2
-    with caplog.at_level(logging.ERROR, logger="gateway.key_store"):
-        assert store.authenticate("s-carol") is not None  # last good keys kept
-        clock.now += 2
-        store.authenticate("s-carol")
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "not valid YAML" in errors[0].getMessage()
+    with caplog.at_level(logging.WARNING, logger="gateway.key_store"):
+        await store.refresh()
+        await store.refresh()  # the same broken file: refused once
+    assert store.authenticate("s-carol") is not None  # last good keys kept
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not valid YAML" in warnings[0], warnings
+    assert "keeping the 2 keys" in warnings[0]
     assert "s-carol" not in caplog.text
+    assert refused(m, "invalid") == 1 and loaded(m) == 2
 
     save_keys(path, [make_key("alice", "s-alice", enabled=False)])
-    clock.now += 2
+    await store.refresh()
     assert store.authenticate("s-alice") is None
-    assert store.authenticate("s-carol") is None
+    assert store.authenticate("s-carol") is None  # removing keys on purpose still works
+
+
+@pytest.mark.parametrize("text", ["", "# every key moved to keys.d\n", "keys: []\n"])
+async def test_a_file_without_keys_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    path = tmp_path / "keys.yaml"
+    save_keys(path, [make_key("alice", "s-alice"), make_key("bob", "s-bob")])
+    m = metrics()
+    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, metrics=m)
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="gateway.key_store"):
+        await store.refresh()
+        await store.refresh()
+    assert store.authenticate("s-alice") is not None
+    assert store.authenticate("s-bob") is not None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no keys" in warnings[0] and "keeping the 2 keys" in warnings[0]
+    assert refused(m, "empty") == 1 and loaded(m) == 2
+
+
+async def test_every_cut_of_a_file_mid_line_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    keys = [make_key(name, f"s-{name}", models=("tiny-llama",)) for name in ("a", "b", "c")]
+    save_keys(path, keys)
+    text = path.read_text()
+    m = metrics()
+    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, metrics=m)
+    cuts = [n for n in range(1, len(text)) if text[n - 1] != "\n"]
+    for n in cuts:  # what a reader sees of `cat new > keys.yaml` caught halfway
+        path.write_text(text[:n])
+        os.utime(path, ns=(n, n))
+        await store.refresh()
+        assert store.keys == tuple(keys), f"loaded a file cut after {n} bytes"
+    total = sum(refused(m, r) for r in ("invalid", "empty", "truncated"))
+    assert total == len(cuts)
+    assert refused(m, "truncated") > 0  # valid YAML, fewer keys, cut mid-line
+
+
+async def test_a_file_still_being_written_is_loaded_once_it_settles(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    keys = [make_key(name, f"s-{name}") for name in ("a", "b", "c")]
+    save_keys(path, keys[:2])
+    clock = FakeClock()
+    store = KeyStore(path, clock=clock, settle_time=1.0)
+    save_keys(path, keys)
+    full = path.read_text()
+    first_entry = full[: full.index("- name: b")]  # ends at a line's end: valid, one key
+    path.write_text(first_entry)
+    os.utime(path, ns=(1, 1))
+    await store.refresh()  # the writer may not be done: wait for the file to settle
+    assert len(store.keys) == 2
+    clock.now += 0.5
+    path.write_text(full)  # the rest arrives
+    await store.refresh()
+    clock.now += 0.6
+    await store.refresh()  # changed 0.6 s ago: still not settled
+    assert len(store.keys) == 2
+    clock.now += 0.5
+    await store.refresh()
+    assert store.keys == tuple(keys)
 
 
 def test_broken_file_at_start_raises(tmp_path: Path) -> None:

@@ -41,18 +41,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         server.stop()
 
 
-LimiterFactory = Callable[[FakeClock], Any]
+LimiterFactory = Callable[..., Any]  # (clock, default_concurrency=None) -> limiter
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterFactory]:
     if request.param == "memory":
-        yield lambda clock: MemoryLimiter(clock=clock)
+        yield lambda clock, default_concurrency=None: MemoryLimiter(
+            clock=clock, default_concurrency=default_concurrency
+        )
         return
     server = request.getfixturevalue("redis_server")
     client = redis.asyncio.from_url(server.url)
     try:
-        yield lambda clock: RedisLimiter(client, clock=clock, on_backend_error="deny")
+        # the contract, not the timeout: a loaded CI machine may answer slower than 0.5 s
+        yield lambda clock, default_concurrency=None: RedisLimiter(
+            client,
+            clock=clock,
+            on_backend_error="deny",
+            timeout=5.0,
+            default_concurrency=default_concurrency,
+        )
     finally:
         await client.aclose()
 
@@ -127,6 +136,24 @@ async def test_concurrency_slots_and_idempotent_settle(make_limiter: LimiterFact
     await limiter.acquire(k, 5)
     with pytest.raises(RateLimitExceeded):
         await limiter.acquire(k, 5)
+
+
+async def test_default_concurrency_applies_only_to_keys_without_their_own(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(FakeClock(), default_concurrency=1)
+    unset, own = key(rpm=100), key(rpm=100, concurrency=2)
+    first = await limiter.acquire(unset, 1)
+    with pytest.raises(RateLimitExceeded) as refused:
+        await limiter.acquire(unset, 1)
+    assert refused.value.reason == "concurrency"
+    assert refused.value.headers["retry-after"] == "1"
+    await first.settle(1)
+    await limiter.acquire(unset, 1)
+    await limiter.acquire(own, 1)
+    await limiter.acquire(own, 1)  # its own limit of 2, not the default
+    with pytest.raises(RateLimitExceeded):
+        await limiter.acquire(own, 1)
 
 
 async def test_racing_tasks_never_overshoot_tpm(make_limiter: LimiterFactory) -> None:

@@ -58,3 +58,21 @@ async def test_tokens_are_settled_with_real_usage(
     refused = await gw.client.post("/v1/chat/completions", json=too_big, headers=auth)
     assert refused.status_code == 400
     assert "whole budget of 200" in refused.json()["error"]["message"]
+
+
+async def test_listing_models_counts_against_the_request_limit(
+    start_gateway: GatewayFactory,
+) -> None:
+    key = ApiKey(name="carol", sha256="d" * 64, rpm=2, tpm=1000, concurrency=1)
+    limiter = MemoryLimiter(clock=FakeClock())
+    gw = await start_gateway(keys={"m": key}, limiter=limiter)
+    auth = {"Authorization": "Bearer m"}
+    listed = await gw.client.get("/v1/models", headers=auth)
+    assert listed.status_code == 200
+    assert listed.headers["x-ratelimit-remaining-requests"] == "1"
+    assert limiter.state(key).in_flight == 0  # the listing's slot is given back
+    assert (await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth)).is_success
+    refused = await gw.client.get("/v1/models", headers=auth)
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limiter.state(key).tokens == 1000 - 11  # a listing reserves no tokens

@@ -81,7 +81,8 @@ async def test_stream_drops_the_usage_chunk_the_client_did_not_ask_for(
     response = await gw.client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_events(response.text)
-    assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    assert upstream.bodies[-1]["stream_options"] == options
     assert events[-1] == "[DONE]"
     assert all("usage" not in e for e in events)
     assert len(events) == 5

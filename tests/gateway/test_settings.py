@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import GatewaySettings, UnknownSetting, load_settings
 from vkit.cli import main
 from vkit.commands.gateway import settings_help
 
@@ -106,3 +106,45 @@ def test_a_broken_keys_file_stops_the_command_with_one_line(
     assert main(["gateway", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "line 2" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("VKIT_GATEWAY_UPSTREAM", "VKIT_GATEWAY_UPSTREAMS"),
+        ("VKIT_GATEWAY_TIMEOUTS__FIRSTBYTE", "VKIT_GATEWAY_TIMEOUTS__FIRST_BYTE"),
+        ("VKIT_GATEWAY_HOST__X", None),
+    ],
+)
+def test_an_unknown_env_variable_stops_the_command_naming_it(
+    capsys: pytest.CaptureFixture[str], name: str, suggestion: str | None
+) -> None:
+    environ = {"VKIT_GATEWAY_ALLOW_ANONYMOUS": "true", name: "http://10.0.0.5:8000"}
+    with pytest.raises(UnknownSetting) as refused:
+        load_settings(None, environ)
+    message = str(refused.value)
+    assert name in message and "\n" not in message
+    if suggestion is not None:
+        assert f"did you mean {suggestion}?" in message
+    done = subprocess.run(
+        [sys.executable, "-m", "vkit", "gateway"],
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("vkit gateway: error:") and name in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_valid_env_names_pass_the_check() -> None:
+    environ = {
+        "VKIT_GATEWAY_UPSTREAMS": "http://a:1",
+        "vkit_gateway_timeouts__first_byte": "9",  # names are case-insensitive
+        "VKIT_GATEWAY_RETRY": '{"attempts": 2}',  # a whole section as JSON
+        "OTHER_VARIABLE": "ignored",
+    }
+    settings = load_settings(None, environ)
+    assert settings.timeouts.first_byte == 9
+    assert settings.retry.attempts == 2

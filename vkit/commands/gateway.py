@@ -1,13 +1,16 @@
-"""``vkit gateway``: run the gateway under uvicorn.
+"""``vkit gateway``: run the gateway under uvicorn, and its admin listener beside it.
 
 The only place that reads the environment and the config file: flags > environment
 (``VKIT_GATEWAY_*``) > ``--config`` YAML > defaults (see :mod:`gateway.settings`).
-A bad setting stops it at start with one line and exit code 2.
+A bad setting, or an unknown ``VKIT_GATEWAY_*`` variable, stops it at start with one line
+and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import SettingsError
 
-from gateway.settings import GatewaySettings, load_settings
+from gateway.settings import ENV_PREFIX, GatewaySettings, UnknownSetting, load_settings
 from vkit.exit_codes import UsageError
-
-ENV_PREFIX = "VKIT_GATEWAY_"
 
 
 class ServeArgs(BaseModel):
@@ -80,7 +81,7 @@ def read_settings(args: ServeArgs) -> GatewaySettings:
     }
     try:
         settings = load_settings(args.config, None, **overrides)
-    except SettingsError as exc:
+    except (SettingsError, UnknownSetting) as exc:
         raise UsageError(str(exc)) from None
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())
@@ -98,8 +99,7 @@ def run(namespace: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    import uvicorn
-
+    from gateway.app import create_admin_app
     from gateway.assembly import build_app  # imports uvicorn/aiohttp only when running
     from gateway.keyfile import KeyFileError
 
@@ -107,12 +107,71 @@ def run(namespace: argparse.Namespace) -> int:
         app = build_app(settings)
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
+    admin = create_admin_app(app) if settings.admin_port is not None else None
+    tune_gc()
+    serve(settings, app, admin)
+    return 0
+
+
+def tune_gc() -> None:
+    """Garbage collection for a long-running server, measured under load (bench/profile.py).
+
+    With the defaults the youngest generation is collected every 700 net allocations, which
+    at concurrency 16-64 happens every few requests: the objects of the requests in flight
+    are scanned and promoted again and again, and each full collection walks the ~97,000
+    objects of the app's start (FastAPI, pydantic, the modules), tens of ms, the p99. So a
+    request cost more CPU the more were in flight. Now the start's objects are frozen out
+    of every collection and the youngest generation waits for 10,000. Requests build no
+    reference cycles (tests/gateway/test_garbage.py), so nothing waits for the collector.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def serve(settings: GatewaySettings, app: Any, admin: Any | None) -> None:
+    """The gateway on ``host:port`` and, when ``admin_port`` is set, ``admin`` on
+    ``admin_host:admin_port``: two uvicorn servers in this process and event loop.
+
+    SIGTERM/SIGINT drain the public server first (open responses finish, up to
+    ``timeouts.total``) while the admin listener still answers; then the admin one stops.
+    Each uvicorn server takes the signal handlers while it runs and, when it ends, puts back
+    the ones it found and raises the signal again: the admin server starts first, so the
+    public one hands it the signal when it is done. Either one ending ends both.
+    """
+    import uvicorn
+
+    public = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.timeouts.total),
+        )
+    )
+    if admin is None:
+        public.run()
+        return
+    assert settings.admin_port is not None
+    config = uvicorn.Config(
+        admin,
+        host=settings.admin_host,
+        port=settings.admin_port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.timeouts.total),
+        lifespan="off",  # the public app's lifespan runs the prober for both
     )
-    return 0
+    second = uvicorn.Server(config)
+
+    async def both() -> None:
+        admin_task = asyncio.create_task(second.serve())
+        await asyncio.sleep(0)  # the admin server takes the signal handlers first
+        public_task = asyncio.create_task(public.serve())
+        await asyncio.wait({admin_task, public_task}, return_when=asyncio.FIRST_COMPLETED)
+        public.should_exit = second.should_exit = True
+        await asyncio.gather(public_task, admin_task)
+
+    with asyncio.Runner(loop_factory=public.config.get_loop_factory()) as runner:
+        runner.run(both())

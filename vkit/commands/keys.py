@@ -2,12 +2,18 @@
 
 ``add`` prints the new secret once, alone on the last line of stdout, and stores only its
 SHA-256. ``list`` shows names and limits, never digests in full. Every change rewrites the
-file atomically (see :mod:`gateway.keyfile`).
+file atomically and keeps its owner, group and mode (see :mod:`gateway.keyfile`); a new
+file is 0600, or with ``--group GROUP`` 0640 for that group -- the gateway's service user
+(``vkit`` under systemd) reads it through its group, nobody else can:
+
+    sudo vkit keys add alice --file /etc/vkit/keys.yaml --rpm 60           # install.sh's file
+    sudo vkit keys add alice --file /srv/keys.yaml --group vkit --rpm 60    # a new file
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +67,11 @@ def register(subparsers: Any) -> None:
     add.add_argument("--concurrency", type=int, help="requests in flight (default: unlimited)")
     add.add_argument("--max-tokens", type=int, help="max_tokens cap per request")
     add.add_argument("--models", help="allowed models, comma-separated (default: all)")
+    add.add_argument(
+        "--group",
+        help="make the file GROUP's, mode 0640: the gateway's service group reads it "
+        "(default: keep an existing file's owner/group/mode; a new file is 0600)",
+    )
     add.set_defaults(handler=run_add)
     listing = actions.add_parser("list", help="show key names and limits")
     _file_flag(listing)
@@ -92,7 +103,18 @@ def _save(path: Path, keys: list[ApiKey]) -> None:
         raise CliError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
+def group_id(name_or_gid: str) -> int:
+    """A group name (``vkit``) or number as a gid; an unknown name is a one-line error."""
+    if name_or_gid.isdigit():
+        return int(name_or_gid)
+    try:
+        return grp.getgrnam(name_or_gid).gr_gid
+    except KeyError:
+        raise CliError(f"no group named '{name_or_gid}'") from None
+
+
 def run_add(args: argparse.Namespace) -> int:
+    group = group_id(args.group) if args.group else None
     request = AddKeyArgs(
         name=args.name,
         file=args.file,
@@ -104,7 +126,7 @@ def run_add(args: argparse.Namespace) -> int:
     )
     limits = request.model_dump(exclude={"name", "file"})
     try:
-        secret = add_key(request.file, request.name, **limits)
+        secret = add_key(request.file, request.name, group=group, **limits)
     except KeyFileError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

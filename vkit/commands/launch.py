@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher.sizing.fit_report import command_line
-from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
+from launcher.supervision.launch_spec import LaunchSettings, engine_process_env, resolve_launch
 from launcher.supervision.profiles import LaunchEnvironment, load_profile, merge_extra_args
-from launcher.supervision.readiness import ReadinessCheck, VllmProbe
-from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier
+from launcher.supervision.readiness import ReadinessCheck
+from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier, watch_replica
 from launcher.supervision.supervisor import EngineSupervisor
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
-from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
+from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv, split_flags
 from vkit.commands.plan import _FIELDS, add_model_arguments, settings_fields
 from vkit.exit_codes import UsageError
 
@@ -121,7 +121,9 @@ def run_launch(args: argparse.Namespace) -> int:
         return 0
     print(f"vkit launch: {line}", file=sys.stderr, flush=True)
     supervisor = EngineSupervisor(
-        build_vllm_argv, env={**os.environ, **spec.env}, max_restarts=settings.max_restarts
+        build_vllm_argv,
+        env=engine_process_env(os.environ, spec.env),
+        max_restarts=settings.max_restarts,
     )
     watcher = systemd_watcher(environment, spec.options)
     if watcher is not None:
@@ -140,10 +142,36 @@ def systemd_watcher(environment: LaunchEnvironment, options: VllmOptions) -> Hea
         return None
     host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     base_url = f"http://[{host}]:{options.port}" if ":" in host else f"http://{host}:{options.port}"
-    api_key = environment.vllm_api_key.get_secret_value() if environment.vllm_api_key else None
-    check = ReadinessCheck.of(api_key, [options.served_model_name or options.model])
-    return HealthWatcher(
-        probe=VllmProbe(base_url, check),
-        notifier=SystemdNotifier(environment.notify_socket),
+    check = ReadinessCheck.of(vllm_api_key(environment, options), [served_model(options)])
+    return watch_replica(
+        base_url,
+        check,
+        SystemdNotifier(environment.notify_socket),
         watchdog_interval_s=environment.watchdog_interval_s,
     )
+
+
+def vllm_api_key(environment: LaunchEnvironment, options: VllmOptions) -> str | None:
+    """The key vLLM will demand: ``--api-key`` among the pass-through flags wins over
+    ``VLLM_API_KEY``, as in vLLM itself."""
+    flag = _extra_flag_value(options, "api-key")
+    if flag:
+        return flag
+    return environment.vllm_api_key.get_secret_value() if environment.vllm_api_key else None
+
+
+def served_model(options: VllmOptions) -> str:
+    """The model id ``/v1/models`` lists: a pass-through ``--served-model-name`` (its first
+    name), else ours, else the model argument."""
+    return _extra_flag_value(options, "served-model-name") or (
+        options.served_model_name or options.model
+    )
+
+
+def _extra_flag_value(options: VllmOptions, key: str) -> str | None:
+    for flag, tokens in split_flags(options.extra_args):
+        if flag == key:
+            if "=" in tokens[0]:
+                return tokens[0].split("=", 1)[1]
+            return tokens[1] if len(tokens) > 1 else None
+    return None

@@ -22,7 +22,7 @@ from launcher.sizing.fit import FitPlan
 from vkit.nginx_conf import render_nginx_site
 from vkit.render.compose import (
     DCGM_PORT,
-    GATEWAY_PORT,
+    GATEWAY_ADMIN_PORT,
     NGINX_PORT,
     VLLM_PORT,
     ComposeSpec,
@@ -51,7 +51,7 @@ def render_compose_bundle(
     """compose.yaml, the NGINX site over the replicas, and the Prometheus files."""
     replicas = [f"{replica_service_name(g)}:{VLLM_PORT}" for g in spec.gpu_ids]
     prometheus = build_prometheus_config(
-        replicas, f"gateway:{GATEWAY_PORT}", f"dcgm-exporter:{DCGM_PORT}"
+        replicas, f"gateway:{GATEWAY_ADMIN_PORT}", f"dcgm-exporter:{DCGM_PORT}"
     )
     files = {
         COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan)),

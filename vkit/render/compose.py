@@ -6,8 +6,9 @@
     ['dcgm-exporter', 'gateway', 'grafana']
 
 One vLLM service per GPU (``vllm-<id>``, that GPU reserved), NGINX over them, the gateway
-in front (the only published port besides Grafana), Redis for shared limits,
-Prometheus, Grafana and NVIDIA's DCGM exporter. Paths are relative to the compose file
+in front (the only published port besides Grafana; its admin listener, which Prometheus
+scrapes, is not published), Redis for shared limits, Prometheus, Grafana and NVIDIA's DCGM
+exporter. Paths are relative to the compose file
 (``deploy/docker/``): the rendered NGINX site and Prometheus files beside it, the static
 monitoring files in ``../monitoring``.
 
@@ -36,6 +37,7 @@ DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"
 VLLM_PORT = 8000
 NGINX_PORT = 8000
 GATEWAY_PORT = 8080
+GATEWAY_ADMIN_PORT = 9180  # /metrics and details: on the backend network only, never published
 DCGM_PORT = 9400
 VOLUMES = ("hf-cache", "vllm-cache", "prometheus-data", "grafana-data")
 VLLM_ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
@@ -180,6 +182,8 @@ def gateway_service(spec: ComposeSpec) -> dict[str, Any]:
         "environment": {
             "VKIT_GATEWAY_HOST": "0.0.0.0",
             "VKIT_GATEWAY_PORT": str(GATEWAY_PORT),
+            "VKIT_GATEWAY_ADMIN_HOST": "0.0.0.0",
+            "VKIT_GATEWAY_ADMIN_PORT": str(GATEWAY_ADMIN_PORT),
             "VKIT_GATEWAY_UPSTREAMS": f'["http://nginx:{NGINX_PORT}"]',
             "VKIT_GATEWAY_UPSTREAM_API_KEY": API_KEY_VAR,
             "VKIT_GATEWAY_KEYS_FILE": "/etc/vkit/keys.yaml",

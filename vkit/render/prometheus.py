@@ -23,6 +23,9 @@ def build_prometheus_config(
 ) -> dict[str, Any]:
     """``prometheus.yml``: gateway, each replica, the DCGM exporter, Prometheus itself.
 
+    ``gateway_target`` is the gateway's admin listener (``admin_host:admin_port``): its
+    public port serves no ``/metrics``.
+
     Rule files are relative to the config file: ``cost.rules.yml`` beside it and the
     static alerts under ``rules/``.
     """

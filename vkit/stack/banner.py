@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from textwrap import dedent
 
+from vkit.stack.restarts import RestartPolicy
 
-def render_banner(url: str, api_key: str, model: str, replicas: int) -> str:
+
+def render_banner(
+    url: str, api_key: str, model: str, replicas: int, restarts: RestartPolicy | None = None
+) -> str:
     """A copy-paste-ready summary for curl and the OpenAI Python SDK."""
+    policy = restarts or RestartPolicy()
     return dedent(
         f"""\
         vkit is up: {replicas} replica(s) behind NGINX, gateway at {url}
@@ -29,6 +34,8 @@ def render_banner(url: str, api_key: str, model: str, replicas: int) -> str:
           )
           print(reply.choices[0].message.content)
 
+        A replica that crashes is started again (after {policy.first_delay_s:g} s, doubling up to
+        {policy.max_delay_s:g} s); until one is ready the gateway answers 503 with Retry-After.
         Press Ctrl-C to stop everything.
         """
     )

@@ -5,6 +5,8 @@ stderr going to its log file. Readiness waits are bounded; a child that exits or
 does not get ready in time raises ``ProcessFailed`` with the last lines of its log.
 ``stop_all`` asks each stop tier in turn to stop, waits up to a grace period, then
 SIGKILLs the whole process group, so that grandchildren (vLLM's engine core) go too.
+A child that died on its own can be started again in its place (``reap`` what it left
+behind, then ``restart``): :mod:`vkit.stack.restarts` does that for the replicas.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -53,6 +55,9 @@ class RunningProcess:
     spec: ProcessSpec
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
+    # Its descendants when last looked at (``remember_trees``): what to kill once it has
+    # died, when they can no longer be found from its pid.
+    tree: set[int] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -87,6 +92,33 @@ class ProcessGroup:
         self.stop_all()
 
     def start(self, spec: ProcessSpec) -> RunningProcess:
+        process = self._spawn(spec)
+        self.running.append(process)
+        return process
+
+    def restart(self, process: RunningProcess) -> RunningProcess:
+        """Start ``process``'s spec again in its place (it has exited); its log goes on."""
+        self.reap(process)
+        process.log.close()
+        fresh = self._spawn(process.spec)
+        self.running[self.running.index(process)] = fresh
+        return fresh
+
+    def reap(self, process: RunningProcess) -> None:
+        """Kill what an exited child left behind (its process group, its last known tree)."""
+        if process.exit_code() is None:
+            raise ValueError(f"{process.name} is still running")
+        _kill_group(process)
+        kill_all(process.tree)
+        process.tree = set()
+
+    def remember_trees(self) -> None:
+        """Note each running child's descendants, for :meth:`reap` after it dies."""
+        for process in self.running:
+            if process.exit_code() is None:
+                process.tree = descendants(process.popen.pid)
+
+    def _spawn(self, spec: ProcessSpec) -> RunningProcess:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = spec.log_path.open("ab")
         try:
@@ -101,9 +133,7 @@ class ProcessGroup:
         except OSError as exc:
             log.close()
             raise CliError(f"{spec.name}: cannot start {spec.argv[0]}: {exc.strerror}") from exc
-        process = RunningProcess(spec, popen, log)
-        self.running.append(process)
-        return process
+        return RunningProcess(spec, popen, log)
 
     def wait_ready(
         self,
@@ -145,7 +175,7 @@ class ProcessGroup:
         """Stop every child, tier by tier; nothing any of them started is left afterwards."""
         for tier in sorted({p.spec.stop_tier for p in self.running}):
             members = [p for p in self.running if p.spec.stop_tier == tier]
-            trees = {p.name: descendants(p.popen.pid) for p in members}
+            trees = {p.name: p.tree | _live_tree(p) for p in members}
             for process in members:
                 _signal_leader(process, process.spec.stop_signal)
             deadline = self._clock() + grace_s
@@ -155,6 +185,11 @@ class ProcessGroup:
                 kill_all(trees[process.name] | descendants(process.popen.pid))
                 process.log.close()
         self.running.clear()
+
+
+def _live_tree(process: RunningProcess) -> set[int]:
+    """Descendants of a child still running (a dead one's pid may belong to another now)."""
+    return descendants(process.popen.pid) if process.exit_code() is None else set()
 
 
 def _signal_leader(process: RunningProcess, signum: int) -> None:

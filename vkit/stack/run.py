@@ -3,7 +3,8 @@
 Order: preflight (binaries, ports) -> run directory (logs, nginx.conf, a fresh keys
 file with one demo key, the tiny model) -> start everything -> wait, with progress,
 until the replicas, NGINX, Redis and then the gateway are ready -> banner -> watch
-until Ctrl-C/SIGTERM or a fatal exit -> stop everything, front door first.
+until Ctrl-C/SIGTERM or a fatal exit (a crashed replica is restarted, with backoff, see
+:mod:`vkit.stack.restarts`) -> stop everything, front door first.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from vkit.stack.banner import render_banner
 from vkit.stack.demo_key import add_demo_key
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
-from vkit.stack.processes import ProcessFailed, ProcessGroup, RunningProcess, tail_lines
+from vkit.stack.processes import ProcessGroup
+from vkit.stack.restarts import ReplicaKeeper, RestartPolicy
 from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
 from vkit.stack.up_settings import UpSettings
 
@@ -50,8 +52,13 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
     try:
         with _sigterm_as_interrupt():
             start_and_wait(group, plan, settings, say)
-            say(render_banner(plan.gateway_url, secret, plan.model_name, settings.replicas))
-            watch(group, say)
+            restarts = RestartPolicy()
+            say(
+                render_banner(
+                    plan.gateway_url, secret, plan.model_name, settings.replicas, restarts
+                )
+            )
+            watch(group, say, policy=restarts)
     except KeyboardInterrupt:
         say("vkit up: stopping (draining requests in flight) ...")
         return 0
@@ -70,13 +77,14 @@ def resolve_ports(settings: UpSettings) -> StackPorts:
     if settings.redis_port and settings.redis:
         internal["redis"] = settings.redis_port
     check_ports(internal)
-    free = iter(pick_free_ports(settings.replicas + 2))
+    free = iter(pick_free_ports(settings.replicas + 3))
     replicas = settings.replica_ports or [next(free) for _ in range(settings.replicas)]
     return StackPorts(
         gateway=settings.port,
         nginx=settings.nginx_port or next(free),
         replicas=tuple(replicas),
         redis=(settings.redis_port or next(free)) if settings.redis else None,
+        gateway_admin=next(free),
     )
 
 
@@ -116,28 +124,18 @@ def _progress(say: Say) -> Callable[[Sequence[str], float], None]:
     return report
 
 
-def watch(group: ProcessGroup, say: Say, poll_s: float = 1.0) -> NoReturn:
-    """Serve until interrupted; a dead replica is reported, a dead front end is fatal."""
-    reported: set[str] = set()
+def watch(
+    group: ProcessGroup,
+    say: Say,
+    poll_s: float = 1.0,
+    policy: RestartPolicy | None = None,
+) -> NoReturn:
+    """Serve until interrupted: crashed replicas are started again (with backoff), a dead
+    front end (NGINX, the gateway, Redis) is fatal."""
+    keeper = ReplicaKeeper(group, say, policy)
     while True:
-        for process in group.exited():
-            if process.name not in reported:
-                reported.add(process.name)
-                _report_exit(process, say)
-        replicas = [p for p in group.running if p.name.startswith("replica-")]
-        fatal = [p for p in group.exited() if not p.name.startswith("replica-")]
-        if fatal or all(p.exit_code() is not None for p in replicas):
-            dead = (fatal or replicas)[0]
-            raise ProcessFailed(
-                dead.name, f"exited with code {dead.exit_code()}", dead.spec.log_path
-            )
+        keeper.step()
         time.sleep(poll_s)
-
-
-def _report_exit(process: RunningProcess, say: Say) -> None:
-    say(f"vkit up: {process.name} exited with code {process.exit_code()}; last log lines:")
-    for line in tail_lines(process.spec.log_path, 10):
-        say(f"    {line}")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -27,6 +27,7 @@ class StackPorts:
     nginx: int
     replicas: tuple[int, ...]
     redis: int | None = None
+    gateway_admin: int | None = None  # the gateway's admin listener (/metrics), loopback
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,15 @@ def nginx_spec(settings: UpSettings, layout: StackLayout, port: int) -> ProcessS
 def gateway_spec(
     settings: UpSettings, layout: StackLayout, ports: StackPorts, python: str
 ) -> ProcessSpec:
-    env = gateway_env(layout, settings.model_name, nginx_port=ports.nginx, redis_port=ports.redis)
+    tokenizer = str(layout.tiny_model_dir) if settings.uses_tiny_model else settings.model
+    env = gateway_env(
+        layout,
+        settings.model_name,
+        nginx_port=ports.nginx,
+        redis_port=ports.redis,
+        tokenizer=tokenizer,
+        admin_port=ports.gateway_admin,
+    )
     argv = (python, "-m", "vkit", "gateway", "--host", settings.host, "--port", str(ports.gateway))
     url = gateway_url(settings.host, ports.gateway)
     return ProcessSpec(
@@ -190,9 +199,17 @@ def gateway_spec(
 
 
 def gateway_env(
-    layout: StackLayout, model: str, *, nginx_port: int, redis_port: int | None
+    layout: StackLayout,
+    model: str,
+    *,
+    nginx_port: int,
+    redis_port: int | None,
+    tokenizer: str | None = None,
+    admin_port: int | None = None,
 ) -> dict[str, str]:
-    """The gateway's settings as ``VKIT_GATEWAY_*`` variables (its pydantic-settings edge)."""
+    """The gateway's settings as ``VKIT_GATEWAY_*`` variables (its pydantic-settings edge).
+    ``tokenizer``: the served model's directory or HF repo id, to count prompts with;
+    ``admin_port``: its admin listener (``/metrics``, upstream states) on loopback."""
     env = {
         "VKIT_GATEWAY_UPSTREAMS": json.dumps([f"http://{LOOPBACK}:{nginx_port}"]),
         "VKIT_GATEWAY_KEYS_FILE": str(layout.keys_file),
@@ -201,4 +218,9 @@ def gateway_env(
     }
     if redis_port is not None:
         env["VKIT_GATEWAY_REDIS_URL"] = f"redis://{LOOPBACK}:{redis_port}/0"
+    if tokenizer is not None:
+        env["VKIT_GATEWAY_TOKENIZERS__MODELS"] = json.dumps({model: tokenizer})
+    if admin_port is not None:
+        env["VKIT_GATEWAY_ADMIN_HOST"] = LOOPBACK
+        env["VKIT_GATEWAY_ADMIN_PORT"] = str(admin_port)
     return env

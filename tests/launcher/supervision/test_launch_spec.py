@@ -30,7 +30,8 @@ def test_cpu_is_the_default_without_a_gpu() -> None:
     assert isinstance(choose_target(settings, gpu_visible=False), CpuTarget)
     spec = resolve_launch(settings, gpu_visible=False, engine=ENGINE)
     assert spec.cpu
-    assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert spec.env["PYTHONPATH"].endswith("amx_site")  # tests/launcher/supervision/test_amx.py
     assert "--gpu-memory-utilization" not in spec.argv
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier
+from launcher.supervision.profiles import LaunchEnvironment
+from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier, probe_timeout_s
+from launcher.supervision.vllm_args import VllmOptions
+from vkit.commands.launch import served_model, systemd_watcher, vllm_api_key
 
 
 class ScriptedProbe:
@@ -52,25 +60,29 @@ def test_ready_then_watchdog_then_silence_when_hung(
     notify_socket: tuple[str, socket.socket],
 ) -> None:
     path, sock = notify_socket
+    watchdog_s = 0.2
     probe = ScriptedProbe(not_ready_polls=3)
     watcher = HealthWatcher(
-        probe=probe, notifier=SystemdNotifier(path), watchdog_interval_s=0.1, poll_s=0.01
+        probe=probe, notifier=SystemdNotifier(path), watchdog_interval_s=watchdog_s, poll_s=0.01
     )
     watcher.start()
     try:
         assert sock.recv(512).startswith(b"READY=1")
         assert probe.not_ready_polls < 0  # not before the probe said ready
         assert sock.recv(512) == b"WATCHDOG=1"
+        hung_at = time.monotonic()
         probe.alive = False  # a hung engine: no more pings, so systemd's watchdog fires
         assert probe.seen_dead.wait(timeout=5)  # two health checks failed since
-        sock.settimeout(0.3)
-        drained = []
+        sock.settimeout(3 * watchdog_s)
+        last_ping = hung_at
         try:
             while True:
-                drained.append(sock.recv(512))
+                assert sock.recv(512) == b"WATCHDOG=1"
+                last_ping = time.monotonic()
         except TimeoutError:
-            pass
-        assert len(drained) <= 1  # at most one ping already in flight
+            pass  # silence for three watchdog intervals: systemd would have fired
+        # Pings last at most one watchdog interval past the last healthy answer.
+        assert last_ping - hung_at < 1.5 * watchdog_s
     finally:
         watcher.stop()
     sock.settimeout(5)
@@ -79,3 +91,100 @@ def test_ready_then_watchdog_then_silence_when_hung(
 
 def test_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
     assert SystemdNotifier(str(tmp_path / "missing")).send("READY=1") is False
+
+
+class SlowOnceVllm(BaseHTTPRequestHandler):
+    """vLLM's two readiness routes; ``/v1/models`` wants the key. After ``slow_after``
+    ``/health`` answers, one answer takes ``slow_s`` (a busy API server), then fast again."""
+
+    api_key = "k-test"
+    slow_after = 3
+    slow_s = 0.0
+    health_answers = 0
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        if self.path == "/health":
+            cls.health_answers += 1
+            if cls.health_answers == cls.slow_after:
+                time.sleep(cls.slow_s)
+            self._answer(200, b"")
+        elif self.headers.get("authorization") != f"Bearer {self.api_key}":
+            self._answer(401, b'{"error":"Unauthorized"}')
+        else:
+            self._answer(200, json.dumps({"data": [{"id": "tiny-llama"}]}).encode())
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_once_vllm() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOnceVllm)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        SlowOnceVllm.health_answers = 0
+
+
+def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
+    notify_socket: tuple[str, socket.socket], slow_once_vllm: int
+) -> None:
+    """``vkit launch``'s watcher, as wired for systemd: one ``/health`` answer slower than
+    the watchdog interval (a busy engine) must not hold back the next ping."""
+    path, sock = notify_socket
+    watchdog_s = 1.0
+    SlowOnceVllm.slow_s = 1.2 * watchdog_s
+    environment = LaunchEnvironment(
+        notify_socket=path,
+        watchdog_usec=int(watchdog_s * 1e6),
+        vllm_api_key=SecretStr(SlowOnceVllm.api_key),
+    )
+    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=slow_once_vllm)
+    watcher = systemd_watcher(environment, options)
+    assert watcher is not None
+    watcher.start()
+    try:
+        assert sock.recv(512).startswith(b"READY=1")
+        pings: list[float] = []
+        deadline = time.monotonic() + 4 * watchdog_s + SlowOnceVllm.slow_s
+        while time.monotonic() < deadline:
+            if sock.recv(512) == b"WATCHDOG=1":
+                pings.append(time.monotonic())
+    finally:
+        watcher.stop()
+    assert SlowOnceVllm.health_answers > SlowOnceVllm.slow_after  # the slow answer happened
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert len(pings) >= 6, pings
+    assert max(gaps) < watchdog_s, f"{max(gaps):.2f} s between two pings: systemd kills"
+
+
+def test_the_watcher_asks_with_the_key_and_name_vllm_will_use() -> None:
+    environment = LaunchEnvironment(vllm_api_key=SecretStr("from-env"))
+    plain = VllmOptions(model="/models/m", served_model_name="tiny-llama")
+    assert vllm_api_key(environment, plain) == "from-env"
+    assert served_model(plain) == "tiny-llama"
+    flags = plain.model_copy(
+        update={"extra_args": ("--api-key=from-flag", "--served-model-name", "alias", "x")}
+    )
+    assert vllm_api_key(environment, flags) == "from-flag"  # vLLM: the flag wins
+    assert served_model(flags) == "alias"
+    assert vllm_api_key(LaunchEnvironment(), VllmOptions(model="/m")) is None
+    assert served_model(VllmOptions(model="/m")) == "/m"
+
+
+@pytest.mark.parametrize(("watchdog", "timeout"), [(None, 5.0), (60.0, 5.0), (4.0, 1.0)])
+def test_a_health_check_ends_well_inside_a_ping_interval(
+    watchdog: float | None, timeout: float
+) -> None:
+    assert probe_timeout_s(watchdog) == timeout

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,10 @@ async def test_vkit_gateway_serves_from_env_settings(tmp_path: Path) -> None:
 
 
 async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     env = {
         **os.environ,
+        "VKIT_GATEWAY_ADMIN_PORT": str(admin_port),
         "VKIT_GATEWAY_UPSTREAMS": json.dumps([upstream.url]),
         "VKIT_GATEWAY_ALLOW_ANONYMOUS": "true",
         "VKIT_GATEWAY_HEALTH__INTERVAL": "0.2",
@@ -50,8 +52,13 @@ async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
             response = await client.post("/v1/completions", json=body)
             assert response.status_code == 200
             assert upstream.bodies[-1]["max_tokens"] == 3
-            metrics = (await client.get("/metrics")).text
+            assert (await client.get("/metrics")).status_code == 404  # not on the public port
+            admin = f"http://127.0.0.1:{admin_port}"
+            metrics = (await client.get(f"{admin}/metrics")).text
             assert "vkit_gateway_process_resident_memory_bytes" in metrics
+            assert 'key="anonymous",model="tiny-llama",status="200"} 1.0' in metrics
+            details = (await client.get(f"{admin}/readyz")).json()
+            assert details["upstreams"] == {upstream.url.removeprefix("http://"): True}
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
@@ -60,3 +67,18 @@ async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
         process.kill()
         process.wait(timeout=5)
         log.close()
+
+
+def test_an_admin_port_in_use_stops_the_gateway_at_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "VKIT_GATEWAY_ALLOW_ANONYMOUS": "true",
+            "VKIT_GATEWAY_ADMIN_PORT": str(taken.getsockname()[1]),
+        }
+        argv = [sys.executable, "-m", "vkit", "gateway", "--port", str(free_port())]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "address already in use" in done.stderr.lower()

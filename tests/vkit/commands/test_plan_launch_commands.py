@@ -129,7 +129,7 @@ def test_launch_dry_run_cpu_with_profile_flags_and_extras(
     )
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
-    assert line.startswith("VLLM_CPU_KVCACHE_SPACE=1 ")
+    assert line.startswith("PYTHONPATH=") and " VLLM_CPU_KVCACHE_SPACE=1 " in line
     tokens = line.split()
     assert tokens[tokens.index("--port") + 1] == "9123"
     assert tokens.count("--max-model-len") == 1

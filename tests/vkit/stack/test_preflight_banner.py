@@ -43,3 +43,12 @@ def test_banner_shows_url_key_and_runnable_examples() -> None:
     tree = ast.parse("\n".join(line[2:] for line in snippet.splitlines()))
     assert any(isinstance(node, ast.ImportFrom) for node in tree.body)
     assert 'api_key="vk-secret123"' in snippet
+
+
+def test_banner_says_that_crashed_replicas_restart() -> None:
+    from vkit.stack.restarts import RestartPolicy
+
+    text = render_banner("http://x", "k", "m", 1, RestartPolicy(first_delay_s=2, max_delay_s=60))
+    words = " ".join(text.split())
+    assert "started again (after 2 s, doubling up to 60 s)" in words
+    assert "the gateway answers 503 with Retry-After" in words

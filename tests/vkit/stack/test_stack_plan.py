@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tests.deploy.gateway_env import unknown_gateway_variables
 from vkit.stack.specs import HttpCheck, VllmCheck
 from vkit.stack.stack_plan import StackLayout, StackPorts, cpu_binding, plan_stack
 from vkit.stack.up_settings import UpSettings
@@ -101,3 +102,23 @@ def test_settings_refuse_gpu_without_model_and_mismatched_ports() -> None:
         UpSettings(gpu="h100")
     with pytest.raises(ValidationError, match="3 replicas"):
         UpSettings(replicas=3, replica_ports=[1, 2])
+
+
+def test_gateway_counts_prompts_with_the_served_models_tokenizer() -> None:
+    (gateway,) = make_plan(UpSettings()).named("gateway")
+    tokenizers = json.loads(gateway.env["VKIT_GATEWAY_TOKENIZERS__MODELS"])
+    assert tokenizers == {"tiny-llama": str(Path("run") / "tiny-llama")}
+    model = "meta-llama/Llama-3.1-8B-Instruct"
+    plan = make_plan(UpSettings(model=model, served_model_name="llama", gpu="rtx4090"))
+    (gateway,) = plan.named("gateway")
+    assert json.loads(gateway.env["VKIT_GATEWAY_TOKENIZERS__MODELS"]) == {"llama": model}
+
+
+def test_the_gateway_serves_metrics_on_a_loopback_admin_port_when_given_one() -> None:
+    (bare,) = make_plan(UpSettings()).named("gateway")
+    assert "VKIT_GATEWAY_ADMIN_PORT" not in bare.env
+    ports = StackPorts(gateway=8000, nginx=9001, replicas=(9101,), gateway_admin=9300)
+    (gateway,) = make_plan(UpSettings(replicas=1), ports).named("gateway")
+    assert gateway.env["VKIT_GATEWAY_ADMIN_PORT"] == "9300"
+    assert gateway.env["VKIT_GATEWAY_ADMIN_HOST"] == "127.0.0.1"
+    assert unknown_gateway_variables(gateway.env) == []
