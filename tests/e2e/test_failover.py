@@ -56,7 +56,7 @@ def readyz(gateway: str) -> int:
 
 
 def send_under_load_and_kill(gateway: str, secret: str, victim: Any) -> list[str]:
-    """Errors of the requests sent after SIGKILLing ``victim`` under steady load."""
+    """Errors of the requests sent after ``victim`` was SIGKILLed (and gone), under load."""
     load = SteadyLoad(gateway, secret)
     with ThreadPoolExecutor(max_workers=1) as pool:
         running = pool.submit(load.run)
@@ -66,8 +66,12 @@ def send_under_load_and_kill(gateway: str, secret: str, victim: Any) -> list[str
                 LOAD_S,
                 f"{BEFORE_KILL} successful requests before the kill",
             )
-            killed_at = time.monotonic()
+            # From when the replica is gone (kill() returns once it is reaped and its port is
+            # free): a request in flight while it dies gets a 502 by design -- neither NGINX
+            # nor the gateway resends a POST that vLLM may have started -- but every request
+            # sent after that must succeed on the other replica.
             victim.kill()
+            killed_at = time.monotonic()
             wait_for(
                 lambda: load.count(lambda r: r[0] > killed_at) >= AFTER_KILL or running.done(),
                 LOAD_S,
