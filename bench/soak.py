@@ -30,11 +30,13 @@ import random
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from loadgen import build_request, read_response
+from prometheus_client.parser import text_string_to_metric_families
 from run import MODEL, ROOT, process, rss_mb, wait_http
 
 from gateway.keyfile import add_key
@@ -140,14 +142,26 @@ class Traffic:
         return Counter(await asyncio.gather(*(one() for _ in range(count))))
 
 
-def metric(admin: str, name: str) -> float:
-    import urllib.request
-
+def scrape(admin: str) -> str:
     with urllib.request.urlopen(f"{admin}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
+        return str(response.read().decode())
+
+
+def metric(admin: str, name: str) -> float:
+    for line in scrape(admin).splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
     raise LookupError(name)
+
+
+def totals(admin: str, name: str, label: str) -> dict[str, float]:
+    """``name``'s samples summed by one label, as the gateway counted them."""
+    found: Counter[str] = Counter()
+    for family in text_string_to_metric_families(scrape(admin)):
+        for sample in family.samples:
+            if sample.name == name:
+                found[sample.labels.get(label, "")] += sample.value
+    return dict(sorted(found.items()))
 
 
 async def wait_for(predicate: object, timeout: float) -> bool:
@@ -195,6 +209,8 @@ async def soak(args: argparse.Namespace, url: str, admin: str, pid: int, traffic
         "requests": traffic.sent,
         "requests_per_s": round(traffic.sent / elapsed, 1),
         "statuses": dict(sorted(traffic.statuses.items())),
+        "gateway_counted": totals(admin, "vkit_gateway_requests_total", "status"),
+        "upstream_errors": totals(admin, "vkit_gateway_upstream_errors_total", "kind"),
         "rss_mb": {"after_warmup": warm, "final": final_rss, "max": max(r for _, r in samples)},
         "rss_growth_pct": round(growth, 2),
         "in_flight_back_to_zero": idle,
