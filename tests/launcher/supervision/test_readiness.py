@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
 
 from launcher.supervision.readiness import ReadinessCheck, VllmProbe, model_ids
+from tests.launcher.supervision.http_stub import QuietHandler, serving
 
 
 def listing(*models: str) -> bytes:
@@ -42,7 +41,7 @@ def test_any_model_will_do_when_none_is_expected() -> None:
     assert model_ids(b'{"data": [{"id": 1}, {"id": "a"}, "x"]}') == {"a"}
 
 
-class _FakeVllm(BaseHTTPRequestHandler):
+class _FakeVllm(QuietHandler):
     """``/health`` open, ``/v1/models`` behind ``--api-key`` (as vLLM guards /v1 paths)."""
 
     served: ClassVar[list[str]] = []
@@ -58,26 +57,13 @@ class _FakeVllm(BaseHTTPRequestHandler):
         else:
             self._answer(200, listing(*self.served))
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def fake_vllm() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with serving(_FakeVllm) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        server.server_close()
         _FakeVllm.served, _FakeVllm.api_key = [], None
 
 

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pydantic import SecretStr
 from launcher.supervision.profiles import LaunchEnvironment
 from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier, probe_timeout_s
 from launcher.supervision.vllm_args import VllmOptions
+from tests.launcher.supervision.http_stub import QuietHandler, serving
 from vkit.commands.launch import served_model, systemd_watcher, vllm_api_key
 
 
@@ -93,7 +93,7 @@ def test_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
     assert SystemdNotifier(str(tmp_path / "missing")).send("READY=1") is False
 
 
-class SlowOnceVllm(BaseHTTPRequestHandler):
+class SlowOnceVllm(QuietHandler):
     """vLLM's two readiness routes; ``/v1/models`` wants the key. After ``slow_after``
     ``/health`` answers, one answer takes ``slow_s`` (a busy API server), then fast again."""
 
@@ -114,26 +114,13 @@ class SlowOnceVllm(BaseHTTPRequestHandler):
         else:
             self._answer(200, json.dumps({"data": [{"id": "tiny-llama"}]}).encode())
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def slow_once_vllm() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOnceVllm)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server.server_address[1]
+        with serving(SlowOnceVllm) as port:
+            yield port
     finally:
-        server.shutdown()
-        server.server_close()
         SlowOnceVllm.health_answers = 0
 
 
