@@ -64,22 +64,32 @@ def stop_everything(proc: subprocess.Popen[str], children: set[int]) -> None:
     kill_all(children)
 
 
-def test_vkit_up_serves_the_printed_key_and_stops_cleanly(tmp_path: Path) -> None:
-    port = pick_free_ports(1)[0]
-    run_dir = tmp_path / "run"
+def start_vkit_up(port: int, run_dir: Path) -> tuple[subprocess.Popen[str], Output]:
+    """``vkit up`` with one replica on ``port``, its output collected as it comes."""
     argv = [sys.executable, "-m", "vkit", "up", "--replicas", "1", "--port", str(port)]
     argv += ["--run-dir", str(run_dir)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    output = Output(proc)
+    return proc, Output(proc)
+
+
+def wait_for_banner(proc: subprocess.Popen[str], output: Output) -> None:
+    """Until the banner is printed; fails with the output if it exits or takes too long."""
+    deadline = time.monotonic() + BANNER_TIMEOUT_S
+    while "Press Ctrl-C" not in output.text:
+        assert proc.poll() is None, f"vkit up exited early:\n{output.text}"
+        assert time.monotonic() < deadline, f"no banner in time:\n{output.text}"
+        time.sleep(0.5)
+
+
+def test_vkit_up_serves_the_printed_key_and_stops_cleanly(tmp_path: Path) -> None:
+    port = pick_free_ports(1)[0]
+    run_dir = tmp_path / "run"
+    proc, output = start_vkit_up(port, run_dir)
     children: set[int] = set()
     try:
-        deadline = time.monotonic() + BANNER_TIMEOUT_S
-        while "Press Ctrl-C" not in output.text:
-            assert proc.poll() is None, f"vkit up exited early:\n{output.text}"
-            assert time.monotonic() < deadline, f"no banner in time:\n{output.text}"
-            time.sleep(0.5)
+        wait_for_banner(proc, output)
         key = re.search(r"API key:\s+(\S+)", output.text)
         url = re.search(r"URL:\s+(\S+)/v1", output.text)
         assert key and url, output.text

@@ -11,8 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.test_up import BANNER_TIMEOUT_S, Output, stop_everything
+from tests.e2e.test_up import Output, start_vkit_up, stop_everything, wait_for_banner
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.proctree import descendants
 
@@ -57,19 +55,10 @@ def wait_status(url: str, status: int, within_s: float, output: Output) -> httpx
 
 def test_killed_replica_is_restarted_while_the_gateway_answers_503(tmp_path: Path) -> None:
     port = pick_free_ports(1)[0]
-    argv = [sys.executable, "-m", "vkit", "up", "--replicas", "1", "--port", str(port)]
-    argv += ["--run-dir", str(tmp_path / "run")]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    output = Output(proc)
+    proc, output = start_vkit_up(port, tmp_path / "run")
     children: set[int] = set()
     try:
-        deadline = time.monotonic() + BANNER_TIMEOUT_S
-        while "Press Ctrl-C" not in output.text:
-            assert proc.poll() is None, f"vkit up exited early:\n{output.text}"
-            assert time.monotonic() < deadline, f"no banner in time:\n{output.text}"
-            time.sleep(0.5)
+        wait_for_banner(proc, output)
         key = re.search(r"API key:\s+(\S+)", output.text)
         assert key, output.text
         url = f"http://127.0.0.1:{port}"
