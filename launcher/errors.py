@@ -9,6 +9,7 @@
         ExtraArgsError              -- duplicated or malformed pass-through vLLM flags
         ProfileError                -- a deployment profile that is missing or malformed
         PriceError                  -- a GPU price the capacity planner cannot use
+        GpuSetError                 -- GPU ids that cannot be split into tensor-parallel sets
 
 Each message is one line a person can act on. The ``vkit`` command maps these classes to
 exit codes in one table (:mod:`vkit.exit_codes`): ``InvalidInput`` is 2, the rest 1.
@@ -51,3 +52,7 @@ class ProfileError(InvalidInput):
 
 class PriceError(InvalidInput):
     """A GPU price (``GPU[@PROVIDER][=USD_PER_HOUR]``) that is malformed or unknown."""
+
+
+class GpuSetError(InvalidInput):
+    """GPU ids that cannot form tensor-parallel sets (duplicates, a count not divisible)."""
