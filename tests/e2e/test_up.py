@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.clients import sdk
@@ -98,6 +99,11 @@ def test_vkit_up_serves_the_printed_key_and_stops_cleanly(tmp_path: Path) -> Non
             model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
         )
         assert reply.usage is not None and reply.usage.completion_tokens <= 3
+        metrics_url = re.search(r"Metrics:\s+(\S+)", output.text)
+        assert metrics_url, output.text
+        scraped = httpx.get(metrics_url.group(1), timeout=10)
+        assert scraped.status_code == 200
+        assert "vkit_gateway_requests_total{" in scraped.text
         children |= descendants(proc.pid)
         assert len(children) >= 3  # replica (+ engine), nginx (+ worker), gateway
         ports = [port, *stack_ports(run_dir)]

@@ -8,11 +8,18 @@ from vkit.stack.restarts import RestartPolicy
 
 
 def render_banner(
-    url: str, api_key: str, model: str, replicas: int, restarts: RestartPolicy | None = None
+    url: str,
+    api_key: str,
+    model: str,
+    replicas: int,
+    restarts: RestartPolicy | None = None,
+    *,
+    admin_url: str | None = None,
 ) -> str:
-    """A copy-paste-ready summary for curl and the OpenAI Python SDK."""
+    """A copy-paste-ready summary for curl and the OpenAI Python SDK; ``admin_url`` is the
+    gateway's admin listener (``/metrics`` for Prometheus, ``/readyz`` with upstream states)."""
     policy = restarts or RestartPolicy()
-    return dedent(
+    text = dedent(
         f"""\
         vkit is up: {replicas} replica(s) behind NGINX, gateway at {url}
 
@@ -39,3 +46,8 @@ def render_banner(
         Press Ctrl-C to stop everything.
         """
     )
+    if admin_url is None:
+        return text
+    metrics = f"  Metrics: {admin_url}/metrics  (upstream states: {admin_url}/readyz)\n"
+    head, model_line, rest = text.partition(f"  Model:   {model}\n")
+    return head + model_line + metrics + rest

@@ -55,7 +55,14 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
             restarts = RestartPolicy()
             say(
                 render_banner(
-                    plan.gateway_url, secret, plan.model_name, settings.replicas, restarts
+                    plan.gateway_url,
+                    secret,
+                    plan.model_name,
+                    settings.replicas,
+                    restarts,
+                    admin_url=(
+                        f"http://127.0.0.1:{ports.gateway_admin}" if ports.gateway_admin else None
+                    ),
                 )
             )
             watch(group, say, policy=restarts)

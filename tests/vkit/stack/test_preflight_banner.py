@@ -45,6 +45,13 @@ def test_banner_shows_url_key_and_runnable_examples() -> None:
     assert 'api_key="vk-secret123"' in snippet
 
 
+def test_banner_names_the_admin_listener_for_metrics() -> None:
+    text = render_banner("http://127.0.0.1:8000", "k", "m", 1, admin_url="http://127.0.0.1:9180")
+    assert "Metrics: http://127.0.0.1:9180/metrics" in text
+    assert "http://127.0.0.1:9180/readyz" in text
+    assert "Metrics:" not in render_banner("http://x", "k", "m", 1)
+
+
 def test_banner_says_that_crashed_replicas_restart() -> None:
     from vkit.stack.restarts import RestartPolicy
 
