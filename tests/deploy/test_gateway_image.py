@@ -1,0 +1,222 @@
+"""The gateway image holds what the gateway imports and nothing more, within a stated size.
+
+No Docker engine runs here, so the slow test (marker ``packaging``) plays the Dockerfile's build
+stage on this machine: its ``WORKDIR``/``COPY`` lines copy the same files out of the checkout,
+its ``RUN`` line runs as written with the pip of a fresh venv (which, like
+``python:3.11-slim``, holds only pip and setuptools) and ``/install`` pointed at a temporary
+prefix. That prefix is what the final stage copies into ``/usr/local``: its bytes are the
+image's share, and ``vkit gateway``, the image's command, must start from it.
+
+Budget: 70 MiB. The gateway's requirements install to 53.6 MiB (fastapi, pydantic, aiohttp,
+redis, tokenizers, ...), which leaves ~30% for upgrades; tokenizers' huggingface_hub chain
+(+25 MiB: 78.6 MiB, what the image held before) or matplotlib with numpy, PIL and fontTools
+(~170 MB) coming back breaks it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_packaging import clean_env, must, run
+from vkit.stack.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER_DIR = ROOT / "deploy" / "docker"
+DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
+BUDGET_BYTES = 70 * 2**20
+# Importable in the image means installed there for nothing: the gateway imports none of them.
+ABSENT = ("matplotlib", "numpy", "PIL", "fontTools", "huggingface_hub", "vllm", "torch")
+
+
+def build_stage(dockerfile: str) -> list[tuple[str, str]]:
+    """The first stage's instructions as ``(KEYWORD, arguments)``, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", dockerfile)
+    instructions = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM" and instructions:
+            break
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def pyproject_dependencies() -> set[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return set(tomllib.load(f)["project"]["dependencies"])
+
+
+def requirement_lines(path: Path) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {line for line in lines if line}
+
+
+def no_deps_requirements(stage: list[tuple[str, str]]) -> set[str]:
+    """What a ``pip install --no-deps`` of the build stage names besides the kit itself."""
+    named: set[str] = set()
+    for keyword, arguments in stage:
+        if keyword != "RUN":
+            continue
+        for command in arguments.split("&&"):
+            words = shlex.split(command)
+            if "--no-deps" in words:
+                named |= {w for w in words[2:] if not w.startswith("-") and w != "."}
+    return named
+
+
+def test_the_image_installs_exactly_pyproject_dependencies() -> None:
+    """The requirements file and the ``--no-deps`` line together are pyproject's list."""
+    stage = build_stage(DOCKERFILE.read_text())
+    listed = requirement_lines(DOCKER_DIR / "gateway-requirements.txt")
+    without_their_own = no_deps_requirements(stage)
+    assert without_their_own == {"tokenizers>=0.20"}
+    assert listed.isdisjoint(without_their_own)
+    assert listed | without_their_own == pyproject_dependencies()
+
+
+def test_every_copied_path_passes_the_dockerignore() -> None:
+    """The build context is the repository root minus ``.dockerignore``: a COPY of a path it
+    excludes fails the build."""
+    ignore = (DOCKER_DIR / "gateway.Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = [
+        source
+        for keyword, arguments in build_stage(DOCKERFILE.read_text())
+        if keyword == "COPY"
+        for source in arguments.split()[:-1]
+    ]
+    assert copied
+    assert sorted(set(copied) - allowed) == []
+
+
+def play_build_stage(
+    stage: list[tuple[str, str]], root: Path, prefix: Path, pip_env: dict[str, str]
+) -> None:
+    """``WORKDIR`` and ``COPY`` under ``root`` (the build container's ``/``), ``RUN`` as written
+    with ``/install`` -> ``prefix``."""
+    workdir = root
+    for keyword, arguments in stage:
+        if keyword == "WORKDIR":
+            workdir = root / arguments.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif keyword == "COPY":
+            *sources, dest = arguments.split()
+            target = workdir / dest
+            for source in sources:
+                origin = ROOT / source
+                into = target / origin.name if dest.endswith("/") else target
+                if origin.is_dir():
+                    ignored = shutil.ignore_patterns("__pycache__", "*.pyc")
+                    shutil.copytree(origin, into, ignore=ignored)
+                else:
+                    into.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(origin, into)
+        elif keyword == "RUN":
+            command = arguments.replace("/install", str(prefix))
+            must(run(["bash", "-c", command], cwd=workdir, env=pip_env, timeout=600))
+        else:
+            assert keyword == "FROM", f"the simulation does not know {keyword}"
+
+
+def installed_bytes(prefix: Path) -> int:
+    return sum(path.stat().st_size for path in prefix.rglob("*") if path.is_file())
+
+
+def write_tokenizer(model_dir: Path) -> None:
+    """A tiny model directory: tokenizer.json and a chat template, as the gateway reads them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    model_dir.mkdir()
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+
+
+PROBE = """
+import importlib, importlib.util, json, pkgutil
+import gateway
+for module in pkgutil.walk_packages(gateway.__path__, "gateway."):
+    importlib.import_module(module.name)
+import redis.asyncio, tokenizers, uvicorn, vkit.cli  # the gateway's lazy imports, its CLI
+print(json.dumps({
+    "gateway": gateway.__file__,
+    "present": [name for name in %r if importlib.util.find_spec(name) is not None],
+}))
+"""
+
+
+@pytest.mark.packaging
+def test_gateway_image_install_is_small_and_serves(tmp_path: Path) -> None:
+    started = time.monotonic()
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    venv = tmp_path / "venv"
+    must(run([base_python, "-m", "venv", venv], cwd=tmp_path, timeout=120))
+    env = clean_env(venv)
+    prefix = tmp_path / "install"
+    play_build_stage(build_stage(DOCKERFILE.read_text()), tmp_path / "build", prefix, env)
+    installed = time.monotonic()
+
+    size = installed_bytes(prefix)
+    assert size < BUDGET_BYTES, (
+        f"{size / 2**20:.1f} MiB installed, budget {BUDGET_BYTES / 2**20:.0f}"
+    )
+
+    (site,) = prefix.glob("lib/python3*/site-packages")
+    env["PYTHONPATH"] = str(site)  # in the image: /usr/local's site-packages
+    probe = must(
+        run([venv / "bin" / "python", "-c", PROBE % (ABSENT,)], cwd=tmp_path, env=env, timeout=120)
+    )
+    where = json.loads(probe.stdout)
+    assert Path(where["gateway"]).resolve().is_relative_to(site.resolve())
+    assert where["present"] == []
+
+    # The image's command, from the prefix, with a tokenizer to load.
+    write_tokenizer(tmp_path / "model")
+    port = free_port()
+    env |= {
+        "VKIT_GATEWAY_PORT": str(port),
+        "VKIT_GATEWAY_ALLOW_ANONYMOUS": "true",
+        "VKIT_GATEWAY_TOKENIZERS__MODELS": json.dumps({"tiny": str(tmp_path / "model")}),
+    }
+    gateway = subprocess.Popen(
+        [prefix / "bin" / "vkit", "gateway"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and gateway.poll() is None and status != 200:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        gateway.terminate()
+        output, _ = gateway.communicate(timeout=30)
+    assert status == 200, output
+    assert "Traceback" not in output
+    assert "byte bound" not in output, output  # the tokenizer loaded
+
+    print(
+        f"\ngateway image: {size / 2**20:.1f} MiB installed (budget {BUDGET_BYTES / 2**20:.0f}), "
+        f"install {installed - started:.1f} s"
+    )
