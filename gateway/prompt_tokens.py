@@ -13,17 +13,23 @@ tpm, so every counter here errs high, never low.
   not render, the byte bound of the text instead.
 - :class:`ByteBound`: no tokenizer: a proven upper bound (see its docstring).
 - :class:`ModelCounters`: the counter of the body's ``model``, else the fallback.
+- :class:`LateTokenizer`: a model whose tokenizer is not there yet (the replicas are still
+  downloading it when the gateway starts): the fallback until a look, at most every
+  ``retry_s`` and off the event loop, finds and loads it.
 
 :func:`build_prompt_counter` makes one from :class:`gateway.settings.TokenizerSettings`; a
-tokenizer that cannot be loaded is logged and its model counted with the fallback.
+tokenizer that cannot be loaded is logged and its model counted with the fallback until it
+can.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -289,8 +295,68 @@ def resolve_model_dir(source: str, hf_cache: Path) -> Path:
     raise TokenizerUnavailable(f"{source!r} is neither a model directory nor in {hf_cache}")
 
 
-def build_prompt_counter(settings: TokenizerSettings) -> PromptCounter:
-    """One counter for every model named in ``settings.models``; the byte bound for the rest."""
+def _in_thread(job: Callable[[], None]) -> None:
+    threading.Thread(target=job, name="vkit-tokenizer-load", daemon=True).start()
+
+
+class LateTokenizer:
+    """The fallback's count until the model's tokenizer shows up, then the tokenizer's.
+
+    ``count`` never waits: when ``retry_s`` have passed since the last look it hands one
+    look to ``spawn`` (a daemon thread: reading a tokenizer.json takes ~0.1-0.5 s) and counts
+    this request by the fallback; a look that loads the tokenizer swaps it in (one attribute
+    assignment, atomic), and from then on nothing is looked for again.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        source: str,
+        settings: TokenizerSettings,
+        fallback: PromptCounter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] = _in_thread,
+        retry_s: float = 30.0,
+    ) -> None:
+        self.model, self.source, self.settings, self.fallback = model, source, settings, fallback
+        self.clock, self.spawn, self.retry_s = clock, spawn, retry_s
+        self.loaded: PromptCounter | None = None
+        self._looking = False
+        self._next_look = clock() + retry_s
+
+    def count(self, data: Mapping[str, Any]) -> int:
+        loaded = self.loaded
+        if loaded is not None:
+            return loaded.count(data)
+        now = self.clock()
+        if not self._looking and now >= self._next_look:
+            self._looking, self._next_look = True, now + self.retry_s
+            self.spawn(self._look)
+        return self.fallback.count(data)
+
+    def _look(self) -> None:
+        try:
+            model_dir = resolve_model_dir(self.source, self.settings.hf_cache)
+            self.loaded = TokenizerCounter.load(model_dir, self.settings)
+            log.warning("counting %s's prompts with its tokenizer now (%s)", self.model, model_dir)
+        except TokenizerUnavailable:
+            pass
+        except Exception:  # a half-downloaded file: look again next interval
+            log.exception("could not load %s's tokenizer yet", self.model)
+        finally:
+            self._looking = False
+
+
+def build_prompt_counter(
+    settings: TokenizerSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    spawn: Callable[[Callable[[], None]], None] = _in_thread,
+    retry_s: float = 30.0,
+) -> PromptCounter:
+    """One counter for every model named in ``settings.models``; the byte bound for the rest
+    (and, as a :class:`LateTokenizer`, for a named model until its tokenizer is there)."""
     fallback = ByteBound.of(settings)
     counters: dict[str, PromptCounter] = {}
     for model, source in settings.models.items():
@@ -299,5 +365,12 @@ def build_prompt_counter(settings: TokenizerSettings) -> PromptCounter:
                 resolve_model_dir(source, settings.hf_cache), settings
             )
         except TokenizerUnavailable as exc:
-            log.warning("counting %s's prompts by their byte bound: %s", model, exc)
+            log.warning(
+                "counting %s's prompts by their byte bound until its tokenizer is there: %s",
+                model,
+                exc,
+            )
+            counters[model] = LateTokenizer(
+                model, source, settings, fallback, clock=clock, spawn=spawn, retry_s=retry_s
+            )
     return ModelCounters(counters, fallback) if counters else fallback

@@ -13,7 +13,7 @@ import logging
 import shutil
 import sys
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +287,7 @@ def test_settings_name_a_directory_or_a_hub_cache_entry(
     with caplog.at_level(logging.WARNING, logger="vkit.gateway"):
         built = build_prompt_counter(tokenizers)
     assert isinstance(built, ModelCounters)
-    assert sorted(built.counters) == ["hub", MODEL]
+    assert sorted(built.counters) == ["gone", "hub", MODEL]
     assert "gone" in caplog.text
     chat = [{"role": "user", "content": "Tell me a story."}]
     exact = built.counters[MODEL].count({"messages": chat})
@@ -296,6 +296,41 @@ def test_settings_name_a_directory_or_a_hub_cache_entry(
     bound = ByteBound().count({"messages": chat})
     assert built.count({"model": "gone", "messages": chat}) == bound > exact
     assert build_prompt_counter(TokenizerSettings()) == ByteBound()
+
+
+def test_a_tokenizer_that_appears_after_start_is_used_once_found(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The replicas download the model after the gateway started: its counter looks again
+    (off the event loop, at most every retry interval) and uses the tokenizer once there."""
+    now = [0.0]
+    loads: list[str] = []
+    tokenizers = TokenizerSettings(models={"late": "acme/late"}, hf_cache=tmp_path / "hub")
+
+    def spawn(job: Callable[[], None]) -> None:
+        loads.append("try")
+        job()
+
+    built = build_prompt_counter(tokenizers, clock=lambda: now[0], spawn=spawn, retry_s=30)
+    chat = {"model": "late", "messages": [{"role": "user", "content": "Tell me a story."}]}
+    bound = ByteBound().count(chat)
+    assert built.count(chat) == bound  # not there at start: the bound
+    assert loads == []
+    repo = tmp_path / "hub" / "models--acme--late"
+    shutil.copytree(
+        tiny_model_dir, repo / "snapshots" / "s1", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    now[0] = 29.0
+    assert built.count(chat) == bound  # within the interval: no new look
+    assert loads == []
+    now[0] = 30.0
+    exact = TokenizerCounter.load(tiny_model_dir, tokenizers).count(chat)
+    assert built.count(chat) == bound  # this request still the bound; the look loads it
+    assert loads == ["try"]
+    assert built.count(chat) == exact < bound
+    now[0] = 1000.0
+    built.count(chat)
+    assert loads == ["try"]  # loaded: never looks again
 
 
 class FixedCount:
