@@ -2,6 +2,7 @@
 
     LauncherError                   -- base of everything below
       LaunchError                   -- the engine could not be started or kept running
+      MetricsError                  -- a deployment's Prometheus could not be read
       InvalidInput                  -- the caller asked for something that cannot be
         UnknownGpuError             -- a GPU name that configs/gpus.yaml does not list
         UnknownModelError           -- a model that is neither a directory nor a snapshot
@@ -10,6 +11,8 @@
         ProfileError                -- a deployment profile that is missing or malformed
         PriceError                  -- a GPU price the capacity planner cannot use
         GpuSetError                 -- GPU ids that cannot be split into tensor-parallel sets
+        NoCheckpointError           -- no known checkpoint of a model at a quantization
+        UnsupportedParallelismError -- a tensor-parallel size the model or node cannot take
 
 Each message is one line a person can act on. The ``vkit`` command maps these classes to
 exit codes in one table (:mod:`vkit.exit_codes`): ``InvalidInput`` is 2, the rest 1.
@@ -56,3 +59,15 @@ class PriceError(InvalidInput):
 
 class GpuSetError(InvalidInput):
     """GPU ids that cannot form tensor-parallel sets (duplicates, a count not divisible)."""
+
+
+class NoCheckpointError(InvalidInput):
+    """No known checkpoint serves the model at the asked quantization (say how to make one)."""
+
+
+class UnsupportedParallelismError(InvalidInput):
+    """A tensor-parallel size larger than the node or not dividing the model's heads."""
+
+
+class MetricsError(LauncherError):
+    """A deployment's Prometheus did not answer, or holds none of the series asked for."""

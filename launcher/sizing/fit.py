@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from launcher.errors import UnsupportedQuantizationError
+from launcher.errors import UnsupportedParallelismError, UnsupportedQuantizationError
 from launcher.sizing.gpus import GpuProfile
 from launcher.sizing.memory import (
     GIB,
@@ -27,7 +27,7 @@ from launcher.sizing.memory import (
     weight_bytes,
 )
 from launcher.sizing.models import KvDtype, ModelSpec
-from launcher.sizing.roofline import decode_throughput
+from launcher.sizing.speed import Workload, speed_at
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (REFERENCE section 2)
 GPU_BLOCK_SIZE = 16  # vLLM's default KV block on CUDA
@@ -57,6 +57,8 @@ class FitRequest(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, description="target concurrent requests")
     max_num_seqs: int | None = Field(default=None, ge=1)
     min_context: int = Field(default=2048, ge=16, description="shortest useful max_model_len")
+    prompt_tokens: int = Field(default=500, ge=1, description="prompt tokens, for the speed")
+    output_tokens: int = Field(default=200, ge=1, description="output tokens, for the speed")
 
     @model_validator(mode="after")
     def _one_target(self) -> FitRequest:
@@ -95,6 +97,8 @@ class FitPlan(BaseModel):
     single_stream_tok_s: float | None = None
     aggregate_tok_s: float | None = None
     aggregate_concurrency: int = 0
+    prompt_tokens: int = 500
+    output_tokens: int = 200
     fits: bool
     problems: list[str] = Field(default_factory=list)
     ways_out: list[str] = Field(default_factory=list)
@@ -141,6 +145,26 @@ def check_quantization(request: FitRequest, target: GpuProfile | CpuTarget) -> N
         raise UnsupportedQuantizationError(
             f"FP8 W8A8 needs an Ada or Hopper GPU; {target.key or target.name} ({target.arch}) "
             "has no FP8: use awq/gptq (int4) or int8 instead"
+        )
+
+
+def check_tensor_parallel(model: ModelSpec, target: GpuProfile | CpuTarget, size: int) -> None:
+    """Refuse a TP size vLLM cannot run: more GPUs than one node holds, or one that does not
+    divide the attention heads (and the KV heads, unless it is a multiple of them)."""
+    if size == 1:
+        return
+    if isinstance(target, CpuTarget):
+        raise UnsupportedParallelismError("the CPU engine runs one process: tensor parallel 1")
+    if size > target.per_node:
+        raise UnsupportedParallelismError(
+            f"tensor parallel {size} is larger than one node of {target.key or target.name} "
+            f"({target.per_node} GPUs): use at most {target.per_node}, or more replicas"
+        )
+    heads, kv = model.num_attention_heads, model.num_key_value_heads
+    if heads % size or (kv % size and size % kv):
+        raise UnsupportedParallelismError(
+            f"tensor parallel {size} does not divide {model.name}'s {heads} attention / "
+            f"{kv} KV heads"
         )
 
 
@@ -215,15 +239,15 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
     gpu = target if isinstance(target, GpuProfile) else None
     speed = None
     if gpu is not None and tokens > 0:
-        speed = decode_throughput(
-            model=model,
-            gpu=gpu,
-            weights_bytes=memory.weights,
-            kv_bytes_per_token=per_token,
-            concurrency=max(1, min(request.target_concurrency, seqs, typical_fit)),
-            context=min(max_len, TYPICAL_REQUEST_TOKENS),
-            tensor_parallel=request.tensor_parallel,
+        workload = Workload(
+            model,
+            request.quant,
+            request.prompt_tokens,
+            request.output_tokens,
+            request.tensor_parallel,
         )
+        batch = max(1, min(request.target_concurrency, seqs, typical_fit))
+        speed = speed_at(workload, gpu, batch)
     return FitPlan(
         model=model.name,
         target=(gpu.key or gpu.name) if gpu else target.name,
@@ -243,9 +267,11 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
         max_model_len=max_len,
         max_num_seqs=seqs,
         concurrency_at_max_len=tokens // max_len if max_len else 0,
-        single_stream_tok_s=speed.single_stream if speed else None,
-        aggregate_tok_s=speed.aggregate if speed else None,
-        aggregate_concurrency=speed.concurrency if speed else 0,
+        single_stream_tok_s=round(speed.single_stream_tok_s, 1) if speed else None,
+        aggregate_tok_s=round(speed.total_tok_s, 1) if speed else None,
+        aggregate_concurrency=speed.batch if speed else 0,
+        prompt_tokens=request.prompt_tokens,
+        output_tokens=request.output_tokens,
         fits=not problems,
         problems=problems,
     )
@@ -259,6 +285,7 @@ def plan_fit(
 ) -> FitPlan:
     """Solve the fit; when it does not fit, list concrete ways out (``alternatives``: GPUs)."""
     check_quantization(request, gpu)
+    check_tensor_parallel(model, gpu, request.tensor_parallel)
     plan = _solve(request, gpu, model)
     if plan.fits or isinstance(gpu, CpuTarget):
         return plan

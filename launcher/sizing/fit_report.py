@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from launcher.sizing.checkpoints import Checkpoint
 from launcher.sizing.fit import FitPlan
 
 
@@ -33,12 +34,26 @@ def _speed_line(plan: FitPlan) -> list[str]:
     return [
         f"  speed     ~{plan.single_stream_tok_s:,.0f} tok/s single stream, "
         f"~{plan.aggregate_tok_s:,.0f} tok/s at {plan.aggregate_concurrency} concurrent "
-        "(bandwidth roofline, decode only)"
+        f"({plan.prompt_tokens}-token prompts, {plan.output_tokens}-token replies)"
     ]
 
 
-def render_plan_text(plan: FitPlan, command: str | None) -> str:
-    """The human report: memory split, settings, speed, verdict and the command line."""
+def describe_checkpoint(checkpoint: Checkpoint) -> str:
+    """``hugging-quants/... (awq, 4-bit, group 128)``, or how a 16-bit checkpoint is served."""
+    if checkpoint.online:
+        return f"{checkpoint.repo} (16-bit; vLLM quantizes it to FP8 at load)"
+    if not checkpoint.prequantized:
+        return f"{checkpoint.repo} (16-bit)"
+    facts = [checkpoint.method, f"{checkpoint.bits}-bit" if checkpoint.bits else ""]
+    if checkpoint.group_size:
+        facts.append(f"group {checkpoint.group_size}")
+    return f"{checkpoint.repo} ({', '.join(f for f in facts if f)})"
+
+
+def render_plan_text(plan: FitPlan, command: str | None, checkpoint_line: str | None = None) -> str:
+    """The human report: memory split, settings, speed, verdict and the command line.
+
+    ``checkpoint_line``: the checkpoint served, or why there is no command (none known)."""
     where = "CPU" if plan.cpu else f"{plan.target} ({plan.vram_gib:.2f} GiB)"
     tp = f", TP {plan.tensor_parallel}" if plan.tensor_parallel > 1 else ""
     lines = [f"{plan.model} on {where}: {plan.quant} weights, {plan.kv_dtype} KV cache{tp}"]
@@ -57,15 +72,12 @@ def render_plan_text(plan: FitPlan, command: str | None) -> str:
     if plan.ways_out:
         lines.append("  ways out")
         lines += [f"    - {way}" for way in plan.ways_out]
+    if checkpoint_line is not None:
+        lines.append(f"  checkpoint {checkpoint_line}")
     if command is None and plan.fits and plan.model == "tiny-llama":
         lines += ["", "run it: vkit launch --profile tiny-cpu (builds the tiny model first)"]
     if command is not None:
         lines += ["", "vLLM command:", f"  {command}"]
-        if plan.quant in ("awq", "gptq"):
-            lines.append(
-                f"  (--model must name an {plan.quant.upper()} checkpoint; vLLM reads "
-                "its quantization from config.json and picks the Marlin kernels)"
-            )
     return "\n".join(lines)
 
 

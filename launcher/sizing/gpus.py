@@ -34,6 +34,10 @@ class GpuProfile(BaseModel):
     bf16_tflops: float = Field(gt=0, description="dense bf16 TFLOP/s")
     arch: Arch
     fp8: bool = Field(description="FP8 W8A8 support (Ada, Hopper and newer)")
+    nvlink_gbs: float | None = Field(
+        default=None, gt=0, description="NVLink bandwidth per direction, GB/s; None: PCIe only"
+    )
+    per_node: int = Field(default=8, ge=1, le=16, description="most GPUs of this kind in a node")
     prices: dict[str, float] = Field(default_factory=dict, description="$/hr per provider")
     default_price: str | None = None
 

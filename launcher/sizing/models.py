@@ -160,6 +160,9 @@ _REPO_SUFFIXES = (
     "-w4a16",
     "-w8a8",
     "-bnb-4bit",
+    "-quantized.w8a8",
+    "-quantized.w4a16",
+    "-fp8-dynamic",
 )
 
 
@@ -176,6 +179,8 @@ def snapshot_candidates(repo_id: str) -> list[str]:
                 name = name.removesuffix(suffix)
                 candidates.append(name)
                 changed = True
+    # Mistral names the variant mid-name: Mistral-7B-Instruct-v0.3 -> mistral-7b-v0.3
+    candidates += [c.replace("-instruct-", "-") for c in candidates if "-instruct-" in c]
     return candidates
 
 

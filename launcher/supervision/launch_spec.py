@@ -3,7 +3,7 @@
     >>> spec = resolve_launch(LaunchSettings(model="llama-3.1-8b", gpu="rtx4090",
     ...                                      quant="awq", concurrency=16), gpu_visible=True)
     >>> spec.plan.max_model_len, spec.argv[3:5]
-    (6144, ['--model', 'meta-llama/Llama-3.1-8B-Instruct'])
+    (6144, ['--model', 'hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4'])
 
 :func:`resolve_launch` is pure apart from reading model configs; :func:`build_vllm_argv`
 (re-exported from :mod:`launcher.supervision.vllm_args`) renders the options. The process
@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from launcher.errors import LaunchError, UnknownModelError
+from launcher.sizing.checkpoints import served_checkpoint
 from launcher.sizing.fit import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     CpuTarget,
@@ -125,10 +126,25 @@ def fit_request(settings: LaunchSettings) -> FitRequest:
     )
 
 
-def solve(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:
-    """The fit plan for the settings (larger GPUs offered as ways out)."""
+def solve(
+    settings: LaunchSettings,
+    target: GpuProfile | CpuTarget,
+    spec: ModelSpec,
+    *,
+    prompt_tokens: int = 500,
+    output_tokens: int = 200,
+) -> FitPlan:
+    """The fit plan for the settings (larger GPUs offered as ways out); the workload
+    (tokens per request) only shapes the speed estimate."""
     alternatives = tuple(load_gpus().values()) if isinstance(target, GpuProfile) else ()
-    return plan_fit(fit_request(settings), target, spec, alternatives)
+    request = FitRequest.model_validate(
+        {
+            **fit_request(settings).model_dump(),
+            "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
+        }
+    )
+    return plan_fit(request, target, spec, alternatives)
 
 
 def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:
@@ -144,9 +160,18 @@ def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: Mod
 
 
 def options_for(settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool) -> VllmOptions:
-    """vLLM options: the plan's max_model_len / max_num_seqs, the rest from the settings."""
+    """vLLM options: the plan's max_model_len / max_num_seqs, the rest from the settings.
+
+    A snapshot name becomes the catalog's checkpoint for the quantization (a
+    :class:`~launcher.errors.NoCheckpointError` when none is known). ``VllmOptions.quant``
+    only decides vLLM's online ``--quantization`` flag: a pre-quantized checkpoint declares
+    its own method in config.json, so it gets none."""
+    checkpoint = served_checkpoint(settings.model, settings.quant)
+    online_quant = settings.quant
+    if checkpoint is not None and checkpoint.prequantized:
+        online_quant = "bf16"
     return VllmOptions(
-        model=vllm_model_argument(settings.model),
+        model=checkpoint.repo if checkpoint else vllm_model_argument(settings.model),
         served_model_name=settings.served_model_name,
         host=settings.host,
         port=settings.port,
@@ -154,7 +179,7 @@ def options_for(settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool) ->
         max_num_seqs=plan.max_num_seqs if plan else None,
         gpu_memory_utilization=None if cpu else settings.gpu_memory_utilization,
         tensor_parallel=settings.tensor_parallel,
-        quant=settings.quant,
+        quant=online_quant,
         kv_cache_dtype=settings.kv_cache_dtype,
         enforce_eager=settings.enforce_eager,
         shutdown_timeout=settings.shutdown_timeout,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan, plan_capacity
@@ -25,7 +26,10 @@ from launcher.sizing.capacity.costs import (
     PricedGpu,
     parse_priced_gpu,
 )
+from launcher.sizing.capacity.measured import assess, render_measured
 from launcher.sizing.capacity.options import CapacityRequest
+from launcher.sizing.capacity.prometheus_window import parse_window, read_window
+from launcher.sizing.capacity.search import parse_allowed
 from launcher.sizing.capacity.usage import UsageProfile
 from vkit.exit_codes import CliError, UsageError
 
@@ -33,7 +37,7 @@ from vkit.exit_codes import CliError, UsageError
 FLAGS: dict[str, str] = {
     "daily_users": "--users",
     "requests_per_user": "--requests-per-user",
-    "tokens_per_request": "--tokens-per-request",
+    "tokens_per_request": "--output-tokens",
     "prompt_tokens": "--prompt-tokens",
     "peak_share": "--peak-share",
     "peak_hours": "--peak-hours",
@@ -41,6 +45,9 @@ FLAGS: dict[str, str] = {
     "model": "--model",
     "quant": "--quant",
     "spares": "--redundancy",
+    "allow_quant": "--allow-quant",
+    "tensor_parallel": "--tensor-parallel",
+    "context": "--context",
     "serverless_usd_per_gpu_second": "--serverless-rate",
 }
 
@@ -60,10 +67,20 @@ def register(subparsers: Any) -> None:
         "--requests-per-user", type=float, default=3.0, metavar="N", help="a day (3)"
     )
     usage.add_argument(
-        "--tokens-per-request", type=int, default=200, metavar="N", help="output tokens (200)"
+        "--output-tokens",
+        "--tokens-per-request",
+        dest="tokens_per_request",
+        type=int,
+        default=200,
+        metavar="N",
+        help="output tokens per request (the guide's 200)",
     )
     usage.add_argument(
-        "--prompt-tokens", type=int, default=500, metavar="N", help="prompt tokens (500)"
+        "--prompt-tokens",
+        type=int,
+        default=500,
+        metavar="N",
+        help="prompt tokens per request: system prompt + history + question (500)",
     )
     usage.add_argument(
         "--peak-share", type=float, default=0.7, metavar="F", help="share in the peak (0.7)"
@@ -79,7 +96,37 @@ def register(subparsers: Any) -> None:
         "--model", default="7b", metavar="NAME", help="name, alias (7b/13b/70b) or directory"
     )
     serving.add_argument(
-        "--quant", default="fp16", metavar="Q", help="bf16, fp16, fp8, int8, awq, gptq"
+        "--quant",
+        default="fp16",
+        metavar="Q",
+        help="baseline precision: bf16, fp16, fp8, int8, awq, gptq (fp16, as the guide)",
+    )
+    serving.add_argument(
+        "--allow-quant",
+        metavar="LIST",
+        help="quantizations the search may also use: fp8,int8,int4 (int4 = awq or gptq); "
+        "default none, so the quality stays the baseline's",
+    )
+    serving.add_argument(
+        "--tensor-parallel",
+        "--tp",
+        default="1,2,4,8",
+        metavar="LIST",
+        help="replica sizes to try, GPUs in one node (1,2,4,8)",
+    )
+    serving.add_argument(
+        "--context", type=int, metavar="N", help="max_model_len the service must offer"
+    )
+    serving.add_argument(
+        "--from-prometheus",
+        metavar="URL",
+        help="measure a running deployment instead (its Prometheus); forecast for --users",
+    )
+    serving.add_argument(
+        "--window",
+        default="1h",
+        metavar="DURATION",
+        help="--from-prometheus: the last window to read (1h)",
     )
     serving.add_argument("--redundancy", type=int, default=0, metavar="N", help="spare GPUs")
     serving.add_argument(
@@ -113,22 +160,56 @@ def build_request(args: argparse.Namespace) -> CapacityRequest:
             peak_hours=args.peak_hours,
             user_tok_s=args.tok_s,
         )
-        return CapacityRequest(
-            usage=usage,
-            model=args.model,
-            quant=args.quant,
-            spares=args.redundancy,
-            serverless_usd_per_gpu_second=args.serverless_rate,
+        return CapacityRequest.model_validate(
+            {
+                "usage": usage,
+                "model": args.model,
+                "quant": args.quant,
+                "allow_quant": parse_allow_quant(args.allow_quant),
+                "tensor_parallel": parse_sizes(args.tensor_parallel),
+                "context": args.context,
+                "spares": args.redundancy,
+                "serverless_usd_per_gpu_second": args.serverless_rate,
+            }
         )
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_allow_quant(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    try:
+        return parse_allowed(text)
+    except ValueError as exc:
+        raise ValueError(f"--allow-quant: {exc}") from None
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``1,2,4`` -> (1, 2, 4); the model validates the sizes themselves."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--tensor-parallel: expected sizes like 1,2,4,8, got {text!r}") from None
+    bad = [size for size in sizes if size not in (1, 2, 4, 8)]
+    if bad or not sizes:
+        raise ValueError(
+            f"--tensor-parallel: {bad[0] if bad else text!r} is not a size vLLM runs within "
+            "one node; use 1, 2, 4 or 8 (more GPUs: more replicas)"
+        )
+    return sizes
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """``--peak-share: Input should be less than or equal to 1`` (one line)."""
     parts = []
     for error in exc.errors():
-        field = str(error["loc"][-1]) if error.get("loc") else ""
+        names = [str(part) for part in error.get("loc", ())]
+        field = next(
+            (name for name in reversed(names) if name in FLAGS), names[-1] if names else ""
+        )
         parts.append(f"{FLAGS.get(field, field)}: {error['msg']}")
     return "; ".join(parts)
 
@@ -143,9 +224,14 @@ def parse_gpu_list(text: str | None) -> list[PricedGpu] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_prometheus:
+        return run_measured(args)
     request = build_request(args)
     draw = chart_drawer() if args.plot is not None else None
     plan = plan_capacity(request, options=parse_gpu_list(args.gpus))
+    impossible = [o for o in plan.options if o.limited_by == "unsupported"]
+    if args.gpus and impossible and len(impossible) == len(plan.options):
+        raise UsageError(impossible[0].note)  # e.g. --quant fp8 on Ampere only
     render = render_json if args.json else render_csv if args.csv else render_table
     sys.stdout.write(render(plan))
     if draw is not None:
@@ -163,3 +249,23 @@ def chart_drawer() -> Callable[[CapacityPlan, Path], Path]:
             raise
         raise CliError("--plot needs matplotlib: pip install 'vkit[plot]'") from None
     return draw_cost_chart
+
+
+def run_measured(args: argparse.Namespace) -> int:
+    """``--from-prometheus URL``: the deployment's last window against the guide's rules."""
+    if args.users <= 0:
+        raise UsageError("--users: the forecast needs a positive number of daily users")
+    try:
+        window_s = parse_window(args.window)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    url = args.from_prometheus
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--from-prometheus: expected an http(s) URL, got {url!r}")
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        window = read_window(client, window_s=window_s)
+    measured = assess(window, users=args.users)
+    sys.stdout.write(
+        measured.model_dump_json(indent=2) + "\n" if args.json else render_measured(measured)
+    )
+    return 0

@@ -6,10 +6,19 @@ import argparse
 import json
 from typing import Any
 
+from launcher.errors import NoCheckpointError
+from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus
+from launcher.sizing.capacity.search import best_configuration, parse_allowed
+from launcher.sizing.checkpoints import Checkpoint, served_checkpoint
 from launcher.sizing.fit import CpuTarget
-from launcher.sizing.fit_report import command_line, plan_json, render_plan_text
-from launcher.sizing.gpus import load_gpus
-from launcher.sizing.models import load_model
+from launcher.sizing.fit_report import (
+    command_line,
+    describe_checkpoint,
+    plan_json,
+    render_plan_text,
+)
+from launcher.sizing.gpus import get_gpu, load_gpus
+from launcher.sizing.models import ModelSpec, load_model
 from launcher.supervision.launch_spec import (
     LaunchSettings,
     choose_target,
@@ -19,7 +28,7 @@ from launcher.supervision.launch_spec import (
 )
 from launcher.supervision.tiny_model import TINY_MODEL_NAME
 from launcher.supervision.vllm_args import API_SERVER_MODULE, build_vllm_argv
-from vkit.exit_codes import UsageError
+from vkit.exit_codes import CliError, UsageError
 
 QUANTS = ["bf16", "fp16", "fp8", "int8", "awq", "gptq"]
 # The printed command names a plain `python`: the one that has vLLM installed.
@@ -88,6 +97,23 @@ def register(subparsers: Any) -> None:
         dest="kv_cache_space_gib",
         help="CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, default 1)",
     )
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=500, help="prompt tokens per request (500)"
+    )
+    parser.add_argument(
+        "--output-tokens", type=int, default=200, help="output tokens per request (200)"
+    )
+    best = parser.add_argument_group("the best option (--best)")
+    best.add_argument(
+        "--best",
+        action="store_true",
+        help="search GPU (or --gpu) x quantization x tensor parallel for the cheapest "
+        "configuration serving --concurrency users at --tok-s each",
+    )
+    best.add_argument("--tok-s", type=float, default=40.0, help="per-user tok/s target (40)")
+    best.add_argument(
+        "--allow-quant", help="quantizations the search may use besides --quant: fp8,int8,int4"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)
 
@@ -98,21 +124,96 @@ def run_plan(args: argparse.Namespace) -> int:
         raise UsageError("--model is required (a snapshot name such as llama-3.1-8b, or a dir)")
     if "max_model_len" in fields and "concurrency" in fields:
         raise UsageError("give --context or --concurrency, not both")
+    for flag in ("prompt_tokens", "output_tokens", "tok_s"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
     settings = LaunchSettings(**fields)
+    spec = load_model(settings.model)
+    best_line = None
+    if args.best:
+        settings, best_line = best_settings(settings, spec, args)
     target = choose_target(settings, gpu_visible=True)
     if target is None:
         raise UsageError(f"give --gpu NAME ({', '.join(sorted(load_gpus()))}) or --cpu")
-    spec = load_model(settings.model)
-    plan = solve(settings, target, spec)
+    plan = solve(
+        settings,
+        target,
+        spec,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+    )
     cpu = isinstance(target, CpuTarget)
     argv = env = None
-    if plan.fits:
+    checkpoint_line, checkpoint = checkpoint_report(settings)
+    if plan.fits and (checkpoint is not None or checkpoint_line is None):
         argv = build_vllm_argv(options_for(settings, plan, cpu=cpu), engine=PRINTED_ENGINE)
         env = engine_env(settings, cpu=cpu)
     if settings.model == TINY_MODEL_NAME:
         argv = None  # built locally on first launch: `vkit launch --profile tiny-cpu`
     if args.json:
-        print(json.dumps(plan_json(plan, argv, env or {}), indent=2))
+        data = plan_json(plan, argv, env or {})
+        data["checkpoint"] = checkpoint.model_dump() if checkpoint else None
+        data["checkpoint_note"] = checkpoint_line
+        print(json.dumps(data, indent=2))
     else:
-        print(render_plan_text(plan, command_line(argv, env or {}) if argv else None))
+        command = command_line(argv, env or {}) if argv else None
+        if best_line is not None:
+            print(best_line)
+        print(render_plan_text(plan, command, checkpoint_line))
     return 0 if plan.fits else 1
+
+
+def best_settings(
+    settings: LaunchSettings, spec: ModelSpec, args: argparse.Namespace
+) -> tuple[LaunchSettings, str]:
+    """``--best``: the cheapest GPU x quantization x TP for the concurrency; the settings of
+    one replica of it and the line that says what was chosen."""
+    if settings.cpu:
+        raise UsageError("--best searches GPUs: drop --cpu")
+    if settings.gpu is not None:
+        gpu = get_gpu(settings.gpu)
+        options = [PricedGpu(gpu, gpu.default_price or "", gpu.price_per_hour or 0.0)]
+    else:
+        options = default_priced_gpus()
+    try:
+        allowed = parse_allowed(args.allow_quant) if args.allow_quant else ()
+    except ValueError as exc:
+        raise UsageError(f"--allow-quant: {exc}") from None
+    concurrency = settings.concurrency or 1
+    best = best_configuration(
+        settings.model,
+        spec,
+        options,
+        concurrency=concurrency,
+        user_tok_s=args.tok_s,
+        quants=tuple(dict.fromkeys((settings.quant, *allowed))),
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+    )
+    if best is None:
+        raise CliError(
+            f"no configuration of {spec.name} serves {concurrency} users at {args.tok_s:g} "
+            "tok/s on the GPUs searched; allow more with --allow-quant fp8,int4, or lower --tok-s"
+        )
+    chosen = settings.model_copy(
+        update={
+            "gpu": best.option.gpu.key,
+            "quant": best.quant,
+            "tensor_parallel": best.tensor_parallel,
+            "concurrency": min(concurrency, best.users_per_replica),
+            "max_model_len": None,
+        }
+    )
+    return chosen, f"best for {concurrency} users at >= {args.tok_s:g} tok/s: {best.describe()}"
+
+
+def checkpoint_report(settings: LaunchSettings) -> tuple[str | None, Checkpoint | None]:
+    """The checkpoint line of the report and the checkpoint; (why none, None) when no known
+    checkpoint serves the quantization; (None, None) for the user's own directory or repo."""
+    try:
+        checkpoint = served_checkpoint(settings.model, settings.quant)
+    except NoCheckpointError as exc:
+        return f"NONE KNOWN: {exc}; no command printed", None
+    if checkpoint is None:
+        return None, None
+    return describe_checkpoint(checkpoint), checkpoint

@@ -1,19 +1,29 @@
 """``vkit capacity``: from daily users to GPUs, dollars per month and per user, and a chart.
 
-usage.py       the traffic model (DAU -> peak concurrency, busy seconds)
-throughput.py  users one GPU sustains at a per-user speed (calibrated decode roofline)
-costs.py       $/hr x 720, serverless $/GPU-second, priced GPU options
-options.py     the request, and one option (GPU or serverless) costed for it
-recommend.py   serverless or which fleet, and the crossover between them
-plan.py        plan_capacity(): all of the above in one CapacityPlan
-report.py      the plan as a table, JSON or CSV
-plot.py        monthly cost against DAU, as a PNG
+usage.py              the traffic model (DAU -> peak concurrency, busy seconds)
+throughput.py         users one replica sustains at a per-user speed (the step model);
+                      users_per_gpu(gpu, model, quant) for renderers
+costs.py              $/hr x 720, serverless $/GPU-second, priced GPU options
+options.py            the request, and one configuration (GPU, quant, TP) costed for it
+search.py             every quantization x TP of each GPU: the cheapest wins, the rest say why
+guide_rows.py         the guide's throughput rows and the configuration each must mean
+recommend.py          serverless or which fleet, and the crossover between them
+capacity_plan.py      plan_capacity(): all of the above in one CapacityPlan
+capacity_report.py    the plan as a table, JSON or CSV
+cost_chart.py         monthly cost against DAU, as a PNG
+measured.py           a running deployment's window against the guide's rules; forecast
+prometheus_window.py  that window, read from its Prometheus
 """
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan, plan_capacity
 from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus, parse_priced_gpu
 from launcher.sizing.capacity.options import CapacityRequest
-from launcher.sizing.capacity.throughput import DecodeCalibration, GpuThroughput, gpu_throughput
+from launcher.sizing.capacity.throughput import (
+    DecodeCalibration,
+    GpuThroughput,
+    gpu_throughput,
+    users_per_gpu,
+)
 from launcher.sizing.capacity.usage import UsageProfile, peak_concurrency
 
 __all__ = [
@@ -28,4 +38,5 @@ __all__ = [
     "parse_priced_gpu",
     "peak_concurrency",
     "plan_capacity",
+    "users_per_gpu",
 ]

@@ -13,14 +13,15 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus
+from launcher.sizing.capacity.guide_rows import guide_notes
 from launcher.sizing.capacity.options import (
     CapacityRequest,
     GpuOptionPlan,
     ServerlessPlan,
-    plan_option,
     plan_serverless,
 )
 from launcher.sizing.capacity.recommend import Recommendation, recommend
+from launcher.sizing.capacity.search import QUALITY_NOTES, search_options
 from launcher.sizing.capacity.throughput import DecodeCalibration
 from launcher.sizing.capacity.usage import (
     UsageProfile,
@@ -39,6 +40,8 @@ class CapacityPlan(BaseModel):
     usage: UsageProfile
     model: str
     quant: str
+    searched_quant: list[str]
+    searched_tensor_parallel: list[int]
     spares: int
     peak_concurrency: float
     peak_requests_per_second: float
@@ -46,6 +49,8 @@ class CapacityPlan(BaseModel):
     options: list[GpuOptionPlan]
     serverless: ServerlessPlan
     recommendation: Recommendation
+    quality_notes: list[str]
+    guide_notes: list[str]
 
 
 def plan_capacity(
@@ -57,12 +62,15 @@ def plan_capacity(
     """Plan ``request`` over ``options`` (default: every priced GPU in configs/gpus.yaml)."""
     spec = model or load_model(request.model)
     priced = options if options is not None else default_priced_gpus()
-    option_plans = [plan_option(option, spec, request, calibration) for option in priced]
+    option_plans = search_options(priced, spec, request, calibration)
     serverless = plan_serverless(request)
+    used = {o.quant for o in option_plans if o.gpus is not None}
     return CapacityPlan(
         usage=request.usage,
         model=spec.name,
         quant=request.quant,
+        searched_quant=list(request.quantizations),
+        searched_tensor_parallel=sorted(set(request.tensor_parallel)),
         spares=request.spares,
         peak_concurrency=peak_concurrency(request.usage),
         peak_requests_per_second=peak_requests_per_second(request.usage),
@@ -70,4 +78,6 @@ def plan_capacity(
         options=option_plans,
         serverless=serverless,
         recommendation=recommend(request, option_plans, serverless),
+        quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used],
+        guide_notes=guide_notes(spec, request.quant, [o.gpu_key for o in option_plans]),
     )

@@ -7,12 +7,15 @@ import io
 from collections.abc import Callable
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan
-from launcher.sizing.capacity.options import GpuOptionPlan
+from launcher.sizing.capacity.options import GpuOptionPlan, Rejected
+from launcher.sizing.capacity.search import why_not
 
 CSV_COLUMNS = (
     "option",
     "gpu",
     "provider",
+    "quant",
+    "tensor_parallel",
     "usd_per_hour",
     "users_per_gpu",
     "per_user_tok_s",
@@ -26,6 +29,7 @@ CSV_COLUMNS = (
 
 _TABLE: tuple[tuple[str, str, Callable[[GpuOptionPlan], str]], ...] = (
     ("option", "<", lambda o: o.label),
+    ("config", "<", lambda o: f"TP{o.tensor_parallel} {o.quant}"),
     ("$/hr", ">", lambda o: f"{o.usd_per_hour:.2f}"),
     ("users/GPU", ">", lambda o: str(o.users_per_gpu) if o.users_per_gpu else "-"),
     ("tok/s/GPU", ">", lambda o: f"{o.gpu_tok_s:,.0f}" if o.users_per_gpu else "-"),
@@ -47,11 +51,28 @@ def _header(plan: CapacityPlan) -> list[str]:
         f"{usage.daily_users:,} daily users x {usage.requests_per_user:g} requests x "
         f"{usage.tokens_per_request} tokens; {usage.peak_share:.0%} of traffic in "
         f"{usage.peak_hours:g} h; >= {usage.user_tok_s:g} tok/s per user",
-        f"model {plan.model} ({plan.quant}); peak ~{plan.peak_concurrency:.2f} concurrent "
+        f"model {plan.model} ({_searched(plan)}); peak ~{plan.peak_concurrency:.2f} concurrent "
         f"requests ({plan.peak_requests_per_second:.3f} req/s, "
         f"{plan.peak_output_tok_s:,.0f} output tok/s)"
         + (f"; {plan.spares} spare GPU(s)" if plan.spares else ""),
     ]
+
+
+def _grouped(rejected: list[Rejected]) -> str:
+    """``does-not-fit: TP1 fp16, TP2 fp16; costs-more: TP4 fp8 ($5,386)``."""
+    groups: dict[str, list[str]] = {}
+    for item in rejected:
+        cost = f" (${item.monthly_usd:,.0f})" if item.monthly_usd is not None else ""
+        groups.setdefault(item.reason, []).append(item.config + cost)
+    return "; ".join(f"{reason}: {', '.join(configs)}" for reason, configs in groups.items())
+
+
+def _searched(plan: CapacityPlan) -> str:
+    """``fp16`` or ``searched fp16, fp8 x TP 1, 2, 4, 8``."""
+    quants, sizes = plan.searched_quant, plan.searched_tensor_parallel
+    if quants == [plan.quant] and sizes == [1]:
+        return plan.quant
+    return f"searched {', '.join(quants)} x TP {', '.join(map(str, sizes))}"
 
 
 def _option_rows(plan: CapacityPlan) -> list[str]:
@@ -74,7 +95,15 @@ def _footer(plan: CapacityPlan) -> list[str]:
         f"{serverless.busy_gpu_seconds:,.0f} busy GPU-seconds = "
         f"${serverless.monthly_usd:,.0f}/month (${serverless.usd_per_user:,.2f}/user)",
     ]
-    lines += [f"  {o.label}: {o.note}" for o in plan.options if o.note]
+    for o in plan.options:
+        if not o.rejected:
+            lines += [f"  {o.label}: {o.note}"] if o.note else []
+        elif o.gpus is None:
+            lines.append(f"  {o.label}: nothing serves: {why_not(o)}; {_grouped(o.rejected)}")
+        else:
+            lines.append(f"  {o.label}: {o.fleet(plan.quant)} wins; out: {_grouped(o.rejected)}")
+    lines += [f"quality: {note}" for note in plan.quality_notes]
+    lines += [f"note: {note}" for note in plan.guide_notes]
     lines.append(f"recommendation: {rec.choice} -- {rec.reason}")
     if rec.crossover_users is not None and rec.crossover_busy_share is not None:
         lines.append(

@@ -36,11 +36,12 @@ def cost_curves(plan: CapacityPlan, grid: list[float]) -> dict[str, list[float]]
     serverless_per_user = serverless_monthly_cost(one_user, plan.serverless.usd_per_gpu_second)
     curves: dict[str, list[float]] = {}
     for option in plan.options:
-        if option.users_per_gpu <= 0:
+        if option.users_per_replica <= 0:
             continue
-        gpu_month = monthly_cost(option.usd_per_hour)
+        replica_month = monthly_cost(option.usd_per_hour) * option.tensor_parallel
         curves[option.label] = [
-            gpus_needed(users * peak_per_user, option.users_per_gpu, plan.spares) * gpu_month
+            gpus_needed(users * peak_per_user, option.users_per_replica, plan.spares)
+            * replica_month
             for users in grid
         ]
     curves["serverless"] = [users * serverless_per_user for users in grid]

@@ -43,7 +43,7 @@ class PricedGpu:
     @property
     def label(self) -> str:
         """``rtx4090`` for a GPU's default price, ``h100-sxm@aws`` for another provider's."""
-        if self.provider == self.gpu.default_price:
+        if self.provider in ("", self.gpu.default_price):
             return self.gpu.key
         return f"{self.gpu.key}@{self.provider}"
 

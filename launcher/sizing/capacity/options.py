@@ -6,6 +6,8 @@ its quantization, spare GPUs for redundancy and the serverless price per GPU-sec
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.sizing.capacity.costs import (
@@ -20,33 +22,63 @@ from launcher.sizing.capacity.throughput import DecodeCalibration, gpu_throughpu
 from launcher.sizing.capacity.usage import (
     UsageProfile,
     busy_seconds_per_month,
-    context_tokens,
     peak_concurrency,
 )
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import ModelSpec
 
+TensorParallel = Literal[1, 2, 4, 8]
+
 
 class CapacityRequest(BaseModel):
-    """What to plan for: the traffic, the model and quantization, spares, serverless price."""
+    """What to plan for: the traffic, the model and quantization, spares, serverless price.
+
+    ``quant`` is the baseline precision; ``allow_quant`` adds the quantizations the search
+    may also use, and ``tensor_parallel`` the replica sizes it tries (default: the baseline on
+    one GPU, as the cost guide plans). ``context``: the max_model_len the service must offer
+    (default: what the workload needs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     usage: UsageProfile
     model: str = "7b"
     quant: Quantization = "fp16"
-    spares: int = Field(default=0, ge=0, le=8, description="extra GPUs for redundancy (N+1: 1)")
+    allow_quant: tuple[Quantization, ...] = ()
+    tensor_parallel: tuple[TensorParallel, ...] = Field(default=(1,), min_length=1)
+    context: int | None = Field(default=None, ge=16)
+    spares: int = Field(default=0, ge=0, le=8, description="extra replicas for redundancy (N+1: 1)")
     serverless_usd_per_gpu_second: float = Field(default=SERVERLESS_USD_PER_GPU_SECOND, gt=0)
+
+    @property
+    def quantizations(self) -> tuple[Quantization, ...]:
+        """The baseline first, then the allowed ones, each once."""
+        return tuple(dict.fromkeys((self.quant, *self.allow_quant)))
+
+
+class Rejected(BaseModel):
+    """A configuration of a GPU that lost to the winner: ``reason`` is a limit
+    (``does-not-fit``, ``too-slow``, ``no-checkpoint``, ...) or ``costs-more``/``same-cost``."""
+
+    config: str
+    reason: str
+    detail: str = ""
+    monthly_usd: float | None = None
 
 
 class GpuOptionPlan(BaseModel):
-    """One priced GPU: what it sustains, how many are needed, what they cost."""
+    """One priced GPU in one configuration (quantization, TP): what a replica sustains, how
+    many GPUs are needed, what they cost. ``rejected``: the other configurations of this GPU
+    and why each lost (filled by the search)."""
 
     label: str
     gpu: str
+    gpu_key: str = ""
     provider: str
     usd_per_hour: float
-    users_per_gpu: int
+    quant: str = "fp16"
+    tensor_parallel: int = 1
+    users_per_replica: int = 0
+    users_per_gpu: int = Field(description="users per replica // tensor_parallel")
     per_user_tok_s: float
     gpu_tok_s: float
     kv_tokens: int
@@ -57,6 +89,23 @@ class GpuOptionPlan(BaseModel):
     usd_per_user: float | None
     utilization: float | None = Field(description="peak concurrency / the fleet's user capacity")
     breakeven_busy_share: float = Field(description="busy share where it beats serverless")
+    checkpoint: str | None = None
+    rejected: list[Rejected] = Field(default_factory=list)
+
+    def configuration(self, baseline: str) -> str:
+        """``TP2 fp8``; empty for the baseline precision on one GPU."""
+        parts = [f"TP{self.tensor_parallel}"] if self.tensor_parallel > 1 else []
+        if self.quant != baseline:
+            parts.append(self.quant)
+        return " ".join(parts)
+
+    def fleet(self, baseline: str) -> str:
+        """``2x h100-sxm TP2 fp8``: what to rent (None-safe: ``-`` when it cannot serve)."""
+        if self.gpus is None:
+            return "-"
+        return " ".join(
+            p for p in (f"{self.gpus}x {self.label}", self.configuration(baseline)) if p
+        )
 
 
 class ServerlessPlan(BaseModel):
@@ -71,32 +120,43 @@ def plan_option(
     model: ModelSpec,
     request: CapacityRequest,
     calibration: DecodeCalibration | None = None,
+    quant: Quantization | None = None,
+    tensor_parallel: int = 1,
 ) -> GpuOptionPlan:
-    """Throughput, GPU count and cost of one priced GPU for ``request``."""
+    """Throughput, GPU count and cost of one priced GPU for ``request``, in one configuration
+    (default: the baseline precision on one GPU). Redundancy adds whole replicas."""
     usage = request.usage
+    quant = quant or request.quant
     speed = gpu_throughput(
         option.gpu,
         model,
-        request.quant,
+        quant,
         target_tok_s=usage.user_tok_s,
-        context_tokens=context_tokens(usage),
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=usage.tokens_per_request,
+        tensor_parallel=tensor_parallel,
+        context=request.context,
         calibration=calibration,
     )
     count = monthly = per_user = utilization = None
     if speed.users > 0:
         peak = peak_concurrency(usage)
-        count = gpus_needed(peak, speed.users, request.spares)
+        count = gpus_needed(peak, speed.users, request.spares) * tensor_parallel
         monthly = count * monthly_cost(option.usd_per_hour)
         per_user = monthly / usage.daily_users
-        utilization = peak / (count * speed.users)
+        utilization = peak / (count // tensor_parallel * speed.users)
     return GpuOptionPlan(
         label=option.label,
         gpu=option.gpu.name,
+        gpu_key=option.gpu.key,
         provider=option.provider,
         usd_per_hour=option.usd_per_hour,
-        users_per_gpu=speed.users,
+        quant=quant,
+        tensor_parallel=tensor_parallel,
+        users_per_replica=speed.users,
+        users_per_gpu=speed.users // tensor_parallel,
         per_user_tok_s=round(speed.per_user_tok_s, 1),
-        gpu_tok_s=round(speed.total_tok_s, 1),
+        gpu_tok_s=round(speed.total_tok_s / tensor_parallel, 1),
         kv_tokens=speed.kv_tokens,
         limited_by=speed.limited_by,
         note=speed.note,

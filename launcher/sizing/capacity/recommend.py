@@ -47,17 +47,18 @@ def crossover_users(
     ``(n + spares) x monthly / serverless-per-user``; that is the crossover if ``n`` GPUs still
     carry that many users. None when serverless stays cheaper at any size.
     """
-    if option.users_per_gpu <= 0:
+    per_replica = option.users_per_replica or option.users_per_gpu
+    if per_replica <= 0:
         return None
     one_user = usage.model_copy(update={"daily_users": 1})
     serverless_per_user = serverless_monthly_cost(one_user, usd_per_gpu_second)
     peak_per_user = peak_concurrency(one_user)
-    gpu_month = monthly_cost(option.usd_per_hour)
-    if gpu_month * peak_per_user / option.users_per_gpu > serverless_per_user:
+    replica_month = monthly_cost(option.usd_per_hour) * option.tensor_parallel
+    if replica_month * peak_per_user / per_replica > serverless_per_user:
         return None  # even a fully loaded fleet costs more per user than serverless
     for needed in range(1, _MAX_FLEET):
-        users = (needed + spares) * gpu_month / serverless_per_user
-        if users <= needed * option.users_per_gpu / peak_per_user:
+        users = (needed + spares) * replica_month / serverless_per_user
+        if users <= needed * per_replica / peak_per_user:
             return math.ceil(users - 1e-9)  # 1872.0000001 is 1872
     return None
 
@@ -81,22 +82,29 @@ def _crossover(
         return None, None, None
     users, option = min(points, key=lambda point: point[0])
     usage = request.usage.model_copy(update={"daily_users": users})
-    gpus = gpus_needed(peak_concurrency(usage), option.users_per_gpu, request.spares)
-    return users, option.label, busy_share(usage, gpus)
+    per_replica = option.users_per_replica or option.users_per_gpu
+    replicas = gpus_needed(peak_concurrency(usage), per_replica, request.spares)
+    name = option.fleet(request.quant).split(" ", 1)[1]  # without the count
+    return users, name, busy_share(usage, replicas * option.tensor_parallel)
 
 
 def _dedicated_reason(request: CapacityRequest, best: GpuOptionPlan, serverless: float) -> str:
     assert best.gpus is not None and best.monthly_usd is not None
     peak = peak_concurrency(request.usage)
+    per = (
+        f"{best.users_per_replica} per TP{best.tensor_parallel} replica"
+        if best.tensor_parallel > 1
+        else f"{best.users_per_gpu} per GPU"
+    )
     reason = (
-        f"peak ~{peak:.2g} concurrent users, {best.users_per_gpu} per GPU at "
+        f"peak ~{peak:.2g} concurrent users, {per} at "
         f">= {request.usage.user_tok_s:g} tok/s: ${best.monthly_usd:,.0f}/month "
         f"(${best.usd_per_user or 0:.2f}/user) vs serverless ${serverless:,.0f}"
     )
     if best.gpus > 1:
         reason += f"; {best.gpus} GPUs behind a load balancer"
     if request.spares == 0:
-        reason += "; add --redundancy 1 for a spare GPU behind a load balancer"
+        reason += "; add --redundancy 1 for a spare replica behind a load balancer"
     return reason
 
 
@@ -118,6 +126,8 @@ def recommend(
 
     if not serving:
         notes = "; ".join(f"{o.label}: {o.limited_by}" for o in options) or "no GPU options given"
+        if len(request.quantizations) == 1 and request.tensor_parallel == (1,):
+            notes += "; search more with --tensor-parallel 1,2,4,8 and --allow-quant fp8,int4"
         reason = f"{request.model} ({request.quant}) runs on none of the GPUs considered ({notes})"
         return made("serverless", reason)
     best = min(serving, key=lambda o: (o.monthly_usd or 0.0, o.gpus or 0))
@@ -130,6 +140,4 @@ def recommend(
         if users is not None:
             reason += f" below ~{users:,} DAU"
         return made("serverless", reason)
-    return made(
-        f"{best.gpus}x {best.label}", _dedicated_reason(request, best, serverless.monthly_usd)
-    )
+    return made(best.fleet(request.quant), _dedicated_reason(request, best, serverless.monthly_usd))

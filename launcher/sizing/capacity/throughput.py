@@ -1,34 +1,20 @@
-"""How many users one GPU serves at a per-user speed: a calibrated decode roofline.
+"""How many users one replica (1, 2, 4 or 8 GPUs) serves at a per-user speed.
 
-One decode step of a batch of ``B`` sequences, each holding ``C`` tokens of context, takes::
+The speed of a batch is :mod:`launcher.sizing.speed`'s step model (bandwidth-bound at low
+batch, compute- and scheduling-bound at high batch, prefill included, calibrated on the
+published measurements in ``configs/speed_measurements.yaml``). The users a replica sustains is
+the largest batch whose per-user speed stays at or above the target, capped by the fit
+solver's KV capacity (``kv_tokens // context``) and vLLM's ``max_num_seqs``.
 
-    t(B) = weights / (eta x bandwidth)                      # every weight read once per step
-         + B x C x kv_bytes_per_token / (eta x bandwidth)    # every sequence's KV read
-         + B x 2 x params / (mu x bf16 FLOP/s)               # matmuls, per sequence
-         + B x per_sequence_overhead                         # sampling, scheduling, kernels
+With the same constants the model lands inside every row of the cost guide's throughput table
+(REFERENCE §3), each row taken at its own per-user speed (mid total / mid users: 30-40 tok/s)
+with the guide's 200-token replies after 500-token prompts, and with the configuration the row
+must mean: 7B fp16 on RTX 4090 / L40S / H100 and 13B fp16 on an H100 as stated; 13B on an
+L40S in int4 (AWQ), because 26 GB of fp16 weights over 864 GB/s cannot reach 40 tok/s even for
+one stream; 70B in fp8 on an H100 and on an H200 (its 141 GB of fp16 weights fit neither).
 
-Each sequence gets ``1 / t(B)`` tokens/s and the GPU ``B / t(B)``: batching amortizes the
-weight reads, which is where continuous batching's gains come from. The users one GPU
-sustains is the largest ``B`` whose per-user speed stays at or above the target, capped by
-the fit solver's KV capacity (``kv_tokens // C``) and vLLM's ``max_num_seqs``.
-
-The constants are calibrated, not looked up: bandwidth efficiency 0.85, compute efficiency
-0.35 and 0.4 ms per sequence per step put the model inside every row of the cost guide's
-throughput table (REFERENCE §3), each row taken at its own per-user speed (mid total / mid
-users: 30-40 tok/s) with a 600-token context (500 prompt + half of a 200-token reply), and
-with the quantization the row implies: 7B fp16 on RTX 4090 / L40S / H100 and 13B fp16 on an
-H100 as stated; 13B on an L40S in int4 (AWQ), because 26 GB of fp16 weights over 864 GB/s
-cannot reach 40 tok/s even for one stream; 70B in fp8 on an H100 (fp16 does not fit) and on
-an H200 (141 GB of fp16 weights exceed 0.92 x its memory). The same constants reproduce
-REFERENCE §2's "single-stream decode ~0.75-0.8 x bandwidth / bytes of weights" (Mistral-7B
-fp16 on an RTX 4090: 57 tok/s = 0.81 x 1008 GB/s / 14.5 GB) and stay within 3-20% below the
-published RTX 4090 curve of §2 (203 vs 210 tok/s at concurrency 4, 950 vs 1190 at 48): the
-guide is more conservative at large batches than that benchmark, and so is this model.
-
-Unlike ``launcher.sizing.roofline`` (the fit solver's floor estimate, which takes the longer of
-memory and compute time), the terms here add up and carry a per-sequence cost: with that
-floor model, an H100 would keep ~880 Mistral-7B streams at 30 tok/s, against the guide's
-40-60.
+    >>> users_per_gpu("rtx4090", "llama-3.1-8b", "awq")
+    23
 """
 
 from __future__ import annotations
@@ -36,42 +22,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from launcher.errors import UnsupportedQuantizationError
+from launcher.errors import UnsupportedParallelismError, UnsupportedQuantizationError
 from launcher.sizing.fit import FitRequest, default_max_num_seqs, plan_fit
-from launcher.sizing.gpus import GpuProfile
-from launcher.sizing.memory import Quantization, weight_bytes
-from launcher.sizing.models import ModelSpec
+from launcher.sizing.gpus import GpuProfile, get_gpu
+from launcher.sizing.memory import Quantization
+from launcher.sizing.models import ModelSpec, load_model
+from launcher.sizing.speed import SpeedCalibration, Workload, max_batch_at_speed, step_seconds
 
 Limit = Literal["speed", "kv-cache", "max-num-seqs", "too-slow", "does-not-fit", "unsupported"]
 
+# The guide's request: 200 output tokens (REFERENCE §3); the prompt is ours to state.
+DEFAULT_OUTPUT_TOKENS = 200
+DEFAULT_PROMPT_TOKENS = 500
+DEFAULT_USER_TOK_S = 40.0
 
-@dataclass(frozen=True)
-class DecodeCalibration:
-    """The throughput model's constants (see the module docstring for where they come from).
+# Names kept from the decode-only model: the step model is the decode step now.
+DecodeCalibration = SpeedCalibration
+decode_step_seconds = step_seconds
 
-    ``bandwidth_efficiency``: share of peak memory bandwidth a decode step achieves;
-    ``compute_efficiency``: share of the dense bf16 peak the per-sequence matmuls achieve;
-    ``per_sequence_overhead_s``: fixed cost each running sequence adds to a step.
-    """
-
-    bandwidth_efficiency: float = 0.85
-    compute_efficiency: float = 0.35
-    per_sequence_overhead_s: float = 0.4e-3
-
-
-@dataclass(frozen=True)
-class DecodeWorkload:
-    """What one GPU's decode step must move and compute (sizes per GPU, in bytes)."""
-
-    weight_bytes: int
-    kv_bytes_per_token: int
-    flops_per_token: float
-    context_tokens: int
+__all__ = [
+    "DecodeCalibration",
+    "GpuThroughput",
+    "Limit",
+    "decode_step_seconds",
+    "gpu_throughput",
+    "max_batch_at_speed",
+    "users_per_gpu",
+    "workload_for",
+]
 
 
 @dataclass(frozen=True)
 class GpuThroughput:
-    """Concurrent users one GPU sustains at ``target_tok_s``, and why not more."""
+    """Concurrent users one replica sustains at ``target_tok_s``, and why not more.
+
+    ``users``/``total_tok_s`` are per replica (``tensor_parallel`` GPUs)."""
 
     users: int
     per_user_tok_s: float
@@ -80,46 +65,27 @@ class GpuThroughput:
     kv_tokens: int
     limited_by: Limit
     note: str = ""
+    tensor_parallel: int = 1
+
+    @property
+    def users_per_gpu(self) -> float:
+        return self.users / self.tensor_parallel
 
 
-def decode_step_seconds(
-    workload: DecodeWorkload, gpu: GpuProfile, batch: int, calibration: DecodeCalibration
-) -> float:
-    """Seconds one decode step of ``batch`` sequences takes (module docstring formula)."""
-    bandwidth = calibration.bandwidth_efficiency * gpu.bandwidth_gbs * 1e9
-    flops = calibration.compute_efficiency * gpu.bf16_tflops * 1e12
-    per_sequence = (
-        workload.context_tokens * workload.kv_bytes_per_token / bandwidth
-        + workload.flops_per_token / flops
-        + calibration.per_sequence_overhead_s
-    )
-    return workload.weight_bytes / bandwidth + batch * per_sequence
-
-
-def max_batch_at_speed(
-    workload: DecodeWorkload, gpu: GpuProfile, target_tok_s: float, calibration: DecodeCalibration
-) -> int:
-    """Largest batch whose per-sequence speed ``1 / t(B)`` is still >= ``target_tok_s``."""
-    weights_s = decode_step_seconds(workload, gpu, 0, calibration)
-    per_sequence_s = decode_step_seconds(workload, gpu, 1, calibration) - weights_s
-    spare_s = 1.0 / target_tok_s - weights_s
-    if spare_s < per_sequence_s:
-        return 0
-    batch = int(spare_s / per_sequence_s)
-    # Guard the float division: the answer must satisfy the inequality it solves.
-    while batch > 0 and 1.0 / decode_step_seconds(workload, gpu, batch, calibration) < target_tok_s:
-        batch -= 1
-    return batch
-
-
-def workload_for(model: ModelSpec, quant: Quantization, context_tokens: int) -> DecodeWorkload:
-    """The decode workload of ``model`` at ``quant`` on one GPU (2 FLOPs per parameter)."""
-    return DecodeWorkload(
-        weight_bytes=weight_bytes(model, quant),
-        kv_bytes_per_token=model.kv_bytes_per_token(),
-        flops_per_token=2.0 * model.parameter_count,
-        context_tokens=context_tokens,
-    )
+def workload_for(
+    model: ModelSpec,
+    quant: Quantization,
+    context_tokens: int | None = None,
+    *,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    tensor_parallel: int = 1,
+) -> Workload:
+    """The workload of ``model`` at ``quant``; ``context_tokens`` (prompt + half the reply),
+    when given, sets the prompt for ``output_tokens``."""
+    if context_tokens is not None:
+        prompt_tokens = max(1, context_tokens - output_tokens // 2)
+    return Workload(model, quant, prompt_tokens, output_tokens, tensor_parallel)
 
 
 def gpu_throughput(
@@ -128,30 +94,78 @@ def gpu_throughput(
     quant: Quantization,
     *,
     target_tok_s: float,
-    context_tokens: int,
-    calibration: DecodeCalibration | None = None,
+    context_tokens: int | None = None,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    tensor_parallel: int = 1,
+    context: int | None = None,
+    calibration: SpeedCalibration | None = None,
 ) -> GpuThroughput:
-    """Users one ``gpu`` serves with ``model`` at ``quant``, each at >= ``target_tok_s``."""
-    calibration = calibration or DecodeCalibration()
-    request = FitRequest(quant=quant, context=context_tokens, min_context=context_tokens)
+    """Users one replica of ``tensor_parallel`` ``gpu``s serves, each at >= ``target_tok_s``.
+
+    ``context``: the max_model_len the replica must offer (default: the workload's average
+    context); the KV cache is shared by the users at the workload's average context."""
+    workload = workload_for(
+        model,
+        quant,
+        context_tokens,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        tensor_parallel=tensor_parallel,
+    )
+    average = workload.context_tokens
+    offered = max(average, context_tokens or 0, context or 0)
+    request = FitRequest(
+        quant=quant, context=offered, min_context=offered, tensor_parallel=tensor_parallel
+    )
+    tp = tensor_parallel
     try:
         fit = plan_fit(request, gpu, model)
-    except UnsupportedQuantizationError as exc:
-        return GpuThroughput(0, 0.0, 0.0, 0.0, 0, "unsupported", str(exc))
-    workload = workload_for(model, quant, context_tokens)
-    single = 1.0 / decode_step_seconds(workload, gpu, 1, calibration)
+    except (UnsupportedQuantizationError, UnsupportedParallelismError) as exc:
+        return GpuThroughput(0, 0.0, 0.0, 0.0, 0, "unsupported", str(exc), tp)
+    single = 1.0 / step_seconds(workload, gpu, 1, calibration)
     if not fit.fits:
         note = fit.problems[0] if fit.problems else "does not fit"
-        return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "does-not-fit", note)
-    by_speed = max_batch_at_speed(workload, gpu, target_tok_s, calibration)
+        return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "does-not-fit", note, tp)
+    seqs = default_max_num_seqs(gpu)
+    by_speed = max_batch_at_speed(workload, gpu, target_tok_s, calibration, limit=seqs + 1)
     limits: list[tuple[int, Limit]] = [
         (by_speed, "speed"),
-        (fit.kv_tokens // context_tokens, "kv-cache"),
-        (default_max_num_seqs(gpu), "max-num-seqs"),
+        (fit.kv_tokens // average, "kv-cache"),
+        (seqs, "max-num-seqs"),
     ]
     users, limit = min(limits, key=lambda pair: pair[0])
     if users == 0:
         note = f"one stream decodes at {single:.0f} tok/s, below the {target_tok_s:g} tok/s target"
-        return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "too-slow", note)
-    per_user = 1.0 / decode_step_seconds(workload, gpu, users, calibration)
-    return GpuThroughput(users, per_user, users * per_user, single, fit.kv_tokens, limit)
+        return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "too-slow", note, tp)
+    per_user = 1.0 / step_seconds(workload, gpu, users, calibration)
+    return GpuThroughput(
+        users, per_user, users * per_user, single, fit.kv_tokens, limit, tensor_parallel=tp
+    )
+
+
+def users_per_gpu(
+    gpu: str | GpuProfile,
+    model: str | ModelSpec,
+    quant: Quantization,
+    *,
+    tensor_parallel: int = 1,
+    user_tok_s: float = DEFAULT_USER_TOK_S,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+) -> int:
+    """Concurrent users one replica (``tensor_parallel`` GPUs) of ``model`` at ``quant`` serves
+    at ``user_tok_s`` each, with the planner's default workload; 0 when it cannot serve.
+
+    The number ``vkit capacity`` plans with, for renderers that size autoscaling targets."""
+    profile = gpu if isinstance(gpu, GpuProfile) else get_gpu(gpu)
+    spec = model if isinstance(model, ModelSpec) else load_model(model)
+    return gpu_throughput(
+        profile,
+        spec,
+        quant,
+        target_tok_s=user_tok_s,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        tensor_parallel=tensor_parallel,
+    ).users

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from launcher.errors import UnsupportedQuantizationError
+from launcher.errors import UnsupportedParallelismError, UnsupportedQuantizationError
 from launcher.sizing.fit import (
     CpuTarget,
     FitRequest,
@@ -118,7 +118,7 @@ def test_tensor_parallel_halves_weights_per_gpu() -> None:
     assert two.kv_tokens > one.kv_tokens
 
 
-def test_roofline_speed_is_plausible() -> None:
+def test_speed_estimate_is_plausible() -> None:
     plan = plan_fit(
         FitRequest(quant="fp16", concurrency=16), get_gpu("rtx4090"), load_model("mistral-7b-v0.3")
     )
@@ -151,3 +151,14 @@ def test_tiny_model_on_cpu_matches_the_measured_vllm_capacity() -> None:
     )
     assert plan.kv_tokens == 2_097_152
     assert plan.block_size == 128
+
+
+def test_tensor_parallel_must_fit_one_node_and_divide_the_heads() -> None:
+    small_node = get_gpu("l40s").model_copy(update={"per_node": 4})
+    with pytest.raises(UnsupportedParallelismError, match="larger than one node"):
+        plan_fit(FitRequest(tensor_parallel=8), small_node, load_model("70b"))
+    with pytest.raises(UnsupportedParallelismError, match="28 attention"):
+        plan_fit(FitRequest(tensor_parallel=8), get_gpu("h100"), load_model("qwen2.5-7b"))
+    with pytest.raises(UnsupportedParallelismError, match="CPU"):
+        plan_fit(FitRequest(tensor_parallel=2), CpuTarget(), load_model("8b"))
+    assert plan_fit(FitRequest(tensor_parallel=4), get_gpu("h100"), load_model("qwen2.5-7b")).fits

@@ -9,7 +9,7 @@ import pytest
 from launcher.errors import UnknownGpuError
 from launcher.sizing.gpus import GIB, get_gpu, load_gpus
 
-EXPECTED = {"rtx4090", "l40s", "l4", "a100-80gb", "h100-sxm", "h100-pcie", "h200"}
+EXPECTED = {"rtx4090", "l40s", "l4", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "a40"}
 
 
 def test_all_profiles_load_with_sane_numbers() -> None:

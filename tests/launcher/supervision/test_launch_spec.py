@@ -21,7 +21,12 @@ def test_gpu_launch_is_tuned_by_the_solver() -> None:
     )
     assert spec.plan is not None and spec.plan.fits
     assert spec.options.max_model_len == spec.plan.max_model_len
-    assert spec.argv[:3] == ["vllm-server", "--model", "meta-llama/Llama-3.1-8B-Instruct"]
+    # --quant awq of a snapshot runs the catalog's AWQ checkpoint, not the bf16 one.
+    assert spec.argv[:3] == [
+        "vllm-server",
+        "--model",
+        "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
+    ]
     assert spec.env == {}
 
 

@@ -104,3 +104,47 @@ def test_bad_input_through_the_real_command(args: list[str], needle: str) -> Non
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_issue_70b_case_recommends_a_fleet(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: every GPU "does-not-fit" and serverless, as only fp16 on one GPU was tried.
+    args = ["capacity", "--users", "20000", "--model", "llama-3.1-70b", "--allow-quant", "fp8"]
+    assert main([*args, "--gpus", "h100", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    h100 = plan["options"][0]
+    assert h100["gpus"] and h100["tensor_parallel"] in (1, 2, 4, 8) and h100["quant"] == "fp8"
+    assert {r["config"]: r["reason"] for r in h100["rejected"]}["TP1 fp16"] == "does-not-fit"
+    assert plan["recommendation"]["choice"].endswith("fp8")
+    assert main([*args, "--gpus", "h100"]) == 0
+    text = capsys.readouterr().out
+    assert "h100-sxm: " in text and " wins; out: does-not-fit: TP1 fp16" in text
+    assert "quality: FP8" in text
+
+
+def test_workload_flags_change_the_speed(capsys: pytest.CaptureFixture[str]) -> None:
+    def users(*extra: str) -> int:
+        assert main(["capacity", "--users", "10000", "--gpus", "l40s", "--json", *extra]) == 0
+        return int(json.loads(capsys.readouterr().out)["options"][0]["users_per_replica"])
+
+    assert users("--prompt-tokens", "4000") < users("--prompt-tokens", "100")
+    assert users("--output-tokens", "200") == users()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tensor-parallel", "16"], "one node"),
+        (["--tensor-parallel", "3"], "one node"),
+        (["--allow-quant", "int3"], "--allow-quant"),
+        (["--prompt-tokens", "-1"], "--prompt-tokens"),
+        (["--output-tokens", "0"], "--output-tokens"),
+        (["--context", "0"], "--context"),
+        (["--model", "8b", "--quant", "fp8", "--gpus", "a100-80gb=1.5"], "FP8"),
+    ],
+)
+def test_bad_search_input_is_one_line_and_exit_2(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["capacity", "--users", "100", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err

@@ -176,3 +176,67 @@ def test_real_process_bad_input_exit_codes_and_no_traceback() -> None:
     no_fit = vkit_process("plan", "--model", "70b", "--gpu", "l4", "--quant", "awq")
     assert no_fit.returncode == 1
     assert "DOES NOT FIT" in no_fit.stdout and not no_fit.stderr
+
+
+def test_plan_prints_a_checkpoint_that_can_run(vkit: Callable[..., Done]) -> None:
+    # The case: --quant awq used to print the 140 GB bf16 repository as --model.
+    done = vkit("plan", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--quant", "awq")
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.split("vLLM command:\n", 1)[1].split()
+    assert command[command.index("--model") + 1] == (
+        "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+    )
+    assert "--quantization" not in command  # the checkpoint declares awq; vLLM picks Marlin
+    fp8 = vkit("plan", "--model", "8b", "--gpu", "h100-sxm", "--quant", "fp8", "--json")
+    data = json.loads(fp8.stdout)
+    assert data["checkpoint"]["repo"] == "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8"
+    assert "--quantization" not in data["command"]  # pre-quantized: no online FP8 on top
+
+
+def test_plan_without_a_known_checkpoint_says_how_to_make_one(vkit: Callable[..., Done]) -> None:
+    done = vkit("plan", "--model", "mistral-7b-v0.3", "--gpu", "rtx4090", "--quant", "awq")
+    assert done.returncode == 0, done.stderr
+    assert "FITS" in done.stdout and "vLLM command" not in done.stdout
+    assert "NONE KNOWN" in done.stdout and "llm-compressor" in done.stdout
+
+
+def test_launch_without_a_known_checkpoint_is_one_line_and_exit_2(
+    vkit: Callable[..., Done],
+) -> None:
+    done = vkit("launch", "--model", "gemma-2-9b", "--gpu", "l40s", "--quant", "gptq", "--dry-run")
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "llm-compressor" in done.stderr
+    assert done.stdout == ""
+
+
+def test_plan_best_searches_gpu_quantization_and_tensor_parallel(
+    vkit: Callable[..., Done],
+) -> None:
+    done = vkit(
+        "plan", "--model", "70b", "--best", "--concurrency", "32", "--gpu", "h100",
+        "--allow-quant", "fp8",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("best for 32 users at >= 40 tok/s: ") and "h100-sxm TP" in first
+    command = done.stdout.split("vLLM command:\n", 1)[1].split()
+    tp = int(command[command.index("--tensor-parallel-size") + 1])
+    assert f"TP{tp} " in first
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "70b", "--gpu", "h100", "--tp", "16"], "tensor_parallel"),
+        (["--model", "70b", "--gpu", "h100", "--tp", "3"], "does not divide"),
+        (["--model", "8b", "--gpu", "h100", "--prompt-tokens", "0"], "--prompt-tokens"),
+        (["--model", "8b", "--gpu", "h100", "--output-tokens", "-5"], "--output-tokens"),
+        (["--model", "8b", "--best", "--allow-quant", "int3"], "--allow-quant"),
+    ],
+)
+def test_bad_plan_combinations_are_one_line_and_exit_2(
+    vkit: Callable[..., Done], args: list[str], needle: str
+) -> None:
+    done = vkit("plan", *args)
+    assert done.returncode == 2, done.stdout
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""The calibrated decode roofline: per-user speed, batching, KV and speed limits."""
+"""Users per replica at a per-user speed: batching, KV and speed limits (the step model)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,97 @@
+"""The published measurements the speed model is calibrated on, and its error on each.
+
+    >>> worst = max(abs(p.error) for p in calibration_report())
+    >>> worst < 0.25
+    True
+
+The table is ``configs/speed_measurements.yaml``: one entry per published run, with its source.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from launcher.config_files import CONFIG_DIR
+from launcher.sizing.gpus import get_gpu
+from launcher.sizing.memory import Quantization
+from launcher.sizing.models import load_model
+from launcher.sizing.speed import SpeedCalibration, Workload, speed_at
+
+MEASUREMENTS_FILE = CONFIG_DIR / "speed_measurements.yaml"
+
+
+class Measurement(BaseModel):
+    """One published run: output tok/s measured at each concurrency of one workload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(pattern=r"^https://")
+    note: str = ""
+    gpu: str
+    model: str
+    quant: Quantization
+    tensor_parallel: int = Field(default=1, ge=1, le=8)
+    prompt_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1)
+    points: dict[int, float] = Field(min_length=1, description="concurrency -> output tok/s")
+
+
+class PointError(BaseModel):
+    """The model against one published point: ``error`` = predicted / measured - 1."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    label: str
+    concurrency: int
+    measured_tok_s: float
+    predicted_tok_s: float
+
+    @property
+    def error(self) -> float:
+        return self.predicted_tok_s / self.measured_tok_s - 1
+
+
+def load_measurements(path: Path | None = None) -> list[Measurement]:
+    return list(_load_cached(Path(path or MEASUREMENTS_FILE).resolve()))
+
+
+@cache
+def _load_cached(path: Path) -> tuple[Measurement, ...]:
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, list):
+        raise ValueError(f"{path.name}: expected a list of measurements")
+    return tuple(Measurement.model_validate(entry) for entry in raw)
+
+
+def calibration_report(
+    calibration: SpeedCalibration | None = None, measurements: list[Measurement] | None = None
+) -> list[PointError]:
+    """Every published point, predicted at its own workload and concurrency."""
+    report = []
+    for run in measurements if measurements is not None else load_measurements():
+        workload = Workload(
+            model=load_model(run.model),
+            quant=run.quant,
+            prompt_tokens=run.prompt_tokens,
+            output_tokens=run.output_tokens,
+            tensor_parallel=run.tensor_parallel,
+        )
+        gpu = get_gpu(run.gpu)
+        label = f"{run.model} {run.quant} on {run.gpu}, {run.prompt_tokens}/{run.output_tokens}"
+        for concurrency, measured in sorted(run.points.items()):
+            predicted = speed_at(workload, gpu, concurrency, calibration).total_tok_s
+            report.append(
+                PointError(
+                    source=run.source,
+                    label=label,
+                    concurrency=concurrency,
+                    measured_tok_s=measured,
+                    predicted_tok_s=round(predicted, 1),
+                )
+            )
+    return report
