@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Install vkit's systemd units on a GPU host: one vLLM replica per GPU, NGINX in front,
-# the gateway before it. Idempotent: re-running updates units and configs but never
+# Install vkit's systemd units on a GPU host: one vLLM replica per GPU set, NGINX in
+# front, the gateway before it. Idempotent: re-running updates units and configs but never
 # overwrites secrets (/etc/vkit/vkit.env) or the gateway's settings.
 #
 #   sudo deploy/systemd/install.sh --profile configs/deployments/llama-3.1-8b-rtx4090.yaml \
-#       --gpus 0,1 [--enable]
+#       --gpus 0,1 [--enable]                  # vllm@0, vllm@1: one GPU each
+#   sudo deploy/systemd/install.sh --profile configs/deployments/llama-3.1-70b-h200-tp2.yaml \
+#       --gpus 0,1,2,3 --tp 2                  # vllm@0-1, vllm@2-3: tensor parallel 2
 #   deploy/systemd/install.sh --destdir /tmp/stage ...   # stage files only (no root needed)
 #   deploy/systemd/install.sh --dry-run ...              # print what would be done
 #
-# Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
+# --tp N: GPUs per replica, consecutive in the --gpus order (default: the profile's
+# tensor_parallel, else 1); the fit solver checks the profile on N GPUs before anything is
+# written. Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
 # redis-server. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
 # the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 gpus="0"
+tp=""
 profile=""
 destdir=""
 dry_run=0
@@ -24,7 +29,7 @@ base_port=8001
 nginx_listen="127.0.0.1:8000"
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -35,6 +40,7 @@ die() {
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpus) gpus="${2:?--gpus needs a value}"; shift 2 ;;
+        --tp) tp="${2:?--tp needs a number}"; shift 2 ;;
         --profile) profile="${2:?--profile needs a file}"; shift 2 ;;
         --destdir) destdir="${2:?--destdir needs a directory}"; shift 2 ;;
         --vkit-bin) vkit_bin="${2:?--vkit-bin needs a path}"; shift 2 ;;
@@ -48,7 +54,7 @@ done
 
 [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus: expected GPU indexes like 0,1"
 [[ "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
-IFS=, read -r -a gpu_ids <<<"$gpus"
+[[ -z "$tp" || "$tp" =~ ^[1-9][0-9]*$ ]] || die "--tp: expected a number of GPUs per replica"
 root="${destdir%/}"
 etc="$root/etc/vkit"
 
@@ -91,9 +97,27 @@ if [[ -n "$profile" ]]; then
 elif [[ ! -f "$etc/replica.yaml" ]]; then
     die "--profile is needed on the first install (a vkit launch profile, e.g. configs/deployments/*.yaml)"
 fi
-if [[ ! -x "$vkit_bin" ]]; then
-    [[ $dry_run -eq 1 ]] || die "$vkit_bin is not executable: install vkit first (or give --vkit-bin)"
+# vkit groups the GPUs into sets, solves the fit for one set and renders the per-host
+# files (replica env files, NGINX site, the gateway's model settings) into a staging
+# directory; nothing is installed if that fails (e.g. 3 GPUs with --tp 2).
+[[ -x "$vkit_bin" ]] || die "$vkit_bin is not executable: install vkit first (or give --vkit-bin)"
+stage="$(mktemp -d "${TMPDIR:-/tmp}/vkit-stage.XXXXXX")"
+trap 'rm -rf "$stage"' EXIT
+hf_home="$(sed -n 's/^Environment=HF_HOME=//p' "$here/vllm@.service")"
+render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
+    --base-port "$base_port" --listen "$nginx_listen" --hf-home "$hf_home" --out "$stage")
+[[ -z "$tp" ]] || render+=(--tp "$tp")
+if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
+    reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
+    reason="${reason#vkit render: error: }"
+    die "${reason% (see --help)}"
 fi
+grep '^vkit render: note: ' "$stage/render.err" >&2 || true
+instances=()
+for env_file in "$stage"/etc/vkit/replica-*.env; do
+    name="${env_file##*/replica-}"
+    instances+=("vllm@${name%.env}.service")
+done
 
 # 1. The service user and its directories.
 if [[ -z "$destdir" ]] && ! id -u vkit >/dev/null 2>&1; then
@@ -114,17 +138,18 @@ for unit in vllm@.service vkit-gateway.service; do
     rm -f "${TMPDIR:-/tmp}/vkit-unit.$$"
 done
 
-# 3. Replica profile and per-GPU ports.
+# 3. Replica profile; each GPU set's port, CUDA_VISIBLE_DEVICES and tensor-parallel size;
+# the gateway's model settings (its tokenizer in the replicas' Hugging Face cache).
 if [[ -n "$profile" ]]; then
     install_file "$profile" "$etc/replica.yaml" 0640
 fi
-upstreams=()
-for i in "${!gpu_ids[@]}"; do
-    port=$((base_port + i))
-    upstreams+=(--upstream "127.0.0.1:$port")
-    printf 'VKIT_REPLICA_PORT=%s\n' "$port" >"${TMPDIR:-/tmp}/vkit-env.$$"
-    install_file "${TMPDIR:-/tmp}/vkit-env.$$" "$etc/replica-${gpu_ids[$i]}.env" 0640
-    rm -f "${TMPDIR:-/tmp}/vkit-env.$$"
+for env_file in "$stage"/etc/vkit/*.env; do
+    install_file "$env_file" "$etc/${env_file##*/}" 0640
+done
+for old in "$etc"/replica-*.env; do
+    [[ -e "$old" && ! -e "$stage/etc/vkit/${old##*/}" ]] || continue
+    name="${old##*/replica-}"
+    echo "note: $old is from an earlier install: systemctl disable --now vllm@${name%.env}, then remove it"
 done
 
 # 4. Secrets and gateway settings: created once, then left alone.
@@ -150,9 +175,10 @@ if [[ -z "$destdir" && $dry_run -eq 0 ]]; then
     chgrp vkit "$etc"/*.env "$etc/replica.yaml" "$etc/keys.yaml"
 fi
 
-# 5. NGINX site, rendered from the same template as every other deployment.
-site="$root/etc/nginx/sites-available/vkit.conf"
-run "$vkit_bin" render nginx --site "${upstreams[@]}" --listen "$nginx_listen" --out "$site"
+# 5. NGINX site (one server per GPU set), rendered from the same template as every other
+# deployment.
+site="etc/nginx/sites-available/vkit.conf"
+install_file "$stage/$site" "$root/$site" 0644
 if [[ $dry_run -eq 0 ]]; then
     mkdir -p "$root/etc/nginx/sites-enabled"
     ln -sfn ../sites-available/vkit.conf "$root/etc/nginx/sites-enabled/vkit.conf"
@@ -164,17 +190,18 @@ if [[ -z "$destdir" ]]; then
     run systemctl daemon-reload
     run systemctl reload-or-restart nginx
     if [[ $enable -eq 1 ]]; then
-        units=(vkit-gateway.service)
-        for id in "${gpu_ids[@]}"; do units+=("vllm@$id.service"); done
         # --no-block: a replica is "activating" until its weights are loaded and vkit launch
         # sends READY=1 (minutes for a large model); watch with journalctl -fu vllm@0.
-        run systemctl enable --now --no-block "${units[@]}"
+        run systemctl enable --now --no-block vkit-gateway.service "${instances[@]}"
     fi
 fi
 
+printf '%s\n' "$summary"
 echo "vkit: installed for GPUs ${gpus}."
 if [[ $enable -eq 0 ]]; then
-    echo "next: systemctl enable --now vkit-gateway $(printf 'vllm@%s ' "${gpu_ids[@]}")"
+    echo "next: systemctl enable --now vkit-gateway ${instances[*]%.service}"
 fi
+echo "tokenizer: the gateway counts prompts with the model's tokenizer from the replicas' cache"
+echo "      once their first download brought it (it looks every 30 s; no restart needed)"
 echo "keys: sudo $vkit_bin keys add NAME --file /etc/vkit/keys.yaml --rpm 60 (prints the secret once;"
 echo "      the file stays root:vkit 0640, and the running gateway picks the key up)"

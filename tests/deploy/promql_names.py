@@ -8,6 +8,7 @@ FUNCTIONS = {
     "sum", "avg", "min", "max", "count", "rate", "irate", "increase", "deriv", "delta",
     "histogram_quantile", "avg_over_time", "max_over_time", "min_over_time", "round",
     "vector", "scalar", "abs", "clamp_min", "clamp_max", "absent", "topk", "bottomk",
+    "changes", "resets", "absent_over_time",
 }  # fmt: skip
 KEYWORDS = {"by", "without", "and", "or", "unless", "on", "ignoring", "group_left", "bool"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

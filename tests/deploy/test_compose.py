@@ -119,6 +119,91 @@ def test_gateway_image_runs_as_a_non_root_user() -> None:
     assert all(base.endswith("-slim") for base in bases)
 
 
+def test_each_replica_runs_vllm_under_the_supervisor_with_the_healthchecks_numbers(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in vllm_services(compose).items():
+        entrypoint = service["entrypoint"]
+        split = entrypoint.index("--")
+        assert entrypoint[split + 1 :] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+        script = entrypoint[1]
+        mounts = [v.split(":") for v in service["volumes"]]
+        ((source, _, mode),) = [m for m in mounts if m[1] == script]
+        assert mode == "ro" and (DOCKER_DIR / source).is_file(), name
+        options = dict(zip(entrypoint[2:split:2], entrypoint[3:split:2], strict=True))
+        check = service["healthcheck"]
+        assert seconds(check["interval"]) == int(options["--interval"])
+        assert seconds(check["timeout"]) == int(options["--timeout"])
+        assert check["retries"] == int(options["--failures"])
+        assert seconds(check["start_period"]) == int(options["--start-period"])
+        assert options["--health-url"].endswith(":8000/health")
+        assert service["init"] is True  # docker-init reaps vLLM's workers
+
+
+def test_gpu_ids_mean_what_nvidia_smi_and_dcgm_call_them(compose: dict[str, Any]) -> None:
+    for name, service in vllm_services(compose).items():
+        assert service["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID", name
+
+
+def test_nginx_resolves_the_replicas_at_run_time_and_is_otherwise_the_shared_site() -> None:
+    from vkit.nginx_conf import render_nginx_site
+
+    site = (DOCKER_DIR / "nginx" / "vkit.conf").read_text()
+    assert "resolver 127.0.0.11 valid=" in site and "zone vkit_replicas" in site
+    servers = re.findall(r"^    server (\S+) (\S+)", site, re.M)
+    assert servers == [("vllm-0:8000", "resolve"), ("vllm-1:8000", "resolve")]
+    shared = render_nginx_site(["vllm-0:8000", "vllm-1:8000"], "8000")
+    inserted = re.compile(r"    (# Names looked up at run time|zone |resolver |resolver_timeout )")
+    restored = [
+        line.replace(" resolve ", " ") for line in site.splitlines() if not inserted.match(line)
+    ]
+    assert restored == shared.splitlines()  # systemd's and vkit up's site, plus the above
+    for kept in ("keepalive 32;", "proxy_next_upstream error timeout", 'Connection ""'):
+        assert kept in site
+    tag = compose_nginx_image_tag()
+    assert tuple(int(n) for n in tag.split("-")[0].split(".")) >= (1, 27, 3), tag  # resolve
+
+
+def compose_nginx_image_tag() -> str:
+    data = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
+    image: str = data["services"]["nginx"]["image"]
+    return image.rsplit(":", 1)[1]
+
+
+def test_the_gateway_counts_prompts_with_the_served_models_tokenizer(
+    compose: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from gateway.prompt_tokens import ByteBound, ModelCounters, build_prompt_counter
+
+    gateway = compose["services"]["gateway"]
+    settings = gateway_settings(gateway["environment"]).tokenizers
+    replica = compose["services"]["vllm-0"]
+    model = replica["command"][replica["command"].index("--model") + 1]
+    assert gateway["environment"]["VKIT_GATEWAY_TOKENIZERS__MODELS"] == (
+        f'{{"llama-3.1-8b": "{model}"}}'
+    )
+    # The replicas' Hugging Face cache volume, read-only, with the hub where vLLM puts it.
+    replica_home = {v.split(":")[0]: v.split(":")[1] for v in replica["volumes"]}["hf-cache"]
+    ((_, target, mode),) = [v.split(":") for v in gateway["volumes"] if v.startswith("hf-cache:")]
+    assert mode == "ro"
+    assert settings.hf_cache == Path(target) / "hub"
+    assert replica_home == "/root/.cache/huggingface"  # HF_HOME of the vLLM image: hub below
+    # A cache laid out as vLLM leaves it, mounted where the gateway looks: its counter is exact.
+    repo = "acme/tiny"
+    hub = tmp_path / "hf-cache" / "hub" / f"models--{repo.replace('/', '--')}"
+    skip = shutil.ignore_patterns("*.safetensors")
+    shutil.copytree(tiny_model_dir, hub / "snapshots" / "abc", ignore=skip)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("abc")
+    mounted = settings.model_copy(
+        update={"models": {"llama-3.1-8b": repo}, "hf_cache": tmp_path / "hf-cache" / "hub"}
+    )
+    counter = build_prompt_counter(mounted)
+    assert isinstance(counter, ModelCounters)
+    chat = {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "Hi there"}]}
+    assert counter.count(chat) < ByteBound.of(mounted).count(chat)
+
+
 def test_gateway_environment_is_what_the_gateway_reads(compose: dict[str, Any]) -> None:
     env = compose["services"]["gateway"]["environment"]
     assert unknown_gateway_variables(env) == []

@@ -27,9 +27,11 @@ VLLM_METRICS = {
     "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
     "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
     "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds",
+    "process_start_time_seconds",  # prometheus_client's process collector, API server
 }  # fmt: skip
 REMOVED_VLLM_METRICS = {"vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds"}
 DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
+DCGM_METRICS |= {"DCGM_FI_DEV_XID_ERRORS"}
 PROMETHEUS_METRICS = {"up"}
 
 

@@ -141,8 +141,9 @@ def test_nginx_refuses_a_broken_conf(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
+# The compose site resolves names at run time (NGINX >= 1.27.3): tests/deploy/test_compose*.py
 @pytest.mark.services
-@pytest.mark.parametrize("deployment", ["docker", "systemd"])
+@pytest.mark.parametrize("deployment", ["systemd"])
 def test_nginx_accepts_the_committed_site_files(tmp_path: Path, deployment: str) -> None:
     """The compose and systemd sites, inside a minimal main config.
 
@@ -161,7 +162,7 @@ def test_nginx_accepts_the_committed_site_files(tmp_path: Path, deployment: str)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("deployment", ["docker", "systemd"])
+@pytest.mark.parametrize("deployment", ["systemd"])
 def test_committed_sites_come_from_the_template(deployment: str) -> None:
     site = (DEPLOY / deployment / "nginx" / "vkit.conf").read_text()
     upstreams = [m.split()[0] for m in directives(site, "server")]

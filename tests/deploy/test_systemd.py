@@ -9,9 +9,12 @@ exactly what install.sh would install (and install.sh really renders the NGINX s
 from __future__ import annotations
 
 import configparser
+import doctest
 import grp
+import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -26,12 +29,18 @@ import httpx
 import pytest
 import yaml
 
+import vkit.render.systemd as systemd_host
+from gateway.prompt_tokens import ModelCounters, build_prompt_counter
+from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
+from launcher.supervision.profiles import load_profile
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
 from vkit.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
 PROFILE = ROOT / "configs" / "deployments" / "llama-3.1-8b-rtx4090.yaml"
+# A 70B model in bf16: it fits two H200 per replica (tensor parallel 2), not one.
+PROFILE_TP = ROOT / "configs" / "deployments" / "llama-3.1-70b-h200-tp2.yaml"
 # How install.sh creates /etc/vkit/keys.yaml (then writes "keys: []" into it).
 KEYS_FILE_INSTALL = ["install", "-o", "root", "-m", "0640"]
 
@@ -44,9 +53,13 @@ def vkit_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def install(destdir: Path, vkit_bin: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def install(
+    destdir: Path, vkit_bin: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [str(SYSTEMD / "install.sh"), "--destdir", str(destdir), "--vkit-bin", str(vkit_bin)]
-    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +77,11 @@ def unit(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines, as systemd's EnvironmentFile= reads unquoted values."""
+    return dict(re.findall(r"^(\w+)=(.*)$", path.read_text(), re.M))
+
+
 def seconds(value: str) -> int:
     match = re.fullmatch(r"(\d+)s?", value)
     assert match, value
@@ -72,8 +90,12 @@ def seconds(value: str) -> int:
 
 def test_install_stages_units_profile_ports_and_secrets(staged: Path, vkit_bin: Path) -> None:
     etc = staged / "etc" / "vkit"
-    assert (etc / "replica-0.env").read_text() == "VKIT_REPLICA_PORT=8001\n"
-    assert (etc / "replica-1.env").read_text() == "VKIT_REPLICA_PORT=8002\n"
+    assert env_file(etc / "replica-0.env") == {
+        "VKIT_REPLICA_PORT": "8001", "CUDA_VISIBLE_DEVICES": "0", "VKIT_TENSOR_PARALLEL": "1"
+    }  # fmt: skip
+    assert env_file(etc / "replica-1.env") == {
+        "VKIT_REPLICA_PORT": "8002", "CUDA_VISIBLE_DEVICES": "1", "VKIT_TENSOR_PARALLEL": "1"
+    }  # fmt: skip
     assert (etc / "replica.yaml").read_text() == PROFILE.read_text()
     env = dict(re.findall(r"^(\w+)=(.*)$", (etc / "vkit.env").read_text(), re.M))
     assert len(env["VLLM_API_KEY"]) >= 32
@@ -87,10 +109,7 @@ def test_install_stages_units_profile_ports_and_secrets(staged: Path, vkit_bin: 
 
 
 def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
-    env: dict[str, str] = {}
-    for name in ("vkit.env", "gateway.env"):  # the unit's EnvironmentFile= order
-        text = (staged / "etc" / "vkit" / name).read_text()
-        env.update(re.findall(r"^(\w+)=(.*)$", text, re.M))
+    env = unit_environment(staged, "vkit-gateway.service")
     assert unknown_gateway_variables(env) == []
     settings = gateway_settings(env)
     assert settings.upstream_urls == ["http://127.0.0.1:8000"]  # the NGINX site's listen
@@ -100,16 +119,30 @@ def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9180)
 
 
-def test_install_is_idempotent_and_keeps_secrets(staged: Path, vkit_bin: Path) -> None:
-    before = {p: p.read_bytes() for p in staged.rglob("*") if p.is_file()}
-    result = install(staged, vkit_bin, "--gpus", "0,1")
+@pytest.mark.parametrize(
+    ("stage", "args"), [("staged", ["--gpus", "0,1"]), ("staged_tp", ["--gpus", "0,1,2,3"])]
+)
+def test_install_is_idempotent_and_keeps_secrets(
+    stage: str, args: list[str], request: pytest.FixtureRequest, vkit_bin: Path
+) -> None:
+    """(The TP stage: its profile's tensor_parallel is the default for --tp.)"""
+    root: Path = request.getfixturevalue(stage)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    result = install(root, vkit_bin, *args)
     assert result.returncode == 0, result.stderr
-    after = {p: p.read_bytes() for p in staged.rglob("*") if p.is_file()}
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert after == before
 
 
-def test_dry_run_writes_nothing(tmp_path: Path, vkit_bin: Path) -> None:
-    result = install(tmp_path, vkit_bin, "--gpus", "0", "--profile", str(PROFILE), "--dry-run")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--gpus", "0", "--profile", str(PROFILE)],
+        ["--gpus", "0,1,2,3", "--tp", "2", "--profile", str(PROFILE_TP)],
+    ],
+)
+def test_dry_run_writes_nothing(tmp_path: Path, vkit_bin: Path, args: list[str]) -> None:
+    result = install(tmp_path, vkit_bin, *args, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "+ install" in result.stdout
     assert list(tmp_path.iterdir()) == []
@@ -471,3 +504,235 @@ def test_replica_hardening_leaves_cuda_its_devices_syscalls_and_gpu_numbering() 
     assert "CUDA_VISIBLE_DEVICES=%i" in environment
     ordering = unit(path)["Unit"]
     assert "nvidia-persistenced.service" in ordering["After"].split()
+
+
+# --- What systemd gives an instance: its environment and its command line ------------------
+
+
+def unit_environment(root: Path, name: str, instance: str = "") -> dict[str, str]:
+    """The environment systemd gives ``name`` (a staged unit) for ``instance``: its
+    Environment= lines, then each EnvironmentFile= in order (``-``: may be missing), later
+    ones winning, as systemd.exec(5) says."""
+    path = root / "etc/systemd/system" / name
+    env: dict[str, str] = {}
+    for line in unit_lines(path, "Environment"):
+        key, value = line.replace("%i", instance).split("=", 1)
+        env[key] = value
+    for line in unit_lines(path, "EnvironmentFile"):
+        file = root / line.removeprefix("-").replace("%i", instance).lstrip("/")
+        if line.startswith("-") and not file.exists():
+            continue
+        env.update(env_file(file))
+    return env
+
+
+def exec_start(root: Path, instance: str) -> list[str]:
+    """vllm@INSTANCE's ExecStart, its ``${VAR}`` filled in from the unit's environment
+    (a variable that no file sets is a KeyError), its profile path the staged one."""
+    (line,) = unit_lines(root / "etc/systemd/system/vllm@.service", "ExecStart")
+    env = unit_environment(root, "vllm@.service", instance)
+    words = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word) for word in line.split()]
+    return [word.replace("/etc/vkit/", f"{root}/etc/vkit/") for word in words]
+
+
+def vllm_command(root: Path, instance: str) -> list[str]:
+    """The vLLM command line vllm@INSTANCE's ``vkit launch`` runs (its --dry-run)."""
+    done = subprocess.run(
+        [*exec_start(root, instance), "--dry-run"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return shlex.split(done.stdout.strip().splitlines()[-1])
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_a_one_gpu_instance_gets_its_gpu_port_and_no_tensor_parallel(staged: Path) -> None:
+    env = unit_environment(staged, "vllm@.service", "1")
+    assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")
+    argv = vllm_command(staged, "1")
+    assert flag(argv, "--port") == "8002"
+    assert "--tensor-parallel-size" not in argv  # vLLM's default, 1
+
+
+# --- Tensor parallel: one replica per GPU set ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def staged_tp(tmp_path_factory: pytest.TempPathFactory, vkit_bin: Path) -> Path:
+    root = tmp_path_factory.mktemp("stage-tp")
+    result = install(root, vkit_bin, "--gpus", "0,1,2,3", "--tp", "2", "--profile", str(PROFILE_TP))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_tp_install_writes_one_instance_per_gpu_set(staged_tp: Path) -> None:
+    etc = staged_tp / "etc" / "vkit"
+    assert sorted(p.name for p in etc.glob("replica-*.env")) == [
+        "replica-0-1.env", "replica-2-3.env"
+    ]  # fmt: skip
+    assert env_file(etc / "replica-2-3.env") == {
+        "VKIT_REPLICA_PORT": "8002", "CUDA_VISIBLE_DEVICES": "2,3", "VKIT_TENSOR_PARALLEL": "2"
+    }  # fmt: skip
+    # The instance's own environment: the set's GPUs, numbered as nvidia-smi numbers them.
+    env = unit_environment(staged_tp, "vllm@.service", "2-3")
+    assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("2,3", "PCI_BUS_ID")
+    assert env["NCCL_SOCKET_IFNAME"] == "lo"  # the set is on this host
+
+
+def test_tp_instance_runs_vllm_with_the_fit_solved_for_its_set(staged_tp: Path) -> None:
+    """The unit's own ExecStart (variables from its env files) solves the profile with TP 2:
+    the 70B bf16 weights do not fit one H200 at all (install refuses --tp 1, below)."""
+    argv = vllm_command(staged_tp, "2-3")
+    settings = LaunchSettings(**{**load_profile(str(PROFILE_TP)), "tensor_parallel": 2})
+    solved = resolve_launch(settings, gpu_visible=True).options
+    assert flag(argv, "--tensor-parallel-size") == "2"
+    assert flag(argv, "--max-model-len") == str(solved.max_model_len)
+    assert flag(argv, "--max-num-seqs") == str(solved.max_num_seqs)
+    assert (flag(argv, "--host"), flag(argv, "--port")) == ("127.0.0.1", "8002")
+
+
+def test_tp_nginx_site_lists_one_server_per_set(staged_tp: Path) -> None:
+    site = (staged_tp / "etc/nginx/sites-available/vkit.conf").read_text()
+    servers = re.findall(r"^\s*server (\S+) ", site, re.M)
+    assert servers == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    gateway = gateway_settings(unit_environment(staged_tp, "vkit-gateway.service"))
+    assert gateway.upstream_urls == ["http://127.0.0.1:8000"]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("name", ["vllm@0-1.service", "vllm@2-3.service"])
+def test_systemd_analyze_verifies_the_tp_instances(staged_tp: Path, name: str) -> None:
+    result = systemd_verify(staged_tp / "etc/systemd/system" / name)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+@pytest.mark.services
+def test_tp_instance_exposure_is_at_most_4(staged_tp: Path) -> None:
+    exposure, report = security_exposure(staged_tp, "vllm@0-1.service")
+    assert exposure <= MAX_EXPOSURE, report
+
+
+# Each of these would hide /dev/shm (NCCL's and vLLM's shared memory between a set's
+# workers), a set's /dev/nvidia* or its P2P/IPC from the unit's processes.
+SHARED_MEMORY_BREAKERS = {
+    "PrivateDevices", "DevicePolicy", "DeviceAllow", "PrivateIPC", "RemoveIPC",
+    "InaccessiblePaths", "TemporaryFileSystem", "ReadOnlyPaths",
+}  # fmt: skip
+
+
+@pytest.mark.services
+def test_replica_hardening_leaves_tensor_parallel_its_shared_memory_and_sockets() -> None:
+    path = SYSTEMD / "vllm@.service"
+    service = unit(path)["Service"]
+    assert not SHARED_MEMORY_BREAKERS & set(service)
+    # strict and PrivateTmp leave /dev (so /dev/shm) alone; full /dev access stays possible.
+    assert service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
+    families = service["RestrictAddressFamilies"].split()
+    assert {"AF_UNIX", "AF_INET", "AF_NETLINK"} <= set(families)  # NCCL proxy, bootstrap, ifs
+    allowed = allowed_syscalls(unit_lines(path, "SystemCallFilter"), syscall_groups())
+    nccl = {"pidfd_getfd", "pidfd_open", "memfd_create", "ftruncate", "mmap", "socketpair"}
+    assert allowed >= nccl, sorted(nccl - allowed)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--gpus", "0,1,2", "--tp", "2"], "3 GPUs cannot be split into sets of 2"),
+        (["--gpus", "0,1", "--tp", "x"], "--tp: expected a number"),
+        (["--gpus", "0,1", "--tp", "0"], "--tp: expected a number"),
+        (["--gpus", "0,0", "--tp", "2"], "GPU id listed twice: 0"),
+        (["--gpus", "0,1", "--tp", "1"], "llama-3.1-70b does not fit on h200"),
+    ],
+)
+def test_a_bad_tp_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, vkit_bin: Path, args: list[str], reason: str
+) -> None:
+    stage, scratch = tmp_path / "stage", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    result = install(stage, vkit_bin, *args, "--profile", str(PROFILE_TP), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: error: "), lines
+    assert reason in lines[0]
+    assert not stage.exists()
+    assert list(scratch.iterdir()) == []  # the renderer's staging directory is removed
+
+
+def test_reinstall_with_other_sets_names_the_instances_left_over(
+    tmp_path: Path, vkit_bin: Path
+) -> None:
+    first = install(tmp_path, vkit_bin, "--gpus", "0,1", "--profile", str(PROFILE))
+    assert first.returncode == 0, first.stderr
+    again = install(tmp_path, vkit_bin, "--gpus", "0,1", "--tp", "2")
+    assert again.returncode == 0, again.stderr
+    assert "systemctl disable --now vllm@0," in again.stdout
+    assert "systemctl disable --now vllm@1," in again.stdout
+    assert "next: systemctl enable --now vkit-gateway vllm@0-1\n" in again.stdout
+
+
+# --- The gateway counts prompts with the served model's tokenizer -----------------------------
+
+
+def fake_hf_cache(hub: Path, repo: str) -> None:
+    """``repo`` in a Hugging Face hub cache, as vLLM leaves it: refs/main -> a snapshot with
+    a (word-level) tokenizer.json and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    snapshot = hub / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(snapshot / "tokenizer.json"))
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (snapshot / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+
+
+@pytest.mark.parametrize("stage", ["staged", "staged_tp"])
+def test_installed_gateway_counts_with_the_tokenizer_the_replicas_serve(
+    stage: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    root: Path = request.getfixturevalue(stage)
+    instance = "0" if stage == "staged" else "0-1"
+    argv = vllm_command(root, instance)
+    served, repo = flag(argv, "--served-model-name"), flag(argv, "--model")
+    assert served is not None and repo is not None
+    tokenizers = gateway_settings(unit_environment(root, "vkit-gateway.service")).tokenizers
+    assert tokenizers.models == {served: repo}
+    # The cache the replicas download into (HF_HOME of vllm@.service, plus /hub).
+    replica_env = unit_environment(root, "vllm@.service", instance)
+    assert tokenizers.hf_cache == Path(replica_env["HF_HOME"]) / "hub"
+    # With that cache filled, the gateway's counter is the tokenizer's, not the byte bound.
+    hub = tmp_path / "hub"
+    fake_hf_cache(hub, repo)
+    counter = build_prompt_counter(tokenizers.model_copy(update={"hf_cache": hub}))
+    assert isinstance(counter, ModelCounters) and set(counter.counters) == {served}
+    body = {"messages": [{"role": "user", "content": "hello " * 50}]}
+    assert counter.count({"model": served, **body}) < counter.count({"model": "other", **body})
+
+
+def test_the_gateway_user_can_read_the_replicas_hf_cache(staged: Path) -> None:
+    """The gateway runs as the user that writes the cache (through a umask that leaves it
+    readable), and no sandboxing setting of its unit hides the cache from it."""
+    replica = unit(staged / "etc/systemd/system/vllm@.service")["Service"]
+    gateway = unit(staged / "etc/systemd/system/vkit-gateway.service")["Service"]
+    hf_cache = Path(unit_environment(staged, "vllm@.service", "0")["HF_HOME"]) / "hub"
+    assert (gateway["User"], gateway["Group"]) == (replica["User"], replica["Group"])
+    assert int(replica["UMask"], 8) & 0o400 == 0
+    assert any(hf_cache.is_relative_to(p) for p in replica["ReadWritePaths"].split())
+    assert gateway["ProtectHome"] == "yes" and not hf_cache.is_relative_to("/home")
+    hiding = ("InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "RootDirectory")
+    assert not set(hiding) & set(gateway)
+    home = staged / "var/lib/vkit"  # install.sh: 0750, vkit:vkit on a real install
+    assert stat.S_IMODE(home.stat().st_mode) == 0o750
+
+
+def test_systemd_host_files_module_examples() -> None:
+    failures, tried = doctest.testmod(systemd_host, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0

@@ -21,14 +21,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from launcher.sizing.checkpoints import served_checkpoint
 from launcher.sizing.fit import FitRequest, plan_fit
+from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
+from vkit.commands import render_systemd
 from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
 from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
 from vkit.render.compose import ComposeSpec
+from vkit.render.k8s_cli import register as register_k8s
 
 
 class ComposeArgs(BaseModel):
@@ -38,6 +42,7 @@ class ComposeArgs(BaseModel):
 
     gpu: str
     gpus: list[str] = Field(min_length=1)
+    tp: int = Field(default=1, ge=1)
     model: str
     quant: Quantization = "bf16"
     concurrency: int | None = Field(default=None, ge=1)
@@ -75,7 +80,8 @@ def register(subparsers: Any) -> None:
 
     compose = kinds.add_parser("compose", help="docker compose bundle for a GPU box")
     compose.add_argument("--gpu", required=True, help="GPU type, e.g. rtx4090")
-    compose.add_argument("--gpus", required=True, help="GPU indexes, one replica each: 0,1")
+    compose.add_argument("--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1")
+    compose.add_argument("--tp", type=int, help="tensor parallel: GPUs per replica (default 1)")
     compose.add_argument("--model", required=True, help="model name (configs/models)")
     compose.add_argument("--quant", default="bf16", help="bf16, fp8, awq, gptq, int8")
     target = compose.add_mutually_exclusive_group()
@@ -94,15 +100,23 @@ def register(subparsers: Any) -> None:
     nginx.add_argument("--out", type=Path, help="file to write (default: stdout)")
     nginx.set_defaults(handler=run_nginx)
 
+    render_systemd.register(kinds)
+    register_k8s(kinds)
+
 
 def run_compose(args: argparse.Namespace) -> int:
     settings = ComposeArgs.model_validate(
         {k: v for k, v in vars(args).items() if k in ComposeArgs.model_fields and v is not None}
     )
+    split_gpu_sets(settings.gpus, tensor_parallel=settings.tp)  # a bad split: exit 2 first
     gpu = get_gpu(settings.gpu)
     model = load_model(settings.model)
+    served_checkpoint(settings.model, settings.quant)  # none known: say how to make one, exit 2
     request = FitRequest(
-        quant=settings.quant, concurrency=settings.concurrency, context=settings.context
+        quant=settings.quant,
+        concurrency=settings.concurrency,
+        context=settings.context,
+        tensor_parallel=settings.tp,
     )
     plan = plan_fit(request, gpu, model)
     if not plan.fits:
@@ -110,6 +124,7 @@ def run_compose(args: argparse.Namespace) -> int:
     spec = ComposeSpec(
         gpu=normalize_gpu_name(settings.gpu),
         gpu_ids=settings.gpus,
+        tensor_parallel=settings.tp,
         model=model.name,
         shutdown_timeout_s=settings.shutdown_timeout,
     )
@@ -154,6 +169,8 @@ def run_nginx(args: argparse.Namespace) -> int:
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this render (recorded in the files' header)."""
     parts = ["vkit", "render", "compose", "--gpu", args.gpu, "--gpus", args.gpus]
+    if args.tp not in (None, 1):
+        parts += ["--tp", str(args.tp)]
     parts += ["--model", args.model]
     if args.quant != "bf16":
         parts += ["--quant", args.quant]

@@ -1,7 +1,8 @@
 """Prometheus files for a deployment: the scrape config and the GPU price series.
 
 Alerts and recording rules are static (``deploy/monitoring/rules/``); what depends on the
-box -- which replicas to scrape, what each GPU costs per hour -- is rendered here.
+box -- which replicas to scrape, where Alertmanager listens, what each GPU costs per hour --
+is rendered here.
 ``vkit:gpu_price_dollars_per_hour{gpu,gpu_type}`` feeds the cost recording rules and the
 Grafana cost panels; its values come from ``configs/gpus.yaml``.
 """
@@ -19,6 +20,7 @@ def build_prometheus_config(
     gateway_target: str,
     dcgm_target: str | None,
     *,
+    alertmanager_target: str | None = None,
     scrape_interval_s: int = 15,
 ) -> dict[str, Any]:
     """``prometheus.yml``: gateway, each replica, the DCGM exporter, Prometheus itself.
@@ -27,7 +29,8 @@ def build_prometheus_config(
     public port serves no ``/metrics``.
 
     Rule files are relative to the config file: ``cost.rules.yml`` beside it and the
-    static alerts under ``rules/``.
+    static alerts under ``rules/``. Firing alerts go to ``alertmanager_target``
+    (``host:port``); without one they show in Prometheus' UI only.
     """
     jobs: list[dict[str, Any]] = [
         {"job_name": "vkit-gateway", "static_configs": [{"targets": [gateway_target]}]},
@@ -36,14 +39,19 @@ def build_prometheus_config(
     if dcgm_target is not None:
         jobs.append({"job_name": "dcgm", "static_configs": [{"targets": [dcgm_target]}]})
     jobs.append({"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]})
-    return {
+    config: dict[str, Any] = {
         "global": {
             "scrape_interval": f"{scrape_interval_s}s",
             "evaluation_interval": f"{scrape_interval_s}s",
         },
         "rule_files": [COST_RULES_FILE, f"{RULES_DIR_IN_CONTAINER}/*.yml"],
-        "scrape_configs": jobs,
     }
+    if alertmanager_target is not None:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [alertmanager_target]}]}]
+        }
+    config["scrape_configs"] = jobs
+    return config
 
 
 def build_cost_rules(gpu_ids: list[str], gpu_type: str, price_per_hour: float) -> dict[str, Any]:

@@ -1,0 +1,219 @@
+"""The replicas' supervisor (deploy/docker/vllm_supervisor.py): its decision, and the script
+itself against a stand-in engine that stops answering."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from vkit.stack.ports import free_port
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "vllm_supervisor.py"
+
+
+def load_supervisor() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vllm_supervisor", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+sup = load_supervisor()
+POLICY = sup.Policy(interval_s=15, timeout_s=10, failures=3, start_period_s=900)
+
+
+def run(probes: Sequence[tuple[bool, float]]) -> list[bool]:
+    """Feed (ok, elapsed) probes through judge; the stop verdict after each."""
+    state, verdicts = sup.ProbeState(), []
+    for ok, elapsed in probes:
+        state, stop = sup.judge(state, ok, elapsed, POLICY)
+        verdicts.append(stop)
+    return verdicts
+
+
+# -- the decision --------------------------------------------------------------------------
+
+
+def test_failures_while_starting_do_not_count() -> None:
+    assert run([(False, t) for t in range(0, 900, 15)]) == [False] * 60
+
+
+def test_after_the_start_period_failures_in_a_row_stop_the_engine() -> None:
+    assert run([(False, 900), (False, 915), (False, 930)]) == [False, False, True]
+
+
+def test_a_success_ends_the_start_period_early() -> None:
+    verdicts = run([(False, 10), (True, 20), (False, 30), (False, 40), (False, 50)])
+    assert verdicts == [False, False, False, False, True]
+
+
+def test_a_success_clears_the_failures() -> None:
+    probes = [(True, 10), (False, 20), (False, 30), (True, 40), (False, 50), (False, 60)]
+    assert run(probes) == [False] * 6
+    assert run([*probes, (False, 70)])[-1] is True
+
+
+def test_the_compose_numbers_reach_the_policy() -> None:
+    argv = [
+        "--health-url", "http://127.0.0.1:8000/health", "--interval", "15", "--timeout", "10",
+        "--failures", "4", "--start-period", "900", "--", "python3", "-m", "x", "--port", "8000",
+    ]  # fmt: skip
+    options, command = sup.parse_args(argv)
+    assert command == ["python3", "-m", "x", "--port", "8000"]
+    assert (options.interval, options.timeout, options.failures) == (15, 10, 4)
+    assert options.start_period == 900
+    with pytest.raises(SystemExit):
+        sup.parse_args(["--health-url", "http://x/health"])
+
+
+# -- the script, against a stand-in engine -------------------------------------------------
+
+STAND_IN = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    port, hang_file, drained_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    state = {"hung": False}
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if os.path.exists(hang_file):  # the engine hangs: no answer, SIGTERM ignored
+                state["hung"] = True
+                time.sleep(3600)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    def on_term(signum, frame):
+        if state["hung"]:
+            return
+        time.sleep(1.0)  # draining
+        open(drained_file, "w").write("drained")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Health)
+    server.daemon_threads = True
+    server.serve_forever()
+    """
+)
+
+
+class Supervised:
+    """The supervisor script running the stand-in engine."""
+
+    def __init__(self, tmp_path: Path, *, start_period: float, hung_from_start: bool) -> None:
+        self.port = free_port()
+        self.hang_file = tmp_path / "hang"
+        self.drained_file = tmp_path / "drained"
+        if hung_from_start:
+            self.hang_file.write_text("")
+        engine = self.engine = tmp_path / "engine.py"
+        engine.write_text(STAND_IN)
+        argv = [sys.executable, str(SCRIPT), "--health-url", f"{self.url}/health"]
+        argv += ["--interval", "0.2", "--timeout", "0.3", "--failures", "3"]
+        argv += ["--start-period", str(start_period), "--kill-grace", "1"]
+        argv += ["--", sys.executable, str(engine), str(self.port)]
+        argv += [str(self.hang_file), str(self.drained_file)]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_serving(self) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("the stand-in engine did not serve")
+
+    def engine_pids(self) -> list[int]:
+        """Stand-in engine processes still running."""
+        out = subprocess.run(
+            ["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True, check=True
+        ).stdout
+        return [int(line.split()[0]) for line in out.splitlines() if str(self.engine) in line]
+
+    def close(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        self.proc.stderr.close()
+        for pid in self.engine_pids():
+            os.kill(pid, signal.SIGKILL)
+        return err
+
+
+def test_a_hung_engine_is_killed_and_the_supervisor_exits_non_zero(tmp_path: Path) -> None:
+    supervised = Supervised(tmp_path, start_period=60, hung_from_start=False)
+    try:
+        supervised.wait_serving()
+        time.sleep(1.0)  # the supervisor has seen it serve: failures count from now on
+        assert supervised.proc.poll() is None
+        supervised.hang_file.write_text("")
+        hung_at = time.monotonic()
+        code = supervised.proc.wait(timeout=20)
+        took = time.monotonic() - hung_at
+    finally:
+        err = supervised.close()
+    assert code == sup.EXIT_UNHEALTHY, err
+    assert "3 probes" in err and "failed in a row" in err
+    # three probes of 0.2 + 0.3 s, then SIGTERM ignored for the 1 s grace, then SIGKILL
+    assert 1.0 <= took < 10, took
+    assert supervised.engine_pids() == []
+
+
+def test_failures_before_the_start_period_ends_do_not_stop_the_engine(tmp_path: Path) -> None:
+    supervised = Supervised(tmp_path, start_period=3, hung_from_start=True)
+    try:
+        code = supervised.proc.wait(timeout=20)
+        took = time.monotonic() - supervised.started
+    finally:
+        err = supervised.close()
+    assert code == sup.EXIT_UNHEALTHY, err
+    assert 3 <= took < 12, took
+
+
+def test_a_stop_signal_lets_the_engine_drain_and_passes_its_exit_code(tmp_path: Path) -> None:
+    supervised = Supervised(tmp_path, start_period=60, hung_from_start=False)
+    try:
+        supervised.wait_serving()
+        supervised.proc.send_signal(signal.SIGTERM)
+        code = supervised.proc.wait(timeout=20)
+    finally:
+        err = supervised.close()
+    assert code == 0, err
+    assert supervised.drained_file.read_text() == "drained"
+    assert "failed in a row" not in err
+
+
+def test_an_engine_that_exits_ends_the_supervisor_with_its_code(tmp_path: Path) -> None:
+    argv = [sys.executable, str(SCRIPT), "--health-url", "http://127.0.0.1:9/health", "--"]
+    argv += [sys.executable, "-c", "import sys; sys.exit(3)"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 3, result.stderr

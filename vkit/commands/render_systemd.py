@@ -1,0 +1,127 @@
+"""``vkit render systemd``: the systemd host's generated files, for ``install.sh``.
+
+    vkit render systemd --profile /etc/vkit/replica.yaml --gpus 0,1,2,3 --tp 2 \\
+        --hf-home /var/lib/vkit/huggingface --out STAGE
+
+Groups the GPU ids into tensor-parallel sets (:func:`launcher.sizing.gpu_sets.split_gpu_sets`),
+solves the profile's fit for one set with ``vkit launch``'s own resolver (the set's size is
+the tensor-parallel size: a model that does not fit is refused here, not by a unit that
+restarts forever), and writes below ``--out`` the files of :mod:`vkit.render.systemd`, by
+their path below ``/``. ``--tp`` wins over the profile's ``tensor_parallel`` (default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from launcher.sizing.gpu_sets import split_gpu_sets
+from launcher.supervision.launch_spec import LaunchSettings, LaunchSpec, resolve_launch
+from launcher.supervision.profiles import load_profile
+from launcher.supervision.vllm_args import VllmOptions, split_flags
+from vkit.commands.launch import served_model
+from vkit.exit_codes import UsageError
+from vkit.render.bundle import write_files
+from vkit.render.systemd import ModelTokenizer, replica_instances, systemd_host_files
+
+
+class SystemdArgs(BaseModel):
+    """``vkit render systemd`` arguments, typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str
+    gpus: list[str] = Field(min_length=1)
+    tp: int | None = Field(default=None, ge=1)
+    base_port: int = Field(default=8001, ge=1, le=65535)
+    listen: str = "127.0.0.1:8000"
+    hf_home: PurePosixPath = PurePosixPath("/var/lib/vkit/huggingface")
+    out: Path
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",")]  # checked by split_gpu_sets
+        return value
+
+
+def register(kinds: Any) -> None:
+    """Add ``systemd`` to ``vkit render``'s kinds."""
+    parser = kinds.add_parser(
+        "systemd", help="per-host files of the systemd units (install.sh runs this)"
+    )
+    parser.add_argument("--profile", required=True, help="the replicas' deployment profile")
+    parser.add_argument("--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1,2,3")
+    parser.add_argument(
+        "--tp", type=int, help="GPUs per replica (tensor parallel size; default: the profile's, 1)"
+    )
+    parser.add_argument("--base-port", type=int, default=8001, help="first replica's port")
+    parser.add_argument("--listen", default="127.0.0.1:8000", help="NGINX's HOST:PORT")
+    parser.add_argument(
+        "--hf-home", default="/var/lib/vkit/huggingface", help="the replicas' HF_HOME"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory standing for /")
+    parser.set_defaults(handler=run_systemd)
+
+
+def run_systemd(args: argparse.Namespace) -> int:
+    settings = SystemdArgs.model_validate(
+        {k: v for k, v in vars(args).items() if k in SystemdArgs.model_fields and v is not None}
+    )
+    launch = replica_settings(settings)
+    gpu_sets = split_gpu_sets(settings.gpus, tensor_parallel=launch.tensor_parallel)
+    spec = resolve_launch(launch, gpu_visible=True)
+    for note in spec.notes:
+        print(f"vkit render: note: {note}", file=sys.stderr)
+    try:
+        replicas = replica_instances(gpu_sets, settings.base_port)
+        tokenizer = ModelTokenizer(
+            served_name=served_model(spec.options),
+            source=tokenizer_source(spec.options),
+            hf_cache=settings.hf_home / "hub",
+        )
+        files = systemd_host_files(replicas, listen=settings.listen, tokenizer=tokenizer)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    write_files({str(path): text for path, text in files.items()}, settings.out)
+    for replica in replicas:
+        gpus = replica.gpu_set
+        label = "GPUs" if gpus.size > 1 else "GPU"
+        print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
+    print(fit_summary(spec))
+    return 0
+
+
+def replica_settings(settings: SystemdArgs) -> LaunchSettings:
+    """What each ``vllm@`` instance's ``vkit launch`` will solve: the profile, with ``--tp``."""
+    fields = load_profile(settings.profile)
+    if settings.tp is not None:
+        fields["tensor_parallel"] = settings.tp
+    return LaunchSettings(**fields)
+
+
+def tokenizer_source(options: VllmOptions) -> str:
+    """What vLLM loads the tokenizer from: a pass-through ``--tokenizer``, else the model."""
+    for key, tokens in split_flags(options.extra_args):
+        if key == "tokenizer":
+            if "=" in tokens[0]:
+                return tokens[0].split("=", 1)[1]
+            if len(tokens) > 1:
+                return tokens[1]
+    return options.model
+
+
+def fit_summary(spec: LaunchSpec) -> str:
+    options = spec.options
+    if spec.plan is None:
+        return f"each replica: {options.model}, tensor parallel {options.tensor_parallel}"
+    return (
+        f"each replica: {options.model} on {spec.plan.target}, tensor parallel "
+        f"{options.tensor_parallel}: --max-model-len {options.max_model_len} "
+        f"--max-num-seqs {options.max_num_seqs}"
+    )

@@ -1,0 +1,77 @@
+"""``vkit render k8s``: a kustomize overlay (with the shared base) for a GPU cluster.
+
+    vkit render k8s --gpu rtx4090 --model llama-3.1-8b --quant awq --out deploy/k8s
+    vkit render k8s --gpu rtx4090 --model llama-3.1-8b --quant awq --autoscaler zero
+    vkit render k8s --gpu cpu --model tiny-llama --context 256 --autoscaler none --no-monitoring
+
+Without ``--out`` it prints what ``kubectl kustomize deploy/k8s/overlays/<name>`` builds
+(one YAML stream); with ``--out DIR`` it writes ``DIR/base``, ``DIR/components`` and
+``DIR/overlays/<name>`` (:mod:`vkit.render.k8s_bundle`). The rules, the dashboard and the
+tiny model's builder are read here, at render time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import launcher.supervision.tiny_model as tiny_model
+from vkit.exit_codes import CliError
+from vkit.render.bundle import write_files
+from vkit.render.k8s_bundle import Sources, dump_all, render_k8s_bundle
+from vkit.render.k8s_monitoring import DASHBOARD_FILE, RULES_FILE
+from vkit.render.k8s_plan import K8sArgs, command_line, plan_k8s
+
+
+def register(kinds: Any) -> None:
+    k8s = kinds.add_parser("k8s", help="kustomize overlay for a GPU cluster (KEDA, Prometheus)")
+    k8s.add_argument("--gpu", required=True, help="GPU type (configs/gpus.yaml), or cpu")
+    k8s.add_argument("--model", required=True, help="model name (configs/models)")
+    k8s.add_argument("--quant", default="bf16", help="bf16, fp16, fp8, awq, gptq, int8")
+    k8s.add_argument("--tp", type=int, default=1, help="tensor parallel: GPUs per replica")
+    k8s.add_argument("--hf-model", help="checkpoint to serve (default: the catalog's)")
+    target = k8s.add_mutually_exclusive_group()
+    target.add_argument("--concurrency", type=int, help="fit for this many concurrent requests")
+    target.add_argument("--context", type=int, help="fit for this max_model_len")
+    k8s.add_argument("--shutdown-timeout", type=int, default=30, help="drain seconds")
+    k8s.add_argument(
+        "--autoscaler", default="keda", choices=["keda", "hpa", "zero", "none"],
+        help="keda; hpa (prometheus-adapter); zero (KEDA down to no replica); none",
+    )  # fmt: skip
+    k8s.add_argument("--min-replicas", type=int, help="default 1 (zero: 0)")
+    k8s.add_argument("--max-replicas", type=int, default=4)
+    k8s.add_argument("--scale-target", type=int, help="running requests per replica")
+    k8s.add_argument("--prometheus-url", help="Prometheus for KEDA, the adapter, Grafana")
+    k8s.add_argument("--no-monitoring", action="store_true", help="no Prometheus-operator CRDs")
+    k8s.add_argument("--out", type=Path, help="kustomize root to write (deploy/k8s)")
+    k8s.set_defaults(handler=run_k8s)
+
+
+def read_sources() -> Sources:
+    """The monitoring files come from a source checkout (they are not in the wheel)."""
+    missing = [str(path) for path in (RULES_FILE, DASHBOARD_FILE) if not path.is_file()]
+    if missing:
+        raise CliError(f"vkit render k8s needs a vkit source checkout: {missing[0]} not found")
+    return Sources(
+        rules=RULES_FILE.read_text(),
+        dashboard=DASHBOARD_FILE.read_text(),
+        tiny_model=Path(tiny_model.__file__).read_text(),
+    )
+
+
+def run_k8s(args: argparse.Namespace) -> int:
+    settings = K8sArgs.model_validate(
+        {k: v for k, v in vars(args).items() if k in K8sArgs.model_fields and v is not None}
+    )
+    spec, plan, price = plan_k8s(settings)
+    bundle = render_k8s_bundle(
+        spec, plan, read_sources(), price_per_hour=price, command=command_line(settings)
+    )
+    if settings.out is None:
+        sys.stdout.write(dump_all(bundle.objects))
+        return 0
+    for path in write_files(bundle.files, settings.out):
+        print(f"wrote {path}")
+    return 0

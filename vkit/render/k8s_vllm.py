@@ -1,0 +1,273 @@
+"""The vLLM replicas on Kubernetes: a StatefulSet, split into a base and a fit-made patch.
+
+    >>> base = vllm_statefulset_base(NAMESPACE)          # probes, drain, volumes, the key
+    >>> patch = vllm_statefulset_patch(spec, plan)      # the fit solver's flags, GPUs, sizes
+
+A StatefulSet, not a Deployment: each replica keeps its own Hugging Face cache volume
+(``volumeClaimTemplates``) across restarts and scale-downs, so a replica that comes back does
+not download the model again; and its ``serviceName`` is the headless Service that gives the
+gateway's aware router one DNS record per pod. Pods start in parallel (``Parallel``).
+
+Probes: the startupProbe (``/health``) allows :func:`~vkit.render.k8s_spec.startup_budget_s`
+for download and load before liveness counts; liveness is ``/health`` (503 once the engine is
+dead); readiness is "serves the model": ``/v1/models`` answered with the API key lists the
+served model name (``/health`` goes 200 as the HTTP server binds, before the model answers:
+REFERENCE section 1). An ``httpGet`` probe cannot take a header from a Secret, so readiness
+is a short Python ``exec`` in the container, reading the key from its environment.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from launcher.sizing.fit import FitPlan
+from launcher.supervision.vllm_args import API_SERVER_MODULE, VllmOptions, build_vllm_argv
+from vkit.render.k8s_spec import (
+    API_KEY_SECRET,
+    HF_TOKEN_SECRET,
+    PRESTOP_SLEEP_S,
+    PROBE_PERIOD_S,
+    VLLM_CPU_IMAGE,
+    VLLM_IMAGE,
+    VLLM_NAME,
+    VLLM_PODS_SERVICE,
+    VLLM_PORT,
+    K8sSpec,
+    startup_budget_s,
+    termination_grace_s,
+)
+
+HF_CACHE_MOUNT = "/root/.cache/huggingface"
+TINY_MODEL_DIR = "/models/tiny-llama"
+TINY_MODEL_SOURCE = "vkit-tiny-model"  # ConfigMap: launcher/supervision/tiny_model.py
+CPU_STARTUP_S = 600
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "vkit",
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name}
+
+
+def readiness_script(served_model: str, port: int = VLLM_PORT) -> str:
+    """Exit 0 when ``/v1/models``, asked with ``$VLLM_API_KEY``, lists ``served_model``."""
+    return (
+        "import json, os, urllib.request as u; "
+        f"r = u.Request('http://127.0.0.1:{port}/v1/models', "
+        "headers={'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}); "
+        "ids = [m['id'] for m in json.load(u.urlopen(r, timeout=4))['data']]; "
+        f"raise SystemExit(0 if {served_model!r} in ids else 1)"
+    )
+
+
+def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
+    """Everything about a replica that does not depend on the GPU, the model or the fit."""
+    container = {
+        "name": "vllm",
+        "image": VLLM_IMAGE,
+        "command": ["python3", "-m", API_SERVER_MODULE],
+        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
+        "env": [
+            # CUDA numbers GPUs as nvidia-smi and DCGM do (the GPU operator's device ids).
+            {"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"},
+            # vLLM reads its --api-key from VLLM_API_KEY: the secret stays off the command line.
+            {"name": "VLLM_API_KEY", "valueFrom": secret_ref(API_KEY_SECRET, "VLLM_API_KEY")},
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": secret_ref(HF_TOKEN_SECRET, "HF_TOKEN", optional=True),
+            },
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        ],
+        "volumeMounts": [
+            {"name": "hf-cache", "mountPath": HF_CACHE_MOUNT},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": PROBE_PERIOD_S,
+            "timeoutSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": PROBE_PERIOD_S,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        # Out of the endpoints first, then SIGTERM: vLLM drains for --shutdown-timeout.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": VLLM_NAME,
+            "namespace": namespace,
+            "labels": labels(VLLM_NAME, "inference"),
+        },
+        "spec": {
+            "serviceName": VLLM_PODS_SERVICE,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(VLLM_NAME)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": labels(VLLM_NAME, "inference")},
+                "spec": {
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "containers": [container],
+                    # Shared memory for tensor parallel's NCCL and the engine's IPC.
+                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+                },
+            },
+        },
+    }
+
+
+def secret_ref(name: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": name, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"secretKeyRef": ref}
+
+
+def vllm_args(spec: K8sSpec, plan: FitPlan) -> list[str]:
+    """The launcher's tuned flags (no engine prefix: ``command`` runs the server)."""
+    options = VllmOptions(
+        model=spec.hf_model,
+        served_model_name=spec.model,
+        host="0.0.0.0",
+        port=VLLM_PORT,
+        max_model_len=plan.max_model_len,
+        max_num_seqs=plan.max_num_seqs,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        tensor_parallel=plan.tensor_parallel,
+        quant=spec.vllm_quant,
+        kv_cache_dtype=plan.kv_dtype,
+        enforce_eager=spec.cpu,
+        shutdown_timeout=spec.shutdown_timeout_s,
+    )
+    return build_vllm_argv(options, engine=[])
+
+
+def shm_gib(tensor_parallel: int) -> int:
+    return 2 * tensor_parallel
+
+
+def cache_gib(plan: FitPlan) -> int:
+    """The HF cache volume: the checkpoint (all shards) with room to spare."""
+    return max(10, math.ceil(plan.weights_gib * plan.tensor_parallel * 1.5) + 10)
+
+
+def vllm_resources(spec: K8sSpec, plan: FitPlan) -> dict[str, Any]:
+    """GPUs, and host memory for loading the weights plus the shared-memory volume."""
+    if spec.cpu:
+        memory = f"{math.ceil(plan.budget_gib) + 5}Gi"
+        return {"requests": {"cpu": "2", "memory": memory}, "limits": {"memory": memory}}
+    weights = math.ceil(plan.weights_gib * plan.tensor_parallel)
+    memory = f"{weights + 8 + shm_gib(plan.tensor_parallel)}Gi"
+    gpus = str(plan.tensor_parallel)
+    return {
+        "requests": {
+            "cpu": str(4 * plan.tensor_parallel),
+            "memory": memory,
+            "nvidia.com/gpu": gpus,
+        },
+        "limits": {"memory": memory, "nvidia.com/gpu": gpus},
+    }
+
+
+def vllm_startup_s(spec: K8sSpec, plan: FitPlan) -> int:
+    """Seconds a replica may take to start before liveness counts."""
+    if spec.cpu:
+        return CPU_STARTUP_S
+    return startup_budget_s(plan.weights_gib * plan.tensor_parallel)
+
+
+def vllm_statefulset_patch(spec: K8sSpec, plan: FitPlan) -> dict[str, Any]:
+    """The strategic-merge patch an overlay applies to the base StatefulSet."""
+    startup_s = vllm_startup_s(spec, plan)
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "args": vllm_args(spec, plan),
+        "resources": vllm_resources(spec, plan),
+        "startupProbe": {"failureThreshold": startup_s // PROBE_PERIOD_S},
+        "readinessProbe": {
+            "exec": {"command": ["python3", "-c", readiness_script(spec.model)]},
+            "periodSeconds": PROBE_PERIOD_S,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
+    pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": termination_grace_s(spec.shutdown_timeout_s)
+    }
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib(spec.tensor_parallel)}Gi"},
+        }
+    ]
+    if spec.cpu:
+        container["image"] = VLLM_CPU_IMAGE
+        container["env"] = [
+            {"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(math.ceil(plan.budget_gib))}
+        ]
+        container["volumeMounts"] = [{"name": "models", "mountPath": "/models"}]
+        pod["initContainers"] = [tiny_model_init_container()]
+        volumes += [
+            {"name": "models", "emptyDir": {}},
+            {"name": "tiny-model-source", "configMap": {"name": TINY_MODEL_SOURCE}},
+        ]
+    else:
+        pod["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu_product or spec.gpu}
+    pod["containers"] = [container]
+    pod["volumes"] = volumes
+    claim = {
+        "metadata": {"name": "hf-cache"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": f"{cache_gib(plan)}Gi"}},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": VLLM_NAME, "namespace": spec.namespace},
+        "spec": {"template": {"spec": pod}, "volumeClaimTemplates": [claim]},
+    }
+
+
+def tiny_model_init_container() -> dict[str, Any]:
+    """Builds the tiny random Llama with the launcher's own builder (a ConfigMap of its
+    source; it needs torch and transformers, which the vLLM CPU image has)."""
+    build = (
+        "import sys; sys.path.insert(0, '/opt/vkit'); from pathlib import Path; "
+        f"from tiny_model import build_tiny_model; build_tiny_model(Path({TINY_MODEL_DIR!r}))"
+    )
+    return {
+        "name": "tiny-model",
+        "image": VLLM_CPU_IMAGE,
+        "command": ["python3", "-c", build],
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models"},
+            {"name": "tiny-model-source", "mountPath": "/opt/vkit", "readOnly": True},
+        ],
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+    }
+
+
+def tiny_model_configmap(namespace: str, source: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": TINY_MODEL_SOURCE, "namespace": namespace},
+        "data": {"tiny_model.py": source},
+    }

@@ -1,0 +1,114 @@
+"""The systemd host's generated files: one ``vllm@SET`` instance per GPU set, NGINX over them,
+and the gateway's tokenizer settings, from one deployment profile.
+
+    >>> from launcher.sizing.gpu_sets import split_gpu_sets
+    >>> replicas = replica_instances(split_gpu_sets(["0", "1", "2", "3"], tensor_parallel=2), 8001)
+    >>> [(r.unit, r.upstream) for r in replicas]
+    [('vllm@0-1.service', '127.0.0.1:8001'), ('vllm@2-3.service', '127.0.0.1:8002')]
+    >>> print(replica_env(replicas[1]), end="")
+    # vllm@2-3.service: GPUs 2,3 (nvidia-smi's numbers), tensor parallel 2. Written by install.sh.
+    VKIT_REPLICA_PORT=8002
+    CUDA_VISIBLE_DEVICES=2,3
+    VKIT_TENSOR_PARALLEL=2
+
+:func:`systemd_host_files` returns them keyed by their path below ``/``; ``install.sh``
+installs each one (``vkit render systemd`` writes them into a staging directory first).
+The units themselves (``deploy/systemd/*.service``) are static: an instance reads its GPU
+set, port and tensor-parallel size from ``/etc/vkit/replica-%i.env``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from launcher.sizing.gpu_sets import GpuSet
+from vkit.nginx_conf import render_nginx_site
+
+REPLICA_HOST = "127.0.0.1"
+ETC_VKIT = PurePosixPath("etc/vkit")
+NGINX_SITE = PurePosixPath("etc/nginx/sites-available/vkit.conf")
+GATEWAY_MODEL_ENV = ETC_VKIT / "gateway-model.env"
+
+
+@dataclass(frozen=True)
+class ReplicaInstance:
+    """One ``vllm@NAME`` instance: the GPU set it owns and the loopback port it serves on."""
+
+    gpu_set: GpuSet
+    port: int
+
+    @property
+    def unit(self) -> str:
+        return f"vllm@{self.gpu_set.name}.service"
+
+    @property
+    def upstream(self) -> str:
+        return f"{REPLICA_HOST}:{self.port}"
+
+    @property
+    def env_path(self) -> PurePosixPath:
+        return ETC_VKIT / f"replica-{self.gpu_set.name}.env"
+
+
+@dataclass(frozen=True)
+class ModelTokenizer:
+    """Where the gateway finds the served model's tokenizer: ``source`` is what vLLM loads
+    it from (a Hugging Face repo id, looked up in ``hf_cache``, or a model directory)."""
+
+    served_name: str
+    source: str
+    hf_cache: PurePosixPath
+
+
+def replica_instances(gpu_sets: list[GpuSet], base_port: int) -> list[ReplicaInstance]:
+    """Set ``i`` listens on ``base_port + i``."""
+    last = base_port + len(gpu_sets) - 1
+    if base_port < 1 or last > 65535:
+        raise ValueError(f"replica ports {base_port}-{last} are not all in 1-65535")
+    return [ReplicaInstance(gpu_set, base_port + i) for i, gpu_set in enumerate(gpu_sets)]
+
+
+def replica_env(replica: ReplicaInstance) -> str:
+    """``/etc/vkit/replica-NAME.env``: what ``vllm@NAME`` reads (its ExecStart and CUDA)."""
+    gpus = replica.gpu_set
+    return (
+        f"# {replica.unit}: GPUs {gpus.cuda_visible_devices} (nvidia-smi's numbers), "
+        f"tensor parallel {gpus.size}. Written by install.sh.\n"
+        f"VKIT_REPLICA_PORT={replica.port}\n"
+        f"CUDA_VISIBLE_DEVICES={gpus.cuda_visible_devices}\n"
+        f"VKIT_TENSOR_PARALLEL={gpus.size}\n"
+    )
+
+
+def gateway_model_env(tokenizer: ModelTokenizer) -> str:
+    """``/etc/vkit/gateway-model.env``: the gateway's ``tokenizers`` settings for the model."""
+    models = json.dumps({tokenizer.served_name: tokenizer.source}, ensure_ascii=False)
+    return (
+        "# Written by install.sh from the replicas' profile, on every install (your own\n"
+        "# settings go in gateway.env, which the unit reads after this file). The gateway\n"
+        "# counts prompt tokens with the served model's tokenizer, from the Hugging Face\n"
+        "# cache the replicas download into (HF_HOME of vllm@.service, plus /hub).\n"
+        f"VKIT_GATEWAY_TOKENIZERS__MODELS={_env_value(models)}\n"
+        f"VKIT_GATEWAY_TOKENIZERS__HF_CACHE={_env_value(str(tokenizer.hf_cache))}\n"
+    )
+
+
+def systemd_host_files(
+    replicas: list[ReplicaInstance], *, listen: str, tokenizer: ModelTokenizer
+) -> dict[PurePosixPath, str]:
+    """Every generated file, by its path below ``/``: the replicas' env files, the NGINX site
+    (one server per GPU set) and the gateway's model settings."""
+    files = {replica.env_path: replica_env(replica) for replica in replicas}
+    files[NGINX_SITE] = render_nginx_site([r.upstream for r in replicas], listen)
+    files[GATEWAY_MODEL_ENV] = gateway_model_env(tokenizer)
+    return files
+
+
+def _env_value(value: str) -> str:
+    """A value for a systemd ``EnvironmentFile=`` line, unquoted: systemd drops one level of
+    backslashes there, and a value may not span lines."""
+    if "\n" in value or value[:1] in ("'", '"'):
+        raise ValueError(f"not writable as one unquoted EnvironmentFile value: {value!r}")
+    return value.replace("\\", "\\\\")
