@@ -118,3 +118,25 @@ def test_a_bad_tensor_parallel_size_is_a_one_line_usage_error(
 def test_the_header_names_the_command_that_renders_it(bundle: Path) -> None:
     first = (bundle / "compose.yaml").read_text().splitlines()[0]
     assert "vkit render compose --gpu h100-sxm --gpus 0,1,2,3 --tp 2 --model llama-3.1-70b" in first
+
+
+@pytest.mark.parametrize(
+    ("model", "online_flag"),
+    [("llama-3.1-70b", False), ("qwen2.5-14b", True)],
+)
+def test_fp8_is_quantized_at_load_only_without_an_fp8_checkpoint(
+    tmp_path: Path, model: str, online_flag: bool
+) -> None:
+    """A published FP8 checkpoint declares its method (compressed-tensors): vLLM refuses an
+    extra ``--quantization fp8`` beside it. Without one, vLLM quantizes the 16-bit weights."""
+    from launcher.sizing.checkpoints import checkpoint_for
+
+    out = tmp_path / "compose.yaml"
+    argv = ["render", "compose", "--gpu", "h100-sxm", "--gpus", "0,1", "--tp", "2"]
+    assert main([*argv, "--model", model, "--quant", "fp8", "--out", str(out)]) == 0
+    services = yaml.safe_load(out.read_text())["services"]
+    command = services["vllm-0-1"]["command"]
+    assert ("--quantization" in command) is online_flag
+    checkpoint = checkpoint_for(model, "fp8")
+    assert checkpoint is not None
+    assert checkpoint.repo in command[command.index("--model") + 1]  # named in the message

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
@@ -73,6 +74,18 @@ VLLM_HF_HOME = "/root/.cache/huggingface"  # the vLLM image's HF_HOME: the hub i
 GATEWAY_HF_MOUNT = "/var/cache/huggingface"
 
 MODEL_VAR = "${VLLM_MODEL:?set VLLM_MODEL to the Hugging Face id to serve (see .env.example)}"
+
+
+def served_model_var(spec: ComposeSpec, plan: FitPlan) -> str:
+    """``VLLM_MODEL``, required; its message names the catalog's checkpoint when there is one."""
+    checkpoint = checkpoint_for(spec.model, plan.quant)
+    if checkpoint is None:
+        return MODEL_VAR
+    return (
+        f"${{VLLM_MODEL:?set VLLM_MODEL to the Hugging Face id to serve, e.g. {checkpoint.repo}}}"
+    )
+
+
 API_KEY_VAR = "${VLLM_API_KEY:?set VLLM_API_KEY, the key between the gateway and vLLM}"
 # A directory, not the file: `vkit keys add` replaces keys.yaml (a new inode), which a
 # bind mount of the file itself would never show the container.
@@ -133,7 +146,7 @@ def build_compose(spec: ComposeSpec, plan: FitPlan) -> dict[str, Any]:
     for gpu_set in spec.gpu_sets:
         services[replica_service_name(gpu_set)] = vllm_service(spec, plan, gpu_set)
     services["nginx"] = nginx_service(spec)
-    services["gateway"] = gateway_service(spec)
+    services["gateway"] = gateway_service(spec, served_model_var(spec, plan))
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
     services["grafana"] = grafana_service()
@@ -152,9 +165,14 @@ def http_probe(url: str) -> str:
 
 
 def vllm_command(spec: ComposeSpec, plan: FitPlan) -> list[str]:
-    """The launcher's tuned flags (no engine prefix: the entrypoint runs the server)."""
+    """The launcher's tuned flags (no engine prefix: the entrypoint runs the server).
+
+    As ``vkit launch`` does: a pre-quantized checkpoint (the catalog's, for the model and
+    quantization) declares its method itself, so vLLM gets no ``--quantization`` for it."""
+    checkpoint = checkpoint_for(spec.model, plan.quant)
+    online_quant = "bf16" if checkpoint is not None and checkpoint.prequantized else plan.quant
     options = VllmOptions(
-        model=MODEL_VAR,
+        model=served_model_var(spec, plan),
         served_model_name=spec.model,
         host="0.0.0.0",
         port=VLLM_PORT,
@@ -162,7 +180,7 @@ def vllm_command(spec: ComposeSpec, plan: FitPlan) -> list[str]:
         max_num_seqs=plan.max_num_seqs,
         gpu_memory_utilization=plan.gpu_memory_utilization,
         tensor_parallel=plan.tensor_parallel,
-        quant=plan.quant,
+        quant=online_quant,
         kv_cache_dtype=plan.kv_dtype,
         shutdown_timeout=spec.shutdown_timeout_s,
     )
@@ -278,7 +296,7 @@ def nginx_service(spec: ComposeSpec) -> dict[str, Any]:
     }
 
 
-def gateway_service(spec: ComposeSpec) -> dict[str, Any]:
+def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]:
     probe = http_probe(f"http://localhost:{GATEWAY_PORT}/livez")
     return {
         "image": spec.gateway_image,
@@ -296,7 +314,7 @@ def gateway_service(spec: ComposeSpec) -> dict[str, Any]:
             # The longest request, and so the graceful shutdown: stop_grace_period is above it.
             "VKIT_GATEWAY_TIMEOUTS__TOTAL": str(GATEWAY_TOTAL_TIMEOUT_S),
             # Prompts counted with the served model's own tokenizer, from the replicas' cache.
-            "VKIT_GATEWAY_TOKENIZERS__MODELS": f'{{"{spec.model}": "{MODEL_VAR}"}}',
+            "VKIT_GATEWAY_TOKENIZERS__MODELS": f'{{"{spec.model}": "{model}"}}',
             "VKIT_GATEWAY_TOKENIZERS__HF_CACHE": f"{GATEWAY_HF_MOUNT}/hub",
         },
         "volumes": [
