@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE_ROOTS = ("launcher", "gateway", "vkit")
 # The data folders and the packages the code reads them as (launcher/config_files.py,
 # vkit/nginx_conf.py, through importlib.resources).
-DATA_PACKAGES = {"launcher.configs": "configs", "vkit.nginx": "nginx"}
+DATA_PACKAGES = {
+    "launcher.configs": "configs",
+    "vkit.nginx": "nginx",
+    "vkit.monitoring": "deploy/monitoring",  # rules + dashboard: vkit render k8s reads them
+}
 
 
 def setuptools_table() -> dict[str, Any]:
@@ -97,6 +101,10 @@ def test_every_package_and_data_file_is_in_pyproject() -> None:
     assert expected_configs and expected_nginx
     assert matched.get("launcher.configs") == expected_configs
     assert matched.get("vkit.nginx") == expected_nginx
+    monitoring = ROOT / "deploy" / "monitoring"
+    expected_monitoring = {*monitoring.rglob("*.yml"), *monitoring.rglob("*.json")}
+    assert expected_monitoring
+    assert matched.get("vkit.monitoring") == expected_monitoring
 
 
 # --- the wheel, installed ----------------------------------------------------------------
@@ -223,6 +231,11 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     # The one command that reads the NGINX template (vkit.nginx's package data) to stdout.
     nginx = must(cli("render nginx --upstream 127.0.0.1:8001 --listen 8000"))
     assert "127.0.0.1:8001" in nginx.stdout
+
+    # Reads the alert rules and the dashboard (vkit.monitoring's package data).
+    k8s = must(cli("render k8s --gpu rtx4090 --model llama-3.1-8b --quant awq"))
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(k8s.stdout) if doc}
+    assert {"PrometheusRule", "StatefulSet", "ScaledObject"} <= kinds, sorted(kinds)
 
     must(cli("up --help"))
 

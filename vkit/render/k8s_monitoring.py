@@ -14,6 +14,7 @@ PodMonitors take the job name from the pods' ``app.kubernetes.io/name`` (``vllm`
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import yaml
 from vkit.render.k8s_spec import GATEWAY_NAME, VLLM_NAME, K8sSpec
 from vkit.render.k8s_vllm import selector
 
-MONITORING_DIR = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+# deploy/monitoring/, installed as the package vkit.monitoring (pyproject's package-dir).
+MONITORING_DIR = Path(str(files("vkit.monitoring")))
 RULES_FILE = MONITORING_DIR / "rules" / "vkit.rules.yml"
 DASHBOARD_FILE = MONITORING_DIR / "grafana" / "dashboards" / "vkit.json"
 DATASOURCE_UID = "vkit-prometheus"  # the uid the dashboard's panels name
