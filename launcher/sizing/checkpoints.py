@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from launcher.config_files import CONFIG_DIR, MODELS_DIR
 from launcher.errors import NoCheckpointError
@@ -47,7 +47,10 @@ class Checkpoint(BaseModel):
     """One repository and the quantization its config.json declares.
 
     ``online``: a 16-bit checkpoint that vLLM quantizes while loading (``--quantization fp8``);
-    ``config``: the config.json (under the tests' data) its facts were checked against.
+    ``scheme``: for compressed-tensors, what its config groups quantize (``FP8``, ``W8A8``,
+    ``W4A16``); ``config``: the config.json (under the tests' data) its facts were checked
+    against. A pre-quantized entry names one, or says ``verified: false`` (its facts come from
+    the model card and nothing here checked them).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,8 +59,21 @@ class Checkpoint(BaseModel):
     method: Method = "none"
     bits: int | None = Field(default=None, ge=2, le=16)
     group_size: int | None = Field(default=None, ge=1)
+    scheme: str | None = None
     config: str | None = None
+    verified: bool = True
     online: bool = False
+
+    @model_validator(mode="after")
+    def _checked_or_says_not(self) -> Checkpoint:
+        if self.config is not None and not self.verified:
+            raise ValueError(f"{self.repo}: names a config.json and says verified: false")
+        if self.prequantized and self.config is None and self.verified:
+            raise ValueError(
+                f"{self.repo}: pre-quantized, names no config.json its facts were checked "
+                f"against; add one (config: ...) or say verified: false"
+            )
+        return self
 
     @property
     def prequantized(self) -> bool:
@@ -157,21 +173,24 @@ def require_checkpoint(model: str, quant: Quantization) -> Checkpoint:
 
 
 class QuantFacts(BaseModel):
-    """What a config.json's ``quantization_config`` says: method, weight bits, group size."""
+    """What a config.json's ``quantization_config`` says: method, weight bits, group size and,
+    for compressed-tensors, the scheme (:func:`compressed_tensors_scheme`)."""
 
     model_config = ConfigDict(frozen=True)
 
     method: Method
     bits: int | None = None
     group_size: int | None = None
+    scheme: str | None = None
 
 
 def quantization_facts(config: dict[str, Any]) -> QuantFacts:
     """Read ``quantization_config`` of a Hugging Face config.json (none: a 16-bit checkpoint).
 
-    AWQ/GPTQ/AutoFP8 state ``quant_method``, ``bits``, ``group_size``; compressed-tensors
-    (llm-compressor) states ``config_groups`` whose weights (or, for W8A8 schemes, the
-    activations, quantized to the same width) carry ``num_bits`` and ``group_size``.
+    AWQ/GPTQ/FP8 state ``quant_method``, ``bits``, ``group_size``; compressed-tensors
+    (llm-compressor) states ``config_groups`` whose ``weights`` carry ``num_bits`` and
+    ``group_size``. Only what the file states is read: a group without ``weights`` gives no
+    bits and no scheme.
     """
     quant = config.get("quantization_config") or config.get("compression_config")
     if not isinstance(quant, dict):
@@ -179,12 +198,30 @@ def quantization_facts(config: dict[str, Any]) -> QuantFacts:
     groups = quant.get("config_groups")
     if isinstance(groups, dict) and groups:
         group = next(iter(groups.values()))
-        scheme = group.get("weights") or group.get("input_activations") or {}
+        weights = group.get("weights") or {}
         return QuantFacts(
             method="compressed-tensors",
-            bits=scheme.get("num_bits"),
-            group_size=scheme.get("group_size"),
+            bits=weights.get("num_bits"),
+            group_size=weights.get("group_size"),
+            scheme=compressed_tensors_scheme(group),
         )
     method = str(quant.get("quant_method", "none")).lower()
     bits = quant.get("bits") or (8 if method == "fp8" else None)
     return QuantFacts(method=method, bits=bits, group_size=quant.get("group_size"))  # type: ignore[arg-type]
+
+
+def compressed_tensors_scheme(group: dict[str, Any]) -> str | None:
+    """llm-compressor's name for a config group: ``FP8`` (8-bit float weights and
+    activations), else ``W<bits>A<bits>`` (``W8A8``, ``W4A16``: activations left 16-bit);
+    None when the group states no weights."""
+    weights = group.get("weights")
+    if not isinstance(weights, dict) or weights.get("num_bits") is None:
+        return None
+    acts = group.get("input_activations")
+    act_bits = acts.get("num_bits", 16) if isinstance(acts, dict) else 16
+    floats = (
+        weights.get("type") == "float" and isinstance(acts, dict) and acts.get("type") == "float"
+    )
+    if floats and weights["num_bits"] == act_bits == 8:
+        return "FP8"
+    return f"W{weights['num_bits']}A{act_bits}"

@@ -44,10 +44,12 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         return f"{checkpoint.repo} (16-bit; vLLM quantizes it to FP8 at load)"
     if not checkpoint.prequantized:
         return f"{checkpoint.repo} (16-bit)"
-    facts = [checkpoint.method, f"{checkpoint.bits}-bit" if checkpoint.bits else ""]
+    bits = f"{checkpoint.bits}-bit" if checkpoint.bits else ""
+    facts = [checkpoint.method, bits, checkpoint.scheme or ""]
     if checkpoint.group_size:
         facts.append(f"group {checkpoint.group_size}")
-    return f"{checkpoint.repo} ({', '.join(f for f in facts if f)})"
+    unchecked = "" if checkpoint.verified else " (config not checked)"
+    return f"{checkpoint.repo} ({', '.join(f for f in facts if f)}){unchecked}"
 
 
 def render_plan_text(plan: FitPlan, command: str | None, checkpoint_line: str | None = None) -> str:
