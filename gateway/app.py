@@ -2,7 +2,9 @@
 
 Nothing happens at import and nothing is global: settings, the key store, the limiter,
 the upstream client, the metrics registry and the clock are all passed in. The lifespan
-starts the background upstream prober and closes the client.
+starts the background upstream prober (and, per the ``routing`` and ``discovery``
+settings, the replica scraper and discovery of :mod:`gateway.routing`) and closes the
+client.
 
 Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``GET /v1/models`` (only the key's models; one request of the key's limits), ``/livez`` and
@@ -51,6 +53,15 @@ from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import ByteBound, PromptCounter
 from gateway.proxy import Exchange, Forwarder, upstream_headers
+from gateway.routing import (
+    AwareRouter,
+    Discovery,
+    Hold,
+    LoadScraper,
+    RoundRobinRouter,
+    Router,
+    source_of,
+)
 from gateway.settings import GatewaySettings
 from gateway.upstreams import UpstreamPool
 from launcher.supervision.readiness import ReadinessCheck, model_ids
@@ -97,14 +108,17 @@ def create_app(
     )
     pool = UpstreamPool(settings.upstream_urls)
     api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    router, routing_tasks, scrapes = _routing(settings, pool, metrics, clock)
     forwarder = Forwarder(
         retry=settings.retry,
         timeouts=settings.timeouts,
         upstream_headers=upstream_headers(api_key),
         pool=pool,
+        router=router,
         client=client,
         metrics=metrics,
         clock=clock,
+        hold=Hold(settings.hold, pool, metrics, clock),
     )
     gate = Gate(
         caps=settings.caps,
@@ -118,12 +132,15 @@ def create_app(
         prompt_counter=prompt_counter or ByteBound.of(settings.tokenizers),
     )
     check = ReadinessCheck.of(api_key, settings.health.expected_models)
-    prober = UpstreamProber(settings.health, pool, probes, metrics, check, clock=clock)
+    holding = settings.hold.probe_interval if settings.hold.max_wait else None
+    prober = UpstreamProber(
+        settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(prober.run_forever())
-        others = [asyncio.create_task(run()) for run in background]
+        others = [asyncio.create_task(run()) for run in (*background, *routing_tasks)]
         try:
             yield
         finally:
@@ -145,13 +162,15 @@ def create_app(
     )
     app.state.forwarder = forwarder
     app.state.prober = prober
+    app.state.router = router
+    app.state.scrapes = scrapes
     app.state.metrics = metrics
     _add_error_handlers(app)
     for path, _, with_cap in _PROXIED:
         _add_proxy_route(app, path, with_cap, gate, forwarder)
     _document_proxied_routes(app)
     _add_models_route(app, gate, forwarder)
-    _add_probe_routes(app, pool)
+    _add_probe_routes(app, pool, forwarder.hold)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
     return app
 
@@ -174,8 +193,9 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
     async def readyz() -> JSONResponse:
         upstreams = {u.label: u.ready for u in pool.upstreams}
         models = sorted(pool.known_models())
-        body = {"status": _readiness(pool), "upstreams": upstreams, "models": models}
-        return _readiness_response(body, pool)
+        status = _readiness(pool, gateway.state.forwarder.hold)
+        body = {"status": status, "upstreams": upstreams, "models": models}
+        return _readiness_response(body)
 
     @admin.get("/openapi.json")
     async def openapi() -> JSONResponse:
@@ -186,6 +206,35 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{gateway.title} - ReDoc")
 
     return admin
+
+
+def _routing(
+    settings: GatewaySettings,
+    pool: UpstreamPool,
+    metrics: GatewayMetrics,
+    clock: Callable[[], float],
+) -> tuple[Router, list[Callable[[], Coroutine[Any, Any, None]]], dict[str, Any]]:
+    """The router the ``routing`` setting names, the background loops it needs (discovery;
+    in aware mode the ``/metrics`` scraper, with a client of its own) and its scrapes."""
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    source = source_of(settings.discovery)
+    if source is not None:
+        tasks.append(Discovery(source, pool, settings.discovery.interval).run_forever)
+    if settings.routing == "round_robin":
+        return RoundRobinRouter(pool), tasks, {}
+    scraper = LoadScraper(
+        settings.router, pool, AiohttpClient(settings.timeouts.connect, 64), metrics, clock
+    )
+
+    async def scrape_forever() -> None:
+        try:
+            await scraper.run_forever()
+        finally:
+            await scraper.client.aclose()
+
+    tasks.append(scrape_forever)
+    router = AwareRouter(settings.router, pool, scraper.scrapes, clock, metrics)
+    return router, tasks, scraper.scrapes
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:
@@ -253,7 +302,7 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
         return JSONResponse(listing, headers=dict(lease.headers) if lease is not None else None)
 
 
-def _add_probe_routes(app: FastAPI, pool: UpstreamPool) -> None:
+def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> None:
     """The public probes: no upstream addresses here (the admin ``/readyz`` has them)."""
 
     @app.get("/livez")
@@ -262,16 +311,23 @@ def _add_probe_routes(app: FastAPI, pool: UpstreamPool) -> None:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        return _readiness_response({"status": _readiness(pool)}, pool)
+        return _readiness_response({"status": _readiness(pool, hold)})
 
 
-def _readiness(pool: UpstreamPool) -> str:
-    return "ready" if pool.any_ready else "not ready"
-
-
-def _readiness_response(body: dict[str, Any], pool: UpstreamPool) -> JSONResponse:
-    """200 when an upstream is ready, else 503 with ``Retry-After``."""
+def _readiness(pool: UpstreamPool, hold: Hold | None) -> str:
+    """``ready``; ``holding`` when none is but requests wait for one (``hold.max_wait``:
+    the gateway still takes them, so it stays in its load balancer's rotation while the
+    replicas scale from zero); else ``not ready``."""
     if pool.any_ready:
+        return "ready"
+    if hold is not None and hold.settings.max_wait is not None:
+        return "holding"
+    return "not ready"
+
+
+def _readiness_response(body: dict[str, Any]) -> JSONResponse:
+    """200 unless ``not ready``: then 503 with ``Retry-After``."""
+    if body["status"] != "not ready":
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
 

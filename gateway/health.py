@@ -5,7 +5,8 @@ Whether an upstream is ready is decided by the one rule of
 each of ``health.expected_models`` when set -- asked with the upstream API key), the same
 rule ``vkit launch`` and ``vkit up`` use; this module only sends the two requests through the
 gateway's own pooled client. Probes run every ``health.interval`` seconds in one task
-started by the app's lifespan; requests never wait on them.
+started by the app's lifespan (every ``holding_interval`` while requests are held for a
+ready upstream, :class:`gateway.settings.HoldSettings`); requests never wait on them.
 
 Ready means the model generates. vLLM's ``/health`` can stay 200 after a GPU fault (vLLM
 issue 36960), so with ``health.canary_interval`` set, an upstream the rule calls ready must
@@ -49,8 +50,10 @@ class UpstreamProber:
         metrics: GatewayMetrics,
         check: ReadinessCheck,
         clock: Callable[[], float] = time.monotonic,
+        holding_interval: float | None = None,
     ) -> None:
         self.settings = settings
+        self.holding_interval = holding_interval
         self.pool = pool
         self.client = client
         self.metrics = metrics
@@ -62,7 +65,26 @@ class UpstreamProber:
     async def run_forever(self) -> None:
         while True:
             await self.probe_all()
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the next round; cut short once requests are held (every ``holding_interval``
+        s it looks whether some are)."""
+        step = self.holding_interval
+        if step is None:
             await asyncio.sleep(self.settings.interval)
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while (left := self._interval() - (loop.time() - began)) > 0:
+            await asyncio.sleep(min(step, left))
+
+    def _interval(self) -> float:
+        """``health.interval``; ``holding_interval`` while requests wait for a ready one."""
+        held = self.pool.waiting and not self.pool.any_ready
+        if held and self.holding_interval is not None:
+            return min(self.settings.interval, self.holding_interval)
+        return self.settings.interval
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(u) for u in self.pool.upstreams))
@@ -107,9 +129,7 @@ class UpstreamProber:
                 verdict.reason,
                 exc_info=error,
             )
-        upstream.ready = ready
-        upstream.probed = True
-        upstream.models = verdict.models
+        self.pool.record(upstream, ready, verdict.models)
         self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
 
     async def _readiness(self, upstream: Upstream) -> Verdict:

@@ -34,6 +34,20 @@ reason/kind words, upstream ``host:port``):
 - ``vkit_gateway_keys_loaded`` -- gauge, API keys in the set being served
 - ``vkit_gateway_keys_reload_refused_total{reason}`` -- counter, changed keys files not loaded
   (the last good keys kept): reason ``invalid`` | ``empty`` | ``truncated`` | ``unreadable``
+- ``vkit_gateway_routing_decisions_total{reason}`` -- counter, the aware router's choices:
+  ``affinity`` (the prefix key's replica) | ``load_spill`` (the next on the ring: the key's
+  replica was over the bounded load) | ``least_loaded`` (no prefix key) | ``fallback`` (no
+  replica ready: the list's order)
+- ``vkit_gateway_routing_overloaded_total`` -- counter, requests refused (503) because every
+  ready replica's queue was over ``router.max_waiting``
+- ``vkit_gateway_replica_score{upstream}`` -- gauge, the aware router's load score of each
+  replica (requests running + waiting, estimated, plus the KV cache's fill 0..1)
+- ``vkit_gateway_replica_scrape_failures_total{upstream}`` -- counter, failed ``/metrics``
+  scrapes of a replica (its load then falls back to the in-flight count)
+- ``vkit_gateway_held_requests`` -- gauge, requests waiting for a ready upstream (``hold``)
+- ``vkit_gateway_hold_seconds`` -- histogram, how long held requests waited
+- ``vkit_gateway_hold_refused_total{reason}`` -- counter, held requests refused (503):
+  reason ``queue_full`` | ``deadline``
 
 (With prometheus_client, counters are exposed with the ``_total`` suffix and histograms as
 ``_bucket``/``_sum``/``_count``.)
@@ -66,6 +80,13 @@ METRIC_NAMES: tuple[str, ...] = (
     "vkit_gateway_client_write_timeouts_total",
     "vkit_gateway_canary_seconds",
     "vkit_gateway_canary_failures_total",
+    "vkit_gateway_routing_decisions_total",
+    "vkit_gateway_routing_overloaded_total",
+    "vkit_gateway_replica_score",
+    "vkit_gateway_replica_scrape_failures_total",
+    "vkit_gateway_held_requests",
+    "vkit_gateway_hold_seconds",
+    "vkit_gateway_hold_refused_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -162,6 +183,44 @@ class GatewayMetrics:
             PREFIX + "canary_failures",
             "Readiness canaries that did not generate",
             ["upstream"],
+            registry=registry,
+        )
+        self.routing_decisions = Counter(
+            PREFIX + "routing_decisions",
+            "The aware router's choices, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.routing_overloaded = Counter(
+            PREFIX + "routing_overloaded",
+            "Requests refused: every ready replica's queue was over the bound",
+            registry=registry,
+        )
+        self.replica_score = Gauge(
+            PREFIX + "replica_score",
+            "The aware router's load score of each replica",
+            ["upstream"],
+            registry=registry,
+        )
+        self.replica_scrape_failures = Counter(
+            PREFIX + "replica_scrape_failures",
+            "Failed /metrics scrapes of a replica",
+            ["upstream"],
+            registry=registry,
+        )
+        self.held_requests = Gauge(
+            PREFIX + "held_requests", "Requests waiting for a ready upstream", registry=registry
+        )
+        self.hold_seconds = Histogram(
+            PREFIX + "hold_seconds",
+            "How long held requests waited for a ready upstream",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.hold_refused = Counter(
+            PREFIX + "hold_refused",
+            "Held requests refused: queue full or deadline passed",
+            ["reason"],
             registry=registry,
         )
 

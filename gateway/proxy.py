@@ -60,6 +60,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.relay import StreamMeter, Usage, usage_from_json
+from gateway.routing import Hold, InFlightResponse, Router, sending
 from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
 
@@ -146,20 +147,27 @@ def upstream_headers(api_key: str | None) -> dict[str, str]:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Forwarder:
     """What every exchange shares: the retry and timeout settings, the headers sent upstream,
-    the upstream pool, the client, the metrics and the clock."""
+    the upstream pool, the router that orders it for each request
+    (:mod:`gateway.routing`), the holding of requests while no upstream is ready, the
+    client, the metrics and the clock."""
 
     retry: RetrySettings
     timeouts: TimeoutSettings
     upstream_headers: dict[str, str]
     pool: UpstreamPool
+    router: Router
     client: UpstreamClient
     metrics: GatewayMetrics
     clock: Callable[[], float]
+    hold: Hold | None = None  # None: no upstream ready -> 503 at once
 
     async def open_within(
         self, limit: float, method: str, path: str, body: bytes | None
     ) -> tuple[Upstream, UpstreamResponse]:
-        """:meth:`open`, but no response head within ``limit`` seconds is a 504."""
+        """:meth:`open`, but no response head within ``limit`` seconds is a 504. A request
+        that finds no upstream ready is first held (``hold``), outside ``limit``."""
+        if self.hold is not None:
+            await self.hold.until_ready()
         try:
             async with asyncio.timeout(limit):
                 return await self.open(method, path, body)
@@ -177,10 +185,9 @@ class Forwarder:
         when the last attempt answered 503, that answer (already read) is returned.
         """
         retry = self.retry
-        pool = self.pool
-        if not pool.any_ready and all(u.probed for u in pool.upstreams):
+        if self.pool.none_can_serve:
             raise UpstreamUnavailable("no upstream is ready; retry shortly")
-        candidates = pool.candidates(retry.attempts)
+        candidates = self.router.route(path, body, retry.attempts).candidates
         try:  # the common case without tenacity's per-call cost (~30 us)
             return candidates[0], await self._try(candidates[0], method, path, body)
         except _Retryable as exc:
@@ -209,10 +216,12 @@ class Forwarder:
         self, upstream: Upstream, method: str, path: str, body: bytes | None
     ) -> UpstreamResponse:
         try:
-            response = await self.client.send(
-                method, upstream.url + path, self.upstream_headers, body
-            )
+            with sending(upstream):  # the in-flight count, given back by the response
+                sent = await self.client.send(
+                    method, upstream.url + path, self.upstream_headers, body
+                )
         except UpstreamConnectError:
+            self.router.connect_failed(upstream)
             self._count_error(upstream, "connect")
             error: GatewayError = UpstreamUnavailable("no upstream could be reached")
             raise _Retryable(upstream, None, b"", error) from None
@@ -223,6 +232,7 @@ class Forwarder:
         except UpstreamDropped:  # it read the request and may be generating: not resent
             self._count_error(upstream, "dropped")
             raise UpstreamError("the upstream closed the connection without answering") from None
+        response = InFlightResponse(sent, upstream)
         if response.status in _ERROR_STATUSES:
             self._count_error(upstream, "status")
             if response.status == 503:

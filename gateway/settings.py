@@ -152,6 +152,78 @@ class TokenizerSettings(BaseModel):
     )
 
 
+class RouterSettings(BaseModel):
+    """The aware router (``routing: aware``, :mod:`gateway.routing`): the upstreams are the
+    vLLM replicas themselves, each one's ``/metrics`` scraped every ``scrape_interval`` s.
+
+    A request whose leading content (system prompt and first messages, or a completion
+    prompt) has at least ``min_prefix_chars`` of its first ``prefix_chars`` characters goes
+    to its key's replica on a consistent-hash ring (``virtual_nodes`` points per replica),
+    unless that replica is above ``(1 + epsilon) x`` the mean load and more than
+    ``spill_margin`` requests ahead of the least loaded one: then the next on the ring.
+    Other requests go to the least loaded replica. A scrape older than ``stale_after`` s
+    counts for nothing (the gateway's own in-flight counts decide). When every ready
+    replica's queue (``vllm:num_requests_waiting``) is above ``max_waiting``, the request
+    is refused with 503 + ``Retry-After`` (``null``: never).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scrape_interval: float = Field(default=1.0, gt=0, description="seconds between scrapes")
+    stale_after: float = Field(default=3.0, gt=0, description="a scrape older counts for nothing")
+    epsilon: float = Field(default=0.25, gt=0, description="bounded load: (1 + epsilon) x mean")
+    spill_margin: int = Field(
+        default=2,
+        ge=0,
+        description="a replica this many requests ahead of the least "
+        "loaded one or less always takes its own keys",
+    )
+    prefix_chars: int = Field(default=2048, ge=1, description="leading characters in the key")
+    min_prefix_chars: int = Field(
+        default=64, ge=0, description="shorter leading content: least loaded, no affinity"
+    )
+    virtual_nodes: int = Field(default=64, ge=1, le=1024, description="ring points per replica")
+    max_waiting: int | None = Field(
+        default=256, ge=0, description="queue bound per replica for 503 overload (null: none)"
+    )
+
+
+class HoldSettings(BaseModel):
+    """Holding requests while no upstream is ready (scale to zero, a restart): with
+    ``max_wait`` set, a request that finds no ready upstream waits up to ``max_wait`` s for
+    one, at most ``max_queued`` at a time; past either bound it gets 503 + ``Retry-After``.
+    While requests wait, upstreams are probed every ``probe_interval`` s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_wait: float | None = Field(
+        default=None, gt=0, description="longest wait for a ready upstream, s (null: no holding)"
+    )
+    max_queued: int = Field(default=100, ge=1, description="requests waiting at most")
+    probe_interval: float = Field(default=0.5, gt=0, description="probe period while holding")
+
+
+class DiscoverySettings(BaseModel):
+    """Where the upstream list comes from besides ``upstreams`` (which it then replaces),
+    looked at every ``interval`` s: ``file`` (one base URL per line, ``#`` comments), or
+    ``dns_name`` (every A/AAAA record, e.g. a Kubernetes headless Service, as
+    ``scheme://address:dns_port``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: Path | None = Field(default=None, description="file of upstream base URLs")
+    dns_name: str | None = Field(default=None, description="name whose A records are upstreams")
+    dns_port: int = Field(default=8000, ge=1, le=65535, description="port of DNS upstreams")
+    scheme: Literal["http", "https"] = Field(default="http", description="of DNS upstreams")
+    interval: float = Field(default=5.0, gt=0, description="seconds between look-ups")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoverySettings:
+        if self.file is not None and self.dns_name is not None:
+            raise ValueError("discovery: set file or dns_name, not both")
+        return self
+
+
 class GatewaySettings(BaseSettings):
     """Everything ``vkit gateway`` needs; see the module docstring for the sources."""
 
@@ -210,6 +282,14 @@ class GatewaySettings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
     tokenizers: TokenizerSettings = TokenizerSettings()
+    routing: Literal["round_robin", "aware"] = Field(
+        default="round_robin",
+        description="round_robin: through the listed upstreams (NGINX); aware: the listed "
+        "upstreams are the vLLM replicas, routed by load and prompt prefix",
+    )
+    router: RouterSettings = RouterSettings()
+    hold: HoldSettings = HoldSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug | info | warning | error"
     )
@@ -233,6 +313,16 @@ class GatewaySettings(BaseSettings):
             raise ValueError(
                 f"default_key_concurrency ({per_key}) must be below max_in_flight ({bound}), "
                 "or one key could take every slot"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _holding_ends_before_the_request_does(self) -> GatewaySettings:
+        wait, total = self.hold.max_wait, self.timeouts.total
+        if wait is not None and wait >= total:
+            raise ValueError(
+                f"hold.max_wait ({wait:g} s) must be below timeouts.total ({total:g} s): "
+                "a held request's time counts toward its whole duration"
             )
         return self
 

@@ -24,6 +24,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gateway port (default 8000)")
     parser.add_argument("--redis", action="store_true", default=None, help="share limits via Redis")
+    parser.add_argument(
+        "--routing",
+        choices=("round_robin", "aware"),
+        help="round_robin (default): the gateway in front of NGINX; aware: the gateway routes "
+        "to the replicas by load and prompt prefix, no NGINX",
+    )
     parser.add_argument("--run-dir", type=Path, help="logs, configs, keys (default .vkit/run)")
     parser.add_argument("--nginx-bin", help="nginx binary (default: nginx on PATH)")
     parser.add_argument("--redis-bin", help="redis-server binary")

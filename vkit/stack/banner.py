@@ -15,13 +15,15 @@ def render_banner(
     restarts: RestartPolicy | None = None,
     *,
     admin_url: str | None = None,
+    front: str = "NGINX",
 ) -> str:
     """A copy-paste-ready summary for curl and the OpenAI Python SDK; ``admin_url`` is the
-    gateway's admin listener (``/metrics`` for Prometheus, ``/readyz`` with upstream states)."""
+    gateway's admin listener (``/metrics`` for Prometheus, ``/readyz`` with upstream states);
+    ``front``: what routes across the replicas (NGINX, or the gateway's aware router)."""
     policy = restarts or RestartPolicy()
     text = dedent(
         f"""\
-        vkit is up: {replicas} replica(s) behind NGINX, gateway at {url}
+        vkit is up: {replicas} replica(s) behind {front}, gateway at {url}
 
           URL:     {url}/v1
           API key: {api_key}

@@ -14,7 +14,8 @@ Which = Callable[[str], str | None]
 
 def missing_binaries(settings: UpSettings, which: Which = shutil.which) -> list[str]:
     """The external programs the stack needs that are not on PATH."""
-    needed = [settings.nginx_bin] + ([settings.redis_bin] if settings.redis else [])
+    needed = [settings.nginx_bin] if settings.routing == "round_robin" else []  # aware: none
+    needed += [settings.redis_bin] if settings.redis else []
     return [binary for binary in needed if which(binary) is None]
 
 

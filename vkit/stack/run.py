@@ -63,6 +63,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
                     admin_url=(
                         f"http://127.0.0.1:{ports.gateway_admin}" if ports.gateway_admin else None
                     ),
+                    front="NGINX" if settings.routing == "round_robin" else "the aware router",
                 )
             )
             watch(group, say, policy=restarts)
@@ -112,9 +113,10 @@ def resolve_model(settings: UpSettings, layout: StackLayout, say: Say) -> str:
 
 def start_and_wait(group: ProcessGroup, plan: StackPlan, settings: UpSettings, say: Say) -> None:
     backends = [group.start(spec) for spec in plan.specs if spec.name != "gateway"]
+    nginx = ", NGINX" if settings.routing == "round_robin" else ""
     say(
-        f"vkit up: starting {settings.replicas} replica(s), NGINX and the gateway; logs in "
-        f"{StackLayout(settings.run_dir).logs}"
+        f"vkit up: starting {settings.replicas} replica(s){nginx} and the gateway "
+        f"({settings.routing} routing); logs in {StackLayout(settings.run_dir).logs}"
     )
     group.wait_ready(
         backends, settings.startup_timeout_s, on_progress=_progress(say), progress_every_s=10

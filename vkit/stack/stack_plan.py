@@ -3,7 +3,9 @@
 The plan for N replicas is, in start order: N ``vkit launch`` replicas (CPU: each
 pinned to its own cores, REFERENCE section 4), optional ``redis-server``, ``nginx``
 round-robining across the replicas with the one template of ``nginx/``, and the
-gateway (``vkit gateway``) in front of NGINX. Stop tiers run the other way: the
+gateway (``vkit gateway``) in front of NGINX. With ``routing="aware"`` there is no
+NGINX: the gateway's upstreams are the replicas and it routes by their load and the
+prompts' prefixes (``VKIT_GATEWAY_ROUTING=aware``). Stop tiers run the other way: the
 gateway closes first, then NGINX, then the replicas drain, then Redis.
 """
 
@@ -96,12 +98,8 @@ def plan_stack(
     redis = [] if ports.redis is None else [redis_spec(settings, layout, ports.redis)]
     upstreams = [f"{LOOPBACK}:{port}" for port in ports.replicas]
     conf = render_nginx_conf(upstreams, f"{LOOPBACK}:{ports.nginx}")
-    specs = (
-        *replicas,
-        *redis,
-        nginx_spec(settings, layout, ports.nginx),
-        gateway_spec(settings, layout, ports, python),
-    )
+    nginx = [] if settings.routing == "aware" else [nginx_spec(settings, layout, ports.nginx)]
+    specs = (*replicas, *redis, *nginx, gateway_spec(settings, layout, ports, python))
     return StackPlan(specs, conf, gateway_url(settings.host, ports.gateway), settings.model_name)
 
 
@@ -137,7 +135,8 @@ def replica_spec(
             env["HF_HUB_OFFLINE"] = "1"
     else:
         argv += ["--gpu", settings.gpu]
-        env = {"CUDA_VISIBLE_DEVICES": str(index)}
+        # PCI bus order: the index is the GPU nvidia-smi and DCGM call so (CUDA: fastest first)
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
     env["PYTHONUNBUFFERED"] = "1"  # the log tail shown on failure is up to date
     base = f"http://{LOOPBACK}:{port}"
     return ProcessSpec(
@@ -185,6 +184,7 @@ def gateway_spec(
         redis_port=ports.redis,
         tokenizer=tokenizer,
         admin_port=ports.gateway_admin,
+        aware_replicas=ports.replicas if settings.routing == "aware" else None,
     )
     argv = (python, "-m", "vkit", "gateway", "--host", settings.host, "--port", str(ports.gateway))
     url = gateway_url(settings.host, ports.gateway)
@@ -206,12 +206,15 @@ def gateway_env(
     redis_port: int | None,
     tokenizer: str | None = None,
     admin_port: int | None = None,
+    aware_replicas: tuple[int, ...] | None = None,
 ) -> dict[str, str]:
     """The gateway's settings as ``VKIT_GATEWAY_*`` variables (its pydantic-settings edge).
     ``tokenizer``: the served model's directory or HF repo id, to count prompts with;
-    ``admin_port``: its admin listener (``/metrics``, upstream states) on loopback."""
+    ``admin_port``: its admin listener (``/metrics``, upstream states) on loopback;
+    ``aware_replicas``: the replicas' ports, for the aware router (else NGINX's port)."""
+    ports = [nginx_port] if aware_replicas is None else list(aware_replicas)
     env = {
-        "VKIT_GATEWAY_UPSTREAMS": json.dumps([f"http://{LOOPBACK}:{nginx_port}"]),
+        "VKIT_GATEWAY_UPSTREAMS": json.dumps([f"http://{LOOPBACK}:{port}" for port in ports]),
         "VKIT_GATEWAY_KEYS_FILE": str(layout.keys_file),
         "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS": json.dumps([model]),
         "PYTHONUNBUFFERED": "1",
@@ -220,6 +223,8 @@ def gateway_env(
         env["VKIT_GATEWAY_REDIS_URL"] = f"redis://{LOOPBACK}:{redis_port}/0"
     if tokenizer is not None:
         env["VKIT_GATEWAY_TOKENIZERS__MODELS"] = json.dumps({model: tokenizer})
+    if aware_replicas is not None:
+        env["VKIT_GATEWAY_ROUTING"] = "aware"
     if admin_port is not None:
         env["VKIT_GATEWAY_ADMIN_HOST"] = LOOPBACK
         env["VKIT_GATEWAY_ADMIN_PORT"] = str(admin_port)

@@ -9,6 +9,7 @@ directory ``.vkit/run`` (logs, nginx.conf, the demo keys file, the tiny model).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,11 @@ class UpSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     redis: bool = False
+    routing: Literal["round_robin", "aware"] = Field(
+        default="round_robin",
+        description="round_robin: the gateway in front of NGINX; aware: the gateway routes "
+        "to the replicas itself by load and prompt prefix (no NGINX)",
+    )
     run_dir: Path = Path(".vkit/run")
     nginx_port: int | None = Field(default=None, ge=1, le=65535, description="None = a free port")
     redis_port: int | None = Field(default=None, ge=1, le=65535, description="None = a free port")

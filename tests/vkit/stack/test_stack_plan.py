@@ -61,6 +61,7 @@ def test_gpu_replicas_get_one_device_each_and_no_cpu_flags() -> None:
         assert "--cpu" not in spec.argv
         assert spec.argv[spec.argv.index("--gpu") + 1] == "rtx4090"
         assert spec.env["CUDA_VISIBLE_DEVICES"] == str(index)
+        assert spec.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # index = nvidia-smi's
         assert "VLLM_CPU_OMP_THREADS_BIND" not in spec.env
         assert "--max-model-len" not in spec.argv
     assert plan.model_name == "meta-llama/Llama-3.1-8B-Instruct"

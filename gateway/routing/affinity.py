@@ -1,0 +1,100 @@
+"""The prefix-affinity key of a request: a hash of its leading content. Pure.
+
+vLLM's prefix cache reuses the KV blocks of a prompt's *leading* tokens, so requests that
+begin alike should meet on one replica. The key is the model and the first
+``prefix_chars`` characters of the conversation for ``/v1/chat/completions``: the leading
+system messages when they have ``min_prefix_chars`` (a tenant's prompt: its users' turns
+then share its replica), else each message's role and text in order (the first turns: a
+conversation stays together); for ``/v1/completions`` the prompt
+(its first element for a batch; token ids as text) for ``/v1/completions``. Fewer than
+``min_prefix_chars`` such characters give no key: nothing worth a cache, so the request
+goes where the load is least. Embeddings have no key.
+
+    >>> body = b'{"model": "m", "messages": [{"role": "system", "content": "You are ..."}]}'
+    >>> prefix_key(body, "/v1/chat/completions", prefix_chars=2048, min_prefix_chars=4) > 0
+    True
+
+One JSON parse of the body per request (admission's parse is not kept); the key is a
+64-bit int, so the router holds no state per key: memory does not grow with tenants.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.routing.ring import key_hash
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+_SYSTEM_ROLES = ("system", "developer")
+
+
+def prefix_key(
+    body: bytes | None, path: str, *, prefix_chars: int, min_prefix_chars: int
+) -> int | None:
+    """The request's affinity key, or ``None`` (no leading content worth one)."""
+    if body is None or path not in (CHAT_PATH, COMPLETIONS_PATH):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if path == CHAT_PATH:
+        text = _leading_messages(data.get("messages"), prefix_chars, min_prefix_chars)
+    else:
+        text = _leading_prompt(data.get("prompt"), prefix_chars)
+    if text is None or len(text) < min_prefix_chars:
+        return None
+    return key_hash(f"{data.get('model')}\x00{text[:prefix_chars]}")
+
+
+def _leading_messages(messages: Any, limit: int, enough: int) -> str | None:
+    """The leading system (and developer) messages when they are ``enough`` characters --
+    a tenant's shared prompt, whatever its users ask -- else the first messages in order,
+    so that a conversation without one stays together."""
+    if not isinstance(messages, list):
+        return None
+    parts: list[str] = []
+    size = 0
+    system_only = True
+    for message in messages:
+        if size >= limit:
+            break
+        if not isinstance(message, dict):
+            return None
+        role = message.get("role")
+        if system_only and role not in _SYSTEM_ROLES:
+            if parts and size >= enough:
+                break
+            system_only = False
+        part = f"{role}\n{_text(message.get('content'))}\x00"
+        parts.append(part)
+        size += len(part)
+    return "".join(parts)
+
+
+def _text(content: Any) -> str:
+    """A message's text: the string, or its text parts joined (media parts as their type)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        pieces = []
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                pieces.append(text if isinstance(text, str) else f"<{part.get('type')}>")
+        return "".join(pieces)
+    return ""
+
+
+def _leading_prompt(prompt: Any, limit: int) -> str | None:
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompt = prompt[0]  # a batch: its first prompt
+    if isinstance(prompt, str):
+        return prompt[:limit]
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt[:limit]):
+        return " ".join(map(str, prompt[: max(limit // 4, 1)]))  # ~4 characters a token
+    return None

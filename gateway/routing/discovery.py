@@ -1,0 +1,126 @@
+"""Finding the replicas: the settings' list, a file, or DNS records (the discovery seam).
+
+A :class:`ReplicaSource` answers "which base URLs now"; :class:`Discovery` asks it every
+``discovery.interval`` seconds and hands a changed answer to
+:meth:`gateway.upstreams.UpstreamPool.replace` (kept replicas keep their state, new ones
+are probed before the aware router sends them anything). Sources:
+
+- :class:`FileSource`: one base URL per line, ``#`` comments (a file a deploy tool writes);
+- :class:`DnsSource`: every address the name resolves to (A and AAAA records: a Kubernetes
+  headless Service lists its ready pods so), as ``scheme://address:port``.
+
+A look-up that fails keeps the list as it was (logged); an empty answer is taken (every
+replica gone: scale to zero), and requests are then held or refused (:mod:`.holding`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from gateway.settings import DiscoverySettings
+from gateway.upstreams import UpstreamPool
+
+log = logging.getLogger("vkit.gateway.discovery")
+
+
+class ReplicaSource(Protocol):
+    async def replicas(self) -> list[str]:
+        """The base URLs to serve now; raises OSError when it cannot tell."""
+
+
+class FileSource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def replicas(self) -> list[str]:
+        text = await asyncio.to_thread(self.path.read_text)
+        return parse_url_list(text)
+
+
+def parse_url_list(text: str) -> list[str]:
+    """Base URLs, one per line; blank lines and ``#`` comments skipped, order kept."""
+    urls = []
+    for line in text.splitlines():
+        url = line.split("#", 1)[0].strip()
+        if url and url not in urls:
+            urls.append(url.rstrip("/"))
+    return urls
+
+
+class DnsSource:
+    """Addresses of ``name`` (``resolve`` is injectable: ``async (name, port) -> [address]``)."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        scheme: str = "http",
+        resolve: Callable[[str, int], Awaitable[list[str]]] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.scheme = scheme
+        self._resolve = resolve or _getaddrinfo
+
+    async def replicas(self) -> list[str]:
+        addresses = await self._resolve(self.name, self.port)
+        return [host_url(self.scheme, address, self.port) for address in sorted(set(addresses))]
+
+
+async def _getaddrinfo(name: str, port: int) -> list[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+            return []  # the name has no records (now): no replicas
+        raise
+    return [str(info[4][0]) for info in infos]
+
+
+def host_url(scheme: str, address: str, port: int) -> str:
+    try:
+        is_v6 = ipaddress.ip_address(address).version == 6
+    except ValueError:
+        is_v6 = False
+    return f"{scheme}://[{address}]:{port}" if is_v6 else f"{scheme}://{address}:{port}"
+
+
+def source_of(settings: DiscoverySettings) -> ReplicaSource | None:
+    """The source the settings name, or ``None``: the ``upstreams`` list alone."""
+    if settings.file is not None:
+        return FileSource(settings.file)
+    if settings.dns_name is not None:
+        return DnsSource(settings.dns_name, settings.dns_port, settings.scheme)
+    return None
+
+
+class Discovery:
+    def __init__(self, source: ReplicaSource, pool: UpstreamPool, interval: float) -> None:
+        self.source = source
+        self.pool = pool
+        self.interval = interval
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval)
+
+    async def refresh(self) -> bool:
+        """Ask the source once; whether the pool changed. Never raises (but cancellation)."""
+        try:
+            urls = await self.source.replicas()
+        except (OSError, UnicodeError) as exc:
+            log.warning(
+                "replica discovery failed, keeping %d replicas: %s", len(self.pool.upstreams), exc
+            )
+            return False
+        changed = self.pool.replace(urls)
+        if changed:
+            log.info("replicas now: %s", ", ".join(urls) or "none")
+        return changed

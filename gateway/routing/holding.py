@@ -1,0 +1,78 @@
+"""Holding requests while no upstream is ready (scale to zero, every replica restarting).
+
+With ``hold.max_wait`` set (:class:`gateway.settings.HoldSettings`), a request that finds
+every upstream probed and none ready waits -- at most ``max_queued`` at a time, each at most
+``max_wait`` seconds -- for the prober to find one ready (it probes every
+``hold.probe_interval`` s while requests wait), and then goes on as any other. Past the
+queue bound or the deadline: 503 + ``Retry-After`` (codes :data:`QUEUE_FULL`,
+:data:`DEADLINE`), counted in ``vkit_gateway_hold_refused_total{reason}``. Without
+``max_wait`` such a request is refused at once, as before. The held count is
+``vkit_gateway_held_requests``: a scale-from-zero signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.errors import RETRY_AFTER_S, UpstreamUnavailable
+from gateway.settings import HoldSettings
+from gateway.upstreams import UpstreamPool
+
+QUEUE_FULL = "hold_queue_full"
+DEADLINE = "hold_timeout"
+
+
+class HoldMetrics(Protocol):
+    @property
+    def held_requests(self) -> Any: ...
+
+    @property
+    def hold_seconds(self) -> Any: ...
+
+    @property
+    def hold_refused(self) -> Any: ...
+
+
+class Hold:
+    def __init__(
+        self,
+        settings: HoldSettings,
+        pool: UpstreamPool,
+        metrics: HoldMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+        self.clock = clock
+
+    async def until_ready(self) -> None:
+        """Return once an upstream may serve; raise UpstreamUnavailable if none will in time."""
+        pool = self.pool
+        if not pool.none_can_serve:
+            return
+        max_wait = self.settings.max_wait
+        if max_wait is None:
+            raise UpstreamUnavailable("no upstream is ready; retry shortly")
+        if pool.waiting >= self.settings.max_queued:
+            self.metrics.hold_refused.labels("queue_full").inc()
+            raise UpstreamUnavailable(
+                f"no upstream is ready and {pool.waiting} requests already wait for one; "
+                "retry shortly",
+                code=QUEUE_FULL,
+            )
+        began = self.clock()
+        self.metrics.held_requests.inc()
+        try:
+            ready = await pool.wait_ready(max_wait)
+        finally:
+            self.metrics.held_requests.dec()
+            self.metrics.hold_seconds.observe(self.clock() - began)
+        if not ready:
+            self.metrics.hold_refused.labels("deadline").inc()
+            raise UpstreamUnavailable(
+                f"no upstream became ready within {max_wait:g} s; retry shortly",
+                code=DEADLINE,
+                headers={"retry-after": str(RETRY_AFTER_S)},
+            )
