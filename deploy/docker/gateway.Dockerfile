@@ -6,9 +6,11 @@ COPY pyproject.toml README.md ./
 COPY vkit ./vkit
 COPY launcher ./launcher
 COPY gateway ./gateway
-# Package data (pyproject's package-dir: launcher.configs, vkit.nginx), installed with the rest.
+# Package data (pyproject's package-dir: launcher.configs, vkit.nginx, vkit.monitoring),
+# installed with the rest.
 COPY configs ./configs
 COPY nginx ./nginx
+COPY deploy/monitoring ./deploy/monitoring
 # What the gateway imports, nothing more: pyproject's dependencies, with tokenizers installed
 # without its one requirement, huggingface_hub (with hf-xet, fsspec, httpx2, tqdm: ~26 MB).
 # That serves Tokenizer.from_pretrained's downloads; the gateway reads tokenizer.json files

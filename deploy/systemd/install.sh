@@ -7,6 +7,7 @@
 #       --gpus 0,1 [--enable]                  # vllm@0, vllm@1: one GPU each
 #   sudo deploy/systemd/install.sh --profile configs/deployments/llama-3.1-70b-h200-tp2.yaml \
 #       --gpus 0,1,2,3 --tp 2                  # vllm@0-1, vllm@2-3: tensor parallel 2
+#   sudo deploy/systemd/install.sh ... --routing aware   # gateway -> replicas direct, no NGINX
 #   deploy/systemd/install.sh --destdir /tmp/stage ...   # stage files only (no root needed)
 #   deploy/systemd/install.sh --dry-run ...              # print what would be done
 #
@@ -15,6 +16,8 @@
 # written. Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
 # redis-server. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
 # the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
+# --routing round_robin (default): the gateway goes through NGINX; aware: the gateway
+# routes to the replicas' ports itself (by load and prompt prefix) and no NGINX site is set.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,9 +30,10 @@ enable=0
 vkit_bin="/opt/vkit/venv/bin/vkit"
 base_port=8001
 nginx_listen="127.0.0.1:8000"
+routing="round_robin"
 
 usage() {
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -45,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --destdir) destdir="${2:?--destdir needs a directory}"; shift 2 ;;
         --vkit-bin) vkit_bin="${2:?--vkit-bin needs a path}"; shift 2 ;;
         --base-port) base_port="${2:?--base-port needs a number}"; shift 2 ;;
+        --routing) routing="${2:?--routing needs round_robin or aware}"; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         --enable) enable=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -55,6 +60,7 @@ done
 [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus: expected GPU indexes like 0,1"
 [[ "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
 [[ -z "$tp" || "$tp" =~ ^[1-9][0-9]*$ ]] || die "--tp: expected a number of GPUs per replica"
+[[ "$routing" == round_robin || "$routing" == aware ]] || die "--routing: expected round_robin or aware"
 root="${destdir%/}"
 etc="$root/etc/vkit"
 
@@ -105,7 +111,8 @@ stage="$(mktemp -d "${TMPDIR:-/tmp}/vkit-stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 hf_home="$(sed -n 's/^Environment=HF_HOME=//p' "$here/vllm@.service")"
 render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
-    --base-port "$base_port" --listen "$nginx_listen" --hf-home "$hf_home" --out "$stage")
+    --base-port "$base_port" --listen "$nginx_listen" --hf-home "$hf_home" --routing "$routing"
+    --out "$stage")
 [[ -z "$tp" ]] || render+=(--tp "$tp")
 if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
@@ -113,6 +120,11 @@ if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     die "${reason% (see --help)}"
 fi
 grep '^vkit render: note: ' "$stage/render.err" >&2 || true
+# gateway-routing.env sets routing and upstreams; gateway.env (kept, read last) would win
+# (an earlier install's NGINX upstream line is what round_robin sets anyway).
+if [[ "$routing" == aware && -f "$etc/gateway.env" ]] && grep -Eq '^VKIT_GATEWAY_(UPSTREAMS|ROUTING)=' "$etc/gateway.env"; then
+    die "$etc/gateway.env sets VKIT_GATEWAY_UPSTREAMS or VKIT_GATEWAY_ROUTING, which would override --routing $routing: remove those lines (gateway-routing.env has them now)"
+fi
 instances=()
 for env_file in "$stage"/etc/vkit/replica-*.env; do
     name="${env_file##*/replica-}"
@@ -164,7 +176,7 @@ VKIT_GATEWAY_PORT=8080
 # The admin listener (/metrics for Prometheus, /readyz details, /openapi.json): loopback only.
 VKIT_GATEWAY_ADMIN_HOST=127.0.0.1
 VKIT_GATEWAY_ADMIN_PORT=9180
-VKIT_GATEWAY_UPSTREAMS=[\"http://$nginx_listen\"]
+# Routing and upstreams: gateway-routing.env (install.sh --routing), not here.
 VKIT_GATEWAY_KEYS_FILE=/etc/vkit/keys.yaml
 VKIT_GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0"
 # The API keys: root writes (vkit keys add keeps owner, group and mode), the gateway's
@@ -176,19 +188,25 @@ if [[ -z "$destdir" && $dry_run -eq 0 ]]; then
 fi
 
 # 5. NGINX site (one server per GPU set), rendered from the same template as every other
-# deployment.
+# deployment; none with --routing aware (the gateway reaches the replicas itself).
 site="etc/nginx/sites-available/vkit.conf"
-install_file "$stage/$site" "$root/$site" 0644
-if [[ $dry_run -eq 0 ]]; then
-    mkdir -p "$root/etc/nginx/sites-enabled"
-    ln -sfn ../sites-available/vkit.conf "$root/etc/nginx/sites-enabled/vkit.conf"
+if [[ -f "$stage/$site" ]]; then
+    install_file "$stage/$site" "$root/$site" 0644
+    if [[ $dry_run -eq 0 ]]; then
+        mkdir -p "$root/etc/nginx/sites-enabled"
+        ln -sfn ../sites-available/vkit.conf "$root/etc/nginx/sites-enabled/vkit.conf"
+    fi
+elif [[ -e "$root/etc/nginx/sites-enabled/vkit.conf" ]]; then
+    echo "note: the NGINX site of an earlier install is unused with --routing aware: remove $root/etc/nginx/sites-enabled/vkit.conf"
 fi
 
 # 6. Tell systemd and NGINX (not when staging into --destdir).
 if [[ -z "$destdir" ]]; then
-    run nginx -t -q
     run systemctl daemon-reload
-    run systemctl reload-or-restart nginx
+    if [[ -f "$stage/$site" ]]; then
+        run nginx -t -q
+        run systemctl reload-or-restart nginx
+    fi
     if [[ $enable -eq 1 ]]; then
         # --no-block: a replica is "activating" until its weights are loaded and vkit launch
         # sends READY=1 (minutes for a large model); watch with journalctl -fu vllm@0.

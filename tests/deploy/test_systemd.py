@@ -736,3 +736,69 @@ def test_the_gateway_user_can_read_the_replicas_hf_cache(staged: Path) -> None:
 def test_systemd_host_files_module_examples() -> None:
     failures, tried = doctest.testmod(systemd_host, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+# --- Routing: --routing aware lists the replicas' ports as the gateway's upstreams ---------
+
+
+@pytest.fixture(scope="module")
+def staged_aware(tmp_path_factory: pytest.TempPathFactory, vkit_bin: Path) -> Path:
+    root = tmp_path_factory.mktemp("stage-aware")
+    args = ["--gpus", "0,1,2,3", "--tp", "2", "--profile", str(PROFILE_TP), "--routing", "aware"]
+    result = install(root, vkit_bin, *args)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_aware_install_routes_the_gateway_to_each_replicas_port(staged_aware: Path) -> None:
+    env = unit_environment(staged_aware, "vkit-gateway.service")
+    assert unknown_gateway_variables(env) == []
+    settings = gateway_settings(env)
+    assert settings.routing == "aware"
+    assert settings.upstream_urls == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+    assert not (staged_aware / "etc/nginx").exists()  # no NGINX site: nothing in between
+
+
+def test_round_robin_install_routes_through_nginx(staged: Path) -> None:
+    settings = gateway_settings(unit_environment(staged, "vkit-gateway.service"))
+    assert settings.routing == "round_robin"
+    assert settings.upstream_urls == ["http://127.0.0.1:8000"]
+    assert (staged / "etc/nginx/sites-enabled/vkit.conf").is_symlink()
+
+
+def test_switching_an_install_to_aware_rewrites_its_routing(tmp_path: Path, vkit_bin: Path) -> None:
+    assert install(tmp_path, vkit_bin, "--gpus", "0,1", "--profile", str(PROFILE)).returncode == 0
+    result = install(tmp_path, vkit_bin, "--gpus", "0,1", "--routing", "aware")
+    assert result.returncode == 0, result.stderr
+    assert "sites-enabled/vkit.conf" in result.stdout  # the old site is named as unused
+    settings = gateway_settings(unit_environment(tmp_path, "vkit-gateway.service"))
+    assert settings.upstream_urls == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+
+
+def test_a_gateway_env_that_overrides_routing_is_refused(tmp_path: Path, vkit_bin: Path) -> None:
+    etc = tmp_path / "etc" / "vkit"
+    etc.mkdir(parents=True)
+    (etc / "gateway.env").write_text('VKIT_GATEWAY_UPSTREAMS=["http://127.0.0.1:8000"]\n')
+    args = ["--gpus", "0", "--profile", str(PROFILE), "--routing", "aware"]
+    result = install(tmp_path, vkit_bin, *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "VKIT_GATEWAY_UPSTREAMS" in result.stderr
+    assert not (etc / "replica-0.env").exists()
+
+
+def test_an_unknown_routing_is_refused(tmp_path: Path, vkit_bin: Path) -> None:
+    result = install(tmp_path, vkit_bin, "--gpus", "0", "--profile", str(PROFILE), "--routing", "x")
+    assert result.returncode == 2
+    assert "--routing" in result.stderr
+
+
+def test_an_earlier_installs_nginx_upstream_line_still_installs_round_robin(
+    tmp_path: Path, vkit_bin: Path
+) -> None:
+    etc = tmp_path / "etc" / "vkit"
+    etc.mkdir(parents=True)
+    (etc / "gateway.env").write_text('VKIT_GATEWAY_UPSTREAMS=["http://127.0.0.1:8000"]\n')
+    result = install(tmp_path, vkit_bin, "--gpus", "0", "--profile", str(PROFILE))
+    assert result.returncode == 0, result.stderr
+    settings = gateway_settings(unit_environment(tmp_path, "vkit-gateway.service"))
+    assert settings.upstream_urls == ["http://127.0.0.1:8000"]

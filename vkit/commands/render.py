@@ -17,7 +17,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,7 @@ class ComposeArgs(BaseModel):
     concurrency: int | None = Field(default=None, ge=1)
     context: int | None = Field(default=None, ge=16)
     shutdown_timeout: int = Field(default=30, ge=1)
+    routing: Literal["round_robin", "aware"] = "round_robin"
     out: Path | None = None
 
     @field_validator("gpus", mode="before")
@@ -88,6 +89,11 @@ def register(subparsers: Any) -> None:
     target.add_argument("--concurrency", type=int, help="target concurrent requests")
     target.add_argument("--context", type=int, help="target max_model_len")
     compose.add_argument("--shutdown-timeout", type=int, default=30, help="drain seconds")
+    compose.add_argument(
+        "--routing",
+        choices=["round_robin", "aware"],
+        help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
+    )
     compose.add_argument("--out", type=Path, help="compose file to write (with its companions)")
     compose.set_defaults(handler=run_compose)
 
@@ -127,6 +133,7 @@ def run_compose(args: argparse.Namespace) -> int:
         tensor_parallel=settings.tp,
         model=model.name,
         shutdown_timeout_s=settings.shutdown_timeout,
+        routing=settings.routing,
     )
     files = render_compose_bundle(
         spec, plan, price_per_hour=gpu.price_per_hour, command=_command_line(args)
@@ -179,4 +186,6 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += [f"--{flag}", str(getattr(args, flag))]
     if args.shutdown_timeout != 30:
         parts += ["--shutdown-timeout", str(args.shutdown_timeout)]
+    if args.routing not in (None, "round_robin"):
+        parts += ["--routing", args.routing]
     return shlex.join(parts)

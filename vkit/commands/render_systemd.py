@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +40,7 @@ class SystemdArgs(BaseModel):
     base_port: int = Field(default=8001, ge=1, le=65535)
     listen: str = "127.0.0.1:8000"
     hf_home: PurePosixPath = PurePosixPath("/var/lib/vkit/huggingface")
+    routing: Literal["round_robin", "aware"] = "round_robin"
     out: Path
 
     @field_validator("gpus", mode="before")
@@ -65,6 +66,11 @@ def register(kinds: Any) -> None:
     parser.add_argument(
         "--hf-home", default="/var/lib/vkit/huggingface", help="the replicas' HF_HOME"
     )
+    parser.add_argument(
+        "--routing",
+        choices=["round_robin", "aware"],
+        help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory standing for /")
     parser.set_defaults(handler=run_systemd)
 
@@ -85,7 +91,9 @@ def run_systemd(args: argparse.Namespace) -> int:
             source=tokenizer_source(spec.options),
             hf_cache=settings.hf_home / "hub",
         )
-        files = systemd_host_files(replicas, listen=settings.listen, tokenizer=tokenizer)
+        files = systemd_host_files(
+            replicas, listen=settings.listen, tokenizer=tokenizer, routing=settings.routing
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     write_files({str(path): text for path, text in files.items()}, settings.out)

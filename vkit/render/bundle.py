@@ -6,7 +6,8 @@
 
 Keys are paths relative to the compose file's directory. ``deploy/docker/`` holds the
 rendered example (``vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b
---quant awq``); a test re-renders it and compares. The replicas' supervisor
+--quant awq``); a test re-renders it and compares. With ``spec.routing == "aware"`` there is
+no NGINX and so no ``nginx/vkit.conf``. The replicas' supervisor
 (``vllm_supervisor.py``) is a static file there, as ``../monitoring`` is: not rendered.
 """
 
@@ -68,11 +69,10 @@ def render_compose_bundle(
         f"dcgm-exporter:{DCGM_PORT}",
         alertmanager_target=f"alertmanager:{ALERTMANAGER_PORT}",
     )
-    files = {
-        COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan)),
-        NGINX_SITE_FILE: compose_nginx_site(replicas, str(NGINX_PORT)),
-        PROMETHEUS_FILE: header(command) + dump_yaml(prometheus),
-    }
+    files = {COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan))}
+    if spec.routing == "round_robin":
+        files[NGINX_SITE_FILE] = compose_nginx_site(replicas, str(NGINX_PORT))
+    files[PROMETHEUS_FILE] = header(command) + dump_yaml(prometheus)
     if price_per_hour is not None:
         rules = build_cost_rules(list(spec.gpu_ids), spec.gpu, price_per_hour)
     else:  # no price known for this GPU: cost panels stay empty

@@ -24,13 +24,17 @@ shutdown, up to ``timeouts.total``, set here), then NGINX (SIGQUIT: graceful), t
 replicas (vLLM's ``--shutdown-timeout`` drain). Each ``stop_grace_period`` is its drain plus a
 margin (:func:`stop_grace_s`), NGINX's that of the replicas. ``down -t N`` overrides them all.
 
+Routing (the gateway's ``routing``): ``round_robin`` (the default) sends everything through
+NGINX; ``aware`` lists the replicas themselves as the gateway's upstreams (it routes by their
+load and the prompt's prefix) and leaves NGINX out, which then has no client.
+
 Secrets are never rendered: ``${VAR:?message}`` makes ``docker compose`` refuse to start
 without them; ``.env.example`` documents every variable.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +108,9 @@ class ComposeSpec(BaseModel):
     model: str = Field(description="served model name (a configs/models entry)")
     shutdown_timeout_s: int = Field(default=30, ge=1)
     gateway_image: str = "vkit-gateway:latest"
+    routing: Literal["round_robin", "aware"] = Field(
+        default="round_robin", description="the gateway's routing: via NGINX, or replica-aware"
+    )
 
     @property
     def gpu_sets(self) -> list[GpuSet]:
@@ -145,7 +152,8 @@ def build_compose(spec: ComposeSpec, plan: FitPlan) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for gpu_set in spec.gpu_sets:
         services[replica_service_name(gpu_set)] = vllm_service(spec, plan, gpu_set)
-    services["nginx"] = nginx_service(spec)
+    if spec.routing == "round_robin":  # aware: the gateway reaches the replicas itself
+        services["nginx"] = nginx_service(spec)
     services["gateway"] = gateway_service(spec, served_model_var(spec, plan))
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
@@ -296,8 +304,21 @@ def nginx_service(spec: ComposeSpec) -> dict[str, Any]:
     }
 
 
+def gateway_routing(spec: ComposeSpec) -> tuple[dict[str, str], dict[str, Any]]:
+    """The gateway's routing variables and what it waits for: NGINX (healthy), or with
+    ``aware`` every replica (started, as NGINX waits: the router takes a down one out)."""
+    if spec.routing == "round_robin":
+        env = {"VKIT_GATEWAY_UPSTREAMS": f'["http://nginx:{NGINX_PORT}"]'}
+        return env, {"nginx": {"condition": "service_healthy"}}
+    names = [replica_service_name(gpu_set) for gpu_set in spec.gpu_sets]
+    urls = ", ".join(f'"http://{name}:{VLLM_PORT}"' for name in names)
+    env = {"VKIT_GATEWAY_UPSTREAMS": f"[{urls}]", "VKIT_GATEWAY_ROUTING": "aware"}
+    return env, {name: {"condition": "service_started"} for name in names}
+
+
 def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]:
     probe = http_probe(f"http://localhost:{GATEWAY_PORT}/livez")
+    routing_env, upstream_deps = gateway_routing(spec)
     return {
         "image": spec.gateway_image,
         "build": {"context": "../..", "dockerfile": "deploy/docker/gateway.Dockerfile"},
@@ -306,7 +327,7 @@ def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]
             "VKIT_GATEWAY_PORT": str(GATEWAY_PORT),
             "VKIT_GATEWAY_ADMIN_HOST": "0.0.0.0",
             "VKIT_GATEWAY_ADMIN_PORT": str(GATEWAY_ADMIN_PORT),
-            "VKIT_GATEWAY_UPSTREAMS": f'["http://nginx:{NGINX_PORT}"]',
+            **routing_env,
             "VKIT_GATEWAY_UPSTREAM_API_KEY": API_KEY_VAR,
             "VKIT_GATEWAY_KEYS_FILE": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
             "VKIT_GATEWAY_REDIS_URL": "redis://redis:6379/0",
@@ -323,7 +344,7 @@ def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]
         ],
         "ports": [f"${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
         "depends_on": {
-            "nginx": {"condition": "service_healthy"},
+            **upstream_deps,
             "redis": {"condition": "service_healthy"},
         },
         "healthcheck": {

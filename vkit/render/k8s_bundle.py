@@ -111,8 +111,12 @@ def monitoring_files(spec: K8sSpec, sources: Sources) -> dict[str, str]:
 
 
 def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
-    """The gateway's expected model (and, for scale to zero, its holding settings)."""
-    env = [{"name": "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "value": f'["{spec.model}"]'}]
+    """The gateway's expected model and routing over the pods that DNS discovery finds in
+    the headless Service (and, for scale to zero, its holding settings)."""
+    env = [
+        {"name": "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "value": f'["{spec.model}"]'},
+        {"name": "VKIT_GATEWAY_ROUTING", "value": spec.routing},
+    ]
     if spec.autoscaler == "zero":
         env += [{"name": k, "value": v} for k, v in hold_settings(spec, startup_s).items()]
     return {

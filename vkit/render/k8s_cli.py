@@ -39,6 +39,11 @@ def register(kinds: Any) -> None:
         "--autoscaler", default="keda", choices=["keda", "hpa", "zero", "none"],
         help="keda; hpa (prometheus-adapter); zero (KEDA down to no replica); none",
     )  # fmt: skip
+    k8s.add_argument(
+        "--routing", choices=["aware", "round_robin"],
+        help="gateway routing over the discovered pods: aware (default; load and prefix), "
+        "or round_robin",
+    )  # fmt: skip
     k8s.add_argument("--min-replicas", type=int, help="default 1 (zero: 0)")
     k8s.add_argument("--max-replicas", type=int, default=4)
     k8s.add_argument("--scale-target", type=int, help="running requests per replica")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,6 +46,7 @@ class K8sArgs(BaseModel):
     context: int | None = Field(default=None, ge=16)
     shutdown_timeout: int = Field(default=30, ge=1)
     autoscaler: Autoscaler = "keda"
+    routing: Literal["round_robin", "aware"] = "aware"
     min_replicas: int | None = Field(default=None, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     scale_target: int | None = Field(default=None, ge=1)
@@ -120,6 +122,7 @@ def plan_k8s(args: K8sArgs) -> tuple[K8sSpec, FitPlan, float | None]:
         tensor_parallel=args.tp,
         shutdown_timeout_s=args.shutdown_timeout,
         autoscaler=args.autoscaler,
+        routing=args.routing,
         min_replicas=min_replicas,
         max_replicas=args.max_replicas,
         scale_target=target,

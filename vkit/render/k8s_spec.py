@@ -78,6 +78,9 @@ class K8sSpec(BaseModel):
     tensor_parallel: int = Field(default=1, ge=1, le=8)
     shutdown_timeout_s: int = Field(default=30, ge=1)
     autoscaler: Autoscaler = "keda"
+    routing: Literal["round_robin", "aware"] = Field(
+        default="aware", description="the gateway's routing over the pods it discovers"
+    )
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     scale_target: int = Field(default=1, ge=1, description="running requests per replica")
@@ -97,6 +100,8 @@ class K8sSpec(BaseModel):
             name += f"-tp{self.tensor_parallel}"
         if self.autoscaler in ("hpa", "zero"):
             name += f"-{self.autoscaler}"
+        if self.routing == "round_robin":
+            name += "-round-robin"
         return name
 
     @property

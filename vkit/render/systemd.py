@@ -15,6 +15,10 @@ and the gateway's tokenizer settings, from one deployment profile.
 installs each one (``vkit render systemd`` writes them into a staging directory first).
 The units themselves (``deploy/systemd/*.service``) are static: an instance reads its GPU
 set, port and tensor-parallel size from ``/etc/vkit/replica-%i.env``.
+
+Routing: ``round_robin`` (the default) puts NGINX over the replicas and the gateway in front of
+NGINX; ``aware`` renders no NGINX site and lists the replicas' loopback ports as the gateway's
+upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Literal
 
 from launcher.sizing.gpu_sets import GpuSet
 from vkit.nginx_conf import render_nginx_site
@@ -30,6 +35,8 @@ REPLICA_HOST = "127.0.0.1"
 ETC_VKIT = PurePosixPath("etc/vkit")
 NGINX_SITE = PurePosixPath("etc/nginx/sites-available/vkit.conf")
 GATEWAY_MODEL_ENV = ETC_VKIT / "gateway-model.env"
+GATEWAY_ROUTING_ENV = ETC_VKIT / "gateway-routing.env"
+Routing = Literal["round_robin", "aware"]
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,36 @@ def gateway_model_env(tokenizer: ModelTokenizer) -> str:
     )
 
 
+def gateway_routing_env(replicas: list[ReplicaInstance], *, listen: str, routing: Routing) -> str:
+    """``/etc/vkit/gateway-routing.env``: the gateway's ``routing`` and its upstreams (NGINX's
+    ``listen``, or with ``aware`` every replica's loopback port)."""
+    if routing == "aware":
+        upstreams = [f"http://{r.upstream}" for r in replicas]
+    else:
+        upstreams = [f"http://{listen}"]
+    return (
+        f"# Written by install.sh (--routing {routing}) on every install; gateway.env, read\n"
+        "# after this file, wins: leave routing and upstreams out of it.\n"
+        f"VKIT_GATEWAY_ROUTING={routing}\n"
+        f"VKIT_GATEWAY_UPSTREAMS={_env_value(json.dumps(upstreams))}\n"
+    )
+
+
 def systemd_host_files(
-    replicas: list[ReplicaInstance], *, listen: str, tokenizer: ModelTokenizer
+    replicas: list[ReplicaInstance],
+    *,
+    listen: str,
+    tokenizer: ModelTokenizer,
+    routing: Routing = "round_robin",
 ) -> dict[PurePosixPath, str]:
     """Every generated file, by its path below ``/``: the replicas' env files, the NGINX site
-    (one server per GPU set) and the gateway's model settings."""
+    (one server per GPU set; none with ``aware``) and the gateway's model and routing
+    settings."""
     files = {replica.env_path: replica_env(replica) for replica in replicas}
-    files[NGINX_SITE] = render_nginx_site([r.upstream for r in replicas], listen)
+    if routing == "round_robin":
+        files[NGINX_SITE] = render_nginx_site([r.upstream for r in replicas], listen)
     files[GATEWAY_MODEL_ENV] = gateway_model_env(tokenizer)
+    files[GATEWAY_ROUTING_ENV] = gateway_routing_env(replicas, listen=listen, routing=routing)
     return files
 
 
