@@ -32,12 +32,19 @@ def running_nginx(
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf(upstreams, f"127.0.0.1:{port}", tuning=tuning))
-    argv = nginx_argv(conf, prefix, binary=nginx_binary())
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{port}"
-    try:
+    with nginx_process(conf, prefix, nginx_binary()) as proc:
         _wait_healthy(proc, base_url, prefix)
         yield base_url
+
+
+@contextmanager
+def nginx_process(conf: Path, prefix: Path, binary: str) -> Iterator[subprocess.Popen[bytes]]:
+    """NGINX in the foreground on ``conf``; always stopped (TERM, then KILL) on the way out."""
+    argv = nginx_argv(conf, prefix, binary=binary)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
     finally:
         proc.terminate()
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.deploy.nginx_process import nginx_process
 from vkit.nginx_conf import nginx_argv, render_nginx_site, wrap_standalone
 from vkit.render.bundle import compose_nginx_site
 from vkit.stack.ports import free_port
@@ -127,19 +128,8 @@ def nginx_with(site: str, prefix: Path) -> Iterator[subprocess.Popen[bytes]]:
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(wrap_standalone(site))
-    argv = nginx_argv(conf, prefix, binary=resolving_nginx())
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with nginx_process(conf, prefix, resolving_nginx()) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def wait_started(proc: subprocess.Popen[bytes], base_url: str, prefix: Path) -> None:
