@@ -62,6 +62,10 @@ def ask(url: str, key: str, model: str) -> dict[str, object]:
     return reply
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=2400.0, help="seconds to the banner")
@@ -76,6 +80,9 @@ def main() -> int:
         text=True,
         bufsize=1,
         start_new_session=True,
+        # Ctrl-C must reach the demo even when this runs as a background job (a shell without
+        # job control starts those with SIGINT ignored, and an ignored signal is inherited).
+        preexec_fn=_default_sigint,
     )
     lines: list[str] = []
 
