@@ -70,9 +70,20 @@ def start_vkit_up(port: int, run_dir: Path) -> tuple[subprocess.Popen[str], Outp
     argv = [sys.executable, "-m", "vkit", "up", "--replicas", "1", "--port", str(port)]
     argv += ["--run-dir", str(run_dir)]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        preexec_fn=_default_sigint,  # the tests' Ctrl-C, even when pytest runs in the background
     )
     return proc, Output(proc)
+
+
+def _default_sigint() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored, and an ignored
+    signal is inherited: vkit up would never see the Ctrl-C these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_banner(proc: subprocess.Popen[str], output: Output) -> None:
