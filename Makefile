@@ -7,13 +7,18 @@ PYTEST  := $(BIN)/python -m pytest
 # Debian keeps nginx in /usr/sbin, which a user's PATH lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: install demo plan test test-fast check lint types clean bootstrap-demo bootstrap-test
+.PHONY: install demo plan test test-fast check lint types clean bootstrap-demo bootstrap-test bootstrap-kubectl
 
 # A fresh machine: the programs `make demo` / `make test` start, and a Python that can make
 # the venv; installed with apt-get as root, else one line naming the command (vkit/bootstrap.py,
 # run by the bare interpreter before anything is installed).
 bootstrap-demo bootstrap-test: bootstrap-%:
 	$(PY) -m vkit.bootstrap $* --venv $(VENV)
+
+# The tests also build the Kubernetes overlays with kubectl's kustomize (vkit/bootstrap_kubectl.py).
+bootstrap-test: bootstrap-kubectl
+bootstrap-kubectl:
+	$(PY) -m vkit.bootstrap_kubectl
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

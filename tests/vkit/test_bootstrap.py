@@ -221,3 +221,30 @@ def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Pat
         f"apt-get install -y -qq --no-install-recommends {packages}",
     ]
     assert done.stderr.splitlines() == [f"make test: installing {packages} (apt-get)"]
+
+
+@needs_root
+def test_kubectl_missing_is_one_line_for_anyone_else_and_a_fetch_for_root(bare_bin: Path) -> None:
+    if not link_python_for_nobody(bare_bin / "bin"):
+        pytest.skip("no Python 3.11 the user nobody can run")
+    env = {"PATH": str(bare_bin / "bin"), "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    user = [*setpriv(), "python3.11", "-m", "vkit.bootstrap_kubectl"]
+    done = subprocess.run(
+        user, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert (
+        line.startswith("make test needs kubectl: run `sudo ") and "vkit.bootstrap_kubectl" in line
+    )
+    root = [sys.executable, "-m", "vkit.bootstrap_kubectl", "--dry-run"]
+    dry = subprocess.run(
+        root, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("fetch https://dl.k8s.io/release/v1.32.4/bin/linux/")
+    present = subprocess.run(  # a kubectl on PATH: nothing to do
+        [sys.executable, "-m", "vkit.bootstrap_kubectl", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (present.returncode, present.stdout) == (0, "") or shutil.which("kubectl") is None
