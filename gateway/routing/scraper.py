@@ -62,13 +62,20 @@ class LoadScraper:
             self.metrics.replica_score.labels(upstream.label).set(score)
 
     async def scrape(self, upstream: Upstream) -> None:
-        """One scrape of ``upstream``; never raises (but for cancellation)."""
-        in_flight = upstream.in_flight
+        """One scrape of ``upstream``; never raises (but for cancellation).
+
+        The in-flight baseline is read when the response head arrives, not when the scrape
+        is sent: vLLM renders the whole page before its head, so what this gateway sent or
+        finished while the scrape travelled is already in the page (reading it before would
+        count a burst twice and spill affinity for nothing). What was sent in the last
+        moments before the head may not be in the page yet; the view's floor at the
+        in-flight count covers it."""
         try:
             async with asyncio.timeout(min(self.settings.scrape_interval * 2, 5.0)):
                 response = await self.client.send(
                     "GET", upstream.url + METRICS_PATH, self.headers, None
                 )
+                in_flight = upstream.in_flight
                 try:
                     status, body = response.status, await response.read()
                 finally:
