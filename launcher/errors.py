@@ -12,6 +12,7 @@
         PriceError                  -- a GPU price the capacity planner cannot use
         GpuSetError                 -- GPU ids that cannot be split into tensor-parallel sets
         NoCheckpointError           -- no known checkpoint of a model at a quantization
+        CheckpointMismatchError     -- a catalog checkpoint whose config.json says otherwise
         UnsupportedParallelismError -- a tensor-parallel size the model or node cannot take
 
 Each message is one line a person can act on. The ``vkit`` command maps these classes to
@@ -63,6 +64,10 @@ class GpuSetError(InvalidInput):
 
 class NoCheckpointError(InvalidInput):
     """No known checkpoint serves the model at the asked quantization (say how to make one)."""
+
+
+class CheckpointMismatchError(InvalidInput):
+    """A catalog checkpoint whose own config.json states other quantization facts."""
 
 
 class UnsupportedParallelismError(InvalidInput):

@@ -16,10 +16,28 @@ from types import ModuleType
 from typing import NoReturn
 
 from vkit import __version__
-from vkit.commands import capacity, gateway, keys, launch, plan, render, up
+from vkit.commands import (
+    capacity,
+    checkpoint_catalog,
+    gateway,
+    keys,
+    launch,
+    plan,
+    render,
+    up,
+)
 from vkit.exit_codes import HANDLED, exit_code_for, message_for
 
-COMMANDS: tuple[ModuleType, ...] = (plan, launch, capacity, gateway, keys, render, up)
+COMMANDS: tuple[ModuleType, ...] = (
+    plan,
+    launch,
+    capacity,
+    checkpoint_catalog,
+    gateway,
+    keys,
+    render,
+    up,
+)
 
 
 class VkitArgumentParser(argparse.ArgumentParser):

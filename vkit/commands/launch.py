@@ -12,9 +12,16 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from launcher.sizing.checkpoint_check import (
+    CheckpointConfigSource,
+    HubEnvironment,
+    require_matching_config,
+)
+from launcher.sizing.checkpoints import served_checkpoint, snapshot_key
 from launcher.sizing.fit_report import command_line
 from launcher.supervision.launch_spec import LaunchSettings, engine_process_env, resolve_launch
 from launcher.supervision.profiles import LaunchEnvironment, load_profile, merge_extra_args
@@ -108,12 +115,33 @@ def with_tiny_model(settings: LaunchSettings, models_dir: Path) -> LaunchSetting
     )
 
 
-def run_launch(args: argparse.Namespace) -> int:
+def catalog_check_note(settings: LaunchSettings, source: CheckpointConfigSource) -> str | None:
+    """For a pre-quantized catalog checkpoint: its config.json checked against the catalog's
+    facts (a note, or a CheckpointMismatchError before vLLM starts); None otherwise."""
+    checkpoint = served_checkpoint(settings.model, settings.quant)
+    if checkpoint is None or not checkpoint.prequantized:
+        return None
+    entry = f"{snapshot_key(settings.model)}/{settings.quant}"
+    return require_matching_config(entry, checkpoint, source)
+
+
+def run_launch(
+    args: argparse.Namespace,
+    *,
+    config_source: CheckpointConfigSource | None = None,
+    argv_for: Callable[[VllmOptions], list[str]] = build_vllm_argv,
+) -> int:
+    """``config_source`` defaults to the Hugging Face cache then the hub (the cache only for
+    ``--dry-run``); ``argv_for`` builds the engine command the supervisor starts."""
     environment = LaunchEnvironment()
     settings = with_tiny_model(settings_from(args, environment), environment.vkit_models_dir)
     gpu_visible, gpu_name = (False, None) if settings.cpu else detect_gpu()
     spec = resolve_launch(settings, gpu_visible=gpu_visible, detected_gpu=gpu_name)
-    for note in spec.notes:
+    if config_source is None:
+        hub = HubEnvironment().source()
+        config_source = hub.cache_only() if args.dry_run else hub
+    checked = catalog_check_note(settings, config_source)
+    for note in [*spec.notes, *([checked] if checked else [])]:
         print(f"vkit launch: note: {note}", file=sys.stderr)
     line = command_line(spec.argv, spec.env)
     if args.dry_run:
@@ -121,7 +149,7 @@ def run_launch(args: argparse.Namespace) -> int:
         return 0
     print(f"vkit launch: {line}", file=sys.stderr, flush=True)
     supervisor = EngineSupervisor(
-        build_vllm_argv,
+        argv_for,
         env=engine_process_env(os.environ, spec.env),
         max_restarts=settings.max_restarts,
     )

@@ -4,6 +4,7 @@ few through a real ``python -m vkit`` subprocess (exit codes, no traceback)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from vkit.cli import main
+from launcher.errors import CheckpointMismatchError
+from launcher.sizing.checkpoint_check import HubConfigSource
+from launcher.supervision.vllm_args import VllmOptions
+from vkit.cli import build_parser, main
+from vkit.commands.launch import run_launch
+from vkit.exit_codes import exit_code_for, message_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -240,3 +246,81 @@ def test_bad_plan_combinations_are_one_line_and_exit_2(
     done = vkit("plan", *args)
     assert done.returncode == 2, done.stdout
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+AWQ_70B = "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+KEPT_AWQ_70B = (
+    REPO / "tests/launcher/sizing/checkpoint_configs" / f"{AWQ_70B.replace('/', '--')}.json"
+)
+LAUNCH_70B_AWQ = ["launch", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--quant", "awq"]
+
+
+def hub_cache_with(root: Path, group_size: int | None = None) -> Path:
+    """A Hugging Face hub cache holding the kept config.json (its group_size changed)."""
+    config = json.loads(KEPT_AWQ_70B.read_bytes())
+    if group_size is not None:
+        config["quantization_config"]["group_size"] = group_size
+    snapshot = root / f"models--{AWQ_70B.replace('/', '--')}" / "snapshots" / ("2" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return root
+
+
+class EngineRecorder:
+    """The supervisor's argv builder: records each start, runs a Python that exits 0."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def __call__(self, options: VllmOptions) -> list[str]:
+        self.started.append(options.model)
+        return [sys.executable, "-c", "pass"]
+
+
+def test_launch_refuses_a_catalog_checkpoint_whose_config_disagrees(tmp_path: Path) -> None:
+    engine = EngineRecorder()
+    source = HubConfigSource(hub_cache_with(tmp_path, group_size=32), offline=True)
+    args = build_parser().parse_args(LAUNCH_70B_AWQ)
+    with pytest.raises(CheckpointMismatchError) as caught:
+        run_launch(args, config_source=source, argv_for=engine)
+    assert engine.started == []  # vLLM never started
+    assert exit_code_for(caught.value) == 2
+    message = message_for(caught.value)
+    assert "\n" not in message and "llama-3.1-70b/awq" in message
+    assert "group_size: catalog 128, config.json 32" in message
+
+
+def test_launch_checks_a_matching_config_then_starts_the_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = EngineRecorder()
+    source = HubConfigSource(hub_cache_with(tmp_path), offline=True)
+    args = build_parser().parse_args(LAUNCH_70B_AWQ)
+    assert run_launch(args, config_source=source, argv_for=engine) == 0
+    assert engine.started == [AWQ_70B]
+    assert f"vkit launch: note: checked {AWQ_70B}/config.json" in capsys.readouterr().err
+
+
+def launch_with_hub_cache(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "vkit", *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+
+
+def test_real_process_dry_run_reads_the_hub_cache_named_by_the_environment(
+    tmp_path: Path,
+) -> None:
+    mismatch = launch_with_hub_cache(
+        hub_cache_with(tmp_path / "bad", 32), *LAUNCH_70B_AWQ, "--dry-run"
+    )
+    assert mismatch.returncode == 2 and mismatch.stdout == ""
+    assert mismatch.stderr.count("\n") == 1 and "group_size: catalog 128" in mismatch.stderr
+    empty = launch_with_hub_cache(tmp_path / "empty", *LAUNCH_70B_AWQ, "--dry-run")
+    assert empty.returncode == 0, empty.stderr
+    assert f"--model {AWQ_70B}" in empty.stdout
+    assert (
+        f"vkit launch: note: could not read {AWQ_70B}/config.json to check the catalog's facts: "
+        "vLLM will report it if the repository is unreachable"
+    ) in empty.stderr
