@@ -2,6 +2,7 @@
 
 - :mod:`.router` -- the decision: round-robin, or aware of load and prompt prefix;
 - :mod:`.ring` -- consistent hashing with bounded load (pure);
+- :mod:`.key_table` -- where each active prefix key's cache is, keys spread evenly;
 - :mod:`.affinity` -- a request's prefix key (pure);
 - :mod:`.load` -- vLLM's gauges and in-flight counts as one load figure (pure);
 - :mod:`.scraper` -- scraping each replica's ``/metrics`` in the background;

@@ -12,9 +12,9 @@ one), whatever the keys' skew, and a key moves only while its replica is over th
 Near idle that bound is tiny (3 replicas, one request in flight: 1), so a ``margin``
 lets a replica take its own keys while it is at most that many requests ahead of the
 least loaded one: with continuous batching a few more requests cost a replica little, and
-a spill costs the prefix cache. The margin is measured from the least loaded replica, not
-from zero, so that a few tenants whose keys all fall on one replica (8 keys on 2 replicas:
-1 time in 128 all on one side) still spill to an idle one.
+a spill costs the prefix cache (the router's margin is 8, :class:`gateway.settings.RouterSettings`).
+The margin is measured from the least loaded replica, not from zero, so that a burst on one
+replica still spills to an idle one once it is that far ahead.
 
     >>> ring = HashRing(["a:1", "b:2"], virtual_nodes=64)
     >>> ring.walk(key_hash("tenant-1"))        # every replica once, in ring order

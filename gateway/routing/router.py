@@ -9,11 +9,14 @@ NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica:
    own order, reason ``fallback``.
 2. Every ready replica's queue above ``max_waiting`` (a fresh scrape says so): refused,
    503 + ``Retry-After`` (:data:`OVERLOADED_CODE`), counted in ``routing_overloaded``.
-3. A request with a prefix key (:mod:`gateway.routing.affinity`) walks the ring of the
-   ready replicas from its key (:mod:`gateway.routing.ring`) and takes the first within
-   the bounded load: reason ``affinity`` when that is the key's own replica, ``load_spill``
-   when it is a later one. Without a key: the lowest score (load plus KV fill; ties taken
-   in turn, so idle replicas share sequential requests), reason ``least_loaded``.
+3. A request with a prefix key (:mod:`gateway.routing.affinity`) goes to the key's
+   replica: where the key went before, or for a new key the first replica on its ring walk
+   (:mod:`gateway.routing.ring`) holding no more than its share of the active keys
+   (:mod:`gateway.routing.key_table`; ``key_table_size: 0``: the ring owner alone). That
+   replica takes it within the bounded load, reason ``affinity``; over it, the next in the
+   walk that is within, reason ``load_spill`` (the key stays where it is). Without a key:
+   the lowest score (load plus KV fill; ties taken in turn, so idle replicas share
+   sequential requests), reason ``least_loaded``.
 4. The retries (only of attempts no replica can have started, :mod:`gateway.proxy`) go to
    the next replicas of that order, a different one each while there are others; a replica
    whose queue is over the bound comes last.
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 
 from gateway.errors import UpstreamUnavailable
 from gateway.routing.affinity import prefix_key
+from gateway.routing.key_table import KeyTable
 from gateway.routing.load import LoadView, Scrape, view
 from gateway.routing.ring import HashRing, bounded_pick
 from gateway.settings import RouterSettings
@@ -103,6 +107,11 @@ class AwareRouter:
         self.clock = clock
         self.metrics = metrics
         self._ring = HashRing((), settings.virtual_nodes)
+        self.keys = (
+            KeyTable(settings.key_table_size, settings.key_idle_ttl, clock)
+            if settings.key_table_size
+            else None
+        )
         self._turn = 0
         self._decisions: dict[str, Any] = {}
 
@@ -133,6 +142,9 @@ class AwareRouter:
             order, reason = self._least_loaded(ready, views), LEAST_LOADED
         else:
             walk = self._ring_of(ready).walk(key)
+            if self.keys is not None:
+                home = self.keys.place(key, walk)
+                walk = [home, *(label for label in walk if label != home)]
             index, labels = bounded_pick(
                 walk, lambda label: views[label].load, settings.epsilon, settings.spill_margin
             )

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import UpstreamUnavailable
 from gateway.metrics import GatewayMetrics
+from gateway.routing.affinity import prefix_key
 from gateway.routing.load import Scrape
 from gateway.routing.ring import HashRing, bounded_pick, key_hash, load_bound
 from gateway.routing.router import OVERLOADED_CODE, AwareRouter
@@ -140,7 +141,10 @@ def test_a_dead_replica_is_out_at_once_and_only_its_keys_move() -> None:
         if old != dead.label:
             assert new == old  # keys of the living replicas stay put
     f.pool.record(dead, True, frozenset({"m"}))  # the prober finds it ready again
-    assert [f.first(b) for b in bodies] == before
+    # The moved keys stay where their caches are now; new keys fill the returned replica.
+    assert [f.first(b) for b in bodies] == after
+    newcomers = [f.first(chat(tenant_prompt(i))) for i in range(100, 130)]
+    assert newcomers.count(dead.label) >= 20
 
 
 def test_retries_go_to_a_different_replica() -> None:
@@ -159,12 +163,12 @@ def test_a_key_over_the_bound_spills_to_the_next_on_the_ring() -> None:
     body = chat(tenant_prompt(7))
     owner = f.first(body)
     index = [u.label for u in f.pool.upstreams].index(owner)
-    f.pool.upstreams[index].in_flight = 6  # (6, 0, 0): bound max(ceil(1.25 x 7 / 3), 0 + 2) = 3
+    f.pool.upstreams[index].in_flight = 9  # (9, 0, 0): bound max(ceil(1.25 x 10 / 3), 0 + 8) = 8
     spilled = f.router.route(CHAT, body, 3)
     assert spilled.reason == "load_spill"
     assert spilled.candidates[0].label != owner
     assert f.decisions("load_spill") == 1
-    f.pool.upstreams[index].in_flight = 1  # within the margin again: back to its replica
+    f.pool.upstreams[index].in_flight = 7  # within the margin again: back to its replica
     assert f.first(body) == owner
 
 
@@ -204,17 +208,65 @@ def test_bounded_pick_keeps_the_owner_within_the_bound() -> None:
     assert bounded_pick(["a", "b"], loads.__getitem__, 0.0, margin=1) == (1, ["b", "a"])
 
 
+def key_of(body: bytes) -> int:
+    key = prefix_key(body, CHAT, prefix_chars=2048, min_prefix_chars=64)
+    assert key is not None
+    return key
+
+
+def test_tenants_whose_keys_hash_to_one_replica_are_placed_evenly() -> None:
+    f = Fixture(replicas=2)
+    ring = HashRing([u.label for u in f.pool.upstreams], 64)
+    owner = f.label(0)
+    tenants = [i for i in range(400) if ring.walk(key_of(chat(tenant_prompt(i))))[0] == owner]
+    tenants = tenants[:12]  # twelve tenants whose ring owner is the same replica
+    placed = [f.first(chat(tenant_prompt(i), "turn 0")) for i in tenants]
+    assert Counter(placed) == {owner: 6, f.label(1): 6}
+    for i, home in zip(tenants, placed, strict=True):  # later turns follow the placement
+        assert f.first(chat(tenant_prompt(i), "turn 1")) == home
+    unplaced = Fixture(replicas=2, key_table_size=0)  # the ring owner alone: all on one
+    assert {unplaced.first(chat(tenant_prompt(i))) for i in tenants} == {owner}
+
+
+def test_an_idle_key_is_forgotten_and_the_table_stays_bounded() -> None:
+    f = Fixture(replicas=2, key_table_size=10, key_idle_ttl=60.0)
+    assert f.router.keys is not None
+    for i in range(25):
+        f.first(chat(tenant_prompt(i)))
+    assert len(f.router.keys) == 10  # the least recently used went first
+    assert sum(f.router.keys.counts().values()) == 10
+    f.clock.now += 61
+    assert f.router.keys.counts() == {}
+    f.first(chat(tenant_prompt(1)))
+    assert len(f.router.keys) == 1
+
+
 def test_tenants_whose_keys_all_fall_on_one_replica_still_use_the_idle_one() -> None:
     f = Fixture(replicas=2)
     owner = f.pool.upstreams[0]
-    tenants = [i for i in range(200) if f.first(chat(tenant_prompt(i))) == owner.label][:8]
-    assert len(tenants) == 8  # eight tenants, every one's key on the same replica
+    tenants = [i for i in range(400) if f.first(chat(tenant_prompt(i))) == owner.label][:16]
+    assert len(tenants) == 16  # sixteen tenants, every one's key on the same replica
     placed = []
-    for i in range(4):  # four requests at once (none finishes)
+    for i in range(16):  # sixteen requests at once (none finishes)
         upstream = f.router.route(CHAT, chat(tenant_prompt(tenants[i])), 1).candidates[0]
         upstream.in_flight += 1
         placed.append(upstream.label)
-    assert placed.count(owner.label) <= 3  # not all four on one replica, the other idle
+    # Their own replica keeps them while that leaves it at most 8 (the margin) ahead of the
+    # idle one; past that every other one spills: 12 and 4, never all sixteen on one.
+    assert placed[:8] == [owner.label] * 8
+    assert placed[8] != owner.label
+    assert placed.count(owner.label) == 12
+
+
+def test_a_few_requests_ahead_keeps_a_tenant_on_its_own_cache() -> None:
+    f = Fixture(replicas=2)
+    body = chat(tenant_prompt(5))
+    owner = f.first(body)
+    index = [u.label for u in f.pool.upstreams].index(owner)
+    f.pool.upstreams[index].in_flight = 3  # (3, 0) at four in flight: within the margin of 8
+    assert f.router.route(CHAT, body, 1).reason == "affinity"
+    f.pool.upstreams[index].in_flight = 8  # 8 ahead: this one would make it 9, over it
+    assert f.router.route(CHAT, body, 1).reason == "load_spill"
 
 
 def test_every_queue_over_the_bound_is_a_503_with_retry_after() -> None:
