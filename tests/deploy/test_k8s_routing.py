@@ -29,6 +29,10 @@ def test_every_overlay_routes_aware_over_the_headless_services_pods(overlay: str
     objects = built(overlay)
     settings = gateway_of(objects)
     assert settings.routing == "aware"
+    # 2+ gateways, each with its own table, would place a new tenant each its own way (one
+    # in three, simulated): on Kubernetes the ring alone decides, the same in every gateway.
+    assert settings.router.key_table_size == 0
+    assert find(objects, "Deployment", "vkit-gateway")["spec"]["replicas"] >= 2
     headless = find(objects, "Service", "vllm-pods")["spec"]
     assert headless["clusterIP"] == "None"
     sts = find(objects, "StatefulSet", "vllm")

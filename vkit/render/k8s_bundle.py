@@ -112,11 +112,17 @@ def monitoring_files(spec: K8sSpec, sources: Sources) -> dict[str, str]:
 
 def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
     """The gateway's expected model and routing over the pods that DNS discovery finds in
-    the headless Service (and, for scale to zero, its holding settings)."""
+    the headless Service (and, for scale to zero, its holding settings).
+
+    Aware routing here runs in 2+ gateways, each remembering the keys it placed
+    (:mod:`gateway.routing.key_table`): side by side they would place a new tenant each its
+    own way, so the ring alone decides (``key_table_size: 0``), the same in every gateway."""
     env = [
         {"name": "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "value": f'["{spec.model}"]'},
         {"name": "VKIT_GATEWAY_ROUTING", "value": spec.routing},
     ]
+    if spec.routing == "aware":
+        env.append({"name": "VKIT_GATEWAY_ROUTER__KEY_TABLE_SIZE", "value": "0"})
     if spec.autoscaler == "zero":
         env += [{"name": k, "value": v} for k, v in hold_settings(spec, startup_s).items()]
     return {
