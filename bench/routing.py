@@ -27,12 +27,14 @@ first token at the client, output tokens/s, each replica's share of the requests
 by reason, errors. Prints a table and one JSON line per run.
 
     .venv/bin/python bench/routing.py [--tenants 12] [--cache-share 0.6] [--kv-blocks N]
+        [--workdir DIR]   (keeps the logs: DIR/logs)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -335,11 +337,19 @@ def main() -> None:
         "--kv-blocks", type=int, default=None, help="KV blocks per replica instead (0: vLLM's)"
     )
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the model, logs and NGINX files here (else a temp dir)"
+    )
     args = parser.parse_args()
     from tokenizers import Tokenizer
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="vkit-routing-") as tmp, ProcessGroup() as group:
+    workdir = (
+        contextlib.nullcontext(str(args.workdir))
+        if args.workdir
+        else tempfile.TemporaryDirectory(prefix="vkit-routing-")
+    )
+    with workdir as tmp, ProcessGroup() as group:
         layout = StackLayout(Path(tmp))
         for folder in (layout.logs, layout.nginx_prefix):
             folder.mkdir(parents=True, exist_ok=True)

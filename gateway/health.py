@@ -30,7 +30,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.client import UpstreamBroken, UpstreamClient, UpstreamClientError
+from gateway.client import (
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamClientError,
+    UpstreamConnectError,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.settings import HealthSettings
 from gateway.upstreams import Upstream, UpstreamPool
@@ -61,6 +66,7 @@ class UpstreamProber:
         self.clock = clock
         self._canary_headers = {**check.headers, "content-type": "application/json"}
         self._canary_passed_at: dict[str, float] = {}  # upstream label -> clock()
+        self._misses: dict[str, int] = {}  # upstream label -> probes in a row with no answer
 
     async def run_forever(self) -> None:
         while True:
@@ -90,32 +96,53 @@ class UpstreamProber:
         await asyncio.gather(*(self.probe(u) for u in self.pool.upstreams))
 
     async def probe(self, upstream: Upstream) -> None:
-        """Judge ``upstream`` and record the verdict; never raises (but for cancellation)."""
+        """Judge ``upstream`` and record the verdict; never raises (but for cancellation).
+
+        A ready upstream that gives no answer in time (or breaks off) stays ready until
+        ``failure_threshold`` probes in a row have missed: a replica busy with long
+        generations can be slow to answer, and with every replica busy one slow probe each
+        would refuse every request for a whole interval. An answer that says not ready,
+        or a refused connection, counts at once."""
         try:
-            verdict = await self.judge(upstream)
+            verdict, answered = await self.judge(upstream)
         except Exception as exc:  # a fault in one probe must not end the probing of any
             reason = f"the probe failed ({type(exc).__name__}: {exc})"
             self._record(upstream, Verdict(False, frozenset(), reason), exc)
             return
+        label = upstream.label
+        if not verdict.ready and not answered and upstream.ready:
+            misses = self._misses.get(label, 0) + 1
+            if misses < self.settings.failure_threshold:
+                self._misses[label] = misses
+                log.debug(
+                    "upstream %s missed a probe (%d of %d): %s",
+                    label,
+                    misses,
+                    self.settings.failure_threshold,
+                    verdict.reason,
+                )
+                return
+        self._misses.pop(label, None)
         self._record(upstream, verdict)
 
-    async def judge(self, upstream: Upstream) -> Verdict:
-        """The readiness rule's verdict, and the canary's when it is on."""
-        verdict = await self._readiness(upstream)
+    async def judge(self, upstream: Upstream) -> tuple[Verdict, bool]:
+        """The readiness rule's verdict, and the canary's when it is on; and whether it
+        rests on an answer (False: nothing came back in time, or it broke off)."""
+        verdict, answered = await self._readiness(upstream)
         if self.settings.canary_interval is None:
-            return verdict
+            return verdict, answered
         if not verdict.ready:
             self._canary_passed_at.pop(upstream.label, None)
-            return verdict
+            return verdict, answered
         passed_at = self._canary_passed_at.get(upstream.label)
         if passed_at is not None and self.clock() - passed_at < self.settings.canary_interval:
-            return verdict
+            return verdict, True
         failure = await self._canary(upstream, min(self.check.expected_models or verdict.models))
         if failure is not None:
             self._canary_passed_at.pop(upstream.label, None)
-            return Verdict(False, verdict.models, f"the canary generation {failure}")
+            return Verdict(False, verdict.models, f"the canary generation {failure}"), True
         self._canary_passed_at[upstream.label] = self.clock()
-        return verdict
+        return verdict, True
 
     def _record(self, upstream: Upstream, verdict: Verdict, error: Exception | None = None) -> None:
         ready = verdict.ready
@@ -132,22 +159,28 @@ class UpstreamProber:
         self.pool.record(upstream, ready, verdict.models)
         self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
 
-    async def _readiness(self, upstream: Upstream) -> Verdict:
+    async def _readiness(self, upstream: Upstream) -> tuple[Verdict, bool]:
         limit = self.settings.timeout
         try:
             async with asyncio.timeout(limit):
                 health_status, _ = await self._get(upstream, HEALTH_PATH)
                 if health_status != 200:
-                    return self.check.verdict(health_status, None, None)
+                    return self.check.verdict(health_status, None, None), health_status is not None
                 models_status, body = await self._get(upstream, MODELS_PATH)
-                return self.check.verdict(health_status, models_status, body)
+                verdict = self.check.verdict(health_status, models_status, body)
+                return verdict, models_status is not None
         except TimeoutError:
-            return Verdict(False, frozenset(), f"no answer within {limit:g} s")
+            return Verdict(False, frozenset(), f"no answer within {limit:g} s"), False
+        except UpstreamConnectError as exc:  # nothing listens: an answer of its own
+            return Verdict(False, frozenset(), f"refused the connection ({exc})"), True
 
     async def _get(self, upstream: Upstream, path: str) -> tuple[int | None, bytes | None]:
-        """Status and body; ``(None, None)`` when there was no whole answer."""
+        """Status and body; ``(None, None)`` when there was no whole answer. A refused
+        connection raises UpstreamConnectError."""
         try:
             response = await self.client.send("GET", upstream.url + path, self.check.headers, None)
+        except UpstreamConnectError:
+            raise
         except UpstreamClientError:
             return None, None
         try:

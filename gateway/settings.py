@@ -109,6 +109,12 @@ class HealthSettings(BaseModel):
 
     interval: float = Field(default=5.0, gt=0, description="seconds between probes")
     timeout: float = Field(default=2.0, gt=0, description="per probe")
+    failure_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="probes in a row with no answer in time before a ready upstream is out "
+        "(an answer that says not ready counts at once)",
+    )
     expected_models: list[str] = Field(
         default_factory=list,
         description="models /v1/models must list for an upstream to be ready (empty: any one)",
