@@ -1,5 +1,6 @@
 """Test doubles for the gateway: a scripted upstream served by aiohttp on a real socket,
-a dict key store and a limiter that records what the gateway reserves and settles."""
+a dict key store and a limiter that records what the gateway reserves and settles, and an
+in-memory upstream answer for fake clients."""
 
 from __future__ import annotations
 
@@ -7,12 +8,33 @@ import asyncio
 import json
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gateway.errors import RateLimitExceeded
+
+
+class WholeAnswer:
+    """An upstream answer already in memory (``gateway.client.UpstreamResponse``), for fake
+    clients that stand in for a replica."""
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "text/plain") -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+
+    async def read(self) -> bytes:
+        return self.body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
 @dataclass
@@ -243,7 +265,8 @@ def healthy_raw_answers(model: str = "tiny-llama") -> dict[str, RawAnswer]:
     """What a ready replica answers, per path."""
     listing = {"object": "list", "data": [{"id": model, "object": "model"}]}
     usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
-    completion = {"id": "x", "object": "text_completion", "model": model, "usage": usage}
+    completion: dict[str, Any] = {"id": "x", "object": "text_completion", "model": model}
+    completion["usage"] = usage
     completion["choices"] = [{"index": 0, "text": "ok", "finish_reason": "length"}]
     return {
         "/health": http_answer(200),

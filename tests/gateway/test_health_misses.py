@@ -6,7 +6,7 @@ not ready, or a refused connection, still takes it out at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -16,27 +16,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import HealthSettings
 from gateway.upstreams import UpstreamPool
 from launcher.supervision.readiness import ReadinessCheck
+from tests.gateway.doubles import WholeAnswer
 
 MODELS = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
-
-
-class Answer:
-    content_type = "application/json"
-
-    def __init__(self, status: int, body: bytes = b"") -> None:
-        self.status, self.body = status, body
-
-    async def read(self) -> bytes:
-        return self.body
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.body
-
-    def release(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 class Replica:
@@ -48,14 +30,14 @@ class Replica:
 
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
-    ) -> Answer:
+    ) -> WholeAnswer:
         if self.mode == "silent":
             await asyncio.sleep(1.0)
         if self.mode == "refused":
             raise UpstreamConnectError("refused")
         if url.endswith("/health"):
-            return Answer(503 if self.mode == "unhealthy" else 200)
-        return Answer(200, MODELS)
+            return WholeAnswer(503 if self.mode == "unhealthy" else 200)
+        return WholeAnswer(200, MODELS, "application/json")
 
     async def aclose(self) -> None:
         pass

@@ -3,7 +3,7 @@ under way is already in the page vLLM rendered, so it must not be counted again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -12,32 +12,13 @@ from gateway.routing.load import view
 from gateway.routing.scraper import LoadScraper
 from gateway.settings import RouterSettings
 from gateway.upstreams import Upstream, UpstreamPool
+from tests.gateway.doubles import WholeAnswer
 
 PAGE = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{{engine="0",model_name="m"}} {running}
 vllm:num_requests_waiting{{engine="0",model_name="m"}} {waiting}
 vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.0
 """
-
-
-class Page:
-    status = 200
-    content_type = "text/plain"
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    async def read(self) -> bytes:
-        return self.body
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.body
-
-    def release(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 class Replica:
@@ -51,11 +32,11 @@ class Replica:
 
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
-    ) -> Page:
+    ) -> WholeAnswer:
         assert (method, url) == ("GET", self.upstream.url + "/metrics")
         self.during()
         running = self.others + self.upstream.in_flight
-        return Page(PAGE.format(running=running, waiting=0).encode())
+        return WholeAnswer(200, PAGE.format(running=running, waiting=0).encode())
 
     async def aclose(self) -> None:
         pass
