@@ -16,8 +16,8 @@ table:
 
 A key unused for ``idle_ttl`` is forgotten (vLLM has likely evicted its blocks by then) and
 at most ``capacity`` keys are kept (least recently used first out): memory is bounded,
-about 150 bytes a key. A load spill (:func:`gateway.routing.ring.bounded_pick`) sends one
-request elsewhere without moving its key.
+about 180 bytes a key (1.4 MiB for 8,192). A load spill
+(:func:`gateway.routing.ring.bounded_pick`) sends one request elsewhere without moving its key.
 
     >>> table = KeyTable(capacity=100, idle_ttl=60.0, clock=lambda: 0.0)
     >>> table.place(1, ["a", "b"]), table.place(2, ["a", "b"]), table.place(1, ["b", "a"])
