@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from vkit.render.healthcheck import wget_healthcheck
+
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.27.0"
 ALERTMANAGER_PORT = 9093
 CONFIG_FILE = "alertmanager/alertmanager.yml"  # relative to the compose file
@@ -110,19 +112,7 @@ def alertmanager_service() -> dict[str, Any]:
         ],
         "environment": {"ALERTMANAGER_WEBHOOK_URL": WEBHOOK_URL_VAR},
         "volumes": [f"./alertmanager:{MOUNTED_AT}:ro"],
-        "healthcheck": {
-            "test": [
-                "CMD",
-                "wget",
-                "-q",
-                "-O",
-                "/dev/null",
-                f"http://127.0.0.1:{ALERTMANAGER_PORT}/-/ready",
-            ],
-            "interval": "15s",
-            "timeout": "5s",
-            "retries": 3,
-        },
+        "healthcheck": wget_healthcheck(f"http://127.0.0.1:{ALERTMANAGER_PORT}/-/ready"),
         "restart": "unless-stopped",
         "networks": ["backend"],
     }

@@ -43,6 +43,7 @@ from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 from vkit.render.alertmanager import alertmanager_service
+from vkit.render.healthcheck import wget_healthcheck
 
 # Pinned images. vLLM: the release whose flags the launcher builds (--shutdown-timeout
 # needs >= 0.18; REFERENCE section 1).
@@ -282,19 +283,7 @@ def nginx_service(spec: ComposeSpec) -> dict[str, Any]:
             replica_service_name(gpu_set): {"condition": "service_started"}
             for gpu_set in spec.gpu_sets
         },
-        "healthcheck": {
-            "test": [
-                "CMD",
-                "wget",
-                "-q",
-                "-O",
-                "/dev/null",
-                f"http://127.0.0.1:{NGINX_PORT}/nginx_health",
-            ],
-            "interval": "10s",
-            "timeout": "5s",
-            "retries": 3,
-        },
+        "healthcheck": wget_healthcheck(f"http://127.0.0.1:{NGINX_PORT}/nginx_health", "10s"),
         "restart": "unless-stopped",
         # SIGQUIT is NGINX's graceful stop (SIGTERM cuts open responses). It stops after the
         # gateway, its only client, has drained: as long as the replicas' drain is enough.
@@ -391,12 +380,7 @@ def prometheus_service() -> dict[str, Any]:
             "../monitoring/rules:/etc/prometheus/rules:ro",
             "prometheus-data:/prometheus",
         ],
-        "healthcheck": {
-            "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9090/-/ready"],
-            "interval": "15s",
-            "timeout": "5s",
-            "retries": 3,
-        },
+        "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
         "restart": "unless-stopped",
         "networks": ["backend"],
     }
@@ -417,12 +401,7 @@ def grafana_service() -> dict[str, Any]:
         ],
         "ports": ["${GRAFANA_PORT:-3000}:3000"],
         "depends_on": {"prometheus": {"condition": "service_healthy"}},
-        "healthcheck": {
-            "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:3000/api/health"],
-            "interval": "15s",
-            "timeout": "5s",
-            "retries": 3,
-        },
+        "healthcheck": wget_healthcheck("http://127.0.0.1:3000/api/health"),
         "restart": "unless-stopped",
         "networks": ["backend", "edge"],
     }
