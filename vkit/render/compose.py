@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
-from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
+from launcher.supervision.launch_spec import LaunchSettings, plan_vllm_argv
 from vkit.render.alertmanager import alertmanager_service
 from vkit.render.healthcheck import wget_healthcheck
 
@@ -174,26 +174,17 @@ def http_probe(url: str) -> str:
 
 
 def vllm_command(spec: ComposeSpec, plan: FitPlan) -> list[str]:
-    """The launcher's tuned flags (no engine prefix: the entrypoint runs the server).
-
-    As ``vkit launch`` does: a pre-quantized checkpoint (the catalog's, for the model and
-    quantization) declares its method itself, so vLLM gets no ``--quantization`` for it."""
-    checkpoint = checkpoint_for(spec.model, plan.quant)
-    online_quant = "bf16" if checkpoint is not None and checkpoint.prequantized else plan.quant
-    options = VllmOptions(
-        model=served_model_var(spec, plan),
+    """The launcher's tuned flags (no engine prefix: the entrypoint runs the server), built as
+    ``vkit launch`` builds them; vLLM loads what ``VLLM_MODEL`` names."""
+    settings = LaunchSettings(
+        model=spec.model,
         served_model_name=spec.model,
         host="0.0.0.0",
         port=VLLM_PORT,
-        max_model_len=plan.max_model_len,
-        max_num_seqs=plan.max_num_seqs,
-        gpu_memory_utilization=plan.gpu_memory_utilization,
-        tensor_parallel=plan.tensor_parallel,
-        quant=online_quant,
-        kv_cache_dtype=plan.kv_dtype,
+        quant=plan.quant,
         shutdown_timeout=spec.shutdown_timeout_s,
     )
-    return build_vllm_argv(options, engine=[])
+    return plan_vllm_argv(settings, plan, load=served_model_var(spec, plan), engine=[])
 
 
 def supervisor_entrypoint(policy: HealthPolicy = REPLICA_HEALTH) -> list[str]:

@@ -22,7 +22,8 @@ import math
 from typing import Any
 
 from launcher.sizing.fit import FitPlan
-from launcher.supervision.vllm_args import API_SERVER_MODULE, VllmOptions, build_vllm_argv
+from launcher.supervision.launch_spec import LaunchSettings, plan_vllm_argv
+from launcher.supervision.vllm_args import API_SERVER_MODULE
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
     HF_TOKEN_SECRET,
@@ -140,21 +141,16 @@ def secret_ref(name: str, key: str, *, optional: bool = False) -> dict[str, Any]
 
 def vllm_args(spec: K8sSpec, plan: FitPlan) -> list[str]:
     """The launcher's tuned flags (no engine prefix: ``command`` runs the server)."""
-    options = VllmOptions(
+    settings = LaunchSettings(
         model=spec.hf_model,
         served_model_name=spec.model,
         host="0.0.0.0",
         port=VLLM_PORT,
-        max_model_len=plan.max_model_len,
-        max_num_seqs=plan.max_num_seqs,
-        gpu_memory_utilization=plan.gpu_memory_utilization,
-        tensor_parallel=plan.tensor_parallel,
         quant=spec.vllm_quant,
-        kv_cache_dtype=plan.kv_dtype,
         enforce_eager=spec.cpu,
         shutdown_timeout=spec.shutdown_timeout_s,
     )
-    return build_vllm_argv(options, engine=[])
+    return plan_vllm_argv(settings, plan, engine=[])
 
 
 def shm_gib(tensor_parallel: int) -> int:
