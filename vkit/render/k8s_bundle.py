@@ -29,9 +29,16 @@ from typing import Any
 
 import yaml
 
+from gateway.settings import GatewaySettings
+from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.fit import FitPlan
 from vkit.render.k8s_autoscaling import autoscaling_objects, prometheus_adapter_values
-from vkit.render.k8s_manifests import GATEWAY_DRAIN_S, base_objects
+from vkit.render.k8s_manifests import (
+    GATEWAY_DRAIN_S,
+    base_gateway_values,
+    base_objects,
+    env_list,
+)
 from vkit.render.k8s_monitoring import gpu_price_rule, grafana_datasource, monitoring_objects
 from vkit.render.k8s_spec import GATEWAY_NAME, K8sSpec
 from vkit.render.k8s_vllm import tiny_model_configmap, vllm_startup_s, vllm_statefulset_patch
@@ -110,21 +117,29 @@ def monitoring_files(spec: K8sSpec, sources: Sources) -> dict[str, str]:
     return files
 
 
-def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
-    """The gateway's expected model and routing over the pods that DNS discovery finds in
-    the headless Service (and, for scale to zero, its holding settings).
+def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
+    """The overlay's gateway settings, whole: the base's, its expected model and routing over
+    the pods that DNS discovery finds in the headless Service (and, for scale to zero, its
+    holding settings).
 
     Aware routing here runs in 2+ gateways, each remembering the keys it placed
     (:mod:`gateway.routing.key_table`): side by side they would place a new tenant each its
     own way, so the ring alone decides (``key_table_size: 0``), the same in every gateway."""
-    env = [
-        {"name": "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "value": f'["{spec.model}"]'},
-        {"name": "VKIT_GATEWAY_ROUTING", "value": spec.routing},
-    ]
+    values = base_gateway_values(spec.namespace)
+    values["health"] = {"expected_models": [spec.model]}
+    values["routing"] = spec.routing
     if spec.routing == "aware":
-        env.append({"name": "VKIT_GATEWAY_ROUTER__KEY_TABLE_SIZE", "value": "0"})
+        values["router"] = {"key_table_size": 0}
     if spec.autoscaler == "zero":
-        env += [{"name": k, "value": v} for k, v in hold_settings(spec, startup_s).items()]
+        values["hold"] = hold_settings(spec, startup_s)
+    return settings_from_values(values)
+
+
+def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
+    """The variables of :func:`gateway_settings` that the base does not already set."""
+    base = settings_env(settings_from_values(base_gateway_values(spec.namespace)))
+    whole = settings_env(gateway_settings(spec, startup_s))
+    env = env_list({name: value for name, value in whole.items() if base.get(name) != value})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -133,7 +148,7 @@ def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
     }
 
 
-def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, str]:
+def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, int]:
     """Scale to zero: requests wait for the first replica, at most ``4 x`` the per-replica
     target of them, for as long as a replica may take to start (its startupProbe budget plus
     two minutes for KEDA's polling and the pod's scheduling), but at most half the gateway's
@@ -141,10 +156,7 @@ def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, str]:
     then 503 + ``Retry-After``. A replica whose cache volume holds the model starts well
     within that; the very first start, which downloads it, may not."""
     deadline = min(startup_s + 120, GATEWAY_DRAIN_S // 2)
-    return {
-        "VKIT_GATEWAY_HOLD__MAX_WAIT": str(deadline),
-        "VKIT_GATEWAY_HOLD__MAX_QUEUED": str(4 * spec.scale_target),
-    }
+    return {"max_wait": deadline, "max_queued": 4 * spec.scale_target}
 
 
 def overlay_files(

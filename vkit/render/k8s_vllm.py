@@ -24,16 +24,15 @@ from typing import Any
 from launcher.sizing.fit import FitPlan
 from launcher.supervision.launch_spec import LaunchSettings, plan_vllm_argv
 from launcher.supervision.vllm_args import API_SERVER_MODULE
+from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
+from vkit.deployment.ports import VLLM_PORT
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
     HF_TOKEN_SECRET,
     PRESTOP_SLEEP_S,
     PROBE_PERIOD_S,
-    VLLM_CPU_IMAGE,
-    VLLM_IMAGE,
     VLLM_NAME,
     VLLM_PODS_SERVICE,
-    VLLM_PORT,
     K8sSpec,
     startup_budget_s,
     termination_grace_s,
