@@ -29,6 +29,7 @@ from pathlib import PurePath
 from typing import Any
 
 from pydantic import AnyUrl, BaseModel, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from gateway.settings import ENV_PREFIX, GatewaySettings
 
@@ -37,9 +38,24 @@ __all__ = ["NESTED_DELIMITER", "settings_env", "settings_from_values"]
 NESTED_DELIMITER: str = GatewaySettings.model_config.get("env_nested_delimiter") or "__"
 
 
+class _GivenValues(GatewaySettings):
+    """The settings from their constructor arguments alone: no environment, no file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def settings_from_values(values: Mapping[str, Any]) -> GatewaySettings:
     """The settings with exactly ``values`` given (validated; nothing read from outside)."""
-    return GatewaySettings.model_validate(dict(values))
+    return _GivenValues(**values)
 
 
 def settings_env(settings: GatewaySettings) -> dict[str, str]:

@@ -171,14 +171,8 @@ VLLM_API_KEY=$secret
 VKIT_GATEWAY_UPSTREAM_API_KEY=$secret
 # A Hugging Face token for gated models (Llama needs one).
 HF_TOKEN="
-write_if_absent "$etc/gateway.env" 0640 "VKIT_GATEWAY_HOST=0.0.0.0
-VKIT_GATEWAY_PORT=8080
-# The admin listener (/metrics for Prometheus, /readyz details, /openapi.json): loopback only.
-VKIT_GATEWAY_ADMIN_HOST=127.0.0.1
-VKIT_GATEWAY_ADMIN_PORT=9180
-# Routing and upstreams: gateway-routing.env (install.sh --routing), not here.
-VKIT_GATEWAY_KEYS_FILE=/etc/vkit/keys.yaml
-VKIT_GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0"
+# The gateway's listeners, keys file and Redis, as vkit rendered them (gateway.env.default).
+write_if_absent "$etc/gateway.env" 0640 "$(cat "$stage/etc/vkit/gateway.env.default")"
 # The API keys: root writes (vkit keys add keeps owner, group and mode), the gateway's
 # user reads through the vkit group, nobody else. Empty at first: every request is 401
 # until a key is added; the gateway re-reads the file, no restart needed.

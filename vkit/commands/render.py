@@ -27,12 +27,11 @@ from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
-from vkit.commands import render_systemd
+from vkit.commands import render_k8s, render_systemd
 from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
 from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
 from vkit.render.compose import ComposeSpec
-from vkit.render.k8s_cli import register as register_k8s
 
 
 class ComposeArgs(BaseModel):
@@ -107,7 +106,7 @@ def register(subparsers: Any) -> None:
     nginx.set_defaults(handler=run_nginx)
 
     render_systemd.register(kinds)
-    register_k8s(kinds)
+    render_k8s.register(kinds)
 
 
 def run_compose(args: argparse.Namespace) -> int:
