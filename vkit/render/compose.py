@@ -49,10 +49,6 @@ from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.deployment.images import (
     COMPOSE_GATEWAY_IMAGE,
-    DCGM_IMAGE,
-    GRAFANA_IMAGE,
-    PROMETHEUS_IMAGE,
-    REDIS_IMAGE,
 )
 from vkit.deployment.ports import (
     GATEWAY_ADMIN_PORT,
@@ -62,6 +58,12 @@ from vkit.deployment.ports import (
     VLLM_PORT,
 )
 from vkit.render.alertmanager import alertmanager_service
+from vkit.render.compose_services import (
+    dcgm_service,
+    grafana_service,
+    prometheus_service,
+    redis_service,
+)
 from vkit.render.healthcheck import wget_healthcheck
 
 VOLUMES = ("hf-cache", "vllm-cache", "prometheus-data", "grafana-data")
@@ -93,7 +95,6 @@ API_KEY_VAR = "${VLLM_API_KEY:?set VLLM_API_KEY, the key between the gateway and
 # A directory, not the file: `vkit keys add` replaces keys.yaml (a new inode), which a
 # bind mount of the file itself would never show the container.
 KEYS_DIR_VAR = "${VKIT_KEYS_DIR:?set VKIT_KEYS_DIR to the directory of keys.yaml (vkit keys add)}"
-GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
 
 
 class ComposeSpec(BaseModel):
@@ -353,77 +354,4 @@ def gateway_service(deployment: Deployment) -> dict[str, Any]:
         "stop_signal": "SIGTERM",
         "stop_grace_period": f"{deployment.drain.grace_s(deployment.drain.gateway_s)}s",
         "networks": ["backend", "edge"],
-    }
-
-
-def redis_service() -> dict[str, Any]:
-    return {
-        "image": REDIS_IMAGE,
-        # Rate-limit windows only: nothing to persist.
-        "command": ["redis-server", "--save", "", "--appendonly", "no"],
-        "healthcheck": {
-            "test": ["CMD", "redis-cli", "ping"],
-            "interval": "10s",
-            "timeout": "5s",
-            "retries": 3,
-        },
-        "restart": "unless-stopped",
-        "networks": ["backend"],
-    }
-
-
-def prometheus_service() -> dict[str, Any]:
-    return {
-        "image": PROMETHEUS_IMAGE,
-        "command": [
-            "--config.file=/etc/prometheus/prometheus.yml",
-            "--storage.tsdb.path=/prometheus",
-            "--storage.tsdb.retention.time=30d",
-        ],
-        "volumes": [
-            "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
-            "./prometheus/cost.rules.yml:/etc/prometheus/cost.rules.yml:ro",
-            "../monitoring/rules:/etc/prometheus/rules:ro",
-            "prometheus-data:/prometheus",
-        ],
-        "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
-        "restart": "unless-stopped",
-        "networks": ["backend"],
-    }
-
-
-def grafana_service() -> dict[str, Any]:
-    return {
-        "image": GRAFANA_IMAGE,
-        "environment": {
-            "GF_SECURITY_ADMIN_PASSWORD": GRAFANA_PASSWORD_VAR,
-            "GF_USERS_ALLOW_SIGN_UP": "false",
-            "GF_AUTH_ANONYMOUS_ENABLED": "false",
-        },
-        "volumes": [
-            "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
-            "../monitoring/grafana/dashboards:/etc/vkit/dashboards:ro",
-            "grafana-data:/var/lib/grafana",
-        ],
-        "ports": ["${GRAFANA_PORT:-3000}:3000"],
-        "depends_on": {"prometheus": {"condition": "service_healthy"}},
-        "healthcheck": wget_healthcheck("http://127.0.0.1:3000/api/health"),
-        "restart": "unless-stopped",
-        "networks": ["backend", "edge"],
-    }
-
-
-def dcgm_service() -> dict[str, Any]:
-    return {
-        "image": DCGM_IMAGE,
-        "cap_add": ["SYS_ADMIN"],
-        "deploy": {
-            "resources": {
-                "reservations": {
-                    "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-                }
-            }
-        },
-        "restart": "unless-stopped",
-        "networks": ["backend"],
     }

@@ -32,6 +32,8 @@ import yaml
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.fit import FitPlan
+from vkit.deployment import Deployment, DrainBudget, Images
+from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
 from vkit.render.k8s_autoscaling import autoscaling_objects, prometheus_adapter_values
 from vkit.render.k8s_manifests import (
     GATEWAY_DRAIN_S,
@@ -41,7 +43,12 @@ from vkit.render.k8s_manifests import (
 )
 from vkit.render.k8s_monitoring import gpu_price_rule, grafana_datasource, monitoring_objects
 from vkit.render.k8s_spec import GATEWAY_NAME, K8sSpec
-from vkit.render.k8s_vllm import tiny_model_configmap, vllm_startup_s, vllm_statefulset_patch
+from vkit.render.k8s_vllm import (
+    replica_group,
+    tiny_model_configmap,
+    vllm_startup_s,
+    vllm_statefulset_patch,
+)
 
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 COMPONENT_API = "kustomize.config.k8s.io/v1alpha1"
@@ -117,6 +124,17 @@ def monitoring_files(spec: K8sSpec, sources: Sources) -> dict[str, str]:
     return files
 
 
+def k8s_deployment(spec: K8sSpec, plan: FitPlan) -> Deployment:
+    """The overlay as a :class:`~vkit.deployment.Deployment`: the StatefulSet's replica group
+    and the gateway's whole settings (base and overlay)."""
+    return Deployment(
+        groups=(replica_group(spec, plan),),
+        gateway=gateway_settings(spec, vllm_startup_s(spec, plan)),
+        images=Images(vllm=VLLM_CPU_IMAGE if spec.cpu else VLLM_IMAGE, gateway=spec.gateway_image),
+        drain=DrainBudget(replica_s=spec.shutdown_timeout_s, gateway_s=GATEWAY_DRAIN_S),
+    )
+
+
 def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
     """The overlay's gateway settings, whole: the base's, its expected model and routing over
     the pods that DNS discovery finds in the headless Service (and, for scale to zero, its
@@ -135,10 +153,10 @@ def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
     return settings_from_values(values)
 
 
-def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
-    """The variables of :func:`gateway_settings` that the base does not already set."""
+def gateway_patch(spec: K8sSpec, settings: GatewaySettings) -> dict[str, Any]:
+    """The variables of the gateway's whole ``settings`` that the base does not already set."""
     base = settings_env(settings_from_values(base_gateway_values(spec.namespace)))
-    whole = settings_env(gateway_settings(spec, startup_s))
+    whole = settings_env(settings)
     env = env_list({name: value for name, value in whole.items() if base.get(name) != value})
     return {
         "apiVersion": "apps/v1",
@@ -191,7 +209,7 @@ def overlay_files(
         resources.append("tiny-model.yaml")
         own += tiny
     vllm = vllm_statefulset_patch(spec, plan)
-    gateway = gateway_patch(spec, vllm_startup_s(spec, plan))
+    gateway = gateway_patch(spec, k8s_deployment(spec, plan).gateway)
     files[f"{root}/vllm-patch.yaml"] = header + dump_all([vllm])
     files[f"{root}/gateway-patch.yaml"] = header + dump_all([gateway])
     body: dict[str, Any] = {"resources": resources}
