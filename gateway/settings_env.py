@@ -29,33 +29,17 @@ from pathlib import PurePath
 from typing import Any
 
 from pydantic import AnyUrl, BaseModel, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from gateway.settings import ENV_PREFIX, GatewaySettings
+from gateway.settings import ENV_PREFIX, GatewaySettings, load_settings
 
 __all__ = ["NESTED_DELIMITER", "settings_env", "settings_from_values"]
 
 NESTED_DELIMITER: str = GatewaySettings.model_config.get("env_nested_delimiter") or "__"
 
 
-class _GivenValues(GatewaySettings):
-    """The settings from their constructor arguments alone: no environment, no file."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
 def settings_from_values(values: Mapping[str, Any]) -> GatewaySettings:
     """The settings with exactly ``values`` given (validated; nothing read from outside)."""
-    return _GivenValues(**values)
+    return load_settings(environ={}, **values)
 
 
 def settings_env(settings: GatewaySettings) -> dict[str, str]:

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.settings import GatewaySettings
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
+from launcher.sizing.memory import Quantization
 from launcher.supervision.launch_spec import LaunchSettings, plan_vllm_argv
 from vkit.deployment.drain import DrainBudget
 from vkit.deployment.images import Images
-from vkit.deployment.ports import Ports
+from vkit.deployment.service_ports import VLLM_PORT, Ports
 
 Routing = Literal["round_robin", "aware"]
 
@@ -84,3 +85,29 @@ class Deployment(BaseModel):
     def group(self) -> ReplicaGroup:
         """The one group every target renders today."""
         return self.groups[0]
+
+
+def container_group(
+    *,
+    model: str,
+    served_model: str,
+    plan: FitPlan,
+    quant: Quantization,
+    shutdown_timeout_s: int,
+    enforce_eager: bool = False,
+    gpu_sets: tuple[GpuSet, ...] = (),
+    replicas: int | None = None,
+    load: str | None = None,
+) -> ReplicaGroup:
+    """A group whose replicas run in containers or pods: each listens on every interface at
+    :data:`~vkit.deployment.service_ports.VLLM_PORT`."""
+    launch = LaunchSettings(
+        model=model,
+        served_model_name=served_model,
+        host="0.0.0.0",
+        port=VLLM_PORT,
+        quant=quant,
+        enforce_eager=enforce_eager,
+        shutdown_timeout=shutdown_timeout_s,
+    )
+    return ReplicaGroup(launch=launch, plan=plan, gpu_sets=gpu_sets, replicas=replicas, load=load)

@@ -44,13 +44,13 @@ from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
-from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.deployment.images import (
     COMPOSE_GATEWAY_IMAGE,
 )
-from vkit.deployment.ports import (
+from vkit.deployment.model import container_group
+from vkit.deployment.service_ports import (
     GATEWAY_ADMIN_PORT,
     GATEWAY_PORT,
     NGINX_PORT,
@@ -145,16 +145,14 @@ def replica_service_name(gpu_set: GpuSet) -> str:
 def compose_deployment(spec: ComposeSpec, plan: FitPlan) -> Deployment:
     """The box as a :class:`~vkit.deployment.Deployment`: one replica group (one replica per
     GPU set, vLLM loading what ``VLLM_MODEL`` names) and the gateway's settings."""
-    launch = LaunchSettings(
+    group = container_group(
         model=spec.model,
-        served_model_name=spec.model,
-        host="0.0.0.0",
-        port=VLLM_PORT,
+        served_model=spec.model,
+        plan=plan,
         quant=plan.quant,
-        shutdown_timeout=spec.shutdown_timeout_s,
-    )
-    group = ReplicaGroup(
-        launch=launch, plan=plan, gpu_sets=tuple(spec.gpu_sets), load=served_model_var(spec, plan)
+        shutdown_timeout_s=spec.shutdown_timeout_s,
+        gpu_sets=tuple(spec.gpu_sets),
+        load=served_model_var(spec, plan),
     )
     return Deployment(
         groups=(group,),

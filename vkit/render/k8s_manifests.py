@@ -23,7 +23,7 @@ from typing import Any
 from gateway.settings import TimeoutSettings
 from gateway.settings_env import settings_env, settings_from_values
 from vkit.deployment.images import REDIS_IMAGE
-from vkit.deployment.ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT, VLLM_PORT
+from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT, VLLM_PORT
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
     GATEWAY_IMAGE,

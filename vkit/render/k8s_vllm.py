@@ -22,12 +22,12 @@ import math
 from typing import Any
 
 from launcher.sizing.fit import FitPlan
-from launcher.supervision.launch_spec import LaunchSettings
 from launcher.supervision.readiness import models_probe_script
 from launcher.supervision.vllm_args import API_SERVER_MODULE
 from vkit.deployment import ReplicaGroup
 from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
-from vkit.deployment.ports import VLLM_PORT
+from vkit.deployment.model import container_group
+from vkit.deployment.service_ports import VLLM_PORT
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
     HF_TOKEN_SECRET,
@@ -139,16 +139,15 @@ def replica_group(spec: K8sSpec, plan: FitPlan) -> ReplicaGroup:
     """The StatefulSet's pods as a replica group: vLLM's settings as ``vkit launch`` takes
     them (what the checkpoint and its online quantization are: :mod:`vkit.render.k8s_plan`),
     at least ``min_replicas`` of them."""
-    launch = LaunchSettings(
+    return container_group(
         model=spec.hf_model,
-        served_model_name=spec.model,
-        host="0.0.0.0",
-        port=VLLM_PORT,
+        served_model=spec.model,
+        plan=plan,
         quant=spec.vllm_quant,
+        shutdown_timeout_s=spec.shutdown_timeout_s,
         enforce_eager=spec.cpu,
-        shutdown_timeout=spec.shutdown_timeout_s,
+        replicas=spec.min_replicas,
     )
-    return ReplicaGroup(launch=launch, plan=plan, replicas=spec.min_replicas)
 
 
 def vllm_args(spec: K8sSpec, plan: FitPlan) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.gpu_sets import GpuSet
-from vkit.deployment.ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
+from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
 from vkit.nginx_conf import render_nginx_site
 
 REPLICA_HOST = "127.0.0.1"
