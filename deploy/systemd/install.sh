@@ -28,8 +28,7 @@ destdir=""
 dry_run=0
 enable=0
 vkit_bin="/opt/vkit/venv/bin/vkit"
-base_port=8001
-nginx_listen="127.0.0.1:8000"
+base_port=""  # vkit render systemd's default unless given
 routing="round_robin"
 
 usage() {
@@ -58,7 +57,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus: expected GPU indexes like 0,1"
-[[ "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
+[[ -z "$base_port" || "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
 [[ -z "$tp" || "$tp" =~ ^[1-9][0-9]*$ ]] || die "--tp: expected a number of GPUs per replica"
 [[ "$routing" == round_robin || "$routing" == aware ]] || die "--routing: expected round_robin or aware"
 root="${destdir%/}"
@@ -111,9 +110,9 @@ stage="$(mktemp -d "${TMPDIR:-/tmp}/vkit-stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 hf_home="$(sed -n 's/^Environment=HF_HOME=//p' "$here/vllm@.service")"
 render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
-    --base-port "$base_port" --listen "$nginx_listen" --hf-home "$hf_home" --routing "$routing"
-    --out "$stage")
+    --hf-home "$hf_home" --routing "$routing" --out "$stage")
 [[ -z "$tp" ]] || render+=(--tp "$tp")
+[[ -z "$base_port" ]] || render+=(--base-port "$base_port")
 if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
     reason="${reason#vkit render: error: }"

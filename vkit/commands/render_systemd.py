@@ -26,15 +26,19 @@ from launcher.supervision.launch_spec import LaunchSettings, LaunchSpec, resolve
 from launcher.supervision.profiles import load_profile
 from launcher.supervision.vllm_args import VllmOptions, split_flags
 from vkit.commands.launch import served_model
+from vkit.deployment.service_ports import NGINX_PORT, REPLICA_BASE_PORT
 from vkit.exit_codes import UsageError
 from vkit.render.bundle import write_files
 from vkit.render.systemd import (
+    REPLICA_HOST,
     ModelTokenizer,
     ReplicaInstance,
     gateway_settings,
     replica_instances,
     systemd_host_files,
 )
+
+NGINX_LISTEN = f"{REPLICA_HOST}:{NGINX_PORT}"
 
 
 class SystemdArgs(BaseModel):
@@ -45,8 +49,8 @@ class SystemdArgs(BaseModel):
     profile: str
     gpus: list[str] = Field(min_length=1)
     tp: int | None = Field(default=None, ge=1)
-    base_port: int = Field(default=8001, ge=1, le=65535)
-    listen: str = "127.0.0.1:8000"
+    base_port: int = Field(default=REPLICA_BASE_PORT, ge=1, le=65535)
+    listen: str = NGINX_LISTEN
     hf_home: PurePosixPath = PurePosixPath("/var/lib/vkit/huggingface")
     routing: Literal["round_robin", "aware"] = "round_robin"
     out: Path
@@ -69,8 +73,10 @@ def register(kinds: Any) -> None:
     parser.add_argument(
         "--tp", type=int, help="GPUs per replica (tensor parallel size; default: the profile's, 1)"
     )
-    parser.add_argument("--base-port", type=int, default=8001, help="first replica's port")
-    parser.add_argument("--listen", default="127.0.0.1:8000", help="NGINX's HOST:PORT")
+    parser.add_argument(
+        "--base-port", type=int, default=REPLICA_BASE_PORT, help="first replica's port"
+    )
+    parser.add_argument("--listen", default=NGINX_LISTEN, help="NGINX's HOST:PORT")
     parser.add_argument(
         "--hf-home", default="/var/lib/vkit/huggingface", help="the replicas' HF_HOME"
     )

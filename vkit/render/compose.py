@@ -45,7 +45,7 @@ from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
-from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
+from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S, REPLICA_DRAIN_S
 from vkit.deployment.images import (
     COMPOSE_GATEWAY_IMAGE,
 )
@@ -106,7 +106,7 @@ class ComposeSpec(BaseModel):
     gpu_ids: list[str] = Field(min_length=1, description="CUDA device ids (nvidia-smi's)")
     tensor_parallel: int = Field(default=1, ge=1, description="GPUs per replica")
     model: str = Field(description="served model name (a configs/models entry)")
-    shutdown_timeout_s: int = Field(default=30, ge=1)
+    shutdown_timeout_s: int = Field(default=REPLICA_DRAIN_S, ge=1)
     gateway_image: str = COMPOSE_GATEWAY_IMAGE
     routing: Literal["round_robin", "aware"] = Field(
         default="round_robin", description="the gateway's routing: via NGINX, or replica-aware"

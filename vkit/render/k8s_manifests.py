@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.settings import TimeoutSettings
 from gateway.settings_env import settings_env, settings_from_values
+from vkit.deployment.drain import DRAIN_MARGIN_S
 from vkit.deployment.images import REDIS_IMAGE
 from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT, VLLM_PORT
 from vkit.render.k8s_spec import (
@@ -178,7 +179,9 @@ def gateway_deployment(namespace: str, image: str) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": labels(GATEWAY_NAME, "gateway")},
                 "spec": {
-                    "terminationGracePeriodSeconds": GATEWAY_PRESTOP_SLEEP_S + GATEWAY_DRAIN_S + 15,
+                    "terminationGracePeriodSeconds": GATEWAY_PRESTOP_SLEEP_S
+                    + GATEWAY_DRAIN_S
+                    + DRAIN_MARGIN_S,
                     "affinity": {
                         "podAntiAffinity": {
                             "preferredDuringSchedulingIgnoredDuringExecution": [spread]

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.sizing.memory import Quantization
-from vkit.deployment.drain import DRAIN_MARGIN_S
+from vkit.deployment.drain import DRAIN_MARGIN_S, REPLICA_DRAIN_S
 from vkit.deployment.images import GATEWAY_IMAGE
 
 Autoscaler = Literal["keda", "hpa", "zero", "none"]
@@ -66,7 +66,7 @@ class K8sSpec(BaseModel):
         default="bf16", description="what vLLM quantizes at load (a checkpoint may come quantized)"
     )
     tensor_parallel: int = Field(default=1, ge=1, le=8)
-    shutdown_timeout_s: int = Field(default=30, ge=1)
+    shutdown_timeout_s: int = Field(default=REPLICA_DRAIN_S, ge=1)
     autoscaler: Autoscaler = "keda"
     routing: Literal["round_robin", "aware"] = Field(
         default="aware", description="the gateway's routing over the pods it discovers"
