@@ -28,8 +28,7 @@ destdir=""
 dry_run=0
 enable=0
 vkit_bin="/opt/vkit/venv/bin/vkit"
-base_port=8001
-nginx_listen="127.0.0.1:8000"
+base_port=""  # vkit render systemd's default unless given
 routing="round_robin"
 
 usage() {
@@ -58,7 +57,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus: expected GPU indexes like 0,1"
-[[ "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
+[[ -z "$base_port" || "$base_port" =~ ^[0-9]+$ ]] || die "--base-port: expected a number"
 [[ -z "$tp" || "$tp" =~ ^[1-9][0-9]*$ ]] || die "--tp: expected a number of GPUs per replica"
 [[ "$routing" == round_robin || "$routing" == aware ]] || die "--routing: expected round_robin or aware"
 root="${destdir%/}"
@@ -111,9 +110,9 @@ stage="$(mktemp -d "${TMPDIR:-/tmp}/vkit-stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 hf_home="$(sed -n 's/^Environment=HF_HOME=//p' "$here/vllm@.service")"
 render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
-    --base-port "$base_port" --listen "$nginx_listen" --hf-home "$hf_home" --routing "$routing"
-    --out "$stage")
+    --hf-home "$hf_home" --routing "$routing" --out "$stage")
 [[ -z "$tp" ]] || render+=(--tp "$tp")
+[[ -z "$base_port" ]] || render+=(--base-port "$base_port")
 if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
     reason="${reason#vkit render: error: }"
@@ -171,14 +170,8 @@ VLLM_API_KEY=$secret
 VKIT_GATEWAY_UPSTREAM_API_KEY=$secret
 # A Hugging Face token for gated models (Llama needs one).
 HF_TOKEN="
-write_if_absent "$etc/gateway.env" 0640 "VKIT_GATEWAY_HOST=0.0.0.0
-VKIT_GATEWAY_PORT=8080
-# The admin listener (/metrics for Prometheus, /readyz details, /openapi.json): loopback only.
-VKIT_GATEWAY_ADMIN_HOST=127.0.0.1
-VKIT_GATEWAY_ADMIN_PORT=9180
-# Routing and upstreams: gateway-routing.env (install.sh --routing), not here.
-VKIT_GATEWAY_KEYS_FILE=/etc/vkit/keys.yaml
-VKIT_GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0"
+# The gateway's listeners, keys file and Redis, as vkit rendered them (gateway.env.default).
+write_if_absent "$etc/gateway.env" 0640 "$(cat "$stage/etc/vkit/gateway.env.default")"
 # The API keys: root writes (vkit keys add keeps owner, group and mode), the gateway's
 # user reads through the vkit group, nobody else. Empty at first: every request is 401
 # until a key is added; the gateway re-reads the file, no restart needed.

@@ -39,6 +39,9 @@ __all__ = [
     "LaunchSpec",
     "build_vllm_argv",
     "engine_process_env",
+    "loaded_checkpoint",
+    "options_for",
+    "plan_vllm_argv",
     "resolve_launch",
 ]
 
@@ -159,32 +162,68 @@ def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: Mod
     return plan
 
 
-def options_for(settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool) -> VllmOptions:
-    """vLLM options: the plan's max_model_len / max_num_seqs, the rest from the settings.
+def loaded_checkpoint(model: str, quant: Quantization) -> tuple[str, Quantization]:
+    """What vLLM loads for ``model`` at ``quant``, and the quantization it applies at load.
 
     A snapshot name becomes the catalog's checkpoint for the quantization (a
-    :class:`~launcher.errors.NoCheckpointError` when none is known). ``VllmOptions.quant``
-    only decides vLLM's online ``--quantization`` flag: a pre-quantized checkpoint declares
-    its own method in config.json, so it gets none."""
-    checkpoint = served_checkpoint(settings.model, settings.quant)
-    online_quant = settings.quant
-    if checkpoint is not None and checkpoint.prequantized:
-        online_quant = "bf16"
+    :class:`~launcher.errors.NoCheckpointError` when none is known); a directory or a
+    repository id is loaded as given. A pre-quantized checkpoint declares its own method in
+    config.json, so vLLM quantizes nothing at load: ``bf16`` (no ``--quantization``). The one
+    place this rule lives: ``vkit launch``, compose and Kubernetes all come here."""
+    checkpoint = served_checkpoint(model, quant)
+    if checkpoint is None:
+        return vllm_model_argument(model), quant
+    return checkpoint.repo, "bf16" if checkpoint.prequantized else quant
+
+
+def options_for(
+    settings: LaunchSettings, plan: FitPlan | None, *, cpu: bool, load: str | None = None
+) -> VllmOptions:
+    """vLLM options: the plan's sizes (max_model_len, max_num_seqs, GPU memory share, tensor
+    parallel, KV dtype), the rest from the settings; without a plan, the settings' own.
+
+    The checkpoint and the online quantization come from :func:`loaded_checkpoint`; ``load``
+    replaces only what vLLM loads (a deploy file's ``${VLLM_MODEL}`` reference, a model
+    directory), not the quantization rule."""
+    model, online_quant = loaded_checkpoint(settings.model, settings.quant)
+    if plan is None:
+        memory = None if cpu else settings.gpu_memory_utilization
+        tensor_parallel, kv_dtype = settings.tensor_parallel, settings.kv_cache_dtype
+    else:
+        memory, tensor_parallel, kv_dtype = (
+            plan.gpu_memory_utilization,
+            plan.tensor_parallel,
+            plan.kv_dtype,
+        )
     return VllmOptions(
-        model=checkpoint.repo if checkpoint else vllm_model_argument(settings.model),
+        model=model if load is None else load,
         served_model_name=settings.served_model_name,
         host=settings.host,
         port=settings.port,
         max_model_len=plan.max_model_len if plan else settings.max_model_len,
         max_num_seqs=plan.max_num_seqs if plan else None,
-        gpu_memory_utilization=None if cpu else settings.gpu_memory_utilization,
-        tensor_parallel=settings.tensor_parallel,
+        gpu_memory_utilization=memory,
+        tensor_parallel=tensor_parallel,
         quant=online_quant,
-        kv_cache_dtype=settings.kv_cache_dtype,
+        kv_cache_dtype=kv_dtype,
         enforce_eager=settings.enforce_eager,
         shutdown_timeout=settings.shutdown_timeout,
         extra_args=settings.extra_args,
     )
+
+
+def plan_vllm_argv(
+    settings: LaunchSettings,
+    plan: FitPlan | None,
+    *,
+    cpu: bool = False,
+    load: str | None = None,
+    engine: Sequence[str] | None = None,
+) -> list[str]:
+    """The vLLM command for a plan: :func:`options_for` rendered by :func:`build_vllm_argv`.
+    ``vkit launch``, the compose file and the Kubernetes StatefulSet all build it here (a
+    deploy file passes ``engine=[]``: its image's entrypoint runs the server)."""
+    return build_vllm_argv(options_for(settings, plan, cpu=cpu, load=load), engine=engine)
 
 
 def engine_env(settings: LaunchSettings, *, cpu: bool) -> dict[str, str]:
@@ -231,5 +270,5 @@ def resolve_launch(
         notes.append("GPU not in configs/gpus.yaml (use --gpu NAME): not tuned by the solver")
     options = options_for(settings, plan, cpu=cpu)
     env = engine_env(settings, cpu=cpu)
-    argv = build_vllm_argv(options, engine=engine)
+    argv = plan_vllm_argv(settings, plan, cpu=cpu, engine=engine)
     return LaunchSpec(options=options, argv=argv, env=env, plan=plan, cpu=cpu, notes=notes)

@@ -28,6 +28,7 @@ import httpx
 
 HEALTH_PATH = "/health"
 MODELS_PATH = "/v1/models"
+BEARER = "Bearer "  # the key's scheme on /v1/models
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class ReadinessCheck:
     @property
     def headers(self) -> dict[str, str]:
         """Headers for both requests (``/health`` ignores the key; ``/v1/models`` needs it)."""
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {"authorization": BEARER + self.api_key} if self.api_key else {}
 
     def verdict(
         self, health_status: int | None, models_status: int | None, models_body: bytes | None
@@ -88,6 +89,19 @@ def model_ids(body: bytes) -> set[str] | None:
     if not isinstance(data, list):
         return None
     return {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+
+
+def models_probe_script(port: int, model: str, key_env: str = "VLLM_API_KEY") -> str:
+    """The rule's model-list half as one line of Python for an ``exec`` probe (Kubernetes'
+    readinessProbe; its startup and liveness probes ask ``/health``): exit 0 when
+    ``MODELS_PATH``, asked with the key in ``$key_env``, lists ``model``."""
+    return (
+        "import json, os, urllib.request as u; "
+        f"r = u.Request('http://127.0.0.1:{port}{MODELS_PATH}', "
+        f"headers={{'Authorization': {BEARER!r} + os.environ[{key_env!r}]}}); "
+        "ids = [m['id'] for m in json.load(u.urlopen(r, timeout=4))['data']]; "
+        f"raise SystemExit(0 if {model!r} in ids else 1)"
+    )
 
 
 class VllmProbe:

@@ -16,8 +16,8 @@ from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import load_model
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
 from tests.deploy.test_k8s_render import GPU_OVERLAYS, OVERLAYS, built
+from vkit.commands.render_k8s import read_sources
 from vkit.render.k8s_bundle import render_k8s_bundle
-from vkit.render.k8s_cli import read_sources
 from vkit.render.k8s_plan import K8sArgs, plan_k8s
 
 WORKLOADS = {"Deployment", "StatefulSet"}

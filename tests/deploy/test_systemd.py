@@ -31,9 +31,11 @@ import yaml
 
 import vkit.render.systemd as systemd_host
 from gateway.prompt_tokens import ModelCounters, build_prompt_counter
+from gateway.settings import load_settings
 from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
 from launcher.supervision.profiles import load_profile
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
+from vkit.commands.render_systemd import SystemdArgs, plan_host
 from vkit.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +119,21 @@ def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     assert settings.upstream_api_key.get_secret_value() == env["VLLM_API_KEY"]
     # /metrics on a loopback admin listener: the public 0.0.0.0:8080 serves none
     assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9180)
+
+
+def test_installed_gateway_env_loads_back_into_the_rendered_settings(staged: Path) -> None:
+    """install.sh installs what ``vkit render systemd`` rendered: the gateway unit's env files
+    add up to the host's GatewaySettings. (The vLLM key is a secret install.sh makes, in
+    vkit.env, not a rendered value: left out here, checked above.)"""
+    env = unit_environment(staged, "vkit-gateway.service")
+    gateway_env = {
+        name: value
+        for name, value in env.items()
+        if name.startswith("VKIT_GATEWAY_") and name != "VKIT_GATEWAY_UPSTREAM_API_KEY"
+    }
+    args = SystemdArgs(profile=str(PROFILE), gpus=["0", "1"], out=staged)  # install.sh's
+    expected = plan_host(args).gateway_settings(args)
+    assert load_settings(environ=gateway_env).model_dump() == expected.model_dump()
 
 
 @pytest.mark.parametrize(

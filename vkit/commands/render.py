@@ -27,12 +27,12 @@ from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
-from vkit.commands import render_systemd
+from vkit.commands import render_k8s, render_systemd
+from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
 from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
 from vkit.render.compose import ComposeSpec
-from vkit.render.k8s_cli import register as register_k8s
 
 
 class ComposeArgs(BaseModel):
@@ -47,7 +47,7 @@ class ComposeArgs(BaseModel):
     quant: Quantization = "bf16"
     concurrency: int | None = Field(default=None, ge=1)
     context: int | None = Field(default=None, ge=16)
-    shutdown_timeout: int = Field(default=30, ge=1)
+    shutdown_timeout: int = Field(default=REPLICA_DRAIN_S, ge=1)
     routing: Literal["round_robin", "aware"] = "round_robin"
     out: Path | None = None
 
@@ -88,7 +88,9 @@ def register(subparsers: Any) -> None:
     target = compose.add_mutually_exclusive_group()
     target.add_argument("--concurrency", type=int, help="target concurrent requests")
     target.add_argument("--context", type=int, help="target max_model_len")
-    compose.add_argument("--shutdown-timeout", type=int, default=30, help="drain seconds")
+    compose.add_argument(
+        "--shutdown-timeout", type=int, default=REPLICA_DRAIN_S, help="drain seconds"
+    )
     compose.add_argument(
         "--routing",
         choices=["round_robin", "aware"],
@@ -107,7 +109,7 @@ def register(subparsers: Any) -> None:
     nginx.set_defaults(handler=run_nginx)
 
     render_systemd.register(kinds)
-    register_k8s(kinds)
+    render_k8s.register(kinds)
 
 
 def run_compose(args: argparse.Namespace) -> int:
@@ -184,7 +186,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag in ("concurrency", "context"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag}", str(getattr(args, flag))]
-    if args.shutdown_timeout != 30:
+    if args.shutdown_timeout != REPLICA_DRAIN_S:
         parts += ["--shutdown-timeout", str(args.shutdown_timeout)]
     if args.routing not in (None, "round_robin"):
         parts += ["--routing", args.routing]

@@ -14,19 +14,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.settings import GatewaySettings
 from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.supervision.launch_spec import LaunchSettings, LaunchSpec, resolve_launch
 from launcher.supervision.profiles import load_profile
 from launcher.supervision.vllm_args import VllmOptions, split_flags
 from vkit.commands.launch import served_model
+from vkit.deployment.service_ports import NGINX_PORT, REPLICA_BASE_PORT
 from vkit.exit_codes import UsageError
 from vkit.render.bundle import write_files
-from vkit.render.systemd import ModelTokenizer, replica_instances, systemd_host_files
+from vkit.render.systemd import (
+    REPLICA_HOST,
+    ModelTokenizer,
+    ReplicaInstance,
+    gateway_settings,
+    replica_instances,
+    systemd_host_files,
+)
+
+NGINX_LISTEN = f"{REPLICA_HOST}:{NGINX_PORT}"
 
 
 class SystemdArgs(BaseModel):
@@ -37,8 +49,8 @@ class SystemdArgs(BaseModel):
     profile: str
     gpus: list[str] = Field(min_length=1)
     tp: int | None = Field(default=None, ge=1)
-    base_port: int = Field(default=8001, ge=1, le=65535)
-    listen: str = "127.0.0.1:8000"
+    base_port: int = Field(default=REPLICA_BASE_PORT, ge=1, le=65535)
+    listen: str = NGINX_LISTEN
     hf_home: PurePosixPath = PurePosixPath("/var/lib/vkit/huggingface")
     routing: Literal["round_robin", "aware"] = "round_robin"
     out: Path
@@ -61,8 +73,10 @@ def register(kinds: Any) -> None:
     parser.add_argument(
         "--tp", type=int, help="GPUs per replica (tensor parallel size; default: the profile's, 1)"
     )
-    parser.add_argument("--base-port", type=int, default=8001, help="first replica's port")
-    parser.add_argument("--listen", default="127.0.0.1:8000", help="NGINX's HOST:PORT")
+    parser.add_argument(
+        "--base-port", type=int, default=REPLICA_BASE_PORT, help="first replica's port"
+    )
+    parser.add_argument("--listen", default=NGINX_LISTEN, help="NGINX's HOST:PORT")
     parser.add_argument(
         "--hf-home", default="/var/lib/vkit/huggingface", help="the replicas' HF_HOME"
     )
@@ -75,33 +89,63 @@ def register(kinds: Any) -> None:
     parser.set_defaults(handler=run_systemd)
 
 
+@dataclass(frozen=True)
+class HostPlan:
+    """What ``render systemd`` solved: the replicas, the gateway's tokenizer, the launch."""
+
+    replicas: list[ReplicaInstance]
+    tokenizer: ModelTokenizer
+    launch: LaunchSpec
+
+    def gateway_settings(self, settings: SystemdArgs) -> GatewaySettings:
+        """The gateway's settings that the host's env files add up to."""
+        return gateway_settings(
+            self.replicas,
+            listen=settings.listen,
+            tokenizer=self.tokenizer,
+            routing=settings.routing,
+        )
+
+
+def plan_host(settings: SystemdArgs) -> HostPlan:
+    """Split the GPUs, solve one set's fit with ``vkit launch``'s resolver, place the ports."""
+    launch = replica_settings(settings)
+    gpu_sets = split_gpu_sets(settings.gpus, tensor_parallel=launch.tensor_parallel)
+    spec = resolve_launch(launch, gpu_visible=True)
+    try:
+        replicas = replica_instances(gpu_sets, settings.base_port)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    tokenizer = ModelTokenizer(
+        served_name=served_model(spec.options),
+        source=tokenizer_source(spec.options),
+        hf_cache=settings.hf_home / "hub",
+    )
+    return HostPlan(replicas, tokenizer, spec)
+
+
 def run_systemd(args: argparse.Namespace) -> int:
     settings = SystemdArgs.model_validate(
         {k: v for k, v in vars(args).items() if k in SystemdArgs.model_fields and v is not None}
     )
-    launch = replica_settings(settings)
-    gpu_sets = split_gpu_sets(settings.gpus, tensor_parallel=launch.tensor_parallel)
-    spec = resolve_launch(launch, gpu_visible=True)
-    for note in spec.notes:
+    host = plan_host(settings)
+    for note in host.launch.notes:
         print(f"vkit render: note: {note}", file=sys.stderr)
     try:
-        replicas = replica_instances(gpu_sets, settings.base_port)
-        tokenizer = ModelTokenizer(
-            served_name=served_model(spec.options),
-            source=tokenizer_source(spec.options),
-            hf_cache=settings.hf_home / "hub",
-        )
         files = systemd_host_files(
-            replicas, listen=settings.listen, tokenizer=tokenizer, routing=settings.routing
+            host.replicas,
+            listen=settings.listen,
+            tokenizer=host.tokenizer,
+            routing=settings.routing,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     write_files({str(path): text for path, text in files.items()}, settings.out)
-    for replica in replicas:
+    for replica in host.replicas:
         gpus = replica.gpu_set
         label = "GPUs" if gpus.size > 1 else "GPU"
         print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
-    print(fit_summary(spec))
+    print(fit_summary(host.launch))
     return 0
 
 

@@ -1,9 +1,21 @@
-"""Deploy files as data: pure builders for a GPU box's compose bundle.
+"""Deploy files as data: each target translates a :mod:`vkit.deployment` model.
 
-- :mod:`vkit.render.compose` -- ``ComposeSpec`` -> the compose file as a dict
+- :mod:`vkit.render.compose` -- ``ComposeSpec`` -> its deployment -> the compose file as a dict
+- :mod:`vkit.render.compose_services` -- Redis, Prometheus, Grafana, DCGM services
+- :mod:`vkit.render.bundle` -- every file of ``deploy/docker/`` as text, and an atomic writer
+- :mod:`vkit.render.healthcheck` -- the one wget healthcheck of the monitoring services
 - :mod:`vkit.render.prometheus` -- scrape config and per-GPU price series
 - :mod:`vkit.render.alertmanager` -- the Alertmanager service, its config and start script
-- :mod:`vkit.render.bundle` -- every file of ``deploy/docker/`` as text, and an atomic writer
+- :mod:`vkit.render.systemd` -- a systemd host's generated files (replica and gateway env)
+- :mod:`vkit.render.k8s_spec` -- ``K8sSpec``: one Kubernetes deployment, names and drain
+- :mod:`vkit.render.k8s_plan` -- ``vkit render k8s`` arguments -> ``K8sSpec`` and fit plan
+- :mod:`vkit.render.k8s_vllm` -- the vLLM StatefulSet: base and fit-made patch, probes
+- :mod:`vkit.render.k8s_manifests` -- the base: gateway, Redis, Services, NetworkPolicies
+- :mod:`vkit.render.k8s_autoscaling` -- KEDA ScaledObject, HPA, prometheus-adapter values
+- :mod:`vkit.render.k8s_monitoring` -- PodMonitors, rules, dashboard, price rule
+- :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
 
+The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the
+registration of :mod:`~vkit.commands.render_systemd` and :mod:`~vkit.commands.render_k8s`).
 The NGINX config comes from :mod:`vkit.nginx_conf` (one template for every deployment).
 """

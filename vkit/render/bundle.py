@@ -22,17 +22,10 @@ from typing import Any
 import yaml
 
 from launcher.sizing.fit import FitPlan
+from vkit.deployment.service_ports import DCGM_PORT, GATEWAY_ADMIN_PORT, NGINX_PORT, VLLM_PORT
 from vkit.nginx_conf import render_nginx_site
 from vkit.render.alertmanager import ALERTMANAGER_PORT, render_alertmanager_files
-from vkit.render.compose import (
-    DCGM_PORT,
-    GATEWAY_ADMIN_PORT,
-    NGINX_PORT,
-    VLLM_PORT,
-    ComposeSpec,
-    build_compose,
-    replica_service_name,
-)
+from vkit.render.compose import ComposeSpec, build_compose, replica_service_name
 from vkit.render.prometheus import build_cost_rules, build_prometheus_config
 
 COMPOSE_FILE = "compose.yaml"

@@ -22,7 +22,8 @@ Stopping (``docker compose down`` stops a service only after every service that 
 it has stopped): the gateway first, which finishes its open responses (uvicorn's graceful
 shutdown, up to ``timeouts.total``, set here), then NGINX (SIGQUIT: graceful), then the
 replicas (vLLM's ``--shutdown-timeout`` drain). Each ``stop_grace_period`` is its drain plus a
-margin (:func:`stop_grace_s`), NGINX's that of the replicas. ``down -t N`` overrides them all.
+margin (:meth:`vkit.deployment.DrainBudget.grace_s`), NGINX's that of the replicas. ``down -t
+N`` overrides them all.
 
 Routing (the gateway's ``routing``): ``round_robin`` (the default) sends everything through
 NGINX; ``aware`` lists the replicas themselves as the gateway's upstreams (it routes by their
@@ -38,39 +39,38 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.settings import GatewaySettings
+from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
-from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
+from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
+from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S, REPLICA_DRAIN_S
+from vkit.deployment.images import (
+    COMPOSE_GATEWAY_IMAGE,
+)
+from vkit.deployment.model import container_group
+from vkit.deployment.service_ports import (
+    GATEWAY_ADMIN_PORT,
+    GATEWAY_PORT,
+    NGINX_PORT,
+    REDIS_PORT,
+    VLLM_PORT,
+)
 from vkit.render.alertmanager import alertmanager_service
+from vkit.render.compose_services import (
+    dcgm_service,
+    grafana_service,
+    prometheus_service,
+    redis_service,
+)
 from vkit.render.healthcheck import wget_healthcheck
 
-# Pinned images. vLLM: the release whose flags the launcher builds (--shutdown-timeout
-# needs >= 0.18; REFERENCE section 1).
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
-NGINX_IMAGE = "nginx:1.27.3-alpine"
-REDIS_IMAGE = "redis:7.4.1-alpine"
-PROMETHEUS_IMAGE = "prom/prometheus:v2.54.1"
-GRAFANA_IMAGE = "grafana/grafana:11.2.2"
-DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"
-
-VLLM_PORT = 8000
-NGINX_PORT = 8000
-GATEWAY_PORT = 8080
-GATEWAY_ADMIN_PORT = 9180  # /metrics and details: on the backend network only, never published
-DCGM_PORT = 9400
 VOLUMES = ("hf-cache", "vllm-cache", "prometheus-data", "grafana-data")
 VLLM_SERVER = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 # The supervisor (a file beside compose.yaml, stdlib only) runs VLLM_SERVER as its child.
 SUPERVISOR_FILE = "vllm_supervisor.py"
 SUPERVISOR_PATH = "/opt/vkit/vllm_supervisor.py"
-# Drain: a container gets its stop signal and finishes what is in flight for up to its
-# drain (vLLM: --shutdown-timeout; the gateway: timeouts.total); compose waits this much
-# longer before SIGKILL.
-DRAIN_MARGIN_S = 15
-# The gateway's longest request (its timeouts.total, which is also uvicorn's graceful
-# shutdown there), set in its environment; NGINX's read timeout (ProxyTuning) is the same.
-GATEWAY_TOTAL_TIMEOUT_S = 600
 # Where the gateway sees the keys directory and the replicas' Hugging Face cache.
 KEYS_DIR_MOUNT = "/etc/vkit/keys"
 KEYS_FILE_NAME = "keys.yaml"
@@ -95,7 +95,6 @@ API_KEY_VAR = "${VLLM_API_KEY:?set VLLM_API_KEY, the key between the gateway and
 # A directory, not the file: `vkit keys add` replaces keys.yaml (a new inode), which a
 # bind mount of the file itself would never show the container.
 KEYS_DIR_VAR = "${VKIT_KEYS_DIR:?set VKIT_KEYS_DIR to the directory of keys.yaml (vkit keys add)}"
-GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
 
 
 class ComposeSpec(BaseModel):
@@ -107,8 +106,8 @@ class ComposeSpec(BaseModel):
     gpu_ids: list[str] = Field(min_length=1, description="CUDA device ids (nvidia-smi's)")
     tensor_parallel: int = Field(default=1, ge=1, description="GPUs per replica")
     model: str = Field(description="served model name (a configs/models entry)")
-    shutdown_timeout_s: int = Field(default=30, ge=1)
-    gateway_image: str = "vkit-gateway:latest"
+    shutdown_timeout_s: int = Field(default=REPLICA_DRAIN_S, ge=1)
+    gateway_image: str = COMPOSE_GATEWAY_IMAGE
     routing: Literal["round_robin", "aware"] = Field(
         default="round_robin", description="the gateway's routing: via NGINX, or replica-aware"
     )
@@ -143,19 +142,40 @@ def replica_service_name(gpu_set: GpuSet) -> str:
     return f"vllm-{gpu_set.name}"
 
 
-def stop_grace_s(drain_s: int) -> int:
-    """What compose waits after the stop signal before SIGKILL: the drain and a margin."""
-    return drain_s + DRAIN_MARGIN_S
+def compose_deployment(spec: ComposeSpec, plan: FitPlan) -> Deployment:
+    """The box as a :class:`~vkit.deployment.Deployment`: one replica group (one replica per
+    GPU set, vLLM loading what ``VLLM_MODEL`` names) and the gateway's settings."""
+    group = container_group(
+        model=spec.model,
+        served_model=spec.model,
+        plan=plan,
+        quant=plan.quant,
+        shutdown_timeout_s=spec.shutdown_timeout_s,
+        gpu_sets=tuple(spec.gpu_sets),
+        load=served_model_var(spec, plan),
+    )
+    return Deployment(
+        groups=(group,),
+        gateway=gateway_settings(spec, group.load or MODEL_VAR),
+        images=Images(gateway=spec.gateway_image),
+        drain=DrainBudget(replica_s=spec.shutdown_timeout_s, gateway_s=GATEWAY_TOTAL_TIMEOUT_S),
+    )
 
 
 def build_compose(spec: ComposeSpec, plan: FitPlan) -> dict[str, Any]:
     """The whole compose file; each service gets fresh dicts (no YAML aliases)."""
+    return compose_file(compose_deployment(spec, plan))
+
+
+def compose_file(deployment: Deployment) -> dict[str, Any]:
+    """The compose file of a deployment (its one replica group rendered)."""
+    group = deployment.group
     services: dict[str, Any] = {}
-    for gpu_set in spec.gpu_sets:
-        services[replica_service_name(gpu_set)] = vllm_service(spec, plan, gpu_set)
-    if spec.routing == "round_robin":  # aware: the gateway reaches the replicas itself
-        services["nginx"] = nginx_service(spec)
-    services["gateway"] = gateway_service(spec, served_model_var(spec, plan))
+    for gpu_set in group.gpu_sets:
+        services[replica_service_name(gpu_set)] = vllm_service(deployment, group, gpu_set)
+    if deployment.routing == "round_robin":  # aware: the gateway reaches the replicas itself
+        services["nginx"] = nginx_service(deployment)
+    services["gateway"] = gateway_service(deployment)
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
     services["grafana"] = grafana_service()
@@ -171,29 +191,6 @@ def build_compose(spec: ComposeSpec, plan: FitPlan) -> dict[str, Any]:
 def http_probe(url: str) -> str:
     """A healthcheck in Python (the vLLM and gateway images have it; curl is not certain)."""
     return f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"
-
-
-def vllm_command(spec: ComposeSpec, plan: FitPlan) -> list[str]:
-    """The launcher's tuned flags (no engine prefix: the entrypoint runs the server).
-
-    As ``vkit launch`` does: a pre-quantized checkpoint (the catalog's, for the model and
-    quantization) declares its method itself, so vLLM gets no ``--quantization`` for it."""
-    checkpoint = checkpoint_for(spec.model, plan.quant)
-    online_quant = "bf16" if checkpoint is not None and checkpoint.prequantized else plan.quant
-    options = VllmOptions(
-        model=served_model_var(spec, plan),
-        served_model_name=spec.model,
-        host="0.0.0.0",
-        port=VLLM_PORT,
-        max_model_len=plan.max_model_len,
-        max_num_seqs=plan.max_num_seqs,
-        gpu_memory_utilization=plan.gpu_memory_utilization,
-        tensor_parallel=plan.tensor_parallel,
-        quant=online_quant,
-        kv_cache_dtype=plan.kv_dtype,
-        shutdown_timeout=spec.shutdown_timeout_s,
-    )
-    return build_vllm_argv(options, engine=[])
 
 
 def supervisor_entrypoint(policy: HealthPolicy = REPLICA_HEALTH) -> list[str]:
@@ -236,13 +233,15 @@ def gpu_reservation(gpu_set: GpuSet) -> dict[str, Any]:
     return {"resources": {"reservations": {"devices": [device]}}}
 
 
-def vllm_service(spec: ComposeSpec, plan: FitPlan, gpu_set: GpuSet) -> dict[str, Any]:
+def vllm_service(deployment: Deployment, group: ReplicaGroup, gpu_set: GpuSet) -> dict[str, Any]:
+    """One replica of the group: the launcher's tuned flags as its ``command`` (no engine
+    prefix: the supervisor runs the server)."""
     probe = http_probe(f"http://localhost:{VLLM_PORT}/health")
     policy = REPLICA_HEALTH
     service: dict[str, Any] = {
-        "image": VLLM_IMAGE,
+        "image": deployment.images.vllm,
         "entrypoint": supervisor_entrypoint(policy),
-        "command": vllm_command(spec, plan),
+        "command": group.vllm_argv(engine=[]),
         "environment": vllm_environment(gpu_set),
         # Docker's init is PID 1: it reaps vLLM's worker processes and passes the stop
         # signal to the supervisor, which passes it to vLLM and waits for its drain.
@@ -265,7 +264,7 @@ def vllm_service(spec: ComposeSpec, plan: FitPlan, gpu_set: GpuSet) -> dict[str,
         },
         "restart": "unless-stopped",
         "stop_signal": "SIGTERM",
-        "stop_grace_period": f"{stop_grace_s(spec.shutdown_timeout_s)}s",
+        "stop_grace_period": f"{deployment.drain.grace_s(deployment.drain.replica_s)}s",
         "networks": ["backend"],
     }
     if gpu_set.size > 1:  # NCCL pins host memory for its buffers
@@ -273,69 +272,75 @@ def vllm_service(spec: ComposeSpec, plan: FitPlan, gpu_set: GpuSet) -> dict[str,
     return service
 
 
-def nginx_service(spec: ComposeSpec) -> dict[str, Any]:
+def nginx_service(deployment: Deployment) -> dict[str, Any]:
     return {
-        "image": NGINX_IMAGE,
+        "image": deployment.images.nginx,
         "volumes": ["./nginx/vkit.conf:/etc/nginx/conf.d/default.conf:ro"],
         # Started, not healthy: NGINX skips a replica that is down, so one slow or broken
         # GPU does not hold back the others (names are resolved at run time, see bundle).
         "depends_on": {
             replica_service_name(gpu_set): {"condition": "service_started"}
-            for gpu_set in spec.gpu_sets
+            for gpu_set in deployment.group.gpu_sets
         },
         "healthcheck": wget_healthcheck(f"http://127.0.0.1:{NGINX_PORT}/nginx_health", "10s"),
         "restart": "unless-stopped",
         # SIGQUIT is NGINX's graceful stop (SIGTERM cuts open responses). It stops after the
         # gateway, its only client, has drained: as long as the replicas' drain is enough.
         "stop_signal": "SIGQUIT",
-        "stop_grace_period": f"{stop_grace_s(spec.shutdown_timeout_s)}s",
+        "stop_grace_period": f"{deployment.drain.grace_s(deployment.drain.replica_s)}s",
         "networks": ["backend"],
     }
 
 
-def gateway_routing(spec: ComposeSpec) -> tuple[dict[str, str], dict[str, Any]]:
-    """The gateway's routing variables and what it waits for: NGINX (healthy), or with
-    ``aware`` every replica (started, as NGINX waits: the router takes a down one out)."""
-    if spec.routing == "round_robin":
-        env = {"VKIT_GATEWAY_UPSTREAMS": f'["http://nginx:{NGINX_PORT}"]'}
-        return env, {"nginx": {"condition": "service_healthy"}}
-    names = [replica_service_name(gpu_set) for gpu_set in spec.gpu_sets]
-    urls = ", ".join(f'"http://{name}:{VLLM_PORT}"' for name in names)
-    env = {"VKIT_GATEWAY_UPSTREAMS": f"[{urls}]", "VKIT_GATEWAY_ROUTING": "aware"}
-    return env, {name: {"condition": "service_started"} for name in names}
+def gateway_settings(spec: ComposeSpec, model: str = MODEL_VAR) -> GatewaySettings:
+    """The gateway's settings on the box. Routing: through NGINX, or with ``aware`` to every
+    replica. ``model`` is where its tokenizer comes from (the ``VLLM_MODEL`` reference, which
+    compose fills in), looked up in the replicas' cache; the vLLM key is a reference too."""
+    values: dict[str, Any] = {
+        "host": "0.0.0.0",
+        "port": GATEWAY_PORT,
+        "admin_host": "0.0.0.0",
+        "admin_port": GATEWAY_ADMIN_PORT,
+        "upstreams": [f"http://nginx:{NGINX_PORT}"],
+        "upstream_api_key": API_KEY_VAR,
+        "keys_file": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
+        "redis_url": f"redis://redis:{REDIS_PORT}/0",
+        "health": {"expected_models": [spec.model]},
+        # The longest request, and so the graceful shutdown: stop_grace_period is above it.
+        "timeouts": {"total": GATEWAY_TOTAL_TIMEOUT_S},
+        # Prompts counted with the served model's own tokenizer, from the replicas' cache.
+        "tokenizers": {"models": {spec.model: model}, "hf_cache": f"{GATEWAY_HF_MOUNT}/hub"},
+    }
+    if spec.routing == "aware":
+        names = [replica_service_name(gpu_set) for gpu_set in spec.gpu_sets]
+        values["upstreams"] = [f"http://{name}:{VLLM_PORT}" for name in names]
+        values["routing"] = "aware"
+    return settings_from_values(values)
 
 
-def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]:
+def gateway_depends_on(deployment: Deployment) -> dict[str, Any]:
+    """What the gateway waits for: NGINX (healthy), or with ``aware`` every replica
+    (started, as NGINX waits: the router takes a down one out), and Redis."""
+    if deployment.routing == "round_robin":
+        upstreams: dict[str, Any] = {"nginx": {"condition": "service_healthy"}}
+    else:
+        names = [replica_service_name(gpu_set) for gpu_set in deployment.group.gpu_sets]
+        upstreams = {name: {"condition": "service_started"} for name in names}
+    return {**upstreams, "redis": {"condition": "service_healthy"}}
+
+
+def gateway_service(deployment: Deployment) -> dict[str, Any]:
     probe = http_probe(f"http://localhost:{GATEWAY_PORT}/livez")
-    routing_env, upstream_deps = gateway_routing(spec)
     return {
-        "image": spec.gateway_image,
+        "image": deployment.images.gateway,
         "build": {"context": "../..", "dockerfile": "deploy/docker/gateway.Dockerfile"},
-        "environment": {
-            "VKIT_GATEWAY_HOST": "0.0.0.0",
-            "VKIT_GATEWAY_PORT": str(GATEWAY_PORT),
-            "VKIT_GATEWAY_ADMIN_HOST": "0.0.0.0",
-            "VKIT_GATEWAY_ADMIN_PORT": str(GATEWAY_ADMIN_PORT),
-            **routing_env,
-            "VKIT_GATEWAY_UPSTREAM_API_KEY": API_KEY_VAR,
-            "VKIT_GATEWAY_KEYS_FILE": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
-            "VKIT_GATEWAY_REDIS_URL": "redis://redis:6379/0",
-            "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS": f'["{spec.model}"]',
-            # The longest request, and so the graceful shutdown: stop_grace_period is above it.
-            "VKIT_GATEWAY_TIMEOUTS__TOTAL": str(GATEWAY_TOTAL_TIMEOUT_S),
-            # Prompts counted with the served model's own tokenizer, from the replicas' cache.
-            "VKIT_GATEWAY_TOKENIZERS__MODELS": f'{{"{spec.model}": "{model}"}}',
-            "VKIT_GATEWAY_TOKENIZERS__HF_CACHE": f"{GATEWAY_HF_MOUNT}/hub",
-        },
+        "environment": settings_env(deployment.gateway),
         "volumes": [
             f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
             f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",
         ],
         "ports": [f"${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
-        "depends_on": {
-            **upstream_deps,
-            "redis": {"condition": "service_healthy"},
-        },
+        "depends_on": gateway_depends_on(deployment),
         "healthcheck": {
             "test": ["CMD", "python", "-c", probe],
             "interval": "10s",
@@ -345,79 +350,6 @@ def gateway_service(spec: ComposeSpec, model: str = MODEL_VAR) -> dict[str, Any]
         },
         "restart": "unless-stopped",
         "stop_signal": "SIGTERM",
-        "stop_grace_period": f"{stop_grace_s(GATEWAY_TOTAL_TIMEOUT_S)}s",
+        "stop_grace_period": f"{deployment.drain.grace_s(deployment.drain.gateway_s)}s",
         "networks": ["backend", "edge"],
-    }
-
-
-def redis_service() -> dict[str, Any]:
-    return {
-        "image": REDIS_IMAGE,
-        # Rate-limit windows only: nothing to persist.
-        "command": ["redis-server", "--save", "", "--appendonly", "no"],
-        "healthcheck": {
-            "test": ["CMD", "redis-cli", "ping"],
-            "interval": "10s",
-            "timeout": "5s",
-            "retries": 3,
-        },
-        "restart": "unless-stopped",
-        "networks": ["backend"],
-    }
-
-
-def prometheus_service() -> dict[str, Any]:
-    return {
-        "image": PROMETHEUS_IMAGE,
-        "command": [
-            "--config.file=/etc/prometheus/prometheus.yml",
-            "--storage.tsdb.path=/prometheus",
-            "--storage.tsdb.retention.time=30d",
-        ],
-        "volumes": [
-            "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
-            "./prometheus/cost.rules.yml:/etc/prometheus/cost.rules.yml:ro",
-            "../monitoring/rules:/etc/prometheus/rules:ro",
-            "prometheus-data:/prometheus",
-        ],
-        "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
-        "restart": "unless-stopped",
-        "networks": ["backend"],
-    }
-
-
-def grafana_service() -> dict[str, Any]:
-    return {
-        "image": GRAFANA_IMAGE,
-        "environment": {
-            "GF_SECURITY_ADMIN_PASSWORD": GRAFANA_PASSWORD_VAR,
-            "GF_USERS_ALLOW_SIGN_UP": "false",
-            "GF_AUTH_ANONYMOUS_ENABLED": "false",
-        },
-        "volumes": [
-            "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
-            "../monitoring/grafana/dashboards:/etc/vkit/dashboards:ro",
-            "grafana-data:/var/lib/grafana",
-        ],
-        "ports": ["${GRAFANA_PORT:-3000}:3000"],
-        "depends_on": {"prometheus": {"condition": "service_healthy"}},
-        "healthcheck": wget_healthcheck("http://127.0.0.1:3000/api/health"),
-        "restart": "unless-stopped",
-        "networks": ["backend", "edge"],
-    }
-
-
-def dcgm_service() -> dict[str, Any]:
-    return {
-        "image": DCGM_IMAGE,
-        "cap_add": ["SYS_ADMIN"],
-        "deploy": {
-            "resources": {
-                "reservations": {
-                    "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-                }
-            }
-        },
-        "restart": "unless-stopped",
-        "networks": ["backend"],
     }

@@ -29,12 +29,26 @@ from typing import Any
 
 import yaml
 
+from gateway.settings import GatewaySettings
+from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.fit import FitPlan
+from vkit.deployment import Deployment, DrainBudget, Images
+from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
 from vkit.render.k8s_autoscaling import autoscaling_objects, prometheus_adapter_values
-from vkit.render.k8s_manifests import GATEWAY_DRAIN_S, base_objects
+from vkit.render.k8s_manifests import (
+    GATEWAY_DRAIN_S,
+    base_gateway_values,
+    base_objects,
+    env_list,
+)
 from vkit.render.k8s_monitoring import gpu_price_rule, grafana_datasource, monitoring_objects
 from vkit.render.k8s_spec import GATEWAY_NAME, K8sSpec
-from vkit.render.k8s_vllm import tiny_model_configmap, vllm_startup_s, vllm_statefulset_patch
+from vkit.render.k8s_vllm import (
+    replica_group,
+    tiny_model_configmap,
+    vllm_startup_s,
+    vllm_statefulset_patch,
+)
 
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 COMPONENT_API = "kustomize.config.k8s.io/v1alpha1"
@@ -110,21 +124,40 @@ def monitoring_files(spec: K8sSpec, sources: Sources) -> dict[str, str]:
     return files
 
 
-def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
-    """The gateway's expected model and routing over the pods that DNS discovery finds in
-    the headless Service (and, for scale to zero, its holding settings).
+def k8s_deployment(spec: K8sSpec, plan: FitPlan) -> Deployment:
+    """The overlay as a :class:`~vkit.deployment.Deployment`: the StatefulSet's replica group
+    and the gateway's whole settings (base and overlay)."""
+    return Deployment(
+        groups=(replica_group(spec, plan),),
+        gateway=gateway_settings(spec, vllm_startup_s(spec, plan)),
+        images=Images(vllm=VLLM_CPU_IMAGE if spec.cpu else VLLM_IMAGE, gateway=spec.gateway_image),
+        drain=DrainBudget(replica_s=spec.shutdown_timeout_s, gateway_s=GATEWAY_DRAIN_S),
+    )
+
+
+def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
+    """The overlay's gateway settings, whole: the base's, its expected model and routing over
+    the pods that DNS discovery finds in the headless Service (and, for scale to zero, its
+    holding settings).
 
     Aware routing here runs in 2+ gateways, each remembering the keys it placed
     (:mod:`gateway.routing.key_table`): side by side they would place a new tenant each its
     own way, so the ring alone decides (``key_table_size: 0``), the same in every gateway."""
-    env = [
-        {"name": "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "value": f'["{spec.model}"]'},
-        {"name": "VKIT_GATEWAY_ROUTING", "value": spec.routing},
-    ]
+    values = base_gateway_values(spec.namespace)
+    values["health"] = {"expected_models": [spec.model]}
+    values["routing"] = spec.routing
     if spec.routing == "aware":
-        env.append({"name": "VKIT_GATEWAY_ROUTER__KEY_TABLE_SIZE", "value": "0"})
+        values["router"] = {"key_table_size": 0}
     if spec.autoscaler == "zero":
-        env += [{"name": k, "value": v} for k, v in hold_settings(spec, startup_s).items()]
+        values["hold"] = hold_settings(spec, startup_s)
+    return settings_from_values(values)
+
+
+def gateway_patch(spec: K8sSpec, settings: GatewaySettings) -> dict[str, Any]:
+    """The variables of the gateway's whole ``settings`` that the base does not already set."""
+    base = settings_env(settings_from_values(base_gateway_values(spec.namespace)))
+    whole = settings_env(settings)
+    env = env_list({name: value for name, value in whole.items() if base.get(name) != value})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -133,7 +166,7 @@ def gateway_patch(spec: K8sSpec, startup_s: int) -> dict[str, Any]:
     }
 
 
-def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, str]:
+def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, int]:
     """Scale to zero: requests wait for the first replica, at most ``4 x`` the per-replica
     target of them, for as long as a replica may take to start (its startupProbe budget plus
     two minutes for KEDA's polling and the pod's scheduling), but at most half the gateway's
@@ -141,10 +174,7 @@ def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, str]:
     then 503 + ``Retry-After``. A replica whose cache volume holds the model starts well
     within that; the very first start, which downloads it, may not."""
     deadline = min(startup_s + 120, GATEWAY_DRAIN_S // 2)
-    return {
-        "VKIT_GATEWAY_HOLD__MAX_WAIT": str(deadline),
-        "VKIT_GATEWAY_HOLD__MAX_QUEUED": str(4 * spec.scale_target),
-    }
+    return {"max_wait": deadline, "max_queued": 4 * spec.scale_target}
 
 
 def overlay_files(
@@ -179,7 +209,7 @@ def overlay_files(
         resources.append("tiny-model.yaml")
         own += tiny
     vllm = vllm_statefulset_patch(spec, plan)
-    gateway = gateway_patch(spec, vllm_startup_s(spec, plan))
+    gateway = gateway_patch(spec, k8s_deployment(spec, plan).gateway)
     files[f"{root}/vllm-patch.yaml"] = header + dump_all([vllm])
     files[f"{root}/gateway-patch.yaml"] = header + dump_all([gateway])
     body: dict[str, Any] = {"resources": resources}

@@ -21,21 +21,20 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.settings import TimeoutSettings
+from gateway.settings_env import settings_env, settings_from_values
+from vkit.deployment.drain import DRAIN_MARGIN_S
+from vkit.deployment.images import REDIS_IMAGE
+from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT, VLLM_PORT
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
-    GATEWAY_ADMIN_PORT,
     GATEWAY_IMAGE,
     GATEWAY_NAME,
-    GATEWAY_PORT,
     GATEWAY_PRESTOP_SLEEP_S,
     KEYS_DIR,
     KEYS_SECRET,
-    REDIS_IMAGE,
     REDIS_NAME,
-    REDIS_PORT,
     VLLM_NAME,
     VLLM_PODS_SERVICE,
-    VLLM_PORT,
 )
 from vkit.render.k8s_vllm import labels, secret_ref, selector, vllm_statefulset_base
 
@@ -101,20 +100,29 @@ def http_probe(path: str, port: str, period: int, failures: int) -> dict[str, An
     }
 
 
-def gateway_env(namespace: str) -> list[dict[str, Any]]:
-    values = {
-        "VKIT_GATEWAY_HOST": "0.0.0.0",
-        "VKIT_GATEWAY_PORT": str(GATEWAY_PORT),
-        "VKIT_GATEWAY_ADMIN_HOST": "0.0.0.0",
-        "VKIT_GATEWAY_ADMIN_PORT": str(GATEWAY_ADMIN_PORT),
-        "VKIT_GATEWAY_UPSTREAMS": f'["http://{VLLM_NAME}.{namespace}.svc:{VLLM_PORT}"]',
+def base_gateway_values(namespace: str) -> dict[str, Any]:
+    """The gateway's settings that every overlay shares (the overlay adds its model's)."""
+    return {
+        "host": "0.0.0.0",
+        "port": GATEWAY_PORT,
+        "admin_host": "0.0.0.0",
+        "admin_port": GATEWAY_ADMIN_PORT,
+        "upstreams": [f"http://{VLLM_NAME}.{namespace}.svc:{VLLM_PORT}"],
         # Every ready pod, from the headless Service's records (replaces the list above).
-        "VKIT_GATEWAY_DISCOVERY__DNS_NAME": f"{VLLM_PODS_SERVICE}.{namespace}.svc",
-        "VKIT_GATEWAY_DISCOVERY__DNS_PORT": str(VLLM_PORT),
-        "VKIT_GATEWAY_KEYS_FILE": f"{KEYS_DIR}/keys.yaml",
-        "VKIT_GATEWAY_REDIS_URL": f"redis://{REDIS_NAME}.{namespace}.svc:{REDIS_PORT}/0",
+        "discovery": {"dns_name": f"{VLLM_PODS_SERVICE}.{namespace}.svc", "dns_port": VLLM_PORT},
+        "keys_file": f"{KEYS_DIR}/keys.yaml",
+        "redis_url": f"redis://{REDIS_NAME}.{namespace}.svc:{REDIS_PORT}/0",
     }
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
+
+
+def env_list(env: dict[str, str]) -> list[dict[str, Any]]:
+    """A container's ``env`` entries for plain values."""
+    return [{"name": name, "value": value} for name, value in env.items()]
+
+
+def gateway_env(namespace: str) -> list[dict[str, Any]]:
+    """The base's settings, and the vLLM key from its Secret (never rendered)."""
+    env = env_list(settings_env(settings_from_values(base_gateway_values(namespace))))
     env.append(
         {
             "name": "VKIT_GATEWAY_UPSTREAM_API_KEY",
@@ -171,7 +179,9 @@ def gateway_deployment(namespace: str, image: str) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": labels(GATEWAY_NAME, "gateway")},
                 "spec": {
-                    "terminationGracePeriodSeconds": GATEWAY_PRESTOP_SLEEP_S + GATEWAY_DRAIN_S + 15,
+                    "terminationGracePeriodSeconds": GATEWAY_PRESTOP_SLEEP_S
+                    + GATEWAY_DRAIN_S
+                    + DRAIN_MARGIN_S,
                     "affinity": {
                         "podAntiAffinity": {
                             "preferredDuringSchedulingIgnoredDuringExecution": [spread]

@@ -19,11 +19,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from launcher.sizing.checkpoints import served_checkpoint
 from launcher.sizing.fit import CpuTarget, FitPlan, FitRequest, plan_fit
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
-from launcher.sizing.models import load_model, vllm_model_argument
+from launcher.sizing.models import load_model
+from launcher.supervision.launch_spec import loaded_checkpoint
+from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.exit_codes import CliError
 from vkit.render.k8s_autoscaling import scale_target
 from vkit.render.k8s_spec import DEFAULT_PROMETHEUS_URL, Autoscaler, K8sSpec, gpu_product_label
@@ -44,7 +45,7 @@ class K8sArgs(BaseModel):
     hf_model: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
     context: int | None = Field(default=None, ge=16)
-    shutdown_timeout: int = Field(default=30, ge=1)
+    shutdown_timeout: int = Field(default=REPLICA_DRAIN_S, ge=1)
     autoscaler: Autoscaler = "keda"
     routing: Literal["round_robin", "aware"] = "aware"
     min_replicas: int | None = Field(default=None, ge=0)
@@ -71,16 +72,12 @@ class K8sArgs(BaseModel):
 
 
 def checkpoint_for_args(args: K8sArgs) -> tuple[str, Quantization]:
-    """What vLLM loads, and the quantization it applies at load (as ``vkit launch`` does):
-    the catalog's checkpoint (a :class:`~launcher.errors.NoCheckpointError` when
-    pre-quantized weights are needed and none is known), or ``--hf-model`` as given; a
-    pre-quantized checkpoint declares its method itself, so vLLM gets no flag for it."""
+    """What vLLM loads, and the quantization it applies at load: the launcher's
+    :func:`~launcher.supervision.launch_spec.loaded_checkpoint` of ``--hf-model`` or the
+    model (the tiny CPU model: its directory, built in the pod)."""
     if args.cpu and args.model == "tiny-llama" and not args.hf_model:
         return TINY_MODEL_DIR, args.quant
-    checkpoint = served_checkpoint(args.hf_model or args.model, args.quant)
-    if checkpoint is None:
-        return args.hf_model or vllm_model_argument(args.model), args.quant
-    return checkpoint.repo, "bf16" if checkpoint.prequantized else args.quant
+    return loaded_checkpoint(args.hf_model or args.model, args.quant)
 
 
 def plan_k8s(args: K8sArgs) -> tuple[K8sSpec, FitPlan, float | None]:

@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.sizing.memory import Quantization
+from vkit.deployment.drain import DRAIN_MARGIN_S, REPLICA_DRAIN_S
+from vkit.deployment.images import GATEWAY_IMAGE
 
 Autoscaler = Literal["keda", "hpa", "zero", "none"]
 
@@ -32,17 +34,6 @@ GATEWAY_NAME = "vkit-gateway"  # also Prometheus' job name for it (the alerts' u
 VLLM_JOB = "vllm"  # Prometheus' job name for the replicas (the alerts' up{job="vllm"})
 REDIS_NAME = "redis"
 
-# Pinned images (vLLM: the release whose flags the launcher builds; the same as compose).
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
-VLLM_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0"
-REDIS_IMAGE = "redis:7.4.1-alpine"
-GATEWAY_IMAGE = "vkit-gateway:0.1.0"  # built from deploy/docker/gateway.Dockerfile
-
-VLLM_PORT = 8000
-GATEWAY_PORT = 8080
-GATEWAY_ADMIN_PORT = 9180
-REDIS_PORT = 6379
-
 # Secrets are referenced, never rendered: the README's `kubectl create secret` lines make them.
 API_KEY_SECRET = "vkit-vllm-api-key"  # key VLLM_API_KEY: between the gateway and vLLM
 KEYS_SECRET = "vkit-gateway-keys"  # key keys.yaml: the gateway's API keys (vkit keys)
@@ -50,7 +41,6 @@ HF_TOKEN_SECRET = "vkit-hf-token"  # key HF_TOKEN, optional: gated models
 KEYS_DIR = "/etc/vkit/keys"
 
 PRESTOP_SLEEP_S = 10
-DRAIN_MARGIN_S = 15
 GATEWAY_PRESTOP_SLEEP_S = 5
 # Model start: ~10 minutes for the engine (load, profile, CUDA graphs) plus the download at a
 # modest 50 MB/s (20 s per GiB of weights): the startupProbe allows this before liveness counts.
@@ -76,7 +66,7 @@ class K8sSpec(BaseModel):
         default="bf16", description="what vLLM quantizes at load (a checkpoint may come quantized)"
     )
     tensor_parallel: int = Field(default=1, ge=1, le=8)
-    shutdown_timeout_s: int = Field(default=30, ge=1)
+    shutdown_timeout_s: int = Field(default=REPLICA_DRAIN_S, ge=1)
     autoscaler: Autoscaler = "keda"
     routing: Literal["round_robin", "aware"] = Field(
         default="aware", description="the gateway's routing over the pods it discovers"

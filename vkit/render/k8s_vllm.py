@@ -22,17 +22,19 @@ import math
 from typing import Any
 
 from launcher.sizing.fit import FitPlan
-from launcher.supervision.vllm_args import API_SERVER_MODULE, VllmOptions, build_vllm_argv
+from launcher.supervision.readiness import models_probe_script
+from launcher.supervision.vllm_args import API_SERVER_MODULE
+from vkit.deployment import ReplicaGroup
+from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
+from vkit.deployment.model import container_group
+from vkit.deployment.service_ports import VLLM_PORT
 from vkit.render.k8s_spec import (
     API_KEY_SECRET,
     HF_TOKEN_SECRET,
     PRESTOP_SLEEP_S,
     PROBE_PERIOD_S,
-    VLLM_CPU_IMAGE,
-    VLLM_IMAGE,
     VLLM_NAME,
     VLLM_PODS_SERVICE,
-    VLLM_PORT,
     K8sSpec,
     startup_budget_s,
     termination_grace_s,
@@ -57,14 +59,9 @@ def selector(name: str) -> dict[str, str]:
 
 
 def readiness_script(served_model: str, port: int = VLLM_PORT) -> str:
-    """Exit 0 when ``/v1/models``, asked with ``$VLLM_API_KEY``, lists ``served_model``."""
-    return (
-        "import json, os, urllib.request as u; "
-        f"r = u.Request('http://127.0.0.1:{port}/v1/models', "
-        "headers={'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}); "
-        "ids = [m['id'] for m in json.load(u.urlopen(r, timeout=4))['data']]; "
-        f"raise SystemExit(0 if {served_model!r} in ids else 1)"
-    )
+    """Exit 0 when ``/v1/models``, asked with ``$VLLM_API_KEY``, lists ``served_model``: the
+    readiness rule's own probe (:func:`launcher.supervision.readiness.models_probe_script`)."""
+    return models_probe_script(port, served_model)
 
 
 def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
@@ -138,23 +135,24 @@ def secret_ref(name: str, key: str, *, optional: bool = False) -> dict[str, Any]
     return {"secretKeyRef": ref}
 
 
+def replica_group(spec: K8sSpec, plan: FitPlan) -> ReplicaGroup:
+    """The StatefulSet's pods as a replica group: vLLM's settings as ``vkit launch`` takes
+    them (what the checkpoint and its online quantization are: :mod:`vkit.render.k8s_plan`),
+    at least ``min_replicas`` of them."""
+    return container_group(
+        model=spec.hf_model,
+        served_model=spec.model,
+        plan=plan,
+        quant=spec.vllm_quant,
+        shutdown_timeout_s=spec.shutdown_timeout_s,
+        enforce_eager=spec.cpu,
+        replicas=spec.min_replicas,
+    )
+
+
 def vllm_args(spec: K8sSpec, plan: FitPlan) -> list[str]:
     """The launcher's tuned flags (no engine prefix: ``command`` runs the server)."""
-    options = VllmOptions(
-        model=spec.hf_model,
-        served_model_name=spec.model,
-        host="0.0.0.0",
-        port=VLLM_PORT,
-        max_model_len=plan.max_model_len,
-        max_num_seqs=plan.max_num_seqs,
-        gpu_memory_utilization=plan.gpu_memory_utilization,
-        tensor_parallel=plan.tensor_parallel,
-        quant=spec.vllm_quant,
-        kv_cache_dtype=plan.kv_dtype,
-        enforce_eager=spec.cpu,
-        shutdown_timeout=spec.shutdown_timeout_s,
-    )
-    return build_vllm_argv(options, engine=[])
+    return replica_group(spec, plan).vllm_argv(engine=[])
 
 
 def shm_gib(tensor_parallel: int) -> int:

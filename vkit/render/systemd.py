@@ -16,6 +16,10 @@ installs each one (``vkit render systemd`` writes them into a staging directory 
 The units themselves (``deploy/systemd/*.service``) are static: an instance reads its GPU
 set, port and tensor-parallel size from ``/etc/vkit/replica-%i.env``.
 
+The gateway's variables come from one :class:`~gateway.settings.GatewaySettings` value
+(:func:`gateway_settings`), split over three files: ``gateway-model.env`` and
+``gateway-routing.env`` (rewritten on every install) and ``gateway.env`` (written once).
+
 Routing: ``round_robin`` (the default) puts NGINX over the replicas and the gateway in front of
 NGINX; ``aware`` renders no NGINX site and lists the replicas' loopback ports as the gateway's
 upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
@@ -23,12 +27,14 @@ upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
+from gateway.settings import GatewaySettings
+from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.gpu_sets import GpuSet
+from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
 from vkit.nginx_conf import render_nginx_site
 
 REPLICA_HOST = "127.0.0.1"
@@ -36,6 +42,9 @@ ETC_VKIT = PurePosixPath("etc/vkit")
 NGINX_SITE = PurePosixPath("etc/nginx/sites-available/vkit.conf")
 GATEWAY_MODEL_ENV = ETC_VKIT / "gateway-model.env"
 GATEWAY_ROUTING_ENV = ETC_VKIT / "gateway-routing.env"
+# What install.sh copies to gateway.env where there is none yet (never over yours).
+GATEWAY_HOST_ENV = ETC_VKIT / "gateway.env.default"
+ETC_VKIT_ROOT = PurePosixPath("/") / ETC_VKIT
 Routing = Literal["round_robin", "aware"]
 
 
@@ -89,32 +98,83 @@ def replica_env(replica: ReplicaInstance) -> str:
     )
 
 
+def gateway_model_values(tokenizer: ModelTokenizer) -> dict[str, Any]:
+    """The gateway's ``tokenizers`` settings for the model."""
+    models = {tokenizer.served_name: tokenizer.source}
+    return {"tokenizers": {"models": models, "hf_cache": str(tokenizer.hf_cache)}}
+
+
+def gateway_routing_values(
+    replicas: list[ReplicaInstance], *, listen: str, routing: Routing
+) -> dict[str, Any]:
+    """The gateway's ``routing`` and its upstreams (NGINX's ``listen``, or with ``aware``
+    every replica's loopback port)."""
+    if routing == "aware":
+        upstreams = [f"http://{r.upstream}" for r in replicas]
+    else:
+        upstreams = [f"http://{listen}"]
+    return {"upstreams": upstreams, "routing": routing}
+
+
+def gateway_host_values() -> dict[str, Any]:
+    """The gateway's listeners, keys file and Redis on the host (``gateway.env``, written
+    once: the operator's own settings go there)."""
+    return {
+        "host": "0.0.0.0",
+        "port": GATEWAY_PORT,
+        # The admin listener (/metrics for Prometheus, /readyz details, /openapi.json):
+        # loopback only.
+        "admin_host": REPLICA_HOST,
+        "admin_port": GATEWAY_ADMIN_PORT,
+        "keys_file": str(ETC_VKIT_ROOT / "keys.yaml"),
+        "redis_url": f"redis://{REPLICA_HOST}:{REDIS_PORT}/0",
+    }
+
+
+def gateway_settings(
+    replicas: list[ReplicaInstance], *, listen: str, tokenizer: ModelTokenizer, routing: Routing
+) -> GatewaySettings:
+    """The gateway's whole settings on the host: what its three env files add up to."""
+    return settings_from_values(
+        {
+            **gateway_host_values(),
+            **gateway_routing_values(replicas, listen=listen, routing=routing),
+            **gateway_model_values(tokenizer),
+        }
+    )
+
+
+def env_file_lines(values: dict[str, Any]) -> str:
+    """``NAME=value`` lines of :func:`gateway.settings_env.settings_env` for ``values``."""
+    env = settings_env(settings_from_values(values))
+    return "".join(f"{name}={_env_value(value)}\n" for name, value in env.items())
+
+
 def gateway_model_env(tokenizer: ModelTokenizer) -> str:
     """``/etc/vkit/gateway-model.env``: the gateway's ``tokenizers`` settings for the model."""
-    models = json.dumps({tokenizer.served_name: tokenizer.source}, ensure_ascii=False)
     return (
         "# Written by install.sh from the replicas' profile, on every install (your own\n"
         "# settings go in gateway.env, which the unit reads after this file). The gateway\n"
         "# counts prompt tokens with the served model's tokenizer, from the Hugging Face\n"
         "# cache the replicas download into (HF_HOME of vllm@.service, plus /hub).\n"
-        f"VKIT_GATEWAY_TOKENIZERS__MODELS={_env_value(models)}\n"
-        f"VKIT_GATEWAY_TOKENIZERS__HF_CACHE={_env_value(str(tokenizer.hf_cache))}\n"
-    )
+    ) + env_file_lines(gateway_model_values(tokenizer))
 
 
 def gateway_routing_env(replicas: list[ReplicaInstance], *, listen: str, routing: Routing) -> str:
-    """``/etc/vkit/gateway-routing.env``: the gateway's ``routing`` and its upstreams (NGINX's
-    ``listen``, or with ``aware`` every replica's loopback port)."""
-    if routing == "aware":
-        upstreams = [f"http://{r.upstream}" for r in replicas]
-    else:
-        upstreams = [f"http://{listen}"]
+    """``/etc/vkit/gateway-routing.env``: :func:`gateway_routing_values`."""
     return (
         f"# Written by install.sh (--routing {routing}) on every install; gateway.env, read\n"
         "# after this file, wins: leave routing and upstreams out of it.\n"
-        f"VKIT_GATEWAY_ROUTING={routing}\n"
-        f"VKIT_GATEWAY_UPSTREAMS={_env_value(json.dumps(upstreams))}\n"
-    )
+    ) + env_file_lines(gateway_routing_values(replicas, listen=listen, routing=routing))
+
+
+def gateway_host_env() -> str:
+    """``/etc/vkit/gateway.env`` as a first install writes it (never overwritten)."""
+    return (
+        "# The gateway's own settings: written once by install.sh, then yours (read last).\n"
+        "# The admin listener (/metrics for Prometheus, /readyz details, /openapi.json) stays\n"
+        "# on loopback. Routing and upstreams: gateway-routing.env (install.sh --routing).\n"
+    ) + env_file_lines(gateway_host_values())
 
 
 def systemd_host_files(
@@ -125,13 +185,14 @@ def systemd_host_files(
     routing: Routing = "round_robin",
 ) -> dict[PurePosixPath, str]:
     """Every generated file, by its path below ``/``: the replicas' env files, the NGINX site
-    (one server per GPU set; none with ``aware``) and the gateway's model and routing
-    settings."""
+    (one server per GPU set; none with ``aware``), the gateway's model and routing settings,
+    and the first install's ``gateway.env`` (install.sh writes it only where none is)."""
     files = {replica.env_path: replica_env(replica) for replica in replicas}
     if routing == "round_robin":
         files[NGINX_SITE] = render_nginx_site([r.upstream for r in replicas], listen)
     files[GATEWAY_MODEL_ENV] = gateway_model_env(tokenizer)
     files[GATEWAY_ROUTING_ENV] = gateway_routing_env(replicas, listen=listen, routing=routing)
+    files[GATEWAY_HOST_ENV] = gateway_host_env()
     return files
 
 

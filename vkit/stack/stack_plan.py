@@ -11,11 +11,13 @@ gateway closes first, then NGINX, then the replicas drain, then Redis.
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from gateway.settings import GatewaySettings
+from gateway.settings_env import settings_env, settings_from_values
 from vkit.nginx_conf import nginx_argv, render_nginx_conf
 from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck, VllmCheck
 from vkit.stack.up_settings import TINY_MAX_MODEL_LEN, UpSettings
@@ -176,16 +178,7 @@ def nginx_spec(settings: UpSettings, layout: StackLayout, port: int) -> ProcessS
 def gateway_spec(
     settings: UpSettings, layout: StackLayout, ports: StackPorts, python: str
 ) -> ProcessSpec:
-    tokenizer = str(layout.tiny_model_dir) if settings.uses_tiny_model else settings.model
-    env = gateway_env(
-        layout,
-        settings.model_name,
-        nginx_port=ports.nginx,
-        redis_port=ports.redis,
-        tokenizer=tokenizer,
-        admin_port=ports.gateway_admin,
-        aware_replicas=ports.replicas if settings.routing == "aware" else None,
-    )
+    env = {**settings_env(stack_gateway_settings(settings, layout, ports)), "PYTHONUNBUFFERED": "1"}
     argv = (python, "-m", "vkit", "gateway", "--host", settings.host, "--port", str(ports.gateway))
     url = gateway_url(settings.host, ports.gateway)
     return ProcessSpec(
@@ -198,7 +191,24 @@ def gateway_spec(
     )
 
 
-def gateway_env(
+def stack_gateway_settings(
+    settings: UpSettings, layout: StackLayout, ports: StackPorts
+) -> GatewaySettings:
+    """The local gateway's settings (:func:`gateway_settings`) for this run's ports: the
+    tokenizer is the tiny model's directory or the model itself."""
+    tokenizer = str(layout.tiny_model_dir) if settings.uses_tiny_model else settings.model
+    return gateway_settings(
+        layout,
+        settings.model_name,
+        nginx_port=ports.nginx,
+        redis_port=ports.redis,
+        tokenizer=tokenizer,
+        admin_port=ports.gateway_admin,
+        aware_replicas=ports.replicas if settings.routing == "aware" else None,
+    )
+
+
+def gateway_settings(
     layout: StackLayout,
     model: str,
     *,
@@ -207,25 +217,24 @@ def gateway_env(
     tokenizer: str | None = None,
     admin_port: int | None = None,
     aware_replicas: tuple[int, ...] | None = None,
-) -> dict[str, str]:
-    """The gateway's settings as ``VKIT_GATEWAY_*`` variables (its pydantic-settings edge).
-    ``tokenizer``: the served model's directory or HF repo id, to count prompts with;
-    ``admin_port``: its admin listener (``/metrics``, upstream states) on loopback;
-    ``aware_replicas``: the replicas' ports, for the aware router (else NGINX's port)."""
+) -> GatewaySettings:
+    """The local gateway's settings. ``tokenizer``: the served model's directory or HF repo
+    id, to count prompts with; ``admin_port``: its admin listener (``/metrics``, upstream
+    states) on loopback; ``aware_replicas``: the replicas' ports, for the aware router (else
+    NGINX's port)."""
     ports = [nginx_port] if aware_replicas is None else list(aware_replicas)
-    env = {
-        "VKIT_GATEWAY_UPSTREAMS": json.dumps([f"http://{LOOPBACK}:{port}" for port in ports]),
-        "VKIT_GATEWAY_KEYS_FILE": str(layout.keys_file),
-        "VKIT_GATEWAY_HEALTH__EXPECTED_MODELS": json.dumps([model]),
-        "PYTHONUNBUFFERED": "1",
+    values: dict[str, Any] = {
+        "upstreams": [f"http://{LOOPBACK}:{port}" for port in ports],
+        "keys_file": str(layout.keys_file),
+        "health": {"expected_models": [model]},
     }
     if redis_port is not None:
-        env["VKIT_GATEWAY_REDIS_URL"] = f"redis://{LOOPBACK}:{redis_port}/0"
+        values["redis_url"] = f"redis://{LOOPBACK}:{redis_port}/0"
     if tokenizer is not None:
-        env["VKIT_GATEWAY_TOKENIZERS__MODELS"] = json.dumps({model: tokenizer})
+        values["tokenizers"] = {"models": {model: tokenizer}}
     if aware_replicas is not None:
-        env["VKIT_GATEWAY_ROUTING"] = "aware"
+        values["routing"] = "aware"
     if admin_port is not None:
-        env["VKIT_GATEWAY_ADMIN_HOST"] = LOOPBACK
-        env["VKIT_GATEWAY_ADMIN_PORT"] = str(admin_port)
-    return env
+        values["admin_host"] = LOOPBACK
+        values["admin_port"] = admin_port
+    return settings_from_values(values)

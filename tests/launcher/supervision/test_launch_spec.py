@@ -7,7 +7,12 @@ import pytest
 from launcher.errors import LaunchError
 from launcher.sizing.fit import CpuTarget
 from launcher.sizing.models import snapshot_candidates, vllm_model_argument
-from launcher.supervision.launch_spec import LaunchSettings, choose_target, resolve_launch
+from launcher.supervision.launch_spec import (
+    LaunchSettings,
+    choose_target,
+    loaded_checkpoint,
+    resolve_launch,
+)
 from launcher.supervision.profiles import load_profile, merge_extra_args
 
 ENGINE = ["vllm-server"]
@@ -83,3 +88,12 @@ def test_profiles_load_and_extras_merge() -> None:
     assert gpu.quant == "awq" and gpu.gpu == "rtx4090"
     merged = merge_extra_args(("--seed", "1", "--dtype", "half"), ("--seed", "2"))
     assert merged == ("--dtype", "half", "--seed", "2")
+
+
+def test_the_pre_quantized_rule_lives_in_loaded_checkpoint() -> None:
+    """A pre-quantized catalog checkpoint gets no online quantization; a 16-bit one gets FP8
+    at load; a repository id is loaded as given."""
+    repo, quant = loaded_checkpoint("llama-3.1-70b", "fp8")
+    assert (repo, quant) == ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "bf16")
+    assert loaded_checkpoint("qwen2.5-14b", "fp8") == ("Qwen/Qwen2.5-14B-Instruct", "fp8")
+    assert loaded_checkpoint("some/repo", "fp8") == ("some/repo", "fp8")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import launcher.supervision.tiny_model as tiny_model
+from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.render.bundle import write_files
 from vkit.render.k8s_bundle import Sources, dump_all, render_k8s_bundle
 from vkit.render.k8s_monitoring import DASHBOARD_FILE, RULES_FILE
@@ -34,7 +35,7 @@ def register(kinds: Any) -> None:
     target = k8s.add_mutually_exclusive_group()
     target.add_argument("--concurrency", type=int, help="fit for this many concurrent requests")
     target.add_argument("--context", type=int, help="fit for this max_model_len")
-    k8s.add_argument("--shutdown-timeout", type=int, default=30, help="drain seconds")
+    k8s.add_argument("--shutdown-timeout", type=int, default=REPLICA_DRAIN_S, help="drain seconds")
     k8s.add_argument(
         "--autoscaler", default="keda", choices=["keda", "hpa", "zero", "none"],
         help="keda; hpa (prometheus-adapter); zero (KEDA down to no replica); none",

@@ -1,0 +1,17 @@
+"""A deployment as data, which compose, systemd, Kubernetes and ``vkit up`` render.
+
+Modules:
+
+- :mod:`vkit.deployment.model`: :class:`Deployment` (replica groups, the gateway's
+  settings, ports, images, drain) and :class:`ReplicaGroup` (one served model);
+- :mod:`vkit.deployment.images`: the pinned container images;
+- :mod:`vkit.deployment.service_ports`: the ports of every part;
+- :mod:`vkit.deployment.drain`: the drain budget and the margin a stopper adds.
+"""
+
+from vkit.deployment.drain import DrainBudget
+from vkit.deployment.images import Images
+from vkit.deployment.model import Deployment, ReplicaGroup, Routing
+from vkit.deployment.service_ports import Ports
+
+__all__ = ["Deployment", "DrainBudget", "Images", "Ports", "ReplicaGroup", "Routing"]

@@ -1,0 +1,85 @@
+"""The compose file's supporting services: Redis for shared limits, Prometheus, Grafana and
+NVIDIA's DCGM exporter (Alertmanager: :mod:`vkit.render.alertmanager`). Paths are relative
+to the compose file (``deploy/docker/``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vkit.deployment.images import DCGM_IMAGE, GRAFANA_IMAGE, PROMETHEUS_IMAGE, REDIS_IMAGE
+from vkit.render.healthcheck import wget_healthcheck
+
+GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+
+
+def redis_service() -> dict[str, Any]:
+    return {
+        "image": REDIS_IMAGE,
+        # Rate-limit windows only: nothing to persist.
+        "command": ["redis-server", "--save", "", "--appendonly", "no"],
+        "healthcheck": {
+            "test": ["CMD", "redis-cli", "ping"],
+            "interval": "10s",
+            "timeout": "5s",
+            "retries": 3,
+        },
+        "restart": "unless-stopped",
+        "networks": ["backend"],
+    }
+
+
+def prometheus_service() -> dict[str, Any]:
+    return {
+        "image": PROMETHEUS_IMAGE,
+        "command": [
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            "--storage.tsdb.retention.time=30d",
+        ],
+        "volumes": [
+            "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+            "./prometheus/cost.rules.yml:/etc/prometheus/cost.rules.yml:ro",
+            "../monitoring/rules:/etc/prometheus/rules:ro",
+            "prometheus-data:/prometheus",
+        ],
+        "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
+        "restart": "unless-stopped",
+        "networks": ["backend"],
+    }
+
+
+def grafana_service() -> dict[str, Any]:
+    return {
+        "image": GRAFANA_IMAGE,
+        "environment": {
+            "GF_SECURITY_ADMIN_PASSWORD": GRAFANA_PASSWORD_VAR,
+            "GF_USERS_ALLOW_SIGN_UP": "false",
+            "GF_AUTH_ANONYMOUS_ENABLED": "false",
+        },
+        "volumes": [
+            "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
+            "../monitoring/grafana/dashboards:/etc/vkit/dashboards:ro",
+            "grafana-data:/var/lib/grafana",
+        ],
+        "ports": ["${GRAFANA_PORT:-3000}:3000"],
+        "depends_on": {"prometheus": {"condition": "service_healthy"}},
+        "healthcheck": wget_healthcheck("http://127.0.0.1:3000/api/health"),
+        "restart": "unless-stopped",
+        "networks": ["backend", "edge"],
+    }
+
+
+def dcgm_service() -> dict[str, Any]:
+    return {
+        "image": DCGM_IMAGE,
+        "cap_add": ["SYS_ADMIN"],
+        "deploy": {
+            "resources": {
+                "reservations": {
+                    "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+                }
+            }
+        },
+        "restart": "unless-stopped",
+        "networks": ["backend"],
+    }
