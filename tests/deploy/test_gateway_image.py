@@ -7,7 +7,7 @@ its ``RUN`` line runs as written with the pip of a fresh venv (which, like
 prefix. That prefix is what the final stage copies into ``/usr/local``: its bytes are the
 image's share, and ``vkit gateway``, the image's command, must start from it.
 
-Budget: 70 MiB. The gateway's requirements install to 53.6 MiB (fastapi, pydantic, aiohttp,
+Budget: 70 MiB. The gateway's requirements install to 53.1 MiB (fastapi, pydantic, aiohttp,
 redis, tokenizers, ...), which leaves ~30% for upgrades; tokenizers' huggingface_hub chain
 (+25 MiB: 78.6 MiB, what the image held before) or matplotlib with numpy, PIL and fontTools
 (~170 MB) coming back breaks it.
