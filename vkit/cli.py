@@ -6,8 +6,8 @@ an exit code. The Namespace stops at the handler, which turns it into typed sett
 once. Errors become one line on stderr and an exit code through :mod:`vkit.exit_codes`.
 Nothing runs at import.
 
-Commands are imported when chosen: :data:`COMMANDS` maps each name to a function that
-imports its module (a plain ``import`` statement, run only when called), and a command
+Commands are imported when chosen: :func:`command_module` imports a command's module
+(a plain ``import`` statement per command, run only when called), and a command
 line naming one command registers that one alone, so ``vkit gateway`` (the gateway
 image's command) imports the gateway and what it needs, never the fit solver, vLLM's
 launcher or httpx. ``vkit --help``, or a command line naming none, registers them all.
@@ -17,73 +17,53 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
 from vkit import __version__
 from vkit.exit_codes import HANDLED, exit_code_for, message_for
 
-
-def _plan() -> ModuleType:
-    from vkit.commands import plan
-
-    return plan
+# The commands as typed, in --help order.
+COMMANDS = ("plan", "launch", "capacity", "checkpoints", "gateway", "keys", "render", "up")
 
 
-def _launch() -> ModuleType:
-    from vkit.commands import launch
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name``, imported now (a plain import per command)."""
+    match name:
+        case "plan":
+            from vkit.commands import plan
 
-    return launch
+            return plan
+        case "launch":
+            from vkit.commands import launch
 
+            return launch
+        case "capacity":
+            from vkit.commands import capacity
 
-def _capacity() -> ModuleType:
-    from vkit.commands import capacity
+            return capacity
+        case "checkpoints":
+            from vkit.commands import checkpoint_catalog
 
-    return capacity
+            return checkpoint_catalog
+        case "gateway":
+            from vkit.commands import gateway
 
+            return gateway
+        case "keys":
+            from vkit.commands import keys
 
-def _checkpoints() -> ModuleType:
-    from vkit.commands import checkpoint_catalog
+            return keys
+        case "render":
+            from vkit.commands import render
 
-    return checkpoint_catalog
+            return render
+        case "up":
+            from vkit.commands import up
 
-
-def _gateway() -> ModuleType:
-    from vkit.commands import gateway
-
-    return gateway
-
-
-def _keys() -> ModuleType:
-    from vkit.commands import keys
-
-    return keys
-
-
-def _render() -> ModuleType:
-    from vkit.commands import render
-
-    return render
-
-
-def _up() -> ModuleType:
-    from vkit.commands import up
-
-    return up
-
-
-# Each command's name (as typed) -> its module, imported on the call; in --help order.
-COMMANDS: dict[str, Callable[[], ModuleType]] = {
-    "plan": _plan,
-    "launch": _launch,
-    "capacity": _capacity,
-    "checkpoints": _checkpoints,
-    "gateway": _gateway,
-    "keys": _keys,
-    "render": _render,
-    "up": _up,
-}
+            return up
+    raise KeyError(name)
 
 
 class VkitArgumentParser(argparse.ArgumentParser):
@@ -106,7 +86,7 @@ def build_parser(chosen: str | None = None) -> VkitArgumentParser:
     )
     names = [chosen] if chosen in COMMANDS else list(COMMANDS)
     for name in names:
-        COMMANDS[name]().register(subparsers)
+        command_module(name).register(subparsers)
     return parser
 
 
