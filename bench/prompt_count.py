@@ -250,7 +250,8 @@ def details(rows: list[Row]) -> list[str]:
 @contextmanager
 def tiny_replica(ready_timeout: float) -> Iterator[tuple[str, Path]]:
     """Build the tiny model and serve it with one ``vkit launch --cpu`` on loopback."""
-    from launcher.supervision.readiness import ReadinessCheck, VllmProbe
+    from launcher.supervision.readiness import ReadinessCheck
+    from launcher.supervision.readiness_probe import VllmProbe
     from launcher.supervision.tiny_model import build_tiny_model
     from vkit.stack.ports import free_port
 

@@ -2,7 +2,8 @@
 
 :func:`parse_body` validates ``model``, ``stream``, ``max_tokens`` /
 ``max_completion_tokens``, ``n`` / ``best_of`` and ``stream_options`` (a clear
-:class:`InvalidRequest` for each bad one) and counts the prompt's tokens with the given
+:class:`InvalidRequest` for each bad one: the fields of :mod:`gateway.body_fields`, which
+also write the OpenAPI document's request bodies) and counts the prompt's tokens with the given
 :class:`PromptCounter` (the model's tokenizer, :mod:`gateway.prompt_tokens`), else with
 :func:`estimate_prompt_tokens`, an upper bound; the limiter reserves that count and settles
 with the real usage afterwards. Every other field passes through untouched.
@@ -30,6 +31,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.body_fields import (
+    BEST_OF,
+    CHAT_BODY,
+    COMPLETIONS_BODY,
+    EMBEDDINGS_BODY,
+    MAX_COMPLETION_TOKENS,
+    MAX_TOKENS,
+    MEDIA_PARTS,
+    MODEL,
+    NO_STREAM,
+    STREAM,
+    STREAM_OPTIONS,
+    N,
+)
 from gateway.errors import InvalidRequest
 from gateway.prompt_tokens import ByteBound, PromptCounter
 
@@ -40,23 +55,15 @@ MAX_DEPTH = 128  # nesting levels of arrays and objects
 # measure. Typical of the models vLLM serves: an image is 576 (LLaVA-1.5) to ~1,600
 # (Llama 3.2 Vision, Qwen2-VL at 1 MP) tokens, 30 s of audio ~750 (Whisper-style encoders).
 MEDIA_TOKENS = {"image": 1024, "audio": 750, "video": 4096}
-_MEDIA_KINDS = {
-    "image_url": "image",
-    "input_image": "image",
-    "image": "image",
-    "image_pil": "image",
-    "image_embeds": "image",
-    "audio_url": "audio",
-    "input_audio": "audio",
-    "audio": "audio",
-    "video_url": "video",
-    "video": "video",
-}
-# The fields the gateway acts on, as keys: two of one -> forward re-encoded.
-_READ_KEYS = re.compile(
-    r'"(?:model|stream|stream_options|include_usage|continuous_usage_stats|max_tokens'
-    r'|max_completion_tokens|n|best_of|use_beam_search|prompt|messages|input)"\s*:'
+_MEDIA_KINDS = {part: media for part, (media, _) in MEDIA_PARTS.items()}
+# The fields the gateway acts on, as keys: two of one -> forward re-encoded. Beside the
+# documented ones, the flags inside stream_options and vLLM's use_beam_search (beam width).
+_READ_NAMES = sorted(
+    {f.name for body in (CHAT_BODY, COMPLETIONS_BODY, EMBEDDINGS_BODY) for f in body}
+    | set(STREAM_OPTIONS.flags)
+    | {"use_beam_search"}
 )
+_READ_KEYS = re.compile(r'"(?:' + "|".join(_READ_NAMES) + r')"\s*:')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -93,27 +100,30 @@ def parse_body(
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
     and there ``stream: true`` is refused and the output fields are not read."""
     data, ambiguous = _load(raw)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
-    stream = data.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
-    if stream and not generates:
-        raise InvalidRequest("'stream' is not supported on /v1/embeddings", param="stream")
-    include_usage, include_chunk_usage = _usage_options(data) if generates else (False, False)
+    model = MODEL.read(data)
+    if not generates:
+        return RequestBody(
+            data=data,
+            model=model,
+            stream=NO_STREAM.read(data),
+            max_tokens=None,
+            include_usage=False,
+            prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+            ambiguous=ambiguous,
+        )
+    stream = STREAM.read(data)
+    options = STREAM_OPTIONS.read(data)
+    include_usage = options["include_usage"]
     return RequestBody(
         data=data,
         model=model,
         stream=stream,
-        max_tokens=_requested_max_tokens(data) if generates else None,
+        max_tokens=_requested_max_tokens(data),
         include_usage=include_usage,
         prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
-        include_chunk_usage=include_chunk_usage,
-        choices=_choices(data) if generates else 1,
-        prompts=_batch_prompts(data.get("prompt")) if generates else 1,
+        include_chunk_usage=include_usage and options["continuous_usage_stats"],
+        choices=_choices(data),
+        prompts=_batch_prompts(data.get("prompt")),
         ambiguous=ambiguous,
     )
 
@@ -166,15 +176,7 @@ def _has_lone_surrogate(data: object) -> bool:
 def _choices(data: dict[str, Any]) -> int:
     """``max(n, best_of)``: vLLM generates ``best_of`` sequences and returns ``n`` of them;
     beam search's width is ``n`` (``best_of`` in older vLLM)."""
-    found = 1
-    for field in ("n", "best_of"):
-        value = data.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequest(f"'{field}' must be a positive integer", param=field)
-        found = max(found, value)
-    return found
+    return max(N.read(data) or 1, BEST_OF.read(data) or 1)
 
 
 def _batch_prompts(prompt: object) -> int:
@@ -210,37 +212,9 @@ def _media_part_tokens(part: dict[str, Any]) -> int:
 
 
 def _requested_max_tokens(data: dict[str, Any]) -> int | None:
-    found: int | None = None
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = data.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest(f"'{field}' must be a positive integer", param=field)
-        if value < 1:
-            raise InvalidRequest(f"'{field}' must be at least 1, got {value}", param=field)
-        found = value if found is None else min(found, value)
-    return found
-
-
-def _usage_options(data: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether the client asked for the final usage chunk, and for usage on every chunk
-    (vLLM sends that only with both ``include_usage`` and ``continuous_usage_stats``)."""
-    options = data.get("stream_options")
-    if options is None:
-        return False, False
-    if not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
-    flags = []
-    for name in ("include_usage", "continuous_usage_stats"):
-        value = options.get(name, False)
-        if value is not None and not isinstance(value, bool):
-            raise InvalidRequest(
-                f"'stream_options.{name}' must be a boolean", param="stream_options"
-            )
-        flags.append(bool(value))
-    include, continuous = flags
-    return include, include and continuous
+    """The smaller of ``max_completion_tokens`` and ``max_tokens``, ``None`` for neither."""
+    given = [v for v in (MAX_COMPLETION_TOKENS.read(data), MAX_TOKENS.read(data)) if v]
+    return min(given) if given else None
 
 
 def estimate_prompt_tokens(data: dict[str, Any]) -> int:

@@ -1,29 +1,25 @@
 """Request-body schemas for the OpenAPI document (what schemathesis fuzzes against).
 
-They describe the fields the gateway checks; everything else passes through to vLLM.
+Built from :mod:`gateway.body_fields`, the fields the parser checks, so the document admits
+only what :func:`gateway.body.parse_body` accepts and names every form it bills (content
+parts, token-id prompts, batches). Everything else passes through to vLLM.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_MAX_TOKENS = {"type": "integer", "minimum": 1}
-_STREAM_OPTIONS = {
-    "type": "object",
-    "properties": {"include_usage": {"type": "boolean"}},
-}
-_MESSAGE = {
-    "type": "object",
-    "required": ["role", "content"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-        "content": {"type": "string"},
-    },
-}
+from gateway.body_fields import (
+    CHAT_BODY,
+    COMPLETIONS_BODY,
+    EMBEDDINGS_BODY,
+    BodyField,
+    body_schema,
+)
 
 
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "required": required, "properties": properties}
+def _body(fields: tuple[BodyField, ...]) -> dict[str, Any]:
+    schema = body_schema(fields)
     return {
         "requestBody": {
             "required": True,
@@ -32,33 +28,6 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     }
 
 
-CHAT_COMPLETIONS = _body(
-    {
-        "model": {"type": "string", "minLength": 1},
-        "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
-        "max_tokens": _MAX_TOKENS,
-        "max_completion_tokens": _MAX_TOKENS,
-        "stream": {"type": "boolean"},
-        "stream_options": _STREAM_OPTIONS,
-    },
-    ["model", "messages"],
-)
-
-COMPLETIONS = _body(
-    {
-        "model": {"type": "string", "minLength": 1},
-        "prompt": {"type": "string"},
-        "max_tokens": _MAX_TOKENS,
-        "stream": {"type": "boolean"},
-        "stream_options": _STREAM_OPTIONS,
-    },
-    ["model", "prompt"],
-)
-
-EMBEDDINGS = _body(
-    {
-        "model": {"type": "string", "minLength": 1},
-        "input": {"type": "string"},
-    },
-    ["model", "input"],
-)
+CHAT_COMPLETIONS = _body(CHAT_BODY)
+COMPLETIONS = _body(COMPLETIONS_BODY)
+EMBEDDINGS = _body(EMBEDDINGS_BODY)

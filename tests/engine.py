@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher.supervision.readiness import ReadinessCheck, VllmProbe
+from launcher.supervision.readiness import ReadinessCheck
+from launcher.supervision.readiness_probe import VllmProbe
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
 from vkit.stack.ports import free_port
 

@@ -8,6 +8,8 @@ behind. The editable install the tests run from does not notice either (it impor
 checkout), so a wheel that cannot plan a GPU would pass every other test here.
 
 - the fast test compares pyproject's lists with the directories and data files on disk;
+- another checks ``requirements.lock`` (the exact versions ``make install``, CI and the gateway
+  image install) against pyproject: every requirement pinned, each pin inside its range;
 - the slow one (marker ``packaging``) builds the wheel, installs it into a fresh venv without
   extras, and runs the ``vkit`` console script from outside the checkout.
 """
@@ -26,6 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_ROOTS = ("launcher", "gateway", "vkit")
@@ -105,6 +109,31 @@ def test_every_package_and_data_file_is_in_pyproject() -> None:
     expected_monitoring = {*monitoring.rglob("*.yml"), *monitoring.rglob("*.json")}
     assert expected_monitoring
     assert matched.get("vkit.monitoring") == expected_monitoring
+
+
+def lock_pins(text: str) -> dict[str, str]:
+    """``name -> version`` of each ``name==version`` line of a lock file (names normalized)."""
+    pins = {}
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_the_lock_pins_every_requirement_inside_its_range() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    pins = lock_pins((ROOT / "requirements.lock").read_text())
+    extras = project["optional-dependencies"]
+    required = [*project["dependencies"], *extras["dev"], *extras["plot"]]
+    outside = []
+    for line in required:
+        requirement = Requirement(line)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        if pinned is None or not requirement.specifier.contains(pinned, prereleases=True):
+            outside.append(f"{line}: locked {pinned}")
+    assert outside == [], "regenerate requirements.lock (its header has the command)"
 
 
 # --- the wheel, installed ----------------------------------------------------------------

@@ -11,14 +11,14 @@ COPY gateway ./gateway
 COPY configs ./configs
 COPY nginx ./nginx
 COPY deploy/monitoring ./deploy/monitoring
-# What the gateway imports, nothing more: pyproject's dependencies, with tokenizers installed
-# without its one requirement, huggingface_hub (with hf-xet, fsspec, httpx2, tqdm: ~26 MB).
-# That serves Tokenizer.from_pretrained's downloads; the gateway reads tokenizer.json files
-# (Tokenizer.from_file). No vLLM, no matplotlib (the [plot] extra). Installed size:
-# tests/deploy/test_gateway_image.py.
+# What the gateway imports, nothing more, at requirements.lock's versions: the generated
+# gateway-requirements.txt (pyproject's dependencies less httpx, which only the kit's blocking
+# probes use, and tokenizers without its one requirement, huggingface_hub: ~26 MB serving
+# Tokenizer.from_pretrained's downloads, while the gateway reads tokenizer.json files).
+# --no-deps: the file lists every package. No vLLM, no matplotlib (the [plot] extra).
+# Installed size: tests/deploy/test_gateway_image.py.
 COPY deploy/docker/gateway-requirements.txt ./
-RUN pip install --no-cache-dir --prefix=/install -r gateway-requirements.txt \
- && pip install --no-cache-dir --prefix=/install --no-deps . 'tokenizers>=0.20'
+RUN pip install --no-cache-dir --prefix=/install --no-deps -r gateway-requirements.txt .
 
 FROM python:3.11-slim
 RUN groupadd --system vkit && useradd --system --gid vkit --home-dir /nonexistent \

@@ -8,14 +8,14 @@ enough: it goes 200 as soon as the HTTP server binds, before the model is served
 list is asked for with the key (``Authorization: Bearer``); without it a protected replica
 answers 401 and is never ready.
 
-The rule itself is pure (:meth:`ReadinessCheck.verdict`); each caller brings its own HTTP
-client: :class:`VllmProbe` here (blocking, httpx) for ``vkit launch`` and ``vkit up``, the
-gateway's pooled asyncio client in :mod:`gateway.health`.
+The rule itself is pure (:meth:`ReadinessCheck.verdict`) and imports no HTTP client; each
+caller brings its own: :class:`launcher.supervision.readiness_probe.VllmProbe` (blocking,
+httpx) for ``vkit launch`` and ``vkit up``, the gateway's pooled asyncio client in
+:mod:`gateway.health` (so the gateway process never imports httpx).
 
     >>> check = ReadinessCheck(api_key="s3cret", expected_models=frozenset({"tiny-llama"}))
     >>> check.verdict(200, 200, b'{"data": [{"id": "tiny-llama"}]}').ready
     True
-    >>> VllmProbe("http://127.0.0.1:8000", check).ready()   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import httpx
 
 HEALTH_PATH = "/health"
 MODELS_PATH = "/v1/models"
@@ -103,39 +101,3 @@ def models_probe_script(port: int, model: str, key_env: str = "VLLM_API_KEY") ->
         f"raise SystemExit(0 if {model!r} in ids else 1)"
     )
 
-
-class VllmProbe:
-    """:class:`ReadinessCheck` against one replica over blocking HTTP (bounded, no raise)."""
-
-    def __init__(
-        self, base_url: str, check: ReadinessCheck | None = None, timeout_s: float = 5.0
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.check = check if check is not None else ReadinessCheck()
-        self._timeout = timeout_s
-
-    def _get(self, path: str) -> httpx.Response | None:
-        try:
-            return httpx.get(
-                self.base_url + path, headers=self.check.headers, timeout=self._timeout
-            )
-        except httpx.HTTPError:
-            return None
-
-    def healthy(self) -> bool:
-        """``/health`` is 200: the engine is alive (what a watchdog ping needs)."""
-        response = self._get(HEALTH_PATH)
-        return response is not None and response.status_code == 200
-
-    def verdict(self) -> Verdict:
-        health = self._get(HEALTH_PATH)
-        health_status = health.status_code if health is not None else None
-        if health_status != 200:
-            return self.check.verdict(health_status, None, None)
-        listing = self._get(MODELS_PATH)
-        if listing is None:
-            return self.check.verdict(health_status, None, None)
-        return self.check.verdict(health_status, listing.status_code, listing.content)
-
-    def ready(self) -> bool:
-        return self.verdict().ready

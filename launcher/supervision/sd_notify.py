@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from launcher.supervision.readiness import ReadinessCheck, VllmProbe
+from launcher.supervision.readiness import ReadinessCheck
+from launcher.supervision.readiness_probe import VllmProbe
 
 MAX_PROBE_TIMEOUT_S = 5.0
 READY_POLL_S = 1.0

@@ -7,10 +7,16 @@ its ``RUN`` line runs as written with the pip of a fresh venv (which, like
 prefix. That prefix is what the final stage copies into ``/usr/local``: its bytes are the
 image's share, and ``vkit gateway``, the image's command, must start from it.
 
-Budget: 70 MiB. The gateway's requirements install to 53.6 MiB (fastapi, pydantic, aiohttp,
+Budget: 70 MiB. The gateway's requirements install to 53.1 MiB (fastapi, pydantic, aiohttp,
 redis, tokenizers, ...), which leaves ~30% for upgrades; tokenizers' huggingface_hub chain
 (+25 MiB: 78.6 MiB, what the image held before) or matplotlib with numpy, PIL and fontTools
 (~170 MB) coming back breaks it.
+
+What the image installs is derived, not written twice: ``deploy/docker/gateway-requirements.txt``
+is the part of ``requirements.lock`` (pyproject's ranges, resolved) that pyproject's
+dependencies pull, less :data:`NOT_IN_THE_IMAGE` and what :data:`WITHOUT_THEIR_OWN` would pull,
+each at its locked version; the Dockerfile installs it with ``--no-deps``. A fast test checks the
+file against that derivation; ``python -m tests.deploy.test_gateway_image`` prints it anew.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from tests.test_packaging import clean_env, must, run
+from tests.test_packaging import clean_env, lock_pins, must, run
 from vkit.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +44,22 @@ DOCKER_DIR = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
 BUDGET_BYTES = 70 * 2**20
 # Importable in the image means installed there for nothing: the gateway imports none of them.
-ABSENT = ("matplotlib", "numpy", "PIL", "fontTools", "huggingface_hub", "vllm", "torch")
+ABSENT = ("matplotlib", "numpy", "PIL", "fontTools", "huggingface_hub", "vllm", "torch", "httpx")
+REQUIREMENTS = DOCKER_DIR / "gateway-requirements.txt"
+LOCK = ROOT / "requirements.lock"
+# pyproject's dependencies the gateway never imports: httpx serves the kit's blocking readiness
+# probe (launcher/supervision/readiness_probe.py), vkit up and vkit capacity's Prometheus reads.
+NOT_IN_THE_IMAGE = frozenset({"httpx"})
+# Installed without their own requirements: tokenizers' one, huggingface_hub (with hf-xet,
+# fsspec, httpx, tqdm: ~26 MB), serves Tokenizer.from_pretrained's downloads; the gateway reads
+# tokenizer.json files (Tokenizer.from_file).
+WITHOUT_THEIR_OWN = frozenset({"tokenizers"})
+HEADER = """\
+# The gateway image's packages, each at requirements.lock's version; installed with --no-deps.
+# Generated (python -m tests.deploy.test_gateway_image > deploy/docker/gateway-requirements.txt)
+# from pyproject's dependencies less httpx, tokenizers without huggingface_hub: see
+# tests/deploy/test_gateway_image.py, which checks this file.
+"""
 
 
 def build_stage(dockerfile: str) -> list[tuple[str, str]]:
@@ -55,36 +78,55 @@ def build_stage(dockerfile: str) -> list[tuple[str, str]]:
 
 
 def pyproject_dependencies() -> set[str]:
+    """The names of pyproject's ``[project] dependencies``, normalized."""
     with (ROOT / "pyproject.toml").open("rb") as f:
-        return set(tomllib.load(f)["project"]["dependencies"])
+        listed = tomllib.load(f)["project"]["dependencies"]
+    return {canonicalize_name(Requirement(line).name) for line in listed}
 
 
-def requirement_lines(path: Path) -> set[str]:
-    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-    return {line for line in lines if line}
+def lock_parents(text: str) -> dict[str, set[str]]:
+    """``name -> the packages it is locked for`` from the lock's ``# via`` notes."""
+    parents: dict[str, set[str]] = {}
+    name = ""
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "#")):
+            name = canonicalize_name(line.partition("==")[0])
+            parents[name] = set()
+        elif name and line.strip().startswith("#") and "via" not in line:
+            parents[name].add(canonicalize_name(line.strip("# ").split(" ")[0]))
+        elif name and line.strip().startswith("# via "):
+            parents[name].add(canonicalize_name(line.split("# via ")[1].split(" ")[0]))
+    return parents
 
 
-def no_deps_requirements(stage: list[tuple[str, str]]) -> set[str]:
-    """What a ``pip install --no-deps`` of the build stage names besides the kit itself."""
-    named: set[str] = set()
-    for keyword, arguments in stage:
-        if keyword != "RUN":
-            continue
-        for command in arguments.split("&&"):
-            words = shlex.split(command)
-            if "--no-deps" in words:
-                named |= {w for w in words[2:] if not w.startswith("-") and w != "."}
-    return named
+def gateway_requirements() -> str:
+    """The file ``gateway-requirements.txt`` must hold: the gateway's part of the lock."""
+    lock = LOCK.read_text()
+    pins, parents = lock_pins(lock), lock_parents(lock)
+    wanted = pyproject_dependencies() - NOT_IN_THE_IMAGE
+    grown = True
+    while grown:  # everything a wanted package pulls, except through WITHOUT_THEIR_OWN
+        pulled = {
+            name
+            for name, by in parents.items()
+            if name not in wanted and by & (wanted - WITHOUT_THEIR_OWN)
+        }
+        grown = bool(pulled)
+        wanted |= pulled
+    return HEADER + "".join(f"{name}=={pins[name]}\n" for name in sorted(wanted))
 
 
-def test_the_image_installs_exactly_pyproject_dependencies() -> None:
-    """The requirements file and the ``--no-deps`` line together are pyproject's list."""
-    stage = build_stage(DOCKERFILE.read_text())
-    listed = requirement_lines(DOCKER_DIR / "gateway-requirements.txt")
-    without_their_own = no_deps_requirements(stage)
-    assert without_their_own == {"tokenizers>=0.20"}
-    assert listed.isdisjoint(without_their_own)
-    assert listed | without_their_own == pyproject_dependencies()
+def test_the_image_installs_the_gateways_part_of_the_lock() -> None:
+    """The requirements file is derived from pyproject and the lock, and the build stage
+    installs it and the kit, both with ``--no-deps``: nothing unlocked gets in."""
+    assert REQUIREMENTS.read_text() == gateway_requirements(), (
+        "regenerate: python -m tests.deploy.test_gateway_image > " + str(REQUIREMENTS.name)
+    )
+    runs = [a for keyword, a in build_stage(DOCKERFILE.read_text()) if keyword == "RUN"]
+    installs = [shlex.split(c) for run in runs for c in run.split("&&") if "pip install" in c]
+    assert installs and all("--no-deps" in words for words in installs)
+    named = {w for words in installs for w in words[2:] if not w.startswith("-")}
+    assert named == {REQUIREMENTS.name, "."}
 
 
 def test_every_copied_path_passes_the_dockerignore() -> None:
@@ -220,3 +262,7 @@ def test_gateway_image_install_is_small_and_serves(tmp_path: Path) -> None:
         f"\ngateway image: {size / 2**20:.1f} MiB installed (budget {BUDGET_BYTES / 2**20:.0f}), "
         f"install {installed - started:.1f} s"
     )
+
+
+if __name__ == "__main__":
+    print(gateway_requirements(), end="")

@@ -11,7 +11,8 @@ import socket
 
 import httpx
 
-from launcher.supervision.readiness import ReadinessCheck, VllmProbe
+from launcher.supervision.readiness import ReadinessCheck
+from launcher.supervision.readiness_probe import VllmProbe
 from vkit.stack.specs import HttpCheck, ReadyCheck, TcpCheck, VllmCheck
 
 PROBE_TIMEOUT_S = 2.0

@@ -8,7 +8,8 @@ from typing import ClassVar
 
 import pytest
 
-from launcher.supervision.readiness import ReadinessCheck, VllmProbe, model_ids
+from launcher.supervision.readiness import ReadinessCheck, model_ids
+from launcher.supervision.readiness_probe import VllmProbe
 from tests.launcher.supervision.http_stub import QuietHandler, serving
 
 
