@@ -100,4 +100,3 @@ def models_probe_script(port: int, model: str, key_env: str = "VLLM_API_KEY") ->
         "ids = [m['id'] for m in json.load(u.urlopen(r, timeout=4))['data']]; "
         f"raise SystemExit(0 if {model!r} in ids else 1)"
     )
-
