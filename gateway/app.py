@@ -48,11 +48,11 @@ from gateway.errors import (
     UpstreamError,
     error_envelope,
 )
+from gateway.exchange import Exchange
 from gateway.health import UpstreamProber
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import ByteBound, PromptCounter
-from gateway.proxy import Exchange, Forwarder, upstream_headers
 from gateway.routing import (
     AwareRouter,
     Discovery,
@@ -63,6 +63,7 @@ from gateway.routing import (
     source_of,
 )
 from gateway.settings import GatewaySettings
+from gateway.upstream_call import Forwarder, upstream_headers
 from gateway.upstreams import UpstreamPool
 from launcher.supervision.readiness import ReadinessCheck, model_ids
 
@@ -289,8 +290,7 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
             _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
             body = await read_and_release(upstream)
         finally:
-            if lease is not None:
-                await lease.settle(0)
+            await lease.settle(0)
         if upstream.status != 200 or model_ids(body) is None:
             raise UpstreamError("the upstream's model list could not be read")
         listing = json.loads(body)
@@ -299,7 +299,7 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
             listing["data"] = [
                 m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
             ]
-        return JSONResponse(listing, headers=dict(lease.headers) if lease is not None else None)
+        return JSONResponse(listing, headers=lease.headers)
 
 
 def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> None:

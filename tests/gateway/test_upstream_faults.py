@@ -1,6 +1,6 @@
 """Upstreams that answer badly or drop the request: what is retried, and what is not.
 
-The rule (gateway/proxy.py): a request is sent again, to the next upstream, only when
+The rule (gateway/upstream_call.py): a request is sent again, to the next upstream, only when
 the first one cannot have started it -- the connection was never made, it answered 503,
 or its answer was not HTTP at all. Once an upstream may have started a generation (the
 connection closed or reset after the request went out, a 502, a timeout), it is not.

@@ -1,0 +1,157 @@
+"""One request's exchange, top to bottom: the ASGI response a proxied route returns.
+
+    admitted = await gate.admit(request, path, with_cap, started=clock())  # gateway.admission
+    return Exchange(forwarder, admitted)
+
+:meth:`Exchange.__call__` runs the request through, in this order:
+
+1. :meth:`Forwarder.open_within <gateway.upstream_call.Forwarder.open_within>` -- the upstream
+   call (hold, route, attempts and retries, first-byte timeout);
+2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
+   the idle and total timeouts and the client-write deadline (:mod:`gateway.client_write`);
+   meanwhile a task watches for the client going away (then: status 499, nothing more sent);
+3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
+4. :func:`gateway.billing.settle` -- the lease settled with the tokens used, and the
+   exchange's metrics.
+
+What admission learned is the :class:`gateway.admission.Admitted` record; what the exchange
+produced is its :class:`Outcome`. Timeouts (``GatewaySettings.timeouts``): no response head
+within ``first_byte`` (or ``total``) -> 504 envelope; during a stream, a gap over ``idle`` or
+the ``total`` deadline -> an ``data: {"error": ...}`` event and ``data: [DONE]``. A client
+that takes no write within ``client_write`` is given up on: status 499 and
+``client_write_timeouts``. Every way, the upstream connection is closed, so vLLM aborts, and
+the key is billed what was relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway import billing
+from gateway.accounting import answer_labels
+from gateway.admission import Admitted
+from gateway.client import UpstreamResponse
+from gateway.client_write import WriteWatch
+from gateway.errors import GatewayError
+from gateway.relay import Relay
+from gateway.upstream_call import Forwarder
+from gateway.upstreams import Upstream
+from gateway.usage_meter import StreamMeter, Usage
+
+log = logging.getLogger("vkit.gateway.exchange")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one exchange produced: the answer's status (499: the client left), the upstream
+    that answered, the time spent waiting on upstreams, when the first byte went out, and
+    the usage reported (``usage`` for a whole answer, ``meter`` for a stream)."""
+
+    status: int = 0
+    upstream: str = ""  # the label of the upstream that answered; "" if none did
+    upstream_wait: float = 0.0
+    first_byte_at: float | None = None
+    usage: Usage | None = None
+    meter: StreamMeter | None = None
+
+
+class Exchange(Response):
+    """The ASGI response that performs one upstream exchange for an :class:`Admitted`
+    request, recording what happened in its :class:`Outcome`."""
+
+    def __init__(self, forwarder: Forwarder, admitted: Admitted) -> None:
+        # Not Response.__init__: there is no body yet; FastAPI only needs these attributes.
+        self.status_code = 200
+        self.background = None
+        self.forwarder = forwarder
+        self.admitted = admitted
+        self.outcome = Outcome()
+        self._client_gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None
+        forwarder, outcome = self.forwarder, self.outcome
+        watch = WriteWatch(owner, forwarder.timeouts.client_write)
+        relay = Relay(send, watch, forwarder, self.admitted, outcome)
+        watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
+        metrics = forwarder.metrics
+        metrics.in_flight.inc()
+        try:
+            await self._run(relay)
+        except asyncio.CancelledError:
+            if watch.tripped:
+                # Abandoned half-way (the upstream closed by _run): the server closes the
+                # client connection (uvicorn: "returned without completing response").
+                metrics.client_write_timeouts.inc()
+                log.warning(
+                    "the client of key %s took no write in %g s: answer abandoned",
+                    self.admitted.key_name,
+                    forwarder.timeouts.client_write,
+                )
+            elif not self._client_gone:
+                raise
+            owner.uncancel()
+            outcome.status = 499
+        finally:
+            watch.cancel()
+            watcher.cancel()
+            metrics.in_flight.dec()
+            if outcome.status:  # 499 when the client left, whatever was sent before
+                answer_labels(scope).status = outcome.status
+            await billing.settle(self.admitted, outcome, metrics)
+            self._record_timings()
+
+    async def _watch_disconnect(
+        self, receive: Receive, owner: asyncio.Task[Any], relay: Relay
+    ) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not relay.finishing and not owner.cancelling():
+                    self._client_gone = True
+                    owner.cancel()
+                return
+
+    async def _run(self, relay: Relay) -> None:
+        timeouts = self.forwarder.timeouts
+        deadline = self.admitted.started + timeouts.total
+        try:
+            upstream, response = await self._open(min(timeouts.first_byte, timeouts.total))
+        except GatewayError as exc:
+            await relay.error(exc)
+            return
+        self.outcome.upstream = upstream.label
+        try:
+            await relay.answer(response, deadline)
+        except BaseException:
+            response.abort()
+            raise
+        response.release()
+
+    async def _open(self, limit: float) -> tuple[Upstream, UpstreamResponse]:
+        forwarder = self.forwarder
+        began = forwarder.clock()
+        try:
+            return await forwarder.open_within(
+                limit, "POST", self.admitted.path, self.admitted.body
+            )
+        finally:
+            self.outcome.upstream_wait += forwarder.clock() - began
+
+    def _record_timings(self) -> None:
+        # The answer's count and duration are gateway.accounting's; these only the exchange knows.
+        admitted, outcome, forwarder = self.admitted, self.outcome, self.forwarder
+        now = forwarder.clock()
+        first = outcome.first_byte_at
+        forwarder.metrics.exchange_done(
+            model=admitted.model,
+            time_to_first_byte=None if first is None else first - admitted.started,
+            overhead=now - admitted.started - outcome.upstream_wait,
+        )
