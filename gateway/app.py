@@ -1,10 +1,11 @@
 """``create_app``: the gateway as a FastAPI app, built from explicit arguments.
 
 Nothing happens at import and nothing is global: settings, the key store, the limiter,
-the upstream client, the metrics registry and the clock are all passed in. The lifespan
-starts the background upstream prober (and, per the ``routing`` and ``discovery``
-settings, the replica scraper and discovery of :mod:`gateway.routing`) and closes the
-client.
+the upstream client, the metrics registry and the clock are all passed in. The parts are
+built by :func:`gateway.running.build_gateway` into one typed
+:class:`~gateway.running.RunningGateway` (``app.running``); the lifespan is its: the
+background upstream prober (and, per the ``routing`` and ``discovery`` settings, the replica
+scraper and discovery of :mod:`gateway.routing`), then the clients closed.
 
 Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``GET /v1/models`` (only the key's models; one request of the key's limits), ``/livez`` and
@@ -18,9 +19,7 @@ and ``/redoc``. Neither is reachable on the public port.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ from starlette.routing import Route
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
-from gateway.client import AiohttpClient, UpstreamClient, read_and_release
+from gateway.client import UpstreamClient, read_and_release
 from gateway.errors import (
     RETRY_AFTER_S,
     GatewayError,
@@ -49,25 +48,24 @@ from gateway.errors import (
     error_envelope,
 )
 from gateway.exchange import Exchange
-from gateway.health import UpstreamProber
-from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
-from gateway.prompt_tokens import ByteBound, PromptCounter
-from gateway.routing import (
-    AwareRouter,
-    Discovery,
-    Hold,
-    LoadScraper,
-    RoundRobinRouter,
-    Router,
-    source_of,
-)
+from gateway.prompt_tokens import PromptCounter
+from gateway.routing import Hold
+from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
-from gateway.upstream_call import Forwarder, upstream_headers
+from gateway.upstream_call import Forwarder
 from gateway.upstreams import UpstreamPool
-from launcher.supervision.readiness import ReadinessCheck, model_ids
+from launcher.supervision.readiness import model_ids
 
 log = logging.getLogger("vkit.gateway")
+
+
+class GatewayApp(FastAPI):
+    """The public app; ``running`` is the gateway it serves, typed (the admin app, the
+    entry point and the tests read its parts there)."""
+
+    running: RunningGateway
+
 
 _PROXIED = (
     ("/v1/chat/completions", openapi_bodies.CHAT_COMPLETIONS, True),
@@ -89,7 +87,7 @@ def create_app(
     on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     prompt_counter: PromptCounter | None = None,
-) -> FastAPI:
+) -> GatewayApp:
     """The gateway. ``metrics`` (built on ``registry``) may be passed in when the limiter
     needs its ``limiter_backend_errors`` counter; ``on_shutdown`` closes what the caller
     opened for it (a Redis client); ``background`` runs for the app's lifetime beside the
@@ -100,60 +98,26 @@ def create_app(
     bound, an upper bound that needs no tokenizer."""
     if metrics is None:
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
-    registry = metrics.registry
-    # A request in flight holds at most one upstream connection: keep the pool above the bound.
-    connections = max(1024, (settings.max_in_flight or 0) + 64)
-    client = upstream_client or AiohttpClient(settings.timeouts.connect, connections)
-    probes = probe_client or AiohttpClient(
-        settings.timeouts.connect, max_connections=2 * len(settings.upstream_urls)
-    )
-    pool = UpstreamPool(settings.upstream_urls)
-    api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    router, routing_tasks, scrapes = _routing(settings, pool, metrics, clock)
-    forwarder = Forwarder(
-        retry=settings.retry,
-        timeouts=settings.timeouts,
-        upstream_headers=upstream_headers(api_key),
-        pool=pool,
-        router=router,
-        client=client,
-        metrics=metrics,
-        clock=clock,
-        hold=Hold(settings.hold, pool, metrics, clock),
-    )
-    gate = Gate(
-        caps=settings.caps,
-        max_body_bytes=settings.max_body_bytes,
-        allow_anonymous=settings.allow_anonymous,
-        pool=pool,
-        metrics=metrics,
+    running = build_gateway(
+        settings,
         key_store=key_store,
         limiter=limiter,
-        in_flight=InFlightLimit(settings.max_in_flight) if settings.max_in_flight else None,
-        prompt_counter=prompt_counter or ByteBound.of(settings.tokenizers),
-    )
-    check = ReadinessCheck.of(api_key, settings.health.expected_models)
-    holding = settings.hold.probe_interval if settings.hold.max_wait else None
-    prober = UpstreamProber(
-        settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
+        metrics=metrics,
+        clock=clock,
+        upstream_client=upstream_client,
+        probe_client=probe_client,
+        on_shutdown=on_shutdown,
+        background=background,
+        prompt_counter=prompt_counter,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(prober.run_forever())
-        others = [asyncio.create_task(run()) for run in (*background, *routing_tasks)]
-        try:
+        async with running.lifespan():
             yield
-        finally:
-            for running in (task, *others):
-                running.cancel()
-            stop_others = [functools.partial(_stopped, t) for t in others]
-            await _close_all(
-                [lambda: _stopped(task), *stop_others, client.aclose, probes.aclose, *on_shutdown]
-            )
 
     # /openapi.json and /redoc are served by the admin listener (create_admin_app), not here.
-    app = FastAPI(
+    app = GatewayApp(
         title="vkit gateway",
         version="1",
         lifespan=lifespan,
@@ -161,28 +125,24 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.forwarder = forwarder
-    app.state.prober = prober
-    app.state.router = router
-    app.state.scrapes = scrapes
-    app.state.metrics = metrics
+    app.running = running
     _add_error_handlers(app)
     for path, _, with_cap in _PROXIED:
-        _add_proxy_route(app, path, with_cap, gate, forwarder)
+        _add_proxy_route(app, path, with_cap, running.gate, running.forwarder)
     _document_proxied_routes(app)
-    _add_models_route(app, gate, forwarder)
-    _add_probe_routes(app, pool, forwarder.hold)
+    _add_models_route(app, running.gate, running.forwarder)
+    _add_probe_routes(app, running.pool, running.hold)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
     return app
 
 
-def create_admin_app(gateway: FastAPI) -> FastAPI:
+def create_admin_app(gateway: GatewayApp) -> FastAPI:
     """The admin listener's app for a gateway built by :func:`create_app`: ``/metrics``,
     ``/readyz`` with each upstream's state, ``/openapi.json`` (the public API) and ``/redoc``.
     It shares the gateway's registry and upstream pool; the gateway's lifespan runs the
     prober, so this app has none of its own."""
-    pool: UpstreamPool = gateway.state.forwarder.pool
-    registry: CollectorRegistry = gateway.state.metrics.registry
+    running = gateway.running
+    pool, registry = running.pool, running.metrics.registry
     admin = FastAPI(title="vkit gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(admin)
 
@@ -194,7 +154,7 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
     async def readyz() -> JSONResponse:
         upstreams = {u.label: u.ready for u in pool.upstreams}
         models = sorted(pool.known_models())
-        status = _readiness(pool, gateway.state.forwarder.hold)
+        status = _readiness(pool, running.hold)
         body = {"status": status, "upstreams": upstreams, "models": models}
         return _readiness_response(body)
 
@@ -207,49 +167,6 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{gateway.title} - ReDoc")
 
     return admin
-
-
-def _routing(
-    settings: GatewaySettings,
-    pool: UpstreamPool,
-    metrics: GatewayMetrics,
-    clock: Callable[[], float],
-) -> tuple[Router, list[Callable[[], Coroutine[Any, Any, None]]], dict[str, Any]]:
-    """The router the ``routing`` setting names, the background loops it needs (discovery;
-    in aware mode the ``/metrics`` scraper, with a client of its own) and its scrapes."""
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    source = source_of(settings.discovery)
-    if source is not None:
-        tasks.append(Discovery(source, pool, settings.discovery.interval).run_forever)
-    if settings.routing == "round_robin":
-        return RoundRobinRouter(pool), tasks, {}
-    scraper = LoadScraper(
-        settings.router, pool, AiohttpClient(settings.timeouts.connect, 64), metrics, clock
-    )
-
-    async def scrape_forever() -> None:
-        try:
-            await scraper.run_forever()
-        finally:
-            await scraper.client.aclose()
-
-    tasks.append(scrape_forever)
-    router = AwareRouter(settings.router, pool, scraper.scrapes, clock, metrics)
-    return router, tasks, scraper.scrapes
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _close_all(closers: Sequence[Callable[[], Awaitable[object]]]) -> None:
-    """Await every closer in turn; one that fails is logged and the rest still run."""
-    for close in closers:
-        try:
-            await close()
-        except Exception:  # shutdown goes on: the others still hold sockets to close
-            log.exception("closing %s at shutdown failed", getattr(close, "__qualname__", "?"))
 
 
 def _add_proxy_route(

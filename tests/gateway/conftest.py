@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from gateway.app import create_admin_app, create_app
+from gateway.app import GatewayApp, create_admin_app, create_app
 from gateway.settings import GatewaySettings
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter, ScriptedUpstream
 
@@ -42,8 +41,8 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 @dataclass
-class RunningGateway:
-    app: FastAPI
+class ServedGateway:
+    app: GatewayApp
     url: str
     registry: CollectorRegistry
     limiter: RecordingLimiter
@@ -61,7 +60,7 @@ async def upstream() -> AsyncIterator[ScriptedUpstream]:
         yield double
 
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+GatewayFactory = Callable[..., Awaitable[ServedGateway]]
 
 
 @pytest.fixture
@@ -76,7 +75,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         limiter: Any = None,
         upstream_client: Any = None,
         **overrides: Any,
-    ) -> RunningGateway:
+    ) -> ServedGateway:
         fields: dict[str, Any] = {
             "upstreams": upstreams or [upstream.url],
             "port": 0,
@@ -102,14 +101,14 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        pool = app.state.forwarder.pool
+        pool = app.running.pool
         await wait_until(lambda: all(u.probed for u in pool.upstreams))
         client = httpx.AsyncClient(base_url=url, timeout=10)
         servers.append((server, task, client))
         transport = httpx.ASGITransport(app=create_admin_app(app))
         admin = httpx.AsyncClient(transport=transport, base_url="http://admin", timeout=10)
         admins.append(admin)
-        return RunningGateway(app, url, registry, limiter, client, admin)
+        return ServedGateway(app, url, registry, limiter, client, admin)
 
     yield start
     for admin in admins:

@@ -62,7 +62,7 @@ async def test_a_request_dropped_after_it_was_sent_is_not_sent_again(
     async with RawUpstream() as raw:
         raw.answers["/v1/chat/completions"] = answer
         gw = await start_gateway(upstreams=[raw.url, upstream.url], health={"interval": 60})
-        pool = gw.app.state.forwarder.pool
+        pool = gw.app.running.pool
         await wait_until(lambda: all(u.ready for u in pool.upstreams))
         first = await gw.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert first.status_code == 502
