@@ -163,7 +163,8 @@ async def test_every_queue_over_the_bound_is_refused_with_retry_after(
         assert refused.headers["retry-after"] == "1"
         assert gw.metric("vkit_gateway_routing_overloaded_total") == 1
         group[1].waiting = 0
-        await asyncio.sleep(0.3)  # the next scrapes
+        scrapes = gw.app.running.scrapes
+        await wait_until(lambda: scrapes[group[1].label].waiting == 0)  # a scrape has seen it
         assert (await post(gw, chat(SYSTEM))).status_code == 200
         assert group[1].served == 1
     finally:
