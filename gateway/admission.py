@@ -75,13 +75,15 @@ class Admitted:
 
     path: str
     key_name: str
-    model: str  # the metric label: a served model's name, or "other"
-    body: bytes  # what goes upstream (capped, usage requested)
+    model: str  # the metric label: a served model's name, "other", or "none" (a listing)
+    body: bytes | None  # what goes upstream (capped, usage requested); None for a GET
     stream: bool
     include_usage: bool  # whether the client itself asked for the usage chunk
     prompt_estimate: int
     lease: RequestLease  # every slot the request holds; its headers, what it reserved
     started: float
+    method: str = "POST"
+    allowed_models: Collection[str] = ()  # the key's models (empty: any); for a listing
     include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
     choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
 
@@ -115,12 +117,24 @@ class Gate:
         answer_labels(request.scope).key = key.name
         return key
 
-    async def admit_listing(self, request: Request) -> tuple[KeyLike | None, RequestLease]:
+    async def admit_listing(self, request: Request, path: str, started: float) -> Admitted:
         """``GET /v1/models``: the key (401), then one request of its limits like any other
         call (429), reserving no tokens. The lease is settled with 0 once answered."""
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
-        return key, await self._acquire(key, key_name, NO_MODEL, 0)
+        return Admitted(
+            path=path,
+            key_name=key_name,
+            model=NO_MODEL,
+            body=None,
+            stream=False,
+            include_usage=False,
+            prompt_estimate=0,
+            lease=await self._acquire(key, key_name, NO_MODEL, 0),
+            started=started,
+            method="GET",
+            allowed_models=key.models if key is not None else (),
+        )
 
     def model_label(self, model: str) -> str:
         """A bounded metric label: a served model's name, else ``other``."""

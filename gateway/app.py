@@ -20,7 +20,6 @@ and ``/redoc``. Neither is reachable on the public port.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -38,16 +37,15 @@ from starlette.routing import Route
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
-from gateway.client import UpstreamClient, read_and_release
+from gateway.client import UpstreamClient
 from gateway.errors import (
     RETRY_AFTER_S,
     GatewayError,
     InvalidRequest,
     NotFound,
-    UpstreamError,
     error_envelope,
 )
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, ModelListing
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import PromptCounter
 from gateway.routing import Hold
@@ -55,7 +53,6 @@ from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import UpstreamPool
-from launcher.supervision.readiness import model_ids
 
 log = logging.getLogger("vkit.gateway")
 
@@ -201,22 +198,8 @@ def _document_proxied_routes(app: FastAPI) -> None:
 def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
     @app.get("/v1/models", responses=_ERROR_RESPONSES)
     async def list_models(request: Request) -> Response:
-        key, lease = await gate.admit_listing(request)
-        try:
-            limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
-            _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
-            body = await read_and_release(upstream)
-        finally:
-            await lease.settle(0)
-        if upstream.status != 200 or model_ids(body) is None:
-            raise UpstreamError("the upstream's model list could not be read")
-        listing = json.loads(body)
-        if key is not None and key.models:
-            allowed = key.models
-            listing["data"] = [
-                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
-            ]
-        return JSONResponse(listing, headers=lease.headers)
+        admitted = await gate.admit_listing(request, "/v1/models", started=forwarder.clock())
+        return ModelListing(forwarder, admitted)
 
 
 def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> None:

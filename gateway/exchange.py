@@ -26,6 +26,7 @@ the key is billed what was relayed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,14 @@ from starlette.types import Receive, Scope, Send
 from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
-from gateway.client import UpstreamResponse
+from gateway.client import UpstreamBroken, UpstreamResponse
 from gateway.client_write import WriteWatch
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.relay import Relay
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
 from gateway.usage_meter import StreamMeter, Usage
+from launcher.supervision.readiness import model_ids
 
 log = logging.getLogger("vkit.gateway.exchange")
 
@@ -65,6 +67,8 @@ class Exchange(Response):
     """The ASGI response that performs one upstream exchange for an :class:`Admitted`
     request, recording what happened in its :class:`Outcome`."""
 
+    metered = True  # counted in the in_flight gauge, billed, timed
+
     def __init__(self, forwarder: Forwarder, admitted: Admitted) -> None:
         # Not Response.__init__: there is no body yet; FastAPI only needs these attributes.
         self.status_code = 200
@@ -82,7 +86,8 @@ class Exchange(Response):
         relay = Relay(send, watch, forwarder, self.admitted, outcome)
         watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
         metrics = forwarder.metrics
-        metrics.in_flight.inc()
+        if self.metered:
+            metrics.in_flight.inc()
         try:
             await self._run(relay)
         except asyncio.CancelledError:
@@ -102,11 +107,16 @@ class Exchange(Response):
         finally:
             watch.cancel()
             watcher.cancel()
-            metrics.in_flight.dec()
             if outcome.status:  # 499 when the client left, whatever was sent before
                 answer_labels(scope).status = outcome.status
-            await billing.settle(self.admitted, outcome, metrics)
-            self._record_timings()
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Bill the request and record the exchange's metrics (once the answer is over)."""
+        metrics = self.forwarder.metrics
+        metrics.in_flight.dec()
+        await billing.settle(self.admitted, self.outcome, metrics)
+        self._record_timings()
 
     async def _watch_disconnect(
         self, receive: Receive, owner: asyncio.Task[Any], relay: Relay
@@ -129,19 +139,20 @@ class Exchange(Response):
             return
         self.outcome.upstream = upstream.label
         try:
-            await relay.answer(response, deadline)
+            await self._answer(relay, response, deadline)
         except BaseException:
             response.abort()
             raise
         response.release()
 
+    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
+        await relay.answer(response, deadline)
+
     async def _open(self, limit: float) -> tuple[Upstream, UpstreamResponse]:
-        forwarder = self.forwarder
+        forwarder, admitted = self.forwarder, self.admitted
         began = forwarder.clock()
         try:
-            return await forwarder.open_within(
-                limit, "POST", self.admitted.path, self.admitted.body
-            )
+            return await forwarder.open_within(limit, admitted.method, admitted.path, admitted.body)
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began
 
@@ -155,3 +166,40 @@ class Exchange(Response):
             time_to_first_byte=None if first is None else first - admitted.started,
             overhead=now - admitted.started - outcome.upstream_wait,
         )
+
+
+class ModelListing(Exchange):
+    """``GET /v1/models`` through the same exchange: the upstream's list, read whole, with
+    only the key's models (``Admitted.allowed_models``) when it names any. An answer that is
+    not a 200 or not a model list is a 502. Not metered: the lease is settled with 0."""
+
+    metered = False
+
+    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
+        try:
+            body = await response.read()
+        except UpstreamBroken:
+            body = b""
+        if response.status != 200 or model_ids(body) is None:
+            await relay.error(UpstreamError("the upstream's model list could not be read"))
+            return
+        listing = json.loads(body)
+        allowed = self.admitted.allowed_models
+        if allowed:
+            listing["data"] = [
+                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
+            ]
+        await relay.whole(200, b"application/json", _json_bytes(listing))
+
+    async def _settle(self) -> None:
+        try:
+            await self.admitted.lease.settle(0)
+        except Exception:  # the answer is out; a failed settle must not turn it into a 500
+            log.exception("settling the lease of key %s failed", self.admitted.key_name)
+
+
+def _json_bytes(content: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` renders it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
