@@ -21,8 +21,8 @@ Modules:
 - :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;
 - :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
 - :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;
-- :mod:`.relay` -- the answer sent on to the client, under the idle and total timeouts;
-- :mod:`.client_write` -- the client-write deadline (a client that stopped reading);
+- :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write
+  deadlines;
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
 - :mod:`.billing` -- the tokens a request is billed, settled on its lease;
 - :mod:`.client` -- the upstream HTTP client seam (aiohttp);

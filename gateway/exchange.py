@@ -8,13 +8,15 @@
 1. :meth:`Forwarder.open_within <gateway.upstream_call.Forwarder.open_within>` -- the upstream
    call (hold, route, attempts and retries, first-byte timeout);
 2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
-   the idle and total timeouts and the client-write deadline (:mod:`gateway.client_write`);
+   the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`);
    meanwhile a task watches for the client going away (then: status 499, nothing more sent);
 3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
 4. :func:`gateway.billing.settle` -- the lease settled with the tokens used, and the
    exchange's metrics.
 
-What admission learned is the :class:`gateway.admission.Admitted` record; what the exchange
+Every proxied route takes this path; ``GET /v1/models`` as :class:`ModelListing`, an
+exchange whose answer is the key's part of the list. What admission learned is the
+:class:`gateway.admission.Admitted` record; what the exchange
 produced is its :class:`Outcome`. Timeouts (``GatewaySettings.timeouts``): no response head
 within ``first_byte`` (or ``total``) -> 504 envelope; during a stream, a gap over ``idle`` or
 the ``total`` deadline -> an ``data: {"error": ...}`` event and ``data: [DONE]``. A client
@@ -38,9 +40,8 @@ from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamBroken, UpstreamResponse
-from gateway.client_write import WriteWatch
 from gateway.errors import GatewayError, UpstreamError
-from gateway.relay import Relay
+from gateway.relay import Relay, WriteWatch
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
 from gateway.usage_meter import StreamMeter, Usage
