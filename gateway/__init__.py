@@ -1,0 +1,37 @@
+"""vkit's gateway: an OpenAI-compatible FastAPI gateway in front of vLLM replicas.
+
+A streamed request, top to bottom: :mod:`.accounting` (counted) -> :mod:`.admission`
+(:class:`~gateway.admission.Admitted`, with its :mod:`.request_lease`) -> :mod:`.exchange`
+(:mod:`.upstream_call`, :mod:`.relay`, :mod:`.billing`; its
+:class:`~gateway.exchange.Outcome`).
+
+Modules:
+
+- :mod:`.app` -- ``create_app`` (the public routes) and ``create_admin_app``;
+- :mod:`.running` -- :class:`~gateway.running.RunningGateway`, the running parts, typed;
+- :mod:`.assembly` -- the running gateway built from its settings (key store, limiter);
+- :mod:`.settings` -- the gateway's settings, modelled once;
+- :mod:`.accounting` -- the middleware that counts every answer by key, model and status;
+- :mod:`.admission` -- the gate: key, body, model, cap, limits -> the ``Admitted`` record;
+- :mod:`.request_lease` -- one lease owning a request's in-flight slot and key lease;
+- :mod:`.body` -- the client's JSON body, parsed once;
+- :mod:`.openapi_bodies` -- the request bodies as documented in the OpenAPI schema;
+- :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;
+- :mod:`.prompt_tokens` -- a request's prompt tokens, counted before it goes upstream;
+- :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;
+- :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
+- :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;
+- :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write
+  deadlines;
+- :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
+- :mod:`.billing` -- the tokens a request is billed, settled on its lease;
+- :mod:`.client` -- the upstream HTTP client seam (aiohttp);
+- :mod:`.upstreams` -- the upstream pool and each upstream's readiness;
+- :mod:`.health` -- background readiness probing of the upstreams;
+- :mod:`.errors` -- the one error hierarchy, rendered as the OpenAI envelope;
+- :mod:`.metrics` -- the gateway's Prometheus metrics on an injected registry;
+- :mod:`.key_store` -- API keys at request time (authentication, reloads);
+- :mod:`.keyfile` -- the keys file: YAML load and atomic save;
+- :mod:`.limits` -- per-key limits (memory or Redis) and the gateway-wide in-flight bound;
+- :mod:`.routing` -- which replica each request goes to, holding, discovery.
+"""

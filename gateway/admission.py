@@ -6,14 +6,15 @@ the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-fl
 (503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
 estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
 (``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
-Streams are forwarded asking for usage on every chunk. The reservation and the
-in-flight slot are given back with the real usage by :class:`gateway.proxy.Exchange`.
+Streams are forwarded asking for usage on every chunk. The in-flight slot and the key's
+lease are one :class:`gateway.request_lease.RequestLease`, carried by :class:`Admitted` and
+settled with the real usage by :mod:`gateway.billing`.
 A client that hangs up while sending its body is a quiet 499, counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from gateway.errors import (
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import PromptCounter
+from gateway.request_lease import KeyLease, RequestLease
 from gateway.settings import CapSettings
 from gateway.upstreams import UpstreamPool
 
@@ -56,21 +58,12 @@ class KeyLike(Protocol):
     def enabled(self) -> bool: ...
 
 
-class LeaseLike(Protocol):
-    """What the gateway uses of ``gateway.limits.Lease``."""
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    async def settle(self, used_tokens: int) -> None: ...
-
-
 class KeyStoreLike(Protocol):
     def authenticate(self, secret: str) -> KeyLike | None: ...
 
 
 class LimiterLike(Protocol):
-    async def acquire(self, key: KeyLike, tokens: int) -> LeaseLike: ...
+    async def acquire(self, key: KeyLike, tokens: int) -> KeyLease: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +71,21 @@ class Admitted:
     """What admission learned about one request: the facts its exchange works from.
 
     Built once by :meth:`Gate.admit`; what the exchange produces (status, timings, usage)
-    is :class:`gateway.proxy.Outcome`, a second object."""
+    is :class:`gateway.exchange.Outcome`, a second object."""
 
     path: str
     key_name: str
-    model: str  # the metric label: a served model's name, or "other"
-    body: bytes  # what goes upstream (capped, usage requested)
+    model: str  # the metric label: a served model's name, "other", or "none" (a listing)
+    body: bytes | None  # what goes upstream (capped, usage requested); None for a GET
     stream: bool
     include_usage: bool  # whether the client itself asked for the usage chunk
     prompt_estimate: int
-    settle: Callable[[int], Awaitable[None]]  # the lease's settle(used_tokens)
+    lease: RequestLease  # every slot the request holds; its headers, what it reserved
     started: float
-    headers: list[tuple[bytes, bytes]]  # the success-path x-ratelimit-* headers
-    reserved: int = 0  # what the lease holds; billed when the answer carries no usage
+    method: str = "POST"
+    allowed_models: Collection[str] = ()  # the key's models (empty: any); for a listing
     include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
     choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
-
-
-async def _no_lease(used_tokens: int) -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,12 +117,24 @@ class Gate:
         answer_labels(request.scope).key = key.name
         return key
 
-    async def admit_listing(self, request: Request) -> tuple[KeyLike | None, LeaseLike | None]:
+    async def admit_listing(self, request: Request, path: str, started: float) -> Admitted:
         """``GET /v1/models``: the key (401), then one request of its limits like any other
         call (429), reserving no tokens. The lease is settled with 0 once answered."""
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
-        return key, await self._acquire(key, key_name, NO_MODEL, 0)
+        return Admitted(
+            path=path,
+            key_name=key_name,
+            model=NO_MODEL,
+            body=None,
+            stream=False,
+            include_usage=False,
+            prompt_estimate=0,
+            lease=await self._acquire(key, key_name, NO_MODEL, 0),
+            started=started,
+            method="GET",
+            allowed_models=key.models if key is not None else (),
+        )
 
     def model_label(self, model: str) -> str:
         """A bounded metric label: a served model's name, else ``other``."""
@@ -162,10 +163,6 @@ class Gate:
         raw = encode_body(body.data) if changed else received
         reserve = body.reservation
         lease = await self._acquire(key, key_name, label, reserve)
-        settle, headers = _no_lease, []
-        if lease is not None:
-            settle = lease.settle
-            headers = [(k.encode(), v.encode()) for k, v in lease.headers.items()]
         return Admitted(
             path=path,
             key_name=key_name,
@@ -174,10 +171,8 @@ class Gate:
             stream=body.stream,
             include_usage=body.include_usage,
             prompt_estimate=body.prompt_tokens_estimate,
-            settle=settle,
+            lease=lease,
             started=started,
-            headers=headers,
-            reserved=reserve,
             include_chunk_usage=body.include_chunk_usage,
             choices=body.choices,
         )
@@ -198,7 +193,7 @@ class Gate:
 
     async def _acquire(
         self, key: KeyLike | None, key_name: str, model_label: str, tokens: int
-    ) -> LeaseLike | None:
+    ) -> RequestLease:
         """A slot of the in-flight bound (503 when full), then the key's lease (429)."""
         bound = self.in_flight
         if bound is not None and not bound.enter():
@@ -210,16 +205,16 @@ class Gate:
             self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
             raise busy
         try:
-            lease = await self._lease(key, key_name, model_label, tokens)
+            key_lease = await self._lease(key, key_name, model_label, tokens)
         except BaseException:
             if bound is not None:
                 bound.leave()
             raise
-        return lease if bound is None else _BoundLease(lease, bound)
+        return RequestLease(bound, key_lease, tokens)
 
     async def _lease(
         self, key: KeyLike | None, key_name: str, model_label: str, tokens: int
-    ) -> LeaseLike | None:
+    ) -> KeyLease | None:
         if key is None or self.limiter is None:
             return None
         try:
@@ -231,27 +226,6 @@ class Gate:
     def _count_refusal(self, key_name: str, model_label: str, reason: str, status: int) -> None:
         # The answer itself is counted by gateway.accounting, like every other answer.
         self.metrics.rate_limited.labels(key_name, reason).inc()
-
-
-class _BoundLease:
-    """A request's slot of the in-flight bound with its key's lease (if any): settling gives
-    back both, once."""
-
-    def __init__(self, lease: LeaseLike | None, bound: InFlightLimit) -> None:
-        self._lease = lease
-        self._bound: InFlightLimit | None = bound
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._lease.headers if self._lease is not None else {}
-
-    async def settle(self, used_tokens: int) -> None:
-        if self._bound is None:
-            return
-        self._bound.leave()
-        self._bound = None
-        if self._lease is not None:
-            await self._lease.settle(used_tokens)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

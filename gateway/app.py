@@ -1,10 +1,11 @@
 """``create_app``: the gateway as a FastAPI app, built from explicit arguments.
 
 Nothing happens at import and nothing is global: settings, the key store, the limiter,
-the upstream client, the metrics registry and the clock are all passed in. The lifespan
-starts the background upstream prober (and, per the ``routing`` and ``discovery``
-settings, the replica scraper and discovery of :mod:`gateway.routing`) and closes the
-client.
+the upstream client, the metrics registry and the clock are all passed in. The parts are
+built by :func:`gateway.running.build_gateway` into one typed
+:class:`~gateway.running.RunningGateway` (``app.running``); the lifespan is its: the
+background upstream prober (and, per the ``routing`` and ``discovery`` settings, the replica
+scraper and discovery of :mod:`gateway.routing`), then the clients closed.
 
 Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``GET /v1/models`` (only the key's models; one request of the key's limits), ``/livez`` and
@@ -18,10 +19,7 @@ and ``/redoc``. Neither is reachable on the public port.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -39,34 +37,32 @@ from starlette.routing import Route
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
-from gateway.client import AiohttpClient, UpstreamClient, read_and_release
+from gateway.client import UpstreamClient
 from gateway.errors import (
     RETRY_AFTER_S,
     GatewayError,
     InvalidRequest,
     NotFound,
-    UpstreamError,
     error_envelope,
 )
-from gateway.health import UpstreamProber
-from gateway.limits.in_flight import InFlightLimit
+from gateway.exchange import Exchange, ModelListing
 from gateway.metrics import GatewayMetrics
-from gateway.prompt_tokens import ByteBound, PromptCounter
-from gateway.proxy import Exchange, Forwarder, upstream_headers
-from gateway.routing import (
-    AwareRouter,
-    Discovery,
-    Hold,
-    LoadScraper,
-    RoundRobinRouter,
-    Router,
-    source_of,
-)
+from gateway.prompt_tokens import PromptCounter
+from gateway.routing import Hold
+from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
+from gateway.upstream_call import Forwarder
 from gateway.upstreams import UpstreamPool
-from launcher.supervision.readiness import ReadinessCheck, model_ids
 
 log = logging.getLogger("vkit.gateway")
+
+
+class GatewayApp(FastAPI):
+    """The public app; ``running`` is the gateway it serves, typed (the admin app, the
+    entry point and the tests read its parts there)."""
+
+    running: RunningGateway
+
 
 _PROXIED = (
     ("/v1/chat/completions", openapi_bodies.CHAT_COMPLETIONS, True),
@@ -88,7 +84,7 @@ def create_app(
     on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     prompt_counter: PromptCounter | None = None,
-) -> FastAPI:
+) -> GatewayApp:
     """The gateway. ``metrics`` (built on ``registry``) may be passed in when the limiter
     needs its ``limiter_backend_errors`` counter; ``on_shutdown`` closes what the caller
     opened for it (a Redis client); ``background`` runs for the app's lifetime beside the
@@ -99,60 +95,26 @@ def create_app(
     bound, an upper bound that needs no tokenizer."""
     if metrics is None:
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
-    registry = metrics.registry
-    # A request in flight holds at most one upstream connection: keep the pool above the bound.
-    connections = max(1024, (settings.max_in_flight or 0) + 64)
-    client = upstream_client or AiohttpClient(settings.timeouts.connect, connections)
-    probes = probe_client or AiohttpClient(
-        settings.timeouts.connect, max_connections=2 * len(settings.upstream_urls)
-    )
-    pool = UpstreamPool(settings.upstream_urls)
-    api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    router, routing_tasks, scrapes = _routing(settings, pool, metrics, clock)
-    forwarder = Forwarder(
-        retry=settings.retry,
-        timeouts=settings.timeouts,
-        upstream_headers=upstream_headers(api_key),
-        pool=pool,
-        router=router,
-        client=client,
-        metrics=metrics,
-        clock=clock,
-        hold=Hold(settings.hold, pool, metrics, clock),
-    )
-    gate = Gate(
-        caps=settings.caps,
-        max_body_bytes=settings.max_body_bytes,
-        allow_anonymous=settings.allow_anonymous,
-        pool=pool,
-        metrics=metrics,
+    running = build_gateway(
+        settings,
         key_store=key_store,
         limiter=limiter,
-        in_flight=InFlightLimit(settings.max_in_flight) if settings.max_in_flight else None,
-        prompt_counter=prompt_counter or ByteBound.of(settings.tokenizers),
-    )
-    check = ReadinessCheck.of(api_key, settings.health.expected_models)
-    holding = settings.hold.probe_interval if settings.hold.max_wait else None
-    prober = UpstreamProber(
-        settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
+        metrics=metrics,
+        clock=clock,
+        upstream_client=upstream_client,
+        probe_client=probe_client,
+        on_shutdown=on_shutdown,
+        background=background,
+        prompt_counter=prompt_counter,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(prober.run_forever())
-        others = [asyncio.create_task(run()) for run in (*background, *routing_tasks)]
-        try:
+        async with running.lifespan():
             yield
-        finally:
-            for running in (task, *others):
-                running.cancel()
-            stop_others = [functools.partial(_stopped, t) for t in others]
-            await _close_all(
-                [lambda: _stopped(task), *stop_others, client.aclose, probes.aclose, *on_shutdown]
-            )
 
     # /openapi.json and /redoc are served by the admin listener (create_admin_app), not here.
-    app = FastAPI(
+    app = GatewayApp(
         title="vkit gateway",
         version="1",
         lifespan=lifespan,
@@ -160,28 +122,24 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.forwarder = forwarder
-    app.state.prober = prober
-    app.state.router = router
-    app.state.scrapes = scrapes
-    app.state.metrics = metrics
+    app.running = running
     _add_error_handlers(app)
     for path, _, with_cap in _PROXIED:
-        _add_proxy_route(app, path, with_cap, gate, forwarder)
+        _add_proxy_route(app, path, with_cap, running.gate, running.forwarder)
     _document_proxied_routes(app)
-    _add_models_route(app, gate, forwarder)
-    _add_probe_routes(app, pool, forwarder.hold)
+    _add_models_route(app, running.gate, running.forwarder)
+    _add_probe_routes(app, running.pool, running.hold)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
     return app
 
 
-def create_admin_app(gateway: FastAPI) -> FastAPI:
+def create_admin_app(gateway: GatewayApp) -> FastAPI:
     """The admin listener's app for a gateway built by :func:`create_app`: ``/metrics``,
     ``/readyz`` with each upstream's state, ``/openapi.json`` (the public API) and ``/redoc``.
     It shares the gateway's registry and upstream pool; the gateway's lifespan runs the
     prober, so this app has none of its own."""
-    pool: UpstreamPool = gateway.state.forwarder.pool
-    registry: CollectorRegistry = gateway.state.metrics.registry
+    running = gateway.running
+    pool, registry = running.pool, running.metrics.registry
     admin = FastAPI(title="vkit gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(admin)
 
@@ -193,7 +151,7 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
     async def readyz() -> JSONResponse:
         upstreams = {u.label: u.ready for u in pool.upstreams}
         models = sorted(pool.known_models())
-        status = _readiness(pool, gateway.state.forwarder.hold)
+        status = _readiness(pool, running.hold)
         body = {"status": status, "upstreams": upstreams, "models": models}
         return _readiness_response(body)
 
@@ -206,49 +164,6 @@ def create_admin_app(gateway: FastAPI) -> FastAPI:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{gateway.title} - ReDoc")
 
     return admin
-
-
-def _routing(
-    settings: GatewaySettings,
-    pool: UpstreamPool,
-    metrics: GatewayMetrics,
-    clock: Callable[[], float],
-) -> tuple[Router, list[Callable[[], Coroutine[Any, Any, None]]], dict[str, Any]]:
-    """The router the ``routing`` setting names, the background loops it needs (discovery;
-    in aware mode the ``/metrics`` scraper, with a client of its own) and its scrapes."""
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    source = source_of(settings.discovery)
-    if source is not None:
-        tasks.append(Discovery(source, pool, settings.discovery.interval).run_forever)
-    if settings.routing == "round_robin":
-        return RoundRobinRouter(pool), tasks, {}
-    scraper = LoadScraper(
-        settings.router, pool, AiohttpClient(settings.timeouts.connect, 64), metrics, clock
-    )
-
-    async def scrape_forever() -> None:
-        try:
-            await scraper.run_forever()
-        finally:
-            await scraper.client.aclose()
-
-    tasks.append(scrape_forever)
-    router = AwareRouter(settings.router, pool, scraper.scrapes, clock, metrics)
-    return router, tasks, scraper.scrapes
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _close_all(closers: Sequence[Callable[[], Awaitable[object]]]) -> None:
-    """Await every closer in turn; one that fails is logged and the rest still run."""
-    for close in closers:
-        try:
-            await close()
-        except Exception:  # shutdown goes on: the others still hold sockets to close
-            log.exception("closing %s at shutdown failed", getattr(close, "__qualname__", "?"))
 
 
 def _add_proxy_route(
@@ -283,23 +198,8 @@ def _document_proxied_routes(app: FastAPI) -> None:
 def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
     @app.get("/v1/models", responses=_ERROR_RESPONSES)
     async def list_models(request: Request) -> Response:
-        key, lease = await gate.admit_listing(request)
-        try:
-            limit = min(forwarder.timeouts.first_byte, forwarder.timeouts.total)
-            _, upstream = await forwarder.open_within(limit, "GET", "/v1/models", None)
-            body = await read_and_release(upstream)
-        finally:
-            if lease is not None:
-                await lease.settle(0)
-        if upstream.status != 200 or model_ids(body) is None:
-            raise UpstreamError("the upstream's model list could not be read")
-        listing = json.loads(body)
-        if key is not None and key.models:
-            allowed = key.models
-            listing["data"] = [
-                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
-            ]
-        return JSONResponse(listing, headers=dict(lease.headers) if lease is not None else None)
+        admitted = await gate.admit_listing(request, "/v1/models", started=forwarder.clock())
+        return ModelListing(forwarder, admitted)
 
 
 def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> None:

@@ -13,18 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from gateway.admission import LimiterLike
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.key_store import KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
 
 
-def build_app(settings: GatewaySettings) -> FastAPI:
+def build_app(settings: GatewaySettings) -> GatewayApp:
     registry = CollectorRegistry()
     ProcessCollector(namespace="vkit_gateway", registry=registry)  # RSS, CPU seconds
     metrics = GatewayMetrics(registry)

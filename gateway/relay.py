@@ -1,291 +1,210 @@
-"""Usage accounting for relayed responses.
+"""The relay: one upstream answer sent on to the client, under the layered timeouts.
 
-:class:`StreamMeter` sits on an SSE stream: it passes complete events through as they
-arrive and reads the usage vLLM puts on them. The gateway asks for
-``stream_options: {"include_usage": true, "continuous_usage_stats": true}``, so every chunk
-carries the usage of its choice so far (``prompt_tokens`` of its prompt, the choice's
-cumulative ``completion_tokens``), and a final ``"choices": []`` chunk the totals. The meter
-removes the per-chunk ``usage`` again and drops the final chunk, each unless the client
-asked for it; so a stream cut by a disconnect or a timeout is billed what vLLM reported up
-to its last chunk: the latest ``completion_tokens`` of every choice, summed, and the
-``prompt_tokens`` of every prompt. An upstream that reports no usage at all leaves the
-count of content events relayed (vLLM sends one or more tokens a chunk).
+A stream (a 200 to a ``stream`` request) is passed on event by event through a
+:class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the client
+did not ask for; during it, a gap over ``timeouts.idle`` or the ``total`` deadline ends the
+stream with a ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for
+an error after the stream began). Any other answer is read whole (within the same bounds,
+else a 504 or 502 envelope), its usage read, an upstream error body put in the OpenAI
+envelope, and a 401 of the upstream (our key refused, not the client's) answered 502.
 
-The per-chunk work stays on bytes: an event without ``"usage"`` is passed through
-untouched; one with a single ``"usage":{...}`` member has that member cut out by position
-and only its ~80 bytes decoded. Anything else (the member twice, odd spacing before it) is
-parsed and re-encoded, one parse per event.
+Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
+that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
+is given up on. The server's ``send`` waits while the socket's write buffer is full
+(uvicorn's flow control), so a write that waits is where such a client shows.
+:class:`WriteWatch` is one timer per exchange, re-armed only when it fires, not one per
+write: an ``asyncio.timeout`` around each send cost ~5 us of CPU here, some 10% of a
+16-chunk stream's whole cost. The exchange answers 499 and counts ``client_write_timeouts``
+when the watch has ``tripped``.
 
-:func:`usage_from_json` reads ``usage`` of a non-streaming answer: the top-level member,
-never one nested in ``choices`` or ``prompt_logprobs``.
+What the answer produced (status, timings, usage) is written to the exchange's
+:class:`gateway.exchange.Outcome`.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
+import asyncio
+from typing import TYPE_CHECKING, Any
 
-_EVENT_END = b"\n\n"
-_DONE = b"data: [DONE]"
-_USAGE = b'"usage"'
-_USAGE_MEMBER = b'"usage":{'
-_NO_CHOICES = b'"choices":[]'
-_CHOICE_INDEX = re.compile(rb'"index":\s*(\d+)')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens":(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens":(\d+)')
-_SPACE = b" \t\r\n"
-_TAIL_TRIES = 4  # top-level candidates tried from the end before parsing the whole answer
-_DECODER = json.JSONDecoder()
+from starlette.types import Message, Send
 
+from gateway.client import UpstreamBroken, UpstreamResponse
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, normalise_upstream_error
+from gateway.upstream_call import Forwarder
+from gateway.usage_meter import StreamMeter, usage_from_json
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
+if TYPE_CHECKING:
+    from gateway.admission import Admitted
+    from gateway.exchange import Outcome
 
-    @classmethod
-    def from_mapping(cls, usage: object) -> Usage | None:
-        if not isinstance(usage, dict):
-            return None
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens", 0)
-        if not isinstance(prompt, int) or not isinstance(completion, int):
-            return None
-        return cls(prompt, completion or 0)
+_JSON = b"application/json"
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
-class StreamMeter:
-    """Feed it upstream bytes; it returns what to send on and remembers the usage.
+class WriteWatch:
+    """Cancels ``owner`` once a write to the client has waited ``limit`` seconds."""
 
-    ``keep_usage``: the client asked for the final usage chunk; ``keep_chunk_usage``: for
-    usage on every chunk too (or the gateway did not ask for it); ``choices_per_prompt``:
-    the request's ``n``, so that choice ``i`` belongs to prompt ``i // n`` (vLLM numbers the
-    choices of a batch prompt after prompt).
-    """
+    __slots__ = ("_handle", "_limit", "_owner", "loop", "since", "tripped")
 
-    __slots__ = (
-        "_choices_per_prompt",
-        "_completion",
-        "_keep_chunk_usage",
-        "_keep_usage",
-        "_pending",
-        "_prompt",
-        "content_events",
-        "done",
-        "usage",
-    )
+    def __init__(self, owner: asyncio.Task[Any], limit: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None  # loop time at which the write in progress began
+        self.tripped = False
+        self._owner = owner
+        self._limit = limit
+        self._handle = self.loop.call_later(limit, self._check)
+
+    def _check(self) -> None:
+        if self._owner.cancelling():  # ending already (the client went away)
+            return
+        now, since = self.loop.time(), self.since
+        if since is not None and now - since >= self._limit - 0.001:
+            self.tripped = True
+            self._owner.cancel()
+            return
+        self._handle = self.loop.call_at(
+            (now if since is None else since) + self._limit, self._check
+        )
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+class Relay:
+    """Sends one exchange's answer to the client through ``send``. ``finishing`` is set once
+    the last message is on its way (a disconnect then is no longer the client leaving)."""
+
+    __slots__ = ("_admitted", "_forwarder", "_outcome", "_send", "_watch", "finishing")
 
     def __init__(
-        self, keep_usage: bool, keep_chunk_usage: bool = True, choices_per_prompt: int = 1
+        self,
+        send: Send,
+        watch: WriteWatch,
+        forwarder: Forwarder,
+        admitted: Admitted,
+        outcome: Outcome,
     ) -> None:
-        self._keep_usage = keep_usage
-        self._keep_chunk_usage = keep_chunk_usage
-        self._choices_per_prompt = max(1, choices_per_prompt)
-        self._pending = b""
-        self._completion: dict[int, int] = {}  # choice index -> its completion tokens so far
-        self._prompt: dict[int, int] = {}  # prompt index -> its prompt tokens
-        self.content_events = 0
-        self.done = False  # the upstream sent data: [DONE]
-        self.usage: Usage | None = None  # the final usage chunk's
+        self._send = send
+        self._watch = watch
+        self._forwarder = forwarder
+        self._admitted = admitted
+        self._outcome = outcome
+        self.finishing = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(_EVENT_END)
-        if end < 0:
-            self._pending = data
-            return b""
-        end += len(_EVENT_END)
-        complete, self._pending = data[:end], data[end:]
-        if _USAGE not in complete:  # no usage anywhere: count the events, pass them on
-            events = complete.count(_EVENT_END)
-            if _DONE in complete:
-                events -= 1
-                self.done = True
-            self.content_events += events
-            return complete
-        if complete.find(_EVENT_END) == len(complete) - len(_EVENT_END):  # one event: most
-            kept = self._event(complete[: -len(_EVENT_END)])
-            return b"" if kept is None else kept + _EVENT_END
-        sent = (self._event(event) for event in complete.split(_EVENT_END)[:-1])
-        return b"".join(event + _EVENT_END for event in sent if event is not None)
+    async def answer(self, response: UpstreamResponse, deadline: float) -> None:
+        """Relay ``response``: as a stream when the request asked for one and got a 200."""
+        if self._admitted.stream and response.status == 200:
+            await self._stream(response, deadline)
+        else:
+            await self._body(response, deadline)
 
-    def flush(self) -> bytes:
-        """Whatever incomplete event is left when the upstream ends the stream."""
-        rest, self._pending = self._pending, b""
-        return rest
-
-    @property
-    def reported(self) -> bool:
-        """Whether the upstream reported any usage, per chunk or final."""
-        return self.usage is not None or bool(self._completion)
-
-    @property
-    def prompt_tokens(self) -> int | None:
-        if self.usage is not None:
-            return self.usage.prompt_tokens
-        return sum(self._prompt.values()) if self._prompt else None
-
-    @property
-    def completion_tokens(self) -> int:
-        if self.usage is not None:
-            return self.usage.completion_tokens
-        if self._completion:
-            return sum(self._completion.values())
-        return self.content_events
-
-    def _event(self, event: bytes) -> bytes | None:
-        """One complete event (without its blank line): what to send on, or ``None``."""
-        if _USAGE not in event:
-            if event.lstrip().startswith(_DONE):
-                self.done = True
-            else:
-                self.content_events += 1
-            return event
-        start = event.find(_USAGE_MEMBER)
-        if start < 0 or event.find(_USAGE, start + len(_USAGE)) >= 0:
-            return self._parsed_event(event)
-        value_start = start + len(_USAGE_MEMBER) - 1
-        value_end = _object_end(event, value_start)
-        usage = _compact_usage(event, value_start, value_end) if value_end > 0 else None
-        if usage is None:
-            return self._parsed_event(event)
-        if _NO_CHOICES in event:
-            self.usage = usage
-            return event if self._keep_usage else None
-        index = 0
-        if self._choices_per_prompt > 1 or b'"index":0' not in event:
-            found = _CHOICE_INDEX.search(event)
-            index = int(found.group(1)) if found else 0
-        self._count_chunk(index, usage)
-        if self._keep_chunk_usage:
-            return event
-        cut = _without_member(event, start, value_end)
-        return cut if cut is not None else self._parsed_event(event, strip=True)
-
-    def _count_chunk(self, index: int, usage: Usage) -> None:
-        self.content_events += 1
-        self._completion[index] = max(self._completion.get(index, 0), usage.completion_tokens)
-        self._prompt[index // self._choices_per_prompt] = usage.prompt_tokens
-
-    def _parsed_event(self, event: bytes, strip: bool = False) -> bytes | None:
-        """The slow path: parse the event's JSON, read and maybe remove its usage."""
-        payload = event.strip()
-        parsed = None
-        if payload.startswith(b"data:"):
-            try:
-                parsed = json.loads(payload[5:])
-            except (ValueError, RecursionError):
-                parsed = None
-        if not isinstance(parsed, dict):
-            self.content_events += 1
-            return event
-        usage = Usage.from_mapping(parsed.get("usage"))
-        choices = parsed.get("choices")
-        if usage is None:
-            self.content_events += 1
-            return event
-        if not choices:
-            self.usage = usage
-            return event if self._keep_usage else None
-        first = choices[0] if isinstance(choices, list) else None
-        index = first.get("index") if isinstance(first, dict) else 0
-        self._count_chunk(index if isinstance(index, int) else 0, usage)
-        if self._keep_chunk_usage and not strip:
-            return event
-        del parsed["usage"]
-        return b"data: " + json.dumps(parsed, separators=(",", ":")).encode()
-
-
-def _compact_usage(event: bytes, start: int, end: int) -> Usage | None:
-    """The usage object at ``event[start:end]``, read without a JSON parse: its members are
-    fixed names with integer (or null, or object) values, so the two counts are found by
-    name. ``None`` if they are not plain integers there (the parsed path decides then)."""
-    prompt = _PROMPT_TOKENS.search(event, start, end)
-    if prompt is None:
-        return None
-    completion = _COMPLETION_TOKENS.search(event, start, end)
-    if completion is None:
-        if b'"completion_tokens"' in event[start:end]:
-            return None
-        return Usage(int(prompt.group(1)), 0)
-    return Usage(int(prompt.group(1)), int(completion.group(1)))
-
-
-def _object_end(data: bytes, start: int) -> int:
-    """The end (exclusive) of the JSON object at ``data[start]`` ("{"), or -1.
-
-    For usage objects only: their values are numbers, null and such objects, never strings,
-    so braces are all structural."""
-    end = data.find(b"}", start)
-    while end >= 0:
-        if data.count(b"{", start, end + 1) == data.count(b"}", start, end + 1):
-            return end + 1
-        end = data.find(b"}", end + 1)
-    return -1
-
-
-def _without_member(event: bytes, start: int, end: int) -> bytes | None:
-    """``event`` without the member ``"usage":{...}`` at ``start:end`` and its comma."""
-    before = event[:start].rstrip(_SPACE)
-    if before.endswith(b","):
-        return before[:-1] + event[end:]
-    after = event[end:].lstrip(_SPACE)
-    if before.endswith(b"{") and after[:1] in (b",", b"}"):
-        return event[:start] + (after[1:] if after[:1] == b"," else after)
-    return None
-
-
-def usage_from_json(body: bytes) -> Usage | None:
-    """The top-level ``usage`` of a JSON answer, or ``None`` when it has none.
-
-    vLLM writes ``usage`` after ``choices``, followed by a few short members
-    (``prompt_logprobs``, ``kv_transfer_params``, ...), so the candidates are tried from the
-    end: a ``"usage"`` key whose value decodes and after which the rest of the body parses as
-    the remaining members of one object that closes the body is a member of the top-level
-    object. Anything nested fails that test. Beyond a few candidates, the whole body is
-    parsed instead: the same answer, with no shortcut."""
-    at = len(body)
-    for _ in range(_TAIL_TRIES):
-        at = body.rfind(_USAGE, 0, at)
-        if at < 0:
-            break
-        found, usage = _top_level_usage_at(body, at)
-        if found:
-            return usage
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return Usage.from_mapping(data.get("usage")) if isinstance(data, dict) else None
-
-
-def _top_level_usage_at(body: bytes, at: int) -> tuple[bool, Usage | None]:
-    """(whether ``body[at:]`` is the top-level ``"usage"`` member, its usage)."""
-    before = at - 1
-    while before >= 0 and body[before] in _SPACE:
-        before -= 1
-    if before < 0 or body[before] not in b",{":
-        return False, None  # inside a string or a value, not a key
-    try:
-        tail = body[at + len(_USAGE) :].decode()
-    except UnicodeDecodeError:
-        return False, None
-    colon = len(tail) - len(tail.lstrip())
-    if tail[colon : colon + 1] != ":":
-        return False, None
-    start = colon + 1
-    start += len(tail) - start - len(tail[start:].lstrip())
-    try:
-        value, end = _DECODER.raw_decode(tail, start)
-    except (ValueError, RecursionError):
-        return False, None
-    rest = tail[end:].strip()
-    if rest != "}":
-        if not rest.startswith(","):
-            return False, None
+    async def _body(self, response: UpstreamResponse, deadline: float) -> None:
+        forwarder, outcome = self._forwarder, self._outcome
+        began = forwarder.clock()
+        limit = min(forwarder.timeouts.idle, deadline - began)
         try:
-            json.loads("{" + rest[1:])  # the other members, then the top-level object's end
-        except (ValueError, RecursionError):
-            return False, None
-    return True, Usage.from_mapping(value)
+            async with asyncio.timeout(max(limit, 0.001)):
+                body = await response.read()
+        except (TimeoutError, UpstreamBroken) as exc:
+            response.abort()
+            kind = "timeout" if isinstance(exc, TimeoutError) else "stream"
+            forwarder.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
+            error_class = UpstreamTimeout if kind == "timeout" else UpstreamError
+            await self.error(error_class(f"the upstream answer broke off ({kind})"))
+            return
+        finally:
+            outcome.upstream_wait += forwarder.clock() - began
+        status = response.status
+        if status == 200:
+            outcome.usage = usage_from_json(body)
+        elif status == 401:
+            # The upstream refused *our* key: the client's key was fine.
+            await self.error(UpstreamError("the upstream refused the gateway's credentials"))
+            return
+        elif status >= 400:
+            body = normalise_upstream_error(status, body) or body
+        content_type = response.content_type.encode() if status == 200 else _JSON
+        await self.whole(status, content_type, body)
+
+    async def _stream(self, response: UpstreamResponse, deadline: float) -> None:
+        forwarder, admitted, outcome = self._forwarder, self._admitted, self._outcome
+        clock, idle = forwarder.clock, forwarder.timeouts.idle
+        meter = outcome.meter = StreamMeter(
+            keep_usage=admitted.include_usage,
+            keep_chunk_usage=admitted.include_chunk_usage,
+            choices_per_prompt=admitted.choices,
+        )
+        outcome.status = 200
+        headers = _SSE_HEADERS + admitted.lease.raw_headers
+        await self.deliver({"type": "http.response.start", "status": 200, "headers": headers})
+        chunks = response.chunks()
+        error: GatewayError | None = None
+        while True:
+            began = clock()
+            try:
+                async with asyncio.timeout(max(min(idle, deadline - began), 0.001)):
+                    chunk = await anext(chunks, b"")
+            except TimeoutError:
+                error = UpstreamTimeout(
+                    f"the stream stalled (no chunk in {idle:g} s, or over total)"
+                )
+            except UpstreamBroken:
+                error = UpstreamError("the upstream connection broke during the stream")
+            finally:
+                outcome.upstream_wait += clock() - began
+            if error is not None or not chunk:
+                break
+            out = meter.feed(chunk)
+            if out:
+                if outcome.first_byte_at is None:
+                    outcome.first_byte_at = clock()
+                await self.deliver({"type": "http.response.body", "body": out, "more_body": True})
+        tail = meter.flush()
+        if error is not None:
+            response.abort()
+            kind = "timeout" if isinstance(error, UpstreamTimeout) else "stream"
+            forwarder.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
+            tail = _error_event(error)
+        self.finishing = True
+        await self.deliver({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def whole(
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send a whole answer: its head (with the lease's headers) and body."""
+        outcome = self._outcome
+        outcome.status = status
+        self.finishing = True
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        headers += self._admitted.lease.raw_headers
+        headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+        await self.deliver({"type": "http.response.start", "status": status, "headers": headers})
+        if outcome.first_byte_at is None:
+            outcome.first_byte_at = self._forwarder.clock()
+        await self.deliver({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def error(self, exc: GatewayError) -> None:
+        """Answer ``exc`` as its OpenAI envelope."""
+        await self.whole(exc.status_code, _JSON, exc.body(), exc.headers)
+
+    async def deliver(self, message: Message) -> None:
+        """``send`` under the write watch (:class:`WriteWatch`)."""
+        watch = self._watch
+        watch.since = watch.loop.time()
+        try:
+            await self._send(message)
+        finally:
+            watch.since = None
+
+
+def _error_event(error: GatewayError) -> bytes:
+    """What vLLM itself sends for an error after the stream began."""
+    return b"data: " + error.body() + b"\n\ndata: [DONE]\n\n"

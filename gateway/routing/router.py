@@ -17,7 +17,7 @@ NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica:
    walk that is within, reason ``load_spill`` (the key stays where it is). Without a key:
    the lowest score (load plus KV fill; ties taken in turn, so idle replicas share
    sequential requests), reason ``least_loaded``.
-4. The retries (only of attempts no replica can have started, :mod:`gateway.proxy`) go to
+4. The retries (only of attempts no replica can have started, :mod:`gateway.upstream_call`) go to
    the next replicas of that order, a different one each while there are others; a replica
    whose queue is over the bound comes last.
 

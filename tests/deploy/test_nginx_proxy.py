@@ -205,7 +205,7 @@ async def gateway_in_front(nginx_url: str) -> AsyncIterator[httpx.AsyncClient]:
         async with asyncio.timeout(10):
             while not server.started:
                 await asyncio.sleep(0.01)
-            while not app.state.forwarder.pool.upstreams[0].probed:
+            while not app.running.pool.upstreams[0].probed:
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:

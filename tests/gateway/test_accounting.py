@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import RateLimitExceeded, UpstreamUnavailable
-from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import Key, RecordingLimiter, ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
@@ -50,7 +50,7 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, ...], flo
     return found
 
 
-def total(gw: RunningGateway) -> float:
+def total(gw: ServedGateway) -> float:
     return sum(samples(gw.registry, "vkit_gateway_requests_total").values())
 
 

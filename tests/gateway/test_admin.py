@@ -30,7 +30,7 @@ async def test_the_public_readyz_names_no_upstream(
     assert upstream.url.removeprefix("http://") not in ready.text
     assert (await gw.client.get("/livez")).json() == {"status": "alive"}
     upstream.script.health_status = 503
-    await wait_until(lambda: not gw.app.state.forwarder.pool.any_ready)
+    await wait_until(lambda: not gw.app.running.pool.any_ready)
     not_ready = await gw.client.get("/readyz")
     assert (not_ready.status_code, not_ready.json()) == (503, {"status": "not ready"})
 
@@ -58,7 +58,7 @@ async def test_the_admin_listener_serves_metrics_details_and_docs(
     assert missing.status_code == 404  # the admin app proxies nothing
 
     upstream.script.health_status = 503
-    await wait_until(lambda: not gw.app.state.forwarder.pool.any_ready)
+    await wait_until(lambda: not gw.app.running.pool.any_ready)
     down = await gw.admin.get("/readyz")
     assert down.status_code == 503
     assert down.json()["upstreams"] == {label: False}

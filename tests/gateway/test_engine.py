@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.engine import MAX_MODEL_LEN
-from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -54,12 +54,12 @@ async def settled_sum(
             last = now
 
 
-async def gateway_for(replicas: list[Any], start_gateway: GatewayFactory) -> RunningGateway:
+async def gateway_for(replicas: list[Any], start_gateway: GatewayFactory) -> ServedGateway:
     gw = await start_gateway(
         upstreams=[r.base_url for r in replicas],
         health={"interval": 0.5, "expected_models": [MODEL]},
     )
-    await wait_until(lambda: gw.app.state.forwarder.pool.any_ready, timeout=10)
+    await wait_until(lambda: gw.app.running.pool.any_ready, timeout=10)
     return gw
 
 

@@ -91,7 +91,7 @@ async def test_model_outside_the_key_is_403_and_unknown_model_404(
         "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k"}
     )
     assert assert_envelope(response, 403)["param"] == "model"
-    pool = gw.app.state.forwarder.pool
+    pool = gw.app.running.pool
     await wait_until(lambda: pool.any_ready)
     body = {**CHAT, "model": "no-such-model"}
     response = await gw.client.post(

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import RecordingLimiter, ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 # The gateway's own packages and what it runs on; the test's own client (httpx, httpcore,
 # anyio) builds cycles of its own and is not under test.
 SERVING = ("gateway", "starlette", "fastapi", "uvicorn", "aiohttp", "prometheus_client")
-SERVING += ("tenacity", "multidict", "yarl", "pydantic")
+SERVING += ("multidict", "yarl", "pydantic")
 GATEWAY_ROOT = str(Path(sys.modules["gateway"].__file__ or "").parent)
 
 
@@ -60,17 +60,17 @@ def cycles_kept() -> Iterator[list[object]]:
         gc.enable()
 
 
-async def chat(gw: RunningGateway, upstream: ScriptedUpstream, **fields: object) -> object:
+async def chat(gw: ServedGateway, upstream: ScriptedUpstream, **fields: object) -> object:
     headers = AUTH if fields.pop("auth", True) else {}
     return await gw.client.post("/v1/chat/completions", json=CHAT | fields, headers=headers)
 
 
-async def upstream_refuses_our_key(gw: RunningGateway, upstream: ScriptedUpstream) -> object:
+async def upstream_refuses_our_key(gw: ServedGateway, upstream: ScriptedUpstream) -> object:
     upstream.script.statuses = [401]  # the gateway answers 502
     return await chat(gw, upstream)
 
 
-async def hang_up_mid_stream(gw: RunningGateway, upstream: ScriptedUpstream) -> None:
+async def hang_up_mid_stream(gw: ServedGateway, upstream: ScriptedUpstream) -> None:
     upstream.script.chunks, upstream.script.chunk_delay = 50, 0.01
     body = {**CHAT, "stream": True}
     async with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as r:
@@ -79,7 +79,7 @@ async def hang_up_mid_stream(gw: RunningGateway, upstream: ScriptedUpstream) -> 
     upstream.script.chunks, upstream.script.chunk_delay = 4, 0.0
 
 
-Kind = Callable[[RunningGateway, ScriptedUpstream], Awaitable[object]]
+Kind = Callable[[ServedGateway, ScriptedUpstream], Awaitable[object]]
 KINDS: dict[str, Kind] = {
     "200": chat,
     "200 stream": lambda gw, up: chat(gw, up, stream=True),

@@ -12,7 +12,7 @@ from gateway.app import create_app
 from gateway.client import AiohttpClient
 from gateway.metrics import METRIC_NAMES
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import (
     DROP,
     RESET,
@@ -52,10 +52,10 @@ async def test_an_upstream_without_the_expected_model_is_not_ready(
     start_gateway: GatewayFactory, upstream: ScriptedUpstream
 ) -> None:
     gw = await start_gateway(health={"interval": 0.1, "expected_models": ["big-model"]})
-    await wait_until(lambda: gw.app.state.forwarder.pool.upstreams[0].probed)
+    await wait_until(lambda: gw.app.running.pool.upstreams[0].probed)
     assert (await gw.client.get("/readyz")).status_code == 503
     upstream.script.models = ["tiny-llama", "big-model"]
-    await wait_until(lambda: gw.app.state.forwarder.pool.any_ready)
+    await wait_until(lambda: gw.app.running.pool.any_ready)
     assert (await gw.client.get("/readyz")).status_code == 200
 
 
@@ -95,7 +95,7 @@ BAD_ANSWERS: dict[str, RawAnswer] = {
 }
 
 
-def up(gw: RunningGateway, url: str) -> float:
+def up(gw: ServedGateway, url: str) -> float:
     return gw.metric("vkit_gateway_upstream_up", {"upstream": url.removeprefix("http://")})
 
 
@@ -175,7 +175,7 @@ async def test_shutdown_closes_everything_even_when_a_closer_fails() -> None:
         )
         async with app.router.lifespan_context(app):
             await wait_until(lambda: len(raw.requests_to("/health")) >= 3)
-            assert app.state.forwarder.pool.upstreams[0].probed
+            assert app.running.pool.upstreams[0].probed
     assert all(client.closed for client in clients)
     assert closed == ["failing", "redis"]
 

@@ -41,7 +41,7 @@ async def test_stalled_streams_do_not_starve_the_prober(
         for _ in range(2):  # every connection of the requests' pool is held
             await stalled_stream(stack, gw, "a")
         upstream.script.models = ["tiny-llama", "new-model"]
-        pool = gw.app.state.forwarder.pool
+        pool = gw.app.running.pool
         await wait_until(lambda: "new-model" in pool.upstreams[0].models)  # probes get through
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 200, ready.text

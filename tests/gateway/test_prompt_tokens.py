@@ -360,7 +360,10 @@ async def test_the_gateway_reserves_what_its_counter_counts() -> None:
         prompt_counter=FixedCount(1234),
     )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    async with (
+        app.router.lifespan_context(app),  # closes the upstream clients at the end
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as client,
+    ):
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}
         await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer s"})
     assert [lease.reserved for lease in limiter.leases] == [1234 + 6]

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 
 SYSTEM = "You are the billing assistant of tenant seven. Answer in one line. " * 10
 
@@ -90,19 +90,19 @@ def chat(system: str, user: str = "hi", **extra: Any) -> dict[str, Any]:
 
 async def aware(
     start: GatewayFactory, group: list[GaugedReplica], **overrides: Any
-) -> RunningGateway:
+) -> ServedGateway:
     fields: dict[str, Any] = {
         "routing": "aware",
         "router": {"scrape_interval": 0.1},
         "health": {"interval": 30, "timeout": 1.0},  # only the first probe: no help from it
     }
     gw = await start(upstreams=[r.url for r in group], **(fields | overrides))
-    scrapes = gw.app.state.scrapes
+    scrapes = gw.app.running.scrapes
     await wait_until(lambda: all(r.label in scrapes for r in group))
     return gw
 
 
-async def post(gw: RunningGateway, body: dict[str, Any]) -> httpx.Response:
+async def post(gw: ServedGateway, body: dict[str, Any]) -> httpx.Response:
     return await gw.client.post("/v1/chat/completions", json=body, headers=AUTH)
 
 
@@ -139,7 +139,7 @@ async def test_a_replica_that_dies_is_out_at_once_and_no_request_fails(
         answers = [await post(gw, chat("Be brief.")) for _ in range(8)]
         assert [a.status_code for a in answers] == [200] * 8
         assert group[1].served == 8
-        pool = gw.app.state.forwarder.pool
+        pool = gw.app.running.pool
         dead = next(u for u in pool.upstreams if u.label == group[0].label)
         assert not dead.ready  # by the refused connection (or scrape), not by a probe
         labels = {"upstream": group[0].label, "kind": "connect"}
@@ -163,7 +163,8 @@ async def test_every_queue_over_the_bound_is_refused_with_retry_after(
         assert refused.headers["retry-after"] == "1"
         assert gw.metric("vkit_gateway_routing_overloaded_total") == 1
         group[1].waiting = 0
-        await asyncio.sleep(0.3)  # the next scrapes
+        scrapes = gw.app.running.scrapes
+        await wait_until(lambda: scrapes[group[1].label].waiting == 0)  # a scrape has seen it
         assert (await post(gw, chat(SYSTEM))).status_code == 200
         assert group[1].served == 1
     finally:
@@ -177,7 +178,7 @@ async def test_in_flight_counts_go_back_to_zero_whatever_the_ending(
     group = await replicas(1)
     try:
         gw = await aware(start_gateway, group)
-        upstream = gw.app.state.forwarder.pool.upstreams[0]
+        upstream = gw.app.running.pool.upstreams[0]
         group[0].stream_delay = 0.3
         streaming = asyncio.create_task(post(gw, chat(SYSTEM, stream=True)))
         await wait_until(lambda: upstream.in_flight == 1)

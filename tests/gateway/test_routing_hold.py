@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import AUTH, GatewayFactory, RunningGateway, wait_until
+from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -17,18 +17,18 @@ CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], 
 
 async def down_gateway(
     start: GatewayFactory, upstream: ScriptedUpstream, routing: str, **hold: Any
-) -> RunningGateway:
+) -> ServedGateway:
     upstream.script.health_status = 503  # probed, not ready: scaled to zero, or starting
     gw = await start(
         routing=routing,
         health={"interval": 5.0, "timeout": 1.0},
         hold={"probe_interval": 0.05, **hold},
     )
-    assert not gw.app.state.forwarder.pool.any_ready
+    assert not gw.app.running.pool.any_ready
     return gw
 
 
-def post(gw: RunningGateway) -> Any:
+def post(gw: ServedGateway) -> Any:
     return gw.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
 
 

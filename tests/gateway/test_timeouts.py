@@ -105,7 +105,7 @@ async def test_connection_failure_is_retried_on_the_next_upstream(
 ) -> None:
     doomed = await ScriptedUpstream().start()
     gw = await start_gateway(upstreams=[doomed.url, upstream.url], health={"interval": 60})
-    pool = gw.app.state.forwarder.pool
+    pool = gw.app.running.pool
     await wait_until(lambda: all(u.ready for u in pool.upstreams))
     await doomed.stop()  # still marked ready: the next probe is a minute away
     for _ in range(2):  # round-robin starts on each upstream once

@@ -16,7 +16,7 @@ async def test_no_ready_upstream_is_503_with_retry_after_until_one_is_back(
     start_gateway: GatewayFactory, upstream: ScriptedUpstream
 ) -> None:
     gw = await start_gateway()
-    pool = gw.app.state.forwarder.pool
+    pool = gw.app.running.pool
     upstream.script.health_status = 502  # NGINX with no live replica
     await wait_until(lambda: not pool.any_ready)
 

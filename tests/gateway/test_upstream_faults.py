@@ -1,6 +1,6 @@
 """Upstreams that answer badly or drop the request: what is retried, and what is not.
 
-The rule (gateway/proxy.py): a request is sent again, to the next upstream, only when
+The rule (gateway/upstream_call.py): a request is sent again, to the next upstream, only when
 the first one cannot have started it -- the connection was never made, it answered 503,
 or its answer was not HTTP at all. Once an upstream may have started a generation (the
 connection closed or reset after the request went out, a 502, a timeout), it is not.
@@ -62,7 +62,7 @@ async def test_a_request_dropped_after_it_was_sent_is_not_sent_again(
     async with RawUpstream() as raw:
         raw.answers["/v1/chat/completions"] = answer
         gw = await start_gateway(upstreams=[raw.url, upstream.url], health={"interval": 60})
-        pool = gw.app.state.forwarder.pool
+        pool = gw.app.running.pool
         await wait_until(lambda: all(u.ready for u in pool.upstreams))
         first = await gw.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert first.status_code == 502

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.relay import StreamMeter, usage_from_json
+from gateway.usage_meter import StreamMeter, usage_from_json
 
 
 def event(payload: object) -> bytes:

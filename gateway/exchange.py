@@ -1,0 +1,206 @@
+"""One request's exchange, top to bottom: the ASGI response a proxied route returns.
+
+    admitted = await gate.admit(request, path, with_cap, started=clock())  # gateway.admission
+    return Exchange(forwarder, admitted)
+
+:meth:`Exchange.__call__` runs the request through, in this order:
+
+1. :meth:`Forwarder.open_within <gateway.upstream_call.Forwarder.open_within>` -- the upstream
+   call (hold, route, attempts and retries, first-byte timeout);
+2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
+   the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`);
+   meanwhile a task watches for the client going away (then: status 499, nothing more sent);
+3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
+4. :func:`gateway.billing.settle` -- the lease settled with the tokens used, and the
+   exchange's metrics.
+
+Every proxied route takes this path; ``GET /v1/models`` as :class:`ModelListing`, an
+exchange whose answer is the key's part of the list. What admission learned is the
+:class:`gateway.admission.Admitted` record; what the exchange
+produced is its :class:`Outcome`. Timeouts (``GatewaySettings.timeouts``): no response head
+within ``first_byte`` (or ``total``) -> 504 envelope; during a stream, a gap over ``idle`` or
+the ``total`` deadline -> an ``data: {"error": ...}`` event and ``data: [DONE]``. A client
+that takes no write within ``client_write`` is given up on: status 499 and
+``client_write_timeouts``. Every way, the upstream connection is closed, so vLLM aborts, and
+the key is billed what was relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway import billing
+from gateway.accounting import answer_labels
+from gateway.admission import Admitted
+from gateway.client import UpstreamBroken, UpstreamResponse
+from gateway.errors import GatewayError, UpstreamError
+from gateway.relay import Relay, WriteWatch
+from gateway.upstream_call import Forwarder
+from gateway.upstreams import Upstream
+from gateway.usage_meter import StreamMeter, Usage
+from launcher.supervision.readiness import model_ids
+
+log = logging.getLogger("vkit.gateway.exchange")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one exchange produced: the answer's status (499: the client left), the upstream
+    that answered, the time spent waiting on upstreams, when the first byte went out, and
+    the usage reported (``usage`` for a whole answer, ``meter`` for a stream)."""
+
+    status: int = 0
+    upstream: str = ""  # the label of the upstream that answered; "" if none did
+    upstream_wait: float = 0.0
+    first_byte_at: float | None = None
+    usage: Usage | None = None
+    meter: StreamMeter | None = None
+
+
+class Exchange(Response):
+    """The ASGI response that performs one upstream exchange for an :class:`Admitted`
+    request, recording what happened in its :class:`Outcome`."""
+
+    metered = True  # counted in the in_flight gauge, billed, timed
+
+    def __init__(self, forwarder: Forwarder, admitted: Admitted) -> None:
+        # Not Response.__init__: there is no body yet; FastAPI only needs these attributes.
+        self.status_code = 200
+        self.background = None
+        self.forwarder = forwarder
+        self.admitted = admitted
+        self.outcome = Outcome()
+        self._client_gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None
+        forwarder, outcome = self.forwarder, self.outcome
+        watch = WriteWatch(owner, forwarder.timeouts.client_write)
+        relay = Relay(send, watch, forwarder, self.admitted, outcome)
+        watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
+        metrics = forwarder.metrics
+        if self.metered:
+            metrics.in_flight.inc()
+        try:
+            await self._run(relay)
+        except asyncio.CancelledError:
+            if watch.tripped:
+                # Abandoned half-way (the upstream closed by _run): the server closes the
+                # client connection (uvicorn: "returned without completing response").
+                metrics.client_write_timeouts.inc()
+                log.warning(
+                    "the client of key %s took no write in %g s: answer abandoned",
+                    self.admitted.key_name,
+                    forwarder.timeouts.client_write,
+                )
+            elif not self._client_gone:
+                raise
+            owner.uncancel()
+            outcome.status = 499
+        finally:
+            watch.cancel()
+            watcher.cancel()
+            if outcome.status:  # 499 when the client left, whatever was sent before
+                answer_labels(scope).status = outcome.status
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Bill the request and record the exchange's metrics (once the answer is over)."""
+        metrics = self.forwarder.metrics
+        metrics.in_flight.dec()
+        await billing.settle(self.admitted, self.outcome, metrics)
+        self._record_timings()
+
+    async def _watch_disconnect(
+        self, receive: Receive, owner: asyncio.Task[Any], relay: Relay
+    ) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not relay.finishing and not owner.cancelling():
+                    self._client_gone = True
+                    owner.cancel()
+                return
+
+    async def _run(self, relay: Relay) -> None:
+        timeouts = self.forwarder.timeouts
+        deadline = self.admitted.started + timeouts.total
+        try:
+            upstream, response = await self._open(min(timeouts.first_byte, timeouts.total))
+        except GatewayError as exc:
+            await relay.error(exc)
+            return
+        self.outcome.upstream = upstream.label
+        try:
+            await self._answer(relay, response, deadline)
+        except BaseException:
+            response.abort()
+            raise
+        response.release()
+
+    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
+        await relay.answer(response, deadline)
+
+    async def _open(self, limit: float) -> tuple[Upstream, UpstreamResponse]:
+        forwarder, admitted = self.forwarder, self.admitted
+        began = forwarder.clock()
+        try:
+            return await forwarder.open_within(limit, admitted.method, admitted.path, admitted.body)
+        finally:
+            self.outcome.upstream_wait += forwarder.clock() - began
+
+    def _record_timings(self) -> None:
+        # The answer's count and duration are gateway.accounting's; these only the exchange knows.
+        admitted, outcome, forwarder = self.admitted, self.outcome, self.forwarder
+        now = forwarder.clock()
+        first = outcome.first_byte_at
+        forwarder.metrics.exchange_done(
+            model=admitted.model,
+            time_to_first_byte=None if first is None else first - admitted.started,
+            overhead=now - admitted.started - outcome.upstream_wait,
+        )
+
+
+class ModelListing(Exchange):
+    """``GET /v1/models`` through the same exchange: the upstream's list, read whole, with
+    only the key's models (``Admitted.allowed_models``) when it names any. An answer that is
+    not a 200 or not a model list is a 502. Not metered: the lease is settled with 0."""
+
+    metered = False
+
+    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
+        try:
+            body = await response.read()
+        except UpstreamBroken:
+            body = b""
+        if response.status != 200 or model_ids(body) is None:
+            await relay.error(UpstreamError("the upstream's model list could not be read"))
+            return
+        listing = json.loads(body)
+        allowed = self.admitted.allowed_models
+        if allowed:
+            listing["data"] = [
+                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
+            ]
+        await relay.whole(200, b"application/json", _json_bytes(listing))
+
+    async def _settle(self) -> None:
+        try:
+            await self.admitted.lease.settle(0)
+        except Exception:  # the answer is out; a failed settle must not turn it into a 500
+            log.exception("settling the lease of key %s failed", self.admitted.key_name)
+
+
+def _json_bytes(content: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` renders it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")

@@ -1,0 +1,183 @@
+"""The upstream call: one admitted request sent to the upstreams its route names, retried
+only where no upstream can have started it.
+
+Retries never multiply generations. An attempt is made again, on the next upstream, only
+when the upstream cannot have started the request: the connection was never made, it
+answered 503 (vLLM refuses; NGINX passes a replica's 503 on without retrying a POST), or
+its answer was not HTTP at all (no vLLM answers so). Once it may have started -- the
+connection closed or reset after the request went out, a 502 (behind NGINX: a replica
+that dropped the request), a timeout -- the client gets the error and nothing is resent.
+NGINX keeps to the same rule (``nginx/vkit.conf.template``: no ``non_idempotent``), so
+the two layers together send a POST to at most one replica that may run it.
+
+The attempts are a plain loop: attempt ``n`` goes to the route's ``n``-th candidate, and
+after a failed one the loop sleeps ``backoff_initial * 2 ** (n - 1)`` seconds, at most
+``backoff_max`` (:class:`gateway.settings.RetrySettings`). No response head within
+``timeouts.first_byte`` (or ``total``) is a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gateway.client import (
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamDropped,
+    UpstreamResponse,
+    read_and_release,
+)
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.routing import Hold, InFlightResponse, Router, sending
+from gateway.settings import RetrySettings, TimeoutSettings
+from gateway.upstreams import Upstream, UpstreamPool
+
+_ERROR_STATUSES = frozenset({502, 503})  # counted as upstream errors; only 503 is retried
+
+
+class _Retryable(Exception):
+    """An attempt the upstream cannot have started: the next upstream may be tried.
+    ``error`` is the answer when it was the last, unless the upstream answered (503)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        response: UpstreamResponse | None,
+        body: bytes,
+        error: GatewayError,
+    ) -> None:
+        self.upstream = upstream
+        self.response = response
+        self.body = body
+        self.error = error
+
+
+def upstream_headers(api_key: str | None) -> dict[str, str]:
+    """Headers on every forwarded request: JSON, and vLLM's ``--api-key`` when it has one."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def backoff(retry: RetrySettings, attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) before the next."""
+    return max(0.0, min(retry.backoff_max, retry.backoff_initial * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forwarder:
+    """What every exchange shares: the retry and timeout settings, the headers sent upstream,
+    the upstream pool, the router that orders it for each request
+    (:mod:`gateway.routing`), the holding of requests while no upstream is ready, the
+    client, the metrics and the clock."""
+
+    retry: RetrySettings
+    timeouts: TimeoutSettings
+    upstream_headers: dict[str, str]
+    pool: UpstreamPool
+    router: Router
+    client: UpstreamClient
+    metrics: GatewayMetrics
+    clock: Callable[[], float]
+    hold: Hold | None = None  # None: no upstream ready -> 503 at once
+
+    async def open_within(
+        self, limit: float, method: str, path: str, body: bytes | None
+    ) -> tuple[Upstream, UpstreamResponse]:
+        """:meth:`open`, but no response head within ``limit`` seconds is a 504. A request
+        that finds no upstream ready is first held (``hold``), outside ``limit``."""
+        if self.hold is not None:
+            await self.hold.until_ready()
+        try:
+            async with asyncio.timeout(limit):
+                return await self.open(method, path, body)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
+
+    async def open(
+        self, method: str, path: str, body: bytes | None
+    ) -> tuple[Upstream, UpstreamResponse]:
+        """The first upstream answer of an attempt that need not be retried.
+
+        Raises UpstreamUnavailable (503, Retry-After) at once when every upstream has been
+        probed and none is ready, and when the last attempt failed to connect; UpstreamError
+        when its answer was not HTTP or the connection dropped after sending (never retried);
+        when the last attempt answered 503, that answer (already read) is returned.
+        """
+        retry = self.retry
+        if self.pool.none_can_serve:
+            raise UpstreamUnavailable("no upstream is ready; retry shortly")
+        candidates = self.router.route(path, body, retry.attempts).candidates[: retry.attempts]
+        failure: _Retryable | None = None
+        for attempt, upstream in enumerate(candidates, start=1):
+            if failure is not None:
+                await asyncio.sleep(backoff(retry, attempt - 1))
+            try:
+                return upstream, await self._try(upstream, method, path, body)
+            except _Retryable as exc:
+                failure = exc
+        if failure is None:  # no candidate at all: an empty pool
+            raise UpstreamUnavailable("no upstream is ready; retry shortly")
+        if failure.response is None:
+            raise failure.error
+        status, content_type = failure.response.status, failure.response.content_type
+        return failure.upstream, _BufferedResponse(status, content_type, failure.body)
+
+    async def _try(
+        self, upstream: Upstream, method: str, path: str, body: bytes | None
+    ) -> UpstreamResponse:
+        try:
+            with sending(upstream):  # the in-flight count, given back by the response
+                sent = await self.client.send(
+                    method, upstream.url + path, self.upstream_headers, body
+                )
+        except UpstreamConnectError:
+            self.router.connect_failed(upstream)
+            self._count_error(upstream, "connect")
+            error: GatewayError = UpstreamUnavailable("no upstream could be reached")
+            raise _Retryable(upstream, None, b"", error) from None
+        except UpstreamBadResponse:
+            self._count_error(upstream, "protocol")
+            error = UpstreamError("the upstream's answer was not a valid HTTP response")
+            raise _Retryable(upstream, None, b"", error) from None
+        except UpstreamDropped:  # it read the request and may be generating: not resent
+            self._count_error(upstream, "dropped")
+            raise UpstreamError("the upstream closed the connection without answering") from None
+        response = InFlightResponse(sent, upstream)
+        if response.status in _ERROR_STATUSES:
+            self._count_error(upstream, "status")
+            if response.status == 503:
+                body = await read_and_release(response)
+                raise _Retryable(
+                    upstream, response, body, UpstreamUnavailable("the upstream answered 503")
+                )
+        return response
+
+    def _count_error(self, upstream: Upstream, kind: str) -> None:
+        self.metrics.upstream_errors.labels(upstream.label, kind).inc()
+
+
+class _BufferedResponse:
+    """An upstream answer already read in full (the last 503 after retries)."""
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        self.status = status
+        self.content_type = content_type
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
