@@ -87,7 +87,7 @@ class CapSettings(BaseModel):
 
 class RetrySettings(BaseModel):
     """Retries on another upstream, only of attempts no upstream can have started:
-    connection failures, 503, an answer that is not HTTP (see :mod:`gateway.proxy`)."""
+    connection failures, 503, an answer that is not HTTP (see :mod:`gateway.upstream_call`)."""
 
     model_config = ConfigDict(extra="forbid")
 
