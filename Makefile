@@ -7,7 +7,8 @@ PYTEST  := $(BIN)/python -m pytest
 # Debian keeps nginx in /usr/sbin, which a user's PATH lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: install demo plan test test-fast check lint types clean bootstrap-demo bootstrap-test bootstrap-kubectl
+.PHONY: install demo plan test test-unit test-fast test-integration test-system check lint types clean \
+	bootstrap-demo bootstrap-test bootstrap-kubectl
 
 # A fresh machine: the programs `make demo` / `make test` start, and a Python that can make
 # the venv; installed with apt-get as root, else one line naming the command (vkit/bootstrap.py,
@@ -50,13 +51,31 @@ types: install
 
 check: lint types
 
-# Seconds: pure functions, in-process fakes, real nginx/redis/promtool where cheap.
-test-fast: bootstrap-test install
-	$(PYTEST) -q -m "not engine and not packaging"
+# The test tiers (tests/tiers.py). unit: no services, nothing but the pip install, in a light
+# venv of its own (no vLLM, no apt packages, no kubectl), in random order; seconds.
+UNIT_VENV ?= .venv-unit
+$(UNIT_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(UNIT_VENV)
+	$(UNIT_VENV)/bin/pip install -q --upgrade pip
+	$(UNIT_VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
 
-# What CI runs: lint, types and every test, real vLLM CPU replicas included.
+test-unit: $(UNIT_VENV)/.installed
+	$(UNIT_VENV)/bin/python -m pytest -q -m unit --random-order
+
+test-fast: test-unit
+
+# integration: real NGINX, redis-server, promtool, amtool, systemd-analyze, kubectl, docker-compose.
+test-integration: bootstrap-test install
+	$(PYTEST) -q -m integration
+
+# system: real vLLM CPU replicas, the deploy paths, the wheel in a fresh venv (minutes).
+test-system: bootstrap-test install
+	$(PYTEST) -q -m system
+
+# What CI runs: lint, types and every tier.
 test: bootstrap-test check
 	$(PYTEST) -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UNIT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -184,20 +184,20 @@ def test_cost_rules_label_each_gpu_with_its_price() -> None:
     assert {rule["expr"] for rule in rules} == {"vector(0.88)"}
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_alerts_fire_on_unhealthy_series_and_stay_quiet_on_healthy_ones() -> None:
     result = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """Guard for the test above: a threshold moved out of reach makes promtool fail."""
     (tmp_path / "rules").mkdir()
@@ -212,7 +212,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     assert "GpuUtilizationHigh" in result.stdout + result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_accepts_the_committed_config_with_its_rule_files(tmp_path: Path) -> None:
     """Lay the files out as the compose file mounts them in /etc/prometheus."""
     docker = DEPLOY / "docker" / "prometheus"

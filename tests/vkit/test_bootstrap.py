@@ -171,6 +171,7 @@ def demo_hint(missing: list[str]) -> str:
     )
 
 
+@pytest.mark.system
 @needs_root
 def test_unprivileged_make_demo_prints_one_line_and_stops(bare_bin: Path) -> None:
     if not link_python_for_nobody(bare_bin / "bin"):
@@ -223,6 +224,7 @@ def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Pat
     assert done.stderr.splitlines() == [f"make test: installing {packages} (apt-get)"]
 
 
+@pytest.mark.system
 @needs_root
 def test_kubectl_missing_is_one_line_for_anyone_else_and_a_fetch_for_root(bare_bin: Path) -> None:
     if not link_python_for_nobody(bare_bin / "bin"):

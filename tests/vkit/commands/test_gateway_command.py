@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 from vkit.stack.ports import free_port
 
 
