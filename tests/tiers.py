@@ -2,14 +2,17 @@
 
 Registered in ``tests/conftest.py``. Every test is in exactly one tier:
 
-- ``unit`` (no mark needed): pure functions, in-process apps, the vLLM stand-in on a loopback
-  socket (``tests/vllm_standin.py``), Python subprocesses of the kit. It needs nothing but the
-  pip install (``pip install -e '.[dev]'``: no vLLM, no apt packages, no kubectl):
-  ``make test-unit``.
-- ``integration``: a real NGINX, ``redis-server``, Prometheus (``promtool``, ``amtool``),
-  ``systemd-analyze``, ``kubectl`` or ``docker-compose`` process: ``make test-integration``.
-- ``system``: real vLLM engines (those also carry ``engine``), the deploy paths (the installer
-  as root, a service user, a real mount namespace) and the wheel in a fresh venv.
+- ``unit`` (no mark needed): everything in the pytest process: pure functions, in-process
+  apps, the vLLM stand-in and the gateway on loopback sockets (``tests/vllm_standin.py``);
+  no child process. It needs nothing but the pip install (``pip install -e '.[dev]'``: no
+  vLLM, no apt packages, no kubectl): ``make test-unit``.
+- ``integration``: real processes: NGINX, ``redis-server``, Prometheus (``promtool``,
+  ``amtool``), ``systemd-analyze``, ``kubectl``, ``docker-compose``, and the kit's own
+  programs run as a user runs them (``vkit ...`` exit codes, a supervisor over a stand-in
+  engine process): ``make test-integration``.
+- ``system``: real vLLM engines (those also carry ``engine``), what reads the installed vLLM,
+  the deploy paths (the installer as root, a service user, a real mount namespace) and the
+  wheel in a fresh venv.
 
 A test lands in a tier by its mark (``pytestmark = pytest.mark.integration`` or a decorator),
 or by the fixtures it uses (:data:`SYSTEM_FIXTURES`); ``engine`` implies ``system``, and the
@@ -18,8 +21,8 @@ tier exactly.
 
 Two guards fail loudly instead of letting a test drift into the wrong tier:
 
-- a unit test that starts a program of :data:`PROGRAM_TIERS` (or vLLM's server) fails at that
-  call, naming the tier it belongs in (an audit hook on ``subprocess.Popen``);
+- a unit test that starts a process fails at that call, naming the tier it belongs in (an
+  audit hook on ``subprocess.Popen``; :data:`PROGRAM_TIERS` names the programs of ``system``);
 - collecting the tests must not import vLLM, torch or transformers (:data:`HEAVY_MODULES`):
   test modules import them inside the system tests that use them.
 """
@@ -34,26 +37,8 @@ import pytest
 
 TIERS = ("unit", "integration", "system")
 SYSTEM_FIXTURES = frozenset({"vllm_replicas", "tiny_model_dir"})
-# The programs a unit test may not start, and the tier of a test that starts one.
-PROGRAM_TIERS = {
-    **dict.fromkeys(
-        (
-            "nginx",
-            "redis-server",
-            "redis-cli",
-            "prometheus",
-            "promtool",
-            "alertmanager",
-            "amtool",
-            "systemd-analyze",
-            "kubectl",
-            "docker",
-            "docker-compose",
-        ),
-        "integration",
-    ),
-    **dict.fromkeys(("install.sh", "setpriv", "unshare", "systemctl", "vllm"), "system"),
-}
+# The tier of a test that starts one of these programs; any other process: integration.
+PROGRAM_TIERS = dict.fromkeys(("install.sh", "setpriv", "unshare", "systemctl", "vllm"), "system")
 HEAVY_MODULES = ("vllm", "torch", "transformers")
 
 
@@ -69,7 +54,7 @@ def tier_of(item: pytest.Item) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    sys.addaudithook(_refuse_programs_in_unit_tests)
+    sys.addaudithook(_refuse_processes_in_unit_tests)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,7 +74,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         )
 
 
-# -- the guard: a unit test starts none of PROGRAM_TIERS ------------------------------------
+# -- the guard: a unit test starts no process ----------------------------------------------
 
 _running: dict[str, str | None] = {"tier": None, "test": None}
 
@@ -103,28 +88,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _running["tier"] = _running["test"] = None
 
 
-def program_started_by(argv: Any) -> str | None:
-    """The program of :data:`PROGRAM_TIERS` that ``argv`` starts, if any: by its name (one
-    that exists, when given as a path), or vLLM's server run as ``-m vllm.entrypoints...``."""
+def program_started_by(argv: Any) -> str:
+    """The name of the program ``argv`` starts (``vllm`` for vLLM's server run by Python)."""
     if isinstance(argv, (str, bytes, os.PathLike)):
         argv = [argv]
-    words = [os.fsdecode(word) for word in argv]
-    if not words:
-        return None
-    program = os.path.basename(words[0])
-    if program in PROGRAM_TIERS and (os.sep not in words[0] or os.path.exists(words[0])):
-        return program
+    words = [os.fsdecode(word) for word in argv] or [""]
     if any(word.startswith("vllm.entrypoints") for word in words):
         return "vllm"
-    return None
+    return os.path.basename(words[0])
 
 
-def _refuse_programs_in_unit_tests(event: str, args: tuple[Any, ...]) -> None:
+def _refuse_processes_in_unit_tests(event: str, args: tuple[Any, ...]) -> None:
     if event != "subprocess.Popen" or _running["tier"] != "unit":
         return
-    program = program_started_by(args[1]) or program_started_by([args[0] or ""])
-    if program is not None:
-        raise RuntimeError(
-            f"{_running['test']} is a unit test but starts {program}: "
-            f"mark it `pytest.mark.{PROGRAM_TIERS[program]}` (see tests/tiers.py)"
-        )
+    program = program_started_by(args[1] or [args[0] or ""])
+    tier = PROGRAM_TIERS.get(program, "integration")
+    raise RuntimeError(
+        f"{_running['test']} is a unit test but starts a process ({program}): "
+        f"mark it `pytest.mark.{tier}` (see tests/tiers.py)"
+    )

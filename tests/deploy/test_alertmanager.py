@@ -135,6 +135,7 @@ def test_amtool_refuses_the_template_alertmanager_would_get_unfilled() -> None:
     assert "url" in (checked.stdout + checked.stderr).lower()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("url", [None, "", "hooks.example.com/x", "ftp://example.com/x"])
 def test_start_script_refuses_a_missing_or_non_http_url(tmp_path: Path, url: str | None) -> None:
     shutil.copytree(DOCKER_DIR / "alertmanager", tmp_path, dirs_exist_ok=True)
@@ -145,6 +146,7 @@ def test_start_script_refuses_a_missing_or_non_http_url(tmp_path: Path, url: str
     assert not written.exists()
 
 
+@pytest.mark.integration
 def test_start_script_needs_to_know_where_the_config_goes(tmp_path: Path) -> None:
     shutil.copytree(DOCKER_DIR / "alertmanager", tmp_path, dirs_exist_ok=True)
     result = run_start_script(tmp_path, "https://example.com/hook", "true")

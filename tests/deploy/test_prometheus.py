@@ -112,6 +112,7 @@ def prometheus3_le(le: str) -> str:
     return text.removesuffix(".0")
 
 
+@pytest.mark.system
 def test_slo_thresholds_are_bucket_bounds_the_exporters_write() -> None:
     """An ``le`` the exporter never writes selects nothing, and the SLO alert never fires;
     the gateway writes le="60.0", which Prometheus 3 stores as le="60": match both."""
@@ -136,6 +137,7 @@ def test_slo_thresholds_are_bucket_bounds_the_exporters_write() -> None:
             assert len(hits) == 1, (metric, op, value, sorted(written))
 
 
+@pytest.mark.system
 def test_the_bucket_check_can_fail() -> None:
     """A 2 s TTFT target is no bucket of vLLM's; the gateway's 60 s is only "60.0" as written."""
     bounds = exported_bucket_bounds()

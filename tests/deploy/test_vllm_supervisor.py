@@ -172,6 +172,7 @@ class Supervised:
         return err
 
 
+@pytest.mark.integration
 def test_a_hung_engine_is_killed_and_the_supervisor_exits_non_zero(tmp_path: Path) -> None:
     supervised = Supervised(tmp_path, start_period=60, hung_from_start=False)
     try:
@@ -190,6 +191,7 @@ def test_a_hung_engine_is_killed_and_the_supervisor_exits_non_zero(tmp_path: Pat
     assert supervised.engine_pids() == []
 
 
+@pytest.mark.integration
 def test_failures_before_the_start_period_ends_do_not_stop_the_engine(tmp_path: Path) -> None:
     supervised = Supervised(tmp_path, start_period=3, hung_from_start=True)
     try:
@@ -201,6 +203,7 @@ def test_failures_before_the_start_period_ends_do_not_stop_the_engine(tmp_path: 
     assert 3 <= took < 12, took
 
 
+@pytest.mark.integration
 def test_a_stop_signal_lets_the_engine_drain_and_passes_its_exit_code(tmp_path: Path) -> None:
     supervised = Supervised(tmp_path, start_period=60, hung_from_start=False)
     try:
@@ -214,6 +217,7 @@ def test_a_stop_signal_lets_the_engine_drain_and_passes_its_exit_code(tmp_path: 
     assert "failed in a row" not in err
 
 
+@pytest.mark.integration
 def test_an_engine_that_exits_ends_the_supervisor_with_its_code(tmp_path: Path) -> None:
     argv = [sys.executable, str(SCRIPT), "--health-url", "http://127.0.0.1:9/health", "--"]
     argv += [sys.executable, "-c", "import sys; sys.exit(3)"]
