@@ -1,4 +1,5 @@
-# One venv holds the kit, its test tools and vLLM's CPU build (REFERENCE section 4).
+# One venv holds the kit, its test tools and vLLM's CPU build (REFERENCE section 4); a light
+# one (.venv-unit) the kit and its dev tools alone, for lint, types and the unit tests.
 PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -7,7 +8,8 @@ PYTEST  := $(BIN)/python -m pytest
 # Debian keeps nginx in /usr/sbin, which a user's PATH lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: install demo plan test test-fast check lint types clean bootstrap-demo bootstrap-test bootstrap-kubectl
+.PHONY: install demo plan test test-unit test-fast test-integration test-system check lint types clean \
+	bootstrap-demo bootstrap-test bootstrap-kubectl bootstrap-unit
 
 # A fresh machine: the programs `make demo` / `make test` start, and a Python that can make
 # the venv; installed with apt-get as root, else one line naming the command (vkit/bootstrap.py,
@@ -35,6 +37,18 @@ $(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The light venv: the kit and its dev tools from the pip install alone (no vLLM, no apt
+# packages, no kubectl), for lint, types and the unit tier.
+UNIT_VENV ?= .venv-unit
+bootstrap-unit:
+	$(PY) -m vkit.bootstrap test-unit --venv $(UNIT_VENV)
+
+$(UNIT_VENV)/.installed: pyproject.toml | bootstrap-unit
+	$(PY) -m venv $(UNIT_VENV)
+	$(UNIT_VENV)/bin/pip install -q --upgrade pip
+	$(UNIT_VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
 # The kit's main job, locally: the whole stack on the built-in tiny model.
 demo: bootstrap-demo install
 	$(BIN)/vkit up
@@ -42,22 +56,33 @@ demo: bootstrap-demo install
 plan: install
 	$(BIN)/vkit plan --model llama-3.1-8b --gpu rtx4090 --quant awq --concurrency 16
 
-lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+# Lint and types need only the dev tools: the light venv, no vLLM.
+lint: $(UNIT_VENV)/.installed
+	$(UNIT_VENV)/bin/ruff check .
+	$(UNIT_VENV)/bin/ruff format --check .
 
-types: install
-	$(BIN)/mypy
+types: $(UNIT_VENV)/.installed
+	$(UNIT_VENV)/bin/mypy
 
 check: lint types
 
-# Seconds: pure functions, in-process fakes, real nginx/redis/promtool where cheap.
-test-fast: bootstrap-test install
-	$(PYTEST) -q -m "not engine and not packaging"
+# The test tiers (tests/tiers.py). unit: no services, in the light venv, in random order.
+test-unit: $(UNIT_VENV)/.installed
+	$(UNIT_VENV)/bin/python -m pytest -m unit --random-order
 
-# What CI runs: lint, types and every test, real vLLM CPU replicas included.
-test: bootstrap-test check
+test-fast: test-unit
+
+# integration: real NGINX, redis-server, promtool, amtool, systemd-analyze, kubectl, docker-compose.
+test-integration: bootstrap-test install
+	$(PYTEST) -q -m integration
+
+# system: real vLLM CPU replicas, the deploy paths, the wheel in a fresh venv (minutes).
+test-system: bootstrap-test install
+	$(PYTEST) -q -m system
+
+# What CI runs: lint, types and every tier.
+test: bootstrap-test check install
 	$(PYTEST) -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UNIT_VENV) .pytest_cache .mypy_cache .ruff_cache

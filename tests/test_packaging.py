@@ -211,7 +211,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.packaging
+@pytest.mark.system
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert not tmp_path.is_relative_to(ROOT)
     started = time.monotonic()

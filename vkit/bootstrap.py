@@ -35,7 +35,8 @@ TEST_PROGRAMS = DEMO_PROGRAMS | {
     "systemd-analyze": "systemd",
     "docker-compose": "docker-compose",
 }
-PROFILES = {"demo": DEMO_PROGRAMS, "test": TEST_PROGRAMS}
+# `make test-unit` starts no program: only a Python that can make its venv.
+PROFILES = {"demo": DEMO_PROGRAMS, "test": TEST_PROGRAMS, "test-unit": {}}
 
 NEEDS_ROOT = 1
 

@@ -2,7 +2,7 @@
 
     with WebhookReceiver() as receiver, AlertingStack(tmp_path, receiver.url) as stack:
         stack.wait_for_scrape("process_start_time_seconds")
-        stack.replica.start_time += 600          # the replica restarted
+        stack.replica.script.start_time += 600   # the replica restarted
         notification = receiver.wait_for("ReplicaRestarted", timeout=60)
 
 Prometheus gets the rendered config (:func:`vkit.render.prometheus.build_prometheus_config`,
@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.launcher.supervision.http_stub import QuietHandler, serving
+from tests.vllm_standin import Script, ScriptedUpstream, standin_in_thread
 from vkit.render.alertmanager import build_alertmanager_config
 from vkit.render.prometheus import build_cost_rules, build_prometheus_config
 
@@ -61,29 +63,30 @@ def http_get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-class StandInReplica:
-    """A vLLM replica's /metrics as far as the restart rule reads it."""
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler with a one-call answer and no access log."""
 
-    def __init__(self) -> None:
-        self.start_time = START_TIME
-        self.address = ""
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-    def handler(self) -> type[QuietHandler]:
-        replica = self
+    def log_message(self, *args: object) -> None:
+        pass
 
-        class Metrics(QuietHandler):
-            def do_GET(self) -> None:
-                body = (
-                    "# TYPE process_start_time_seconds gauge\n"
-                    f"process_start_time_seconds {replica.start_time}\n"
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-        return Metrics
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve ``handler`` on a free loopback port until the block ends; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class WebhookReceiver:
@@ -142,15 +145,15 @@ class AlertingStack:
     def __init__(self, root: Path, webhook_url: str) -> None:
         self.root = root
         self.webhook_url = webhook_url
-        self.replica = StandInReplica()
+        self.replica = ScriptedUpstream()  # replaced by the running one on entering
         self.prometheus_url = ""
         self._stack = contextlib.ExitStack()
         self._binaries = (binary("prometheus"), binary("alertmanager", "prometheus-alertmanager"))
 
     def __enter__(self) -> AlertingStack:
         try:
-            replica_port = self._stack.enter_context(serving(self.replica.handler()))
-            self.replica.address = f"127.0.0.1:{replica_port}"
+            script = Script(start_time=START_TIME)
+            self.replica = self._stack.enter_context(standin_in_thread(script))
             alertmanager = self._start_alertmanager(free_port())
             self._start_prometheus(free_port(), alertmanager)
         except BaseException:

@@ -88,7 +88,7 @@ def test_the_receiver_is_a_webhook_with_the_placeholder_and_resolutions() -> Non
     assert receiver["webhook_configs"] == [{"url": WEBHOOK_URL_PLACEHOLDER, "send_resolved": True}]
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_refuses_to_start_without_the_webhook_url(tmp_path: Path) -> None:
     compose_cli = shutil.which("docker-compose")
     if compose_cli is None:
@@ -112,7 +112,7 @@ def test_docker_compose_refuses_to_start_without_the_webhook_url(tmp_path: Path)
     assert "ALERTMANAGER_WEBHOOK_URL" in results["without"].stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_start_script_fills_in_the_url_and_amtool_accepts_the_result(tmp_path: Path) -> None:
     shutil.copytree(DOCKER_DIR / "alertmanager", tmp_path, dirs_exist_ok=True)
     written = tmp_path / "data" / "alertmanager.yml"
@@ -126,7 +126,7 @@ def test_start_script_fills_in_the_url_and_amtool_accepts_the_result(tmp_path: P
     assert config["receivers"][0]["webhook_configs"][0]["url"] == AWKWARD_URL
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_amtool_refuses_the_template_alertmanager_would_get_unfilled() -> None:
     """The check above can fail: the placeholder is no URL, so an unfilled config never
     starts an Alertmanager that would deliver nowhere."""
@@ -135,6 +135,7 @@ def test_amtool_refuses_the_template_alertmanager_would_get_unfilled() -> None:
     assert "url" in (checked.stdout + checked.stderr).lower()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("url", [None, "", "hooks.example.com/x", "ftp://example.com/x"])
 def test_start_script_refuses_a_missing_or_non_http_url(tmp_path: Path, url: str | None) -> None:
     shutil.copytree(DOCKER_DIR / "alertmanager", tmp_path, dirs_exist_ok=True)
@@ -145,6 +146,7 @@ def test_start_script_refuses_a_missing_or_non_http_url(tmp_path: Path, url: str
     assert not written.exists()
 
 
+@pytest.mark.integration
 def test_start_script_needs_to_know_where_the_config_goes(tmp_path: Path) -> None:
     shutil.copytree(DOCKER_DIR / "alertmanager", tmp_path, dirs_exist_ok=True)
     result = run_start_script(tmp_path, "https://example.com/hook", "true")
@@ -152,14 +154,14 @@ def test_start_script_needs_to_know_where_the_config_goes(tmp_path: Path) -> Non
     assert "--config.file=" in result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_a_firing_rule_reaches_the_webhook(tmp_path: Path) -> None:
     """A replica restarts (a new process start time): the shipped ReplicaRestarted rule
     fires in a real Prometheus, which hands it to a real Alertmanager started by the
     shipped start script, which POSTs it to the webhook named in its environment."""
     with WebhookReceiver() as receiver, AlertingStack(tmp_path, receiver.url) as stack:
         stack.wait_for_scrape("process_start_time_seconds")
-        stack.replica.start_time = 1_764_580_600.0  # the replica came back: a new process
+        stack.replica.script.start_time = 1_764_580_600.0  # the replica came back: a new process
         notification = receiver.wait_for("ReplicaRestarted", timeout=60)
     assert notification["receiver"] == "webhook"
     assert notification["status"] == "firing"

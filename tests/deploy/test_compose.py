@@ -280,14 +280,14 @@ def filled_env() -> str:
     return re.sub(r"^(\w+)=$", r"\1=test-value", example, flags=re.M)
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_accepts_the_committed_file(tmp_path: Path) -> None:
     text = (DOCKER_DIR / "compose.yaml").read_text()
     result = compose_config(tmp_path, filled_env(), text)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     text = (DOCKER_DIR / "compose.yaml").read_text()
     env = re.sub(r"^VLLM_API_KEY=.*$", "", filled_env(), flags=re.M)
@@ -296,7 +296,7 @@ def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path) -> Non
     assert "VLLM_API_KEY" in result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_validates_the_schema(tmp_path: Path) -> None:
     """The check above can fail: an unknown service key is refused."""
     text = (DOCKER_DIR / "compose.yaml").read_text().replace("ipc: host", "ipc_mode: host", 1)

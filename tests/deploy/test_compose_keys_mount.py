@@ -128,6 +128,7 @@ def test_the_rendered_gateway_mounts_the_directory_of_its_keys_file() -> None:
     assert Path(keys_file).parent == Path(target)
 
 
+@pytest.mark.system
 def test_a_key_added_on_the_host_reaches_the_gateway_through_the_directory_mount(
     tmp_path: Path,
 ) -> None:
@@ -149,6 +150,7 @@ def test_a_key_added_on_the_host_reaches_the_gateway_through_the_directory_mount
     assert float(answer.split()[1]) < RELOAD_S + 1.0, answer
 
 
+@pytest.mark.system
 def test_through_a_mount_of_the_file_itself_the_new_key_never_arrives(tmp_path: Path) -> None:
     """The defect the directory mount fixes (and the check above can fail)."""
     host = tmp_path / "host-keys"

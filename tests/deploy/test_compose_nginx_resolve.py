@@ -28,7 +28,7 @@ from vkit.nginx_conf import nginx_argv, render_nginx_site, wrap_standalone
 from vkit.render.bundle import compose_nginx_site
 from vkit.stack.ports import free_port
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 VALID_S = 1
 
 

@@ -74,7 +74,7 @@ def test_an_unknown_routing_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert "--routing" in capsys.readouterr().err
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_accepts_the_aware_file(aware: Path, tmp_path: Path) -> None:
     result = compose_config(tmp_path, filled_env(), aware.read_text())
     assert result.returncode == 0, result.stderr

@@ -77,13 +77,13 @@ def test_nginx_and_prometheus_see_the_set_replicas(bundle: Path) -> None:
     assert {"vllm-0-1:8000", "vllm-2-3:8000"} <= set(targets)
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_docker_compose_accepts_the_tp_file(bundle: Path, tmp_path: Path) -> None:
     result = compose_config(tmp_path, filled_env(), (bundle / "compose.yaml").read_text())
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_nginx_accepts_the_tp_site(bundle: Path, tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
     site = (

@@ -202,7 +202,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.packaging
+@pytest.mark.system
 def test_gateway_image_install_is_small_and_serves(tmp_path: Path) -> None:
     started = time.monotonic()
     base_python = getattr(sys, "_base_executable", sys.executable)

@@ -20,6 +20,8 @@ import yaml
 from tests.deploy.test_k8s_render import K8S_DIR, built
 from tests.deploy.test_prometheus import promtool
 
+pytestmark = pytest.mark.integration
+
 REPLICAS = 2
 KEDA_OVERLAYS = ["rtx4090-llama-3.1-8b-awq", "rtx4090-llama-3.1-8b-awq-zero"]
 KEDA_OVERLAYS += ["l40s-qwen2.5-14b-awq", "h200-llama-3.1-70b-fp8"]

@@ -20,6 +20,8 @@ from vkit.commands.render_k8s import read_sources
 from vkit.render.k8s_bundle import render_k8s_bundle
 from vkit.render.k8s_plan import K8sArgs, plan_k8s
 
+pytestmark = pytest.mark.integration
+
 WORKLOADS = {"Deployment", "StatefulSet"}
 SECRET_NAMES = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET)$", re.IGNORECASE)
 

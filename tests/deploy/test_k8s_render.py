@@ -79,6 +79,7 @@ def all_files(root: Path) -> set[str]:
     }
 
 
+@pytest.mark.integration
 def test_committed_tree_is_exactly_what_the_overlay_commands_render(tmp_path: Path) -> None:
     for args in OVERLAYS.values():
         with contextlib.redirect_stdout(io.StringIO()):
@@ -88,6 +89,7 @@ def test_committed_tree_is_exactly_what_the_overlay_commands_render(tmp_path: Pa
     assert mismatch == [] and errors == []
 
 
+@pytest.mark.integration
 def test_the_rules_and_dashboard_are_read_at_render_time() -> None:
     """One source, two renderings: the PrometheusRule is the rules file compose mounts."""
     monitoring = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
@@ -98,6 +100,7 @@ def test_the_rules_and_dashboard_are_read_at_render_time() -> None:
     assert objects["ConfigMap", "vkit-grafana-dashboard"]["data"]["vkit.json"] == dashboard
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_kustomize_build_equals_the_render_output(overlay: str) -> None:
     rendered = sorted(yaml.safe_load_all(render_stdout(OVERLAYS[overlay])), key=object_key)

@@ -15,6 +15,8 @@ from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
 from tests.deploy.test_k8s_manifests import find
 from tests.deploy.test_k8s_render import OVERLAYS, built, render_stdout
 
+pytestmark = pytest.mark.integration
+
 
 def gateway_of(objects: list[dict[str, Any]]) -> GatewaySettings:
     deployment = find(objects, "Deployment", "vkit-gateway")

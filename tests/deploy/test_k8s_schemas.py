@@ -16,6 +16,8 @@ import pytest
 
 from tests.deploy.test_k8s_render import OVERLAYS, built
 
+pytestmark = pytest.mark.integration
+
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests promise to run on
 DATA = Path(__file__).resolve().parent / "data"
 CRD_SCHEMAS = {

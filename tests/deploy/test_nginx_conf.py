@@ -112,7 +112,7 @@ def test_no_upstreams_is_an_error() -> None:
         render_nginx_conf([], "80")
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_nginx_accepts_the_standalone_conf(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx_conf(UPSTREAMS[:2], f"127.0.0.1:{free_port()}"))
@@ -126,7 +126,7 @@ def test_nginx_accepts_the_standalone_conf(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_nginx_refuses_a_broken_conf(tmp_path: Path) -> None:
     """The check above can fail: a bad directive value is caught by ``nginx -t``."""
     conf = tmp_path / "nginx.conf"
@@ -142,7 +142,7 @@ def test_nginx_refuses_a_broken_conf(tmp_path: Path) -> None:
 
 
 # The compose site resolves names at run time (NGINX >= 1.27.3): tests/deploy/test_compose*.py
-@pytest.mark.services
+@pytest.mark.integration
 @pytest.mark.parametrize("deployment", ["systemd"])
 def test_nginx_accepts_the_committed_site_files(tmp_path: Path, deployment: str) -> None:
     """The compose and systemd sites, inside a minimal main config.

@@ -29,7 +29,7 @@ from tests.deploy.nginx_process import running_nginx
 from tests.deploy.standin import StandInReplica
 from vkit.nginx_conf import ProxyTuning
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 COMPLETION = {"model": "tiny-llama", "prompt": "hi", "max_tokens": 4}
 

@@ -112,6 +112,7 @@ def prometheus3_le(le: str) -> str:
     return text.removesuffix(".0")
 
 
+@pytest.mark.system
 def test_slo_thresholds_are_bucket_bounds_the_exporters_write() -> None:
     """An ``le`` the exporter never writes selects nothing, and the SLO alert never fires;
     the gateway writes le="60.0", which Prometheus 3 stores as le="60": match both."""
@@ -136,6 +137,7 @@ def test_slo_thresholds_are_bucket_bounds_the_exporters_write() -> None:
             assert len(hits) == 1, (metric, op, value, sorted(written))
 
 
+@pytest.mark.system
 def test_the_bucket_check_can_fail() -> None:
     """A 2 s TTFT target is no bucket of vLLM's; the gateway's 60 s is only "60.0" as written."""
     bounds = exported_bucket_bounds()
@@ -184,20 +186,20 @@ def test_cost_rules_label_each_gpu_with_its_price() -> None:
     assert {rule["expr"] for rule in rules} == {"vector(0.88)"}
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_alerts_fire_on_unhealthy_series_and_stay_quiet_on_healthy_ones() -> None:
     result = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """Guard for the test above: a threshold moved out of reach makes promtool fail."""
     (tmp_path / "rules").mkdir()
@@ -212,7 +214,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     assert "GpuUtilizationHigh" in result.stdout + result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_promtool_accepts_the_committed_config_with_its_rule_files(tmp_path: Path) -> None:
     """Lay the files out as the compose file mounts them in /etc/prometheus."""
     docker = DEPLOY / "docker" / "prometheus"

@@ -90,6 +90,7 @@ def seconds(value: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.system
 def test_install_stages_units_profile_ports_and_secrets(staged: Path, vkit_bin: Path) -> None:
     etc = staged / "etc" / "vkit"
     assert env_file(etc / "replica-0.env") == {
@@ -110,6 +111,7 @@ def test_install_stages_units_profile_ports_and_secrets(staged: Path, vkit_bin: 
     assert stat.S_IMODE(keys.stat().st_mode) == 0o640
 
 
+@pytest.mark.system
 def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     env = unit_environment(staged, "vkit-gateway.service")
     assert unknown_gateway_variables(env) == []
@@ -136,6 +138,7 @@ def test_installed_gateway_env_loads_back_into_the_rendered_settings(staged: Pat
     assert load_settings(environ=gateway_env).model_dump() == expected.model_dump()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("stage", "args"), [("staged", ["--gpus", "0,1"]), ("staged_tp", ["--gpus", "0,1,2,3"])]
 )
@@ -151,6 +154,7 @@ def test_install_is_idempotent_and_keeps_secrets(
     assert after == before
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "args",
     [
@@ -165,6 +169,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, vkit_bin: Path, args: list[str])
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("args", [["--gpus", "0,x"], ["--bogus"], ["--gpus", "0"]])
 def test_install_refuses_bad_arguments(tmp_path: Path, vkit_bin: Path, args: list[str]) -> None:
     """(The last case: no --profile on a first install.)"""
@@ -173,6 +178,7 @@ def test_install_refuses_bad_arguments(tmp_path: Path, vkit_bin: Path, args: lis
     assert "install.sh: error:" in result.stderr
 
 
+@pytest.mark.system
 def test_nginx_site_is_the_committed_example(staged: Path) -> None:
     site = staged / "etc/nginx/sites-available/vkit.conf"
     assert site.read_text() == (SYSTEMD / "nginx" / "vkit.conf").read_text()
@@ -206,7 +212,7 @@ def systemd_verify(*units: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.services
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["vllm@0.service", "vllm@3.service", "vkit-gateway.service"])
 def test_systemd_analyze_verifies_the_installed_units(staged: Path, name: str) -> None:
     result = systemd_verify(staged / "etc/systemd/system" / name)
@@ -215,7 +221,7 @@ def test_systemd_analyze_verifies_the_installed_units(staged: Path, name: str) -
     assert result.stderr == "", result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_systemd_analyze_flags_a_broken_unit(staged: Path, tmp_path: Path) -> None:
     """Guard for the test above: a misspelled key is reported."""
     text = (staged / "etc/systemd/system/vkit-gateway.service").read_text()
@@ -356,6 +362,7 @@ def service_user(etc_vkit: tuple[Path, int], unprivileged_python: str | None) ->
     return NOBODY, etc_vkit[1]
 
 
+@pytest.mark.system
 @needs_root
 def test_keys_added_to_the_installed_file_stay_readable_by_the_service_user_only(
     etc_vkit: tuple[Path, int], service_user: tuple[int, int]
@@ -385,6 +392,7 @@ def test_keys_added_to_the_installed_file_stay_readable_by_the_service_user_only
         gateway.output()
 
 
+@pytest.mark.system
 @needs_root
 def test_keys_add_group_makes_a_new_file_for_the_service_group(
     etc_vkit: tuple[Path, int], service_user: tuple[int, int]
@@ -404,6 +412,7 @@ def test_keys_add_group_makes_a_new_file_for_the_service_group(
     assert unknown.stderr.strip() == "vkit keys: error: no group named 'no-such-group-x'"
 
 
+@pytest.mark.system
 @needs_root
 @pytest.mark.parametrize("state", ["missing", "unreadable"])
 def test_a_keys_file_the_gateway_cannot_read_is_exit_2_which_the_unit_does_not_restart(
@@ -500,14 +509,14 @@ def unit_lines(path: Path, key: str) -> list[str]:
     ]
 
 
-@pytest.mark.services
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["vllm@0.service", "vkit-gateway.service"])
 def test_systemd_analyze_security_exposure_is_at_most_4(staged: Path, name: str) -> None:
     exposure, report = security_exposure(staged, name)
     assert exposure <= MAX_EXPOSURE, report
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_replica_hardening_leaves_cuda_its_devices_syscalls_and_gpu_numbering() -> None:
     path = SYSTEMD / "vllm@.service"
     service = unit(path)["Service"]
@@ -566,6 +575,7 @@ def flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+@pytest.mark.system
 def test_a_one_gpu_instance_gets_its_gpu_port_and_no_tensor_parallel(staged: Path) -> None:
     env = unit_environment(staged, "vllm@.service", "1")
     assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")
@@ -585,6 +595,7 @@ def staged_tp(tmp_path_factory: pytest.TempPathFactory, vkit_bin: Path) -> Path:
     return root
 
 
+@pytest.mark.system
 def test_tp_install_writes_one_instance_per_gpu_set(staged_tp: Path) -> None:
     etc = staged_tp / "etc" / "vkit"
     assert sorted(p.name for p in etc.glob("replica-*.env")) == [
@@ -599,6 +610,7 @@ def test_tp_install_writes_one_instance_per_gpu_set(staged_tp: Path) -> None:
     assert env["NCCL_SOCKET_IFNAME"] == "lo"  # the set is on this host
 
 
+@pytest.mark.system
 def test_tp_instance_runs_vllm_with_the_fit_solved_for_its_set(staged_tp: Path) -> None:
     """The unit's own ExecStart (variables from its env files) solves the profile with TP 2:
     the 70B bf16 weights do not fit one H200 at all (install refuses --tp 1, below)."""
@@ -611,6 +623,7 @@ def test_tp_instance_runs_vllm_with_the_fit_solved_for_its_set(staged_tp: Path) 
     assert (flag(argv, "--host"), flag(argv, "--port")) == ("127.0.0.1", "8002")
 
 
+@pytest.mark.system
 def test_tp_nginx_site_lists_one_server_per_set(staged_tp: Path) -> None:
     site = (staged_tp / "etc/nginx/sites-available/vkit.conf").read_text()
     servers = re.findall(r"^\s*server (\S+) ", site, re.M)
@@ -619,7 +632,7 @@ def test_tp_nginx_site_lists_one_server_per_set(staged_tp: Path) -> None:
     assert gateway.upstream_urls == ["http://127.0.0.1:8000"]
 
 
-@pytest.mark.services
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["vllm@0-1.service", "vllm@2-3.service"])
 def test_systemd_analyze_verifies_the_tp_instances(staged_tp: Path, name: str) -> None:
     result = systemd_verify(staged_tp / "etc/systemd/system" / name)
@@ -627,7 +640,7 @@ def test_systemd_analyze_verifies_the_tp_instances(staged_tp: Path, name: str) -
     assert result.stderr == "", result.stderr
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_tp_instance_exposure_is_at_most_4(staged_tp: Path) -> None:
     exposure, report = security_exposure(staged_tp, "vllm@0-1.service")
     assert exposure <= MAX_EXPOSURE, report
@@ -641,7 +654,7 @@ SHARED_MEMORY_BREAKERS = {
 }  # fmt: skip
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_replica_hardening_leaves_tensor_parallel_its_shared_memory_and_sockets() -> None:
     path = SYSTEMD / "vllm@.service"
     service = unit(path)["Service"]
@@ -655,6 +668,7 @@ def test_replica_hardening_leaves_tensor_parallel_its_shared_memory_and_sockets(
     assert allowed >= nccl, sorted(nccl - allowed)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
@@ -680,6 +694,7 @@ def test_a_bad_tp_is_one_line_exit_2_and_writes_nothing(
     assert list(scratch.iterdir()) == []  # the renderer's staging directory is removed
 
 
+@pytest.mark.system
 def test_reinstall_with_other_sets_names_the_instances_left_over(
     tmp_path: Path, vkit_bin: Path
 ) -> None:
@@ -711,6 +726,7 @@ def fake_hf_cache(hub: Path, repo: str) -> None:
     (snapshot / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("stage", ["staged", "staged_tp"])
 def test_installed_gateway_counts_with_the_tokenizer_the_replicas_serve(
     stage: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -734,6 +750,7 @@ def test_installed_gateway_counts_with_the_tokenizer_the_replicas_serve(
     assert counter.count({"model": served, **body}) < counter.count({"model": "other", **body})
 
 
+@pytest.mark.system
 def test_the_gateway_user_can_read_the_replicas_hf_cache(staged: Path) -> None:
     """The gateway runs as the user that writes the cache (through a umask that leaves it
     readable), and no sandboxing setting of its unit hides the cache from it."""
@@ -767,6 +784,7 @@ def staged_aware(tmp_path_factory: pytest.TempPathFactory, vkit_bin: Path) -> Pa
     return root
 
 
+@pytest.mark.system
 def test_aware_install_routes_the_gateway_to_each_replicas_port(staged_aware: Path) -> None:
     env = unit_environment(staged_aware, "vkit-gateway.service")
     assert unknown_gateway_variables(env) == []
@@ -776,6 +794,7 @@ def test_aware_install_routes_the_gateway_to_each_replicas_port(staged_aware: Pa
     assert not (staged_aware / "etc/nginx").exists()  # no NGINX site: nothing in between
 
 
+@pytest.mark.system
 def test_round_robin_install_routes_through_nginx(staged: Path) -> None:
     settings = gateway_settings(unit_environment(staged, "vkit-gateway.service"))
     assert settings.routing == "round_robin"
@@ -783,6 +802,7 @@ def test_round_robin_install_routes_through_nginx(staged: Path) -> None:
     assert (staged / "etc/nginx/sites-enabled/vkit.conf").is_symlink()
 
 
+@pytest.mark.system
 def test_switching_an_install_to_aware_rewrites_its_routing(tmp_path: Path, vkit_bin: Path) -> None:
     assert install(tmp_path, vkit_bin, "--gpus", "0,1", "--profile", str(PROFILE)).returncode == 0
     result = install(tmp_path, vkit_bin, "--gpus", "0,1", "--routing", "aware")
@@ -792,6 +812,7 @@ def test_switching_an_install_to_aware_rewrites_its_routing(tmp_path: Path, vkit
     assert settings.upstream_urls == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
 
 
+@pytest.mark.system
 def test_a_gateway_env_that_overrides_routing_is_refused(tmp_path: Path, vkit_bin: Path) -> None:
     etc = tmp_path / "etc" / "vkit"
     etc.mkdir(parents=True)
@@ -803,12 +824,14 @@ def test_a_gateway_env_that_overrides_routing_is_refused(tmp_path: Path, vkit_bi
     assert not (etc / "replica-0.env").exists()
 
 
+@pytest.mark.system
 def test_an_unknown_routing_is_refused(tmp_path: Path, vkit_bin: Path) -> None:
     result = install(tmp_path, vkit_bin, "--gpus", "0", "--profile", str(PROFILE), "--routing", "x")
     assert result.returncode == 2
     assert "--routing" in result.stderr
 
 
+@pytest.mark.system
 def test_an_earlier_installs_nginx_upstream_line_still_installs_round_robin(
     tmp_path: Path, vkit_bin: Path
 ) -> None:

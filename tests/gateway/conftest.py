@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import GatewayApp, create_admin_app, create_app
 from gateway.settings import GatewaySettings
-from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter, ScriptedUpstream
+from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
+from tests.vllm_standin import ScriptedUpstream
 
 SECRET = "sk-test-alice"
 

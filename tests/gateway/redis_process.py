@@ -1,4 +1,4 @@
-"""A real ``redis-server`` on a free port, for the Redis limiter's tests (marker ``services``)."""
+"""A real ``redis-server`` on a free port, for the Redis limiter's tests (tier ``integration``)."""
 
 from __future__ import annotations
 

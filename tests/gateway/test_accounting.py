@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import RateLimitExceeded, UpstreamUnavailable
 from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, ServedGateway, wait_until
-from tests.gateway.doubles import Key, RecordingLimiter, ScriptedUpstream
+from tests.gateway.doubles import Key, RecordingLimiter
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True}

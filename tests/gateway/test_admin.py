@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -19,7 +19,7 @@ from gateway.keyfile import ApiKey, save_keys
 from gateway.limits import MemoryLimiter
 from gateway.settings import GatewaySettings
 from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, wait_until
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 FROZEN_CLOCK = 1000.0  # no refill during a test: every token is accounted for

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.body import estimate_prompt_tokens
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 MODEL = "tiny-llama"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}

@@ -19,7 +19,7 @@ from gateway.body import estimate_prompt_tokens
 from gateway.keyfile import ApiKey
 from gateway.limits import MemoryLimiter
 from tests.gateway.conftest import AUTH, SECRET, GatewayFactory
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 MODEL = "tiny-llama"
 CAP = 8

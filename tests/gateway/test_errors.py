@@ -10,7 +10,8 @@ import pytest
 
 from gateway.errors import RateLimitExceeded, normalise_upstream_error
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
-from tests.gateway.doubles import Key, RecordingLimiter, ScriptedUpstream
+from tests.gateway.doubles import Key, RecordingLimiter
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
-from tests.gateway.doubles import RecordingLimiter, ScriptedUpstream
+from tests.gateway.doubles import RecordingLimiter
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 # The gateway's own packages and what it runs on; the test's own client (httpx, httpcore,

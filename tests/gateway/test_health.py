@@ -13,15 +13,13 @@ from gateway.client import AiohttpClient
 from gateway.metrics import METRIC_NAMES
 from gateway.settings import GatewaySettings
 from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
-from tests.gateway.doubles import (
+from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
+from tests.vllm_standin import (
     DROP,
     RESET,
     SILENT,
-    DictKeyStore,
-    Key,
     RawAnswer,
     RawUpstream,
-    RecordingLimiter,
     ScriptedUpstream,
     http_answer,
 )

@@ -16,7 +16,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import HealthSettings
 from gateway.upstreams import UpstreamPool
 from launcher.supervision.readiness import ReadinessCheck
-from tests.gateway.doubles import WholeAnswer
+from tests.vllm_standin import WholeAnswer
 
 MODELS = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
 

@@ -227,6 +227,7 @@ def vkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_cli_add_prints_secret_once_and_stores_only_digest(tmp_path: Path) -> None:
     done = vkit(
         "add",
@@ -265,6 +266,7 @@ def test_cli_add_prints_secret_once_and_stores_only_digest(tmp_path: Path) -> No
     assert KeyStore(tmp_path / "k.yaml", clock=FakeClock()).authenticate(secret) is not None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args",
     [

@@ -44,7 +44,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 LimiterFactory = Callable[..., Any]  # (clock, default_concurrency=None) -> limiter
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterFactory]:
     if request.param == "memory":
         yield lambda clock, default_concurrency=None: MemoryLimiter(

@@ -9,7 +9,7 @@ from gateway.key_store import KeyStore
 from gateway.keyfile import ApiKey, digest_secret, save_keys
 from gateway.limits import MemoryLimiter
 from tests.gateway.conftest import GatewayFactory
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 

@@ -9,7 +9,8 @@ from typing import Any
 from gateway.client import AiohttpClient
 from gateway.limits import MemoryLimiter
 from tests.gateway.conftest import GatewayFactory, wait_until
-from tests.gateway.doubles import Key, ScriptedUpstream
+from tests.gateway.doubles import Key
+from tests.vllm_standin import ScriptedUpstream
 
 STREAM = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from tests.gateway.conftest import AUTH, GatewayFactory
-from tests.gateway.doubles import Key, ScriptedUpstream
+from tests.gateway.doubles import Key
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello there"}]}
 

@@ -20,7 +20,7 @@ from gateway.limits import RedisLimiter
 from gateway.limits.redis_limiter import RedisLease
 from tests.gateway.redis_process import RedisProcess
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 _names = itertools.count()
 

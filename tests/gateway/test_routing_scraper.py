@@ -12,7 +12,7 @@ from gateway.routing.load import view
 from gateway.routing.scraper import LoadScraper
 from gateway.settings import RouterSettings
 from gateway.upstreams import Upstream, UpstreamPool
-from tests.gateway.doubles import WholeAnswer
+from tests.vllm_standin import WholeAnswer
 
 PAGE = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{{engine="0",model_name="m"}} {running}

@@ -78,6 +78,7 @@ def test_upstreams_from_env_as_json_or_comma_list() -> None:
     assert as_json.upstream_urls == ["http://c:3"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("name", "value"),
     [("VKIT_GATEWAY_UPSTREAMS", "[oops"), ("VKIT_GATEWAY_HEALTH__EXPECTED_MODELS", "x")],
@@ -108,6 +109,7 @@ def test_a_broken_keys_file_stops_the_command_with_one_line(
     assert "line 2" in err and err.count("\n") == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("name", "suggestion"),
     [

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from gateway.body import estimate_prompt_tokens
 from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, wait_until
-from tests.gateway.doubles import RawUpstream, ScriptedUpstream, sse_answer
+from tests.vllm_standin import RawUpstream, ScriptedUpstream, sse_answer
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True}

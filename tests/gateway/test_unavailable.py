@@ -7,7 +7,7 @@ up but answers 502, and its ``/health`` is not 200, so the prober marks it not r
 from __future__ import annotations
 
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
-from tests.gateway.doubles import DROP, RESET, RawAnswer, RawUpstream, ScriptedUpstream
+from tests.vllm_standin import DROP, RESET, RawAnswer, RawUpstream, ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
 

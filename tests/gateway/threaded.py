@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter, ScriptedUpstream
+from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
+from tests.vllm_standin import ScriptedUpstream
 
 
 @contextmanager

@@ -107,6 +107,7 @@ def test_apt_commands_keep_the_order_given() -> None:
     assert apt_commands(["b", "a"])[1][-2:] == ("b", "a")
 
 
+@pytest.mark.integration
 def test_venv_works_asks_the_interpreter_itself(tmp_path: Path) -> None:
     made = tmp_path / "venv" / "bin"
     made.mkdir(parents=True)
@@ -171,6 +172,7 @@ def demo_hint(missing: list[str]) -> str:
     )
 
 
+@pytest.mark.system
 @needs_root
 def test_unprivileged_make_demo_prints_one_line_and_stops(bare_bin: Path) -> None:
     if not link_python_for_nobody(bare_bin / "bin"):
@@ -206,6 +208,7 @@ def test_unprivileged_make_demo_prints_one_line_and_stops(bare_bin: Path) -> Non
     assert direct.stderr.splitlines() == [demo_hint(["nginx", "redis-server"])]
 
 
+@pytest.mark.integration
 @needs_root
 def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Path) -> None:
     env = {"PATH": str(bare_bin / "bin"), "HOME": "/nonexistent", "LANG": "C.UTF-8"}
@@ -223,6 +226,7 @@ def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Pat
     assert done.stderr.splitlines() == [f"make test: installing {packages} (apt-get)"]
 
 
+@pytest.mark.system
 @needs_root
 def test_kubectl_missing_is_one_line_for_anyone_else_and_a_fetch_for_root(bare_bin: Path) -> None:
     if not link_python_for_nobody(bare_bin / "bin"):

@@ -83,6 +83,7 @@ def run_python(code: str, env: dict[str, str], cwd: Path, *args: str) -> list[st
     return done.stdout.split()
 
 
+@pytest.mark.integration
 def test_the_cpu_engine_environment_runs_the_amx_request_in_every_python(
     tmp_path: Path,
 ) -> None:
@@ -102,6 +103,7 @@ def test_gpu_launches_leave_pythonpath_alone() -> None:
     assert "PYTHONPATH" not in spec.env
 
 
+@pytest.mark.integration
 def test_the_callers_pythonpath_and_sitecustomize_still_apply(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -116,6 +118,7 @@ def test_the_callers_pythonpath_and_sitecustomize_still_apply(tmp_path: Path) ->
     assert run_python(code, env, tmp_path) == ["1"]
 
 
+@pytest.mark.integration
 @needs_amx
 def test_every_engine_process_holds_the_amx_permission(tmp_path: Path) -> None:
     _, without = run_python(REPORT, dict(os.environ), tmp_path)

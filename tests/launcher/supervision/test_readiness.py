@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import ClassVar
 
 import pytest
 
 from launcher.supervision.readiness import ReadinessCheck, model_ids
 from launcher.supervision.readiness_probe import VllmProbe
-from tests.launcher.supervision.http_stub import QuietHandler, serving
+from tests.vllm_standin import Script, ScriptedUpstream, standin_in_thread
 
 
 def listing(*models: str) -> bytes:
@@ -42,47 +41,27 @@ def test_any_model_will_do_when_none_is_expected() -> None:
     assert model_ids(b'{"data": [{"id": 1}, {"id": "a"}, "x"]}') == {"a"}
 
 
-class _FakeVllm(QuietHandler):
-    """``/health`` open, ``/v1/models`` behind ``--api-key`` (as vLLM guards /v1 paths)."""
-
-    served: ClassVar[list[str]] = []
-    api_key: ClassVar[str | None] = None
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            self._answer(200, b"")
-        elif self.path != "/v1/models":
-            self._answer(404, b"")
-        elif self.api_key and self.headers.get("authorization") != f"Bearer {self.api_key}":
-            self._answer(401, b'{"error":"Unauthorized"}')
-        else:
-            self._answer(200, listing(*self.served))
-
-
 @pytest.fixture
-def fake_vllm() -> Iterator[str]:
-    try:
-        with serving(_FakeVllm) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        _FakeVllm.served, _FakeVllm.api_key = [], None
+def vllm() -> Iterator[ScriptedUpstream]:
+    """``/health`` open, ``/v1/models`` behind ``--api-key`` once the script names one."""
+    with standin_in_thread(Script(models=[])) as upstream:
+        yield upstream
 
 
-def test_probe_wants_health_and_the_model_listed(fake_vllm: str) -> None:
-    _FakeVllm.served = []
-    probe = VllmProbe(fake_vllm, timeout_s=2.0)
+def test_probe_wants_health_and_the_model_listed(vllm: ScriptedUpstream) -> None:
+    probe = VllmProbe(vllm.url, timeout_s=2.0)
     assert probe.healthy() and not probe.ready()  # /health answers before the model is served
-    _FakeVllm.served = ["tiny-llama"]
+    vllm.script.models = ["tiny-llama"]
     assert probe.ready()
-    assert VllmProbe(fake_vllm, ReadinessCheck.of(models=["tiny-llama"])).ready()
-    assert not VllmProbe(fake_vllm, ReadinessCheck.of(models=["other-model"])).ready()
+    assert VllmProbe(vllm.url, ReadinessCheck.of(models=["tiny-llama"])).ready()
+    assert not VllmProbe(vllm.url, ReadinessCheck.of(models=["other-model"])).ready()
     assert not VllmProbe("http://127.0.0.1:9", timeout_s=0.5).ready()  # nothing listening
 
 
-def test_probe_sends_the_api_key(fake_vllm: str) -> None:
-    _FakeVllm.served, _FakeVllm.api_key = ["tiny-llama"], "s3cret"
-    without = VllmProbe(fake_vllm, ReadinessCheck.of(models=["tiny-llama"])).verdict()
+def test_probe_sends_the_api_key(vllm: ScriptedUpstream) -> None:
+    vllm.script.models, vllm.script.api_key = ["tiny-llama"], "s3cret"
+    without = VllmProbe(vllm.url, ReadinessCheck.of(models=["tiny-llama"])).verdict()
     assert not without.ready and "401" in without.reason
     check = ReadinessCheck.of("s3cret", ["tiny-llama"])
-    assert VllmProbe(fake_vllm, check).ready()
+    assert VllmProbe(vllm.url, check).ready()
     assert "s3cret" not in repr(check)  # the key never shows in logs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 import threading
 import time
@@ -16,7 +15,7 @@ from pydantic import SecretStr
 from launcher.supervision.profiles import LaunchEnvironment
 from launcher.supervision.sd_notify import HealthWatcher, SystemdNotifier, probe_timeout_s
 from launcher.supervision.vllm_args import VllmOptions
-from tests.launcher.supervision.http_stub import QuietHandler, serving
+from tests.vllm_standin import Script, ScriptedUpstream, standin_in_thread
 from vkit.commands.launch import served_model, systemd_watcher, vllm_api_key
 
 
@@ -93,64 +92,46 @@ def test_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
     assert SystemdNotifier(str(tmp_path / "missing")).send("READY=1") is False
 
 
-class SlowOnceVllm(QuietHandler):
-    """vLLM's two readiness routes; ``/v1/models`` wants the key. After ``slow_after``
-    ``/health`` answers, one answer takes ``slow_s`` (a busy API server), then fast again."""
-
-    api_key = "k-test"
-    slow_after = 3
-    slow_s = 0.0
-    health_answers = 0
-
-    def do_GET(self) -> None:
-        cls = type(self)
-        if self.path == "/health":
-            cls.health_answers += 1
-            if cls.health_answers == cls.slow_after:
-                time.sleep(cls.slow_s)
-            self._answer(200, b"")
-        elif self.headers.get("authorization") != f"Bearer {self.api_key}":
-            self._answer(401, b'{"error":"Unauthorized"}')
-        else:
-            self._answer(200, json.dumps({"data": [{"id": "tiny-llama"}]}).encode())
+API_KEY = "k-test"
+SLOW_AFTER = 3  # the third /health answer is the slow one (a busy API server)
 
 
 @pytest.fixture
-def slow_once_vllm() -> Iterator[int]:
-    try:
-        with serving(SlowOnceVllm) as port:
-            yield port
-    finally:
-        SlowOnceVllm.health_answers = 0
+def slow_once_vllm() -> Iterator[ScriptedUpstream]:
+    """vLLM's two readiness routes; ``/v1/models`` wants the key."""
+    with standin_in_thread(Script(api_key=API_KEY)) as upstream:
+        yield upstream
 
 
 def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
-    notify_socket: tuple[str, socket.socket], slow_once_vllm: int
+    notify_socket: tuple[str, socket.socket], slow_once_vllm: ScriptedUpstream
 ) -> None:
     """``vkit launch``'s watcher, as wired for systemd: one ``/health`` answer slower than
     the watchdog interval (a busy engine) must not hold back the next ping."""
     path, sock = notify_socket
     watchdog_s = 2.0  # pings every 1 s: a loaded CI box delays a thread by ~0.6 s at times
-    SlowOnceVllm.slow_s = 1.2 * watchdog_s
+    slow_s = 1.2 * watchdog_s
+    slow_once_vllm.script.health_delays = {SLOW_AFTER: slow_s}
     environment = LaunchEnvironment(
         notify_socket=path,
         watchdog_usec=int(watchdog_s * 1e6),
-        vllm_api_key=SecretStr(SlowOnceVllm.api_key),
+        vllm_api_key=SecretStr(API_KEY),
     )
-    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=slow_once_vllm)
+    port = int(slow_once_vllm.url.rsplit(":", 1)[1])
+    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
     watcher = systemd_watcher(environment, options)
     assert watcher is not None
     watcher.start()
     try:
         assert sock.recv(512).startswith(b"READY=1")
         pings: list[float] = []
-        deadline = time.monotonic() + 4 * watchdog_s + SlowOnceVllm.slow_s
+        deadline = time.monotonic() + 4 * watchdog_s + slow_s
         while time.monotonic() < deadline:
             if sock.recv(512) == b"WATCHDOG=1":
                 pings.append(time.monotonic())
     finally:
         watcher.stop()
-    assert SlowOnceVllm.health_answers > SlowOnceVllm.slow_after  # the slow answer happened
+    assert slow_once_vllm.health_answers > SLOW_AFTER  # the slow answer happened
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert len(pings) >= 6, pings
     assert max(gaps) < watchdog_s, f"{max(gaps):.2f} s between two pings: systemd kills"

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from launcher.supervision.supervisor import EngineSupervisor, exit_code_of
 from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 
@@ -29,6 +31,7 @@ def _supervisor(
     return supervisor, output, messages
 
 
+@pytest.mark.integration
 def test_relaunches_with_the_estimated_max_model_len() -> None:
     supervisor, output, messages = _supervisor("too-long")
     code = supervisor.run(VllmOptions(model="m", max_model_len=4096))
@@ -38,6 +41,7 @@ def test_relaunches_with_the_estimated_max_model_len() -> None:
     assert b"estimated maximum model length is 1024" in output.getvalue()
 
 
+@pytest.mark.integration
 def test_relaunches_with_lower_gpu_memory_utilization() -> None:
     supervisor, _, messages = _supervisor("busy-gpu")
     code = supervisor.run(VllmOptions(model="m", gpu_memory_utilization=0.92))
@@ -46,6 +50,7 @@ def test_relaunches_with_lower_gpu_memory_utilization() -> None:
     assert "12.0/24.0 GiB is free" in messages.getvalue()
 
 
+@pytest.mark.integration
 def test_retries_are_bounded() -> None:
     supervisor, _, messages = _supervisor("too-long", max_restarts=0)
     assert supervisor.run(VllmOptions(model="m", max_model_len=4096)) == 1
@@ -53,6 +58,7 @@ def test_retries_are_bounded() -> None:
     assert "giving up" in messages.getvalue()
 
 
+@pytest.mark.integration
 def test_other_failures_are_not_retried_and_keep_the_exit_code() -> None:
     supervisor, output, _ = _supervisor("crash")
     assert supervisor.run(VllmOptions(model="m")) == 3
@@ -66,6 +72,7 @@ def test_exit_code_of_signals() -> None:
     assert exit_code_of(2) == 2
 
 
+@pytest.mark.integration
 def test_sigterm_is_forwarded_to_the_engine() -> None:
     """A real supervisor process in front of the fake engine: SIGTERM drains it."""
     script = (

@@ -28,6 +28,7 @@ def test_json_output_parses(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     chart = tmp_path / "cost.png"
     assert main(["capacity", "--users", "1000", "--csv", "--plot", str(chart)]) == 0
     captured = capsys.readouterr()
@@ -88,6 +89,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and needle in err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["--users", "0"], "--users"), (["--users", "10", "--gpus", "tpu"], "unknown GPU")],

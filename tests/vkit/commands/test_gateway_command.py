@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.gateway.doubles import ScriptedUpstream
+from tests.vllm_standin import ScriptedUpstream
 from vkit.stack.ports import free_port
 
 
+@pytest.mark.integration
 async def test_vkit_gateway_serves_from_env_settings(tmp_path: Path) -> None:
     async with ScriptedUpstream() as upstream:
         await serve_and_check(upstream, tmp_path)
@@ -69,6 +71,7 @@ async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
         log.close()
 
 
+@pytest.mark.integration
 def test_an_admin_port_in_use_stops_the_gateway_at_start(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

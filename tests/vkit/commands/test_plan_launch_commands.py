@@ -172,6 +172,7 @@ def test_launch_bad_input_is_one_line_and_exit_2(vkit: Callable[..., Done]) -> N
     assert "tiny-cpu" in missing.stderr
 
 
+@pytest.mark.integration
 def test_real_process_bad_input_exit_codes_and_no_traceback() -> None:
     unknown = vkit_process("plan", "--model", "8b", "--gpu", "v100")
     assert unknown.returncode == 2
@@ -290,6 +291,7 @@ def test_launch_refuses_a_catalog_checkpoint_whose_config_disagrees(tmp_path: Pa
     assert "group_size: catalog 128, config.json 32" in message
 
 
+@pytest.mark.integration
 def test_launch_checks_a_matching_config_then_starts_the_engine(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,6 +311,7 @@ def launch_with_hub_cache(cache: Path, *args: str) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_real_process_dry_run_reads_the_hub_cache_named_by_the_environment(
     tmp_path: Path,
 ) -> None:

@@ -44,6 +44,7 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.integration
 def test_waits_until_ready_then_stops_and_frees_the_port(tmp_path: Path) -> None:
     port = pick_free_ports(1)[0]
     server = spec(tmp_path, "srv", LISTEN, str(port), "0.5", ready=(TcpCheck("127.0.0.1", port),))
@@ -62,6 +63,7 @@ def test_waits_until_ready_then_stops_and_frees_the_port(tmp_path: Path) -> None
     assert not port_in_use(port)
 
 
+@pytest.mark.integration
 def test_a_child_that_exits_fails_with_its_code_and_last_log_lines(tmp_path: Path) -> None:
     code = "import sys\nfor i in range(30): print('line', i)\nsys.exit(3)"
     port = pick_free_ports(1)[0]
@@ -75,6 +77,7 @@ def test_a_child_that_exits_fails_with_its_code_and_last_log_lines(tmp_path: Pat
     assert "line 29" in message and "line 10" in message and "line 9\n" not in message
 
 
+@pytest.mark.integration
 def test_readiness_wait_is_bounded(tmp_path: Path) -> None:
     port = pick_free_ports(1)[0]
     slow = spec(tmp_path, "slow", LISTEN, str(port), "60", ready=(TcpCheck("127.0.0.1", port),))
@@ -86,6 +89,7 @@ def test_readiness_wait_is_bounded(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.integration
 def test_stop_all_kills_a_stubborn_child_and_its_grandchild_in_a_new_session(
     tmp_path: Path,
 ) -> None:
@@ -105,6 +109,7 @@ def test_stop_all_kills_a_stubborn_child_and_its_grandchild_in_a_new_session(
     assert group.running == []
 
 
+@pytest.mark.integration
 def test_a_missing_program_is_one_clear_error(tmp_path: Path) -> None:
     missing = ProcessSpec("nginx", ("/nonexistent/nginx",), tmp_path / "n.log")
     with ProcessGroup() as group, pytest.raises(CliError, match="cannot start /nonexistent/nginx"):

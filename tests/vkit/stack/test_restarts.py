@@ -52,6 +52,7 @@ def wait_exit(process: RunningProcess) -> None:
     process.popen.wait(timeout=30)
 
 
+@pytest.mark.integration
 def test_a_crashed_replica_is_started_again_and_reported(tmp_path: Path) -> None:
     lines: list[str] = []
     clock = Clock()
@@ -93,6 +94,7 @@ def test_a_crashed_replica_is_started_again_and_reported(tmp_path: Path) -> None
     assert tail_lines(replica.spec.log_path).count("boom") == 3  # one log, appended
 
 
+@pytest.mark.integration
 def test_backoff_doubles_to_its_cap_then_gives_up_without_stopping_the_stack(
     tmp_path: Path,
 ) -> None:
@@ -121,6 +123,7 @@ def test_backoff_doubles_to_its_cap_then_gives_up_without_stopping_the_stack(
         assert group.running[0].popen.pid == pid
 
 
+@pytest.mark.integration
 def test_a_dead_front_end_stops_the_stack(tmp_path: Path) -> None:
     with ProcessGroup() as group:
         group.start(spec(tmp_path, "replica-0", SERVE))
@@ -131,6 +134,7 @@ def test_a_dead_front_end_stops_the_stack(tmp_path: Path) -> None:
             keeper.step()
 
 
+@pytest.mark.integration
 def test_what_a_killed_replica_left_behind_is_killed_before_it_starts_again(
     tmp_path: Path,
 ) -> None:

@@ -13,7 +13,7 @@ from vkit.stack.processes import ProcessGroup
 from vkit.stack.stack_plan import StackLayout, StackPorts, plan_stack
 from vkit.stack.up_settings import UpSettings
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def test_planned_nginx_and_redis_start_answer_and_stop(tmp_path: Path) -> None:

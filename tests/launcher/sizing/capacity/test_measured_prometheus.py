@@ -26,7 +26,7 @@ from launcher.sizing.capacity.prometheus_window import parse_window, read_window
 from launcher.sizing.capacity.usage import UsageProfile, peak_concurrency
 from vkit.cli import main
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 STEP_S = 15
 STEPS = 240  # one hour
