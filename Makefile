@@ -43,10 +43,10 @@ UNIT_VENV ?= .venv-unit
 bootstrap-unit:
 	$(PY) -m vkit.bootstrap test-unit --venv $(UNIT_VENV)
 
-$(UNIT_VENV)/.installed: pyproject.toml | bootstrap-unit
+$(UNIT_VENV)/.installed: pyproject.toml requirements.lock | bootstrap-unit
 	$(PY) -m venv $(UNIT_VENV)
 	$(UNIT_VENV)/bin/pip install -q --upgrade pip
-	$(UNIT_VENV)/bin/pip install -q -e '.[dev]'
+	$(UNIT_VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
 # The kit's main job, locally: the whole stack on the built-in tiny model.

@@ -68,6 +68,7 @@ def test_settings_env_writes_only_what_was_given() -> None:
     loads_back(settings_env(settings), settings)
 
 
+@pytest.mark.integration  # a fresh interpreter, so no test environment leaks in
 def test_settings_from_values_reads_no_environment() -> None:
     """A render never depends on the shell's VKIT_GATEWAY_* variables."""
     code = (

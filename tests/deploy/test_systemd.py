@@ -123,6 +123,7 @@ def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9180)
 
 
+@pytest.mark.system
 def test_installed_gateway_env_loads_back_into_the_rendered_settings(staged: Path) -> None:
     """install.sh installs what ``vkit render systemd`` rendered: the gateway unit's env files
     add up to the host's GatewaySettings. (The vLLM key is a secret install.sh makes, in

@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # each test starts a fresh interpreter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Top-level modules (or the kit's sub-packages) the gateway's process must not import.
