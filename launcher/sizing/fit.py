@@ -5,7 +5,7 @@
     >>> plan.fits, plan.max_model_len
     (True, 6144)
 
-Pure: plain data in, a :class:`FitPlan` out. The memory model is REFERENCE section 2:
+Pure: plain data in, a :class:`FitPlan` out. The memory model is docs/memory.md#what-vllm-subtracts:
 KV memory = VRAM x gpu_memory_utilization - weights - overhead; tokens = KV / bytes per token.
 In CPU mode (:class:`CpuTarget`) the KV budget is ``VLLM_CPU_KVCACHE_SPACE`` GiB.
 """
@@ -29,7 +29,7 @@ from launcher.sizing.memory import (
 from launcher.sizing.models import KvDtype, ModelSpec
 from launcher.sizing.speed import Workload, speed_at
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (REFERENCE section 2)
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (docs/memory.md#defaults)
 GPU_BLOCK_SIZE = 16  # vLLM's default KV block on CUDA
 CPU_BLOCK_SIZE = 128  # vLLM's CPU platform default (vllm/platforms/cpu.py, 0.32)
 TYPICAL_REQUEST_TOKENS = 1024  # prompt + output of a chat turn: for max_num_seqs and tok/s
@@ -134,7 +134,8 @@ def default_max_num_seqs(target: GpuProfile | CpuTarget) -> int:
 
 
 def check_quantization(request: FitRequest, target: GpuProfile | CpuTarget) -> None:
-    """Refuse what the hardware cannot run: FP8 W8A8 needs Ada/Hopper (REFERENCE section 2)."""
+    """Refuse what the hardware cannot run: FP8 W8A8 needs Ada/Hopper
+    (docs/gpus-and-costs.md#quantization-support)."""
     if isinstance(target, CpuTarget):
         if request.quant in ("fp8", "awq", "gptq"):
             raise UnsupportedQuantizationError(

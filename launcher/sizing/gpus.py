@@ -57,7 +57,8 @@ class GpuProfile(BaseModel):
 
     @property
     def supports_marlin(self) -> bool:
-        """AWQ/GPTQ Marlin kernels need Ampere or newer (REFERENCE section 2)."""
+        """AWQ/GPTQ Marlin kernels need Ampere or newer
+        (docs/gpus-and-costs.md#quantization-support)."""
         return self.arch != "turing"
 
     @property

@@ -1,7 +1,7 @@
 """Byte math of a vLLM replica: weights by quantization, start-up overhead, KV tokens.
 
 All sizes are bytes unless a name ends in ``_gib`` (GiB = 2**30 bytes). Sources are
-REFERENCE section 2 (how vLLM sizes its KV cache) and the way vLLM loads quantized
+docs/memory.md#what-vllm-subtracts (how vLLM sizes its KV cache) and the way vLLM loads quantized
 checkpoints: AWQ/GPTQ/FP8/INT8 quantize the per-layer linear projections only; the
 embeddings, the lm_head and the norms stay in 16-bit.
 """
@@ -32,8 +32,8 @@ LINEAR_BYTES_PER_PARAM: dict[Quantization, float] = {
 UNQUANTIZED_BYTES_PER_PARAM = 2.0  # embeddings, lm_head, norms, biases
 
 # Start-up overhead (activation peak + non-torch memory + CUDA graphs): "1.5-3.5 GiB is
-# typical for 7-13B models" (REFERENCE section 2).  Modelled as 0.5 GiB + 0.25 GiB per
-# billion parameters, clamped to that range.
+# typical for 7-13B models" (docs/memory.md#what-vllm-subtracts).  Modelled as 0.5 GiB + 0.25 GiB
+# per billion parameters, clamped to that range.
 OVERHEAD_MIN_GIB = 1.5
 OVERHEAD_MAX_GIB = 3.5
 

@@ -59,7 +59,8 @@ class ModelSpec(BaseModel):
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any], name: str) -> ModelSpec:
-        """Read the fields of a HF config.json dict (head_dim rule of REFERENCE section 2)."""
+        """Read the fields of a HF config.json dict (head_dim rule of
+        docs/memory.md#head-dimension)."""
         text = config.get("text_config")
         if isinstance(text, dict) and "num_hidden_layers" not in config:
             config = {**text, "tie_word_embeddings": config.get("tie_word_embeddings", True)}
@@ -119,7 +120,8 @@ class ModelSpec(BaseModel):
         return self.embedding_parameters + self.linear_parameters + self.other_parameters
 
     def kv_heads_per_gpu(self, tensor_parallel: int = 1) -> int:
-        """KV heads each GPU holds: max(1, kv_heads / TP) (REFERENCE section 2)."""
+        """KV heads each GPU holds: max(1, kv_heads / TP)
+        (docs/memory.md#kv-heads-under-tensor-parallelism)."""
         return max(1, self.num_key_value_heads // tensor_parallel)
 
     def kv_bytes_per_token(self, kv_dtype: KvDtype = "auto", tensor_parallel: int = 1) -> int:

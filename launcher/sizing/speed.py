@@ -20,9 +20,9 @@ replica produces ``B / t(B)``.
 
 The constants are fitted to the published measurements in ``configs/speed_measurements.yaml``
 (every point within 25% at its own workload, checked by a test) while keeping the cost guide's
-throughput table (REFERENCE section 3) inside its ranges. The tensor-parallel all-reduce costs
-are textbook values (latency per all-reduce, ring traffic over NVLink or PCIe), not fitted:
-no published TP measurement is in the table yet.
+throughput table (docs/gpus-and-costs.md#throughput-table) inside its ranges. The tensor-parallel
+all-reduce costs are textbook values (latency per all-reduce, ring traffic over NVLink or PCIe), not
+fitted: no published TP measurement is in the table yet.
 """
 
 from __future__ import annotations

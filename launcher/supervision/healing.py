@@ -1,4 +1,5 @@
-"""Recognise vLLM's start-up memory errors and correct the options (REFERENCE section 2).
+"""Recognise vLLM's start-up memory errors and correct the options
+(docs/memory.md#refusal-messages).
 
 Pure: :func:`diagnose` reads the engine's log text and returns the corrected
 :class:`VllmOptions` with a one-line reason, or None when the failure is not one we heal.

@@ -230,7 +230,7 @@ def engine_env(settings: LaunchSettings, *, cpu: bool) -> dict[str, str]:
     """Variables to add for the engine. CPU: the KV budget, VLLM_CPU_KVCACHE_SPACE (GiB), and
     ``PYTHONPATH`` led by :mod:`launcher.supervision.amx_site`, whose ``sitecustomize`` asks
     Linux for AMX tile state in every engine process (vLLM's CPU worker dies without it on
-    AMX CPUs, REFERENCE section 4)."""
+    AMX CPUs, docs/cpu-engine.md#amx-cpus)."""
     if not cpu:
         return {}
     return {

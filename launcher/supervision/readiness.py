@@ -4,8 +4,8 @@ notifications and ``vkit up``.
 Ready means: ``GET /health`` answers 200 *and* ``GET /v1/models`` answers 200 and lists a
 model -- every one of ``expected_models`` when some are named. ``/health`` alone is not
 enough: it goes 200 as soon as the HTTP server binds, before the model is served
-(REFERENCE section 1). vLLM's ``--api-key`` guards every path under ``/v1``, so the model
-list is asked for with the key (``Authorization: Bearer``); without it a protected replica
+(docs/vllm-server.md#health-and-readiness). vLLM's ``--api-key`` guards every path under ``/v1``, so
+the model list is asked for with the key (``Authorization: Bearer``); without it a protected replica
 answers 401 and is never ready.
 
 The rule itself is pure (:meth:`ReadinessCheck.verdict`) and imports no HTTP client; each

@@ -1,8 +1,8 @@
 """Tell systemd when vLLM is ready and alive: ``READY=1``, then ``WATCHDOG=1`` (sd_notify).
 
-vLLM 0.32 sends no sd_notify itself (REFERENCE section 1), so ``vkit launch`` does it for a
-``Type=notify`` unit with ``WatchdogSec=``: READY=1 once the replica is ready by the one
-rule of :mod:`launcher.supervision.readiness` (``/health`` 200 and ``/v1/models`` listing the
+vLLM 0.32 sends no sd_notify itself (docs/vllm-server.md#systemd-notification), so ``vkit launch``
+does it for a ``Type=notify`` unit with ``WatchdogSec=``: READY=1 once the replica is ready by the
+one rule of :mod:`launcher.supervision.readiness` (``/health`` 200 and ``/v1/models`` listing the
 served model, asked with the API key), then WATCHDOG=1 every half watchdog interval while
 ``/health`` keeps answering 200 -- so systemd restarts a hung engine, not only a dead one.
 

@@ -5,9 +5,9 @@
 
 The engine's output is copied line by line to ``output`` (default: this process's stdout)
 and its last lines are kept; when the engine exits non-zero with one of the memory errors
-of REFERENCE section 2, :func:`launcher.supervision.healing.diagnose` corrects the options and the
-engine starts again (at most ``max_restarts`` times), with the reason on ``messages``.
-After a forwarded signal nothing is relaunched. The exit code is the engine's
+of docs/memory.md#refusal-messages, :func:`launcher.supervision.healing.diagnose` corrects the
+options and the engine starts again (at most ``max_restarts`` times), with the reason on
+``messages``. After a forwarded signal nothing is relaunched. The exit code is the engine's
 (128 + N when a signal N ended it). The vLLM process runs in its own process group, so
 that a terminal's Ctrl-C reaches it once (through us), and receives SIGTERM if we die.
 """

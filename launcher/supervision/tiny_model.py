@@ -1,4 +1,4 @@
-"""A tiny random Llama that the CPU vLLM engine can serve (REFERENCE section 4).
+"""A tiny random Llama that the CPU vLLM engine can serve (docs/cpu-engine.md#the-tiny-model).
 
     >>> build_tiny_model(Path(".vkit/models/tiny-llama"))   # a few seconds, < 2 MB
 

@@ -19,7 +19,7 @@ DASHBOARD = GRAFANA / "dashboards" / "vkit.json"
 RULES = [DEPLOY / "monitoring" / "rules" / "vkit.rules.yml"]
 RULES += [DEPLOY / "docker" / "prometheus" / "cost.rules.yml"]
 
-# vLLM V1 names (REFERENCE section 1); histograms by their base name.
+# vLLM V1 names (docs/vllm-server.md#metric-names); histograms by their base name.
 VLLM_METRICS = {
     "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
     "vllm:cache_config_info", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",

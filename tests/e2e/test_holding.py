@@ -26,7 +26,8 @@ from vkit.stack.up_settings import UpSettings
 
 pytestmark = pytest.mark.engine
 
-HOLD_S = 400.0  # longer than a CPU replica takes to start (70-110 s, REFERENCE section 4)
+# Longer than a CPU replica takes to start (70-110 s, docs/cpu-engine.md#start-up-time).
+HOLD_S = 400.0
 RESTART_S = 300.0
 
 

@@ -3,7 +3,8 @@
 What an in-process upstream cannot show: vLLM's real usage numbers are what the key is
 charged, the usage chunk the gateway adds is dropped again, and a client that goes away
 mid-stream makes the gateway close its upstream connection so that vLLM aborts the request
-(REFERENCE section 4: it stops generating only when the connection closes).
+(docs/vllm-server.md#client-disconnects-and-aborts: it stops generating only when the connection
+closes).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ COMPLETION_TOKENS = {"key": "alice", "direction": "completion"}
 STREAM_INTERVAL = 4  # tokens per chunk: chunks alone would bill a quarter of the tokens
 EVENTS_READ = 10
 # vLLM holds up to STREAM_INTERVAL - 1 tokens for the next chunk, and generates a few more
-# before it sees the closed connection (2-8 measured, REFERENCE section 4).
+# before it sees the closed connection (2-8 measured,
+# docs/vllm-server.md#client-disconnects-and-aborts).
 TOLERANCE = STREAM_INTERVAL + 8
 
 

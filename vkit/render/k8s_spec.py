@@ -11,7 +11,7 @@ replicas drain in three steps: ``preStop`` sleeps :data:`PRESTOP_SLEEP_S` while 
 removal reaches every kube-proxy and the gateway; SIGTERM then makes vLLM finish in-flight
 requests for up to ``--shutdown-timeout``; the kubelet waits
 ``terminationGracePeriodSeconds = preStop + shutdown timeout + margin`` before SIGKILL
-(REFERENCE section 1: the grace period must exceed preStop + N).
+(docs/vllm-server.md#graceful-drain: the grace period must exceed preStop + N).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Probes: the startupProbe (``/health``) allows :func:`~vkit.render.k8s_spec.start
 for download and load before liveness counts; liveness is ``/health`` (503 once the engine is
 dead); readiness is "serves the model": ``/v1/models`` answered with the API key lists the
 served model name (``/health`` goes 200 as the HTTP server binds, before the model answers:
-REFERENCE section 1). An ``httpGet`` probe cannot take a header from a Secret, so readiness
-is a short Python ``exec`` in the container, reading the key from its environment.
+docs/vllm-server.md#health-and-readiness). An ``httpGet`` probe cannot take a header from a Secret,
+so readiness is a short Python ``exec`` in the container, reading the key from its environment.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 A month is 720 hours (the guide's ``$/hr x 720``: 0.39 -> $281, 0.88 -> $634, 1.87 -> $1,346,
 8.46 -> $6,091). Serverless bills only the seconds a request keeps a GPU busy: every request
 holds one for ``tokens_per_request / user_tok_s`` seconds (5 s in the guide), with no credit
-for batching. The default rate is calibrated to the guide's serverless column (REFERENCE §3):
-100 DAU x 3 requests x 30 days x 5 s = 45,000 GPU-seconds a month, and ~$15 for them gives
-$15 / 45,000 s = $0.000333 per GPU-second ($1.20 per GPU-hour); 1,000 DAU then cost ~$150,
-10,000 ~$1,500 and 100,000 ~$15,000, as in the guide.
+for batching. The default rate is calibrated to the guide's serverless column
+(docs/gpus-and-costs.md#monthly-cost): 100 DAU x 3 requests x 30 days x 5 s = 45,000 GPU-seconds a
+month, and ~$15 for them gives $15 / 45,000 s = $0.000333 per GPU-second ($1.20 per GPU-hour); 1,000
+DAU then cost ~$150, 10,000 ~$1,500 and 100,000 ~$15,000, as in the guide.
 
     >>> round(monthly_cost(0.39))
     281

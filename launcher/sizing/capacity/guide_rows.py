@@ -1,10 +1,10 @@
 """The cost guide's throughput table, and which configuration each row must mean.
 
-The guide (REFERENCE §3) quotes every row as if the model ran in FP16 on one GPU. Two kinds of
-row cannot be that: 70B on an H100 or H200 (141 GB of FP16 weights exceed 80 GB, and 0.92 x
-141 GB) and 13B on an L40S at 40 tok/s (26 GB of FP16 weights over 864 GB/s decode one stream
-at ~30 tok/s). :func:`implied_configuration` finds the best-quality configuration that lands
-in the row's ranges, so the report can say what the guide's number must mean.
+The guide (docs/gpus-and-costs.md#throughput-table) quotes every row as if the model ran in FP16 on
+one GPU. Two kinds of row cannot be that: 70B on an H100 or H200 (141 GB of FP16 weights exceed 80
+GB, and 0.92 x 141 GB) and 13B on an L40S at 40 tok/s (26 GB of FP16 weights over 864 GB/s decode
+one stream at ~30 tok/s). :func:`implied_configuration` finds the best-quality configuration that
+lands in the row's ranges, so the report can say what the guide's number must mean.
 
     >>> implied_configuration(GUIDE_ROWS[5]).quant        # 70B on one H100
     'fp8'

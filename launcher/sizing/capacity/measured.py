@@ -10,11 +10,12 @@ query returns), summed over the fleet:
     gpu_util       avg(DCGM_FI_DEV_GPU_UTIL)           (0-100, NVIDIA's DCGM exporter)
     gpus           count(DCGM_FI_DEV_GPU_UTIL)
 
-The peak is the step with the most running requests. The guide's rules (REFERENCE §3):
-utilization above 80% at peak: add a GPU; below 20%: overpaying; a growing queue: not enough
-throughput. The forecast scales the measured peak to the peak of ``--users`` daily users (the
-guide's usage model) and sizes the fleet so that the peak runs at 80% utilization, assuming
-utilization grows in proportion to running requests (true while vLLM batches below its limits).
+The peak is the step with the most running requests. The guide's rules
+(docs/gpus-and-costs.md#rules-of-thumb): utilization above 80% at peak: add a GPU; below 20%:
+overpaying; a growing queue: not enough throughput. The forecast scales the measured peak to the
+peak of ``--users`` daily users (the guide's usage model) and sizes the fleet so that the peak runs
+at 80% utilization, assuming utilization grows in proportion to running requests (true while vLLM
+batches below its limits).
 
     >>> window = MeasuredWindow(output_tok_s=[400.0], running=[10.0], waiting=[0.0],
     ...                         requests_s=[2.0], gpu_util=[50.0], gpus=2)

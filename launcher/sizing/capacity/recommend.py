@@ -1,7 +1,7 @@
 """The recommendation: the cheapest way to serve the traffic, and where that changes.
 
-The guide's tiers (REFERENCE §3) come out of the costs rather than being typed in:
-serverless while its bill is below the cheapest dedicated fleet (under ~1,000 DAU at the
+The guide's tiers (docs/gpus-and-costs.md#rules-of-thumb) come out of the costs rather than being
+typed in: serverless while its bill is below the cheapest dedicated fleet (under ~1,000 DAU at the
 guide's numbers: it has no idle cost), then one GPU (a single RTX 4090 for a 7B model to
 ~10,000 DAU), then several behind a load balancer. The crossover is the smallest DAU at which
 serverless costs at least as much as a dedicated fleet, and the busy share there is the

@@ -33,7 +33,8 @@ from launcher.sizing.speed import SpeedCalibration
 # Quality rank (lower is better) for ties; int4 last.
 QUALITY_RANK: dict[str, int] = {"bf16": 0, "fp16": 0, "fp8": 1, "int8": 2, "awq": 3, "gptq": 3}
 
-# What the cost guide (REFERENCE §3) and the published checkpoints say each costs in quality.
+# What the cost guide (docs/gpus-and-costs.md#quantization-and-quality) and the published
+# checkpoints say each costs in quality.
 QUALITY_NOTES: dict[str, str] = {
     "fp8": "FP8 W8A8: published FP8 checkpoints score within ~0.5% of 16-bit "
     "(Llama-3.1-70B-Instruct-FP8: 84.29 vs 84.40 on OpenLLM v1, its model card)",

@@ -7,11 +7,12 @@ the largest batch whose per-user speed stays at or above the target, capped by t
 solver's KV capacity (``kv_tokens // context``) and vLLM's ``max_num_seqs``.
 
 With the same constants the model lands inside every row of the cost guide's throughput table
-(REFERENCE §3), each row taken at its own per-user speed (mid total / mid users: 30-40 tok/s)
-with the guide's 200-token replies after 500-token prompts, and with the configuration the row
-must mean: 7B fp16 on RTX 4090 / L40S / H100 and 13B fp16 on an H100 as stated; 13B on an
-L40S in int4 (AWQ), because 26 GB of fp16 weights over 864 GB/s cannot reach 40 tok/s even for
-one stream; 70B in fp8 on an H100 and on an H200 (its 141 GB of fp16 weights fit neither).
+(docs/gpus-and-costs.md#throughput-table), each row taken at its own per-user speed (mid total / mid
+users: 30-40 tok/s) with the guide's 200-token replies after 500-token prompts, and with the
+configuration the row must mean: 7B fp16 on RTX 4090 / L40S / H100 and 13B fp16 on an H100 as
+stated; 13B on an L40S in int4 (AWQ), because 26 GB of fp16 weights over 864 GB/s cannot reach 40
+tok/s even for one stream; 70B in fp8 on an H100 and on an H200 (its 141 GB of fp16 weights fit
+neither).
 
     >>> users_per_gpu("rtx4090", "llama-3.1-8b", "awq")
     23
@@ -31,7 +32,8 @@ from launcher.sizing.speed import SpeedCalibration, Workload, max_batch_at_speed
 
 Limit = Literal["speed", "kv-cache", "max-num-seqs", "too-slow", "does-not-fit", "unsupported"]
 
-# The guide's request: 200 output tokens (REFERENCE §3); the prompt is ours to state.
+# The guide's request: 200 output tokens (docs/gpus-and-costs.md#usage-model); the prompt is ours to
+# state.
 DEFAULT_OUTPUT_TOKENS = 200
 DEFAULT_PROMPT_TOKENS = 500
 DEFAULT_USER_TOK_S = 40.0

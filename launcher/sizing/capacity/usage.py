@@ -1,10 +1,10 @@
 """Traffic model: from daily active users to peak concurrency.
 
-The cost guide's usage model (REFERENCE §3): every daily user sends ``requests_per_user``
-requests a day of ``tokens_per_request`` output tokens; ``peak_share`` of the day's traffic
-arrives within ``peak_hours``; a user reads at ``user_tok_s`` tokens/s, so one request keeps a
-sequence busy for ``tokens_per_request / user_tok_s`` seconds (200 / 40 = 5 s). By Little's law
-the peak concurrency is the peak arrival rate times that duration::
+The cost guide's usage model (docs/gpus-and-costs.md#usage-model): every daily user sends
+``requests_per_user`` requests a day of ``tokens_per_request`` output tokens; ``peak_share`` of the
+day's traffic arrives within ``peak_hours``; a user reads at ``user_tok_s`` tokens/s, so one request
+keeps a sequence busy for ``tokens_per_request / user_tok_s`` seconds (200 / 40 = 5 s). By Little's
+law the peak concurrency is the peak arrival rate times that duration::
 
     >>> profile = UsageProfile(daily_users=1_000)
     >>> round(peak_concurrency(profile), 2)       # 2,100 requests in 8 h -> ~4.4/min

@@ -4,7 +4,7 @@ On CPUs with AMX (``amx_tile`` in ``/proc/cpuinfo``) vLLM 0.32's CPU worker dies
 engine's first request has a tiny prompt ("Worker proc VllmWorker-0 died unexpectedly", then
 ``EngineDeadError`` 500s); processes that first asked for the tile state
 (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``) served every short prompt
-(REFERENCE section 4). Linux keeps that permission per process, across ``fork`` but not
+(docs/cpu-engine.md#amx-cpus). Linux keeps that permission per process, across ``fork`` but not
 ``execve``, and vLLM starts its workers through multiprocessing (spawn: a fresh
 interpreter). So ``vkit launch --cpu`` puts this directory first on the engine's
 ``PYTHONPATH`` (:func:`launcher.supervision.launch_spec.engine_env`), and every Python

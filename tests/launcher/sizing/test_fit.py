@@ -1,4 +1,4 @@
-"""The fit solver against REFERENCE section 2's checks and the cost guide's claims."""
+"""The fit solver against the checks of docs/memory.md#worked-check and the cost guide's claims."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ PUBLISHED_BILLIONS = {
     "gemma-2-9b": 9.24,
 }
 
-# REFERENCE section 2 table: KiB of bf16 KV per token.
+# docs/memory.md#model-shapes table: KiB of bf16 KV per token.
 KIB_PER_TOKEN = {
     "llama-3.1-8b": 128,
     "llama-3.1-70b": 320,

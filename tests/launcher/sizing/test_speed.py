@@ -16,7 +16,8 @@ REPORT = calibration_report()
 
 def test_the_table_has_the_reference_measurements_and_their_sources() -> None:
     runs = load_measurements()
-    reference = {("rtx4090", "mistral-7b-v0.3"), ("a40", "llama-3.1-8b")}  # REFERENCE section 2
+    # docs/gpus-and-costs.md#published-measurements
+    reference = {("rtx4090", "mistral-7b-v0.3"), ("a40", "llama-3.1-8b")}
     assert {(r.gpu, r.model) for r in runs} >= reference
     assert all(r.source.startswith("https://") for r in runs)
     assert len(REPORT) >= 6
@@ -44,8 +45,9 @@ def test_total_throughput_bends_at_high_batch() -> None:
 
 
 def test_one_stream_is_bound_by_bandwidth() -> None:
-    # REFERENCE section 2: single-stream decode ~0.75-0.8 x bandwidth / bytes of weights;
-    # on an H100 the fixed per-step cost weighs more (a published 6.5 ms TPOT: ~0.7).
+    # docs/gpus-and-costs.md#single-stream-decode-speed: single-stream decode ~0.75-0.8 x bandwidth
+    # / bytes of weights; on an H100 the fixed per-step cost weighs more (a published 6.5 ms TPOT:
+    # ~0.7).
     workload = Workload(load_model("llama-3.1-8b"), "bf16", 200, 200)
     for name, low in (("rtx4090", 0.75), ("h100-sxm", 0.6)):
         gpu = get_gpu(name)

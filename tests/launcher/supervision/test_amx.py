@@ -1,7 +1,7 @@
 """AMX: every Python process of the CPU engine asks Linux for AMX tile state first.
 
 vLLM 0.32's CPU worker dies on AMX CPUs when the engine's first request has a tiny prompt
-(REFERENCE section 4); asking for the tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+(docs/cpu-engine.md#amx-cpus); asking for the tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
 XFEATURE_XTILEDATA)``) in every process first cures it. The permission does not survive
 ``execve`` and vLLM starts its workers with multiprocessing, so ``vkit launch --cpu`` puts
 a ``sitecustomize`` directory first on the engine's ``PYTHONPATH``; these tests run real

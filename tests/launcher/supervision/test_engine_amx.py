@@ -1,7 +1,7 @@
 """On AMX CPUs, a fresh CPU engine survives a 2-token first prompt (slow tier, AMX only).
 
 vLLM 0.32's CPU worker died on the first tiny prompt of a fresh engine on AMX machines,
-5 of 5 starts (REFERENCE section 4); ``vkit launch --cpu`` now asks Linux for AMX tile
+5 of 5 starts (docs/cpu-engine.md#amx-cpus); ``vkit launch --cpu`` now asks Linux for AMX tile
 state in every engine process (:mod:`launcher.supervision.amx_site`). The replica here is
 started exactly as users start one -- nothing AMX-specific in the test's environment -- and
 its very first generation request has a 2-token prompt, then 20 more short ones follow.

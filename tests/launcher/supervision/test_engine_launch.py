@@ -73,7 +73,8 @@ def test_tiny_model_is_built_once_with_a_chat_template(tiny_model_dir: Path) -> 
     assert build_tiny_model(tiny_model_dir) == tiny_model_dir
     assert weights.stat().st_mtime_ns == before  # idempotent: nothing rewritten
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    assert config["head_dim"] == 64  # the CPU attention kernels need 64 (REFERENCE section 4)
+    # The CPU attention kernels need 64 (docs/cpu-engine.md#the-tiny-model).
+    assert config["head_dim"] == 64
     spec = load_model(str(tiny_model_dir))
     assert spec.kv_bytes_per_token() == 2 * 2 * 1 * 64 * 2
     template = (tiny_model_dir / "chat_template.jinja").read_text()

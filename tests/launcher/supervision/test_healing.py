@@ -1,4 +1,5 @@
-"""The start-up error parsers on vLLM's own wording (REFERENCE section 2, vLLM 0.32 source)."""
+"""The start-up error parsers on vLLM's own wording (docs/memory.md#refusal-messages, vLLM 0.32
+source)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The cost guide's numbers (REFERENCE §3), reproduced by the planner from first principles."""
+"""The cost guide's numbers (docs/gpus-and-costs.md#the-cost-guide), reproduced by the planner from
+first principles."""
 
 from __future__ import annotations
 

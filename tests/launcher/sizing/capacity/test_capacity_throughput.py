@@ -18,7 +18,8 @@ CALIBRATION = DecodeCalibration()
 
 
 def test_single_stream_is_about_0_8_of_bandwidth_over_weights() -> None:
-    # REFERENCE §2: single-stream decode ~ 0.75-0.8 x bandwidth / bytes of weights.
+    # docs/gpus-and-costs.md#single-stream-decode-speed: single-stream decode ~ 0.75-0.8 x bandwidth
+    # / bytes of weights.
     gpu, model = get_gpu("rtx4090"), load_model("7b")
     workload = workload_for(model, "fp16", context_tokens=600)
     single = 1 / decode_step_seconds(workload, gpu, 1, CALIBRATION)
@@ -37,7 +38,8 @@ def test_batching_raises_total_and_lowers_per_user_speed() -> None:
 
 
 def test_published_rtx4090_curve_is_matched_within_25_percent() -> None:
-    # REFERENCE §2: Mistral-7B fp16, 256 in / 128 out (~320 tokens of context on average).
+    # docs/gpus-and-costs.md#published-measurements: Mistral-7B fp16, 256 in / 128 out (~320 tokens
+    # of context on average).
     published = {4: 210, 8: 377, 16: 644, 32: 975, 48: 1190}
     workload = workload_for(load_model("7b"), "fp16", context_tokens=320)
     gpu = get_gpu("rtx4090")
