@@ -29,6 +29,7 @@ from launcher.sizing.fit import FitRequest, plan_fit
 from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import load_model
+from launcher.supervision.launch_spec import LaunchSettings
 from tests.deploy.test_k8s_render import OVERLAYS
 from vkit.render.compose import API_KEY_VAR, ComposeSpec, build_compose, compose_deployment
 from vkit.render.k8s_bundle import gateway_settings as k8s_gateway_settings
@@ -41,10 +42,9 @@ from vkit.render.systemd import (
     GATEWAY_MODEL_ENV,
     GATEWAY_ROUTING_ENV,
     ModelTokenizer,
-    replica_instances,
+    host_deployment,
     systemd_host_files,
 )
-from vkit.render.systemd import gateway_settings as systemd_gateway_settings
 from vkit.stack.stack_plan import StackLayout, StackPorts, gateway_spec, stack_gateway_settings
 from vkit.stack.up_settings import UpSettings
 
@@ -151,19 +151,22 @@ def test_k8s_base_and_overlay_gateway_env_load_back(overlay: str) -> None:
 @pytest.mark.parametrize("routing", ["round_robin", "aware"])
 def test_systemd_env_files_load_back(routing: Any) -> None:
     """In the gateway unit's EnvironmentFile= order; values unescaped as systemd does."""
-    replicas = replica_instances(split_gpu_sets(["0", "1", "2", "3"], tensor_parallel=2), 8001)
     tokenizer = ModelTokenizer("llama-3.1-70b", "org/model", PurePosixPath("/var/lib/hf/hub"))
-    files = systemd_host_files(
-        replicas, listen="127.0.0.1:8000", tokenizer=tokenizer, routing=routing
+    deployment = host_deployment(
+        LaunchSettings(model="org/model", tensor_parallel=2),
+        None,
+        split_gpu_sets(["0", "1", "2", "3"], tensor_parallel=2),
+        base_port=8001,
+        listen="127.0.0.1:8000",
+        tokenizer=tokenizer,
+        routing=routing,
     )
+    files = systemd_host_files(deployment, listen="127.0.0.1:8000")
     env: dict[str, str] = {}
     for path in (GATEWAY_MODEL_ENV, GATEWAY_ROUTING_ENV, GATEWAY_HOST_ENV):
         for name, value in re.findall(r"^(\w+)=(.*)$", files[path], re.M):
             env[name] = value.replace("\\\\", "\\")
-    expected = systemd_gateway_settings(
-        replicas, listen="127.0.0.1:8000", tokenizer=tokenizer, routing=routing
-    )
-    loads_back(env, expected)
+    loads_back(env, deployment.gateway)
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,10 @@ import vkit.render.systemd as systemd_host
 from gateway.prompt_tokens import ModelCounters, build_prompt_counter
 from gateway.settings import load_settings
 from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
-from launcher.supervision.profiles import load_profile
+from launcher.supervision.profiles import LaunchEnvironment, load_profile
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
+from vkit.cli import build_parser
+from vkit.commands.launch import settings_from
 from vkit.commands.render_systemd import SystemdArgs, plan_host
 from vkit.stack.ports import free_port
 
@@ -135,7 +137,7 @@ def test_installed_gateway_env_loads_back_into_the_rendered_settings(staged: Pat
         if name.startswith("VKIT_GATEWAY_") and name != "VKIT_GATEWAY_UPSTREAM_API_KEY"
     }
     args = SystemdArgs(profile=str(PROFILE), gpus=["0", "1"], out=staged)  # install.sh's
-    expected = plan_host(args).gateway_settings(args)
+    expected = plan_host(args).deployment.gateway
     assert load_settings(environ=gateway_env).model_dump() == expected.model_dump()
 
 
@@ -609,6 +611,27 @@ def test_tp_install_writes_one_instance_per_gpu_set(staged_tp: Path) -> None:
     env = unit_environment(staged_tp, "vllm@.service", "2-3")
     assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("2,3", "PCI_BUS_ID")
     assert env["NCCL_SOCKET_IFNAME"] == "lo"  # the set is on this host
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(
+    ("stage", "gpus", "profile", "tp"),
+    [("staged", ["0", "1"], PROFILE, None), ("staged_tp", ["0", "1", "2", "3"], PROFILE_TP, 2)],
+)
+def test_each_instance_launches_its_replicas_settings_of_the_deployment(
+    stage: str, gpus: list[str], profile: Path, tp: int | None, request: pytest.FixtureRequest
+) -> None:
+    """The static unit's ExecStart, its variables from the instance's env files, parsed by
+    ``vkit launch``'s own parser, is the replica's settings in the host's Deployment (the
+    profile as installed, on the replica's loopback port, with the set's TP size)."""
+    root: Path = request.getfixturevalue(stage)
+    args = SystemdArgs(profile=str(profile), gpus=gpus, tp=tp, out=root)
+    group = plan_host(args).deployment.group
+    assert len(group.gpu_sets) == len(group.ports) == len(gpus) // (tp or 1)
+    for index, gpu_set in enumerate(group.gpu_sets):
+        parsed = build_parser().parse_args(exec_start(root, gpu_set.name)[1:])
+        launched = settings_from(parsed, LaunchEnvironment(vllm_cpu_kvcache_space=None))
+        assert launched == group.replica_launch(index)
 
 
 @pytest.mark.system

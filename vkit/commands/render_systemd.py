@@ -20,20 +20,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.settings import GatewaySettings
 from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.supervision.launch_spec import LaunchSettings, LaunchSpec, resolve_launch
 from launcher.supervision.profiles import load_profile
 from launcher.supervision.vllm_args import VllmOptions, split_flags
 from vkit.commands.launch import served_model
+from vkit.deployment import Deployment
 from vkit.deployment.service_ports import NGINX_PORT, REPLICA_BASE_PORT
 from vkit.exit_codes import UsageError
 from vkit.render.bundle import write_files
 from vkit.render.systemd import (
     REPLICA_HOST,
     ModelTokenizer,
-    ReplicaInstance,
-    gateway_settings,
+    host_deployment,
     replica_instances,
     systemd_host_files,
 )
@@ -91,37 +90,36 @@ def register(kinds: Any) -> None:
 
 @dataclass(frozen=True)
 class HostPlan:
-    """What ``render systemd`` solved: the replicas, the gateway's tokenizer, the launch."""
+    """What ``render systemd`` solved: the host's deployment and one replica's launch."""
 
-    replicas: list[ReplicaInstance]
-    tokenizer: ModelTokenizer
+    deployment: Deployment
     launch: LaunchSpec
-
-    def gateway_settings(self, settings: SystemdArgs) -> GatewaySettings:
-        """The gateway's settings that the host's env files add up to."""
-        return gateway_settings(
-            self.replicas,
-            listen=settings.listen,
-            tokenizer=self.tokenizer,
-            routing=settings.routing,
-        )
 
 
 def plan_host(settings: SystemdArgs) -> HostPlan:
-    """Split the GPUs, solve one set's fit with ``vkit launch``'s resolver, place the ports."""
+    """Split the GPUs, solve one set's fit with ``vkit launch``'s resolver, place the ports:
+    the host's :class:`~vkit.deployment.Deployment`."""
     launch = replica_settings(settings)
     gpu_sets = split_gpu_sets(settings.gpus, tensor_parallel=launch.tensor_parallel)
     spec = resolve_launch(launch, gpu_visible=True)
-    try:
-        replicas = replica_instances(gpu_sets, settings.base_port)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
     tokenizer = ModelTokenizer(
         served_name=served_model(spec.options),
         source=tokenizer_source(spec.options),
         hf_cache=settings.hf_home / "hub",
     )
-    return HostPlan(replicas, tokenizer, spec)
+    try:
+        deployment = host_deployment(
+            launch,
+            spec.plan,
+            gpu_sets,
+            base_port=settings.base_port,
+            listen=settings.listen,
+            tokenizer=tokenizer,
+            routing=settings.routing,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return HostPlan(deployment, spec)
 
 
 def run_systemd(args: argparse.Namespace) -> int:
@@ -132,19 +130,15 @@ def run_systemd(args: argparse.Namespace) -> int:
     for note in host.launch.notes:
         print(f"vkit render: note: {note}", file=sys.stderr)
     try:
-        files = systemd_host_files(
-            host.replicas,
-            listen=settings.listen,
-            tokenizer=host.tokenizer,
-            routing=settings.routing,
-        )
+        files = systemd_host_files(host.deployment, listen=settings.listen)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     write_files({str(path): text for path, text in files.items()}, settings.out)
-    for replica in host.replicas:
-        gpus = replica.gpu_set
-        label = "GPUs" if gpus.size > 1 else "GPU"
-        print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
+    for group in host.deployment.groups:
+        for replica in replica_instances(group):
+            gpus = replica.gpu_set
+            label = "GPUs" if gpus.size > 1 else "GPU"
+            print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
     print(fit_summary(host.launch))
     return 0
 

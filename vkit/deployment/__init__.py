@@ -4,6 +4,8 @@ Modules:
 
 - :mod:`vkit.deployment.model`: :class:`Deployment` (replica groups, the gateway's
   settings, ports, images, drain) and :class:`ReplicaGroup` (one served model);
+- :mod:`vkit.deployment.launch_args`: a replica's settings as ``vkit launch`` flags (the
+  targets whose replicas run ``vkit launch``);
 - :mod:`vkit.deployment.images`: the pinned container images;
 - :mod:`vkit.deployment.service_ports`: the ports of every part;
 - :mod:`vkit.deployment.drain`: the drain budget and the margin a stopper adds.

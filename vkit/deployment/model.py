@@ -6,6 +6,9 @@
 
 A group is one served model: its vLLM settings (what ``vkit launch`` takes), the fit
 solver's plan for one replica, the GPU sets its replicas own and how many replicas it runs.
+Replicas that share a host (systemd, ``vkit up``) each have a port of their own
+(:attr:`ReplicaGroup.ports`); each runs :meth:`ReplicaGroup.replica_launch`, which those
+targets pass to ``vkit launch`` as flags (:func:`vkit.deployment.launch_args.launch_args`).
 The gateway's settings are a real :class:`~gateway.settings.GatewaySettings` value, written
 out by :func:`gateway.settings_env.settings_env` alone. Compose, systemd, Kubernetes and
 ``vkit up`` translate a deployment into their own files; none spells a value of it again.
@@ -43,6 +46,17 @@ class ReplicaGroup(BaseModel):
     load: str | None = Field(
         default=None, description="what vLLM loads instead of the checkpoint (a ${VAR} reference)"
     )
+    ports: tuple[int, ...] = Field(
+        default=(),
+        description="each replica's port where they share a host (systemd, vkit up); "
+        "empty: each listens on launch.port in its own container or pod",
+    )
+
+    @model_validator(mode="after")
+    def _one_port_per_replica(self) -> ReplicaGroup:
+        if self.ports and len(self.ports) != self.replica_count:
+            raise ValueError(f"{len(self.ports)} ports for {self.replica_count} replicas")
+        return self
 
     @property
     def served_model(self) -> str:
@@ -52,6 +66,12 @@ class ReplicaGroup(BaseModel):
     @property
     def replica_count(self) -> int:
         return len(self.gpu_sets) if self.replicas is None else self.replicas
+
+    def replica_launch(self, index: int) -> LaunchSettings:
+        """What replica ``index`` runs: the group's settings on that replica's port."""
+        if not self.ports:
+            return self.launch
+        return self.launch.model_copy(update={"port": self.ports[index]})
 
     def vllm_argv(self, engine: Sequence[str] | None = None) -> list[str]:
         """The vLLM command of each replica (the launcher's one builder)."""
@@ -74,6 +94,9 @@ class Deployment(BaseModel):
         names = [group.served_model for group in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"two replica groups serve the same model: {names}")
+        ports = [port for group in self.groups for port in group.ports]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"two replicas on one port: {ports}")
         return self
 
     @property

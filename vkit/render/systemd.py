@@ -1,8 +1,11 @@
 """The systemd host's generated files: one ``vllm@SET`` instance per GPU set, NGINX over them,
-and the gateway's tokenizer settings, from one deployment profile.
+and the gateway's settings, translated from the host's :class:`~vkit.deployment.Deployment`.
 
     >>> from launcher.sizing.gpu_sets import split_gpu_sets
-    >>> replicas = replica_instances(split_gpu_sets(["0", "1", "2", "3"], tensor_parallel=2), 8001)
+    >>> gpu_sets = tuple(split_gpu_sets(["0", "1", "2", "3"], tensor_parallel=2))
+    >>> group = ReplicaGroup(launch=LaunchSettings(model="m"), gpu_sets=gpu_sets,
+    ...                      ports=replica_ports(8001, len(gpu_sets)))
+    >>> replicas = replica_instances(group)
     >>> [(r.unit, r.upstream) for r in replicas]
     [('vllm@0-1.service', '127.0.0.1:8001'), ('vllm@2-3.service', '127.0.0.1:8002')]
     >>> print(replica_env(replicas[1]), end="")
@@ -11,14 +14,19 @@ and the gateway's tokenizer settings, from one deployment profile.
     CUDA_VISIBLE_DEVICES=2,3
     VKIT_TENSOR_PARALLEL=2
 
-:func:`systemd_host_files` returns them keyed by their path below ``/``; ``install.sh``
-installs each one (``vkit render systemd`` writes them into a staging directory first).
-The units themselves (``deploy/systemd/*.service``) are static: an instance reads its GPU
-set, port and tensor-parallel size from ``/etc/vkit/replica-%i.env``.
+:func:`host_deployment` describes the host: one replica group (the profile's settings, one
+GPU set and one loopback port per replica), the gateway's settings, ports and drain.
+:func:`systemd_host_files` translates it into files keyed by their path below ``/``;
+``install.sh`` installs each one (``vkit render systemd`` writes them into a staging
+directory first). The units themselves (``deploy/systemd/*.service``) are static: an
+instance runs ``vkit launch`` on the profile with its GPU set, port and tensor-parallel
+size from ``/etc/vkit/replica-%i.env`` (the group's :meth:`~vkit.deployment.ReplicaGroup.
+replica_launch`, a test says so).
 
-The gateway's variables come from one :class:`~gateway.settings.GatewaySettings` value
-(:func:`gateway_settings`), split over three files: ``gateway-model.env`` and
-``gateway-routing.env`` (rewritten on every install) and ``gateway.env`` (written once).
+The gateway's variables come from the deployment's one
+:class:`~gateway.settings.GatewaySettings` value, split over three files:
+``gateway-model.env`` (its tokenizers) and ``gateway-routing.env`` (routing and upstreams),
+rewritten on every install, and ``gateway.env`` (everything else, written once).
 
 Routing: ``round_robin`` (the default) puts NGINX over the replicas and the gateway in front of
 NGINX; ``aware`` renders no NGINX site and lists the replicas' loopback ports as the gateway's
@@ -27,14 +35,17 @@ upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
-from gateway.settings import GatewaySettings
-from gateway.settings_env import settings_env, settings_from_values
+from gateway.settings import ENV_PREFIX, GatewaySettings
+from gateway.settings_env import NESTED_DELIMITER, settings_env, settings_from_values
+from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
-from vkit.deployment.service_ports import GATEWAY_ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
+from launcher.supervision.launch_spec import LaunchSettings
+from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup, Routing
 from vkit.nginx_conf import render_nginx_site
 
 REPLICA_HOST = "127.0.0.1"
@@ -45,7 +56,9 @@ GATEWAY_ROUTING_ENV = ETC_VKIT / "gateway-routing.env"
 # What install.sh copies to gateway.env where there is none yet (never over yours).
 GATEWAY_HOST_ENV = ETC_VKIT / "gateway.env.default"
 ETC_VKIT_ROOT = PurePosixPath("/") / ETC_VKIT
-Routing = Literal["round_robin", "aware"]
+# Which of the gateway's settings each file holds (gateway.env: all the others).
+MODEL_FIELDS = ("tokenizers",)
+ROUTING_FIELDS = ("upstreams", "routing")
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,48 @@ class ModelTokenizer:
     hf_cache: PurePosixPath
 
 
-def replica_instances(gpu_sets: list[GpuSet], base_port: int) -> list[ReplicaInstance]:
-    """Set ``i`` listens on ``base_port + i``."""
-    last = base_port + len(gpu_sets) - 1
+def replica_ports(base_port: int, count: int) -> tuple[int, ...]:
+    """Replica ``i`` listens on ``base_port + i``."""
+    last = base_port + count - 1
     if base_port < 1 or last > 65535:
         raise ValueError(f"replica ports {base_port}-{last} are not all in 1-65535")
-    return [ReplicaInstance(gpu_set, base_port + i) for i, gpu_set in enumerate(gpu_sets)]
+    return tuple(range(base_port, base_port + count))
+
+
+def replica_instances(group: ReplicaGroup) -> list[ReplicaInstance]:
+    """One ``vllm@`` instance per GPU set of the group, on that replica's port."""
+    return [
+        ReplicaInstance(gpu_set, port)
+        for gpu_set, port in zip(group.gpu_sets, group.ports, strict=True)
+    ]
+
+
+def host_deployment(
+    launch: LaunchSettings,
+    plan: FitPlan | None,
+    gpu_sets: Sequence[GpuSet],
+    *,
+    base_port: int,
+    listen: str,
+    tokenizer: ModelTokenizer,
+    routing: Routing,
+) -> Deployment:
+    """The host as a :class:`~vkit.deployment.Deployment`: one replica per GPU set, each
+    running ``launch`` on loopback at its own port; the gateway's settings (what its three
+    env files add up to) with NGINX's ``listen`` as its upstream (``round_robin``)."""
+    group = ReplicaGroup(
+        launch=launch.model_copy(update={"host": REPLICA_HOST}),
+        plan=plan,
+        gpu_sets=tuple(gpu_sets),
+        ports=replica_ports(base_port, len(gpu_sets)),
+    )
+    ports = Ports()
+    replicas = replica_instances(group)
+    gateway = gateway_settings(
+        replicas, listen=listen, tokenizer=tokenizer, routing=routing, ports=ports
+    )
+    drain = {} if launch.shutdown_timeout is None else {"replica_s": launch.shutdown_timeout}
+    return Deployment(groups=(group,), gateway=gateway, ports=ports, drain=DrainBudget(**drain))
 
 
 def replica_env(replica: ReplicaInstance) -> str:
@@ -116,83 +165,97 @@ def gateway_routing_values(
     return {"upstreams": upstreams, "routing": routing}
 
 
-def gateway_host_values() -> dict[str, Any]:
+def gateway_host_values(ports: Ports) -> dict[str, Any]:
     """The gateway's listeners, keys file and Redis on the host (``gateway.env``, written
     once: the operator's own settings go there)."""
     return {
         "host": "0.0.0.0",
-        "port": GATEWAY_PORT,
+        "port": ports.gateway,
         # The admin listener (/metrics for Prometheus, /readyz details, /openapi.json):
         # loopback only.
         "admin_host": REPLICA_HOST,
-        "admin_port": GATEWAY_ADMIN_PORT,
+        "admin_port": ports.gateway_admin,
         "keys_file": str(ETC_VKIT_ROOT / "keys.yaml"),
-        "redis_url": f"redis://{REPLICA_HOST}:{REDIS_PORT}/0",
+        "redis_url": f"redis://{REPLICA_HOST}:{ports.redis}/0",
     }
 
 
 def gateway_settings(
-    replicas: list[ReplicaInstance], *, listen: str, tokenizer: ModelTokenizer, routing: Routing
+    replicas: list[ReplicaInstance],
+    *,
+    listen: str,
+    tokenizer: ModelTokenizer,
+    routing: Routing,
+    ports: Ports,
 ) -> GatewaySettings:
     """The gateway's whole settings on the host: what its three env files add up to."""
     return settings_from_values(
         {
-            **gateway_host_values(),
+            **gateway_host_values(ports),
             **gateway_routing_values(replicas, listen=listen, routing=routing),
             **gateway_model_values(tokenizer),
         }
     )
 
 
-def env_file_lines(values: dict[str, Any]) -> str:
-    """``NAME=value`` lines of :func:`gateway.settings_env.settings_env` for ``values``."""
-    env = settings_env(settings_from_values(values))
-    return "".join(f"{name}={_env_value(value)}\n" for name, value in env.items())
+def env_file_lines(env: dict[str, str], fields: Collection[str]) -> str:
+    """``NAME=value`` lines of the variables of the settings' ``fields`` among ``env``
+    (:func:`gateway.settings_env.settings_env`'s, in its order)."""
+    names = tuple(ENV_PREFIX + field.upper() for field in fields)
+    sections = tuple(name + NESTED_DELIMITER for name in names)
+    return "".join(
+        f"{name}={_env_value(value)}\n"
+        for name, value in env.items()
+        if name in names or name.startswith(sections)
+    )
 
 
-def gateway_model_env(tokenizer: ModelTokenizer) -> str:
+def gateway_model_env(env: dict[str, str]) -> str:
     """``/etc/vkit/gateway-model.env``: the gateway's ``tokenizers`` settings for the model."""
     return (
         "# Written by install.sh from the replicas' profile, on every install (your own\n"
         "# settings go in gateway.env, which the unit reads after this file). The gateway\n"
         "# counts prompt tokens with the served model's tokenizer, from the Hugging Face\n"
         "# cache the replicas download into (HF_HOME of vllm@.service, plus /hub).\n"
-    ) + env_file_lines(gateway_model_values(tokenizer))
+    ) + env_file_lines(env, MODEL_FIELDS)
 
 
-def gateway_routing_env(replicas: list[ReplicaInstance], *, listen: str, routing: Routing) -> str:
-    """``/etc/vkit/gateway-routing.env``: :func:`gateway_routing_values`."""
+def gateway_routing_env(env: dict[str, str], routing: Routing) -> str:
+    """``/etc/vkit/gateway-routing.env``: the gateway's routing and upstreams."""
     return (
         f"# Written by install.sh (--routing {routing}) on every install; gateway.env, read\n"
         "# after this file, wins: leave routing and upstreams out of it.\n"
-    ) + env_file_lines(gateway_routing_values(replicas, listen=listen, routing=routing))
+    ) + env_file_lines(env, ROUTING_FIELDS)
 
 
-def gateway_host_env() -> str:
-    """``/etc/vkit/gateway.env`` as a first install writes it (never overwritten)."""
+def gateway_host_env(env: dict[str, str]) -> str:
+    """``/etc/vkit/gateway.env`` as a first install writes it (never overwritten): the
+    gateway's settings that are neither the model's nor the routing's."""
+    others = set(GatewaySettings.model_fields) - {*MODEL_FIELDS, *ROUTING_FIELDS}
     return (
         "# The gateway's own settings: written once by install.sh, then yours (read last).\n"
         "# The admin listener (/metrics for Prometheus, /readyz details, /openapi.json) stays\n"
         "# on loopback. Routing and upstreams: gateway-routing.env (install.sh --routing).\n"
-    ) + env_file_lines(gateway_host_values())
+    ) + env_file_lines(env, others)
 
 
-def systemd_host_files(
-    replicas: list[ReplicaInstance],
-    *,
-    listen: str,
-    tokenizer: ModelTokenizer,
-    routing: Routing = "round_robin",
-) -> dict[PurePosixPath, str]:
-    """Every generated file, by its path below ``/``: the replicas' env files, the NGINX site
-    (one server per GPU set; none with ``aware``), the gateway's model and routing settings,
-    and the first install's ``gateway.env`` (install.sh writes it only where none is)."""
-    files = {replica.env_path: replica_env(replica) for replica in replicas}
-    if routing == "round_robin":
-        files[NGINX_SITE] = render_nginx_site([r.upstream for r in replicas], listen)
-    files[GATEWAY_MODEL_ENV] = gateway_model_env(tokenizer)
-    files[GATEWAY_ROUTING_ENV] = gateway_routing_env(replicas, listen=listen, routing=routing)
-    files[GATEWAY_HOST_ENV] = gateway_host_env()
+def systemd_host_files(deployment: Deployment, *, listen: str) -> dict[PurePosixPath, str]:
+    """Every generated file, by its path below ``/``: each replica's env file (every group's),
+    the NGINX site on ``listen`` (one server per replica; none with ``aware``), the gateway's
+    model and routing settings, and the first install's ``gateway.env`` (install.sh writes
+    it only where none is)."""
+    files = {
+        replica.env_path: replica_env(replica)
+        for group in deployment.groups
+        for replica in replica_instances(group)
+    }
+    if deployment.routing == "round_robin":  # NGINX round-robins over one model's replicas
+        upstreams = [r.upstream for r in replica_instances(deployment.group)]
+        files[NGINX_SITE] = render_nginx_site(upstreams, listen)
+    env = settings_env(deployment.gateway)
+    files[GATEWAY_MODEL_ENV] = gateway_model_env(env)
+    files[GATEWAY_ROUTING_ENV] = gateway_routing_env(env, deployment.routing)
+    files[GATEWAY_HOST_ENV] = gateway_host_env(env)
     return files
 
 

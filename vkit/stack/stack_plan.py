@@ -1,5 +1,11 @@
 """``plan_stack``: ``UpSettings`` in, the list of processes to start out. Pure.
 
+``UpSettings`` become a :class:`~vkit.deployment.Deployment` (:func:`stack_deployment`),
+which ``plan_stack`` translates into processes: each replica group's replicas run
+``vkit launch`` with the flags of their settings
+(:func:`~vkit.deployment.launch_args.launch_args`), the gateway gets its settings as
+variables (:func:`~gateway.settings_env.settings_env`).
+
 The plan for N replicas is, in start order: N ``vkit launch`` replicas (CPU: each
 pinned to its own cores, REFERENCE section 4), optional ``redis-server``, ``nginx``
 round-robining across the replicas with the one template of ``nginx/``, and the
@@ -18,6 +24,10 @@ from typing import Any
 
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_env, settings_from_values
+from launcher.sizing.gpu_sets import GpuSet
+from launcher.supervision.launch_spec import LaunchSettings
+from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup
+from vkit.deployment.launch_args import launch_args
 from vkit.nginx_conf import nginx_argv, render_nginx_conf
 from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck, VllmCheck
 from vkit.stack.up_settings import TINY_MAX_MODEL_LEN, UpSettings
@@ -93,16 +103,67 @@ def plan_stack(
     python: str,
     cpu_count: int,
 ) -> StackPlan:
-    replicas = [
-        replica_spec(settings, layout, index, port, model_path, python, cpu_count)
-        for index, port in enumerate(ports.replicas)
-    ]
-    redis = [] if ports.redis is None else [redis_spec(settings, layout, ports.redis)]
-    upstreams = [f"{LOOPBACK}:{port}" for port in ports.replicas]
-    conf = render_nginx_conf(upstreams, f"{LOOPBACK}:{ports.nginx}")
-    nginx = [] if settings.routing == "aware" else [nginx_spec(settings, layout, ports.nginx)]
-    specs = (*replicas, *redis, *nginx, gateway_spec(settings, layout, ports, python))
-    return StackPlan(specs, conf, gateway_url(settings.host, ports.gateway), settings.model_name)
+    """The processes of :func:`stack_deployment`: its replicas (``vkit launch``), Redis,
+    NGINX (round-robin only) and the gateway."""
+    deployment = stack_deployment(settings, ports, layout, model_path=model_path)
+    replicas = replica_specs(deployment, settings, layout, python, cpu_count)
+    redis = [] if ports.redis is None else [redis_spec(settings, layout, deployment.ports.redis)]
+    group = deployment.group  # NGINX round-robins over one model's replicas
+    upstreams = [f"{LOOPBACK}:{port}" for port in group.ports]
+    conf = render_nginx_conf(upstreams, f"{LOOPBACK}:{deployment.ports.nginx}")
+    nginx = []
+    if deployment.routing == "round_robin":
+        nginx = [nginx_spec(settings, layout, deployment.ports.nginx)]
+    gateway = gateway_process(
+        deployment.gateway, settings.host, deployment.ports.gateway, layout, python
+    )
+    specs = (*replicas, *redis, *nginx, gateway)
+    url = gateway_url(settings.host, deployment.ports.gateway)
+    return StackPlan(specs, conf, url, group.served_model)
+
+
+def stack_deployment(
+    settings: UpSettings, ports: StackPorts, layout: StackLayout, *, model_path: str
+) -> Deployment:
+    """The local stack as a :class:`~vkit.deployment.Deployment`: one replica group (one
+    ``vkit launch`` per port on loopback; on a GPU, replica ``i`` owns GPU ``i``), the
+    gateway's settings for this run's ports, and the replicas' drain."""
+    launch = replica_launch_settings(settings, model_path)
+    if launch.cpu:
+        group = ReplicaGroup(launch=launch, replicas=len(ports.replicas), ports=ports.replicas)
+    else:
+        gpu_sets = tuple(GpuSet((str(index),)) for index in range(len(ports.replicas)))
+        group = ReplicaGroup(launch=launch, gpu_sets=gpu_sets, ports=ports.replicas)
+    optional = {"redis": ports.redis, "gateway_admin": ports.gateway_admin}
+    return Deployment(
+        groups=(group,),
+        gateway=stack_gateway_settings(settings, layout, ports),
+        ports=Ports(
+            gateway=ports.gateway,
+            nginx=ports.nginx,
+            **{name: port for name, port in optional.items() if port is not None},
+        ),
+        drain=DrainBudget(replica_s=launch.shutdown_timeout or 0),
+    )
+
+
+def replica_launch_settings(settings: UpSettings, model_path: str) -> LaunchSettings:
+    """What every replica's ``vkit launch`` is given (its port: :attr:`ReplicaGroup.ports`):
+    the CPU engine without CUDA graphs (faster start), the tiny model's short context."""
+    fields: dict[str, Any] = {
+        "model": model_path,
+        "host": LOOPBACK,
+        "served_model_name": settings.model_name,
+        "shutdown_timeout": settings.shutdown_timeout_s,
+    }
+    max_len = settings.max_model_len or (TINY_MAX_MODEL_LEN if settings.uses_tiny_model else None)
+    if max_len is not None:
+        fields["max_model_len"] = max_len
+    if settings.gpu is None:
+        fields.update(cpu=True, enforce_eager=True)
+    else:
+        fields["gpu"] = settings.gpu
+    return LaunchSettings(**fields)
 
 
 def gateway_url(host: str, port: int) -> str:
@@ -110,43 +171,57 @@ def gateway_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def replica_spec(
-    settings: UpSettings,
-    layout: StackLayout,
-    index: int,
-    port: int,
-    model_path: str,
-    python: str,
-    cpu_count: int,
-) -> ProcessSpec:
-    argv = [python, "-m", "vkit", "launch", "--model", model_path]
-    argv += ["--host", LOOPBACK, "--port", str(port)]
-    argv += ["--served-model-name", settings.model_name]
-    argv += ["--shutdown-timeout", f"{settings.shutdown_timeout_s:g}"]
-    max_len = settings.max_model_len or (TINY_MAX_MODEL_LEN if settings.uses_tiny_model else None)
-    if max_len is not None:
-        argv += ["--max-model-len", str(max_len)]
+def replica_specs(
+    deployment: Deployment, settings: UpSettings, layout: StackLayout, python: str, cpu_count: int
+) -> list[ProcessSpec]:
+    """Every group's replicas, numbered across the groups (CPU: the cores split among all)."""
+    total = sum(group.replica_count for group in deployment.groups)
+    specs: list[ProcessSpec] = []
+    for group in deployment.groups:
+        for index in range(group.replica_count):
+            number = len(specs)
+            env = replica_env(settings, group, index, cpu_binding(number, total, cpu_count))
+            specs.append(replica_spec(group, index, number, layout, python, env))
+    return specs
+
+
+def replica_env(
+    settings: UpSettings, group: ReplicaGroup, index: int, cpu_bind: str
+) -> dict[str, str]:
+    """A replica's environment: the CPU engine's KV cache and cores, or its GPU."""
     env: dict[str, str]
-    if settings.gpu is None:
-        argv += ["--cpu", "--enforce-eager"]
+    if group.launch.cpu:
         env = {
             "VLLM_CPU_KVCACHE_SPACE": f"{settings.cpu_kvcache_gib:g}",
-            "VLLM_CPU_OMP_THREADS_BIND": cpu_binding(index, settings.replicas, cpu_count),
+            "VLLM_CPU_OMP_THREADS_BIND": cpu_bind,
         }
         if settings.uses_tiny_model:
             env["HF_HUB_OFFLINE"] = "1"
     else:
-        argv += ["--gpu", settings.gpu]
+        gpus = group.gpu_sets[index].cuda_visible_devices
         # PCI bus order: the index is the GPU nvidia-smi and DCGM call so (CUDA: fastest first)
-        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": gpus}
     env["PYTHONUNBUFFERED"] = "1"  # the log tail shown on failure is up to date
-    base = f"http://{LOOPBACK}:{port}"
+    return env
+
+
+def replica_spec(
+    group: ReplicaGroup,
+    index: int,
+    number: int,
+    layout: StackLayout,
+    python: str,
+    env: dict[str, str],
+) -> ProcessSpec:
+    """Replica ``index`` of ``group`` (``replica-NUMBER``): ``vkit launch`` with the flags
+    of its settings (:func:`~vkit.deployment.launch_args.launch_args`)."""
+    launch = group.replica_launch(index)
     return ProcessSpec(
-        name=f"replica-{index}",
-        argv=tuple(argv),
-        log_path=layout.logs / f"replica-{index}.log",
+        name=f"replica-{number}",
+        argv=(python, "-m", "vkit", "launch", *launch_args(launch)),
+        log_path=layout.logs / f"replica-{number}.log",
         env=env,
-        ready=(VllmCheck(base, settings.model_name),),
+        ready=(VllmCheck(f"http://{LOOPBACK}:{launch.port}", group.served_model),),
         stop_tier=2,
     )
 
@@ -178,12 +253,20 @@ def nginx_spec(settings: UpSettings, layout: StackLayout, port: int) -> ProcessS
 def gateway_spec(
     settings: UpSettings, layout: StackLayout, ports: StackPorts, python: str
 ) -> ProcessSpec:
-    env = {**settings_env(stack_gateway_settings(settings, layout, ports)), "PYTHONUNBUFFERED": "1"}
-    argv = (python, "-m", "vkit", "gateway", "--host", settings.host, "--port", str(ports.gateway))
-    url = gateway_url(settings.host, ports.gateway)
+    """The gateway of these settings on these ports (:func:`stack_gateway_settings`)."""
+    gateway = stack_gateway_settings(settings, layout, ports)
+    return gateway_process(gateway, settings.host, ports.gateway, layout, python)
+
+
+def gateway_process(
+    gateway: GatewaySettings, host: str, port: int, layout: StackLayout, python: str
+) -> ProcessSpec:
+    """``vkit gateway`` on ``host:port``, its settings as ``VKIT_GATEWAY_*`` variables."""
+    env = {**settings_env(gateway), "PYTHONUNBUFFERED": "1"}
+    url = gateway_url(host, port)
     return ProcessSpec(
         name="gateway",
-        argv=argv,
+        argv=(python, "-m", "vkit", "gateway", "--host", host, "--port", str(port)),
         log_path=layout.logs / "gateway.log",
         env=env,
         ready=(HttpCheck(f"{url}/readyz"),),

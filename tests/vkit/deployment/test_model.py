@@ -63,3 +63,15 @@ def test_the_drain_budget_adds_the_margin() -> None:
 
 def test_launch_settings_are_what_vkit_launch_takes() -> None:
     assert isinstance(group("llama-3.1-8b").launch, LaunchSettings)
+
+
+def test_replicas_sharing_a_host_each_have_a_port_and_no_port_twice() -> None:
+    launch = LaunchSettings(model="m", cpu=True)
+    one = ReplicaGroup(launch=launch, replicas=2, ports=(8001, 8002))
+    assert [one.replica_launch(i).port for i in range(2)] == [8001, 8002]
+    assert ReplicaGroup(launch=launch, replicas=1).replica_launch(0) == launch
+    with pytest.raises(ValidationError, match="2 ports for 3 replicas"):
+        ReplicaGroup(launch=launch, replicas=3, ports=(8001, 8002))
+    other = ReplicaGroup(launch=LaunchSettings(model="n", cpu=True), replicas=1, ports=(8002,))
+    with pytest.raises(ValidationError, match="one port"):
+        Deployment(groups=(one, other), gateway=settings_from_values({}))
