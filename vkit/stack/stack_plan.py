@@ -7,7 +7,7 @@ which ``plan_stack`` translates into processes: each replica group's replicas ru
 variables (:func:`~gateway.settings_env.settings_env`).
 
 The plan for N replicas is, in start order: N ``vkit launch`` replicas (CPU: each
-pinned to its own cores, REFERENCE section 4), optional ``redis-server``, ``nginx``
+pinned to its own cores, docs/cpu-engine.md#cpu-pinning), optional ``redis-server``, ``nginx``
 round-robining across the replicas with the one template of ``nginx/``, and the
 gateway (``vkit gateway``) in front of NGINX. With ``routing="aware"`` there is no
 NGINX: the gateway's upstreams are the replicas and it routes by their load and the

@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from launcher.supervision.tiny_model import TINY_MODEL_NAME
 
-TINY_MAX_MODEL_LEN = 256  # REFERENCE section 4: what the CPU engine starts fast with
+# What the CPU engine starts fast with (docs/cpu-engine.md#start-up-time).
+TINY_MAX_MODEL_LEN = 256
 
 
 class DemoKeyLimits(BaseModel):
