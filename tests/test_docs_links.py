@@ -10,6 +10,7 @@ than ``-`` and ``_`` dropped, spaces turned into ``-``, and ``-1``, ``-2``... on
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -57,20 +58,22 @@ IGNORED_PARTS = (".git", "__pycache__", "build", "dist", ".vkit")
 IGNORED_SUFFIXES = (".egg-info", ".pyc", ".log")
 
 
+def ignored(name: str) -> bool:
+    return (
+        name in IGNORED_PARTS
+        or name.endswith(IGNORED_SUFFIXES)
+        or name.startswith((".venv", ".pytest", ".mypy", ".ruff", ".hypothesis"))
+    )
+
+
 def tracked_files() -> list[Path]:
     """The project's own files, not build output (walked, not asked of git: the unit tier
-    starts no process)."""
-    return [
-        path
-        for path in ROOT.rglob("*")
-        if path.is_file()
-        and not any(
-            part in IGNORED_PARTS
-            or part.endswith(IGNORED_SUFFIXES)
-            or (part.startswith((".venv", ".pytest", ".mypy", ".ruff", ".hypothesis")))
-            for part in path.relative_to(ROOT).parts
-        )
-    ]
+    starts no process; ignored folders are not entered)."""
+    found = []
+    for folder, folders, files in os.walk(ROOT):
+        folders[:] = [name for name in folders if not ignored(name)]
+        found += [Path(folder, name) for name in files if not ignored(name)]
+    return found
 
 
 def text_of(path: Path) -> str | None:
