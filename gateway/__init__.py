@@ -11,10 +11,12 @@ Modules:
 - :mod:`.running` -- :class:`~gateway.running.RunningGateway`, the running parts, typed;
 - :mod:`.assembly` -- the running gateway built from its settings (key store, limiter);
 - :mod:`.settings` -- the gateway's settings, modelled once;
+- :mod:`.settings_env` -- those settings as ``VKIT_GATEWAY_*`` variables, the one writer;
 - :mod:`.accounting` -- the middleware that counts every answer by key, model and status;
 - :mod:`.admission` -- the gate: key, body, model, cap, limits -> the ``Admitted`` record;
 - :mod:`.request_lease` -- one lease owning a request's in-flight slot and key lease;
 - :mod:`.body` -- the client's JSON body, parsed once;
+- :mod:`.body_fields` -- the body's fields described once: each route's reads, checks, schemas;
 - :mod:`.openapi_bodies` -- the request bodies as documented in the OpenAPI schema;
 - :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;
 - :mod:`.prompt_tokens` -- a request's prompt tokens, counted before it goes upstream;

@@ -13,6 +13,12 @@ concurrent requests.
 :class:`gateway.errors.InvalidRequest` when the reservation exceeds the key's whole tpm.
 The math is in :mod:`gateway.limits.bucket`. The gateway-wide bound on requests in flight,
 whatever their key, is :class:`gateway.limits.in_flight.InFlightLimit`.
+
+- :mod:`.bucket` -- the pure core: two token buckets and a concurrency count per key;
+- :mod:`.memory_limiter` -- :class:`MemoryLimiter`, that math on a dict, in one process;
+- :mod:`.redis_limiter` -- :class:`RedisLimiter`, that math as atomic Lua scripts in Redis,
+  one limit per key shared by every gateway process;
+- :mod:`.in_flight` -- the gateway-wide bound on requests in flight (one process).
 """
 
 from __future__ import annotations

@@ -1,0 +1,18 @@
+"""Sizing, pure: will a model run on a GPU, with which vLLM settings, how fast, at what cost.
+
+- :mod:`.gpus` -- GPU profiles (VRAM, bandwidth, compute, FP8, prices) from ``configs/gpus.yaml``;
+- :mod:`.gpu_sets` -- GPU ids grouped into tensor-parallel sets, one vLLM replica per set;
+- :mod:`.models` -- model shapes from a ``config.json``: parameters, KV bytes per token;
+- :mod:`.memory` -- byte math of a replica: weights by quantization, overhead, KV tokens;
+- :mod:`.fit` -- the fit solver: does a model run on a GPU (or this CPU), with which settings;
+- :mod:`.fit_report` -- ``vkit plan``'s readable report and its JSON twin;
+- :mod:`.speed` -- one replica's serving speed: a step model calibrated on measurements;
+- :mod:`.speed_table` -- the published measurements :mod:`.speed` is calibrated on, and its
+  error on each (``configs/speed_measurements.yaml``);
+- :mod:`.checkpoints` -- runnable checkpoints: which repository serves a model at a
+  quantization (``configs/checkpoints.yaml``);
+- :mod:`.checkpoint_check` -- a catalog checkpoint's facts checked against its repository's
+  ``config.json``;
+- :mod:`.capacity` -- ``vkit capacity``, the cost planner: daily users -> GPUs and dollars
+  (its own map is in its package docstring).
+"""

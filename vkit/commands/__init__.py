@@ -1,0 +1,14 @@
+"""The ``vkit`` sub-commands, one module each; :mod:`vkit.cli` registers them on one parser.
+
+- :mod:`.plan` -- ``vkit plan``: will the model fit, with which settings, the vLLM command;
+- :mod:`.capacity` -- ``vkit capacity``: daily users -> GPUs, $/month, $/user, a chart;
+- :mod:`.checkpoint_catalog` -- ``vkit checkpoints check``: the catalog against each
+  repository's own ``config.json``;
+- :mod:`.launch` -- ``vkit launch``: start vLLM with tuned arguments and supervise it;
+- :mod:`.gateway` -- ``vkit gateway``: the gateway under uvicorn, its admin listener beside it;
+- :mod:`.keys` -- ``vkit keys add|list|disable|enable``: the gateway's keys file;
+- :mod:`.up` -- ``vkit up``: the whole stack locally (:mod:`vkit.stack`);
+- :mod:`.render` -- ``vkit render``: deploy files for a given box (compose, nginx);
+- :mod:`.render_systemd` -- ``vkit render systemd``: a systemd host's generated files;
+- :mod:`.render_k8s` -- ``vkit render k8s``: a kustomize overlay for a GPU cluster.
+"""
