@@ -30,10 +30,9 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -66,7 +65,7 @@ class Script:
     chunks: int = 4
     chunk_delay: float = 0.0
     head_delay: float = 0.0  # before the response head (time to first byte)
-    stall_after: int | None = None  # stream: stop sending (but keep open) after N chunks
+    stall_after: int | None = None  # stream: after N chunks, wait for ``resume``
     break_after: int | None = None  # stream: drop the connection after N chunks
     statuses: list[int] = field(default_factory=list)  # answer these first, one per request
     error_body: dict[str, Any] | None = None  # the body sent with ``statuses``
@@ -85,18 +84,25 @@ class Script:
     waiting: float = 0.0  # /metrics: vllm:num_requests_waiting
     kv_cache_usage: float = 0.1  # /metrics: vllm:kv_cache_usage_perc
     start_time: float | None = None  # /metrics: process_start_time_seconds (a restart: a new one)
+    name: str | None = None  # a replica's name, echoed as "replica" in its JSON answers
+    down_status: int | None = None  # every path answers this (503: an engine starting or dead)
 
 
 class ScriptedUpstream:
     """An OpenAI-compatible upstream that does what its :class:`Script` says."""
 
-    def __init__(self, script: Script | None = None) -> None:
+    def __init__(
+        self, script: Script | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.script = script or Script()
+        self.host, self.port = host, port  # port 0: a free one, known once started
         self.bodies: list[dict[str, Any]] = []
         self.raw_bodies: list[bytes] = []  # as received, before any JSON parse
         self.closed_early = 0  # connections the gateway closed before the answer ended
         self.finished = 0
         self.health_answers = 0
+        self.hits = 0  # every request, on any path
+        self.resume = threading.Event()  # set: a stream stalled by ``stall_after`` goes on
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -113,13 +119,13 @@ class ScriptedUpstream:
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/embeddings", self._embed)
-        app.middlewares.append(self._api_key)
+        app.middlewares.append(self._gate)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{self.port}"
         return self
 
     async def __aenter__(self) -> ScriptedUpstream:
@@ -129,11 +135,24 @@ class ScriptedUpstream:
         await self.stop()
 
     async def stop(self) -> None:
+        """Stop serving and close the port: connections to it are then refused."""
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+
+    def _named(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return answer | {"replica": self.script.name} if self.script.name else answer
 
     @web.middleware
-    async def _api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counts every request; a replica that is down answers ``down_status`` on every
+        path; with ``api_key``, /v1 paths answer 401 without the bearer (as vLLM)."""
+        self.hits += 1
+        if self.script.down_status is not None:
+            await request.read()
+            status = self.script.down_status
+            error = {"error": {"message": "down", "type": "X", "param": None, "code": status}}
+            return web.json_response(self._named(error), status=status)
         key = self.script.api_key
         authorized = request.headers.get("Authorization") == f"Bearer {key}"
         if key and request.path.startswith("/v1/") and not authorized:
@@ -150,7 +169,8 @@ class ScriptedUpstream:
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "max_model_len": 256} for m in self.script.models]
-        return web.json_response({"object": "list", "data": data}, status=self.script.models_status)
+        listing = self._named({"object": "list", "data": data})
+        return web.json_response(listing, status=self.script.models_status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         model = self.script.models[0] if self.script.models else ""
@@ -168,7 +188,7 @@ class ScriptedUpstream:
         self.raw_bodies.append(await request.read())
         self.bodies.append(await request.json())
         usage = {"prompt_tokens": 3, "total_tokens": 3}
-        return web.json_response({"object": "list", "data": [], "usage": usage})
+        return web.json_response(self._named({"object": "list", "data": [], "usage": usage}))
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         self.raw_bodies.append(await request.read())
@@ -177,7 +197,7 @@ class ScriptedUpstream:
         if self.script.statuses:
             status = self.script.statuses.pop(0)
             error = {"error": {"message": "scripted", "type": "X", "param": None, "code": status}}
-            return web.json_response(self.script.error_body or error, status=status)
+            return web.json_response(self._named(self.script.error_body or error), status=status)
         try:
             if self.script.head_delay:
                 await asyncio.sleep(self.script.head_delay)
@@ -210,7 +230,7 @@ class ScriptedUpstream:
         }
         if not self.script.answer_usage:
             del answer["usage"]
-        return web.json_response(answer)
+        return web.json_response(self._named(answer))
 
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -220,8 +240,10 @@ class ScriptedUpstream:
         continuous = self.script.continuous_usage and options.get("continuous_usage_stats")
         per_chunk = self.script.tokens_per_chunk
         for i in range(count):
-            if self.script.stall_after is not None and i >= self.script.stall_after:
-                await asyncio.sleep(3600)
+            while self.script.stall_after is not None and i >= self.script.stall_after:
+                if self.resume.is_set():
+                    break
+                await asyncio.sleep(0.01)  # stalled: the connection stays open
             if self.script.break_after is not None and i >= self.script.break_after:
                 assert request.transport is not None
                 request.transport.abort()
@@ -244,22 +266,59 @@ class ScriptedUpstream:
         return response
 
 
-@contextmanager
-def standin_in_thread(script: Script | None = None) -> Iterator[ScriptedUpstream]:
-    """The stand-in on an event loop of its own in a thread, for synchronous clients;
-    stopped (and its port closed) when the block ends."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    upstream = ScriptedUpstream(script)
-    try:
-        asyncio.run_coroutine_threadsafe(upstream.start(), loop).result(10)
-        yield upstream
-    finally:
-        asyncio.run_coroutine_threadsafe(upstream.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+class AsyncServer(Protocol):
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=AsyncServer)
+
+
+class InThread(Generic[ServerT]):
+    """A server (:class:`ScriptedUpstream`, :class:`RawUpstream`) on an event loop of its
+    own in a thread, for synchronous tests: ``with InThread(server) as server:``. Stopped
+    when the block ends, or before by :meth:`stop` (a replica that dies: its port closes)."""
+
+    def __init__(self, server: ServerT) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._running = False
+
+    def __enter__(self) -> ServerT:
+        self._thread.start()
+        self._running = True
+        try:
+            self._run(self.server.__aenter__())
+        except BaseException:
+            self.stop()
+            raise
+        return self.server
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        try:
+            self._run(self.server.__aexit__(None, None, None))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def _run(self, step: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(step, self._loop).result(10)
+
+
+def standin_in_thread(
+    script: Script | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> InThread[ScriptedUpstream]:
+    """The stand-in in a thread, for synchronous clients: ``with standin_in_thread(s) as up:``."""
+    return InThread(ScriptedUpstream(script, host=host, port=port))
 
 
 # --- A raw TCP upstream, for answers no HTTP library would send -------------------------
