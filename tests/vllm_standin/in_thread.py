@@ -28,15 +28,14 @@ class InThread(Generic[ServerT]):
 
     def __init__(self, server: ServerT) -> None:
         self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # while it runs
 
     def __enter__(self) -> ServerT:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._running = True
         try:
-            self._run(self.server.__aenter__())
+            self._run(self._loop, self.server.__aenter__())
         except BaseException:
             self.stop()
             raise
@@ -46,18 +45,19 @@ class InThread(Generic[ServerT]):
         self.stop()
 
     def stop(self) -> None:
-        if not self._running:
+        loop, self._loop = self._loop, None
+        if loop is None:
             return
-        self._running = False
         try:
-            self._run(self.server.__aexit__(None, None, None))
+            self._run(loop, self.server.__aexit__(None, None, None))
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            loop.call_soon_threadsafe(loop.stop)
             self._thread.join(10)
-            self._loop.close()
+            loop.close()
 
-    def _run(self, step: Coroutine[Any, Any, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(step, self._loop).result(10)
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop, step: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(step, loop).result(10)
 
 
 def standin_in_thread(
