@@ -3,7 +3,7 @@
 Registered in ``tests/conftest.py``. Every test is in exactly one tier:
 
 - ``unit`` (no mark needed): everything in the pytest process: pure functions, in-process
-  apps, the vLLM stand-in and the gateway on loopback sockets (``tests/vllm_standin.py``);
+  apps, the vLLM stand-in and the gateway on loopback sockets (``tests/vllm_standin/``);
   no child process. It needs nothing but the pip install (``pip install -e '.[dev]'``: no
   vLLM, no apt packages, no kubectl): ``make test-unit``.
 - ``integration``: real processes: NGINX, ``redis-server``, Prometheus (``promtool``,

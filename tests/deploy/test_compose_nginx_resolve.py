@@ -9,7 +9,6 @@ recreated or stops.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import subprocess
@@ -17,13 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.deploy.nginx_process import nginx_process
+from tests.vllm_standin import Script, standin_in_thread
 from vkit.nginx_conf import nginx_argv, render_nginx_site, wrap_standalone
 from vkit.render.bundle import compose_nginx_site
 from vkit.stack.ports import free_port
@@ -85,42 +84,6 @@ class StandInDns:
             return struct.pack("!HHHHHH", ident, 0x8180 | rcode, 1, 0, 0, 0) + question
         record = struct.pack("!HHHIH", 0xC00C, 1, 1, VALID_S, 4) + socket.inet_aton(address)
         return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + record
-
-
-class NamedReplica:
-    """An HTTP server on one loopback address that answers ``{"replica": name}``."""
-
-    def __init__(self, name: str, host: str, port: int = 0) -> None:
-        replica = name
-        stopped = self.stopped = threading.Event()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if stopped.is_set():  # gone: kept-alive connections are cut too
-                    self.close_connection = True
-                    return
-                body = json.dumps({"replica": replica}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.port: int = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @contextmanager
@@ -186,35 +149,35 @@ def test_without_run_time_resolving_a_missing_name_stops_nginx_from_starting(
 def test_a_replica_without_a_name_at_start_and_a_recreated_one_are_followed(
     tmp_path: Path,
 ) -> None:
-    first = NamedReplica("first", "127.0.0.2")
-    second = NamedReplica("second", "127.0.0.3", first.port)
+    first = standin_in_thread(Script(name="first"), host="127.0.0.2")
     listen = free_port()
     base_url = f"http://127.0.0.1:{listen}"
-    try:
-        with StandInDns() as dns:
-            dns.records["vllm-0"] = "127.0.0.2"  # vllm-1 is crash-looping: no name yet
-            site = compose_nginx_site(
-                [f"vllm-0:{first.port}", f"vllm-1:{first.port}"],
-                f"127.0.0.1:{listen}",
-                resolver=f"127.0.0.1:{dns.port}",
-                valid_s=VALID_S,
-            )
-            with nginx_with(site, tmp_path) as proc, httpx.Client(timeout=5) as client:
-                wait_started(proc, base_url, tmp_path)
-                assert {replica_of(client, base_url) for _ in range(10)} == {"first"}
-                assert dns.queries > 0
-                # vllm-0 is recreated at a new address; vllm-1 gets the old, dead one.
-                first.stop()
-                dns.records.update({"vllm-0": "127.0.0.3", "vllm-1": "127.0.0.2"})
-                moved = time.monotonic()
-                while replica_of_or_none(client, base_url) != "second":
-                    assert time.monotonic() - moved < 10, "NGINX stayed on the old address"
-                    time.sleep(0.1)
-                took = time.monotonic() - moved
-                # Failover past the dead address, on kept-alive connections, every time.
-                assert {replica_of(client, base_url) for _ in range(20)} == {"second"}
-    finally:
-        second.stop()
+    with (
+        first as replica,  # the second comes back at a new address, on the same port
+        standin_in_thread(Script(name="second"), host="127.0.0.3", port=replica.port),
+        StandInDns() as dns,
+    ):
+        dns.records["vllm-0"] = "127.0.0.2"  # vllm-1 is crash-looping: no name yet
+        site = compose_nginx_site(
+            [f"vllm-0:{replica.port}", f"vllm-1:{replica.port}"],
+            f"127.0.0.1:{listen}",
+            resolver=f"127.0.0.1:{dns.port}",
+            valid_s=VALID_S,
+        )
+        with nginx_with(site, tmp_path) as proc, httpx.Client(timeout=5) as client:
+            wait_started(proc, base_url, tmp_path)
+            assert {replica_of(client, base_url) for _ in range(10)} == {"first"}
+            assert dns.queries > 0
+            # vllm-0 is recreated at a new address; vllm-1 gets the old, dead one.
+            first.stop()
+            dns.records.update({"vllm-0": "127.0.0.3", "vllm-1": "127.0.0.2"})
+            moved = time.monotonic()
+            while replica_of_or_none(client, base_url) != "second":
+                assert time.monotonic() - moved < 10, "NGINX stayed on the old address"
+                time.sleep(0.1)
+            took = time.monotonic() - moved
+            # Failover past the dead address, on kept-alive connections, every time.
+            assert {replica_of(client, base_url) for _ in range(20)} == {"second"}
     assert took < VALID_S + 5, took
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socketserver
-import threading
+import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,15 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.deploy.nginx_process import running_nginx
-from tests.deploy.standin import StandInReplica
+from tests.vllm_standin import (
+    DROP,
+    InThread,
+    RawUpstream,
+    Script,
+    ScriptedUpstream,
+    http_answer,
+    standin_in_thread,
+)
 from vkit.nginx_conf import ProxyTuning
 
 pytestmark = pytest.mark.integration
@@ -35,19 +42,22 @@ COMPLETION = {"model": "tiny-llama", "prompt": "hi", "max_tokens": 4}
 
 
 @pytest.fixture
-def replicas() -> Iterator[list[StandInReplica]]:
-    pair = [StandInReplica("a"), StandInReplica("b")]
-    try:
+def running() -> Iterator[list[InThread[ScriptedUpstream]]]:
+    """Two stand-in replicas, "a" and "b", each naming itself in its answers."""
+    with ExitStack() as stack:
+        pair = [standin_in_thread(Script(name=name)) for name in ("a", "b")]
         for replica in pair:
-            replica.start()
+            stack.enter_context(replica)
         yield pair
-    finally:
-        for replica in pair:
-            replica.stop()
 
 
 @pytest.fixture
-def proxy(tmp_path: Path, replicas: list[StandInReplica]) -> Iterator[str]:
+def replicas(running: list[InThread[ScriptedUpstream]]) -> list[ScriptedUpstream]:
+    return [replica.server for replica in running]
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, replicas: list[ScriptedUpstream]) -> Iterator[str]:
     # A long fail_timeout so a replica marked failed stays out for the whole test.
     tuning = ProxyTuning(fail_timeout_s=30)
     with running_nginx(tmp_path / "nginx", [r.address for r in replicas], tuning) as url:
@@ -72,33 +82,39 @@ def test_requests_alternate_between_replicas(proxy: str) -> None:
 
 
 def test_stream_chunks_arrive_before_the_replica_sends_the_rest(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, replicas: list[ScriptedUpstream]
 ) -> None:
+    for replica in replicas:  # each holds its second chunk until the test resumes it
+        replica.script.chunks, replica.script.stall_after = 2, 1
     seen: list[str] = []
     with (
         httpx.Client(base_url=proxy, timeout=10) as client,
-        client.stream("POST", "/stream", json=COMPLETION) as response,
+        client.stream("POST", "/v1/completions", json=COMPLETION | {"stream": True}) as response,
     ):
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if not line:
                 continue
             seen.append(line)
-            # Each replica holds its second chunk until the first one has been seen here.
+            # Resumed only once the first chunk has been seen here.
             for replica in replicas:
-                replica.release_stream.set()
-    assert seen == ["data: first", "data: second", "data: [DONE]"]
+                replica.resume.set()
+    contents = [
+        json.loads(line.removeprefix("data: "))["choices"][0]["delta"] for line in seen[:-1]
+    ]
+    assert contents == [{"content": "t0 "}, {"content": "t1 "}]
+    assert seen[-1] == "data: [DONE]"
 
 
-def test_a_dead_replica_is_skipped(proxy: str, replicas: list[StandInReplica]) -> None:
-    replicas[1].stop()
+def test_a_dead_replica_is_skipped(proxy: str, running: list[InThread[ScriptedUpstream]]) -> None:
+    running[1].stop()
     assert post_names(proxy, 6) == ["a"] * 6
 
 
 def test_a_get_answered_503_is_retried_on_the_other_replica(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, replicas: list[ScriptedUpstream]
 ) -> None:
-    replicas[0].status = 503
+    replicas[0].script.down_status = 503
     with httpx.Client(base_url=proxy, timeout=10) as client:
         names = [client.get("/v1/models").json()["replica"] for _ in range(6)]
     assert names == ["b"] * 6
@@ -107,75 +123,40 @@ def test_a_get_answered_503_is_retried_on_the_other_replica(
 
 
 def test_a_post_answered_503_is_passed_back_not_resent(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, replicas: list[ScriptedUpstream]
 ) -> None:
     """No ``non_idempotent``: NGINX sends a POST to one replica; the 503 goes back to the
     gateway, whose own retry is the only one (so the two layers never multiply)."""
-    replicas[0].status = 503
+    replicas[0].script.down_status = 503
     with httpx.Client(base_url=proxy, timeout=10) as client:
         statuses = [client.post("/v1/completions", json=COMPLETION).status_code for _ in range(4)]
     assert sorted(statuses) == [200, 200, 503, 503]
     assert replicas[0].hits == 2 and replicas[1].hits == 2
 
 
-class DroppingReplica:
+def dropping_replica() -> InThread[RawUpstream]:
     """A replica that reads each POST whole, then closes the connection without a word:
-    one that dies after taking a POST looks so, and it may have begun generating. Any
-    other request gets an empty 200 (its probes pass)."""
+    one that dies after taking a POST looks so, and it may have begun generating. Its
+    probes get an empty 200."""
+    ok = http_answer(200)
+    return InThread(RawUpstream({"/health": ok, "/v1/models": ok, "/v1/completions": DROP}))
 
-    def __init__(self) -> None:
-        replica = self
 
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                request_line = self.rfile.readline()
-                length = 0
-                while (line := self.rfile.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                self.rfile.read(length)
-                if request_line.startswith(b"POST"):
-                    replica.posts += 1
-                else:
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-        self.posts = 0
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
-
-    def __enter__(self) -> DroppingReplica:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+def posts(replica: RawUpstream) -> int:
+    return len(replica.requests_to("/v1/completions"))
 
 
 @pytest.fixture
-def dropping_proxy(tmp_path: Path) -> Iterator[tuple[str, DroppingReplica, StandInReplica]]:
-    live = StandInReplica("b")
-    live.start()
-    try:
-        with DroppingReplica() as dropping:
-            addresses = [dropping.address, live.address]
-            tuning = ProxyTuning(fail_timeout_s=30)
-            with running_nginx(tmp_path / "nginx", addresses, tuning) as url:
-                yield url, dropping, live
-    finally:
-        live.stop()
+def dropping_proxy(tmp_path: Path) -> Iterator[tuple[str, RawUpstream, ScriptedUpstream]]:
+    with standin_in_thread(Script(name="b")) as live, dropping_replica() as dropping:
+        addresses = [dropping.url.removeprefix("http://"), live.address]
+        tuning = ProxyTuning(fail_timeout_s=30)
+        with running_nginx(tmp_path / "nginx", addresses, tuning) as url:
+            yield url, dropping, live
 
 
 def test_a_post_dropped_after_it_was_read_is_not_sent_to_another_replica(
-    dropping_proxy: tuple[str, DroppingReplica, StandInReplica],
+    dropping_proxy: tuple[str, RawUpstream, ScriptedUpstream],
 ) -> None:
     proxy, dropping, live = dropping_proxy
     with httpx.Client(base_url=proxy, timeout=10) as client:
@@ -184,7 +165,7 @@ def test_a_post_dropped_after_it_was_read_is_not_sent_to_another_replica(
     dropped = next(a for a in answers if a.status_code == 502)
     assert dropped.json()["error"]["code"] == 502
     # Four requests, four replicas that may have generated them: none went to two.
-    assert dropping.posts == 1
+    assert posts(dropping) == 1
     assert live.hits == 3
 
 
@@ -217,7 +198,7 @@ async def gateway_in_front(nginx_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_through_gateway_and_nginx_a_dropped_post_runs_on_one_replica(
-    dropping_proxy: tuple[str, DroppingReplica, StandInReplica],
+    dropping_proxy: tuple[str, RawUpstream, ScriptedUpstream],
 ) -> None:
     """Gateway retries x NGINX tries: a request the first replica took and dropped is
     not sent anywhere else, by either layer."""
@@ -229,19 +210,19 @@ async def test_through_gateway_and_nginx_a_dropped_post_runs_on_one_replica(
             response = await gateway.post("/v1/completions", json=COMPLETION)
             statuses.append(response.status_code)
     assert sorted(statuses) == [200, 200, 200, 502]
-    assert dropping.posts + live.hits == 4  # one replica per request
-    assert dropping.posts == 1
+    assert posts(dropping) + live.hits == 4  # one replica per request
+    assert posts(dropping) == 1
 
 
 async def test_through_gateway_and_nginx_a_503_is_retried_once(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, replicas: list[ScriptedUpstream]
 ) -> None:
     """The replica that answered 503 did not start it: the gateway (not NGINX) sends it
     again, and NGINX's round-robin takes it to the other replica."""
     async with gateway_in_front(proxy) as gateway:
         for replica in replicas:
             replica.hits = 0
-        replicas[0].status = 503
+        replicas[0].script.down_status = 503
         for _ in range(4):
             response = await gateway.post("/v1/completions", json=COMPLETION)
             assert response.status_code == 200, response.text
@@ -251,9 +232,9 @@ async def test_through_gateway_and_nginx_a_503_is_retried_once(
 
 
 def test_no_live_replica_gives_the_openai_error_envelope(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, running: list[InThread[ScriptedUpstream]]
 ) -> None:
-    for replica in replicas:
+    for replica in running:
         replica.stop()
     response = httpx.post(f"{proxy}/v1/completions", json=COMPLETION, timeout=10)
     assert response.status_code == 502
@@ -261,7 +242,7 @@ def test_no_live_replica_gives_the_openai_error_envelope(
 
 
 def test_a_body_over_the_limit_is_refused_by_nginx(
-    proxy: str, replicas: list[StandInReplica]
+    proxy: str, replicas: list[ScriptedUpstream]
 ) -> None:
     response = httpx.post(f"{proxy}/v1/completions", content=b"x" * (5 << 20), timeout=10)
     assert response.status_code == 413

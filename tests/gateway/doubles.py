@@ -1,6 +1,6 @@
 """Test doubles for the gateway's own collaborators: a dict key store and a limiter that
 records what the gateway reserves and settles. The vLLM stand-in the gateway proxies to is
-``tests/vllm_standin.py``."""
+``tests/vllm_standin/``."""
 
 from __future__ import annotations
 
