@@ -67,9 +67,10 @@ types: $(UNIT_VENV)/.installed
 check: lint types
 
 # The test tiers (tests/tiers.py). unit: no services, in the light venv, in random order,
-# on 4 workers (its tests mostly wait on loopback sockets and clocks; ~50 s on 2 cores).
+# on 4 workers (its tests mostly wait on loopback sockets and clocks; ~50 s on 2 cores). No
+# -q: the header prints the random-order seed, to rerun a failure in the same order.
 test-unit: $(UNIT_VENV)/.installed
-	$(UNIT_VENV)/bin/python -m pytest -q -m unit --random-order -n 4
+	$(UNIT_VENV)/bin/python -m pytest -m unit --random-order -n 4
 
 test-fast: test-unit
 
