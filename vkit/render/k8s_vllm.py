@@ -281,20 +281,20 @@ def tiny_model_init_container() -> dict[str, Any]:
     }
 
 
-def amx_site_configmap(namespace: str, source: str) -> dict[str, Any]:
-    """The launcher's AMX ``sitecustomize`` (its text), for the CPU replicas' PYTHONPATH."""
+def source_configmap(name: str, namespace: str, filename: str, text: str) -> dict[str, Any]:
+    """A ConfigMap holding one source file, mounted as a directory."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": AMX_SITE_SOURCE, "namespace": namespace},
-        "data": {"sitecustomize.py": source},
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {filename: text},
     }
+
+
+def amx_site_configmap(namespace: str, source: str) -> dict[str, Any]:
+    """The launcher's AMX ``sitecustomize`` (its text), for the CPU replicas' PYTHONPATH."""
+    return source_configmap(AMX_SITE_SOURCE, namespace, "sitecustomize.py", source)
 
 
 def tiny_model_configmap(namespace: str, source: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": TINY_MODEL_SOURCE, "namespace": namespace},
-        "data": {"tiny_model.py": source},
-    }
+    return source_configmap(TINY_MODEL_SOURCE, namespace, "tiny_model.py", source)
