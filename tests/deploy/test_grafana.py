@@ -32,6 +32,10 @@ VLLM_METRICS = {
 REMOVED_VLLM_METRICS = {"vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds"}
 DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
 DCGM_METRICS |= {"DCGM_FI_DEV_XID_ERRORS"}
+# Profiling: on datacenter GPUs, once enabled in the exporter's counters (its
+# etc/default-counters.csv lists it commented out): docs/monitoring.md#saturation.
+DCGM_METRICS |= {"DCGM_FI_PROF_SM_ACTIVE"}
+KUBE_STATE_METRICS = {"kube_statefulset_replicas"}  # kube-state-metrics, Kubernetes only
 PROMETHEUS_METRICS = {"up"}
 
 
@@ -67,7 +71,8 @@ def rule_expressions() -> list[str]:
 
 
 def known_metrics() -> set[str]:
-    return VLLM_METRICS | DCGM_METRICS | PROMETHEUS_METRICS | gateway_metrics() | recorded_names()
+    known = VLLM_METRICS | DCGM_METRICS | PROMETHEUS_METRICS | KUBE_STATE_METRICS
+    return known | gateway_metrics() | recorded_names()
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +86,19 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
 
 
 def test_dashboard_is_a_dashboard(dashboard: dict[str, Any]) -> None:
+    """Panels query the ``datasource`` variable: Grafana's default Prometheus (compose's
+    provisioned one, kube-prometheus-stack's own), or any other the viewer picks."""
     assert dashboard["uid"] and dashboard["title"]
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource", "datasource", "prometheus",
+    )  # fmt: skip
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == "vkit-prometheus", panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             assert panel["targets"], panel["title"]
 
 

@@ -175,15 +175,6 @@ def test_scale_to_zero_wakes_on_the_gateways_held_requests_and_holds_them() -> N
     assert settings.hold.max_queued >= int(wake["metadata"]["threshold"])
 
 
-@pytest.mark.parametrize("overlay", [n for n in OVERLAYS if not n.endswith("-zero")])
-def test_only_the_scale_to_zero_gateway_holds_requests(overlay: str) -> None:
-    (container,) = find(built(overlay), "Deployment", "vkit-gateway")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    settings = gateway_settings({e["name"]: e.get("value", "x") for e in container["env"]})
-    assert settings.hold.max_wait is None
-
-
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_only_the_gateway_and_prometheus_reach_the_vllm_pods(overlay: str) -> None:
     objects = built(overlay)

@@ -22,8 +22,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "monitoring" / "rules" / "vkit.rules.yml"
 RULE_TESTS = DEPLOY / "monitoring" / "tests" / "vkit.rules.test.yml"
 CHECKLIST_ALERTS = {
-    "GpuUtilizationHigh",
-    "GpuUtilizationLow",
+    "FleetSaturated",
+    "FleetUnderused",
     "VllmQueueGrowing",
     "VllmKvCacheFull",
     "VllmPreempting",
@@ -34,6 +34,7 @@ CHECKLIST_ALERTS = {
 # What must reach a person with no load threshold crossed (issue 11), and the SLOs.
 AVAILABILITY_ALERTS = {
     "ReplicaRestarted",
+    "ReplicaNotStarted",
     "ReplicaFlapping",
     "DcgmExporterDown",
     "TargetMissing",
@@ -77,7 +78,7 @@ def test_every_alert_is_checked_quiet_on_the_healthy_fleet() -> None:
     (healthy,) = [test for test in tests if test["name"] == HEALTHY_TEST]
     quiet = {case["alertname"] for case in healthy["alert_rule_test"] if case["exp_alerts"] == []}
     alerts = alert_names(yaml.safe_load(RULES.read_text()))
-    # GpuUtilizationLow is checked quiet here; its firing needs a day of idle GPUs.
+    # FleetUnderused is checked quiet here; its firing needs a day of idle GPUs.
     assert alerts <= quiet, alerts - quiet
 
 
@@ -205,13 +206,14 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
     broken = RULES.read_text().replace(
-        "avg(DCGM_FI_DEV_GPU_UTIL) > 80", "avg(DCGM_FI_DEV_GPU_UTIL) > 99"
+        "sum(avg_over_time(vllm:num_requests_waiting[5m])) >= 1",
+        "sum(avg_over_time(vllm:num_requests_waiting[5m])) >= 100",
     )
     (tmp_path / "rules" / RULES.name).write_text(broken)
     shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
     result = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path / "tests")
     assert result.returncode != 0
-    assert "GpuUtilizationHigh" in result.stdout + result.stderr
+    assert "FleetSaturated" in result.stdout + result.stderr
 
 
 @pytest.mark.integration

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import launcher.supervision.tiny_model as tiny_model
-from vkit.deployment.drain import REPLICA_DRAIN_S
+from launcher.supervision.amx_site import SITE_DIR as AMX_SITE_DIR
+from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.render.bundle import write_files
 from vkit.render.k8s_bundle import Sources, dump_all, render_k8s_bundle
 from vkit.render.k8s_monitoring import DASHBOARD_FILE, RULES_FILE
@@ -35,7 +36,10 @@ def register(kinds: Any) -> None:
     target = k8s.add_mutually_exclusive_group()
     target.add_argument("--concurrency", type=int, help="fit for this many concurrent requests")
     target.add_argument("--context", type=int, help="fit for this max_model_len")
-    k8s.add_argument("--shutdown-timeout", type=int, default=REPLICA_DRAIN_S, help="drain seconds")
+    k8s.add_argument(
+        "--shutdown-timeout", type=int, default=GATEWAY_TOTAL_TIMEOUT_S,
+        help="vLLM's drain on SIGTERM, seconds (default: the gateway's whole-request timeout)",
+    )  # fmt: skip
     k8s.add_argument(
         "--autoscaler", default="keda", choices=["keda", "hpa", "zero", "none"],
         help="keda; hpa (prometheus-adapter); zero (KEDA down to no replica); none",
@@ -48,7 +52,7 @@ def register(kinds: Any) -> None:
     k8s.add_argument("--min-replicas", type=int, help="default 1 (zero: 0)")
     k8s.add_argument("--max-replicas", type=int, default=4)
     k8s.add_argument("--scale-target", type=int, help="running requests per replica")
-    k8s.add_argument("--prometheus-url", help="Prometheus for KEDA, the adapter, Grafana")
+    k8s.add_argument("--prometheus-url", help="Prometheus for KEDA and the adapter")
     k8s.add_argument("--no-monitoring", action="store_true", help="no Prometheus-operator CRDs")
     k8s.add_argument("--out", type=Path, help="kustomize root to write (deploy/k8s)")
     k8s.set_defaults(handler=run_k8s)
@@ -60,6 +64,7 @@ def read_sources() -> Sources:
         rules=RULES_FILE.read_text(),
         dashboard=DASHBOARD_FILE.read_text(),
         tiny_model=Path(tiny_model.__file__).read_text(),
+        amx_site=(Path(AMX_SITE_DIR) / "sitecustomize.py").read_text(),
     )
 
 

@@ -41,9 +41,10 @@ from vkit.render.k8s_manifests import (
     base_objects,
     env_list,
 )
-from vkit.render.k8s_monitoring import gpu_price_rule, grafana_datasource, monitoring_objects
+from vkit.render.k8s_monitoring import gpu_price_rule, monitoring_objects
 from vkit.render.k8s_spec import GATEWAY_NAME, K8sSpec
 from vkit.render.k8s_vllm import (
+    amx_site_configmap,
     replica_group,
     tiny_model_configmap,
     vllm_startup_s,
@@ -65,11 +66,13 @@ MONITORING_FILES = {"PodMonitor": "pod-monitors.yaml", "PrometheusRule": "promet
 
 @dataclass(frozen=True)
 class Sources:
-    """The files a render reads: compose's rules and dashboard, the tiny model's builder."""
+    """The files a render reads: compose's rules and dashboard, the tiny model's builder,
+    the CPU engine's AMX ``sitecustomize``."""
 
     rules: str
     dashboard: str
     tiny_model: str
+    amx_site: str
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,10 @@ def k8s_deployment(spec: K8sSpec, plan: FitPlan) -> Deployment:
 
 
 def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
-    """The overlay's gateway settings, whole: the base's, its expected model and routing over
-    the pods that DNS discovery finds in the headless Service (and, for scale to zero, its
-    holding settings).
+    """The overlay's gateway settings, whole: the base's, its expected model, routing over
+    the pods that DNS discovery finds in the headless Service, and holding requests while no
+    pod is ready: scale to zero's wake-up, and the restart of the only pod in a rollout of
+    a one-replica StatefulSet (docs/kubernetes.md#rollouts).
 
     Aware routing here runs in 2+ gateways, each remembering the keys it placed
     (:mod:`gateway.routing.key_table`): side by side they would place a new tenant each its
@@ -148,8 +152,7 @@ def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
     values["routing"] = spec.routing
     if spec.routing == "aware":
         values["router"] = {"key_table_size": 0}
-    if spec.autoscaler == "zero":
-        values["hold"] = hold_settings(spec, startup_s)
+    values["hold"] = hold_settings(spec, startup_s)
     return settings_from_values(values)
 
 
@@ -167,12 +170,13 @@ def gateway_patch(spec: K8sSpec, settings: GatewaySettings) -> dict[str, Any]:
 
 
 def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, int]:
-    """Scale to zero: requests wait for the first replica, at most ``4 x`` the per-replica
-    target of them, for as long as a replica may take to start (its startupProbe budget plus
-    two minutes for KEDA's polling and the pod's scheduling), but at most half the gateway's
-    whole-request timeout, which the wait counts toward (the other half is for the answer);
-    then 503 + ``Retry-After``. A replica whose cache volume holds the model starts well
-    within that; the very first start, which downloads it, may not."""
+    """While no replica is ready (scale to zero, a restart): requests wait for one, at most
+    ``4 x`` the per-replica target of them, for as long as a replica may take to start (its
+    startupProbe budget plus two minutes for KEDA's polling and the pod's scheduling), but at
+    most half the gateway's whole-request timeout, which the wait counts toward (the other
+    half is for the answer); then 503 + ``Retry-After``. A replica whose cache volume holds
+    the model (and the compile cache) starts well within that; the very first start, which
+    downloads it, may not."""
     deadline = min(startup_s + 120, GATEWAY_DRAIN_S // 2)
     return {"max_wait": deadline, "max_queued": 4 * spec.scale_target}
 
@@ -196,10 +200,8 @@ def overlay_files(
             header + "# Helm values for prometheus-community/prometheus-adapter "
             "(not a kustomize resource).\n" + dump_all([values])
         )
-    if spec.monitoring:
-        extra = [grafana_datasource(spec)]
-        if price_per_hour is not None:
-            extra.insert(0, gpu_price_rule(spec, price_per_hour))
+    if spec.monitoring and price_per_hour is not None:
+        extra = [gpu_price_rule(spec, price_per_hour)]
         files[f"{root}/monitoring.yaml"] = header + dump_all(extra)
         resources.append("monitoring.yaml")
         own += extra
@@ -208,6 +210,10 @@ def overlay_files(
         files[f"{root}/tiny-model.yaml"] = header + dump_all(tiny)
         resources.append("tiny-model.yaml")
         own += tiny
+        amx = [amx_site_configmap(spec.namespace, sources.amx_site)]
+        files[f"{root}/amx-site.yaml"] = header + dump_all(amx)
+        resources.append("amx-site.yaml")
+        own += amx
     vllm = vllm_statefulset_patch(spec, plan)
     gateway = gateway_patch(spec, k8s_deployment(spec, plan).gateway)
     files[f"{root}/vllm-patch.yaml"] = header + dump_all([vllm])

@@ -7,7 +7,11 @@
 One source, two renderings: the PrometheusRule's groups are ``deploy/monitoring/rules/
 vkit.rules.yml`` as compose mounts it, read at render time; the Grafana dashboard ConfigMap
 holds ``deploy/monitoring/grafana/dashboards/vkit.json`` byte for byte (label
-``grafana_dashboard: "1"``, which the Grafana sidecar of kube-prometheus-stack watches).
+``grafana_dashboard: "1"``, which the Grafana sidecar of kube-prometheus-stack watches in
+every namespace). Its panels query the dashboard's ``datasource`` variable, which defaults
+to Grafana's default Prometheus: kube-prometheus-stack's own (its datasource sidecar reads
+only Grafana's namespace, so a datasource shipped here would never load:
+docs/kubernetes.md#grafana).
 PodMonitors take the job name from the pods' ``app.kubernetes.io/name`` (``vllm``,
 ``vkit-gateway``): the alerts' ``up{job=...}`` match, as they do under compose.
 """
@@ -27,7 +31,6 @@ from vkit.render.k8s_vllm import selector
 MONITORING_DIR = Path(str(files("vkit.monitoring")))
 RULES_FILE = MONITORING_DIR / "rules" / "vkit.rules.yml"
 DASHBOARD_FILE = MONITORING_DIR / "grafana" / "dashboards" / "vkit.json"
-DATASOURCE_UID = "vkit-prometheus"  # the uid the dashboard's panels name
 JOB_LABEL = "app.kubernetes.io/name"
 
 
@@ -94,31 +97,4 @@ def gpu_price_rule(spec: K8sSpec, price_per_hour: float) -> dict[str, Any]:
         "kind": "PrometheusRule",
         "metadata": {"name": "vkit-gpu-prices", "namespace": spec.namespace},
         "spec": {"groups": [{"name": "vkit-gpu-prices", "rules": [rule]}]},
-    }
-
-
-def grafana_datasource(spec: K8sSpec) -> dict[str, Any]:
-    """The datasource the dashboard names (uid ``vkit-prometheus``), for Grafana's sidecar."""
-    datasources = {
-        "apiVersion": 1,
-        "datasources": [
-            {
-                "name": "vkit Prometheus",
-                "uid": DATASOURCE_UID,
-                "type": "prometheus",
-                "access": "proxy",
-                "url": spec.prometheus_url,
-                "jsonData": {"timeInterval": "15s"},
-            }
-        ],
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "vkit-grafana-datasource",
-            "namespace": spec.namespace,
-            "labels": {"grafana_datasource": "1"},
-        },
-        "data": {"vkit-datasource.yaml": yaml.safe_dump(datasources, sort_keys=False)},
     }

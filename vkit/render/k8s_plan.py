@@ -24,7 +24,7 @@ from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
 from launcher.supervision.launch_spec import loaded_checkpoint
-from vkit.deployment.drain import REPLICA_DRAIN_S
+from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.exit_codes import CliError
 from vkit.render.k8s_autoscaling import scale_target
 from vkit.render.k8s_spec import DEFAULT_PROMETHEUS_URL, Autoscaler, K8sSpec, gpu_product_label
@@ -45,7 +45,7 @@ class K8sArgs(BaseModel):
     hf_model: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
     context: int | None = Field(default=None, ge=16)
-    shutdown_timeout: int = Field(default=REPLICA_DRAIN_S, ge=1)
+    shutdown_timeout: int = Field(default=GATEWAY_TOTAL_TIMEOUT_S, ge=1)
     autoscaler: Autoscaler = "keda"
     routing: Literal["round_robin", "aware"] = "aware"
     min_replicas: int | None = Field(default=None, ge=0)

@@ -11,7 +11,9 @@ replicas drain in three steps: ``preStop`` sleeps :data:`PRESTOP_SLEEP_S` while 
 removal reaches every kube-proxy and the gateway; SIGTERM then makes vLLM finish in-flight
 requests for up to ``--shutdown-timeout``; the kubelet waits
 ``terminationGracePeriodSeconds = preStop + shutdown timeout + margin`` before SIGKILL
-(docs/vllm-server.md#graceful-drain: the grace period must exceed preStop + N).
+(docs/vllm-server.md#graceful-drain: the grace period must exceed preStop + N). The shutdown
+timeout is the gateway's whole-request timeout by default: a scale-down or a rollout then
+lets every answer the gateway still waits for finish (docs/kubernetes.md#drain).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.sizing.memory import Quantization
-from vkit.deployment.drain import DRAIN_MARGIN_S, REPLICA_DRAIN_S
+from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S, DrainBudget
 from vkit.deployment.images import GATEWAY_IMAGE
 
 Autoscaler = Literal["keda", "hpa", "zero", "none"]
@@ -66,7 +68,7 @@ class K8sSpec(BaseModel):
         default="bf16", description="what vLLM quantizes at load (a checkpoint may come quantized)"
     )
     tensor_parallel: int = Field(default=1, ge=1, le=8)
-    shutdown_timeout_s: int = Field(default=REPLICA_DRAIN_S, ge=1)
+    shutdown_timeout_s: int = Field(default=GATEWAY_TOTAL_TIMEOUT_S, ge=1)
     autoscaler: Autoscaler = "keda"
     routing: Literal["round_robin", "aware"] = Field(
         default="aware", description="the gateway's routing over the pods it discovers"
@@ -102,8 +104,8 @@ class K8sSpec(BaseModel):
 
 
 def termination_grace_s(shutdown_timeout_s: int) -> int:
-    """preStop sleep + vLLM's drain + a margin for the process to exit."""
-    return PRESTOP_SLEEP_S + shutdown_timeout_s + DRAIN_MARGIN_S
+    """preStop sleep + vLLM's drain + the drain budget's margin for the process to exit."""
+    return DrainBudget(replica_s=shutdown_timeout_s).grace_s(PRESTOP_SLEEP_S + shutdown_timeout_s)
 
 
 def startup_budget_s(weights_gib: float) -> int:

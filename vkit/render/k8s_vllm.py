@@ -7,6 +7,13 @@ A StatefulSet, not a Deployment: each replica keeps its own Hugging Face cache v
 (``volumeClaimTemplates``) across restarts and scale-downs, so a replica that comes back does
 not download the model again; and its ``serviceName`` is the headless Service that gives the
 gateway's aware router one DNS record per pod. Pods start in parallel (``Parallel``).
+The same claim keeps vLLM's cache (``VLLM_CACHE_ROOT``: torch.compile's artifacts) in a
+directory of its own, so a restart or a wake from zero skips the compilation
+(docs/kubernetes.md#compile-cache).
+
+CPU replicas run vLLM's CPU image with the launcher's AMX fix: ``PYTHONPATH`` leads to a
+ConfigMap holding :mod:`launcher.supervision.amx_site`'s ``sitecustomize``, as
+``vkit launch --cpu`` sets it (docs/cpu-engine.md#amx-cpus).
 
 Probes: the startupProbe (``/health``) allows :func:`~vkit.render.k8s_spec.startup_budget_s`
 for download and load before liveness counts; liveness is ``/health`` (503 once the engine is
@@ -41,6 +48,11 @@ from vkit.render.k8s_spec import (
 )
 
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
+CACHE_CLAIM = "hf-cache"  # the replica's own claim: the model, and vLLM's compile cache
+VLLM_CACHE_MOUNT = "/root/.cache/vllm"  # VLLM_CACHE_ROOT
+VLLM_CACHE_SUBPATH = "vllm-cache"  # its directory on the claim
+AMX_SITE_MOUNT = "/opt/vkit-amx"
+AMX_SITE_SOURCE = "vkit-amx-site"  # ConfigMap: launcher/supervision/amx_site/sitecustomize.py
 TINY_MODEL_DIR = "/models/tiny-llama"
 TINY_MODEL_SOURCE = "vkit-tiny-model"  # ConfigMap: launcher/supervision/tiny_model.py
 CPU_STARTUP_S = 600
@@ -81,9 +93,11 @@ def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
                 "valueFrom": secret_ref(HF_TOKEN_SECRET, "HF_TOKEN", optional=True),
             },
             {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "VLLM_CACHE_ROOT", "value": VLLM_CACHE_MOUNT},
         ],
         "volumeMounts": [
-            {"name": "hf-cache", "mountPath": HF_CACHE_MOUNT},
+            {"name": CACHE_CLAIM, "mountPath": HF_CACHE_MOUNT},
+            {"name": CACHE_CLAIM, "mountPath": VLLM_CACHE_MOUNT, "subPath": VLLM_CACHE_SUBPATH},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
         "startupProbe": {
@@ -216,20 +230,25 @@ def vllm_statefulset_patch(spec: K8sSpec, plan: FitPlan) -> dict[str, Any]:
     if spec.cpu:
         container["image"] = VLLM_CPU_IMAGE
         container["env"] = [
-            {"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(math.ceil(plan.budget_gib))}
+            {"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(math.ceil(plan.budget_gib))},
+            {"name": "PYTHONPATH", "value": AMX_SITE_MOUNT},
         ]
-        container["volumeMounts"] = [{"name": "models", "mountPath": "/models"}]
+        container["volumeMounts"] = [
+            {"name": "models", "mountPath": "/models"},
+            {"name": "amx-site", "mountPath": AMX_SITE_MOUNT, "readOnly": True},
+        ]
         pod["initContainers"] = [tiny_model_init_container()]
         volumes += [
             {"name": "models", "emptyDir": {}},
             {"name": "tiny-model-source", "configMap": {"name": TINY_MODEL_SOURCE}},
+            {"name": "amx-site", "configMap": {"name": AMX_SITE_SOURCE}},
         ]
     else:
         pod["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu_product or spec.gpu}
     pod["containers"] = [container]
     pod["volumes"] = volumes
     claim = {
-        "metadata": {"name": "hf-cache"},
+        "metadata": {"name": CACHE_CLAIM},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": f"{cache_gib(plan)}Gi"}},
@@ -262,10 +281,20 @@ def tiny_model_init_container() -> dict[str, Any]:
     }
 
 
-def tiny_model_configmap(namespace: str, source: str) -> dict[str, Any]:
+def source_configmap(name: str, namespace: str, filename: str, text: str) -> dict[str, Any]:
+    """A ConfigMap holding one source file, mounted as a directory."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": TINY_MODEL_SOURCE, "namespace": namespace},
-        "data": {"tiny_model.py": source},
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {filename: text},
     }
+
+
+def amx_site_configmap(namespace: str, source: str) -> dict[str, Any]:
+    """The launcher's AMX ``sitecustomize`` (its text), for the CPU replicas' PYTHONPATH."""
+    return source_configmap(AMX_SITE_SOURCE, namespace, "sitecustomize.py", source)
+
+
+def tiny_model_configmap(namespace: str, source: str) -> dict[str, Any]:
+    return source_configmap(TINY_MODEL_SOURCE, namespace, "tiny_model.py", source)
