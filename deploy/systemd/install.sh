@@ -113,6 +113,8 @@ render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --g
     --hf-home "$hf_home" --routing "$routing" --out "$stage")
 [[ -z "$tp" ]] || render+=(--tp "$tp")
 [[ -z "$base_port" ]] || render+=(--base-port "$base_port")
+# The gateway's own settings, kept across installs: its stop timeout follows their total.
+[[ ! -f "$etc/gateway.env" ]] || render+=(--gateway-env "$etc/gateway.env")
 if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
     reason="${reason#vkit render: error: }"

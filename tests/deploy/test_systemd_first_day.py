@@ -25,6 +25,7 @@ import pytest
 from tests.deploy.nginx_process import nginx_binary
 from tests.deploy.systemd_install import SYSTEMD, install, vkit_script
 from vkit.commands.render_systemd import SystemdArgs, plan_host
+from vkit.exit_codes import UsageError
 from vkit.render.systemd import DROP_IN_DIR, drain_drop_ins, systemd_host_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,6 +155,48 @@ def test_stop_timeouts_are_the_drain_budget_plus_its_margin(profile: Path) -> No
     assert expected["vkit-gateway.service"] > 600  # the gateway's longest stream, and more
 
 
+@pytest.mark.parametrize(
+    ("lines", "gateway_s"),
+    [
+        ("VKIT_GATEWAY_TIMEOUTS__TOTAL=1200\n", 1200),
+        ('VKIT_GATEWAY_TIMEOUTS={"total": 90.5, "idle": 30}\n', 91),
+        ("# nothing about timeouts\nVKIT_GATEWAY_PORT=8080\n", 600),
+    ],
+)
+def test_the_hosts_gateway_env_sets_the_gateways_stop_timeout(
+    tmp_path: Path, lines: str, gateway_s: int
+) -> None:
+    """gateway.env is the operator's (kept across installs, read last by the unit): a longer
+    total timeout there is a longer drain, so a longer TimeoutStopSec."""
+    gateway_env = tmp_path / "gateway.env"
+    gateway_env.write_text(lines)
+    args = SystemdArgs(profile=str(PROFILE), gpus=["0"], gateway_env=gateway_env, out=tmp_path)
+    drain = plan_host(args).deployment.drain
+    assert drain.gateway_s == gateway_s
+    drop_in = drain_drop_ins(drain)[DROP_IN_DIR / "vkit-gateway.service.d/vkit-drain.conf"]
+    assert f"TimeoutStopSec={gateway_s + drain.margin_s}\n" in drop_in
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ("VKIT_GATEWAY_TIMEOUT__TOTAL=1200\n", "VKIT_GATEWAY_TIMEOUTS"),
+        ("VKIT_GATEWAY_TIMEOUTS__TOTAL=soon\n", "timeouts.total"),
+    ],
+)
+def test_a_bad_gateway_env_is_a_usage_error_naming_the_file(
+    tmp_path: Path, lines: str, reason: str
+) -> None:
+    gateway_env = tmp_path / "gateway.env"
+    gateway_env.write_text(lines)
+    args = SystemdArgs(profile=str(PROFILE), gpus=["0"], gateway_env=gateway_env, out=tmp_path)
+    with pytest.raises(UsageError) as raised:
+        plan_host(args)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{gateway_env}: ")
+    assert reason in message
+
+
 def test_the_static_units_leave_stop_timeouts_to_the_drain_drop_ins() -> None:
     """One place for the numbers: a TimeoutStopSec= in a unit would be a second one."""
     assert "TimeoutStopSec" not in unit(REPLICA)["Service"]
@@ -224,6 +267,20 @@ def verify_together(system: Path) -> subprocess.CompletedProcess[str]:
         [binary, "verify", *(str(system / n) for n in names)],
         capture_output=True, text=True, timeout=60, check=False, cwd=system,
     )  # fmt: skip
+
+
+@pytest.mark.system
+def test_a_reinstall_keeps_the_gateways_stop_timeout_at_its_own_total(
+    tmp_path: Path, vkit_bin: Path
+) -> None:
+    units = installed_units(tmp_path, vkit_bin)
+    drop_in = units / "vkit-gateway.service.d" / "vkit-drain.conf"
+    assert "TimeoutStopSec=615\n" in drop_in.read_text()
+    with (tmp_path / "etc/vkit/gateway.env").open("a") as gateway_env:
+        gateway_env.write("VKIT_GATEWAY_TIMEOUTS__TOTAL=1800\n")
+    again = install(tmp_path, vkit_bin, "--gpus", "0,1")
+    assert again.returncode == 0, again.stderr
+    assert "TimeoutStopSec=1815\n" in drop_in.read_text()
 
 
 @pytest.mark.system

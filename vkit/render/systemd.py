@@ -46,12 +46,13 @@ upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from gateway.settings import ENV_PREFIX, GatewaySettings
+from gateway.settings import ENV_PREFIX, GatewaySettings, load_settings
 from gateway.settings_env import NESTED_DELIMITER, settings_env, settings_from_values
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
@@ -145,11 +146,15 @@ def host_deployment(
     gateway = gateway_settings(
         replicas, listen=listen, tokenizer=tokenizer, routing=routing, ports=ports
     )
-    # The gateway drains for its longest request (uvicorn's graceful shutdown is that too).
-    drain = {"gateway_s": math.ceil(gateway.timeouts.total)}
+    drain = {"gateway_s": gateway_drain_s(gateway)}
     if launch.shutdown_timeout is not None:
         drain["replica_s"] = launch.shutdown_timeout
     return Deployment(groups=(group,), gateway=gateway, ports=ports, drain=DrainBudget(**drain))
+
+
+def gateway_drain_s(gateway: GatewaySettings) -> int:
+    """The gateway drains for its longest request (uvicorn's graceful shutdown is that too)."""
+    return math.ceil(gateway.timeouts.total)
 
 
 def replica_env(replica: ReplicaInstance) -> str:
@@ -215,16 +220,49 @@ def gateway_settings(
     )
 
 
+def field_variables(env: Mapping[str, str], fields: Collection[str]) -> dict[str, str]:
+    """The variables of the settings' ``fields`` among ``env``, in its order."""
+    names = tuple(ENV_PREFIX + field.upper() for field in fields)
+    sections = tuple(name + NESTED_DELIMITER for name in names)
+    return {
+        name: value for name, value in env.items() if name in names or name.startswith(sections)
+    }
+
+
 def env_file_lines(env: dict[str, str], fields: Collection[str]) -> str:
     """``NAME=value`` lines of the variables of the settings' ``fields`` among ``env``
     (:func:`gateway.settings_env.settings_env`'s, in its order)."""
-    names = tuple(ENV_PREFIX + field.upper() for field in fields)
-    sections = tuple(name + NESTED_DELIMITER for name in names)
     return "".join(
-        f"{name}={_env_value(value)}\n"
-        for name, value in env.items()
-        if name in names or name.startswith(sections)
+        f"{name}={_env_value(value)}\n" for name, value in field_variables(env, fields).items()
     )
+
+
+_ENV_LINE = re.compile(r"^\s*([A-Za-z_]\w*)\s*=\s*(.*?)\s*$")
+
+
+def environment_file_values(text: str) -> dict[str, str]:
+    """``NAME=value`` assignments of a systemd ``EnvironmentFile=``, later ones winning:
+    ``#``/``;`` comment lines skipped, a value in matching quotes taken as it is between
+    them, an unquoted one with ``\\\\`` read as one backslash (as :func:`_env_value` writes it)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _ENV_LINE.match(line)
+        if match is None or line.lstrip().startswith(("#", ";")):
+            continue
+        name, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            values[name] = value[1:-1]
+        else:
+            values[name] = value.replace("\\\\", "\\")
+    return values
+
+
+def host_gateway_settings(rendered: GatewaySettings, gateway_env: str) -> GatewaySettings:
+    """The settings the gateway unit runs with: the rendered model and routing files, then
+    the host's own ``gateway.env`` (read last, so it wins). Raises ``ValueError`` (pydantic's
+    ``ValidationError`` or :class:`gateway.settings.UnknownSetting`) for a bad variable."""
+    env = field_variables(settings_env(rendered), (*MODEL_FIELDS, *ROUTING_FIELDS))
+    return load_settings(environ={**env, **environment_file_values(gateway_env)})
 
 
 def gateway_model_env(env: dict[str, str]) -> str:
