@@ -16,6 +16,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -82,16 +83,24 @@ def test_replica_loads_nvidia_uvm_in_a_privileged_pre_start() -> None:
     assert "nvidia-modprobe -u -c=0" in line
 
 
-def run_uvm_pre_start(path: str) -> subprocess.CompletedProcess[str]:
-    """The pre-start's command line as systemd runs it for ``vllm@0`` (``%i`` is 0)."""
+def uvm_script() -> str:
+    """The pre-start's shell script for ``vllm@0``, split into words as systemd splits a
+    command line (quotes as in a POSIX shell, for what this line uses: no backslashes)."""
     line = uvm_pre_start().lstrip("+")
-    binary, flag, script = line.split(" ", 2)
-    assert (binary, flag) == ("/bin/sh", "-c") and script[0] == script[-1] == "'"
-    script = script[1:-1].replace("%i", "0")
-    assert "$" not in script and "%" not in script  # systemd would expand them
+    assert "\\" not in line
+    argv = shlex.split(line)
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3, argv  # one word: the script
+    script = argv[2]
+    assert "$" not in script and "%" not in script.replace("%i", "")  # systemd expands them
+    return script.replace("%i", "0")
+
+
+def run_uvm_pre_start(path: str) -> subprocess.CompletedProcess[str]:
+    """The pre-start's command line as systemd runs it for ``vllm@0``."""
     return subprocess.run(
-        [binary, flag, script], env={"PATH": path}, capture_output=True, text=True, timeout=30
-    )
+        ["/bin/sh", "-c", uvm_script()], env={"PATH": path},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
 
 
 @pytest.mark.integration
@@ -118,10 +127,8 @@ def test_the_uvm_pre_start_succeeds_where_the_device_exists(tmp_path: Path) -> N
     fake = tmp_path / "nvidia-modprobe"
     fake.write_text(f"#!/bin/sh\necho called >> {calls}\nexit 0\n")
     fake.chmod(0o755)
-    line = uvm_pre_start()
-    script = line.split(" ", 2)[2][1:-1].replace("%i", "0")
     # /dev/null is a character device on every host: the script's test passes for it.
-    script = script.replace("/dev/nvidia-uvm", "/dev/null")
+    script = uvm_script().replace("/dev/nvidia-uvm", "/dev/null")
     done = subprocess.run(
         ["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
         capture_output=True, text=True, timeout=30,
