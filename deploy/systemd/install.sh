@@ -14,7 +14,7 @@
 # --tp N: GPUs per replica, consecutive in the --gpus order (default: the profile's
 # tensor_parallel, else 1); the fit solver checks the profile on N GPUs before anything is
 # written. Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
-# redis-server. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
+# Redis (redis-server on Debian, redis or valkey on RHEL), nvidia-modprobe. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
 # the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
 # --routing round_robin (default): the gateway goes through NGINX; aware: the gateway
 # routes to the replicas' ports itself (by load and prompt prefix) and no NGINX site is set.
@@ -113,6 +113,8 @@ render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --g
     --hf-home "$hf_home" --routing "$routing" --out "$stage")
 [[ -z "$tp" ]] || render+=(--tp "$tp")
 [[ -z "$base_port" ]] || render+=(--base-port "$base_port")
+# The gateway's own settings, kept across installs: its stop timeout follows their total.
+[[ ! -f "$etc/gateway.env" ]] || render+=(--gateway-env "$etc/gateway.env")
 if ! summary="$("${render[@]}" 2>"$stage/render.err")"; then
     reason="$(grep -v '^vkit render: note: ' "$stage/render.err" | tail -n 1)"
     reason="${reason#vkit render: error: }"
@@ -123,6 +125,21 @@ grep '^vkit render: note: ' "$stage/render.err" >&2 || true
 # (an earlier install's NGINX upstream line is what round_robin sets anyway).
 if [[ "$routing" == aware && -f "$etc/gateway.env" ]] && grep -Eq '^VKIT_GATEWAY_(UPSTREAMS|ROUTING)=' "$etc/gateway.env"; then
     die "$etc/gateway.env sets VKIT_GATEWAY_UPSTREAMS or VKIT_GATEWAY_ROUTING, which would override --routing $routing: remove those lines (gateway-routing.env has them now)"
+fi
+# The NGINX site goes where the host's nginx.conf includes it: Debian and Ubuntu include
+# sites-enabled/*, RHEL-family hosts (and nginx.org's packages) conf.d/*.conf only; a site
+# put where nothing includes it is never loaded, though `nginx -t` passes.
+site="etc/nginx/sites-available/vkit.conf"  # where vkit render systemd writes it
+nginx_conf="$root/etc/nginx/nginx.conf"
+nginx_includes() {  # nginx_includes DIR: an include of /etc/nginx/DIR/ (or DIR/) in nginx.conf
+    grep -Eq "^[[:space:]]*include[[:space:]]+(/etc/nginx/)?$1/" "$nginx_conf"
+}
+site_dest="$site"
+site_link="etc/nginx/sites-enabled/vkit.conf"
+if [[ -f "$stage/$site" && -f "$nginx_conf" ]] && ! nginx_includes sites-enabled; then
+    nginx_includes conf.d || die "$nginx_conf includes neither sites-enabled/* nor conf.d/*.conf: add 'include /etc/nginx/conf.d/*.conf;' to its http block"
+    site_dest="etc/nginx/conf.d/vkit.conf"
+    site_link=""
 fi
 instances=()
 for env_file in "$stage"/etc/vkit/replica-*.env; do
@@ -142,11 +159,14 @@ if [[ -z "$destdir" ]]; then
     run chown root:vkit "$etc"
 fi
 
-# 2. Units.
+# 2. Units, and their drop-ins: each unit's stop timeout (its drain plus a margin).
 for unit in vllm@.service vkit-gateway.service; do
     sed "s#/opt/vkit/venv/bin/vkit#${vkit_bin}#g" "$here/$unit" >"${TMPDIR:-/tmp}/vkit-unit.$$"
     install_file "${TMPDIR:-/tmp}/vkit-unit.$$" "$root/etc/systemd/system/$unit" 0644
     rm -f "${TMPDIR:-/tmp}/vkit-unit.$$"
+done
+for drop_in in "$stage"/etc/systemd/system/*.d/*.conf; do
+    install_file "$drop_in" "$root/${drop_in#"$stage"/}" 0644
 done
 
 # 3. Replica profile; each GPU set's port, CUDA_VISIBLE_DEVICES and tensor-parallel size;
@@ -181,16 +201,19 @@ if [[ -z "$destdir" && $dry_run -eq 0 ]]; then
 fi
 
 # 5. NGINX site (one server per GPU set), rendered from the same template as every other
-# deployment; none with --routing aware (the gateway reaches the replicas itself).
-site="etc/nginx/sites-available/vkit.conf"
+# deployment, where nginx.conf includes it (above); none with --routing aware (the gateway
+# reaches the replicas itself).
 if [[ -f "$stage/$site" ]]; then
-    install_file "$stage/$site" "$root/$site" 0644
-    if [[ $dry_run -eq 0 ]]; then
+    install_file "$stage/$site" "$root/$site_dest" 0644
+    if [[ -n "$site_link" && $dry_run -eq 0 ]]; then
         mkdir -p "$root/etc/nginx/sites-enabled"
-        ln -sfn ../sites-available/vkit.conf "$root/etc/nginx/sites-enabled/vkit.conf"
+        ln -sfn ../sites-available/vkit.conf "$root/$site_link"
     fi
-elif [[ -e "$root/etc/nginx/sites-enabled/vkit.conf" ]]; then
-    echo "note: the NGINX site of an earlier install is unused with --routing aware: remove $root/etc/nginx/sites-enabled/vkit.conf"
+else
+    for old in etc/nginx/sites-enabled/vkit.conf etc/nginx/conf.d/vkit.conf; do
+        [[ -e "$root/$old" ]] || continue
+        echo "note: the NGINX site of an earlier install is unused with --routing aware: remove $root/$old"
+    done
 fi
 
 # 6. Tell systemd and NGINX (not when staging into --destdir).

@@ -35,6 +35,7 @@ from gateway.settings import load_settings
 from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
 from launcher.supervision.profiles import LaunchEnvironment, load_profile
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
+from tests.deploy.systemd_install import install, vkit_script
 from vkit.cli import build_parser
 from vkit.commands.launch import settings_from
 from vkit.commands.render_systemd import SystemdArgs, plan_host
@@ -51,19 +52,7 @@ KEYS_FILE_INSTALL = ["install", "-o", "root", "-m", "0640"]
 
 @pytest.fixture(scope="module")
 def vkit_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bin") / "vkit"
-    path.write_text(f'#!/bin/sh\ncd "{ROOT}" && exec "{sys.executable}" -m vkit "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
-def install(
-    destdir: Path, vkit_bin: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    argv = [str(SYSTEMD / "install.sh"), "--destdir", str(destdir), "--vkit-bin", str(vkit_bin)]
-    return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, timeout=60, check=False, env=env
-    )
+    return vkit_script(tmp_path_factory.mktemp("bin"))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +180,8 @@ def test_nginx_site_is_the_committed_example(staged: Path) -> None:
 def test_replica_unit_drains_longer_than_vllm_and_pins_its_gpu() -> None:
     service = unit(SYSTEMD / "vllm@.service")["Service"]
     shutdown = yaml.safe_load(PROFILE.read_text())["shutdown_timeout"]
-    assert seconds(service["TimeoutStopSec"]) > shutdown
+    drain = unit(SYSTEMD / "vllm@.service.d" / "vkit-drain.conf")["Service"]  # rendered
+    assert seconds(drain["TimeoutStopSec"]) > shutdown
     assert seconds(service["TimeoutStartSec"]) >= 600
     assert service["Restart"] == "always"
     assert service["KillMode"] == "mixed"  # one SIGTERM, to vkit launch, which forwards it

@@ -8,6 +8,9 @@ solves the profile's fit for one set with ``vkit launch``'s own resolver (the se
 the tensor-parallel size: a model that does not fit is refused here, not by a unit that
 restarts forever), and writes below ``--out`` the files of :mod:`vkit.render.systemd`, by
 their path below ``/``. ``--tp`` wins over the profile's ``tensor_parallel`` (default 1).
+``--gateway-env`` is the host's own ``/etc/vkit/gateway.env`` (install.sh passes it where
+one is): the gateway's stop timeout follows the total timeout it sets, and a variable there
+that the gateway would refuse is refused here, before anything is installed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.supervision.launch_spec import LaunchSettings, LaunchSpec, resolve_launch
@@ -32,7 +35,9 @@ from vkit.render.bundle import write_files
 from vkit.render.systemd import (
     REPLICA_HOST,
     ModelTokenizer,
+    gateway_drain_s,
     host_deployment,
+    host_gateway_settings,
     replica_instances,
     systemd_host_files,
 )
@@ -52,6 +57,7 @@ class SystemdArgs(BaseModel):
     listen: str = NGINX_LISTEN
     hf_home: PurePosixPath = PurePosixPath("/var/lib/vkit/huggingface")
     routing: Literal["round_robin", "aware"] = "round_robin"
+    gateway_env: Path | None = None
     out: Path
 
     @field_validator("gpus", mode="before")
@@ -83,6 +89,11 @@ def register(kinds: Any) -> None:
         "--routing",
         choices=["round_robin", "aware"],
         help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        type=Path,
+        help="the host's gateway.env: its timeouts.total sets the gateway's stop timeout",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory standing for /")
     parser.set_defaults(handler=run_systemd)
@@ -119,7 +130,27 @@ def plan_host(settings: SystemdArgs) -> HostPlan:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if settings.gateway_env is not None:
+        deployment = with_host_gateway_env(deployment, settings.gateway_env)
     return HostPlan(deployment, spec)
+
+
+def with_host_gateway_env(deployment: Deployment, path: Path) -> Deployment:
+    """The deployment with the gateway's drain as the host's ``gateway.env`` makes it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from exc
+    try:
+        gateway = host_gateway_settings(deployment.gateway, text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UsageError(f"{path}: {where}: {first['msg']}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    drain = deployment.drain.model_copy(update={"gateway_s": gateway_drain_s(gateway)})
+    return deployment.model_copy(update={"drain": drain})
 
 
 def run_systemd(args: argparse.Namespace) -> int:

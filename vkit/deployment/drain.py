@@ -2,8 +2,8 @@
 
 A replica drains for vLLM's ``--shutdown-timeout``; the gateway for its longest request
 (``timeouts.total``, which is also uvicorn's graceful shutdown there). Whatever stops them
-(compose's ``stop_grace_period``, the kubelet's ``terminationGracePeriodSeconds``) waits the
-drain plus :data:`DRAIN_MARGIN_S` before SIGKILL.
+(compose's ``stop_grace_period``, the kubelet's ``terminationGracePeriodSeconds``, systemd's
+``TimeoutStopSec``) waits the drain plus :data:`DRAIN_MARGIN_S` before SIGKILL.
 """
 
 from __future__ import annotations

@@ -28,6 +28,16 @@ The gateway's variables come from the deployment's one
 ``gateway-model.env`` (its tokenizers) and ``gateway-routing.env`` (routing and upstreams),
 rewritten on every install, and ``gateway.env`` (everything else, written once).
 
+Stopping: each unit's ``TimeoutStopSec=`` is its drain plus the margin of the deployment's
+:class:`~vkit.deployment.DrainBudget` (vLLM's ``--shutdown-timeout`` for the replicas, the
+gateway's ``timeouts.total`` for the gateway), in a drop-in beside the static unit:
+
+    >>> drop_ins = drain_drop_ins(DrainBudget())
+    >>> print(drop_ins[DROP_IN_DIR / "vllm@.service.d/vkit-drain.conf"], end="")
+    # Written by install.sh: vLLM's drain (--shutdown-timeout 30 s) plus 15 s.
+    [Service]
+    TimeoutStopSec=45
+
 Routing: ``round_robin`` (the default) puts NGINX over the replicas and the gateway in front of
 NGINX; ``aware`` renders no NGINX site and lists the replicas' loopback ports as the gateway's
 upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
@@ -35,12 +45,14 @@ upstreams (``/etc/vkit/gateway-routing.env``, rewritten on every install).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from gateway.settings import ENV_PREFIX, GatewaySettings
+from gateway.settings import ENV_PREFIX, GatewaySettings, load_settings
 from gateway.settings_env import NESTED_DELIMITER, settings_env, settings_from_values
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
@@ -56,6 +68,9 @@ GATEWAY_ROUTING_ENV = ETC_VKIT / "gateway-routing.env"
 # What install.sh copies to gateway.env where there is none yet (never over yours).
 GATEWAY_HOST_ENV = ETC_VKIT / "gateway.env.default"
 ETC_VKIT_ROOT = PurePosixPath("/") / ETC_VKIT
+# Where the units and their drop-ins (UNIT.d/*.conf) go.
+DROP_IN_DIR = PurePosixPath("etc/systemd/system")
+DRAIN_DROP_IN = "vkit-drain.conf"
 # Which of the gateway's settings each file holds (gateway.env: all the others).
 MODEL_FIELDS = ("tokenizers",)
 ROUTING_FIELDS = ("upstreams", "routing")
@@ -131,8 +146,15 @@ def host_deployment(
     gateway = gateway_settings(
         replicas, listen=listen, tokenizer=tokenizer, routing=routing, ports=ports
     )
-    drain = {} if launch.shutdown_timeout is None else {"replica_s": launch.shutdown_timeout}
+    drain = {"gateway_s": gateway_drain_s(gateway)}
+    if launch.shutdown_timeout is not None:
+        drain["replica_s"] = launch.shutdown_timeout
     return Deployment(groups=(group,), gateway=gateway, ports=ports, drain=DrainBudget(**drain))
+
+
+def gateway_drain_s(gateway: GatewaySettings) -> int:
+    """The gateway drains for its longest request (uvicorn's graceful shutdown is that too)."""
+    return math.ceil(gateway.timeouts.total)
 
 
 def replica_env(replica: ReplicaInstance) -> str:
@@ -198,16 +220,49 @@ def gateway_settings(
     )
 
 
+def field_variables(env: Mapping[str, str], fields: Collection[str]) -> dict[str, str]:
+    """The variables of the settings' ``fields`` among ``env``, in its order."""
+    names = tuple(ENV_PREFIX + field.upper() for field in fields)
+    sections = tuple(name + NESTED_DELIMITER for name in names)
+    return {
+        name: value for name, value in env.items() if name in names or name.startswith(sections)
+    }
+
+
 def env_file_lines(env: dict[str, str], fields: Collection[str]) -> str:
     """``NAME=value`` lines of the variables of the settings' ``fields`` among ``env``
     (:func:`gateway.settings_env.settings_env`'s, in its order)."""
-    names = tuple(ENV_PREFIX + field.upper() for field in fields)
-    sections = tuple(name + NESTED_DELIMITER for name in names)
     return "".join(
-        f"{name}={_env_value(value)}\n"
-        for name, value in env.items()
-        if name in names or name.startswith(sections)
+        f"{name}={_env_value(value)}\n" for name, value in field_variables(env, fields).items()
     )
+
+
+_ENV_LINE = re.compile(r"^\s*([A-Za-z_]\w*)\s*=\s*(.*?)\s*$")
+
+
+def environment_file_values(text: str) -> dict[str, str]:
+    """``NAME=value`` assignments of a systemd ``EnvironmentFile=``, later ones winning:
+    ``#``/``;`` comment lines skipped, a value in matching quotes taken as it is between
+    them, an unquoted one with ``\\\\`` read as one backslash (as :func:`_env_value` writes it)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _ENV_LINE.match(line)
+        if match is None or line.lstrip().startswith(("#", ";")):
+            continue
+        name, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            values[name] = value[1:-1]
+        else:
+            values[name] = value.replace("\\\\", "\\")
+    return values
+
+
+def host_gateway_settings(rendered: GatewaySettings, gateway_env: str) -> GatewaySettings:
+    """The settings the gateway unit runs with: the rendered model and routing files, then
+    the host's own ``gateway.env`` (read last, so it wins). Raises ``ValueError`` (pydantic's
+    ``ValidationError`` or :class:`gateway.settings.UnknownSetting`) for a bad variable."""
+    env = field_variables(settings_env(rendered), (*MODEL_FIELDS, *ROUTING_FIELDS))
+    return load_settings(environ={**env, **environment_file_values(gateway_env)})
 
 
 def gateway_model_env(env: dict[str, str]) -> str:
@@ -239,11 +294,33 @@ def gateway_host_env(env: dict[str, str]) -> str:
     ) + env_file_lines(env, others)
 
 
+def drain_drop_ins(drain: DrainBudget) -> dict[PurePosixPath, str]:
+    """Each unit's ``TimeoutStopSec=``: its drain plus the budget's margin, as drop-ins
+    (``UNIT.d/vkit-drain.conf``) that install.sh puts beside the static units."""
+    stops = {
+        "vllm@.service": (
+            f"vLLM's drain (--shutdown-timeout {drain.replica_s} s)",
+            drain.replica_s,
+        ),
+        "vkit-gateway.service": (
+            f"the gateway's drain (timeouts.total {drain.gateway_s} s)",
+            drain.gateway_s,
+        ),
+    }
+    return {
+        DROP_IN_DIR / f"{name}.d" / DRAIN_DROP_IN: (
+            f"# Written by install.sh: {what} plus {drain.margin_s} s.\n"
+            f"[Service]\nTimeoutStopSec={drain.grace_s(drain_s)}\n"
+        )
+        for name, (what, drain_s) in stops.items()
+    }
+
+
 def systemd_host_files(deployment: Deployment, *, listen: str) -> dict[PurePosixPath, str]:
     """Every generated file, by its path below ``/``: each replica's env file (every group's),
     the NGINX site on ``listen`` (one server per replica; none with ``aware``), the gateway's
-    model and routing settings, and the first install's ``gateway.env`` (install.sh writes
-    it only where none is)."""
+    model and routing settings, the first install's ``gateway.env`` (install.sh writes it
+    only where none is) and the units' drain drop-ins."""
     files = {
         replica.env_path: replica_env(replica)
         for group in deployment.groups
@@ -256,6 +333,7 @@ def systemd_host_files(deployment: Deployment, *, listen: str) -> dict[PurePosix
     files[GATEWAY_MODEL_ENV] = gateway_model_env(env)
     files[GATEWAY_ROUTING_ENV] = gateway_routing_env(env, deployment.routing)
     files[GATEWAY_HOST_ENV] = gateway_host_env(env)
+    files.update(drain_drop_ins(deployment.drain))
     return files
 
 
