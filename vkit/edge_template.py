@@ -17,7 +17,8 @@ EDGE_TEMPLATE = """\
 limit_conn_zone $binary_remote_addr zone=vkit_edge_conn:10m;
 {{ limit_req_zone }}
 upstream vkit_gateway {
-    server {{ gateway }};
+    # One server: never marked down (max_fails=0 says so), every request is tried on it.
+    server {{ gateway }} max_fails=0;
     # Idle connections to the gateway closed before uvicorn's 5 s keep-alive closes them.
     keepalive 16;
     keepalive_timeout 4s;
