@@ -35,7 +35,11 @@ __all__ = [
     "EdgeTls",
     "render_edge_conf",
     "render_edge_site",
+    "systemd_edge_site",
 ]
+
+# Where a systemd host keeps the edge's pair (install.sh makes a self-signed one if absent).
+HOST_TLS_DIR = PurePath("/etc/vkit/tls")
 
 _LISTEN = re.compile(r"^[A-Za-z0-9.:\[\]_-]+$")
 _PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")
@@ -153,6 +157,14 @@ def render_edge_conf(
     """The edge site in a standalone nginx.conf (``nginx -c FILE -p PREFIX``, any user)."""
     site = render_edge_site(gateway, listen, limits, tls=tls)
     return wrap_standalone(site, worker_processes=worker_processes)
+
+
+def systemd_edge_site(gateway: GatewaySettings, *, listen: str = "443") -> str:
+    """The systemd host's edge site (``deploy/systemd/nginx/vkit-edge.conf``): TLS on
+    ``listen`` with :data:`HOST_TLS_DIR`'s pair, in front of the gateway's own listener."""
+    tls = EdgeTls(HOST_TLS_DIR / "cert.pem", HOST_TLS_DIR / "key.pem")
+    address = f"{gateway.host}:{gateway.port}"
+    return render_edge_site(address, listen, EdgeLimits.for_gateway(gateway), tls=tls)
 
 
 def _tls_lines(tls: EdgeTls | None) -> str:

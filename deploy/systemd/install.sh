@@ -14,8 +14,9 @@
 # --tp N: GPUs per replica, consecutive in the --gpus order (default: the profile's
 # tensor_parallel, else 1); the fit solver checks the profile on N GPUs before anything is
 # written. Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
-# redis-server. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
-# the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
+# redis-server, openssl. Replica i listens on 127.0.0.1:(base port + i); NGINX on
+# 127.0.0.1:8000; the gateway on 127.0.0.1:8080, its admin listener (/metrics) on
+# 127.0.0.1:9180; the public edge (NGINX, TLS) on 443, with /etc/vkit/tls/{cert,key}.pem.
 # --routing round_robin (default): the gateway goes through NGINX; aware: the gateway
 # routes to the replicas' ports itself (by load and prompt prefix) and no NGINX site is set.
 set -euo pipefail
@@ -193,13 +194,26 @@ elif [[ -e "$root/etc/nginx/sites-enabled/vkit.conf" ]]; then
     echo "note: the NGINX site of an earlier install is unused with --routing aware: remove $root/etc/nginx/sites-enabled/vkit.conf"
 fi
 
+# 5b. The public edge: NGINX with TLS on 443 in front of the gateway (vkit-edge.conf).
+# Its certificate is the operator's own in $etc/tls (cert.pem, key.pem); with neither
+# there, a self-signed pair for this host's name is made once and never replaced.
+if [[ ! -e "$etc/tls/cert.pem" && ! -e "$etc/tls/key.pem" ]]; then
+    run install -d -m 0700 "$etc/tls"
+    host_name="$(hostname -f 2>/dev/null || hostname)"
+    run sh -c 'umask 077 && exec openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 -subj "/CN=$1" -addext "subjectAltName=DNS:$1" -keyout "$2/key.pem" -out "$2/cert.pem" 2>/dev/null' tls "$host_name" "$etc/tls"
+fi
+edge_site="etc/nginx/sites-available/vkit-edge.conf"
+install_file "$here/nginx/vkit-edge.conf" "$root/$edge_site" 0644
+if [[ $dry_run -eq 0 ]]; then
+    mkdir -p "$root/etc/nginx/sites-enabled"
+    ln -sfn ../sites-available/vkit-edge.conf "$root/etc/nginx/sites-enabled/vkit-edge.conf"
+fi
+
 # 6. Tell systemd and NGINX (not when staging into --destdir).
 if [[ -z "$destdir" ]]; then
     run systemctl daemon-reload
-    if [[ -f "$stage/$site" ]]; then
-        run nginx -t -q
-        run systemctl reload-or-restart nginx
-    fi
+    run nginx -t -q  # the edge site is always there
+    run systemctl reload-or-restart nginx
     if [[ $enable -eq 1 ]]; then
         # --no-block: a replica is "activating" until its weights are loaded and vkit launch
         # sends READY=1 (minutes for a large model); watch with journalctl -fu vllm@0.
