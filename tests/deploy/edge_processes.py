@@ -133,14 +133,16 @@ def probe(url: str, *, secret: str | None = None, timeout: float = 3.0) -> int |
 
 
 @contextmanager
-def slow_heads(port: int, count: int) -> Iterator[list[socket.socket]]:
-    """``count`` connections from 127.0.0.1, each with a request head begun and never
-    finished; all closed when the block ends."""
+def slow_heads(
+    port: int, count: int, begun: bytes = b"GET /livez HTTP/1.1\r\nHost: edge\r\nX-Slow: "
+) -> Iterator[list[socket.socket]]:
+    """``count`` connections from 127.0.0.1, each with a request head (or with TLS, a
+    handshake) ``begun`` and never finished; all closed when the block ends."""
     with ExitStack() as stack:
         sockets = []
         for _ in range(count):
             sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
-            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+            sock.sendall(begun)
             sockets.append(sock)
         yield sockets
 

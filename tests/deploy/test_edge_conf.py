@@ -11,13 +11,20 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_from_values
-from tests.deploy.edge_processes import PROBE_SOURCE, edge_process, gateway_process
+from tests.deploy.edge_processes import (
+    PROBE_SOURCE,
+    closed_by_peer,
+    edge_process,
+    gateway_process,
+    slow_heads,
+)
 from tests.vllm_standin import Script, standin_in_thread
 from vkit.deployment import Ports
 from vkit.edge_cert import CertificateError, ensure_certificate
 from vkit.edge_conf import EdgeLimits, EdgeTls, render_edge_site, systemd_edge_site
 from vkit.render.systemd import gateway_host_values
 
+LIMITS = EdgeLimits(header_timeout_s=2)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
@@ -103,7 +110,8 @@ def test_the_edge_serves_tls_with_the_made_certificate(tmp_path: Path) -> None:
     with (
         standin_in_thread(Script()) as upstream,
         gateway_process(tmp_path, upstream.url) as gateway,
-        edge_process(tmp_path, gateway, EdgeLimits(), tls=EdgeTls(cert, key)) as port,
+        edge_process(tmp_path, gateway, LIMITS, tls=EdgeTls(cert, key)) as port,
+        slow_heads(int(port), 1, b"\x16\x03\x01") as (stalled_handshake,),
     ):
         transport = httpx.HTTPTransport(local_address=PROBE_SOURCE, verify=str(cert))
         with httpx.Client(transport=transport, timeout=10) as client:
@@ -111,5 +119,7 @@ def test_the_edge_serves_tls_with_the_made_certificate(tmp_path: Path) -> None:
             headers = {"Authorization": f"Bearer {gateway.secret}"}
             url = f"https://localhost:{port}/v1/chat/completions"
             assert client.post(url, json=body, headers=headers).status_code == 200
-        with pytest.raises(httpx.ConnectError):  # plain HTTP is not served on the TLS port
-            httpx.get(f"https://localhost:{port}/livez", timeout=5)  # and unknown CA: refused
+        with pytest.raises(httpx.ConnectError):  # an unknown CA is refused
+            httpx.get(f"https://localhost:{port}/livez", timeout=5)
+        # A TLS handshake begun and never finished is cut after client_header_timeout.
+        assert closed_by_peer(stalled_handshake, LIMITS.header_timeout_s + 3)
