@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,10 +147,9 @@ def slow_heads(
         yield sockets
 
 
-@contextmanager
 def slow_bodies(
     port: int, count: int, secret: str, length: int = 65536
-) -> Iterator[list[socket.socket]]:
+) -> AbstractContextManager[list[socket.socket]]:
     """``count`` connections, each with a whole head announcing ``length`` bytes of body and
     one byte of it sent; all closed when the block ends."""
     head = (
@@ -158,13 +157,7 @@ def slow_bodies(
         f"Authorization: Bearer {secret}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n{{"
     ).encode()
-    with ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
-            sock.sendall(head)
-            sockets.append(sock)
-        yield sockets
+    return slow_heads(port, count, head)
 
 
 def trickled_body(length: int) -> bytes:
