@@ -12,6 +12,9 @@ The console script ``vkit`` lives in :mod:`vkit.cli`; the work is done by the
 - :mod:`.render` -- deploy files (compose, systemd, Kubernetes) translated from that model;
 - :mod:`.nginx_conf` -- the NGINX configuration, rendered from ``nginx/vkit.conf.template``
   (the data package ``vkit.nginx``);
+- :mod:`.edge_conf` -- the public edge: NGINX in front of the gateway (timeouts, limits, TLS);
+- :mod:`.edge_template` -- the edge site's NGINX template;
+- :mod:`.edge_cert` -- a first run's self-signed TLS certificate, made once, never replaced;
 - :mod:`.stack` -- ``vkit up``: the whole local stack, started, watched and stopped;
 - :mod:`.bootstrap` -- what ``make demo`` and ``make test`` need from the machine before the
   venv exists (standard library only);

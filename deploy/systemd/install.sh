@@ -14,8 +14,10 @@
 # --tp N: GPUs per replica, consecutive in the --gpus order (default: the profile's
 # tensor_parallel, else 1); the fit solver checks the profile on N GPUs before anything is
 # written. Prerequisites: vkit (with vLLM for CUDA) in /opt/vkit/venv (or --vkit-bin), nginx,
-# Redis (redis-server on Debian, redis or valkey on RHEL), nvidia-modprobe. Replica i listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000;
-# the gateway on 0.0.0.0:8080, its admin listener (/metrics) on 127.0.0.1:9180.
+# Redis (redis-server on Debian, redis or valkey on RHEL), nvidia-modprobe, openssl. Replica i
+# listens on 127.0.0.1:(base port + i); NGINX on 127.0.0.1:8000; the gateway on
+# 127.0.0.1:8080, its admin listener (/metrics) on 127.0.0.1:9180; the public edge (NGINX,
+# TLS) on 443, with /etc/vkit/tls/{cert,key}.pem.
 # --routing round_robin (default): the gateway goes through NGINX; aware: the gateway
 # routes to the replicas' ports itself (by load and prompt prefix) and no NGINX site is set.
 set -euo pipefail
@@ -134,12 +136,21 @@ nginx_conf="$root/etc/nginx/nginx.conf"
 nginx_includes() {  # nginx_includes DIR: an include of /etc/nginx/DIR/ (or DIR/) in nginx.conf
     grep -Eq "^[[:space:]]*include[[:space:]]+(/etc/nginx/)?$1/" "$nginx_conf"
 }
+# Both sites (the internal one over the replicas, the public edge) follow the same choice.
+confd_only=0
+if [[ -f "$nginx_conf" ]] && ! nginx_includes sites-enabled; then
+    nginx_includes conf.d || die "$nginx_conf includes neither sites-enabled/* nor conf.d/*.conf: add 'include /etc/nginx/conf.d/*.conf;' to its http block"
+    confd_only=1
+fi
 site_dest="$site"
 site_link="etc/nginx/sites-enabled/vkit.conf"
-if [[ -f "$stage/$site" && -f "$nginx_conf" ]] && ! nginx_includes sites-enabled; then
-    nginx_includes conf.d || die "$nginx_conf includes neither sites-enabled/* nor conf.d/*.conf: add 'include /etc/nginx/conf.d/*.conf;' to its http block"
+edge_dest="etc/nginx/sites-available/vkit-edge.conf"
+edge_link="etc/nginx/sites-enabled/vkit-edge.conf"
+if [[ $confd_only -eq 1 ]]; then
     site_dest="etc/nginx/conf.d/vkit.conf"
     site_link=""
+    edge_dest="etc/nginx/conf.d/vkit-edge.conf"
+    edge_link=""
 fi
 instances=()
 for env_file in "$stage"/etc/vkit/replica-*.env; do
@@ -216,13 +227,25 @@ else
     done
 fi
 
+# 5b. The public edge: NGINX with TLS on 443 in front of the gateway (vkit-edge.conf).
+# Its certificate is the operator's own in $etc/tls (cert.pem, key.pem); with neither
+# there, a self-signed pair for this host's name is made once and never replaced.
+if [[ ! -e "$etc/tls/cert.pem" && ! -e "$etc/tls/key.pem" ]]; then
+    run install -d -m 0700 "$etc/tls"
+    host_name="$(hostname -f 2>/dev/null || hostname)"
+    run sh -c 'umask 077 && exec openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 -subj "/CN=$1" -addext "subjectAltName=DNS:$1" -keyout "$2/key.pem" -out "$2/cert.pem" 2>/dev/null' tls "$host_name" "$etc/tls"
+fi
+install_file "$here/nginx/vkit-edge.conf" "$root/$edge_dest" 0644
+if [[ -n "$edge_link" && $dry_run -eq 0 ]]; then
+    mkdir -p "$root/etc/nginx/sites-enabled"
+    ln -sfn ../sites-available/vkit-edge.conf "$root/$edge_link"
+fi
+
 # 6. Tell systemd and NGINX (not when staging into --destdir).
 if [[ -z "$destdir" ]]; then
     run systemctl daemon-reload
-    if [[ -f "$stage/$site" ]]; then
-        run nginx -t -q
-        run systemctl reload-or-restart nginx
-    fi
+    run nginx -t -q  # the edge site is always there
+    run systemctl reload-or-restart nginx
     if [[ $enable -eq 1 ]]; then
         # --no-block: a replica is "activating" until its weights are loaded and vkit launch
         # sends READY=1 (minutes for a large model); watch with journalctl -fu vllm@0.

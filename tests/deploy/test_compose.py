@@ -19,7 +19,7 @@ EXAMPLE = [
     "render", "compose", "--gpu", "rtx4090", "--gpus", "0,1", "--model", "llama-3.1-8b",
     "--quant", "awq", "--concurrency", "16",
 ]  # fmt: skip
-RENDERED = ["compose.yaml", "nginx/vkit.conf", "prometheus/prometheus.yml"]
+RENDERED = ["compose.yaml", "nginx/vkit.conf", "nginx/edge.conf", "prometheus/prometheus.yml"]
 RENDERED += ["prometheus/cost.rules.yml"]
 
 
@@ -86,9 +86,11 @@ def test_replica_command_carries_the_fit_solver_settings(compose: dict[str, Any]
     assert flags["--host"] == "0.0.0.0"
 
 
-def test_only_gateway_and_grafana_publish_ports(compose: dict[str, Any]) -> None:
+def test_only_the_edge_gateway_and_grafana_publish_ports(compose: dict[str, Any]) -> None:
     published = sorted(k for k, v in compose["services"].items() if v.get("ports"))
-    assert published == ["gateway", "grafana"]
+    assert published == ["edge", "gateway", "grafana"]
+    # Clients reach the gateway through the edge; its own port is the host's loopback only.
+    assert all(p.startswith("127.0.0.1:") for p in compose["services"]["gateway"]["ports"])
     for service in compose["services"].values():
         assert "network_mode" not in service
 
@@ -213,7 +215,7 @@ def test_gateway_environment_is_what_the_gateway_reads(compose: dict[str, Any]) 
     assert settings.health.expected_models == ["llama-3.1-8b"]
     assert settings.upstream_api_key is not None
     published = compose["services"]["gateway"]["ports"]
-    assert published == [f"${{VKIT_GATEWAY_PORT:-8080}}:{settings.port}"]
+    assert published == [f"127.0.0.1:${{VKIT_GATEWAY_PORT:-8080}}:{settings.port}"]
 
 
 def test_prometheus_scrapes_the_gateway_admin_listener_which_is_not_published(

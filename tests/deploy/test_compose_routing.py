@@ -45,7 +45,10 @@ def test_the_aware_gateway_lists_every_replica_and_routes_by_load(aware: Path) -
 
 def test_aware_leaves_nginx_out_of_the_bundle(aware: Path) -> None:
     assert "nginx" not in services(aware)
-    assert not (aware.parent / "nginx").exists()
+    assert not (aware.parent / "nginx" / "vkit.conf").exists()
+    # The edge stays in front of the gateway, which faces clients in either routing.
+    assert "edge" in services(aware)
+    assert (aware.parent / "nginx" / "edge.conf").exists()
     assert (aware.parent / "prometheus" / "prometheus.yml").exists()
 
 

@@ -110,7 +110,7 @@ def test_gateway_env_files_are_what_the_gateway_reads(staged: Path) -> None:
     assert settings.upstream_urls == ["http://127.0.0.1:8000"]  # the NGINX site's listen
     assert settings.upstream_api_key is not None
     assert settings.upstream_api_key.get_secret_value() == env["VLLM_API_KEY"]
-    # /metrics on a loopback admin listener: the public 0.0.0.0:8080 serves none
+    # /metrics on a loopback admin listener: the gateway's 8080 (behind the edge) serves none
     assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9180)
 
 
@@ -805,7 +805,9 @@ def test_aware_install_routes_the_gateway_to_each_replicas_port(staged_aware: Pa
     settings = gateway_settings(env)
     assert settings.routing == "aware"
     assert settings.upstream_urls == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
-    assert not (staged_aware / "etc/nginx").exists()  # no NGINX site: nothing in between
+    # No NGINX site between the gateway and the replicas; the edge stays in front of it.
+    assert not (staged_aware / "etc/nginx/sites-available/vkit.conf").exists()
+    assert (staged_aware / "etc/nginx/sites-enabled/vkit-edge.conf").is_symlink()
 
 
 @pytest.mark.system
@@ -814,6 +816,18 @@ def test_round_robin_install_routes_through_nginx(staged: Path) -> None:
     assert settings.routing == "round_robin"
     assert settings.upstream_urls == ["http://127.0.0.1:8000"]
     assert (staged / "etc/nginx/sites-enabled/vkit.conf").is_symlink()
+
+
+@pytest.mark.system
+def test_install_puts_the_edge_in_front_with_a_first_certificate(staged: Path) -> None:
+    settings = gateway_settings(unit_environment(staged, "vkit-gateway.service"))
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)  # only the edge faces clients
+    edge = staged / "etc/nginx/sites-available/vkit-edge.conf"
+    assert edge.read_text() == (SYSTEMD / "nginx" / "vkit-edge.conf").read_text()
+    assert (staged / "etc/nginx/sites-enabled/vkit-edge.conf").resolve() == edge.resolve()
+    tls = staged / "etc/vkit/tls"
+    assert stat.S_IMODE((tls / "key.pem").stat().st_mode) == 0o600
+    assert (tls / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
 
 
 @pytest.mark.system

@@ -413,13 +413,14 @@ def test_an_nginx_conf_that_includes_neither_is_refused(tmp_path: Path, vkit_bin
 
 
 def nginx_dump(root: Path) -> subprocess.CompletedProcess[str]:
-    """``nginx -T`` of the staged tree as the host would run it: the staged /etc/nginx
-    bind-mounted over /etc/nginx in a private mount namespace (the includes are absolute)."""
+    """``nginx -T`` of the staged tree as the host would run it: the staged /etc laid over
+    the host's (a read-only overlay) in a private mount namespace, since the includes and the
+    edge site's certificate paths (/etc/vkit/tls) are absolute."""
     nginx = nginx_binary()
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
-    conf = root / "etc/nginx"
-    script = f"mount --bind {conf} /etc/nginx && {nginx} -T -q -e {root}/error.log"
+    lower = f"{root / 'etc'}:/etc"
+    script = f"mount -t overlay overlay -o lowerdir={lower} /etc && {nginx} -T -q -e {root}/error.log"
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         capture_output=True, text=True, timeout=60, check=False,
@@ -436,5 +437,6 @@ def test_nginx_loads_the_site_on_a_rhel_layout(tmp_path: Path, vkit_bin: Path) -
     dump = nginx_dump(root)
     assert dump.returncode == 0, dump.stderr
     assert "# configuration file /etc/nginx/conf.d/vkit.conf:" in dump.stdout
+    assert "# configuration file /etc/nginx/conf.d/vkit-edge.conf:" in dump.stdout
     assert "upstream vkit_replicas {" in dump.stdout
     assert "listen 127.0.0.1:8000;" in dump.stdout

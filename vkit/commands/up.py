@@ -30,6 +30,16 @@ def register(subparsers: Any) -> None:
         help="round_robin (default): the gateway in front of NGINX; aware: the gateway routes "
         "to the replicas by load and prompt prefix, no NGINX",
     )
+    parser.add_argument(
+        "--edge",
+        action=argparse.BooleanOptionalAction,
+        help="NGINX in front of the gateway on --host:--port (timeouts, per-client limits, "
+        "TLS); default: on unless --host is loopback",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="the edge's certificate (PEM, chain first)")
+    parser.add_argument(
+        "--tls-key", type=Path, help="its key (default off loopback: a self-signed pair)"
+    )
     parser.add_argument("--run-dir", type=Path, help="logs, configs, keys (default .vkit/run)")
     parser.add_argument("--nginx-bin", help="nginx binary (default: nginx on PATH)")
     parser.add_argument("--redis-bin", help="redis-server binary")

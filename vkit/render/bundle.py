@@ -2,7 +2,7 @@
 
     >>> files = render_compose_bundle(spec, plan, price_per_hour=0.39)
     >>> sorted(files)
-    ['compose.yaml', 'nginx/vkit.conf', 'prometheus/cost.rules.yml', 'prometheus/prometheus.yml']
+    ['compose.yaml', 'nginx/edge.conf', 'nginx/vkit.conf', 'prometheus/cost.rules.yml', ...]
 
 Keys are paths relative to the compose file's directory. ``deploy/docker/`` holds the
 rendered example (``vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b
@@ -16,16 +16,34 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 from launcher.sizing.fit import FitPlan
-from vkit.deployment.service_ports import DCGM_PORT, GATEWAY_ADMIN_PORT, NGINX_PORT, VLLM_PORT
+from vkit.deployment.service_ports import (
+    DCGM_PORT,
+    GATEWAY_ADMIN_PORT,
+    GATEWAY_PORT,
+    NGINX_PORT,
+    VLLM_PORT,
+)
+from vkit.edge_conf import EdgeLimits, EdgeTls, render_edge_site
 from vkit.nginx_conf import render_nginx_site
 from vkit.render.alertmanager import ALERTMANAGER_PORT, render_alertmanager_files
-from vkit.render.compose import ComposeSpec, build_compose, replica_service_name
+from vkit.render.compose import (
+    ComposeSpec,
+    build_compose,
+    compose_deployment,
+    replica_service_name,
+)
+from vkit.render.compose_services import (
+    EDGE_HEALTH_LISTEN,
+    EDGE_PORT,
+    EDGE_SITE_FILE,
+    EDGE_TLS_MOUNT,
+)
 from vkit.render.prometheus import build_cost_rules, build_prometheus_config
 
 COMPOSE_FILE = "compose.yaml"
@@ -65,6 +83,8 @@ def render_compose_bundle(
     files = {COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan))}
     if spec.routing == "round_robin":
         files[NGINX_SITE_FILE] = compose_nginx_site(replicas, str(NGINX_PORT))
+    limits = EdgeLimits.for_gateway(compose_deployment(spec, plan).gateway)
+    files[EDGE_SITE_FILE] = compose_edge_site(limits)
     files[PROMETHEUS_FILE] = header(command) + dump_yaml(prometheus)
     if price_per_hour is not None:
         rules = build_cost_rules(list(spec.gpu_ids), spec.gpu, price_per_hour)
@@ -80,6 +100,24 @@ def compose_nginx_site(
 ) -> str:
     """The shared NGINX site over ``replicas``, with their names resolved at run time."""
     return resolve_at_run_time(render_nginx_site(replicas, listen), resolver, valid_s)
+
+
+def compose_edge_site(
+    limits: EdgeLimits, *, resolver: str = DOCKER_DNS, valid_s: int = RESOLVE_VALID_S
+) -> str:
+    """The edge's site: TLS on :data:`EDGE_PORT` with the mounted pair, in front of the
+    gateway (its name resolved at run time: a recreated gateway gets a new address)."""
+    tls = EdgeTls(
+        PurePosixPath(EDGE_TLS_MOUNT, "cert.pem"), PurePosixPath(EDGE_TLS_MOUNT, "key.pem")
+    )
+    site = render_edge_site(
+        f"gateway:{GATEWAY_PORT}",
+        str(EDGE_PORT),
+        limits,
+        tls=tls,
+        health_listen=EDGE_HEALTH_LISTEN,
+    )
+    return resolve_at_run_time(site, resolver, valid_s)
 
 
 def resolve_at_run_time(site: str, resolver: str, valid_s: int) -> str:

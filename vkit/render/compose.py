@@ -60,6 +60,7 @@ from vkit.deployment.service_ports import (
 from vkit.render.alertmanager import alertmanager_service
 from vkit.render.compose_services import (
     dcgm_service,
+    edge_service,
     grafana_service,
     prometheus_service,
     redis_service,
@@ -176,6 +177,8 @@ def compose_file(deployment: Deployment) -> dict[str, Any]:
     if deployment.routing == "round_robin":  # aware: the gateway reaches the replicas itself
         services["nginx"] = nginx_service(deployment)
     services["gateway"] = gateway_service(deployment)
+    gateway_grace_s = deployment.drain.grace_s(deployment.drain.gateway_s)
+    services["edge"] = edge_service(deployment.images.nginx, gateway_grace_s)
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
     services["grafana"] = grafana_service()
@@ -339,7 +342,8 @@ def gateway_service(deployment: Deployment) -> dict[str, Any]:
             f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
             f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",
         ],
-        "ports": [f"${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
+        # Clients come through the edge; the gateway's own port only on the host's loopback.
+        "ports": [f"127.0.0.1:${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
         "depends_on": gateway_depends_on(deployment),
         "healthcheck": {
             "test": ["CMD", "python", "-c", probe],

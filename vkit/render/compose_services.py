@@ -1,6 +1,7 @@
-"""The compose file's supporting services: Redis for shared limits, Prometheus, Grafana and
-NVIDIA's DCGM exporter (Alertmanager: :mod:`vkit.render.alertmanager`). Paths are relative
-to the compose file (``deploy/docker/``)."""
+"""The compose file's supporting services: the public edge (NGINX with TLS in front of the
+gateway, :mod:`vkit.edge_conf`), Redis for shared limits, Prometheus, Grafana and NVIDIA's
+DCGM exporter (Alertmanager: :mod:`vkit.render.alertmanager`). Paths are relative to the
+compose file (``deploy/docker/``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,36 @@ from vkit.deployment.images import DCGM_IMAGE, GRAFANA_IMAGE, PROMETHEUS_IMAGE, 
 from vkit.render.healthcheck import wget_healthcheck
 
 GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+
+# The edge: TLS on 443 in the container, its own liveness on loopback for the healthcheck.
+EDGE_SITE_FILE = "nginx/edge.conf"
+EDGE_PORT = 443
+EDGE_HEALTH_LISTEN = "127.0.0.1:8081"
+EDGE_TLS_MOUNT = "/etc/vkit/tls"
+TLS_DIR_VAR = (
+    "${VKIT_TLS_DIR:?set VKIT_TLS_DIR to the directory of the edge's cert.pem and key.pem"
+    " (.env.example shows how to make a first one)}"
+)
+
+
+def edge_service(image: str, grace_s: int) -> dict[str, Any]:
+    """NGINX in front of the gateway, the one published port for clients (``VKIT_EDGE_PORT``,
+    443 by default); stopped first and gracefully (SIGQUIT: open answers finish, up to the
+    gateway's own grace ``grace_s``)."""
+    return {
+        "image": image,
+        "volumes": [
+            f"./{EDGE_SITE_FILE}:/etc/nginx/conf.d/default.conf:ro",
+            f"{TLS_DIR_VAR}:{EDGE_TLS_MOUNT}:ro",
+        ],
+        "ports": [f"${{VKIT_EDGE_PORT:-{EDGE_PORT}}}:{EDGE_PORT}"],
+        "depends_on": {"gateway": {"condition": "service_healthy"}},
+        "healthcheck": wget_healthcheck(f"http://{EDGE_HEALTH_LISTEN}/edge_health", "10s"),
+        "restart": "unless-stopped",
+        "stop_signal": "SIGQUIT",
+        "stop_grace_period": f"{grace_s}s",
+        "networks": ["edge"],
+    }
 
 
 def redis_service() -> dict[str, Any]:

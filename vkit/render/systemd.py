@@ -191,7 +191,8 @@ def gateway_host_values(ports: Ports) -> dict[str, Any]:
     """The gateway's listeners, keys file and Redis on the host (``gateway.env``, written
     once: the operator's own settings go there)."""
     return {
-        "host": "0.0.0.0",
+        # Loopback: clients reach it through the edge (NGINX with TLS, vkit-edge.conf).
+        "host": REPLICA_HOST,
         "port": ports.gateway,
         # The admin listener (/metrics for Prometheus, /readyz details, /openapi.json):
         # loopback only.

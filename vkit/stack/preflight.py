@@ -14,7 +14,10 @@ Which = Callable[[str], str | None]
 
 def missing_binaries(settings: UpSettings, which: Which = shutil.which) -> list[str]:
     """The external programs the stack needs that are not on PATH."""
-    needed = [settings.nginx_bin] if settings.routing == "round_robin" else []  # aware: none
+    # NGINX over the replicas (round robin) and as the edge; aware without the edge: none
+    wants_nginx = settings.routing == "round_robin" or settings.uses_edge
+    needed = [settings.nginx_bin] if wants_nginx else []
+    needed += ["openssl"] if settings.uses_tls and settings.tls_cert is None else []
     needed += [settings.redis_bin] if settings.redis else []
     return [binary for binary in needed if which(binary) is None]
 
@@ -22,7 +25,7 @@ def missing_binaries(settings: UpSettings, which: Which = shutil.which) -> list[
 def check_binaries(settings: UpSettings, which: Which = shutil.which) -> None:
     missing = missing_binaries(settings, which)
     if missing:
-        hint = "install it (Debian/Ubuntu: apt-get install nginx redis-server)"
+        hint = "install it (Debian/Ubuntu: apt-get install nginx redis-server openssl)"
         raise CliError(f"{', '.join(missing)} not found on PATH: {hint}, or pass its path")
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,8 @@ from types import FrameType
 from typing import NoReturn
 
 from launcher.supervision.tiny_model import build_tiny_model
+from vkit.edge_cert import CertificateError, ensure_certificate
+from vkit.exit_codes import CliError
 from vkit.stack.banner import render_banner
 from vkit.stack.demo_key import add_demo_key
 from vkit.stack.ports import pick_free_ports
@@ -47,6 +50,9 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         settings, ports, layout, model_path=model_path, python=python, cpu_count=os.cpu_count() or 1
     )
     layout.nginx_conf.write_text(plan.nginx_conf)
+    if plan.edge_conf is not None:
+        prepare_edge(settings, layout, say)
+        layout.edge_conf.write_text(plan.edge_conf)
     secret = add_demo_key(layout.keys_file, DEMO_KEY_NAME, settings.demo_key, [plan.model_name])
     group = ProcessGroup()
     try:
@@ -65,6 +71,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
                     ),
                     front="NGINX" if settings.routing == "round_robin" else "the aware router",
                 )
+                + edge_note(settings, layout)
             )
             watch(group, say, policy=restarts)
     except KeyboardInterrupt:
@@ -76,19 +83,46 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         say("vkit up: everything stopped")
 
 
+def prepare_edge(settings: UpSettings, layout: StackLayout, say: Say) -> None:
+    """The edge's TLS pair: the given one, or the run's own, made once (self-signed)."""
+    if not settings.uses_tls or settings.tls_cert is not None:
+        return
+    names = ["localhost", "127.0.0.1", socket.gethostname()]
+    names += [] if settings.host in ("0.0.0.0", "::", "") else [settings.host]
+    try:
+        made = ensure_certificate(layout.tls_cert, layout.tls_key, names=list(dict.fromkeys(names)))
+    except (CertificateError, ValueError) as exc:
+        raise CliError(f"the edge's TLS certificate: {exc}") from None
+    if made == "made":
+        say(f"vkit up: made a self-signed TLS certificate: {layout.tls_cert}")
+
+
+def edge_note(settings: UpSettings, layout: StackLayout) -> str:
+    """What the banner adds when the edge serves TLS with the run's own certificate."""
+    if not settings.uses_tls or settings.tls_cert is not None:
+        return ""
+    cert = layout.tls_cert.resolve()
+    return (
+        f"\nThe edge's certificate is self-signed ({cert}): give clients that file\n"
+        f"(curl --cacert {cert}; Python: SSL_CERT_FILE={cert}), or --tls-cert/--tls-key.\n"
+    )
+
+
 def resolve_ports(settings: UpSettings) -> StackPorts:
-    """Explicit ports are checked; the internal ones left unset are picked free."""
-    check_ports({"gateway": settings.port}, settings.host)
+    """Explicit ports are checked; the internal ones left unset are picked free. With the
+    edge in front, ``settings.port`` is the edge's and the gateway gets a free one."""
+    check_ports({"edge" if settings.uses_edge else "gateway": settings.port}, settings.host)
     internal = {f"replica-{i}": port for i, port in enumerate(settings.replica_ports or [])}
     if settings.nginx_port:
         internal["nginx"] = settings.nginx_port
     if settings.redis_port and settings.redis:
         internal["redis"] = settings.redis_port
     check_ports(internal)
-    free = iter(pick_free_ports(settings.replicas + 3))
+    free = iter(pick_free_ports(settings.replicas + 4))
     replicas = settings.replica_ports or [next(free) for _ in range(settings.replicas)]
     return StackPorts(
-        gateway=settings.port,
+        gateway=next(free) if settings.uses_edge else settings.port,
+        edge=settings.port if settings.uses_edge else None,
         nginx=settings.nginx_port or next(free),
         replicas=tuple(replicas),
         redis=(settings.redis_port or next(free)) if settings.redis else None,
@@ -98,7 +132,7 @@ def resolve_ports(settings: UpSettings) -> StackPorts:
 
 def prepare_run_dir(layout: StackLayout) -> None:
     """Fresh logs and keys for this run; the tiny model is kept between runs."""
-    for stale in (layout.logs, layout.nginx_prefix):
+    for stale in (layout.logs, layout.nginx_prefix, layout.edge_prefix):
         shutil.rmtree(stale, ignore_errors=True)
         stale.mkdir(parents=True)
     layout.keys_file.unlink(missing_ok=True)
@@ -114,6 +148,7 @@ def resolve_model(settings: UpSettings, layout: StackLayout, say: Say) -> str:
 def start_and_wait(group: ProcessGroup, plan: StackPlan, settings: UpSettings, say: Say) -> None:
     backends = [group.start(spec) for spec in plan.specs if spec.name != "gateway"]
     nginx = ", NGINX" if settings.routing == "round_robin" else ""
+    nginx += ", the edge" if settings.uses_edge else ""
     say(
         f"vkit up: starting {settings.replicas} replica(s){nginx} and the gateway "
         f"({settings.routing} routing); logs in {StackLayout(settings.run_dir).logs}"

@@ -9,10 +9,12 @@ variables (:func:`~gateway.settings_env.settings_env`).
 The plan for N replicas is, in start order: N ``vkit launch`` replicas (CPU: each
 pinned to its own cores, docs/cpu-engine.md#cpu-pinning), optional ``redis-server``, ``nginx``
 round-robining across the replicas with the one template of ``nginx/``, and the
-gateway (``vkit gateway``) in front of NGINX. With ``routing="aware"`` there is no
-NGINX: the gateway's upstreams are the replicas and it routes by their load and the
-prompts' prefixes (``VKIT_GATEWAY_ROUTING=aware``). Stop tiers run the other way: the
-gateway closes first, then NGINX, then the replicas drain, then Redis.
+gateway (``vkit gateway``) in front of NGINX, and with ``settings.uses_edge`` the edge
+(NGINX from :mod:`vkit.edge_conf`) on the public address with the gateway behind it on
+loopback. With ``routing="aware"`` there is no NGINX over the replicas: the gateway's
+upstreams are the replicas and it routes by their load and the prompts' prefixes
+(``VKIT_GATEWAY_ROUTING=aware``). Stop tiers run the other way: the edge closes first
+(gracefully), then the gateway, then NGINX, then the replicas drain, then Redis.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from launcher.sizing.gpu_sets import GpuSet
 from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup
 from vkit.deployment.launch_args import launch_args
+from vkit.edge_conf import EdgeLimits, EdgeTls, render_edge_conf
 from vkit.nginx_conf import nginx_argv, render_nginx_conf
 from vkit.stack.specs import HttpCheck, ProcessSpec, TcpCheck, VllmCheck
 from vkit.stack.up_settings import TINY_MAX_MODEL_LEN, UpSettings
@@ -42,6 +45,7 @@ class StackPorts:
     replicas: tuple[int, ...]
     redis: int | None = None
     gateway_admin: int | None = None  # the gateway's admin listener (/metrics), loopback
+    edge: int | None = None  # the public port, when the edge is in front of the gateway
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,23 @@ class StackLayout:
         return self.nginx_prefix / "nginx.conf"
 
     @property
+    def edge_prefix(self) -> Path:
+        return self.run_dir / "edge"
+
+    @property
+    def edge_conf(self) -> Path:
+        return self.edge_prefix / "nginx.conf"
+
+    @property
+    def tls_cert(self) -> Path:
+        """A first run's self-signed certificate (kept between runs)."""
+        return self.run_dir / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.run_dir / "tls" / "key.pem"
+
+    @property
     def keys_file(self) -> Path:
         return self.run_dir / "keys.yaml"
 
@@ -77,6 +98,7 @@ class StackPlan:
     nginx_conf: str
     gateway_url: str
     model_name: str
+    edge_conf: str | None = None  # the edge's nginx.conf, when it is in front
 
     def named(self, prefix: str) -> list[ProcessSpec]:
         return [spec for spec in self.specs if spec.name.startswith(prefix)]
@@ -114,12 +136,41 @@ def plan_stack(
     nginx = []
     if deployment.routing == "round_robin":
         nginx = [nginx_spec(settings, layout, deployment.ports.nginx)]
+    behind_edge = ports.edge is not None
+    gateway_host = LOOPBACK if behind_edge else settings.host
     gateway = gateway_process(
-        deployment.gateway, settings.host, deployment.ports.gateway, layout, python
+        deployment.gateway, gateway_host, deployment.ports.gateway, layout, python
     )
-    specs = (*replicas, *redis, *nginx, gateway)
-    url = gateway_url(settings.host, deployment.ports.gateway)
-    return StackPlan(specs, conf, url, group.served_model)
+    if ports.edge is None:
+        specs = (*replicas, *redis, *nginx, gateway)
+        url = gateway_url(settings.host, deployment.ports.gateway)
+        return StackPlan(specs, conf, url, group.served_model)
+    edge_conf = stack_edge_conf(settings, layout, deployment.gateway, ports.gateway, ports.edge)
+    edge = edge_spec(settings, layout, ports.edge)
+    url = gateway_url(settings.host, ports.edge, tls=settings.uses_tls)
+    return StackPlan(
+        (*replicas, *redis, *nginx, edge, gateway), conf, url, group.served_model, edge_conf
+    )
+
+
+def stack_edge_conf(
+    settings: UpSettings,
+    layout: StackLayout,
+    gateway: GatewaySettings,
+    gateway_port: int,
+    edge_port: int,
+) -> str:
+    """The edge's nginx.conf: ``--host:--port`` in front of the gateway on loopback, its
+    limits from the gateway's settings, TLS with the given pair or the run's own."""
+    tls = None
+    if settings.uses_tls:
+        cert, key = settings.tls_cert, settings.tls_key
+        if cert is None or key is None:
+            cert, key = layout.tls_cert, layout.tls_key
+        tls = EdgeTls(cert.resolve(), key.resolve())
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    limits = EdgeLimits.for_gateway(gateway)
+    return render_edge_conf(f"{LOOPBACK}:{gateway_port}", f"{host}:{edge_port}", limits, tls=tls)
 
 
 def stack_deployment(
@@ -166,9 +217,11 @@ def replica_launch_settings(settings: UpSettings, model_path: str) -> LaunchSett
     return LaunchSettings(**fields)
 
 
-def gateway_url(host: str, port: int) -> str:
+def gateway_url(host: str, port: int, *, tls: bool = False) -> str:
     shown = LOOPBACK if host in ("0.0.0.0", "::", "") else host
-    return f"http://{shown}:{port}"
+    if tls and shown == LOOPBACK:
+        shown = "localhost"  # a name the run's own certificate carries
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def replica_specs(
@@ -247,6 +300,20 @@ def nginx_spec(settings: UpSettings, layout: StackLayout, port: int) -> ProcessS
         ready=(HttpCheck(f"http://{LOOPBACK}:{port}/nginx_health"),),
         stop_signal=signal.SIGQUIT,  # graceful: finish the requests in flight
         stop_tier=1,
+    )
+
+
+def edge_spec(settings: UpSettings, layout: StackLayout, port: int) -> ProcessSpec:
+    """The edge NGINX; ready once it listens (it answers 502 until the gateway is up)."""
+    argv = nginx_argv(layout.edge_conf, layout.edge_prefix, binary=settings.nginx_bin)
+    probe_host = LOOPBACK if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return ProcessSpec(
+        name="edge",
+        argv=tuple(argv),
+        log_path=layout.edge_prefix / "error.log",
+        ready=(TcpCheck(probe_host, port),),
+        stop_signal=signal.SIGQUIT,  # graceful: answers in flight finish
+        stop_tier=-1,  # before the gateway: no new clients while it drains
     )
 
 

@@ -4,6 +4,12 @@ Sources, highest first: constructor arguments (the CLI flags), ``VKIT_UP_*``
 environment variables, defaults. With no flags at all the stack runs on the CPU with
 the built-in tiny model, two replicas, the gateway on ``127.0.0.1:8000`` and the run
 directory ``.vkit/run`` (logs, nginx.conf, the demo keys file, the tiny model).
+
+On any address but loopback (``--host 0.0.0.0``) the port is the edge's: NGINX with header
+and body timeouts, per-client connection limits and TLS (``--tls-cert``/``--tls-key``, else a
+self-signed pair made once in the run directory's ``tls/``), the gateway behind it on
+loopback (docs/edge.md). ``--edge`` puts it in front on loopback too (plain HTTP unless a
+certificate is given); ``--no-edge`` leaves the gateway facing clients.
 """
 
 from __future__ import annotations
@@ -67,6 +73,13 @@ class UpSettings(BaseSettings):
         default=10.0, ge=0, description="drain time for in-flight requests"
     )
     demo_key: DemoKeyLimits = DemoKeyLimits()
+    edge: bool | None = Field(
+        default=None,
+        description="NGINX in front of the gateway (timeouts, per-client limits, TLS); "
+        "None = when --host is not loopback",
+    )
+    tls_cert: Path | None = Field(default=None, description="the edge's certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="its private key (PEM)")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> UpSettings:
@@ -76,7 +89,26 @@ class UpSettings(BaseSettings):
             raise ValueError(
                 f"replica_ports has {len(self.replica_ports)} ports for {self.replicas} replicas"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_cert is not None and self.edge is False:
+            raise ValueError("--tls-cert needs the edge (TLS is served by it)")
         return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """The gateway's address reaches no other host."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def uses_edge(self) -> bool:
+        """NGINX in front: asked for, or by default wherever other hosts reach the port."""
+        return self.edge if self.edge is not None else not self.loopback_only
+
+    @property
+    def uses_tls(self) -> bool:
+        """The edge serves TLS: with the given pair, or off loopback a self-signed one."""
+        return self.uses_edge and (self.tls_cert is not None or not self.loopback_only)
 
     @property
     def uses_tiny_model(self) -> bool:
