@@ -419,8 +419,8 @@ def nginx_dump(root: Path) -> subprocess.CompletedProcess[str]:
     nginx = nginx_binary()
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
-    lower = f"{root / 'etc'}:/etc"
-    script = f"mount -t overlay overlay -o lowerdir={lower} /etc && {nginx} -T -q -e {root}/error.log"
+    overlay = f"mount -t overlay overlay -o lowerdir={root / 'etc'}:/etc /etc"
+    script = f"{overlay} && {nginx} -T -q -e {root}/error.log"
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         capture_output=True, text=True, timeout=60, check=False,
