@@ -1,6 +1,6 @@
 """The compose file's supporting services: Redis for shared limits, Prometheus, Grafana and
 NVIDIA's DCGM exporter (Alertmanager: :mod:`vkit.render.alertmanager`). Paths are relative
-to the compose file (``deploy/docker/``)."""
+to the compose file, inside the bundle (:mod:`vkit.render.bundle` writes what they name)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from vkit.deployment.images import DCGM_IMAGE, GRAFANA_IMAGE, PROMETHEUS_IMAGE, 
 from vkit.render.healthcheck import wget_healthcheck
 
 GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+# Copied into the bundle from vkit.monitoring (deploy/monitoring/) by vkit.render.bundle.
+RULES_DIR = "prometheus/rules"
+GRAFANA_PROVISIONING_DIR = "grafana/provisioning"
+GRAFANA_DASHBOARDS_DIR = "grafana/dashboards"
 
 
 def redis_service() -> dict[str, Any]:
@@ -39,7 +43,7 @@ def prometheus_service() -> dict[str, Any]:
         "volumes": [
             "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
             "./prometheus/cost.rules.yml:/etc/prometheus/cost.rules.yml:ro",
-            "../monitoring/rules:/etc/prometheus/rules:ro",
+            f"./{RULES_DIR}:/etc/prometheus/rules:ro",
             "prometheus-data:/prometheus",
         ],
         "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
@@ -57,8 +61,8 @@ def grafana_service() -> dict[str, Any]:
             "GF_AUTH_ANONYMOUS_ENABLED": "false",
         },
         "volumes": [
-            "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
-            "../monitoring/grafana/dashboards:/etc/vkit/dashboards:ro",
+            f"./{GRAFANA_PROVISIONING_DIR}:/etc/grafana/provisioning:ro",
+            f"./{GRAFANA_DASHBOARDS_DIR}:/etc/vkit/dashboards:ro",
             "grafana-data:/var/lib/grafana",
         ],
         "ports": ["${GRAFANA_PORT:-3000}:3000"],
