@@ -96,6 +96,18 @@ def test_the_committed_example_has_no_env_and_ignores_one(tmp_path: Path) -> Non
     assert ".env" in ignored and "keys/" in ignored
 
 
+def test_a_re_render_leaves_nothing_of_an_older_kit_in_the_build_context(tmp_path: Path) -> None:
+    bundle = render(tmp_path / "bundle")
+    sources = bundle / "build" / "gateway" / "src"
+    before = sorted(p.relative_to(sources) for p in sources.rglob("*"))
+    (sources / "vkit" / "removed_module.py").write_text("raise SystemExit('stale')\n")
+    render(bundle)
+    assert sorted(p.relative_to(sources) for p in sources.rglob("*")) == before
+    assert sorted(p.name for p in sources.parent.iterdir()) == [
+        "Dockerfile", "gateway-requirements.txt", "pyproject.toml", "src",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("name", ["compose.yaml", ".env.example"])
 def test_no_file_is_left_half_written(tmp_path: Path, name: str) -> None:
     bundle = render(tmp_path / "bundle")

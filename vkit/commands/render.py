@@ -42,7 +42,7 @@ from vkit.render.bundle import (
     ENV_FILE,
     render_compose_bundle,
     write_atomic,
-    write_files,
+    write_bundle,
 )
 from vkit.render.compose import ComposeSpec
 from vkit.render.compose_env import first_env
@@ -158,7 +158,7 @@ def run_compose(args: argparse.Namespace) -> int:
         return 0
     files[settings.out.name] = files.pop(COMPOSE_FILE)
     sources = 0
-    for path in write_files(files, settings.out.parent):
+    for path in write_bundle(files, settings.out.parent):
         if path.is_relative_to(settings.out.parent / COPIED_SOURCES):
             sources += 1
         else:

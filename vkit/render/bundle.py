@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from importlib.resources import files as package_files
 from importlib.resources.abc import Traversable
@@ -166,6 +167,36 @@ def resolve_at_run_time(site: str, resolver: str, valid_s: int) -> str:
     ]
     site = site[: opened.end()] + "\n" + "\n".join(lines) + site[opened.end() :]
     return _UPSTREAM_SERVER.sub(r"\1 resolve\2", site)
+
+
+def write_bundle(files: dict[str, str], root: Path) -> list[Path]:
+    """Write a bundle under ``root``: each file atomically, and the kit's copied sources as a
+    whole new directory (:func:`write_tree`: nothing of an older kit is left in the image)."""
+    sources = {
+        k[len(COPIED_SOURCES) :]: v for k, v in files.items() if k.startswith(COPIED_SOURCES)
+    }
+    rest = {k: v for k, v in files.items() if not k.startswith(COPIED_SOURCES)}
+    written = write_tree(sources, root / COPIED_SOURCES) if sources else []
+    return written + write_files(rest, root)
+
+
+def write_tree(files: dict[str, str], directory: Path) -> list[Path]:
+    """``files`` (paths relative to ``directory``) as all of ``directory``: written into a
+    new directory beside it, which then takes its place."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{directory.name}."
+    fresh = Path(tempfile.mkdtemp(dir=directory.parent, prefix=prefix, suffix=".tmp"))
+    old = fresh.with_suffix(".old")
+    try:
+        fresh.chmod(0o755)
+        write_files(files, fresh)
+        if directory.exists():
+            directory.rename(old)
+        fresh.rename(directory)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return [directory / relative for relative in files]
 
 
 def write_files(files: dict[str, str], root: Path) -> list[Path]:
