@@ -38,14 +38,6 @@ def seconds(duration: str) -> int:
     return int(match.group(1))
 
 
-def committed_files() -> set[str]:
-    """The files of deploy/docker/ that git tracks (a render there adds ignored ones)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--", "."], cwd=DOCKER_DIR, capture_output=True, check=True
-    )
-    return {name for name in listed.stdout.decode().split("\0") if name}
-
-
 def test_committed_bundle_is_exactly_the_rendered_example(tmp_path: Path) -> None:
     """Every file a render writes is committed as rendered, and nothing else is there; the
     kit's own sources, copied into the gateway's build context, are not committed."""

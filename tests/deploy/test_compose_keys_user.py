@@ -134,3 +134,17 @@ def test_the_quickstarts_keys_file_is_read_by_the_gateway_images_user(home: Path
     assert added.returncode == 0, added.stderr
     second = read_as_container()
     assert second.returncode == 0 and second.stdout.strip() == "2", second.stderr
+
+
+def test_a_keys_file_without_the_group_is_refused_to_the_container_user(home: Path) -> None:
+    """The check above can fail: ``vkit keys add`` without ``--group`` (0600, the defect)."""
+    keys = home / "keys"
+    keys.mkdir(mode=0o750)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    add = [sys.executable, "-m", "vkit", "keys", "add", "team-a", "--file", str(keys / "k.yaml")]
+    assert subprocess.run(add, env=env, capture_output=True, timeout=60).returncode == 0
+    uid, gid = container_user("useradd --uid 10001\ngroupadd --gid 10001")
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={os.getgid()}"]
+    argv += [sys.executable, "-c", LOAD, str(keys / "k.yaml")]
+    read = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert read.returncode != 0 and "Permission denied" in read.stderr
