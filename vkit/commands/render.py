@@ -109,7 +109,9 @@ def register(subparsers: Any) -> None:
         choices=["round_robin", "aware"],
         help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
     )
-    compose.add_argument("--out", type=Path, help="compose file to write (with its companions)")
+    compose.add_argument(
+        "--out", type=Path, help="compose file to write; its directory gets the whole bundle"
+    )
     compose.set_defaults(handler=run_compose)
 
     nginx = kinds.add_parser("nginx", help="NGINX config over vLLM replicas")
