@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from tests.deploy.bundle_check import IMAGE_REFERENCE, bundle_problems
+from tests.deploy.test_compose import docker_compose
 from vkit.cli import main
 from vkit.deployment import images
 
@@ -114,3 +116,28 @@ def test_no_file_is_left_half_written(tmp_path: Path, name: str) -> None:
     leftovers = [p for p in bundle.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
     assert (bundle / name).read_text().endswith("\n")
+
+
+@pytest.mark.integration
+def test_the_first_env_leaves_only_the_webhook_to_fill_in(tmp_path: Path) -> None:
+    """``docker-compose`` reads the generated ``.env`` (its default place, beside the
+    compose file): it asks for the webhook URL only, and accepts the bundle once it is set."""
+    bundle = render(tmp_path / "bundle")
+    argv = [*docker_compose(), "--project-directory", str(bundle), "config", "-q"]
+
+    def config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=bundle, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    first = config()
+    assert first.returncode != 0
+    assert "ALERTMANAGER_WEBHOOK_URL" in first.stderr, first.stderr
+    env = bundle / ".env"
+    env.write_text(
+        env.read_text().replace(
+            "ALERTMANAGER_WEBHOOK_URL=\n", "ALERTMANAGER_WEBHOOK_URL=http://hooks.invalid/x\n"
+        )
+    )
+    second = config()
+    assert second.returncode == 0, second.stderr
