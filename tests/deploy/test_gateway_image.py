@@ -133,11 +133,13 @@ def test_the_image_installs_the_gateways_part_of_the_lock() -> None:
 def test_the_build_context_holds_every_package_of_the_kit() -> None:
     """The context copies the packages pyproject installs, each from where it is installed
     (the compose bundle's check, tests/deploy/bundle_check.py, finds every COPY source)."""
-    from vkit.render.gateway_build import KIT_PACKAGES
+    from vkit.render.gateway_build import KIT_PACKAGES, SHIPPED_SUFFIXES
 
     with (ROOT / "pyproject.toml").open("rb") as f:
-        listed = tomllib.load(f)["tool"]["setuptools"]["packages"]
-    assert list(KIT_PACKAGES) == listed
+        table = tomllib.load(f)["tool"]["setuptools"]
+    assert list(KIT_PACKAGES) == table["packages"]
+    patterns = [p for patterns in table["package-data"].values() for p in patterns]
+    assert {Path(pattern).suffix for pattern in patterns} <= SHIPPED_SUFFIXES
 
 
 def render_context(out: Path) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from pathlib import PurePath
 
 from vkit import __version__
 
@@ -42,7 +43,9 @@ KIT_PACKAGES = (
     "vkit.render",
     "vkit.stack",
 )
-SKIPPED = ("__pycache__",)
+# Modules, and the suffixes of pyproject's package-data: in a checkout, nothing else (editor
+# files, caches) gets into the image.
+SHIPPED_SUFFIXES = frozenset({".py", ".yaml", ".yml", ".json", ".template", ".txt", ".Dockerfile"})
 
 
 def package_files(package: str) -> dict[str, str]:
@@ -51,12 +54,12 @@ def package_files(package: str) -> dict[str, str]:
 
     def walk(node: Traversable, prefix: str) -> None:
         for child in sorted(node.iterdir(), key=lambda entry: entry.name):
-            if child.name in SKIPPED or child.name.endswith(".pyc"):
+            if child.name.startswith((".", "__pycache__")):
                 continue
             if child.is_dir():
                 if not child.joinpath("__init__.py").is_file():  # a subpackage walks itself
                     walk(child, f"{prefix}{child.name}/")
-            else:
+            elif PurePath(child.name).suffix in SHIPPED_SUFFIXES:
                 found[prefix + child.name] = child.read_text(encoding="utf-8")
 
     walk(files(package), "")
