@@ -41,8 +41,9 @@ def seconds(duration: str) -> int:
 def test_committed_bundle_is_exactly_the_rendered_example(tmp_path: Path) -> None:
     """Every file a render writes is committed as rendered, and nothing else is there; the
     kit's own sources, copied into the gateway's build context, are not committed."""
-    from vkit.render.bundle import COPIED_SOURCES
+    from vkit.render.bundle import COPIED_SOURCES, GITIGNORE
 
+    assert GITIGNORE.splitlines()[1:] == [".env", "keys/", COPIED_SOURCES]
     assert main([*EXAMPLE, "--out", str(tmp_path / "compose.yaml")]) == 0
     rendered = {
         str(path.relative_to(tmp_path))
@@ -54,9 +55,12 @@ def test_committed_bundle_is_exactly_the_rendered_example(tmp_path: Path) -> Non
     for name in sorted(kept):
         assert (DOCKER_DIR / name).is_file(), f"{name}: re-render deploy/docker/"
         assert (tmp_path / name).read_text() == (DOCKER_DIR / name).read_text(), name
+    # What the bundle's .gitignore leaves out (.env, keys/, the copied sources) is not committed.
+    ignored = tuple(line for line in (DOCKER_DIR / ".gitignore").read_text().splitlines())
+    ignored = tuple(line for line in ignored if line and not line.startswith("#"))
     on_disk = {str(p.relative_to(DOCKER_DIR)) for p in DOCKER_DIR.rglob("*") if p.is_file()}
-    committed = {name for name in on_disk if not name.startswith(COPIED_SOURCES)}
-    assert sorted(committed - kept - {".env"}) == [], "not rendered: remove from deploy/docker/"
+    committed = {name for name in on_disk if not name.startswith(ignored)}
+    assert sorted(committed - kept) == [], "not rendered: remove from deploy/docker/"
 
 
 def test_without_out_the_compose_file_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
