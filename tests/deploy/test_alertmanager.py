@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.deploy.alerting_stack import AlertingStack, WebhookReceiver
+from tests.deploy.bundle_check import image_default
 from vkit.cli import main
 from vkit.render.alertmanager import (
     ALERTMANAGER_PORT,
@@ -68,7 +69,7 @@ def test_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
     compose: dict[str, Any] = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
     service = compose["services"]["alertmanager"]
     assert "ports" not in service  # backend only, like Prometheus
-    assert service["image"].startswith("prom/alertmanager:v")
+    assert image_default(service["image"]).startswith("prom/alertmanager:v")
     assert service["environment"]["ALERTMANAGER_WEBHOOK_URL"].startswith(
         "${ALERTMANAGER_WEBHOOK_URL:?"
     )

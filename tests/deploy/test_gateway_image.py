@@ -1,7 +1,8 @@
 """The gateway image holds what the gateway imports and nothing more, within a stated size.
 
 No Docker engine runs here, so the slow test (marker ``packaging``) plays the Dockerfile's build
-stage on this machine: its ``WORKDIR``/``COPY`` lines copy the same files out of the checkout,
+stage on this machine: its ``WORKDIR``/``COPY`` lines copy the same files out of a freshly
+rendered compose bundle's build context (``build/gateway/``),
 its ``RUN`` line runs as written with the pip of a fresh venv (which, like
 ``python:3.11-slim``, holds only pip and setuptools) and ``/install`` pointed at a temporary
 prefix. That prefix is what the final stage copies into ``/usr/local``: its bytes are the
@@ -12,7 +13,7 @@ redis, tokenizers, ...), which leaves ~30% for upgrades; tokenizers' huggingface
 (+25 MiB: 78.6 MiB, what the image held before) or matplotlib with numpy, PIL and fontTools
 (~170 MB) coming back breaks it.
 
-What the image installs is derived, not written twice: ``deploy/docker/gateway-requirements.txt``
+What the image installs is derived, not written twice: ``vkit/render/gateway-requirements.txt``
 is the part of ``requirements.lock`` (pyproject's ranges, resolved) that pyproject's
 dependencies pull, less :data:`NOT_IN_THE_IMAGE` and what :data:`WITHOUT_THEIR_OWN` would pull,
 each at its locked version; the Dockerfile installs it with ``--no-deps``. A fast test checks the
@@ -40,12 +41,12 @@ from tests.test_packaging import clean_env, lock_pins, must, run
 from vkit.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER_DIR = ROOT / "deploy" / "docker"
-DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
+# Package data of vkit.render, copied into each compose bundle's build/gateway/ (the context).
+DOCKERFILE = ROOT / "vkit" / "render" / "gateway.Dockerfile"
 BUDGET_BYTES = 70 * 2**20
 # Importable in the image means installed there for nothing: the gateway imports none of them.
 ABSENT = ("matplotlib", "numpy", "PIL", "fontTools", "huggingface_hub", "vllm", "torch", "httpx")
-REQUIREMENTS = DOCKER_DIR / "gateway-requirements.txt"
+REQUIREMENTS = ROOT / "vkit" / "render" / "gateway-requirements.txt"
 LOCK = ROOT / "requirements.lock"
 # pyproject's dependencies the gateway never imports: httpx serves the kit's blocking readiness
 # probe (launcher/supervision/readiness_probe.py), vkit up and vkit capacity's Prometheus reads.
@@ -56,7 +57,7 @@ NOT_IN_THE_IMAGE = frozenset({"httpx"})
 WITHOUT_THEIR_OWN = frozenset({"tokenizers"})
 HEADER = """\
 # The gateway image's packages, each at requirements.lock's version; installed with --no-deps.
-# Generated (python -m tests.deploy.test_gateway_image > deploy/docker/gateway-requirements.txt)
+# Generated (python -m tests.deploy.test_gateway_image > vkit/render/gateway-requirements.txt)
 # from pyproject's dependencies less httpx, tokenizers without huggingface_hub: see
 # tests/deploy/test_gateway_image.py, which checks this file.
 """
@@ -129,26 +130,32 @@ def test_the_image_installs_the_gateways_part_of_the_lock() -> None:
     assert named == {REQUIREMENTS.name, "."}
 
 
-def test_every_copied_path_passes_the_dockerignore() -> None:
-    """The build context is the repository root minus ``.dockerignore``: a COPY of a path it
-    excludes fails the build."""
-    ignore = (DOCKER_DIR / "gateway.Dockerfile.dockerignore").read_text().splitlines()
-    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    copied = [
-        source
-        for keyword, arguments in build_stage(DOCKERFILE.read_text())
-        if keyword == "COPY"
-        for source in arguments.split()[:-1]
-    ]
-    assert copied
-    assert sorted(set(copied) - allowed) == []
+def test_the_build_context_holds_every_package_of_the_kit() -> None:
+    """The context copies the packages pyproject installs, each from where it is installed
+    (the compose bundle's check, tests/deploy/bundle_check.py, finds every COPY source)."""
+    from vkit.render.gateway_build import KIT_PACKAGES, SHIPPED_SUFFIXES
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        table = tomllib.load(f)["tool"]["setuptools"]
+    assert list(KIT_PACKAGES) == table["packages"]
+    patterns = [p for patterns in table["package-data"].values() for p in patterns]
+    assert {Path(pattern).suffix for pattern in patterns} <= SHIPPED_SUFFIXES
+
+
+def render_context(out: Path) -> Path:
+    """A compose bundle rendered into ``out``: its gateway build context."""
+    from vkit.cli import main
+
+    argv = ["render", "compose", "--gpu", "rtx4090", "--gpus", "0", "--model", "llama-3.1-8b"]
+    assert main([*argv, "--quant", "awq", "--out", str(out / "compose.yaml")]) == 0
+    return out / "build" / "gateway"
 
 
 def play_build_stage(
-    stage: list[tuple[str, str]], root: Path, prefix: Path, pip_env: dict[str, str]
+    stage: list[tuple[str, str]], context: Path, root: Path, prefix: Path, pip_env: dict[str, str]
 ) -> None:
-    """``WORKDIR`` and ``COPY`` under ``root`` (the build container's ``/``), ``RUN`` as written
-    with ``/install`` -> ``prefix``."""
+    """``WORKDIR`` and ``COPY`` (from ``context``) under ``root`` (the build container's
+    ``/``), ``RUN`` as written with ``/install`` -> ``prefix``."""
     workdir = root
     for keyword, arguments in stage:
         if keyword == "WORKDIR":
@@ -158,7 +165,7 @@ def play_build_stage(
             *sources, dest = arguments.split()
             target = workdir / dest
             for source in sources:
-                origin = ROOT / source
+                origin = context / source
                 into = target / origin.name if dest.endswith("/") else target
                 if origin.is_dir():
                     ignored = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -210,7 +217,9 @@ def test_gateway_image_install_is_small_and_serves(tmp_path: Path) -> None:
     must(run([base_python, "-m", "venv", venv], cwd=tmp_path, timeout=120))
     env = clean_env(venv)
     prefix = tmp_path / "install"
-    play_build_stage(build_stage(DOCKERFILE.read_text()), tmp_path / "build", prefix, env)
+    context = render_context(tmp_path / "bundle")
+    stage = build_stage((context / "Dockerfile").read_text())
+    play_build_stage(stage, context, tmp_path / "build", prefix, env)
     installed = time.monotonic()
 
     size = installed_bytes(prefix)

@@ -143,7 +143,7 @@ def test_provisioning_points_at_the_mounted_dashboards_and_datasource() -> None:
     path = provider["providers"][0]["options"]["path"]
     compose = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
-    assert f"../monitoring/grafana/dashboards:{path}:ro" in mounts
+    assert f"./grafana/dashboards:{path}:ro" in mounts  # copied from here into the bundle
     datasource = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["uid"] == "vkit-prometheus"
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"

@@ -1,5 +1,5 @@
-"""The replicas' supervisor (deploy/docker/vllm_supervisor.py): its decision, and the script
-itself against a stand-in engine that stops answering."""
+"""The replicas' supervisor (vkit/render/vllm_supervisor.py, copied into compose bundles): its
+decision, and the script itself against a stand-in engine that stops answering."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from vkit.stack.ports import free_port
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "vllm_supervisor.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "vkit" / "render" / "vllm_supervisor.py"
 
 
 def load_supervisor() -> ModuleType:

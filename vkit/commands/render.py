@@ -6,14 +6,18 @@
         --listen 127.0.0.1:8000 --site --out /etc/nginx/sites-available/vkit.conf
 
 ``render compose`` solves the fit for one GPU of that type (the launcher's fit solver)
-and writes the compose file; with ``--out`` it also writes, beside it, the NGINX site
-and the Prometheus files the compose file mounts. Without ``--out`` it prints the
-compose file only.
+and writes the compose file; with ``--out`` it also writes, beside it, everything the
+compose file mounts or builds (:mod:`vkit.render.bundle`: a self-contained bundle) and,
+when there is none, a ``.env`` (mode 0600: this user's group id for the keys file, fresh
+secrets; an existing ``.env`` is never touched). Without ``--out`` it prints the compose
+file only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import shlex
 import sys
 from pathlib import Path
@@ -31,8 +35,17 @@ from vkit.commands import render_k8s, render_systemd
 from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
-from vkit.render.bundle import COMPOSE_FILE, render_compose_bundle, write_atomic, write_files
+from vkit.render.bundle import (
+    COMPOSE_FILE,
+    COPIED_SOURCES,
+    ENV_EXAMPLE_FILE,
+    ENV_FILE,
+    render_compose_bundle,
+    write_atomic,
+    write_bundle,
+)
 from vkit.render.compose import ComposeSpec
+from vkit.render.compose_env import first_env
 
 
 class ComposeArgs(BaseModel):
@@ -96,7 +109,9 @@ def register(subparsers: Any) -> None:
         choices=["round_robin", "aware"],
         help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
     )
-    compose.add_argument("--out", type=Path, help="compose file to write (with its companions)")
+    compose.add_argument(
+        "--out", type=Path, help="compose file to write; its directory gets the whole bundle"
+    )
     compose.set_defaults(handler=run_compose)
 
     nginx = kinds.add_parser("nginx", help="NGINX config over vLLM replicas")
@@ -144,9 +159,31 @@ def run_compose(args: argparse.Namespace) -> int:
         sys.stdout.write(files[COMPOSE_FILE])
         return 0
     files[settings.out.name] = files.pop(COMPOSE_FILE)
-    for path in write_files(files, settings.out.parent):
-        print(f"wrote {path}")
+    sources = 0
+    for path in write_bundle(files, settings.out.parent):
+        if path.is_relative_to(settings.out.parent / COPIED_SOURCES):
+            sources += 1
+        else:
+            print(f"wrote {path}")
+    print(f"wrote {sources} files of the kit under {settings.out.parent / COPIED_SOURCES}")
+    env = settings.out.parent / ENV_FILE
+    if write_atomic(
+        env, first_env(files[ENV_EXAMPLE_FILE], first_values()), mode=0o600, replace=False
+    ):
+        print(f"wrote {env} (secrets generated; fill in the empty REQUIRED values)")
+    else:
+        print(f"kept {env} (compare with {ENV_EXAMPLE_FILE} for new variables)")
     return 0
+
+
+def first_values() -> dict[str, str]:
+    """What a first ``.env`` holds beyond ``.env.example``: the keys file's group (this
+    user's) and fresh secrets."""
+    return {
+        "VKIT_KEYS_GID": str(os.getgid()),
+        "VLLM_API_KEY": secrets.token_urlsafe(32),
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+    }
 
 
 def run_nginx(args: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 - :mod:`vkit.render.compose` -- ``ComposeSpec`` -> its deployment -> the compose file as a dict
 - :mod:`vkit.render.compose_services` -- Redis, Prometheus, Grafana, DCGM services
-- :mod:`vkit.render.bundle` -- every file of ``deploy/docker/`` as text, and an atomic writer
+- :mod:`vkit.render.bundle` -- every file of a compose bundle (``deploy/docker/``), the writers
+- :mod:`vkit.render.compose_env` -- the bundle's variables: ``.env.example``, a first ``.env``
+- :mod:`vkit.render.gateway_build` -- the gateway image's build context inside the bundle
+- :mod:`vkit.render.vllm_supervisor` -- the replicas' entrypoint script (copied, stdlib only)
 - :mod:`vkit.render.healthcheck` -- the one wget healthcheck of the monitoring services
 - :mod:`vkit.render.prometheus` -- scrape config and per-GPU price series
 - :mod:`vkit.render.alertmanager` -- the Alertmanager service, its config and start script

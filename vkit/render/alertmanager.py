@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from vkit.deployment.images import ALERTMANAGER_IMAGE
 from vkit.render.healthcheck import wget_healthcheck
 
-ALERTMANAGER_IMAGE = "prom/alertmanager:v0.27.0"
 ALERTMANAGER_PORT = 9093
 CONFIG_FILE = "alertmanager/alertmanager.yml"  # relative to the compose file
 START_SCRIPT_FILE = "alertmanager/start.sh"

@@ -9,10 +9,12 @@
 One vLLM service per GPU set (``vllm-<set>``: ``vllm-0``, or ``vllm-0-1`` with tensor
 parallel 2; those GPUs reserved), NGINX over them, the gateway in front (the only published
 port besides Grafana; its admin listener, which Prometheus scrapes, is not published), Redis
-for shared limits, Prometheus, Grafana and NVIDIA's DCGM exporter. Paths are relative to the
-compose file (``deploy/docker/``): the rendered NGINX site and Prometheus files beside it,
-the replicas' supervisor (``vllm_supervisor.py``), the static monitoring files in
-``../monitoring``.
+for shared limits, Prometheus, Grafana and NVIDIA's DCGM exporter. Every path is relative to
+the compose file and inside its bundle (:mod:`vkit.render.bundle` writes them all): the
+rendered NGINX site and Prometheus files, the replicas' supervisor (``vllm_supervisor.py``),
+the alert rules and Grafana files, the gateway's build context (``build/gateway/``). Every
+image is a ``.env`` variable with the pinned image as its default
+(:func:`vkit.deployment.images.from_env`).
 
 A replica's entrypoint is the supervisor, which runs vLLM as its child and exits when vLLM
 stops answering ``/health`` (Docker itself does nothing about ``unhealthy``), so that
@@ -46,9 +48,7 @@ from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S, REPLICA_DRAIN_S
-from vkit.deployment.images import (
-    COMPOSE_GATEWAY_IMAGE,
-)
+from vkit.deployment.images import COMPOSE_GATEWAY_IMAGE, from_env
 from vkit.deployment.model import container_group
 from vkit.deployment.service_ports import (
     GATEWAY_ADMIN_PORT,
@@ -72,6 +72,8 @@ VLLM_SERVER = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 # The supervisor (a file beside compose.yaml, stdlib only) runs VLLM_SERVER as its child.
 SUPERVISOR_FILE = "vllm_supervisor.py"
 SUPERVISOR_PATH = "/opt/vkit/vllm_supervisor.py"
+# The gateway image's build context, inside the bundle (vkit.render.gateway_build).
+GATEWAY_BUILD_CONTEXT = "build/gateway"
 # Where the gateway sees the keys directory and the replicas' Hugging Face cache.
 KEYS_DIR_MOUNT = "/etc/vkit/keys"
 KEYS_FILE_NAME = "keys.yaml"
@@ -96,6 +98,9 @@ API_KEY_VAR = "${VLLM_API_KEY:?set VLLM_API_KEY, the key between the gateway and
 # A directory, not the file: `vkit keys add` replaces keys.yaml (a new inode), which a
 # bind mount of the file itself would never show the container.
 KEYS_DIR_VAR = "${VKIT_KEYS_DIR:?set VKIT_KEYS_DIR to the directory of keys.yaml (vkit keys add)}"
+# The gateway runs as its image's own user (uid 10001, not the file's owner) and reads
+# keys.yaml (0640, `vkit keys add --group`) through this group, added to that user.
+KEYS_GID_VAR = "${VKIT_KEYS_GID:?set VKIT_KEYS_GID to the numeric group of keys.yaml (id -g)}"
 
 
 class ComposeSpec(BaseModel):
@@ -184,6 +189,8 @@ def compose_file(deployment: Deployment) -> dict[str, Any]:
     services["grafana"] = grafana_service()
     services["dcgm-exporter"] = dcgm_service()
     services["alertmanager"] = alertmanager_service()
+    for service in services.values():  # each image can be pointed elsewhere from .env
+        service["image"] = from_env(service["image"])
     return {
         "services": services,
         "networks": {"backend": {"driver": "bridge"}, "edge": {"driver": "bridge"}},
@@ -336,8 +343,9 @@ def gateway_service(deployment: Deployment) -> dict[str, Any]:
     probe = http_probe(f"http://localhost:{GATEWAY_PORT}/livez")
     return {
         "image": deployment.images.gateway,
-        "build": {"context": "../..", "dockerfile": "deploy/docker/gateway.Dockerfile"},
+        "build": {"context": f"./{GATEWAY_BUILD_CONTEXT}"},
         "environment": settings_env(deployment.gateway),
+        "group_add": [KEYS_GID_VAR],
         "volumes": [
             f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
             f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",

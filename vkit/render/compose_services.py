@@ -1,7 +1,7 @@
 """The compose file's supporting services: the public edge (NGINX with TLS in front of the
 gateway, :mod:`vkit.edge_conf`), Redis for shared limits, Prometheus, Grafana and NVIDIA's
 DCGM exporter (Alertmanager: :mod:`vkit.render.alertmanager`). Paths are relative to the
-compose file (``deploy/docker/``)."""
+compose file, inside the bundle (:mod:`vkit.render.bundle` writes what they name)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from vkit.deployment.images import DCGM_IMAGE, GRAFANA_IMAGE, PROMETHEUS_IMAGE, 
 from vkit.render.healthcheck import wget_healthcheck
 
 GRAFANA_PASSWORD_VAR = "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+# Copied into the bundle from vkit.monitoring (deploy/monitoring/) by vkit.render.bundle.
+RULES_DIR = "prometheus/rules"
+GRAFANA_PROVISIONING_DIR = "grafana/provisioning"
+GRAFANA_DASHBOARDS_DIR = "grafana/dashboards"
 
 # The edge: TLS on 443 in the container, its own liveness on loopback for the healthcheck.
 EDGE_SITE_FILE = "nginx/edge.conf"
@@ -70,7 +74,7 @@ def prometheus_service() -> dict[str, Any]:
         "volumes": [
             "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
             "./prometheus/cost.rules.yml:/etc/prometheus/cost.rules.yml:ro",
-            "../monitoring/rules:/etc/prometheus/rules:ro",
+            f"./{RULES_DIR}:/etc/prometheus/rules:ro",
             "prometheus-data:/prometheus",
         ],
         "healthcheck": wget_healthcheck("http://127.0.0.1:9090/-/ready"),
@@ -88,8 +92,8 @@ def grafana_service() -> dict[str, Any]:
             "GF_AUTH_ANONYMOUS_ENABLED": "false",
         },
         "volumes": [
-            "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
-            "../monitoring/grafana/dashboards:/etc/vkit/dashboards:ro",
+            f"./{GRAFANA_PROVISIONING_DIR}:/etc/grafana/provisioning:ro",
+            f"./{GRAFANA_DASHBOARDS_DIR}:/etc/vkit/dashboards:ro",
             "grafana-data:/var/lib/grafana",
         ],
         "ports": ["${GRAFANA_PORT:-3000}:3000"],

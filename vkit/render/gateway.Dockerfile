@@ -1,30 +1,27 @@
 # The vkit gateway: slim Python, non-root, no vLLM inside (it only proxies).
-# Build context: the repository root (compose: build.context ../..).
+# Build context: the bundle's build/gateway/ (`vkit render compose --out` writes it): this
+# file, gateway-requirements.txt, and the kit's packages under src/ with the pyproject.toml
+# that installs them (vkit/render/gateway_build.py).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY vkit ./vkit
-COPY launcher ./launcher
-COPY gateway ./gateway
-# Package data (pyproject's package-dir: launcher.configs, vkit.nginx, vkit.monitoring),
-# installed with the rest.
-COPY configs ./configs
-COPY nginx ./nginx
-COPY deploy/monitoring ./deploy/monitoring
 # What the gateway imports, nothing more, at requirements.lock's versions: the generated
 # gateway-requirements.txt (pyproject's dependencies less httpx, which only the kit's blocking
 # probes use, and tokenizers without its one requirement, huggingface_hub: ~26 MB serving
 # Tokenizer.from_pretrained's downloads, while the gateway reads tokenizer.json files).
 # --no-deps: the file lists every package. No vLLM, no matplotlib (the [plot] extra).
 # Installed size: tests/deploy/test_gateway_image.py.
-COPY deploy/docker/gateway-requirements.txt ./
+COPY gateway-requirements.txt pyproject.toml ./
+COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install --no-deps -r gateway-requirements.txt .
 
 FROM python:3.11-slim
-RUN groupadd --system vkit && useradd --system --gid vkit --home-dir /nonexistent \
-        --shell /usr/sbin/nologin vkit
+# A fixed uid and gid, 10001 (above the ids hosts give their users): the gateway reads the
+# host's keys.yaml (mode 0640) through the group compose adds to it (group_add:
+# VKIT_KEYS_GID), never by owning it. Documented in deploy/README.md.
+RUN groupadd --system --gid 10001 vkit && useradd --system --uid 10001 --gid vkit \
+        --home-dir /nonexistent --shell /usr/sbin/nologin vkit
 COPY --from=build /install /usr/local
-USER vkit
+USER 10001:10001
 EXPOSE 8080
 # Settings come from VKIT_GATEWAY_* variables (compose.yaml sets them).
 CMD ["vkit", "gateway"]
