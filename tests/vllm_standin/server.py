@@ -100,6 +100,10 @@ class ScriptedUpstream:
         return web.json_response(listing, status=self.script.models_status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics_text())
+
+    def metrics_text(self) -> str:
+        """What ``GET /metrics`` answers now."""
         model = self.script.models[0] if self.script.models else ""
         labels = f'{{engine="0",model_name="{model}"}}'
         script = self.script
@@ -115,7 +119,7 @@ class ScriptedUpstream:
         )
         if self.script.start_time is not None:
             text += f"process_start_time_seconds {self.script.start_time}\n"
-        return web.Response(text=text)
+        return text
 
     async def _embed(self, request: web.Request) -> web.Response:
         self.raw_bodies.append(await request.read())
