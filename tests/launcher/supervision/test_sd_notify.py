@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -103,6 +104,23 @@ def slow_once_vllm() -> Iterator[ScriptedUpstream]:
         yield upstream
 
 
+def launch_watcher(
+    notify_path: str, replica: ScriptedUpstream, watchdog_s: float, **environment: Any
+) -> HealthWatcher:
+    """``vkit launch``'s watcher for ``replica``, as wired under systemd (the key sent)."""
+    launch_environment = LaunchEnvironment(
+        notify_socket=notify_path,
+        watchdog_usec=int(watchdog_s * 1e6),
+        vllm_api_key=SecretStr(API_KEY),
+        **environment,
+    )
+    port = int(replica.url.rsplit(":", 1)[1])
+    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
+    watcher = systemd_watcher(launch_environment, options)
+    assert watcher is not None
+    return watcher
+
+
 def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
     notify_socket: tuple[str, socket.socket], slow_once_vllm: ScriptedUpstream
 ) -> None:
@@ -112,15 +130,7 @@ def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
     watchdog_s = 2.0  # pings every 1 s: a loaded CI box delays a thread by ~0.6 s at times
     slow_s = 1.2 * watchdog_s
     slow_once_vllm.script.health_delays = {SLOW_AFTER: slow_s}
-    environment = LaunchEnvironment(
-        notify_socket=path,
-        watchdog_usec=int(watchdog_s * 1e6),
-        vllm_api_key=SecretStr(API_KEY),
-    )
-    port = int(slow_once_vllm.url.rsplit(":", 1)[1])
-    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
-    watcher = systemd_watcher(environment, options)
-    assert watcher is not None
+    watcher = launch_watcher(path, slow_once_vllm, watchdog_s)
     watcher.start()
     try:
         assert sock.recv(512).startswith(b"READY=1")
@@ -168,16 +178,7 @@ def test_a_hung_engine_loses_its_watchdog_pings_though_health_says_200(
     path, sock = notify_socket
     watchdog_s, stall_after_s = 1.0, 1.2
     with standin_in_thread(Script(api_key=API_KEY, running=0)) as replica:
-        environment = LaunchEnvironment(
-            notify_socket=path,
-            watchdog_usec=int(watchdog_s * 1e6),
-            vllm_api_key=SecretStr(API_KEY),
-            vkit_stall_after_s=stall_after_s,
-        )
-        port = int(replica.url.rsplit(":", 1)[1])
-        options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
-        watcher = systemd_watcher(environment, options)
-        assert watcher is not None
+        watcher = launch_watcher(path, replica, watchdog_s, vkit_stall_after_s=stall_after_s)
         watcher.start()
         try:
             assert sock.recv(512).startswith(b"READY=1")
