@@ -176,7 +176,7 @@ def test_a_hung_engine_loses_its_watchdog_pings_though_health_says_200(
     window; hung mid-step (``/health`` 200, a request running, counters frozen), they stop
     once the window has passed, with a STATUS line saying why."""
     path, sock = notify_socket
-    watchdog_s, stall_after_s = 1.0, 1.2
+    watchdog_s, stall_after_s = 2.0, 2.0  # pings every 1 s (see the test above)
     with standin_in_thread(Script(api_key=API_KEY, running=0)) as replica:
         watcher = launch_watcher(path, replica, watchdog_s, vkit_stall_after_s=stall_after_s)
         watcher.start()
@@ -197,9 +197,9 @@ def test_a_hung_engine_loses_its_watchdog_pings_though_health_says_200(
                     elif message.startswith("STATUS="):
                         statuses.append(message)
 
-            listen(time.monotonic() + 2 * stall_after_s)  # idle, counters flat
+            listen(time.monotonic() + 1.25 * stall_after_s)  # idle, counters flat
             replica.script.running = 1
-            generating_until = time.monotonic() + 2 * stall_after_s
+            generating_until = time.monotonic() + 1.25 * stall_after_s
             while time.monotonic() < generating_until:  # a token every 0.3 s
                 replica.script.generation_tokens_total += 1
                 last_token = time.monotonic()
@@ -207,15 +207,15 @@ def test_a_hung_engine_loses_its_watchdog_pings_though_health_says_200(
             busy_pings = list(pings)
             replica.script.hung = True
             hung_at = time.monotonic()
-            listen(hung_at + stall_after_s + 4 * watchdog_s)
+            listen(hung_at + stall_after_s + 3 * watchdog_s)
         finally:
             watcher.stop()
     gaps = [b - a for a, b in itertools.pairwise(busy_pings)]
-    assert len(busy_pings) >= 8 and max(gaps) < watchdog_s, busy_pings
+    assert len(busy_pings) >= 4 and max(gaps) < watchdog_s, busy_pings
     # Pings go on while hung until the stall window (from the last token) has passed, then
     # stop at once: not a watchdog interval later, as after the last 200 of a failing /health.
     after = [t - last_token for t in pings if t > hung_at]
     assert after, "no ping at all once hung: the window was not waited for"
-    assert after[-1] < stall_after_s + watchdog_s / 2, after
+    assert after[-1] < stall_after_s + 0.75 * watchdog_s, after
     assert watcher.stalled
     assert len(statuses) == 1 and "no progress" in statuses[0], statuses
