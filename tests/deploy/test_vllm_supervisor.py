@@ -19,6 +19,7 @@ from types import ModuleType
 import httpx
 import pytest
 
+import launcher.supervision.progress as progress
 from tests.vllm_standin import Script, standin_in_thread
 from vkit.stack.ports import free_port
 
@@ -244,7 +245,7 @@ STALL_AFTER_S = 1.5
 def test_the_stall_flags_reach_the_supervisor_and_default_on() -> None:
     argv = ["--health-url", "http://127.0.0.1:8000/health", "--", "python3", "-m", "x"]
     options, _ = sup.parse_args(argv)
-    assert options.stall_after == sup.STALL_AFTER_S == 120
+    assert options.stall_after == sup.STALL_AFTER_S == progress.STALL_AFTER_S  # one default
     assert options.metrics_url is None
     assert sup.metrics_url_beside(argv[1]) == "http://127.0.0.1:8000/metrics"
     options, _ = sup.parse_args(["--metrics-url", "http://x:1/m", "--stall-after", "0", *argv])
