@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from launcher.config_files import DEPLOYMENTS_DIR
 from launcher.errors import ProfileError
+from launcher.supervision.progress import STALL_AFTER_S
 from launcher.supervision.vllm_args import split_flags
 
 
@@ -26,6 +27,8 @@ class LaunchEnvironment(BaseSettings):
     ``VKIT_MODELS_DIR``: where the built-in tiny model is built (default ``.vkit/models``).
     ``NOTIFY_SOCKET`` / ``WATCHDOG_USEC``: set by systemd for ``Type=notify`` units.
     ``VLLM_API_KEY``: vLLM's own API key; the readiness check sends it to ``/v1/models``.
+    ``VKIT_STALL_AFTER_S``: under systemd, seconds of no progress with requests running after
+    which the watchdog pings stop (:mod:`launcher.supervision.progress`; 0: never).
     """
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
@@ -35,6 +38,7 @@ class LaunchEnvironment(BaseSettings):
     notify_socket: str | None = None
     watchdog_usec: int | None = None
     vllm_api_key: SecretStr | None = None
+    vkit_stall_after_s: float = Field(default=STALL_AFTER_S, ge=0)
 
     @property
     def watchdog_interval_s(self) -> float | None:

@@ -1,4 +1,5 @@
-"""The readiness rule of :mod:`launcher.supervision.readiness`, asked over blocking HTTP.
+"""The readiness rule of :mod:`launcher.supervision.readiness`, asked over blocking HTTP (and
+``/metrics`` sampled for the progress rule of :mod:`launcher.supervision.progress`).
 
 ``vkit launch`` (its systemd notifications) and ``vkit up`` wait on a replica with
 :class:`VllmProbe`; the gateway asks the same rule with its own asyncio client
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import httpx
 
+from launcher.supervision.progress import MetricsSample, parse_metrics
 from launcher.supervision.readiness import HEALTH_PATH, MODELS_PATH, ReadinessCheck, Verdict
+
+METRICS_PATH = "/metrics"
 
 
 class VllmProbe:
@@ -37,6 +41,13 @@ class VllmProbe:
         """``/health`` is 200: the engine is alive (what a watchdog ping needs)."""
         response = self._get(HEALTH_PATH)
         return response is not None and response.status_code == 200
+
+    def progress_sample(self) -> MetricsSample | None:
+        """``/metrics`` reduced by the progress rule; ``None`` when it did not answer 200."""
+        response = self._get(METRICS_PATH)
+        if response is None or response.status_code != 200:
+            return None
+        return parse_metrics(response.text)
 
     def verdict(self) -> Verdict:
         health = self._get(HEALTH_PATH)

@@ -4,7 +4,11 @@ vLLM 0.32 sends no sd_notify itself (docs/vllm-server.md#systemd-notification), 
 does it for a ``Type=notify`` unit with ``WatchdogSec=``: READY=1 once the replica is ready by the
 one rule of :mod:`launcher.supervision.readiness` (``/health`` 200 and ``/v1/models`` listing the
 served model, asked with the API key), then WATCHDOG=1 every half watchdog interval while
-``/health`` keeps answering 200 -- so systemd restarts a hung engine, not only a dead one.
+``/health`` keeps answering 200 and the engine makes progress -- so systemd restarts a hung
+engine, not only a dead one. ``/health`` stays 200 on an engine stuck mid-step; with each
+health check the watcher also samples ``/metrics``, and once requests have been running
+with no progress for ``stall_after_s`` (the rule of :mod:`launcher.supervision.progress`)
+the pings stop at once, with a ``STATUS=`` line saying why.
 
 Two threads, so that a slow answer never delays a ping: one checks ``/health`` every
 eighth of the interval, each check bounded by :func:`probe_timeout_s` (a quarter of it, at
@@ -26,6 +30,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from launcher.supervision.progress import (
+    STALL_AFTER_S,
+    MetricsSample,
+    Progress,
+    judge_progress,
+)
 from launcher.supervision.readiness import ReadinessCheck
 from launcher.supervision.readiness_probe import VllmProbe
 
@@ -66,10 +76,11 @@ class Probe(Protocol):
 
 class HealthWatcher:
     """READY=1 once ``probe.ready()``; then WATCHDOG=1 every ``watchdog_interval_s / 2``
-    while ``probe.healthy()`` answered yes within the last ``watchdog_interval_s``.
+    while ``probe.healthy()`` answered yes within the last ``watchdog_interval_s`` and
+    ``sample_progress`` (when given) shows no stall of ``stall_after_s`` (0: never).
 
-    ``probe`` must bound its own calls (:func:`watch_replica` gives it
-    :func:`probe_timeout_s`); ``clock`` is injectable for tests.
+    ``probe`` and ``sample_progress`` must bound their own calls (:func:`watch_replica`
+    gives them :func:`probe_timeout_s`); ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -81,8 +92,14 @@ class HealthWatcher:
         poll_s: float = READY_POLL_S,
         on_message: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sample_progress: Callable[[], MetricsSample | None] | None = None,
+        stall_after_s: float = STALL_AFTER_S,
     ) -> None:
         self._probe = probe
+        self._sample_progress = sample_progress
+        self._stall_after_s = stall_after_s
+        self._progress = Progress()
+        self.stalled = False
         self._notifier = notifier
         self._watchdog_s = watchdog_interval_s
         self._poll_s = poll_s
@@ -112,8 +129,27 @@ class HealthWatcher:
         while not self._stop.is_set():
             began = self._clock()
             if self._probe.healthy():
-                self._last_healthy = self._clock()
+                if self._judge_progress():
+                    self._last_healthy = float("-inf")  # stalled: no more pings at all
+                else:
+                    self._last_healthy = self._clock()
             self._stop.wait(max(0.0, began + every - self._clock()))
+
+    def _judge_progress(self) -> bool:
+        """Sample ``/metrics`` and apply the progress rule; ``True`` while stalled."""
+        if self._sample_progress is None or self._stall_after_s <= 0:
+            return False
+        sample = self._sample_progress()
+        now = self._clock()
+        self._progress, stalled = judge_progress(self._progress, sample, now, self._stall_after_s)
+        if stalled and not self.stalled and sample is not None:
+            idle_s = now - self._progress.since
+            self._send(
+                f"STATUS=vLLM made no progress for {idle_s:.0f} s with {sample.running:g} "
+                "request(s) running: watchdog pings stopped"
+            )
+        self.stalled = stalled
+        return stalled
 
     def _ping(self) -> None:
         """On a fixed schedule (no drift, no network): WATCHDOG=1 while /health is fresh."""
@@ -145,7 +181,14 @@ def watch_replica(
     notifier: SystemdNotifier,
     *,
     watchdog_interval_s: float | None,
+    stall_after_s: float = STALL_AFTER_S,
 ) -> HealthWatcher:
     """The watcher ``vkit launch`` runs under systemd for the replica at ``base_url``."""
     probe = VllmProbe(base_url, check, timeout_s=probe_timeout_s(watchdog_interval_s))
-    return HealthWatcher(probe=probe, notifier=notifier, watchdog_interval_s=watchdog_interval_s)
+    return HealthWatcher(
+        probe=probe,
+        notifier=notifier,
+        watchdog_interval_s=watchdog_interval_s,
+        sample_progress=probe.progress_sample,
+        stall_after_s=stall_after_s,
+    )

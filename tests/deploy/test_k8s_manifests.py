@@ -104,7 +104,8 @@ def test_replicas_get_gpus_the_fit_flags_and_a_model_serving_readiness(overlay: 
     assert env["CUDA_DEVICE_ORDER"]["value"] == "PCI_BUS_ID"
     readiness = " ".join(container["readinessProbe"]["exec"]["command"])
     assert "/v1/models" in readiness and repr(spec.model) in readiness
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    liveness = container["livenessProbe"]["exec"]["command"]  # /health and progress
+    assert "http://127.0.0.1:8000/health" in liveness and "--stall-after" in liveness
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 

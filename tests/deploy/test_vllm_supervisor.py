@@ -1,5 +1,6 @@
 """The replicas' supervisor (vkit/render/vllm_supervisor.py, copied into compose bundles): its
-decision, and the script itself against a stand-in engine that stops answering."""
+decision, and the script itself against a stand-in engine that stops answering, and against
+the vLLM stand-in hung mid-step (``/health`` 200, no progress)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import httpx
 import pytest
 
+import launcher.supervision.progress as progress
+from tests.vllm_standin import Script, standin_in_thread
 from vkit.stack.ports import free_port
 
 SCRIPT = Path(__file__).resolve().parents[2] / "vkit" / "render" / "vllm_supervisor.py"
@@ -223,3 +228,74 @@ def test_an_engine_that_exits_ends_the_supervisor_with_its_code(tmp_path: Path) 
     argv += [sys.executable, "-c", "import sys; sys.exit(3)"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 3, result.stderr
+
+
+# -- a hung engine: /health 200, requests running, no progress (the vLLM stand-in) ----------
+
+ENGINE = textwrap.dedent(
+    """
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(600)
+    """
+)
+STALL_AFTER_S = 1.5
+
+
+def test_the_stall_flags_reach_the_supervisor_and_default_on() -> None:
+    argv = ["--health-url", "http://127.0.0.1:8000/health", "--", "python3", "-m", "x"]
+    options, _ = sup.parse_args(argv)
+    assert options.stall_after == sup.STALL_AFTER_S == progress.STALL_AFTER_S  # one default
+    assert options.metrics_url is None
+    assert sup.metrics_url_beside(argv[1]) == "http://127.0.0.1:8000/metrics"
+    options, _ = sup.parse_args(["--metrics-url", "http://x:1/m", "--stall-after", "0", *argv])
+    assert (options.metrics_url, options.stall_after) == ("http://x:1/m", 0)
+
+
+def stream_slowly(url: str, chunks: int) -> None:
+    """A long generation: ``chunks`` tokens, one every ``chunk_delay``."""
+    body = {"model": "tiny-llama", "prompt": "x", "stream": True, "max_tokens": chunks}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
+        for _ in response.iter_lines():
+            pass
+
+
+@pytest.mark.integration
+def test_a_hung_engine_whose_health_says_200_is_killed(tmp_path: Path) -> None:
+    """Idle, then a long slow generation, each longer than the stall window: the engine
+    keeps running; hung (``/health`` 200, a request running, counters frozen): it is
+    stopped within the window and the supervisor exits non-zero."""
+    engine = tmp_path / "engine.py"
+    engine.write_text(ENGINE)
+    script = Script(running=0, chunks=70, chunk_delay=0.05)
+    with standin_in_thread(script) as replica:
+        argv = [sys.executable, str(SCRIPT), "--health-url", f"{replica.url}/health"]
+        argv += ["--interval", "0.2", "--timeout", "1", "--failures", "3"]
+        argv += ["--start-period", "60", "--kill-grace", "1"]
+        argv += ["--stall-after", str(STALL_AFTER_S), "--", sys.executable, str(engine)]
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2 * STALL_AFTER_S)  # idle, counters flat
+            assert proc.poll() is None
+            replica.script.running = 1
+            streamer = threading.Thread(target=stream_slowly, args=(replica.url, 70))
+            streamer.start()  # 3.5 s of generation, a token every 50 ms
+            streamer.join(timeout=30)
+            assert proc.poll() is None
+            assert replica.generated == 70
+            replica.script.hung = True
+            hung_at = time.monotonic()
+            code = proc.wait(timeout=30)
+            took = time.monotonic() - hung_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            proc.stderr.close()
+    assert code == sup.EXIT_UNHEALTHY, err
+    assert "no progress for" in err and "1 request(s) running" in err, err
+    assert STALL_AFTER_S <= took < STALL_AFTER_S + 8, took
+    ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True, check=True)
+    assert str(engine) not in ps.stdout  # the engine's process group is gone

@@ -3,11 +3,12 @@
 :class:`ScriptedUpstream` answers as vLLM's OpenAI-compatible server does, on a real
 loopback socket (aiohttp): ``GET /health``, ``GET /v1/models`` (behind ``--api-key`` when
 the script names one, as vLLM guards its ``/v1`` paths), ``GET /metrics`` (the scheduler
-gauges a load-aware router reads), and chat completions, completions and embeddings, whole
-or streamed, with ``usage`` as vLLM sends it. What it answers is a :class:`Script` that a
-test changes between requests; its faults (statuses, a slow first byte or health answer,
-a stalled or broken stream, no usage, a replica that is down) are options of the script,
-and a replica behind a balancer can name itself in its answers:
+gauges a load-aware router reads, and the token counters, which move as it answers), and
+chat completions, completions and embeddings, whole or streamed, with ``usage`` as vLLM
+sends it. What it answers is a :class:`Script` that a test changes between requests; its
+faults (statuses, a slow first byte or health answer, a stalled or broken stream, no
+usage, a replica that is down, an engine hung mid-step whose ``/health`` still says 200)
+are options of the script, and a replica behind a balancer can name itself in its answers:
 
     async with ScriptedUpstream(Script(chunks=8, chunk_delay=0.05)) as upstream:
         ...  # point the gateway at upstream.url; upstream.bodies holds what it was sent

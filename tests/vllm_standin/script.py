@@ -57,3 +57,11 @@ class Script:
     start_time: float | None = None  # /metrics: process_start_time_seconds (a restart: a new one)
     name: str | None = None  # a replica's name, echoed as "replica" in its JSON answers
     down_status: int | None = None  # every path answers this (503: an engine starting or dead)
+    # /metrics: vllm:generation_tokens_total and vllm:prompt_tokens_total start here; the
+    # tokens the stand-in then answers with are added (a test may also raise them itself).
+    generation_tokens_total: float = 0.0
+    prompt_tokens_total: float = 0.0
+    # A hung engine (stuck mid-step, e.g. a tensor-parallel collective that never returns):
+    # /health stays 200, /metrics shows `running` (at least 1) requests and counters that no
+    # longer move, and completions never answer.
+    hung: bool = False

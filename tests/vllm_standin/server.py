@@ -27,6 +27,8 @@ class ScriptedUpstream:
         self.finished = 0
         self.health_answers = 0
         self.hits = 0  # every request, on any path
+        self.generated = 0  # completion tokens answered (vllm:generation_tokens_total)
+        self.prompted = 0  # prompt tokens of the requests answered (vllm:prompt_tokens_total)
         self.resume = threading.Event()  # set: a stream stalled by ``stall_after`` goes on
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -98,16 +100,26 @@ class ScriptedUpstream:
         return web.json_response(listing, status=self.script.models_status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics_text())
+
+    def metrics_text(self) -> str:
+        """What ``GET /metrics`` answers now."""
         model = self.script.models[0] if self.script.models else ""
         labels = f'{{engine="0",model_name="{model}"}}'
+        script = self.script
+        running = max(script.running, 1.0) if script.hung else script.running
+        generated = script.generation_tokens_total + self.generated
+        prompted = script.prompt_tokens_total + self.prompted
         text = (
-            f"vllm:num_requests_running{labels} {self.script.running}\n"
-            f"vllm:num_requests_waiting{labels} {self.script.waiting}\n"
-            f"vllm:kv_cache_usage_perc{labels} {self.script.kv_cache_usage}\n"
+            f"vllm:num_requests_running{labels} {running}\n"
+            f"vllm:num_requests_waiting{labels} {script.waiting}\n"
+            f"vllm:kv_cache_usage_perc{labels} {script.kv_cache_usage}\n"
+            f"vllm:generation_tokens_total{labels} {generated}\n"
+            f"vllm:prompt_tokens_total{labels} {prompted}\n"
         )
         if self.script.start_time is not None:
             text += f"process_start_time_seconds {self.script.start_time}\n"
-        return web.Response(text=text)
+        return text
 
     async def _embed(self, request: web.Request) -> web.Response:
         self.raw_bodies.append(await request.read())
@@ -119,6 +131,8 @@ class ScriptedUpstream:
         self.raw_bodies.append(await request.read())
         body = await request.json()
         self.bodies.append(body)
+        if self.script.hung:  # stuck mid-step: no answer, no token, until the server stops
+            await asyncio.Event().wait()
         if self.script.statuses:
             status = self.script.statuses.pop(0)
             error = {"error": {"message": "scripted", "type": "X", "param": None, "code": status}}
@@ -144,6 +158,8 @@ class ScriptedUpstream:
     def _whole(self, body: dict[str, Any]) -> web.Response:
         completion = min(self.script.chunks, body.get("max_tokens") or self.script.chunks)
         self.finished += 1
+        self.prompted += self.script.prompt_tokens
+        self.generated += completion
         message = {"role": "assistant", "content": "tok " * completion}
         answer = {
             "id": "x",
@@ -164,6 +180,7 @@ class ScriptedUpstream:
         options = body.get("stream_options") or {}
         continuous = self.script.continuous_usage and options.get("continuous_usage_stats")
         per_chunk = self.script.tokens_per_chunk
+        self.prompted += self.script.prompt_tokens
         for i in range(count):
             while self.script.stall_after is not None and i >= self.script.stall_after:
                 if self.resume.is_set():
@@ -180,6 +197,7 @@ class ScriptedUpstream:
             if continuous and options.get("include_usage") and self.script.answer_usage:
                 chunk["usage"] = self._usage((i + 1) * per_chunk)
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.generated += per_chunk
             if self.script.chunk_delay:
                 await asyncio.sleep(self.script.chunk_delay)
         if options.get("include_usage") and self.script.answer_usage:

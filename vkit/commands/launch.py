@@ -165,7 +165,8 @@ def run_launch(
 
 def systemd_watcher(environment: LaunchEnvironment, options: VllmOptions) -> HealthWatcher | None:
     """Under systemd (``NOTIFY_SOCKET`` set): READY=1 once the replica serves its model by the
-    one readiness rule, asked with vLLM's API key; then WATCHDOG=1 while ``/health`` is 200."""
+    one readiness rule, asked with vLLM's API key; then WATCHDOG=1 while ``/health`` is 200
+    and the engine makes progress (``VKIT_STALL_AFTER_S``)."""
     if not environment.notify_socket:
         return None
     host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -176,6 +177,7 @@ def systemd_watcher(environment: LaunchEnvironment, options: VllmOptions) -> Hea
         check,
         SystemdNotifier(environment.notify_socket),
         watchdog_interval_s=environment.watchdog_interval_s,
+        stall_after_s=environment.vkit_stall_after_s,
     )
 
 

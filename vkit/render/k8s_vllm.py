@@ -17,10 +17,12 @@ ConfigMap holding :mod:`launcher.supervision.amx_site`'s ``sitecustomize``, as
 
 Probes: the startupProbe (``/health``) allows :func:`~vkit.render.k8s_spec.startup_budget_s`
 for download and load before liveness counts; liveness is ``/health`` (503 once the engine is
-dead); readiness is "serves the model": ``/v1/models`` answered with the API key lists the
-served model name (``/health`` goes 200 as the HTTP server binds, before the model answers:
-docs/vllm-server.md#health-and-readiness). An ``httpGet`` probe cannot take a header from a Secret,
-so readiness is a short Python ``exec`` in the container, reading the key from its environment.
+dead) and progress (:func:`launcher.supervision.progress.liveness_probe_command`: an engine
+hung mid-step answers 200 but moves no token); readiness is "serves the model":
+``/v1/models`` answered with the API key lists the served model name (``/health`` goes 200
+as the HTTP server binds, before the model answers: docs/vllm-server.md#health-and-readiness).
+An ``httpGet`` probe cannot take a header from a Secret, so readiness is a short Python
+``exec`` in the container, reading the key from its environment.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 from typing import Any
 
 from launcher.sizing.fit import FitPlan
+from launcher.supervision.progress import liveness_probe_command
 from launcher.supervision.readiness import models_probe_script
 from launcher.supervision.vllm_args import API_SERVER_MODULE
 from vkit.deployment import ReplicaGroup
@@ -105,10 +108,11 @@ def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
             "periodSeconds": PROBE_PERIOD_S,
             "timeoutSeconds": 5,
         },
+        # /health 200 and no stall (requests running, no progress): launcher/supervision/progress.py
         "livenessProbe": {
-            "httpGet": {"path": "/health", "port": "http"},
+            "exec": {"command": liveness_probe_command(VLLM_PORT)},
             "periodSeconds": PROBE_PERIOD_S,
-            "timeoutSeconds": 5,
+            "timeoutSeconds": 10,  # two GETs of at most 4 s each
             "failureThreshold": 3,
         },
         # Out of the endpoints first, then SIGTERM: vLLM drains for --shutdown-timeout.

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -103,6 +104,23 @@ def slow_once_vllm() -> Iterator[ScriptedUpstream]:
         yield upstream
 
 
+def launch_watcher(
+    notify_path: str, replica: ScriptedUpstream, watchdog_s: float, **environment: Any
+) -> HealthWatcher:
+    """``vkit launch``'s watcher for ``replica``, as wired under systemd (the key sent)."""
+    launch_environment = LaunchEnvironment(
+        notify_socket=notify_path,
+        watchdog_usec=int(watchdog_s * 1e6),
+        vllm_api_key=SecretStr(API_KEY),
+        **environment,
+    )
+    port = int(replica.url.rsplit(":", 1)[1])
+    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
+    watcher = systemd_watcher(launch_environment, options)
+    assert watcher is not None
+    return watcher
+
+
 def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
     notify_socket: tuple[str, socket.socket], slow_once_vllm: ScriptedUpstream
 ) -> None:
@@ -112,15 +130,7 @@ def test_a_slow_health_answer_does_not_delay_a_watchdog_ping(
     watchdog_s = 2.0  # pings every 1 s: a loaded CI box delays a thread by ~0.6 s at times
     slow_s = 1.2 * watchdog_s
     slow_once_vllm.script.health_delays = {SLOW_AFTER: slow_s}
-    environment = LaunchEnvironment(
-        notify_socket=path,
-        watchdog_usec=int(watchdog_s * 1e6),
-        vllm_api_key=SecretStr(API_KEY),
-    )
-    port = int(slow_once_vllm.url.rsplit(":", 1)[1])
-    options = VllmOptions(model="/m", served_model_name="tiny-llama", port=port)
-    watcher = systemd_watcher(environment, options)
-    assert watcher is not None
+    watcher = launch_watcher(path, slow_once_vllm, watchdog_s)
     watcher.start()
     try:
         assert sock.recv(512).startswith(b"READY=1")
@@ -156,3 +166,56 @@ def test_a_health_check_ends_well_inside_a_ping_interval(
     watchdog: float | None, timeout: float
 ) -> None:
     assert probe_timeout_s(watchdog) == timeout
+
+
+def test_a_hung_engine_loses_its_watchdog_pings_though_health_says_200(
+    notify_socket: tuple[str, socket.socket],
+) -> None:
+    """``vkit launch``'s watcher, as wired for systemd, against the vLLM stand-in: pings go
+    on while idle and while a slow generation moves tokens, each longer than the stall
+    window; hung mid-step (``/health`` 200, a request running, counters frozen), they stop
+    once the window has passed, with a STATUS line saying why."""
+    path, sock = notify_socket
+    watchdog_s, stall_after_s = 2.0, 2.0  # pings every 1 s (see the test above)
+    with standin_in_thread(Script(api_key=API_KEY, running=0)) as replica:
+        watcher = launch_watcher(path, replica, watchdog_s, vkit_stall_after_s=stall_after_s)
+        watcher.start()
+        try:
+            assert sock.recv(512).startswith(b"READY=1")
+            sock.settimeout(0.2)
+            pings: list[float] = []
+            statuses: list[str] = []
+
+            def listen(until: float) -> None:
+                while time.monotonic() < until:
+                    try:
+                        message = sock.recv(512).decode()
+                    except TimeoutError:
+                        continue
+                    if message == "WATCHDOG=1":
+                        pings.append(time.monotonic())
+                    elif message.startswith("STATUS="):
+                        statuses.append(message)
+
+            listen(time.monotonic() + 1.25 * stall_after_s)  # idle, counters flat
+            replica.script.running = 1
+            generating_until = time.monotonic() + 1.25 * stall_after_s
+            while time.monotonic() < generating_until:  # a token every 0.3 s
+                replica.script.generation_tokens_total += 1
+                last_token = time.monotonic()
+                listen(last_token + 0.3)
+            busy_pings = list(pings)
+            replica.script.hung = True
+            hung_at = time.monotonic()
+            listen(hung_at + stall_after_s + 3 * watchdog_s)
+        finally:
+            watcher.stop()
+    gaps = [b - a for a, b in itertools.pairwise(busy_pings)]
+    assert len(busy_pings) >= 4 and max(gaps) < watchdog_s, busy_pings
+    # Pings go on while hung until the stall window (from the last token) has passed, then
+    # stop at once: not a watchdog interval later, as after the last 200 of a failing /health.
+    after = [t - last_token for t in pings if t > hung_at]
+    assert after, "no ping at all once hung: the window was not waited for"
+    assert after[-1] < stall_after_s + 0.75 * watchdog_s, after
+    assert watcher.stalled
+    assert len(statuses) == 1 and "no progress" in statuses[0], statuses
