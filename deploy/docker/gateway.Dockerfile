@@ -1,6 +1,9 @@
 # The vkit gateway: slim Python, non-root, no vLLM inside (it only proxies).
 # Build context: the repository root (compose: build.context ../..).
-FROM python:3.11-slim AS build
+# The base image is a build argument: a private registry's copy, or one built without a registry
+# (docs/docker-offline.md#a-stand-in-for-python-slim).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY vkit ./vkit
@@ -20,7 +23,7 @@ COPY deploy/monitoring ./deploy/monitoring
 COPY deploy/docker/gateway-requirements.txt ./
 RUN pip install --no-cache-dir --prefix=/install --no-deps -r gateway-requirements.txt .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system vkit && useradd --system --gid vkit --home-dir /nonexistent \
         --shell /usr/sbin/nologin vkit
 COPY --from=build /install /usr/local

@@ -2,6 +2,7 @@
 
 - :mod:`vkit.render.compose` -- ``ComposeSpec`` -> its deployment -> the compose file as a dict
 - :mod:`vkit.render.compose_services` -- Redis, Prometheus, Grafana, DCGM services
+- :mod:`vkit.render.compose_cpu` -- its CPU variant (``--gpu cpu``): replicas on cores
 - :mod:`vkit.render.bundle` -- every file of ``deploy/docker/`` as text, and an atomic writer
 - :mod:`vkit.render.healthcheck` -- the one wget healthcheck of the monitoring services
 - :mod:`vkit.render.prometheus` -- scrape config and per-GPU price series
