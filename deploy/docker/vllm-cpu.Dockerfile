@@ -16,6 +16,10 @@ ARG TORCH=torch==2.13.0+cpu
 # none of them (docs/cpu-engine.md#the-torchvision-pitfall).
 RUN pip install --no-cache-dir $PIP_OPTIONS "$VLLM" "$TORCH" \
     && pip uninstall -y torchvision torchaudio torchcodec
+# vLLM's CPU kernels (vllm._C) load libnuma.so.1 at run time, which a slim Python image lacks:
+# without it the engine's worker fails with "no attribute 'init_cpu_memory_env'".
+RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY vkit ./vkit
