@@ -21,11 +21,10 @@ from typing import Any
 
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
-from launcher.supervision.launch_spec import LaunchSettings
 from launcher.supervision.tiny_model import TINY_MODEL_NAME
 from vkit.deployment import ReplicaGroup
 from vkit.deployment.launch_args import KV_CACHE_SPACE_VAR, launch_args
-from vkit.deployment.service_ports import VLLM_PORT
+from vkit.deployment.model import container_group
 
 CPU = "cpu"  # the --gpu value of the CPU variant (as for `vkit render k8s`)
 CPU_KV_CACHE_GIB = 1
@@ -47,18 +46,17 @@ def cpu_group(
 ) -> ReplicaGroup:
     """One replica per core: ``vkit launch --cpu`` on the model (``tiny-llama``: the built-in
     one), without torch.compile (healthy in ~50 s instead of ~100 s), at the plan's context."""
-    launch = LaunchSettings(
+    group = container_group(
         model=model,
-        served_model_name=model,
-        host="0.0.0.0",
-        port=VLLM_PORT,
-        cpu=True,
+        served_model=model,
+        plan=plan,
+        quant=plan.quant,
+        shutdown_timeout_s=shutdown_timeout_s,
         enforce_eager=True,
-        max_model_len=plan.max_model_len,
-        shutdown_timeout=shutdown_timeout_s,
-        kv_cache_space_gib=CPU_KV_CACHE_GIB,
+        gpu_sets=cores,
     )
-    return ReplicaGroup(launch=launch, plan=plan, gpu_sets=cores)
+    cpu = {"cpu": True, "max_model_len": plan.max_model_len, "kv_cache_space_gib": CPU_KV_CACHE_GIB}
+    return group.model_copy(update={"launch": group.launch.model_copy(update=cpu)})
 
 
 def models_dir(hf_home: str) -> str:
