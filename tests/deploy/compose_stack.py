@@ -36,6 +36,7 @@ IMAGE_OF = {
     "prometheus": "prometheus",
     "alertmanager": "alertmanager",
 }
+RULES_IN_CONTAINER = "/etc/prometheus/rules"
 T = TypeVar("T")
 
 
@@ -59,8 +60,8 @@ def vkit(*args: str, cwd: Path = ROOT) -> str:
 
 def render_cpu_bundle(out: Path, *, cores: str, context: int) -> Path:
     """``vkit render compose --gpu cpu`` into ``out``: the compose file's path. What the
-    render leaves out but the file mounts (the supervisor, ``../monitoring``) is copied from
-    the checkout."""
+    render leaves out but the file mounts (the supervisor, the monitoring files) is copied
+    from the checkout to where the file mounts it from."""
     compose = out / "docker" / "compose.yaml"
     vkit(
         *("render", "compose", "--gpu", "cpu", "--gpus", cores, "--model", "tiny-llama"),
@@ -69,11 +70,18 @@ def render_cpu_bundle(out: Path, *, cores: str, context: int) -> Path:
     supervisor = compose.parent / "vllm_supervisor.py"
     if not supervisor.exists():
         shutil.copy2(ROOT / "deploy" / "docker" / "vllm_supervisor.py", supervisor)
-    monitoring = out / "monitoring"
-    if not monitoring.exists():
+    rules = rules_dir(compose)
+    if not rules.exists():
         ignored = shutil.ignore_patterns("__pycache__", "tests", "__init__.py")
-        shutil.copytree(ROOT / "deploy" / "monitoring", monitoring, ignore=ignored)
+        shutil.copytree(ROOT / "deploy" / "monitoring", rules.parent, ignore=ignored)
     return compose
+
+
+def rules_dir(compose: Path) -> Path:
+    """The host directory the bundle's Prometheus reads its alert rules from."""
+    volumes = yaml.safe_load(compose.read_text())["services"]["prometheus"]["volumes"]
+    (source,) = [v.split(":")[0] for v in volumes if v.split(":")[1] == RULES_IN_CONTAINER]
+    return (compose.parent / source).resolve()
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 1) -> T:

@@ -35,6 +35,7 @@ from tests.deploy.compose_stack import (
     log,
     new_secret,
     render_cpu_bundle,
+    rules_dir,
     vkit,
     wait_for,
 )
@@ -133,8 +134,7 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
         for name, built in compose_images.items()
     }
     compose = render_cpu_bundle(tmp_path / "bundle", cores=CORES, context=CONTEXT)
-    rules_dir = compose.parent.parent / "monitoring" / "rules"
-    (rules_dir / "compose-test.yml").write_text(json.dumps(SMOKE_RULES))
+    (rules_dir(compose) / "compose-test.yml").write_text(json.dumps(SMOKE_RULES))
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
     gid = str(os.getgid())
