@@ -9,7 +9,7 @@ PYTEST  := $(BIN)/python -m pytest
 export PATH := $(PATH):/usr/sbin:/sbin
 
 .PHONY: install demo plan test test-unit test-fast test-integration test-system check lint types clean \
-	bootstrap-demo bootstrap-test bootstrap-kubectl bootstrap-unit
+	bootstrap-demo bootstrap-test bootstrap-kubectl bootstrap-unit images
 
 # A fresh machine: the programs `make demo` / `make test` start, and a Python that can make
 # the venv; installed with apt-get as root, else one line naming the command (vkit/bootstrap.py,
@@ -78,7 +78,14 @@ test-fast: test-unit
 test-integration: bootstrap-test install
 	$(PYTEST) -q -m integration
 
-# system: real vLLM CPU replicas, the deploy paths, the wheel in a fresh venv (minutes).
+# The compose bundle's images, built from Debian's packages and the project's Dockerfiles (no
+# registry; tests/docker_images.py): each once per machine (tagged by content hash), so the
+# system tier's compose test finds them. Prints each image's time.
+images: bootstrap-test install
+	$(BIN)/python -m tests.docker_images
+
+# system: real vLLM CPU replicas, the deploy paths, the wheel in a fresh venv, the CPU compose
+# bundle under Docker (minutes).
 test-system: bootstrap-test install
 	$(PYTEST) -q -m system
 

@@ -11,6 +11,10 @@ Python can make one with pip (Debian splits that into ``python3.X-venv``). Then:
   missing packages (``--dry-run`` prints the commands instead), exit 0 once they are there;
 - anyone else: one line naming the command to run, exit 1.
 
+``make test`` also needs a Docker daemon: where ``docker info`` gets no answer (no init
+system starts one), root starts ``dockerd`` in the background and waits for it
+(:func:`plan_docker_daemon`); anyone else gets the one line.
+
 :func:`plan_bootstrap` is the decision, pure: what is missing -> which packages -> what to do.
 """
 
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,15 @@ TEST_PROGRAMS = DEMO_PROGRAMS | {
     "amtool": "prometheus-alertmanager",
     "systemd-analyze": "systemd",
     "docker-compose": "docker-compose",
+    # The compose bundle brought up for real: a Docker engine, and debootstrap for the base
+    # image its images are built on (no registry needed, docs/docker-offline.md).
+    "docker": "docker.io",
+    "debootstrap": "debootstrap",
 }
+# Profiles whose tests need a running Docker daemon (started here when none answers).
+DOCKER_PROFILES = frozenset({"test"})
+DOCKERD_LOG = Path("/var/log/vkit-dockerd.log")
+DOCKERD_WAIT_S = 60
 # `make test-unit` starts no program: only a Python that can make its venv.
 PROFILES = {"demo": DEMO_PROGRAMS, "test": TEST_PROGRAMS, "test-unit": {}}
 
@@ -94,7 +107,66 @@ def plan_bootstrap(profile: str, machine: Machine) -> BootstrapPlan:
     return BootstrapPlan(wanted, hint=f"{needs}: run `{sudo}`, {again} (or run it as root)")
 
 
+def plan_docker_daemon(
+    profile: str, *, has_docker: bool, daemon_answers: bool, is_root: bool
+) -> str | None:
+    """``"start"`` (root: start dockerd), a one-line hint (anyone else), or None (nothing to
+    do: the profile needs no daemon, Docker is missing (the packages come first) or it runs)."""
+    if profile not in DOCKER_PROFILES or not has_docker or daemon_answers:
+        return None
+    if is_root:
+        return "start"
+    return f"make {profile} needs a running Docker daemon: run `sudo dockerd &`, then again"
+
+
 # --- the shell -----------------------------------------------------------------------------
+
+
+def docker_answers() -> bool:
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def start_dockerd(log: Path = DOCKERD_LOG, wait_s: float = DOCKERD_WAIT_S) -> bool:
+    """``dockerd`` in the background (its own session, output to ``log``), then wait until
+    ``docker info`` answers; True when it does."""
+    with log.open("ab") as out:
+        subprocess.Popen(
+            ["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if docker_answers():
+            return True
+        time.sleep(1)
+    return False
+
+
+def ensure_docker_daemon(profile: str, *, dry_run: bool) -> int:
+    """Start the Docker daemon the tests need (see :func:`plan_docker_daemon`)."""
+    has_docker = shutil.which("docker") is not None and shutil.which("dockerd") is not None
+    action = plan_docker_daemon(
+        profile,
+        has_docker=has_docker,
+        daemon_answers=has_docker and docker_answers(),
+        is_root=os.geteuid() == 0,
+    )
+    if action is None:
+        return 0
+    if action != "start":
+        print(action, file=sys.stderr)
+        return NEEDS_ROOT
+    if dry_run:
+        print("dockerd &")
+        return 0
+    print(f"make {profile}: starting dockerd (log: {DOCKERD_LOG})", file=sys.stderr)
+    if not start_dockerd():
+        print(f"make {profile}: dockerd did not answer in {DOCKERD_WAIT_S} s", file=sys.stderr)
+        return 1
+    return 0
 
 
 def venv_works(python: str, venv: Path) -> bool:
@@ -138,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = plan_bootstrap(args.profile, look(programs, args.venv))
     prog = f"make {args.profile}"
     if plan.ready:
-        return 0
+        return ensure_docker_daemon(args.profile, dry_run=args.dry_run)
     if plan.hint is not None:
         print(plan.hint, file=sys.stderr)
         return NEEDS_ROOT
@@ -158,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not still.ready:
         print(f"{prog}: still missing after apt-get: {' '.join(still.packages)}", file=sys.stderr)
         return NEEDS_ROOT
-    return 0
+    return ensure_docker_daemon(args.profile, dry_run=False)
 
 
 if __name__ == "__main__":

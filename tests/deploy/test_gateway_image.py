@@ -72,8 +72,8 @@ def build_stage(dockerfile: str) -> list[tuple[str, str]]:
         if not line or line.startswith("#"):
             continue
         keyword, _, arguments = line.partition(" ")
-        if keyword.upper() == "FROM" and instructions:
-            break
+        if keyword.upper() == "FROM" and any(k == "FROM" for k, _ in instructions):
+            break  # the second stage (an ARG before the first FROM names the base)
         instructions.append((keyword.upper(), arguments.strip()))
     return instructions
 
@@ -177,7 +177,7 @@ def play_build_stage(
             command = arguments.replace("/install", str(prefix))
             must(run(["bash", "-c", command], cwd=workdir, env=pip_env, timeout=600))
         else:
-            assert keyword == "FROM", f"the simulation does not know {keyword}"
+            assert keyword in ("ARG", "FROM"), f"the simulation does not know {keyword}"
 
 
 def installed_bytes(prefix: Path) -> int:

@@ -7,6 +7,7 @@ with ``--dry-run`` (an ``apt-get`` that would fail if it ran), so nothing is ins
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from vkit.bootstrap import (
     Machine,
     apt_commands,
     plan_bootstrap,
+    plan_docker_daemon,
     venv_works,
 )
 
@@ -77,6 +79,8 @@ def test_the_tests_need_the_deploy_file_checkers_too() -> None:
         "prometheus-alertmanager",
         "systemd",
         "docker-compose",
+        "docker.io",
+        "debootstrap",
     )
     # A program only the tests use is no reason to stop the demo.
     assert plan_bootstrap("demo", machine("promtool", "amtool")).ready
@@ -219,6 +223,7 @@ def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Pat
     )
     assert done.returncode == 0, done.stderr  # the apt-get on PATH fails if anything runs it
     packages = "nginx redis-server prometheus prometheus-alertmanager systemd docker-compose"
+    packages += " docker.io debootstrap"
     assert done.stdout.splitlines() == [
         "apt-get update -qq",
         f"apt-get install -y -qq --no-install-recommends {packages}",
@@ -252,3 +257,15 @@ def test_kubectl_missing_is_one_line_for_anyone_else_and_a_fetch_for_root(bare_b
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (present.returncode, present.stdout) == (0, "") or shutil.which("kubectl") is None
+
+
+def test_the_tests_start_a_docker_daemon_where_none_answers() -> None:
+    """Root starts dockerd for ``make test``; anyone else is told how; a running daemon, a
+    missing Docker (its packages come first) or the demo: nothing to do."""
+    plan = functools.partial(plan_docker_daemon, "test", has_docker=True)
+    assert plan(daemon_answers=False, is_root=True) == "start"
+    hint = plan(daemon_answers=False, is_root=False)
+    assert hint is not None and "sudo dockerd &" in hint and "\n" not in hint
+    assert plan(daemon_answers=True, is_root=True) is None
+    assert plan_docker_daemon("test", has_docker=False, daemon_answers=False, is_root=True) is None
+    assert plan_docker_daemon("demo", has_docker=True, daemon_answers=False, is_root=True) is None

@@ -2,6 +2,7 @@
 
     vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b --quant awq \\
         --concurrency 16 --out deploy/docker/compose.yaml
+    vkit render compose --gpu cpu --gpus 0 --model tiny-llama --context 256 --out DIR/compose.yaml
     vkit render nginx --upstream 127.0.0.1:8001 --upstream 127.0.0.1:8002 \\
         --listen 127.0.0.1:8000 --site --out /etc/nginx/sites-available/vkit.conf
 
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from launcher.sizing.checkpoints import served_checkpoint
-from launcher.sizing.fit import FitRequest, plan_fit
+from launcher.sizing.fit import CpuTarget, FitRequest, plan_fit
 from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
@@ -45,6 +46,7 @@ from vkit.render.bundle import (
     write_bundle,
 )
 from vkit.render.compose import ComposeSpec
+from vkit.render.compose_cpu import CPU, CPU_KV_CACHE_GIB, is_cpu
 from vkit.render.compose_env import first_env
 
 
@@ -93,8 +95,10 @@ def register(subparsers: Any) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     compose = kinds.add_parser("compose", help="docker compose bundle for a GPU box")
-    compose.add_argument("--gpu", required=True, help="GPU type, e.g. rtx4090")
-    compose.add_argument("--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1")
+    compose.add_argument("--gpu", required=True, help="GPU type, e.g. rtx4090, or cpu")
+    compose.add_argument(
+        "--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1; with --gpu cpu: cores"
+    )
     compose.add_argument("--tp", type=int, help="tensor parallel: GPUs per replica (default 1)")
     compose.add_argument("--model", required=True, help="model name (configs/models)")
     compose.add_argument("--quant", default="bf16", help="bf16, fp8, awq, gptq, int8")
@@ -132,29 +136,34 @@ def run_compose(args: argparse.Namespace) -> int:
         {k: v for k, v in vars(args).items() if k in ComposeArgs.model_fields and v is not None}
     )
     split_gpu_sets(settings.gpus, tensor_parallel=settings.tp)  # a bad split: exit 2 first
-    gpu = get_gpu(settings.gpu)
     model = load_model(settings.model)
-    served_checkpoint(settings.model, settings.quant)  # none known: say how to make one, exit 2
     request = FitRequest(
         quant=settings.quant,
         concurrency=settings.concurrency,
         context=settings.context,
         tensor_parallel=settings.tp,
     )
-    plan = plan_fit(request, gpu, model)
+    if is_cpu(settings.gpu):  # --gpus are CPU cores; the model is built or downloaded there
+        if settings.tp != 1:
+            raise UsageError("--gpu cpu runs one replica per core: --tp must be 1")
+        plan = plan_fit(request, CpuTarget(kv_cache_space_gib=CPU_KV_CACHE_GIB), model)
+        gpu_key, gpu_name, price = CPU, "the CPU engine", None
+    else:
+        gpu = get_gpu(settings.gpu)
+        served_checkpoint(settings.model, settings.quant)  # none known: how to make one, exit 2
+        plan = plan_fit(request, gpu, model)
+        gpu_key, gpu_name, price = normalize_gpu_name(settings.gpu), gpu.name, gpu.price_per_hour
     if not plan.fits:
-        raise CliError(f"{model.name} does not fit on {gpu.name}: {'; '.join(plan.problems)}")
+        raise CliError(f"{model.name} does not fit on {gpu_name}: {'; '.join(plan.problems)}")
     spec = ComposeSpec(
-        gpu=normalize_gpu_name(settings.gpu),
+        gpu=gpu_key,
         gpu_ids=settings.gpus,
         tensor_parallel=settings.tp,
         model=model.name,
         shutdown_timeout_s=settings.shutdown_timeout,
         routing=settings.routing,
     )
-    files = render_compose_bundle(
-        spec, plan, price_per_hour=gpu.price_per_hour, command=_command_line(args)
-    )
+    files = render_compose_bundle(spec, plan, price_per_hour=price, command=_command_line(args))
     if settings.out is None:
         sys.stdout.write(files[COMPOSE_FILE])
         return 0

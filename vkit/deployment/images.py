@@ -21,10 +21,13 @@ DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.27.0"
 GATEWAY_IMAGE = "vkit-gateway:0.1.0"  # built from vkit/render/gateway.Dockerfile
 COMPOSE_GATEWAY_IMAGE = "vkit-gateway:latest"  # what `docker compose build` tags
+# The CPU bundle's engine: vLLM's CPU build and the kit (deploy/images/vllm-cpu.Dockerfile).
+COMPOSE_VLLM_CPU_IMAGE = "vkit-vllm-cpu:0.32.0"
 
 # The compose bundle's variable for each pinned image (.env.example lists them all).
 COMPOSE_IMAGE_VARIABLES = {
     VLLM_IMAGE: "VKIT_VLLM_IMAGE",
+    COMPOSE_VLLM_CPU_IMAGE: "VKIT_VLLM_CPU_IMAGE",
     NGINX_IMAGE: "VKIT_NGINX_IMAGE",
     COMPOSE_GATEWAY_IMAGE: "VKIT_GATEWAY_IMAGE",
     REDIS_IMAGE: "VKIT_REDIS_IMAGE",

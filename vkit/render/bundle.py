@@ -112,7 +112,7 @@ def render_compose_bundle(
     prometheus = build_prometheus_config(
         replicas,
         f"gateway:{GATEWAY_ADMIN_PORT}",
-        f"dcgm-exporter:{DCGM_PORT}",
+        None if spec.cpu else f"dcgm-exporter:{DCGM_PORT}",  # CPU: no GPUs to export
         alertmanager_target=f"alertmanager:{ALERTMANAGER_PORT}",
     )
     files = {COMPOSE_FILE: header(command) + dump_yaml(build_compose(spec, plan))}

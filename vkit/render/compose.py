@@ -58,6 +58,7 @@ from vkit.deployment.service_ports import (
     VLLM_PORT,
 )
 from vkit.render.alertmanager import alertmanager_service
+from vkit.render.compose_cpu import CPU_IMAGE, cpu_group, cpu_replica, is_cpu, tokenizer_source
 from vkit.render.compose_services import (
     dcgm_service,
     edge_service,
@@ -119,6 +120,11 @@ class ComposeSpec(BaseModel):
     )
 
     @property
+    def cpu(self) -> bool:
+        """The CPU variant (``--gpu cpu``: ``gpu_ids`` are CPU cores, :mod:`.compose_cpu`)."""
+        return is_cpu(self.gpu)
+
+    @property
     def gpu_sets(self) -> list[GpuSet]:
         """One set per replica (:class:`launcher.errors.GpuSetError` if they don't split)."""
         return split_gpu_sets(self.gpu_ids, tensor_parallel=self.tensor_parallel)
@@ -151,19 +157,28 @@ def replica_service_name(gpu_set: GpuSet) -> str:
 def compose_deployment(spec: ComposeSpec, plan: FitPlan) -> Deployment:
     """The box as a :class:`~vkit.deployment.Deployment`: one replica group (one replica per
     GPU set, vLLM loading what ``VLLM_MODEL`` names) and the gateway's settings."""
-    group = container_group(
-        model=spec.model,
-        served_model=spec.model,
-        plan=plan,
-        quant=plan.quant,
-        shutdown_timeout_s=spec.shutdown_timeout_s,
-        gpu_sets=tuple(spec.gpu_sets),
-        load=served_model_var(spec, plan),
-    )
+    if spec.cpu:
+        group = cpu_group(
+            model=spec.model,
+            plan=plan,
+            cores=tuple(spec.gpu_sets),
+            shutdown_timeout_s=spec.shutdown_timeout_s,
+        )
+    else:
+        group = container_group(
+            model=spec.model,
+            served_model=spec.model,
+            plan=plan,
+            quant=plan.quant,
+            shutdown_timeout_s=spec.shutdown_timeout_s,
+            gpu_sets=tuple(spec.gpu_sets),
+            load=served_model_var(spec, plan),
+        )
+    tokenizer = tokenizer_source(spec.model, GATEWAY_HF_MOUNT) if spec.cpu else None
     return Deployment(
         groups=(group,),
-        gateway=gateway_settings(spec, group.load or MODEL_VAR),
-        images=Images(gateway=spec.gateway_image),
+        gateway=gateway_settings(spec, tokenizer or group.load or MODEL_VAR),
+        images=Images(gateway=spec.gateway_image, vllm_cpu=CPU_IMAGE),
         drain=DrainBudget(replica_s=spec.shutdown_timeout_s, gateway_s=GATEWAY_TOTAL_TIMEOUT_S),
     )
 
@@ -178,7 +193,11 @@ def compose_file(deployment: Deployment) -> dict[str, Any]:
     group = deployment.group
     services: dict[str, Any] = {}
     for gpu_set in group.gpu_sets:
-        services[replica_service_name(gpu_set)] = vllm_service(deployment, group, gpu_set)
+        service = vllm_service(deployment, group, gpu_set)
+        if group.launch.cpu:  # cores, not GPUs: the CPU engine image runs vkit launch --cpu
+            image = deployment.images.vllm_cpu
+            service = cpu_replica(service, group, gpu_set, hf_home=VLLM_HF_HOME, image=image)
+        services[replica_service_name(gpu_set)] = service
     if deployment.routing == "round_robin":  # aware: the gateway reaches the replicas itself
         services["nginx"] = nginx_service(deployment)
     services["gateway"] = gateway_service(deployment)
@@ -187,7 +206,8 @@ def compose_file(deployment: Deployment) -> dict[str, Any]:
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
     services["grafana"] = grafana_service()
-    services["dcgm-exporter"] = dcgm_service()
+    if not group.launch.cpu:
+        services["dcgm-exporter"] = dcgm_service()
     services["alertmanager"] = alertmanager_service()
     for service in services.values():  # each image can be pointed elsewhere from .env
         service["image"] = from_env(service["image"])

@@ -2,7 +2,10 @@
 # Build context: the bundle's build/gateway/ (`vkit render compose --out` writes it): this
 # file, gateway-requirements.txt, and the kit's packages under src/ with the pyproject.toml
 # that installs them (vkit/render/gateway_build.py).
-FROM python:3.11-slim AS build
+# The base image is a build argument: a private registry's copy, or one built without a
+# registry (docs/docker-offline.md#a-stand-in-for-python-slim).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # What the gateway imports, nothing more, at requirements.lock's versions: the generated
 # gateway-requirements.txt (pyproject's dependencies less httpx, which only the kit's blocking
@@ -14,7 +17,7 @@ COPY gateway-requirements.txt pyproject.toml ./
 COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install --no-deps -r gateway-requirements.txt .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 # A fixed uid and gid, 10001 (above the ids hosts give their users): the gateway reads the
 # host's keys.yaml (mode 0640) through the group compose adds to it (group_add:
 # VKIT_KEYS_GID), never by owning it. Documented in deploy/README.md.
