@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests.deploy.wheel_kit import InstalledKit
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "vkit-test-compose"
 # Services the test starts: every one but Grafana (no Debian package to build it from).
@@ -44,11 +46,14 @@ def log(message: str) -> None:
     print(f"[compose-up {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def vkit(*args: str, cwd: Path = ROOT) -> str:
-    """Run the kit's CLI as a user does; its stdout (raises with stderr on failure)."""
+def vkit(*args: str, cwd: Path = ROOT, kit: InstalledKit | None = None) -> str:
+    """Run the kit's CLI as a user does (the checkout's, or an installed wheel's ``kit``);
+    its stdout (raises with stderr on failure)."""
+    command = [str(kit.vkit)] if kit else [sys.executable, "-m", "vkit"]
     done = subprocess.run(
-        [sys.executable, "-m", "vkit", *args],
+        [*command, *args],
         cwd=cwd,
+        env=kit.env if kit else None,
         capture_output=True,
         text=True,
         timeout=120,
@@ -58,15 +63,32 @@ def vkit(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout
 
 
-def render_cpu_bundle(out: Path, *, cores: str, context: int) -> Path:
+def render_cpu_bundle(
+    out: Path, *, cores: str, context: int, kit: InstalledKit | None = None
+) -> Path:
     """``vkit render compose --gpu cpu`` into ``out``: the compose file's path (the bundle is
     self-contained: everything the file mounts or builds is written beside it)."""
-    compose = out / "docker" / "compose.yaml"
+    compose = out / "compose.yaml"
     vkit(
         *("render", "compose", "--gpu", "cpu", "--gpus", cores, "--model", "tiny-llama"),
         *("--context", str(context), "--out", str(compose)),
+        cwd=out.parent,
+        kit=kit,
     )
     return compose
+
+
+def bundle_differences(one: Path, other: Path) -> list[str]:
+    """Files that differ between two bundles, or are in one only (``.env`` aside: its
+    secrets are fresh on every render)."""
+
+    def files(root: Path) -> dict[str, bytes]:
+        found = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        found.pop(".env", None)
+        return found
+
+    left, right = files(one), files(other)
+    return sorted(name for name in left.keys() | right.keys() if left.get(name) != right.get(name))
 
 
 def rules_dir(compose: Path) -> Path:
@@ -95,11 +117,21 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s
 class ComposeStack:
     """``docker-compose`` on one rendered bundle, with the test's images and ``.env``."""
 
-    def __init__(self, compose: Path, images: Mapping[str, str], env: Mapping[str, str]):
+    def __init__(
+        self,
+        compose: Path,
+        images: Mapping[str, str],
+        env: Mapping[str, str],
+        *,
+        build_args: Mapping[str, str] | None = None,
+    ):
+        """``build_args``: build the gateway from the bundle's own context with these
+        arguments (tagged ``VKIT_GATEWAY_IMAGE`` of ``env``), not ``images``' gateway."""
         self.compose = compose
         self.override = compose.parent / "images.override.yaml"
         self.env = dict(env)
         self.images = dict(images)
+        self.build_args = dict(build_args) if build_args is not None else None
 
     def write(self) -> None:
         """``.env`` beside the compose file, and the override: each service's image (and,
@@ -110,7 +142,9 @@ class ComposeStack:
         services: dict[str, Any] = {}
         for name in rendered:
             image = self.images.get("vllm-cpu" if name.startswith("vllm-") else IMAGE_OF.get(name))
-            if image is not None:
+            if name == "gateway" and self.build_args is not None:
+                services[name] = {"build": {"args": self.build_args}}
+            elif image is not None:
                 services[name] = {"image": image}
         if "group_add" not in rendered["gateway"] and "VKIT_KEYS_GID" in self.env:
             services["gateway"]["group_add"] = [self.env["VKIT_KEYS_GID"]]
@@ -139,6 +173,8 @@ class ComposeStack:
         return done.stdout
 
     def up(self) -> None:
+        if self.build_args is not None:
+            self.must("build", "gateway", timeout=900)
         self.must("up", "-d", "--no-build", *self.services)
 
     def container(self, service: str) -> str:
@@ -158,7 +194,15 @@ class ComposeStack:
         if grace_s is not None:
             args += ["-t", str(grace_s)]
         self.must(*args, timeout=900)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        if self.build_args is not None and self.env.get("VKIT_GATEWAY_IMAGE"):
+            subprocess.run(
+                ["docker", "rmi", "-f", self.env["VKIT_GATEWAY_IMAGE"]],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        return seconds
 
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of the project that still exist."""

@@ -1,15 +1,16 @@
 """The CPU compose bundle brought up for real under Docker, as a user brings it up.
 
-``vkit render compose --gpu cpu`` renders the bundle into a temporary directory; its images are
-the ones built here from Debian's packages and the project's Dockerfiles
-(``tests/docker_images.py``, no registry); ``.env`` publishes the edge (TLS, a generated pair)
-and the gateway on 127.0.0.1 only. Then, through the edge with the OpenAI SDK: a chat
-completion and a stream; a key added on the host with ``vkit keys add`` is accepted within
-the reload interval; a replica
-that crashes (its main process SIGKILLed) costs no request sent after a short grace and comes
-back through its restart policy; Prometheus scrapes the replicas and the gateway and an alert
-reaches Alertmanager's webhook; ``docker-compose down`` lets a stream in flight finish and
-leaves nothing behind. Grafana is not started (no Debian package to build it from).
+``vkit render compose --gpu cpu`` of the installed wheel renders the bundle into an empty
+directory outside the checkout (the checkout's render is the same files); ``docker-compose
+build`` builds the gateway from the bundle's own context; the other images are the ones built
+here from Debian's packages and the project's Dockerfiles (``tests/docker_images.py``, no
+registry); ``.env`` publishes the edge (TLS, a generated pair) and the gateway on 127.0.0.1
+only. Then, through the edge with the OpenAI SDK: a chat completion and a stream; a key added
+on the host with the wheel's ``vkit keys add`` is accepted within the reload interval; a
+replica that crashes (its main process SIGKILLed) costs no request sent after a short grace
+and comes back through its restart policy; Prometheus scrapes the replicas and the gateway
+and an alert reaches Alertmanager's webhook; ``docker-compose down`` lets a stream in flight
+finish and leaves nothing behind. Grafana is not started (no Debian package to build it from).
 
 ``docker kill`` is not the crash here: Docker counts it as a manual stop, and the restart
 policy then leaves the container down (docs/docker-offline.md#restart-policies-and-docker-kill).
@@ -33,6 +34,7 @@ import pytest
 from tests.deploy.compose_stack import (
     ComposeStack,
     WebhookReceiver,
+    bundle_differences,
     docker,
     log,
     new_secret,
@@ -41,6 +43,7 @@ from tests.deploy.compose_stack import (
     vkit,
     wait_for,
 )
+from tests.deploy.wheel_kit import InstalledKit, installed_kit
 from tests.docker_images import Built, bridge_gateway
 from vkit.edge_cert import ensure_certificate
 
@@ -64,6 +67,7 @@ FIRST_ANSWER_S = 900  # images loaded, two CPU engines started on 2 shared cores
 KEY_RELOAD_S = 10  # README: loaded within about 2 s
 KILL_GRACE_S = 6  # NGINX's resolver (valid=5s) and fail_timeout forget the dead replica
 DRAIN_TOKENS = 700
+GATEWAY_TAG = "vkit-test-compose-gateway:latest"  # built from the bundle, removed after
 
 
 def free_port() -> int:
@@ -72,11 +76,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def add_key(name: str, keys_file: Path, gid: str) -> str:
+def add_key(name: str, keys_file: Path, gid: str, kit: InstalledKit) -> str:
     """``vkit keys add`` on the host, as the README says; the secret it prints."""
     out = vkit(
         *("keys", "add", name, "--file", str(keys_file), "--rpm", "6000", "--tpm", "10000000"),
         *("--concurrency", "16", "--max-tokens", "1000", "--models", MODEL, "--group", gid),
+        kit=kit,
     )
     return out.strip().splitlines()[-1]
 
@@ -136,12 +141,17 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
         f"image {name} ({'cached' if built.cached else 'built'})": built.seconds
         for name, built in compose_images.items()
     }
-    compose = render_cpu_bundle(tmp_path / "bundle", cores=CORES, context=CONTEXT)
+    # The bundle a user gets from the installed wheel, in an empty directory outside the
+    # checkout; the checkout renders the very same files.
+    kit = installed_kit(tmp_path / "kit")
+    compose = render_cpu_bundle(tmp_path / "bundle", cores=CORES, context=CONTEXT, kit=kit)
+    from_checkout = render_cpu_bundle(tmp_path / "checkout", cores=CORES, context=CONTEXT)
+    assert bundle_differences(compose.parent, from_checkout.parent) == []
     (rules_dir(compose) / "compose-test.yml").write_text(json.dumps(SMOKE_RULES))
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
     gid = str(os.getgid())
-    first_key = add_key("first", keys_dir / "keys.yaml", gid)
+    first_key = add_key("first", keys_dir / "keys.yaml", gid, kit)
     port, edge_port = free_port(), free_port()
     tls = tmp_path / "tls"
     assert ensure_certificate(tls / "cert.pem", tls / "key.pem") == "made"
@@ -155,9 +165,13 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
         "VKIT_GATEWAY_PORT": f"127.0.0.1:{port}",
         "GRAFANA_ADMIN_PASSWORD": new_secret(),
         "ALERTMANAGER_WEBHOOK_URL": receiver.url,
+        "VKIT_GATEWAY_IMAGE": GATEWAY_TAG,
     }
     images = {name: built.tag for name, built in compose_images.items()}
-    stack = ComposeStack(compose, images, env)
+    # The gateway is built from the bundle's own context (`docker compose build`), on the
+    # python:3.11-slim stand-in.
+    base = {"PYTHON_IMAGE": compose_images["python"].tag}
+    stack = ComposeStack(compose, images, env, build_args=base)
     stack.write()
     # Clients go through the edge (TLS, the generated pair trusted); the gateway's own port
     # (published on 127.0.0.1 only) is asked directly once.
@@ -196,7 +210,7 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
             added = time.monotonic()
             second = OpenAI(
                 base_url=base_url,
-                api_key=add_key("second", keys_dir / "keys.yaml", gid),
+                api_key=add_key("second", keys_dir / "keys.yaml", gid, kit),
                 max_retries=0,
                 http_client=http,
             )
