@@ -39,9 +39,10 @@ TEST_PROGRAMS = DEMO_PROGRAMS | {
     "amtool": "prometheus-alertmanager",
     "systemd-analyze": "systemd",
     "docker-compose": "docker-compose",
-    # The compose bundle brought up for real: a Docker engine, and debootstrap for the base
-    # image its images are built on (no registry needed, docs/docker-offline.md).
-    "docker": "docker.io",
+    # The compose bundle brought up for real: a Docker engine (the daemon's binary: a client
+    # alone, as some machines have in /usr/local/bin, runs nothing), and debootstrap for the
+    # base image its images are built on (no registry needed, docs/docker-offline.md).
+    "dockerd": "docker.io",
     "debootstrap": "debootstrap",
 }
 # Profiles whose tests need a running Docker daemon (started here when none answers).

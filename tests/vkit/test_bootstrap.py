@@ -269,3 +269,13 @@ def test_the_tests_start_a_docker_daemon_where_none_answers() -> None:
     assert plan(daemon_answers=True, is_root=True) is None
     assert plan_docker_daemon("test", has_docker=False, daemon_answers=False, is_root=True) is None
     assert plan_docker_daemon("demo", has_docker=True, daemon_answers=False, is_root=True) is None
+
+
+def test_a_docker_client_alone_does_not_stand_for_the_engine() -> None:
+    """A machine with a ``docker`` client on PATH but no daemon binary (a client-only install,
+    as some machines ship) still gets Debian's docker.io: the engine is what the compose test
+    needs, so the program looked for is the daemon's."""
+    client_only = {"docker": "/usr/local/bin/docker"}
+    missing = [name for name in TEST_PROGRAMS if client_only.get(name) is None]
+    plan = plan_bootstrap("test", machine(*missing, root=True))
+    assert "docker.io" in plan.packages
