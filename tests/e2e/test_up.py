@@ -39,8 +39,9 @@ class Output:
         self._thread.start()
 
     def _read(self) -> None:
-        for line in self._stdout:
-            self.lines.append(line.rstrip("\n"))
+        with self._stdout:  # closed at the child's end, not left to the garbage collector
+            for line in self._stdout:
+                self.lines.append(line.rstrip("\n"))
 
     @property
     def text(self) -> str:
@@ -88,10 +89,15 @@ def _default_sigint() -> None:
 
 def wait_for_banner(proc: subprocess.Popen[str], output: Output) -> None:
     """Until the banner is printed; fails with the output if it exits or takes too long."""
-    deadline = time.monotonic() + BANNER_TIMEOUT_S
-    while "Press Ctrl-C" not in output.text:
+    wait_for_line(proc, output, "Press Ctrl-C", BANNER_TIMEOUT_S)
+
+
+def wait_for_line(proc: subprocess.Popen[str], output: Output, text: str, within_s: float) -> None:
+    """Until ``text`` is printed; fails with the output if vkit up exits or takes too long."""
+    deadline = time.monotonic() + within_s
+    while text not in output.text:
         assert proc.poll() is None, f"vkit up exited early:\n{output.text}"
-        assert time.monotonic() < deadline, f"no banner in time:\n{output.text}"
+        assert time.monotonic() < deadline, f"no {text!r} within {within_s} s:\n{output.text}"
         time.sleep(0.5)
 
 

@@ -18,7 +18,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.test_up import Output, start_vkit_up, stop_everything, wait_for_banner
+from tests.e2e.test_up import (
+    Output,
+    start_vkit_up,
+    stop_everything,
+    wait_for_banner,
+    wait_for_line,
+)
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.proctree import descendants
 
@@ -26,6 +32,7 @@ pytestmark = pytest.mark.engine
 
 NOT_READY_WITHIN_S = 60.0  # the gateway probes every 5 s; NGINX fails over in 5 s
 BACK_WITHIN_S = 360.0  # backoff (1 s) + a fresh engine start on 2 shared CPUs
+READY_LINE_WITHIN_S = 30.0  # vkit up's own look at a starting replica, after the gateway's
 
 
 def replica_tree(up_pid: int) -> list[psutil.Process]:
@@ -95,7 +102,9 @@ def test_killed_replica_is_restarted_while_the_gateway_answers_503(tmp_path: Pat
             f"503 + Retry-After {refused_at - killed_at:.1f} s after the kill; 200 again "
             f"{time.monotonic() - killed_at:.1f} s after it"
         )
-        assert "replica-0 is ready again" in output.text
+        # vkit up looks at its replicas on its own beat, not the gateway's: the line may
+        # come a moment after the gateway's own probe found the replica ready.
+        wait_for_line(proc, output, "replica-0 is ready again", READY_LINE_WITHIN_S)
         children |= descendants(proc.pid)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, output.text
