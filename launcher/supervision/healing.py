@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from launcher.supervision.vllm_args import VllmOptions, split_flags, without_extra_flag
 
+# -- healing rule: begin (vkit/render/vllm_supervisor.py carries a copy of this block) --
 # New wording (vLLM >= 0.6): "... Based on the available memory, the estimated maximum
 # model length is 32768. ..."
 _ESTIMATED_MAX_LEN = re.compile(r"estimated maximum model length is (\d+)")
@@ -35,14 +36,6 @@ _FREE_MEMORY = re.compile(
 # Headroom left for the other process's growth when lowering the utilization.
 UTILIZATION_HEADROOM = 0.02
 MIN_UTILIZATION = 0.05
-
-
-@dataclass(frozen=True)
-class Healing:
-    """Corrected options and why."""
-
-    options: VllmOptions
-    reason: str
 
 
 def parse_max_model_len_hint(log: str) -> int | None:
@@ -71,6 +64,44 @@ def lowered_utilization(free_gib: float, total_gib: float) -> float:
     return math.floor(fraction * 100) / 100
 
 
+def correction(
+    max_model_len: int | None, utilization: float | None, log: str
+) -> tuple[str, str, str] | None:
+    """The one flag to change after the start-up failure in ``log``, as (flag without its
+    dashes, new value, reason), for an engine started with ``max_model_len`` and
+    ``utilization`` (None: vLLM's default); None when there is nothing to heal."""
+    hint = parse_max_model_len_hint(log)
+    if hint is not None and hint > 0 and (max_model_len is None or hint < max_model_len):
+        reason = (
+            f"the KV cache cannot hold one request of max_model_len "
+            f"{max_model_len or 'default'}: vLLM estimates {hint} fits, "
+            f"retrying with --max-model-len {hint}"
+        )
+        return "max-model-len", str(hint), reason
+    free = parse_free_memory(log)
+    if free is not None:
+        free_gib, total_gib, wanted = free
+        lowered = lowered_utilization(free_gib, total_gib)
+        if MIN_UTILIZATION <= lowered < (utilization or wanted):
+            reason = (
+                f"only {free_gib}/{total_gib} GiB is free on the GPU (another process "
+                f"holds memory): retrying with --gpu-memory-utilization {lowered}"
+            )
+            return "gpu-memory-utilization", str(lowered), reason
+    return None
+
+
+# -- healing rule: end --
+
+
+@dataclass(frozen=True)
+class Healing:
+    """Corrected options and why."""
+
+    options: VllmOptions
+    reason: str
+
+
 def _extra_value(options: VllmOptions, key: str) -> str | None:
     """The value a pass-through flag gives ``key`` (``--key V`` or ``--key=V``), if any."""
     for flag, tokens in split_flags(options.extra_args):
@@ -91,30 +122,11 @@ def diagnose(options: VllmOptions, log: str) -> Healing | None:
     """Options that avoid the memory error in ``log``, or None if there is nothing to heal.
 
     A corrected value also replaces a pass-through flag for the same setting."""
-    hint = parse_max_model_len_hint(log)
-    current = _effective_max_model_len(options)
-    if hint is not None and hint > 0 and (current is None or hint < current):
-        healed = without_extra_flag(options, "max-model-len")
-        return Healing(
-            options=healed.model_copy(update={"max_model_len": hint}),
-            reason=(
-                f"the KV cache cannot hold one request of max_model_len "
-                f"{current or 'default'}: vLLM estimates {hint} fits, "
-                f"retrying with --max-model-len {hint}"
-            ),
-        )
-    free = parse_free_memory(log)
-    if free is not None:
-        free_gib, total_gib, wanted = free
-        lowered = lowered_utilization(free_gib, total_gib)
-        utilization = options.gpu_memory_utilization or wanted
-        if MIN_UTILIZATION <= lowered < utilization:
-            healed = without_extra_flag(options, "gpu-memory-utilization")
-            return Healing(
-                options=healed.model_copy(update={"gpu_memory_utilization": lowered}),
-                reason=(
-                    f"only {free_gib}/{total_gib} GiB is free on the GPU (another process "
-                    f"holds memory): retrying with --gpu-memory-utilization {lowered}"
-                ),
-            )
-    return None
+    change = correction(_effective_max_model_len(options), options.gpu_memory_utilization, log)
+    if change is None:
+        return None
+    flag, value, reason = change
+    field = flag.replace("-", "_")
+    typed: int | float = int(value) if field == "max_model_len" else float(value)
+    healed = without_extra_flag(options, flag)
+    return Healing(options=healed.model_copy(update={field: typed}), reason=reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
 from vkit.cli import main
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "docker"
+FAKE_ENGINE = DOCKER_DIR.parents[1] / "tests" / "launcher" / "supervision" / "fake_engine.py"
 EXAMPLE = [
     "render", "compose", "--gpu", "rtx4090", "--gpus", "0,1", "--model", "llama-3.1-8b",
     "--quant", "awq", "--concurrency", "16",
@@ -169,6 +171,27 @@ def test_each_replica_runs_vllm_under_the_supervisor_with_the_healthchecks_numbe
         assert seconds(check["start_period"]) == int(options["--start-period"])
         assert options["--health-url"].endswith(":8000/health")
         assert service["init"] is True  # docker-init reaps vLLM's workers
+
+
+@pytest.mark.integration
+def test_a_replica_heals_vllms_start_up_memory_errors(compose: dict[str, Any]) -> None:
+    """As ``vkit launch`` does (issue 20: healing ran only where `vkit launch` runs): the
+    replica's entrypoint and command as rendered, the bundle's supervisor file, and a
+    stand-in in vLLM's place that refuses a context over 1,024 tokens as vLLM does."""
+    service = vllm_services(compose)["vllm-0"]
+    entrypoint, command = service["entrypoint"], service["command"]
+    split = entrypoint.index("--")
+    assert int(command[command.index("--max-model-len") + 1]) > 1024
+    stand_in = [sys.executable, str(FAKE_ENGINE), "too-long"]
+    script = DOCKER_DIR / "vllm_supervisor.py"
+    supervisor = [sys.executable, str(script), *entrypoint[2 : split + 1]]
+    result = subprocess.run(
+        [*supervisor, *stand_in, *command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    starts = [line for line in result.stdout.splitlines() if line.startswith("fake engine")]
+    assert len(starts) == 2 and starts[-1].endswith("--max-model-len 1024"), result.stdout
+    assert "retrying with --max-model-len 1024 (restart 1/2)" in result.stderr
 
 
 def test_gpu_ids_mean_what_nvidia_smi_and_dcgm_call_them(compose: dict[str, Any]) -> None:

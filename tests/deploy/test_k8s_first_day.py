@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from vkit.render.k8s_monitoring import RULES_FILE
 pytestmark = pytest.mark.integration
 
 GATEWAY_TOTAL_S = TimeoutSettings().total
+REPO = Path(__file__).resolve().parents[2]
+SUPERVISOR = REPO / "vkit" / "render" / "vllm_supervisor.py"
+FAKE_ENGINE = REPO / "tests" / "launcher" / "supervision" / "fake_engine.py"
 # kube-prometheus-stack's Grafana (chart values, grafana.sidecar): dashboards are searched in
 # every namespace, datasources only in Grafana's own, which the README installs as monitoring.
 GRAFANA_NAMESPACE = "monitoring"
@@ -151,3 +156,33 @@ def test_the_readme_makes_prometheus_select_the_dcgm_service_monitor() -> None:
     readme = (K8S_DIR / "README.md").read_text()
     assert "serviceMonitorSelectorNilUsesHelmValues=false" in readme
     assert "nvidia-dcgm-exporter" in readme
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_a_replica_heals_vllms_start_up_memory_errors(overlay: str, tmp_path: Path) -> None:
+    """As ``vkit launch`` does (issue 20: healing ran only where `vkit launch` runs): the pod's
+    command is the compose supervisor, from a ConfigMap holding the kit's file, over the
+    server. Run as built -- the ConfigMap's file, the command's flags, the overlay's args --
+    with a stand-in in vLLM's place that refuses a context over 1,024 tokens as vLLM does:
+    it is started again at vLLM's estimate."""
+    objects = built(overlay)
+    container = vllm_container(objects)
+    command = container["command"]
+    script = Path(command[1])
+    source = mount_source(objects, str(script.parent))["source"]
+    text = find(objects, "ConfigMap", source["configMap"]["name"])["data"][script.name]
+    assert text == SUPERVISOR.read_text()
+    server_at = command.index("--") + 1
+    assert command[server_at:] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert int(flag(container["args"], "--max-model-len") or 0) > 1024
+
+    (tmp_path / script.name).write_text(text)
+    stand_in = [sys.executable, str(FAKE_ENGINE), "too-long"]
+    argv = [sys.executable, str(tmp_path / script.name), *command[2:server_at], *stand_in]
+    result = subprocess.run(
+        [*argv, *container["args"]], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    starts = [line for line in result.stdout.splitlines() if line.startswith("fake engine")]
+    assert len(starts) == 2 and starts[-1].endswith("--max-model-len 1024"), result.stdout
+    assert "retrying with --max-model-len 1024 (restart 1/2)" in result.stderr

@@ -23,7 +23,8 @@ import launcher.supervision.progress as progress
 from tests.vllm_standin import Script, standin_in_thread
 from vkit.stack.ports import free_port
 
-SCRIPT = Path(__file__).resolve().parents[2] / "vkit" / "render" / "vllm_supervisor.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "vkit" / "render" / "vllm_supervisor.py"
 
 
 def load_supervisor() -> ModuleType:
@@ -299,3 +300,81 @@ def test_a_hung_engine_whose_health_says_200_is_killed(tmp_path: Path) -> None:
     assert STALL_AFTER_S <= took < STALL_AFTER_S + 8, took
     ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True, check=True)
     assert str(engine) not in ps.stdout  # the engine's process group is gone
+
+
+# -- start-up healing: vLLM's memory errors corrected, as `vkit launch` does ------------------
+
+FAKE_ENGINE = REPO / "tests" / "launcher" / "supervision" / "fake_engine.py"
+TOO_LONG_LOG = "... Based on the available memory, the estimated maximum model length is 1024."
+BUSY_GPU_LOG = (
+    "ValueError: Free memory on device cuda:0 (12.0/24.0 GiB) on startup is less than "
+    "desired GPU memory utilization (0.92, 22.08 GiB)."
+)
+
+
+def test_the_healed_command_replaces_the_flag_in_either_form() -> None:
+    server = ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
+    for given in (["--max-model-len", "6144"], ["--max-model-len=6144"]):
+        healed = sup.healed_command([*server, *given, "--port", "8000"], TOO_LONG_LOG)
+        assert healed is not None
+        assert healed[0] == [*server, "--port", "8000", "--max-model-len", "1024"]
+        assert "retrying with --max-model-len 1024" in healed[1]
+    healed = sup.healed_command([*server, "--gpu-memory-utilization", "0.92"], BUSY_GPU_LOG)
+    assert healed is not None
+    assert healed[0][-2:] == ["--gpu-memory-utilization", "0.48"]
+    assert sup.healed_command([*server], BUSY_GPU_LOG) is not None  # vLLM's default, 0.92
+
+
+def test_what_the_rule_does_not_heal_is_left_alone() -> None:
+    server = ["vllm", "--max-model-len", "1024"]
+    assert sup.healed_command(server, TOO_LONG_LOG) is None  # already at the hint
+    assert sup.healed_command(server, "RuntimeError: something else broke") is None
+    low = ["vllm", "--gpu-memory-utilization", "0.4"]
+    assert sup.healed_command(low, BUSY_GPU_LOG) is None  # already under what is free
+
+
+def test_heals_are_on_by_default_and_can_be_turned_off() -> None:
+    argv = ["--health-url", "http://127.0.0.1:8000/health", "--", "vllm"]
+    assert sup.parse_args(argv)[0].max_heals == sup.MAX_HEALS == 2
+    assert sup.parse_args(["--max-heals", "0", *argv])[0].max_heals == 0
+
+
+def supervise_fake(mode: str, *flags: str, max_heals: int = 2) -> subprocess.CompletedProcess[str]:
+    """The supervisor script over tests/launcher/supervision/fake_engine.py in ``mode``."""
+    argv = [sys.executable, str(SCRIPT), "--health-url", "http://127.0.0.1:9/health"]
+    argv += ["--interval", "0.2", "--timeout", "0.2", "--max-heals", str(max_heals), "--"]
+    argv += [sys.executable, str(FAKE_ENGINE), mode, "--model", "m", *flags]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.integration
+def test_a_context_too_long_for_the_kv_cache_is_started_again_at_vllms_estimate() -> None:
+    result = supervise_fake("too-long", "--max-model-len", "4096")
+    assert result.returncode == 0, result.stderr
+    # the engine's own output passes through, each start's
+    assert "estimated maximum model length is 1024" in result.stdout
+    starts = [line for line in result.stdout.splitlines() if line.startswith("fake engine argv")]
+    assert starts == [
+        "fake engine argv: --model m --max-model-len 4096",
+        "fake engine argv: --model m --max-model-len 1024",
+    ]
+    assert "retrying with --max-model-len 1024 (restart 1/2)" in result.stderr
+
+
+@pytest.mark.integration
+def test_a_gpu_another_process_holds_is_started_again_at_what_is_free() -> None:
+    result = supervise_fake("busy-gpu", "--gpu-memory-utilization", "0.92")
+    assert result.returncode == 0, result.stderr
+    assert "fake engine argv: --model m --gpu-memory-utilization 0.48" in result.stdout
+    assert "retrying with --gpu-memory-utilization 0.48" in result.stderr
+
+
+@pytest.mark.integration
+def test_other_failures_and_turned_off_heals_keep_the_engines_exit() -> None:
+    crash = supervise_fake("crash")
+    assert crash.returncode == 3, crash.stderr
+    assert crash.stdout.count("fake engine argv") == 1
+    off = supervise_fake("too-long", "--max-model-len", "4096", max_heals=0)
+    assert off.returncode == 1, off.stderr
+    assert off.stdout.count("fake engine argv") == 1
+    assert "giving up after 1 starts" in off.stderr

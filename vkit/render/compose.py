@@ -18,7 +18,8 @@ image is a ``.env`` variable with the pinned image as its default
 
 A replica's entrypoint is the supervisor, which runs vLLM as its child and exits when vLLM
 stops answering ``/health`` (Docker itself does nothing about ``unhealthy``), so that
-``restart:`` brings the container back.
+``restart:`` brings the container back. It also heals vLLM's start-up memory errors as
+``vkit launch`` does (a shorter context, a lower utilization; ``--max-heals``).
 
 Stopping (``docker compose down`` stops a service only after every service that depends on
 it has stopped): the gateway first, which finishes its open responses (uvicorn's graceful
@@ -73,6 +74,7 @@ VLLM_SERVER = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 # The supervisor (a file beside compose.yaml, stdlib only) runs VLLM_SERVER as its child.
 SUPERVISOR_FILE = "vllm_supervisor.py"
 SUPERVISOR_PATH = "/opt/vkit/vllm_supervisor.py"
+MAX_HEALS = 2  # the supervisor's restarts after a healable start-up error, as `vkit launch`'s
 # The gateway image's build context, inside the bundle (vkit.render.gateway_build).
 GATEWAY_BUILD_CONTEXT = "build/gateway"
 # Where the gateway sees the keys directory and the replicas' Hugging Face cache.
@@ -223,9 +225,12 @@ def http_probe(url: str) -> str:
     return f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"
 
 
-def supervisor_entrypoint(policy: HealthPolicy = REPLICA_HEALTH) -> list[str]:
-    """The supervisor with the healthcheck's numbers, then the server it runs (the
-    service's ``command``, vLLM's flags, follows)."""
+def supervisor_entrypoint(
+    policy: HealthPolicy = REPLICA_HEALTH, max_heals: int = MAX_HEALS
+) -> list[str]:
+    """The supervisor with the healthcheck's numbers and its start-up healing (restarts
+    with a corrected flag), then the server it runs (the service's ``command``, vLLM's
+    flags, follows)."""
     return [
         "python3",
         SUPERVISOR_PATH,
@@ -239,6 +244,8 @@ def supervisor_entrypoint(policy: HealthPolicy = REPLICA_HEALTH) -> list[str]:
         str(policy.retries),
         "--start-period",
         str(policy.start_period_s),
+        "--max-heals",
+        str(max_heals),
         "--",
         *VLLM_SERVER,
     ]

@@ -82,7 +82,11 @@ def cpu_replica(
     entrypoint = list(service["entrypoint"])
     server_at = entrypoint.index("--") + 1
     cpu["image"] = image
-    cpu["entrypoint"] = entrypoint[:server_at] + LAUNCH_SERVER
+    # `vkit launch` heals its own start-up errors: the supervisor's healing stays off.
+    supervisor = entrypoint[:server_at]
+    heals_at = supervisor.index("--max-heals") + 1
+    supervisor[heals_at] = "0"
+    cpu["entrypoint"] = supervisor + LAUNCH_SERVER
     settings = group.launch
     cpu["command"] = launch_args(settings)
     environment = {

@@ -36,7 +36,13 @@ from vkit.render.k8s_spec import (
     VLLM_NAME,
     VLLM_PODS_SERVICE,
 )
-from vkit.render.k8s_vllm import labels, secret_ref, selector, vllm_statefulset_base
+from vkit.render.k8s_vllm import (
+    labels,
+    secret_ref,
+    selector,
+    supervisor_configmap,
+    vllm_statefulset_base,
+)
 
 # The gateway drains open responses for up to its whole-request timeout on SIGTERM.
 GATEWAY_DRAIN_S = int(TimeoutSettings().total)
@@ -50,6 +56,7 @@ def metadata(name: str, namespace: str, component: str) -> dict[str, Any]:
 def base_objects(namespace: str, gateway_image: str = GATEWAY_IMAGE) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        supervisor_configmap(namespace),
         vllm_statefulset_base(namespace),
         service(VLLM_NAME, namespace, "inference", VLLM_PORT),
         service(VLLM_PODS_SERVICE, namespace, "inference", VLLM_PORT, headless=True),

@@ -11,6 +11,11 @@ The same claim keeps vLLM's cache (``VLLM_CACHE_ROOT``: torch.compile's artifact
 directory of its own, so a restart or a wake from zero skips the compilation
 (docs/kubernetes.md#compile-cache).
 
+The container's command is the compose replicas' supervisor (``vllm_supervisor.py``, from a
+ConfigMap) running the server: it reads vLLM's start-up memory errors and starts it again
+with the corrected flag, as ``vkit launch`` does (docs/memory.md#refusal-messages); the
+kubelet's probes, not the supervisor, judge health.
+
 CPU replicas run vLLM's CPU image with the launcher's AMX fix: ``PYTHONPATH`` leads to a
 ConfigMap holding :mod:`launcher.supervision.amx_site`'s ``sitecustomize``, as
 ``vkit launch --cpu`` sets it (docs/cpu-engine.md#amx-cpus).
@@ -28,6 +33,7 @@ An ``httpGet`` probe cannot take a header from a Secret, so readiness is a short
 from __future__ import annotations
 
 import math
+from importlib.resources import files as package_files
 from typing import Any
 
 from launcher.sizing.fit import FitPlan
@@ -59,6 +65,9 @@ AMX_SITE_SOURCE = "vkit-amx-site"  # ConfigMap: launcher/supervision/amx_site/si
 TINY_MODEL_DIR = "/models/tiny-llama"
 TINY_MODEL_SOURCE = "vkit-tiny-model"  # ConfigMap: launcher/supervision/tiny_model.py
 CPU_STARTUP_S = 600
+SUPERVISOR_FILE = "vllm_supervisor.py"  # vkit/render/vllm_supervisor.py, the compose one
+SUPERVISOR_SOURCE = "vkit-vllm-supervisor"  # its ConfigMap
+SUPERVISOR_MOUNT = "/opt/vkit-supervisor"
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -84,7 +93,7 @@ def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
     container = {
         "name": "vllm",
         "image": VLLM_IMAGE,
-        "command": ["python3", "-m", API_SERVER_MODULE],
+        "command": supervisor_command(),
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "env": [
             # CUDA numbers GPUs as nvidia-smi and DCGM do (the GPU operator's device ids).
@@ -102,6 +111,7 @@ def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
             {"name": CACHE_CLAIM, "mountPath": HF_CACHE_MOUNT},
             {"name": CACHE_CLAIM, "mountPath": VLLM_CACHE_MOUNT, "subPath": VLLM_CACHE_SUBPATH},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "vllm-supervisor", "mountPath": SUPERVISOR_MOUNT, "readOnly": True},
         ],
         "startupProbe": {
             "httpGet": {"path": "/health", "port": "http"},
@@ -139,11 +149,30 @@ def vllm_statefulset_base(namespace: str) -> dict[str, Any]:
                     ],
                     "containers": [container],
                     # Shared memory for tensor parallel's NCCL and the engine's IPC.
-                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+                    "volumes": [
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "vllm-supervisor", "configMap": {"name": SUPERVISOR_SOURCE}},
+                    ],
                 },
             },
         },
     }
+
+
+def supervisor_command() -> list[str]:
+    """The replica's command: the compose replicas' supervisor (stdlib only, so the stock
+    vLLM image runs it) over the server, for its start-up healing alone: ``--failures 0``
+    and ``--stall-after 0`` leave health and progress to the kubelet's probes."""
+    health = f"http://127.0.0.1:{VLLM_PORT}/health"
+    flags = ["--health-url", health, "--failures", "0", "--stall-after", "0"]
+    server = ["python3", "-m", API_SERVER_MODULE]
+    return ["python3", f"{SUPERVISOR_MOUNT}/{SUPERVISOR_FILE}", *flags, "--", *server]
+
+
+def supervisor_configmap(namespace: str) -> dict[str, Any]:
+    """The supervisor's text (the kit's package data), mounted at ``SUPERVISOR_MOUNT``."""
+    text = package_files("vkit.render").joinpath(SUPERVISOR_FILE).read_text(encoding="utf-8")
+    return source_configmap(SUPERVISOR_SOURCE, namespace, SUPERVISOR_FILE, text)
 
 
 def secret_ref(name: str, key: str, *, optional: bool = False) -> dict[str, Any]:

@@ -22,16 +22,30 @@ prompt tokens, KV cache use, its start time) has moved for ``--stall-after`` sec
 (default 120; 0 turns it off), the engine is stopped the same way and the supervisor exits
 with :data:`EXIT_UNHEALTHY`. The rule is ``launcher/supervision/progress.py``'s, copied
 below between its markers (this file runs in the stock vLLM image, without the kit).
+``--failures 0`` turns the stopping off: probes then only tell whether the engine served
+(Kubernetes, whose kubelet probes the engine itself).
+
+Start-up healing, as ``vkit launch`` does it: vLLM's output passes through the supervisor
+(its last 64 KiB kept); when vLLM exits non-zero before it ever served and that output holds
+one of the start-up memory errors ``launcher/supervision/healing.py`` corrects (the context
+is longer than the KV cache holds; another process holds GPU memory), the supervisor starts
+it again with the corrected ``--max-model-len`` or ``--gpu-memory-utilization`` and says why,
+at most ``--max-heals`` times (default 2; 0: off). The rule is copied below between its
+markers too. The correction lives as long as the supervisor: a restarted container starts
+from its rendered flags and heals again.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,9 +53,12 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import IO
 
 EXIT_UNHEALTHY = 75  # EX_TEMPFAIL: try again (the container is restarted)
 STALL_AFTER_S = 120.0  # launcher/supervision/progress.py's STALL_AFTER_S
+MAX_HEALS = 2  # as `vkit launch` (launcher/supervision/launch_spec.py's max_restarts)
+TAIL_BYTES = 64 * 1024  # the engine's last output, read for a healable start-up error
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,8 @@ def judge(state: ProbeState, ok: bool, elapsed_s: float, policy: Policy) -> tupl
     if not state.served and elapsed_s < policy.start_period_s:
         return state, False  # still starting: downloading or loading the model
     failures = state.failures + 1
-    return ProbeState(served=state.served, failures=failures), failures >= policy.failures
+    stop = 0 < policy.failures <= failures  # 0: probes only tell whether it served
+    return ProbeState(served=state.served, failures=failures), stop
 
 
 # -- rule: begin (a copy of launcher/supervision/progress.py's block; a test keeps them equal) --
@@ -137,6 +155,157 @@ def judge_progress(
 # -- rule: end --
 
 
+# -- healing rule: begin (launcher/supervision/healing.py's block; a test keeps them equal) --
+# New wording (vLLM >= 0.6): "... Based on the available memory, the estimated maximum
+# model length is 32768. ..."
+_ESTIMATED_MAX_LEN = re.compile(r"estimated maximum model length is (\d+)")
+# Old wording: "The model's max seq len (X) is larger than the maximum number of tokens
+# that can be stored in KV cache (Y)."
+_OLD_MAX_SEQ_LEN = re.compile(
+    r"max seq len \((\d+)\) is larger than the maximum number of tokens that can be stored "
+    r"in KV cache \((\d+)\)"
+)
+# "Free memory on device cuda:0 (10.5/23.5 GiB) on startup is less than desired GPU memory
+# utilization (0.92, 21.6 GiB)." (older releases omit the device name)
+_FREE_MEMORY = re.compile(
+    r"Free memory on device[^(]*\(([\d.]+)/([\d.]+) GiB\)[^(]*?"
+    r"less than desired GPU memory utilization \(([\d.]+)"
+)
+# Headroom left for the other process's growth when lowering the utilization.
+UTILIZATION_HEADROOM = 0.02
+MIN_UTILIZATION = 0.05
+
+
+def parse_max_model_len_hint(log: str) -> int | None:
+    """The max_model_len vLLM says would fit, from either wording; None if absent."""
+    found = _ESTIMATED_MAX_LEN.findall(log)
+    if found:
+        return int(found[-1])
+    old = _OLD_MAX_SEQ_LEN.findall(log)
+    if old:
+        return int(old[-1][1])
+    return None
+
+
+def parse_free_memory(log: str) -> tuple[float, float, float] | None:
+    """(free GiB, total GiB, wanted utilization) from the free-memory error; None if absent."""
+    found = _FREE_MEMORY.findall(log)
+    if not found:
+        return None
+    free, total, wanted = found[-1]
+    return float(free), float(total), float(wanted)
+
+
+def lowered_utilization(free_gib: float, total_gib: float) -> float:
+    """The fraction of the card that is free now, less headroom, rounded down to 0.01."""
+    fraction = free_gib / total_gib - UTILIZATION_HEADROOM
+    return math.floor(fraction * 100) / 100
+
+
+def correction(
+    max_model_len: int | None, utilization: float | None, log: str
+) -> tuple[str, str, str] | None:
+    """The one flag to change after the start-up failure in ``log``, as (flag without its
+    dashes, new value, reason), for an engine started with ``max_model_len`` and
+    ``utilization`` (None: vLLM's default); None when there is nothing to heal."""
+    hint = parse_max_model_len_hint(log)
+    if hint is not None and hint > 0 and (max_model_len is None or hint < max_model_len):
+        reason = (
+            f"the KV cache cannot hold one request of max_model_len "
+            f"{max_model_len or 'default'}: vLLM estimates {hint} fits, "
+            f"retrying with --max-model-len {hint}"
+        )
+        return "max-model-len", str(hint), reason
+    free = parse_free_memory(log)
+    if free is not None:
+        free_gib, total_gib, wanted = free
+        lowered = lowered_utilization(free_gib, total_gib)
+        if MIN_UTILIZATION <= lowered < (utilization or wanted):
+            reason = (
+                f"only {free_gib}/{total_gib} GiB is free on the GPU (another process "
+                f"holds memory): retrying with --gpu-memory-utilization {lowered}"
+            )
+            return "gpu-memory-utilization", str(lowered), reason
+    return None
+
+
+# -- healing rule: end --
+
+
+def flag_value(command: Sequence[str], flag: str) -> str | None:
+    """The value the last ``--flag V`` or ``--flag=V`` in ``command`` gives; None if absent."""
+    value = None
+    for i, token in enumerate(command):
+        if token == f"--{flag}" and i + 1 < len(command):
+            value = command[i + 1]
+        elif token.startswith(f"--{flag}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def with_flag(command: Sequence[str], flag: str, value: str) -> list[str]:
+    """``command`` with every ``--flag`` (and its value) removed and ``--flag value`` added."""
+    kept: list[str] = []
+    skip = False
+    for token in command:
+        if skip:
+            skip = False
+        elif token == f"--{flag}":
+            skip = True
+        elif not token.startswith(f"--{flag}="):
+            kept.append(token)
+    return [*kept, f"--{flag}", value]
+
+
+def healed_command(command: Sequence[str], log: str) -> tuple[list[str], str] | None:
+    """The command corrected for the start-up failure in ``log`` (the rule above), and why."""
+    max_len, utilization = (
+        flag_value(command, "max-model-len"),
+        flag_value(command, "gpu-memory-utilization"),
+    )
+    change = correction(
+        int(max_len) if max_len and max_len.isdigit() else None,
+        float(utilization) if utilization and _is_number(utilization) else None,
+        log,
+    )
+    if change is None:
+        return None
+    flag, value, reason = change
+    return with_flag(command, flag, value), reason
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Tail:
+    """Copies the engine's output to ours as it comes and keeps its last ``limit`` bytes."""
+
+    def __init__(self, source: IO[bytes], sink: IO[bytes], limit: int = TAIL_BYTES) -> None:
+        self._source, self._sink, self._limit = source, sink, limit
+        self._kept = bytearray()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        with self._source:
+            while chunk := os.read(self._source.fileno(), 65536):
+                self._kept += chunk
+                del self._kept[: max(0, len(self._kept) - self._limit)]
+                with contextlib.suppress(OSError, ValueError):  # our stdout went away
+                    self._sink.write(chunk)
+                    self._sink.flush()
+
+    def text(self) -> str:
+        """What was kept, once the engine's output has ended (or after a few seconds)."""
+        self._thread.join(timeout=5.0)
+        return self._kept.decode("utf-8", "replace")
+
+
 def probe(url: str, timeout_s: float) -> bool:
     """One GET: serving means a 200 within the timeout."""
     try:
@@ -194,23 +363,68 @@ def supervise(
     *,
     metrics_url: str | None = None,
     stall_after_s: float = STALL_AFTER_S,
+    max_heals: int = MAX_HEALS,
+    output: IO[bytes] | None = None,
 ) -> int:
     """Run ``command`` until it exits, is told to stop, or stops serving (``url`` fails, or
-    ``metrics_url`` shows no progress for ``stall_after_s``; 0: never); the exit code."""
-    child = subprocess.Popen(list(command), start_new_session=True)
+    ``metrics_url`` shows no progress for ``stall_after_s``; 0: never); the exit code.
+
+    An engine that fails before it ever served, with a start-up error the healing rule
+    corrects, is started again with the corrected flag (at most ``max_heals`` times). Its
+    output goes to ``output`` (default: our stdout) as it comes."""
     stopping: list[int] = []
+    children: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signum)  # vLLM itself drains and stops its workers
+        if children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(children[-1].pid, signum)  # vLLM itself drains and stops its workers
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    command = list(command)
+    sink = output if output is not None else sys.stdout.buffer
+    metrics_url = metrics_url or metrics_url_beside(url)
+    for heal in range(max_heals + 1):
+        child = subprocess.Popen(
+            command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        children.append(child)
+        assert child.stdout is not None
+        tail = Tail(child.stdout, sink)
+        code, served = watch(
+            child, url, policy, stopping, kill_grace_s, clock, log, metrics_url, stall_after_s
+        )
+        if code == EXIT_UNHEALTHY or code == 0 or served or stopping:
+            return code
+        healed = healed_command(command, tail.text())
+        if healed is None:
+            return code
+        if heal == max_heals:
+            log(f"vllm_supervisor: giving up after {heal + 1} starts: {healed[1]}")
+            return code
+        log(f"vllm_supervisor: {healed[1]} (restart {heal + 1}/{max_heals})")
+        command = healed[0]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def watch(
+    child: subprocess.Popen[bytes],
+    url: str,
+    policy: Policy,
+    stopping: list[int],
+    kill_grace_s: float,
+    clock: Callable[[], float],
+    log: Callable[[str], None],
+    metrics_url: str,
+    stall_after_s: float,
+) -> tuple[int, bool]:
+    """Probe one engine until it exits or stops serving: its exit code (:data:`EXIT_UNHEALTHY`
+    when we stopped it), and whether it ever served."""
     started = clock()
     state = ProbeState()
     progress = Progress()
-    metrics_url = metrics_url or metrics_url_beside(url)
     while True:
         try:
             code = child.wait(timeout=policy.interval_s)
@@ -219,7 +433,7 @@ def supervise(
         if code is not None:
             kill_leftovers(child)
             log(f"vllm_supervisor: vLLM exited with {code}")
-            return code if code >= 0 else 128 - code  # killed by a signal: as a shell says
+            return (code if code >= 0 else 128 - code), state.served  # a signal: as a shell says
         if stopping:
             continue  # draining: wait for vLLM, probe no more
         ok = probe(url, policy.timeout_s)
@@ -240,7 +454,7 @@ def supervise(
             )
             stop_group(child, kill_grace_s)
             kill_leftovers(child)
-            return EXIT_UNHEALTHY
+            return EXIT_UNHEALTHY, state.served
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -258,6 +472,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "--metrics-url", default=None, help="default: /metrics beside the health URL"
     )
     parser.add_argument("--stall-after", type=float, default=STALL_AFTER_S, help="0: off")
+    parser.add_argument(
+        "--max-heals", type=int, default=MAX_HEALS, help="restarts with a corrected flag; 0: off"
+    )
     options = parser.parse_args(list(argv[:split]))
     command = list(argv[split + 1 :])
     if not command:
@@ -280,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_grace_s=options.kill_grace,
         metrics_url=options.metrics_url,
         stall_after_s=options.stall_after,
+        max_heals=options.max_heals,
     )
 
 

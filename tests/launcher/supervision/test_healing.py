@@ -3,6 +3,8 @@ source)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from launcher.supervision.healing import (
     diagnose,
     lowered_utilization,
@@ -80,3 +82,19 @@ def test_corrected_value_replaces_a_pass_through_flag() -> None:
     assert healed.options.max_model_len == 32768
     assert healed.options.extra_args == ("--seed", "1")
     assert "max_model_len 40960" in healed.reason
+
+
+def test_the_compose_supervisor_carries_the_healing_rule_unchanged() -> None:
+    """vkit/render/vllm_supervisor.py heals replicas that run without the kit (compose, and
+    Kubernetes' stock vLLM image): its copy of the rule block must equal this module's (copy
+    the block between the ``# -- healing rule:`` markers over)."""
+    repo = Path(__file__).resolve().parents[3]
+
+    def block(path: Path) -> str:
+        text = path.read_text()
+        begin = text.index("\n", text.index("# -- healing rule: begin"))
+        return text[begin : text.index("# -- healing rule: end --")]
+
+    module = block(repo / "launcher" / "supervision" / "healing.py")
+    assert "def correction(" in module
+    assert block(repo / "vkit" / "render" / "vllm_supervisor.py") == module
