@@ -4,6 +4,7 @@ affinity, spreading, a replica that dies, overload, and exact in-flight counts."
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -130,6 +131,37 @@ async def test_in_flight_counts_go_back_to_zero_whatever_the_ending(
         await wait_until(lambda: upstream.in_flight == 0)
         assert (await post(gw, chat(SYSTEM))).status_code == 200
         assert upstream.in_flight == 0
+    finally:
+        for r in group:
+            await r.stop()
+
+
+async def test_a_replica_that_discovery_removes_leaves_no_series_behind(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """``upstream_up`` and the other per-replica series of a replica gone from the
+    discovery answer go with it: ready replicas are not overstated, and the label set
+    does not grow with each pod that ever came and went."""
+    group = await replicas(2)
+    listing = tmp_path / "replicas.txt"
+    listing.write_text("".join(f"{r.url}\n" for r in group))
+    gone, kept = group[0].address, group[1].address
+    try:
+        gw = await aware(start_gateway, group, discovery={"file": str(listing), "interval": 0.05})
+        await wait_until(lambda: gw.metric("vkit_gateway_upstream_up", {"upstream": gone}) == 1)
+        await group[0].stop()  # a scrape fails, a request's connection is refused
+        assert (await post(gw, chat("Be brief."))).status_code == 200
+        await wait_until(
+            lambda: gw.metric("vkit_gateway_replica_scrape_failures_total", {"upstream": gone}) > 0
+        )
+        listing.write_text(f"{group[1].url}\n")
+        pool = gw.app.running.pool
+        await wait_until(lambda: [u.label for u in pool.upstreams] == [kept])
+        await asyncio.sleep(0.3)  # probes, scrapes and the next look-ups run meanwhile
+        text = (await gw.admin.get("/metrics")).text
+        assert f'upstream="{gone}"' not in text
+        assert f'vkit_gateway_upstream_up{{upstream="{kept}"}} 1.0' in text
+        assert f'vkit_gateway_replica_score{{upstream="{kept}"}}' in text
     finally:
         for r in group:
             await r.stop()
