@@ -102,10 +102,24 @@ async def read_response(reader: asyncio.StreamReader, started: float) -> tuple[i
 
 
 async def worker(
-    address: tuple[str, int], request: bytes, deadline: float, stream: bool, result: LoadResult
+    address: tuple[str, int],
+    request: bytes,
+    deadline: float,
+    stream: bool,
+    result: LoadResult,
+    interval: float = 0.0,
+    first_at: float = 0.0,
 ) -> None:
+    """Send ``request`` again and again until ``deadline`` (``time.perf_counter``): back to
+    back, or with ``interval`` > 0 one every ``interval`` s from ``first_at`` (paced)."""
     reader = writer = None
+    next_at = first_at
     while time.perf_counter() < deadline:
+        if interval:
+            if next_at >= deadline:
+                break
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += interval
         started = time.perf_counter()
         try:
             if writer is None:
