@@ -111,13 +111,12 @@ async def worker(
     first_at: float = 0.0,
 ) -> None:
     """Send ``request`` again and again until ``deadline`` (``time.perf_counter``): back to
-    back, or with ``interval`` > 0 one every ``interval`` s from ``first_at`` (paced)."""
+    back, or with ``interval`` > 0 one every ``interval`` s from ``first_at`` (paced: every
+    slot before the deadline is sent, late ones at once, so a stall is not left unsampled)."""
     reader = writer = None
     next_at = first_at
-    while time.perf_counter() < deadline:
+    while next_at < deadline if interval else time.perf_counter() < deadline:
         if interval:
-            if next_at >= deadline:
-                break
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             next_at += interval
         started = time.perf_counter()
