@@ -19,8 +19,8 @@ normal keys feel. The phases run quiet, hostile, hostile, quiet (``--phase`` sec
 these shared machines drift, so each mode is measured early and late; a hostile phase
 ends when the sender's last requests have). Prints each phase as it ends (stderr), then one
 JSON line: per phase and per mode the normal keys' p50/p99 latency and status counts, the
-hostile sender's counts by kind and status, and ``p99_ratio`` (hostile over quiet; the
-goal is at most 2). About 90 s with the defaults.
+hostile sender's counts by kind and status, and ``p99_ratio`` (hostile over quiet); exit
+status 1 when that ratio is over 2. About 90 s with the defaults.
 
     .venv/bin/python bench/soak_hostile.py [--phase 15] [--rate 100] [--hostile-connections 6]
 """
@@ -50,6 +50,7 @@ HOSTILE = {"rpm": 10, "concurrency": 16}
 BODY_LIMIT = 4 * 1024 * 1024  # the gateway's default max_body_bytes
 KINDS = ("tools", "big", "n1000", "prompts", "slow-body", "unread")
 PHASES = ("quiet", "hostile", "hostile", "quiet")
+MAX_P99_RATIO = 2.0  # the normal keys' p99 beside the hostile key, over their p99 alone
 
 
 def _chat(**fields: object) -> dict[str, object]:
@@ -189,6 +190,7 @@ def run_phases(url: str, secrets: dict[str, str], args: argparse.Namespace) -> d
         "hostile": hostile,
         "p99_ratio": ratio,
         "hostile_sent": dict(sorted(hostile_counts.items())),
+        "ok": ratio is not None and ratio <= MAX_P99_RATIO,
     }
 
 
@@ -211,6 +213,7 @@ def main() -> None:
         with stand_in_and_gateway(work, keys, {}) as (url, _):
             result = run_phases(url, secrets, args)
     print(json.dumps(result), flush=True)
+    sys.exit(0 if result["ok"] else 1)
 
 
 if __name__ == "__main__":
