@@ -102,10 +102,23 @@ async def read_response(reader: asyncio.StreamReader, started: float) -> tuple[i
 
 
 async def worker(
-    address: tuple[str, int], request: bytes, deadline: float, stream: bool, result: LoadResult
+    address: tuple[str, int],
+    request: bytes,
+    deadline: float,
+    stream: bool,
+    result: LoadResult,
+    interval: float = 0.0,
+    first_at: float = 0.0,
 ) -> None:
+    """Send ``request`` again and again until ``deadline`` (``time.perf_counter``): back to
+    back, or with ``interval`` > 0 one every ``interval`` s from ``first_at`` (paced: every
+    slot before the deadline is sent, late ones at once, so a stall is not left unsampled)."""
     reader = writer = None
-    while time.perf_counter() < deadline:
+    next_at = first_at
+    while next_at < deadline if interval else time.perf_counter() < deadline:
+        if interval:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += interval
         started = time.perf_counter()
         try:
             if writer is None:

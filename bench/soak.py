@@ -32,6 +32,8 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -221,6 +223,29 @@ async def soak(args: argparse.Namespace, url: str, admin: str, pid: int, traffic
     }
 
 
+@contextmanager
+def stand_in_and_gateway(work: Path, keys: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """The stand-in upstream on CPU 0 and one ``vkit gateway`` serving ``keys`` on CPU 1
+    (``env``: more of its settings), logs in ``work``; the gateway's URL and pid once ready."""
+    upstream_port, port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    stand_in = [sys.executable, str(ROOT / "bench" / "upstream.py")]
+    stand_in += ["--port", str(upstream_port), "--model", MODEL]
+    gateway_env = {
+        "VKIT_GATEWAY_UPSTREAMS": upstream,
+        "VKIT_GATEWAY_KEYS_FILE": str(keys),
+        "VKIT_GATEWAY_LOG_LEVEL": "error",
+        **env,
+    }
+    gateway = [sys.executable, "-m", "vkit", "gateway", "--port", str(port)]
+    with process(stand_in, 0, work / "upstream.log"):
+        wait_http(f"{upstream}/health", 10)
+        with process(gateway, 1, work / "gateway.log", gateway_env) as pid:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/readyz", 30)
+            yield url, pid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds, at most")
@@ -237,24 +262,12 @@ def main() -> None:
             "soak": add_key(keys, "soak", concurrency=CONCURRENCY["soak"], **BIG),
             "tight": add_key(keys, "tight", rpm=120, tpm=1_000_000, concurrency=2),
         }
-        upstream_port, port, admin_port = free_port(), free_port(), free_port()
-        upstream = f"http://127.0.0.1:{upstream_port}"
-        stand_in = [sys.executable, str(ROOT / "bench" / "upstream.py")]
-        stand_in += ["--port", str(upstream_port), "--model", MODEL]
-        env = {
-            "VKIT_GATEWAY_UPSTREAMS": upstream,
-            "VKIT_GATEWAY_KEYS_FILE": str(keys),
-            "VKIT_GATEWAY_LOG_LEVEL": "error",
-            "VKIT_GATEWAY_ADMIN_PORT": str(admin_port),
-        }
-        gateway = [sys.executable, "-m", "vkit", "gateway", "--port", str(port)]
-        with process(stand_in, 0, work / "upstream.log"):
-            wait_http(f"{upstream}/health", 10)
-            with process(gateway, 1, work / "gateway.log", env) as pid:
-                url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-                wait_http(f"{url}/readyz", 30)
-                traffic = Traffic(url, secrets)
-                result = asyncio.run(soak(args, url, admin, pid, traffic))
+        admin_port = free_port()
+        admin_env = {"VKIT_GATEWAY_ADMIN_PORT": str(admin_port)}
+        with stand_in_and_gateway(work, keys, admin_env) as (url, pid):
+            admin = f"http://127.0.0.1:{admin_port}"
+            traffic = Traffic(url, secrets)
+            result = asyncio.run(soak(args, url, admin, pid, traffic))
     print(json.dumps(result), flush=True)
     sys.exit(0 if result["ok"] else 1)
 

@@ -15,7 +15,8 @@ that it costs far less CPU than any proxy put in front of it.
 Faults for soak runs (``bench/soak.py``), chosen by the request's ``user`` field, which a
 proxy passes through: ``status-500`` and ``status-503`` answer that status with an error
 envelope, ``drop`` closes the connection without a word, ``slow`` streams with
-``--slow-chunk-ms`` between chunks.
+``--slow-chunk-ms`` between chunks. A body over 64 KiB is not parsed: ``stream`` and
+``user`` are found by a pattern (``bench/soak_hostile.py`` sends 4 MiB ones).
 
     python bench/upstream.py --port 9000 [--chunks 16] [--chunk-delay-ms 0] [--model bench]
         [--slow-chunk-ms 20]
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -42,6 +44,9 @@ class UpstreamConfig:
     slow_chunk_delay_s: float = 0.02
 
 
+_PARSED_BODY_BYTES = 64 * 1024  # larger bodies are skimmed, not parsed
+_STREAM = re.compile(rb'"stream"\s*:\s*true')
+_USER = re.compile(rb'"user"\s*:\s*"([^"]*)"')
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found"}
 
 
@@ -155,7 +160,7 @@ class StandInUpstream:
 
     async def _post(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> None:
         try:
-            request = json.loads(body)
+            request = json.loads(body) if len(body) <= _PARSED_BODY_BYTES else _skimmed(body)
         except ValueError:
             writer.write(_json_response(400, {"error": {"message": "bad json", "code": 400}}))
             return
@@ -179,6 +184,13 @@ class StandInUpstream:
                 await asyncio.sleep(delay)
             writer.write(_chunk(event))
         writer.write(b"0\r\n\r\n")
+
+
+def _skimmed(body: bytes) -> dict[str, object]:
+    """The fields the stand-in reads, found without parsing a large body (a hostile one
+    would otherwise cost the stand-in more CPU than the proxy in front of it)."""
+    user = _USER.search(body)
+    return {"stream": _STREAM.search(body) is not None, "user": user and user[1].decode()}
 
 
 async def serve(config: UpstreamConfig, host: str, port: int) -> None:

@@ -157,7 +157,8 @@ class UpstreamProber:
                 exc_info=error,
             )
         self.pool.record(upstream, ready, verdict.models)
-        self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
+        if not upstream.removed:  # dropped by discovery while it was probed: no series again
+            self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
 
     async def _readiness(self, upstream: Upstream) -> tuple[Verdict, bool]:
         limit = self.settings.timeout
@@ -210,6 +211,8 @@ class UpstreamProber:
             failure = f"gave no answer within {settings.canary_timeout:g} s"
         except UpstreamClientError as exc:
             failure = f"failed ({exc})"
+        if upstream.removed:
+            return failure
         self.metrics.canary_seconds.labels(upstream.label).observe(self.clock() - began)
         if failure is not None:
             self.metrics.canary_failures.labels(upstream.label).inc()

@@ -9,7 +9,15 @@ reads and parses the file in a worker thread and swaps the key set in the event 
 
 A changed file (mtime, size or inode) is loaded only once it has *settled*: the same
 signature seen again at least ``settle_time`` seconds later, and unchanged while it was
-read, so a writer still at work (``cat new > keys.yaml``) is waited for. A settled file is
+read, so a writer still at work (``cat new > keys.yaml``) is waited for. A file *rewritten
+in place* (its inode is the one served: truncated and written again, not a new file renamed
+over it) must stay unchanged for ``in_place_settle`` seconds instead: such a writer may
+pause mid-file for longer than ``settle_time`` (a script writing key by key), and what it
+has written so far is a valid file with only the first keys (the others would get 401) and
+the last one perhaps cut before its limits. A file replaced whole (``vkit keys``, ``sed
+-i``, most editors, configuration managers, Kubernetes' mounted Secrets) is loaded after
+``settle_time``; an in-place writer that pauses longer than ``in_place_settle`` still gets
+its half loaded (``docs/gateway-keys.md#reloading-the-keys-file``). A settled file is
 still refused -- the last good keys kept, a WARNING with both counts logged once per file
 version, ``vkit_gateway_keys_reload_refused_total{reason}`` counted -- when it:
 
@@ -97,11 +105,13 @@ class KeyStore:
         check_interval: float = 1.0,
         settle_time: float = 1.0,
         metrics: GatewayMetrics | None = None,
+        in_place_settle: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._check_interval = check_interval
         self._settle_time = settle_time
+        self._in_place_settle = in_place_settle
         self._metrics = metrics
         self._signature = _signature_or_missing(self.path)
         try:
@@ -140,7 +150,8 @@ class KeyStore:
         now = self._clock()
         if self._pending is None or self._pending[0] != signature:
             self._pending = (signature, now)
-        if now - self._pending[1] < self._settle_time:
+        in_place = self._in_place(signature)
+        if now - self._pending[1] < (self._in_place_settle if in_place else self._settle_time):
             return  # changed moments ago: the writer may not be done
         if signature == _MISSING:
             self._refuse(signature, "unreadable", f"{self.path}: cannot stat")
@@ -165,6 +176,21 @@ class KeyStore:
             )
         else:
             log.info("reloaded %d API keys from %s (%d before)", len(read.keys), self.path, before)
+        if in_place:
+            log.info(
+                "%s was rewritten in place, so it was loaded only after %g s unchanged; "
+                "write a new file and rename it over the old one to have it loaded in %g s",
+                self.path,
+                self._in_place_settle,
+                self._settle_time,
+            )
+
+    def _in_place(self, signature: _Signature) -> bool:
+        """Whether the file at ``signature`` is the one served (or last refused), changed
+        in place: the same inode."""
+        inode = signature[2]
+        refused = self._refused_signature
+        return inode == self._signature[2] or (refused is not None and inode == refused[2])
 
     def _use(self, keys: tuple[ApiKey, ...]) -> None:
         self._keys = keys

@@ -49,6 +49,10 @@ reason/kind words, upstream ``host:port``):
 - ``vkit_gateway_hold_refused_total{reason}`` -- counter, held requests refused (503):
   reason ``queue_full`` | ``deadline``
 
+Every ``{upstream}`` series belongs to a replica of the pool: when discovery drops one, its
+series go with it (:meth:`GatewayMetrics.keep_upstreams`), so ``upstream_up`` counts only
+replicas that are served and the label set does not grow with each pod that came and went.
+
 (With prometheus_client, counters are exposed with the ``_total`` suffix and histograms as
 ``_bucket``/``_sum``/``_count``.)
 """
@@ -224,6 +228,15 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        # The collectors labelled by upstream, with their label names in order.
+        self._per_upstream: tuple[tuple[Any, tuple[str, ...]], ...] = (
+            (self.upstream_up, ("upstream",)),
+            (self.upstream_errors, ("upstream", "kind")),
+            (self.canary_seconds, ("upstream",)),
+            (self.canary_failures, ("upstream",)),
+            (self.replica_score, ("upstream",)),
+            (self.replica_scrape_failures, ("upstream",)),
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self._answer_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -234,6 +247,24 @@ class GatewayMetrics:
         if child is None:
             child = self._children[cache_key] = metric.labels(*labels)
         return child
+
+    def keep_upstreams(self, labels: set[str]) -> int:
+        """Remove every per-upstream series whose upstream is not in ``labels`` (the pool's
+        labels now); how many were removed. Off the request path: discovery calls it after
+        each look-up, so a series a late probe or request wrote for a dropped replica goes too.
+        """
+        removed = 0
+        for metric, names in self._per_upstream:
+            present = {
+                tuple(sample.labels[name] for name in names)
+                for family in metric.collect()
+                for sample in family.samples
+            }
+            for values in present:
+                if values[0] not in labels:
+                    metric.remove(*values)
+                    removed += 1
+        return removed
 
     def count_tokens(self, key: str, prompt: int, completion: int) -> None:
         if prompt:

@@ -168,7 +168,7 @@ def _routing(
     tasks: list[Loop] = []
     source = source_of(settings.discovery)
     if source is not None:
-        tasks.append(Discovery(source, pool, settings.discovery.interval).run_forever)
+        tasks.append(Discovery(source, pool, settings.discovery.interval, metrics).run_forever)
     if settings.routing == "round_robin":
         return RoundRobinRouter(pool), tasks, {}
     scraper = LoadScraper(

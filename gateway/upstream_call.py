@@ -87,7 +87,7 @@ class Forwarder:
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
 
     async def open_within(
-        self, limit: float, method: str, path: str, body: bytes | None
+        self, limit: float, method: str, path: str, body: bytes | None, tenant: str = ""
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``limit`` seconds is a 504. A request
         that finds no upstream ready is first held (``hold``), outside ``limit``."""
@@ -95,12 +95,12 @@ class Forwarder:
             await self.hold.until_ready()
         try:
             async with asyncio.timeout(limit):
-                return await self.open(method, path, body)
+                return await self.open(method, path, body, tenant)
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
 
     async def open(
-        self, method: str, path: str, body: bytes | None
+        self, method: str, path: str, body: bytes | None, tenant: str = ""
     ) -> tuple[Upstream, UpstreamResponse]:
         """The first upstream answer of an attempt that need not be retried.
 
@@ -108,11 +108,13 @@ class Forwarder:
         probed and none is ready, and when the last attempt failed to connect; UpstreamError
         when its answer was not HTTP or the connection dropped after sending (never retried);
         when the last attempt answered 503, that answer (already read) is returned.
+        ``tenant`` (the API key's name) is the router's: each key's share of its key table.
         """
         retry = self.retry
         if self.pool.none_can_serve:
             raise UpstreamUnavailable("no upstream is ready; retry shortly")
-        candidates = self.router.route(path, body, retry.attempts).candidates[: retry.attempts]
+        route = self.router.route(path, body, retry.attempts, tenant)
+        candidates = route.candidates[: retry.attempts]
         failure: _Retryable | None = None
         for attempt, upstream in enumerate(candidates, start=1):
             if failure is not None:

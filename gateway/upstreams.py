@@ -10,7 +10,8 @@ Each upstream carries the gateway's own exact count of requests in flight on it
 (:attr:`Upstream.in_flight`, see :class:`gateway.routing.InFlightResponse`). Waiting for
 any upstream to become ready (request holding) is :meth:`UpstreamPool.wait_ready`. The
 list itself may change (:meth:`UpstreamPool.replace`, discovery): kept upstreams keep
-their state, new ones start unprobed.
+their state, new ones start unprobed, dropped ones are marked :attr:`Upstream.removed` (a
+probe or scrape still under way then records nothing for them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Upstream:
     probed: bool = False
     models: frozenset[str] = field(default_factory=frozenset)
     in_flight: int = 0  # this gateway's requests on it now (sent, answer not yet released)
+    removed: bool = False  # dropped from the pool (discovery): its metrics are not written
 
 
 class UpstreamPool:
@@ -101,8 +103,11 @@ class UpstreamPool:
         wanted = [u.rstrip("/") for u in urls]
         if wanted == [u.url for u in self.upstreams]:
             return False
-        current = {u.url: u for u in self.upstreams}
+        before = self.upstreams
+        current = {u.url: u for u in before}
         self.upstreams = [current.get(url) or _upstream(url) for url in wanted]
+        for upstream in before:
+            upstream.removed = upstream not in self.upstreams  # eq=False: by identity
         return True
 
 

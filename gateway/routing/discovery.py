@@ -11,6 +11,8 @@ are probed before the aware router sends them anything). Sources:
 
 A look-up that fails keeps the list as it was (logged); an empty answer is taken (every
 replica gone: scale to zero), and requests are then held or refused (:mod:`.holding`).
+After each look-up the metrics of replicas no longer served are removed
+(:meth:`gateway.metrics.GatewayMetrics.keep_upstreams`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from gateway.metrics import GatewayMetrics
 from gateway.settings import DiscoverySettings
 from gateway.upstreams import UpstreamPool
 
@@ -101,10 +104,17 @@ def source_of(settings: DiscoverySettings) -> ReplicaSource | None:
 
 
 class Discovery:
-    def __init__(self, source: ReplicaSource, pool: UpstreamPool, interval: float) -> None:
+    def __init__(
+        self,
+        source: ReplicaSource,
+        pool: UpstreamPool,
+        interval: float,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.source = source
         self.pool = pool
         self.interval = interval
+        self.metrics = metrics
 
     async def run_forever(self) -> None:
         while True:
@@ -123,4 +133,6 @@ class Discovery:
         changed = self.pool.replace(urls)
         if changed:
             log.info("replicas now: %s", ", ".join(urls) or "none")
+        if self.metrics is not None:  # every time: a late probe may have written one again
+            self.metrics.keep_upstreams({u.label for u in self.pool.upstreams})
         return changed

@@ -12,7 +12,8 @@ NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica:
 3. A request with a prefix key (:mod:`gateway.routing.affinity`) goes to the key's
    replica: where the key went before, or for a new key the first replica on its ring walk
    (:mod:`gateway.routing.ring`) holding no more than its share of the active keys
-   (:mod:`gateway.routing.key_table`; ``key_table_size: 0``: the ring owner alone). That
+   (:mod:`gateway.routing.key_table`, each tenant within its share of it;
+   ``key_table_size: 0``: the ring owner alone). That
    replica takes it within the bounded load, reason ``affinity``; over it, the next in the
    walk that is within, reason ``load_spill`` (the key stays where it is). Without a key:
    the lowest score (load plus KV fill; ties taken in turn, so idle replicas share
@@ -61,8 +62,9 @@ class Route:
 
 
 class Router(Protocol):
-    def route(self, path: str, body: bytes | None, attempts: int) -> Route:
-        """Raises UpstreamUnavailable when every replica is overloaded."""
+    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
+        """Raises UpstreamUnavailable when every replica is overloaded. ``tenant``: the
+        request's API key name (each one's share of the key table)."""
 
     def connect_failed(self, upstream: Upstream) -> None:
         """``upstream`` refused a connection."""
@@ -85,7 +87,7 @@ class RoundRobinRouter:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 
-    def route(self, path: str, body: bytes | None, attempts: int) -> Route:
+    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
         return Route(self.pool.candidates(attempts), ROUND_ROBIN)
 
     def connect_failed(self, upstream: Upstream) -> None:
@@ -121,7 +123,7 @@ class AwareRouter:
             u.label: view(self.scrapes.get(u.label), u.in_flight, now, stale) for u in upstreams
         }
 
-    def route(self, path: str, body: bytes | None, attempts: int) -> Route:
+    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
         ready = [u for u in self.pool.upstreams if u.ready]
         if not ready:
             return self._count(Route(self.pool.candidates(attempts), FALLBACK))
@@ -143,7 +145,7 @@ class AwareRouter:
         else:
             walk = self._ring_of(ready).walk(key)
             if self.keys is not None:
-                home = self.keys.place(key, walk)
+                home = self.keys.place(key, walk, tenant)
                 walk = [home, *(label for label in walk if label != home)]
             index, labels = bounded_pick(
                 walk, lambda label: views[label].load, settings.epsilon, settings.spill_margin

@@ -58,6 +58,8 @@ class LoadScraper:
             del self.scrapes[gone]
         now, stale = self.clock(), self.settings.stale_after
         for upstream in upstreams:
+            if upstream.removed:  # dropped by discovery during the scrape
+                continue
             score = view(self.scrapes.get(upstream.label), upstream.in_flight, now, stale).score
             self.metrics.replica_score.labels(upstream.label).set(score)
 
@@ -105,4 +107,5 @@ class LoadScraper:
         )
 
     def _failed(self, upstream: Upstream) -> None:
-        self.metrics.replica_scrape_failures.labels(upstream.label).inc()
+        if not upstream.removed:
+            self.metrics.replica_scrape_failures.labels(upstream.label).inc()

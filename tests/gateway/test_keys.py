@@ -120,7 +120,7 @@ async def test_reload_is_off_the_request_path_and_a_broken_edit_keeps_keys(
     path = tmp_path / "keys.yaml"
     save_keys(path, [make_key("alice", "s-alice")])
     clock, m = FakeClock(), metrics()
-    store = KeyStore(path, clock=clock, settle_time=0.0, metrics=m)
+    store = KeyStore(path, clock=clock, settle_time=0.0, in_place_settle=0.0, metrics=m)
     assert loaded(m) == 1
     save_keys(path, [make_key("alice", "s-alice"), make_key("carol", "s-carol")])
     clock.now += 10
@@ -155,7 +155,7 @@ async def test_a_file_without_keys_is_refused(
     path = tmp_path / "keys.yaml"
     save_keys(path, [make_key("alice", "s-alice"), make_key("bob", "s-bob")])
     m = metrics()
-    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, metrics=m)
+    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, in_place_settle=0.0, metrics=m)
     path.write_text(text)
     with caplog.at_level(logging.WARNING, logger="gateway.key_store"):
         await store.refresh()
@@ -173,7 +173,7 @@ async def test_every_cut_of_a_file_mid_line_is_refused(tmp_path: Path) -> None:
     save_keys(path, keys)
     text = path.read_text()
     m = metrics()
-    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, metrics=m)
+    store = KeyStore(path, clock=FakeClock(), settle_time=0.0, in_place_settle=0.0, metrics=m)
     cuts = [n for n in range(1, len(text)) if text[n - 1] != "\n"]
     for n in cuts:  # what a reader sees of `cat new > keys.yaml` caught halfway
         path.write_text(text[:n])

@@ -4,11 +4,16 @@ affinity, spreading, a replica that dies, overload, and exact in-flight counts."
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gateway.routing.affinity import prefix_key
+from gateway.routing.router import AwareRouter
 from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
+from tests.gateway.doubles import Key
 from tests.vllm_standin import ScriptedUpstream
 
 SYSTEM = "You are the billing assistant of tenant seven. Answer in one line. " * 10
@@ -36,6 +41,13 @@ async def aware(
     scrapes = gw.app.running.scrapes
     await wait_until(lambda: all(r.address in scrapes for r in group))
     return gw
+
+
+CHAT = "/v1/chat/completions"
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 async def post(gw: ServedGateway, body: dict[str, Any]) -> httpx.Response:
@@ -130,6 +142,72 @@ async def test_in_flight_counts_go_back_to_zero_whatever_the_ending(
         await wait_until(lambda: upstream.in_flight == 0)
         assert (await post(gw, chat(SYSTEM))).status_code == 200
         assert upstream.in_flight == 0
+    finally:
+        for r in group:
+            await r.stop()
+
+
+async def test_a_replica_that_discovery_removes_leaves_no_series_behind(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """``upstream_up`` and the other per-replica series of a replica gone from the
+    discovery answer go with it: ready replicas are not overstated, and the label set
+    does not grow with each pod that ever came and went."""
+    group = await replicas(2)
+    listing = tmp_path / "replicas.txt"
+    listing.write_text("".join(f"{r.url}\n" for r in group))
+    gone, kept = group[0].address, group[1].address
+    try:
+        gw = await aware(start_gateway, group, discovery={"file": str(listing), "interval": 0.05})
+        await wait_until(lambda: gw.metric("vkit_gateway_upstream_up", {"upstream": gone}) == 1)
+        await group[0].stop()  # a scrape fails, a request's connection is refused
+        assert (await post(gw, chat("Be brief."))).status_code == 200
+        await wait_until(
+            lambda: gw.metric("vkit_gateway_replica_scrape_failures_total", {"upstream": gone}) > 0
+        )
+        listing.write_text(f"{group[1].url}\n")
+        pool = gw.app.running.pool
+        await wait_until(lambda: [u.label for u in pool.upstreams] == [kept])
+        await asyncio.sleep(0.3)  # probes, scrapes and the next look-ups run meanwhile
+        text = (await gw.admin.get("/metrics")).text
+        assert f'upstream="{gone}"' not in text
+        assert f'vkit_gateway_upstream_up{{upstream="{kept}"}} 1.0' in text
+        assert f'vkit_gateway_replica_score{{upstream="{kept}"}}' in text
+    finally:
+        for r in group:
+            await r.stop()
+
+
+async def test_one_key_sending_one_off_prefixes_keeps_the_other_tenants_entries(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The key table holds 8 prefix keys; a key that sends 40 one-off prefixes may evict
+    its own entries, not the two that two other tenants placed first."""
+    group = await replicas(2)
+    keys = {"s-a": Key("tenant-a"), "s-b": Key("tenant-b"), "s-spam": Key("spammer")}
+    try:
+        gw = await aware(start_gateway, group, keys=keys, router={"key_table_size": 8})
+        router = gw.app.running.router
+        assert isinstance(router, AwareRouter) and router.keys is not None
+        settings = gw.app.running.settings.router
+        tenants = {"s-a": chat(SYSTEM + "tenant a"), "s-b": chat(SYSTEM + "tenant b")}
+        placed = {}
+        for secret, body in tenants.items():
+            answer = await gw.client.post(CHAT, json=body, headers=bearer(secret))
+            assert answer.status_code == 200
+            placed[secret] = prefix_key(
+                json.dumps(body).encode(),
+                CHAT,
+                prefix_chars=settings.prefix_chars,
+                min_prefix_chars=settings.min_prefix_chars,
+            )
+        for i in range(40):
+            one_off = chat(f"{i} " + SYSTEM)
+            answer = await gw.client.post(CHAT, json=one_off, headers=bearer("s-spam"))
+            assert answer.status_code == 200
+        assert len(router.keys) == 8
+        for secret, key in placed.items():
+            assert key in router.keys, f"{keys[secret].name}'s entry was evicted"
     finally:
         for r in group:
             await r.stop()

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from gateway.metrics import GatewayMetrics
 from gateway.routing.affinity import prefix_key
 from gateway.routing.discovery import Discovery, DnsSource, FileSource, parse_url_list
 from gateway.routing.load import Scrape, parse_vllm_gauges, view
@@ -118,6 +120,32 @@ async def test_discovery_replaces_the_pool_and_keeps_known_replicas(tmp_path: Pa
     path.unlink()
     assert not await discovery.refresh()  # unreadable: the list stays
     assert len(pool.upstreams) == 2
+
+
+async def test_a_dropped_replica_loses_its_series_even_one_written_late(tmp_path: Path) -> None:
+    path = tmp_path / "replicas.txt"
+    path.write_text("http://a:1\nhttp://b:2\n")
+    pool = UpstreamPool(["http://a:1", "http://b:2"])
+    metrics = GatewayMetrics(CollectorRegistry())
+    for upstream in pool.upstreams:
+        metrics.upstream_up.labels(upstream.label).set(1)
+        metrics.upstream_errors.labels(upstream.label, "connect").inc()
+        metrics.canary_seconds.labels(upstream.label).observe(0.1)
+    discovery = Discovery(FileSource(path), pool, interval=1.0, metrics=metrics)
+    dropped = pool.upstreams[1]
+    path.write_text("http://a:1\n")
+    assert await discovery.refresh()
+    assert dropped.removed and not pool.upstreams[0].removed
+    up = metrics.registry.get_sample_value
+    assert up("vkit_gateway_upstream_up", {"upstream": "b:2"}) is None
+    assert up("vkit_gateway_canary_seconds_count", {"upstream": "b:2"}) is None
+    assert up("vkit_gateway_upstream_up", {"upstream": "a:1"}) == 1
+    labels = {"upstream": "a:1", "kind": "connect"}
+    assert up("vkit_gateway_upstream_errors_total", labels) == 1
+    metrics.upstream_errors.labels("b:2", "dropped").inc()  # a request that was on it ends
+    assert not await discovery.refresh()
+    labels = {"upstream": "b:2", "kind": "dropped"}
+    assert up("vkit_gateway_upstream_errors_total", labels) is None
 
 
 async def test_dns_records_become_replicas_and_no_records_none() -> None:
