@@ -43,7 +43,8 @@ class Settle:
     args: list[Any]
     count_lost: bool
     applied: bool = False
-    trying: asyncio.Event | None = None  # set when the try under way ends
+    trying: bool = False  # a try is under way
+    tried: asyncio.Event | None = None  # made by a caller that waits for that try
 
 
 class PendingSettles:
@@ -84,17 +85,21 @@ class PendingSettles:
         One that is not stays kept and is retried in the background."""
         if settle.applied:
             return True
-        if settle.trying is not None:
-            await settle.trying.wait()
+        if settle.trying:
+            if settle.tried is None:
+                settle.tried = asyncio.Event()
+            await settle.tried.wait()
             return settle.applied
-        settle.trying = trying = asyncio.Event()
+        settle.trying = True
         try:
             if await self._apply(settle):
                 settle.applied = True
                 self._forget(name, settle)
         finally:  # cancelled too: the settle stays kept
-            settle.trying = None
-            trying.set()
+            settle.trying = False
+            if settle.tried is not None:
+                settle.tried.set()
+                settle.tried = None
             if not settle.applied:
                 self._retry_soon()
         return settle.applied
