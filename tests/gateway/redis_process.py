@@ -8,14 +8,18 @@ process frozen by SIGSTOP: connections open, commands unanswered, data kept).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 
 from vkit.stack.ports import free_port
 
@@ -73,3 +77,25 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+@contextlib.contextmanager
+def running_redis(workdir: Path, persistent: bool = False) -> Iterator[RedisProcess]:
+    """A started :class:`RedisProcess`, stopped on the way out."""
+    process = RedisProcess(workdir, persistent)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.asynccontextmanager
+async def redis_clients(server: RedisProcess, count: int) -> AsyncIterator[list[Any]]:
+    """``count`` clients of ``server`` (one per gateway process they stand for), closed after."""
+    made = [redis.asyncio.from_url(server.url) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for client in made:
+            await client.aclose()

@@ -6,57 +6,34 @@ admits the key's next request. The outages are real and bounded: ``redis-server`
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
 
 from gateway.errors import UpstreamUnavailable
 from gateway.keyfile import ApiKey
 from gateway.limits import RedisLimiter
-from tests.gateway.redis_process import RedisProcess
+from tests.gateway.redis_process import RedisProcess, redis_clients, running_redis
+from tests.gateway.test_redis_limiter import FakeClock, key
 
 pytestmark = pytest.mark.integration
-
-_names = itertools.count()
 
 # Longer than every try of a background settle (0 + 0.2 + 1.0 s of waits, 0.2 s each).
 OUTAGE_S = 2.5
 
 
-def key(**limits: Any) -> ApiKey:
-    return ApiKey(name=f"o{next(_names)}", sha256="c" * 64, **limits)
-
-
-class FakeClock:
-    def __init__(self, now: float = 5_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Any:
-    process = RedisProcess(tmp_path, persistent=True)
-    process.start()
-    try:
+def server(tmp_path: Path) -> Iterator[RedisProcess]:
+    with running_redis(tmp_path, persistent=True) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
 async def clients(server: RedisProcess) -> AsyncIterator[list[Any]]:
-    made = [redis.asyncio.from_url(server.url) for _ in range(2)]
-    try:
+    async with redis_clients(server, 2) as made:
         yield made
-    finally:
-        for client in made:
-            await client.aclose()
 
 
 Outage = tuple[Callable[[], None], Callable[[], None]]
@@ -80,20 +57,27 @@ async def until_no_lease(client: Any, k: ApiKey, within: float = 5.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_a_release_in_an_outage_is_applied_when_redis_returns(
-    clients: list[Any], outage: Outage
+async def released_in_an_outage(
+    limiter: RedisLimiter, k: ApiKey, outage: Outage, reserved: int, used: int
 ) -> None:
+    """A request of ``k`` admitted before the outage, settled during it."""
     begin, end = outage
-    clock = FakeClock()
-    limiter = RedisLimiter(clients[0], clock=clock, timeout=0.2)
-    k = key(concurrency=1, tpm=1000)
-    lease = await limiter.acquire(k, 600)
+    lease = await limiter.acquire(k, reserved)
     begin()
     try:
-        await lease.settle(100)  # used 100: 500 to refund, nothing written
+        await lease.settle(used)  # nothing written
         await asyncio.sleep(OUTAGE_S)
     finally:
         end()
+
+
+async def test_a_release_in_an_outage_is_applied_when_redis_returns(
+    clients: list[Any], outage: Outage
+) -> None:
+    clock = FakeClock()
+    limiter = RedisLimiter(clients[0], clock=clock, timeout=0.2)
+    k = key(concurrency=1, tpm=1000)
+    await released_in_an_outage(limiter, k, outage, reserved=600, used=100)
     await until_no_lease(clients[1], k)  # nobody asked: the kept release was applied
     other = await RedisLimiter(clients[1], clock=clock).acquire(k, 0)  # another gateway
     assert other.headers["x-ratelimit-remaining-tokens"] == "900"  # the refund, once
@@ -103,17 +87,9 @@ async def test_a_release_in_an_outage_is_applied_when_redis_returns(
 async def test_the_next_request_waits_for_the_kept_release(
     clients: list[Any], outage: Outage
 ) -> None:
-    begin, end = outage
-    clock = FakeClock()
-    limiter = RedisLimiter(clients[0], clock=clock, timeout=0.2)
+    limiter = RedisLimiter(clients[0], clock=FakeClock(), timeout=0.2)
     k = key(concurrency=1, tpm=1000)
-    lease = await limiter.acquire(k, 600)
-    begin()
-    try:
-        await lease.settle(0)
-        await asyncio.sleep(OUTAGE_S)
-    finally:
-        end()
+    await released_in_an_outage(limiter, k, outage, reserved=600, used=0)
     following = await limiter.acquire(k, 0)  # right away: the release goes first
     assert following.headers["x-ratelimit-remaining-tokens"] == "1000"
     await following.settle(0)
