@@ -2,7 +2,8 @@
 
 Used by ``vkit gateway`` only; tests call :func:`gateway.app.create_app` with their own
 parts. Limits live in memory unless ``redis_url`` is set; with Redis every gateway process
-shares them, and ``redis_fail_open`` says whether to keep serving while Redis is down.
+shares them, and ``redis_fail_open`` says whether to keep serving while Redis is down
+(docs/shared-limits.md).
 Keys that set no concurrency get ``default_key_concurrency``. The keys file is reloaded by a
 background task of the app's lifespan. Prompts are counted with the tokenizers that
 ``settings.tokenizers`` names (loaded once, here); other models' by the byte bound.
@@ -10,6 +11,7 @@ background task of the app's lifespan. Prompts are counted with the tokenizers t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +23,10 @@ from gateway.key_store import KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
+
+# How long shutdown waits for releases still kept for an absent Redis (their leases then
+# expire by themselves after the lease ttl).
+_LIMITER_DRAIN_S = 3.0
 
 
 def build_app(settings: GatewaySettings) -> GatewayApp:
@@ -76,5 +82,6 @@ def build_limiter(
         default_concurrency=settings.default_key_concurrency,
         lease_ttl=settings.timeouts.total + 60,  # a crashed gateway's slots expire after
     )
-    closers.extend([shared.drain, client.aclose])  # the last undos and releases, then close
+    # The last undos and releases (bounded: Redis may be away at shutdown), then close.
+    closers.extend([functools.partial(shared.drain, within=_LIMITER_DRAIN_S), client.aclose])
     return shared

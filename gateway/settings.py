@@ -274,7 +274,10 @@ class GatewaySettings(BaseSettings):
         default=None, description="share limits via Redis (else in memory)"
     )
     redis_fail_open: bool = Field(
-        default=True, description="keep serving (True) or refuse (False) while Redis is unreachable"
+        default=True,
+        description="while Redis is unreachable: serve without per-key limits (True) or "
+        "refuse with 503 (False); either way, releases are kept and written when it returns "
+        "(docs/shared-limits.md)",
     )
     host: str = Field(default="127.0.0.1", description="listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="listen port")

@@ -18,6 +18,8 @@ whatever their key, is :class:`gateway.limits.in_flight.InFlightLimit`.
 - :mod:`.memory_limiter` -- :class:`MemoryLimiter`, that math on a dict, in one process;
 - :mod:`.redis_limiter` -- :class:`RedisLimiter`, that math as atomic Lua scripts in Redis,
   one limit per key shared by every gateway process;
+- :mod:`.pending_settles` -- the Redis limiter's releases and undos that Redis has not
+  confirmed, kept in order per key and retried until it answers (outages lose none);
 - :mod:`.in_flight` -- the gateway-wide bound on requests in flight (one process).
 """
 

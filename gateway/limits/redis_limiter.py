@@ -14,11 +14,21 @@ once. So a call that timed out on our side -- whose script may still run in Redi
 undone (an acquire: its request, tokens and slot are given back) or retried (a release) in
 the background, in any order with the late script.
 
+Releases and undos go through :class:`gateway.limits.pending_settles.PendingSettles`: one that
+Redis did not confirm is kept (its refund with it) and retried until Redis answers, however
+long the outage; and before this process admits a key's next request, the key's kept or
+in-flight settles are applied first. So a key's strictly sequential requests on one gateway
+never see the previous one's slot still held (a release may otherwise reach Redis after the
+next acquire: on a connection still being opened, for one), and after an outage no lease
+stays held longer than it takes Redis to answer again. Policy and trade-offs:
+``docs/shared-limits.md``.
+
 Time: by default the scripts read Redis's own ``TIME``, so all gateways share one clock.
 A ``clock`` may be injected instead (tests); it must then be the same wall clock everywhere.
 
 Redis unreachable (or slower than ``timeout``): with ``on_backend_error="allow"`` requests
-pass unlimited, with ``"deny"`` they get 503. Each failure increments ``backend_errors``
+pass unlimited, with ``"deny"`` they get 503 -- a key with kept settles included: its next
+request waits for them, and for Redis. Each failure increments ``backend_errors``
 (a prometheus Counter, or anything with ``inc()``); the first failure and the recovery are
 logged once each. redis-py reconnects by itself, so recovery needs nothing.
 
@@ -49,6 +59,7 @@ from gateway.limits.bucket import (
     refusal,
 )
 from gateway.limits.memory_limiter import limits_of
+from gateway.limits.pending_settles import PendingSettles, Settle
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +187,11 @@ class RedisLease:
 
 
 class RedisLimiter:
-    """``resets`` and ``leases_lost`` count store restarts and leases the store forgot;
+    """``resets`` and ``leases_lost`` count store restarts and leases the store forgot (or
+    that were dropped: more than ``max_pending`` settles kept in one outage);
     ``default_concurrency`` applies to keys that set no concurrency; ``retry_delays`` are the
-    waits before each background try to undo an acquire or to repeat a release."""
+    waits before each background try to undo an acquire or to repeat a release, the last
+    repeated until Redis answers."""
 
     def __init__(
         self,
@@ -194,6 +207,7 @@ class RedisLimiter:
         timeout: float = 0.5,
         check_interval: float = 5.0,
         retry_delays: Sequence[float] = (0.0, 0.2, 1.0),
+        max_pending: int = 10_000,
         prefix: str = "vkit:rl:",
     ) -> None:
         self._client = client
@@ -209,7 +223,7 @@ class RedisLimiter:
         self._done_ttl = done_ttl
         self._timeout = timeout
         self._check_interval = check_interval
-        self._retry_delays = tuple(retry_delays)
+        self._pending = PendingSettles(self._apply, retry_delays, max_pending, self._lease_lost)
         self._prefix = prefix
         self._marker = f"{prefix}store-id"
         self._store_id: bytes | None = None
@@ -241,8 +255,11 @@ class RedisLimiter:
         check_reservation(limits, tokens)
         if limits.rpm is None and limits.tpm is None and limits.concurrency is None:
             return UnlimitedLease()
+        name = key.name
+        if name in self._pending and not await self._pending.flush(name):
+            return self._without_store()  # the key's earlier releases first: Redis is away
         lease_id = secrets.token_hex(8)
-        keys = self._keys(key.name)
+        keys = self._keys(name)
         args = [limits.rpm or 0, limits.tpm or 0, self._now(), limits.concurrency or 0]
         args += [tokens, lease_id, self._lease_ttl]
         try:
@@ -251,7 +268,8 @@ class RedisLimiter:
             self._failed(exc)
             if isinstance(exc, _TIMEOUTS):  # it may still run: take back what it takes
                 undo = self._settle_args(limits, tokens, lease_id, undo=True)
-                self._spawn(self._settle_in_background(keys, undo, count_lost=False))
+                kept = self._pending.add(name, Settle(keys, undo, count_lost=False))
+                self._spawn(self._undo(name, kept))
             return self._without_store()
         self._recovered()
         self._check_store_soon()
@@ -265,33 +283,28 @@ class RedisLimiter:
         return RedisLease(self, key, tokens, lease_id, ratelimit_headers(state, limits))
 
     async def release(self, key: Any, reserved: int, used: int, lease_id: str) -> None:
-        """Refund ``reserved - used`` and free the slot of ``lease_id``; idempotent. A failed
-        release is repeated in the background; one the store does not know is counted lost."""
-        keys = self._keys(key.name)
+        """Refund ``reserved - used`` and free the slot of ``lease_id``; idempotent. A release
+        Redis does not confirm is kept and repeated until it does (the key's next acquire
+        here waits for it); one the store does not know is counted lost."""
+        name = key.name
         args = self._settle_args(self._limits(key), reserved - used, lease_id, undo=False)
+        kept = self._pending.add(name, Settle(self._keys(name), args, count_lost=True))
+        await self._pending.attempt(name, kept)
+
+    async def _undo(self, name: str, undo: Settle) -> None:
+        await self._pending.attempt(name, undo)
+
+    async def _apply(self, settle: Settle) -> bool:
+        """One try of a kept settle; ``False`` when Redis did not answer."""
         try:
-            result = await self._run(self._settle, keys, args)
+            result = await self._run(self._settle, settle.keys, settle.args)
         except BACKEND_ERRORS as exc:
             self._failed(exc)
-            self._spawn(self._settle_in_background(keys, args, count_lost=True))
-            return
+            return False
         self._recovered()
-        if int(result) == _NOT_HELD:
+        if settle.count_lost and int(result) == _NOT_HELD:
             self._lease_lost()
-
-    async def _settle_in_background(
-        self, keys: list[str], args: list[Any], count_lost: bool
-    ) -> None:
-        for delay in self._retry_delays:
-            await asyncio.sleep(delay)
-            try:
-                result = await self._run(self._settle, keys, args)
-            except BACKEND_ERRORS:
-                continue
-            if count_lost and int(result) == _NOT_HELD:
-                self._lease_lost()
-            return
-        log.debug("gave up settling lease %s; it expires by itself", args[4])
+        return True
 
     def _lease_lost(self) -> None:
         if self._leases_lost is not None:
@@ -307,10 +320,12 @@ class RedisLimiter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait for the background work: undos, repeated releases, store checks."""
+    async def drain(self, within: float | None = None) -> None:
+        """Wait for the background work: undos, kept releases, store checks; with ``within``
+        (at shutdown), stop retrying the kept settles after that many seconds."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._pending.drain(within)
 
     def _check_store_soon(self) -> None:
         """Check the store's marker, at most once per ``check_interval`` seconds."""
@@ -354,4 +369,5 @@ class RedisLimiter:
     def _recovered(self) -> None:
         if not self.backend_healthy:
             self.backend_healthy = True
+            self._pending.wake()  # the releases kept through the outage, now
             log.warning("rate limiter store reachable again; limits enforced")

@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.errors import RateLimitExceeded, UpstreamUnavailable
 from gateway.keyfile import ApiKey
 from gateway.limits import RedisLimiter
 from gateway.limits.redis_limiter import RedisLease
-from tests.gateway.redis_process import RedisProcess
+from tests.gateway.redis_process import RedisProcess, redis_clients, running_redis
 
 pytestmark = pytest.mark.integration
 
@@ -38,23 +37,15 @@ class FakeClock:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Any:
-    process = RedisProcess(tmp_path)
-    process.start()
-    try:
+def server(tmp_path: Path) -> Iterator[RedisProcess]:
+    with running_redis(tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
 async def clients(server: RedisProcess) -> AsyncIterator[list[Any]]:
-    made = [redis.asyncio.from_url(server.url) for _ in range(2)]
-    try:
+    async with redis_clients(server, 2) as made:
         yield made
-    finally:
-        for client in made:
-            await client.aclose()
 
 
 async def test_two_gateways_share_one_limit(clients: list[Any]) -> None:
