@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.vllm_standin import ScriptedUpstream
+from vkit.commands.gateway import server_parts
 from vkit.stack.ports import free_port
 
 
@@ -64,7 +65,9 @@ async def serve_and_check(upstream: ScriptedUpstream, tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
-        assert "Traceback" not in (tmp_path / "gw.log").read_text()
+        output = (tmp_path / "gw.log").read_text()
+        assert "Traceback" not in output
+        assert "event loop uvloop, HTTP parser httptools" in output  # the kit's dependencies
     finally:
         process.kill()
         process.wait(timeout=5)
@@ -85,3 +88,14 @@ def test_an_admin_port_in_use_stops_the_gateway_at_start(tmp_path: Path) -> None
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "address already in use" in done.stderr.lower()
+
+
+def test_the_fast_loop_and_parser_are_asked_for_by_name_and_their_absence_is_said() -> None:
+    """uvicorn's "auto" falls back without a word; the gateway names what it runs."""
+    fast = server_parts(lambda name: True)
+    assert (fast.loop, fast.http) == ("uvloop", "httptools")
+    assert fast.describe() == "vkit gateway: event loop uvloop, HTTP parser httptools"
+    for missing in ("uvloop", "httptools"):
+        slow = server_parts(lambda name, missing=missing: name != missing)
+        assert {slow.loop, slow.http} & {"asyncio", "h11"}
+        assert "pip install uvloop httptools" in slow.describe()
