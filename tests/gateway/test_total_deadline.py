@@ -29,7 +29,7 @@ async def test_the_total_deadline_ends_a_stream_that_floods(start_gateway: Gatew
         relayed, tail = 0, b""
         began = time.monotonic()
         try:
-            async with asyncio.timeout(total + 6):
+            async with asyncio.timeout(total + 8):
                 async with gw.client.stream(
                     "POST", "/v1/chat/completions", json=STREAM, headers=AUTH
                 ) as response:
@@ -37,9 +37,9 @@ async def test_the_total_deadline_ends_a_stream_that_floods(start_gateway: Gatew
                         relayed += len(chunk)
                         tail = (tail + chunk)[-4096:]
         except TimeoutError:
-            pytest.fail(f"still streaming {total + 6:g} s later ({relayed >> 20} MiB relayed)")
+            pytest.fail(f"still streaming {total + 8:g} s later ({relayed >> 20} MiB relayed)")
         ended = time.monotonic() - began
-        assert ended < total + 1.5, ended
+        assert ended < total + WRITE_GRACE_S + 2.0, ended
         events = [e for e in tail.split(b"\n\n") if e]
         assert json.loads(events[-2].removeprefix(b"data: "))["error"]["type"] == "timeout_error"
         assert events[-1] == b"data: [DONE]"
@@ -54,8 +54,8 @@ async def test_the_total_deadline_frees_a_client_that_stops_reading(
     """The client reads for a while, then stops with its socket open. A write that waits
     past ``total`` ends the request then (and a grace of a second), not ``client_write``
     after the stall began: the key's slot and the upstream are released by then."""
-    total = 3.0
-    reads_for = 2.5  # the stall begins here: client_write later is well past total
+    total = 4.0
+    reads_for = 3.0  # the stall begins here: client_write later is well past total
     raw = RawUpstream()
     raw.answers["/v1/chat/completions"] = endless_sse(event_bytes=1000)
     with InThread(raw):
@@ -84,4 +84,5 @@ async def test_the_total_deadline_frees_a_client_that_stops_reading(
             await wait_until(lambda: raw.cut == 1)
             assert gw.metric("vkit_gateway_in_flight_requests") == 0
             assert gw.metric("vkit_gateway_client_write_timeouts_total") == 1
-            assert ended < total + WRITE_GRACE_S + 0.6, ended
+            # before: reads_for + client_write at least (7 s)
+            assert ended < total + WRITE_GRACE_S + 1.0, ended
