@@ -23,8 +23,8 @@ over ``idle`` or the ``total`` deadline -> an ``data: {"error": ...}`` event and
 ``data: [DONE]``. A client that takes no write within ``client_write``, or within a second
 past the ``total`` deadline, is given up on: status 499 and ``client_write_timeouts``.
 ``total`` so bounds the whole request, from admission to the last write: the key's slot is
-free by then (and that second). Every way, the upstream connection is closed, so vLLM aborts, and the key is
-billed what was relayed.
+free by then (and that second); a model list not read whole by then is a 504. Every way,
+the upstream connection is closed, so vLLM aborts, and the key is billed what was relayed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamBroken, UpstreamResponse
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.relay import Relay, WriteWatch
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
@@ -175,15 +175,21 @@ class Exchange(Response):
 
 
 class ModelListing(Exchange):
-    """``GET /v1/models`` through the same exchange: the upstream's list, read whole, with
-    only the key's models (``Admitted.allowed_models``) when it names any. An answer that is
-    not a 200 or not a model list is a 502. Not metered: the lease is settled with 0."""
+    """``GET /v1/models`` through the same exchange: the upstream's list, read whole (by the
+    ``total`` deadline, else a 504), with only the key's models (``Admitted.allowed_models``)
+    when it names any. An answer that is not a 200 or not a model list is a 502. Not
+    metered: the lease is settled with 0."""
 
     metered = False
 
     async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
         try:
-            body = await response.read()
+            async with asyncio.timeout(max(deadline - self.forwarder.clock(), 0.001)):
+                body = await response.read()
+        except TimeoutError:
+            response.abort()
+            await relay.error(UpstreamTimeout("the upstream's model list did not end in time"))
+            return
         except UpstreamBroken:
             body = b""
         if response.status != 200 or model_ids(body) is None:

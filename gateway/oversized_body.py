@@ -2,8 +2,9 @@
 
 A server that closes a connection while data it has not read sits in its receive buffer
 makes the kernel answer with a reset (RST), not a clean close (RFC 1122 4.2.2.13; Linux
-does so: docs/gateway-server.md#a-body-refused-for-its-size). A client still sending its body then fails its write with ``ECONNRESET``, and the
-413 already sent may be thrown away with its receive buffer before it reads it. uvicorn
+does so: docs/gateway-server.md#a-body-refused-for-its-size). A client still sending its
+body then fails its write with ``ECONNRESET``, and the 413 already sent may be thrown away
+with its receive buffer before it reads it. uvicorn
 (0.55, h11 and httptools alike) closes the connection right after the answer when the
 client sent ``Connection: close`` (or spoke HTTP/1.0); on a connection kept alive it reads
 and drops the rest of the body itself, after the answer, without bound.

@@ -7,11 +7,11 @@ upstream that ends the stream before ``data: [DONE]`` (cleanly, but with an even
 the last ones missing: a cut answer, which the OpenAI SDK would take for a whole one:
 docs/gateway-server.md#a-stream-that-ends-early) ends the stream with a
 ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for an error
-after the stream began); the torn half of an event is never relayed. The deadline is checked before every read, not only when
-a read has to wait: an upstream that always has the next chunk ready never waits. Any other
-answer is read whole (within the same bounds, else a 504 or 502 envelope), its usage read,
-an upstream error body put in the OpenAI envelope, and a 401 of the upstream (our key
-refused, not the client's) answered 502.
+after the stream began); the torn half of an event is never relayed. The deadline is
+checked before every read, not only when a read has to wait: an upstream that always has
+the next chunk ready never waits. Any other answer is read whole (within the same bounds,
+else a 504 or 502 envelope), its usage read, an upstream error body put in the OpenAI
+envelope, and a 401 of the upstream (our key refused, not the client's) answered 502.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.relay import WRITE_GRACE_S
 from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, wait_until
-from tests.vllm_standin import InThread, RawUpstream, endless_sse
+from tests.vllm_standin import Endless, InThread, RawUpstream, endless_sse
 
 STREAM = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -86,3 +86,27 @@ async def test_the_total_deadline_frees_a_client_that_stops_reading(
             assert gw.metric("vkit_gateway_client_write_timeouts_total") == 1
             # before: reads_for + client_write at least (7 s)
             assert ended < total + WRITE_GRACE_S + 1.0, ended
+
+
+async def test_the_total_deadline_ends_a_model_list_that_never_ends(
+    start_gateway: GatewayFactory,
+) -> None:
+    """``GET /v1/models`` is read whole before it is answered: an upstream that sends the
+    head, then a byte now and then for ever, is a 504 at ``total``, its connection closed."""
+    total = 1.0
+    async with RawUpstream() as raw:
+        gw = await start_gateway(
+            upstreams=[raw.url], timeouts={"total": total}, health={"interval": 60}
+        )
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        raw.answers["/v1/models"] = Endless(head, b" ", interval=0.1)
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(total + 4):
+                response = await gw.client.get("/v1/models", headers=AUTH)
+        except TimeoutError:
+            pytest.fail(f"no answer {total + 4:g} s later")
+        assert time.monotonic() - began < total + 1.5
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["type"] == "timeout_error"
+        await wait_until(lambda: raw.cut == 1)

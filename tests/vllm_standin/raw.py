@@ -18,10 +18,12 @@ SILENT = "silent"  # read the request, then say nothing (the connection stays op
 @dataclass(frozen=True)
 class Endless:
     """An answer that never ends: ``head``, then ``repeat`` sent again and again, as fast as
-    the peer takes it, until the peer closes the connection (an upstream that floods)."""
+    the peer takes it (an upstream that floods) or every ``interval`` seconds (one that
+    trickles), until the peer closes the connection."""
 
     head: bytes
     repeat: bytes
+    interval: float = 0.0
 
 
 # the exact bytes to send (then close), DROP / RESET / SILENT, or an endless answer
@@ -149,6 +151,8 @@ class RawUpstream:
                 while True:
                     writer.write(answer.repeat)
                     await writer.drain()
+                    if answer.interval:
+                        await asyncio.sleep(answer.interval)
             except ConnectionError:
                 self.cut += 1
                 raise
