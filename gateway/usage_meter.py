@@ -102,7 +102,7 @@ class StreamMeter:
         complete, self._pending = data[:end], data[end:]
         if _USAGE not in complete:  # no usage anywhere: count the events, pass them on
             events = complete.count(_EVENT_END)
-            if complete.startswith(_DONE) or _DONE_AFTER_EVENT in complete:
+            if _DONE in complete and (complete.startswith(_DONE) or _DONE_AFTER_EVENT in complete):
                 events -= 1
                 self.done = True
             self.content_events += events
