@@ -27,13 +27,13 @@ from gateway.errors import (
     AuthenticationFailed,
     ClientGone,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
     RateLimitExceeded,
     UpstreamUnavailable,
 )
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
+from gateway.oversized_body import refuse_oversized
 from gateway.prompt_tokens import PromptCounter
 from gateway.request_lease import KeyLease, RequestLease
 from gateway.settings import CapSettings
@@ -229,18 +229,21 @@ class Gate:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes (413) before reading it all; a client
-    that hangs up halfway raises :class:`~gateway.errors.ClientGone` (499)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is over the {limit} byte limit")
+    """The body, refusing more than ``limit`` bytes (413) before keeping it all (the rest is
+    dropped first: :mod:`gateway.oversized_body`); a client that hangs up halfway raises
+    :class:`~gateway.errors.ClientGone` (499)."""
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isdigit() else None
     parts: list[bytes] = []
     size = 0
+    chunks = request.stream()
     try:
-        async for chunk in request.stream():
+        if declared is not None and declared > limit:
+            raise await refuse_oversized(chunks, limit, size, declared)
+        async for chunk in chunks:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the body is over the {limit} byte limit")
+                raise await refuse_oversized(chunks, limit, size, declared)
             parts.append(chunk)
     except ClientDisconnect:
         raise ClientGone(f"the client hung up after {size} bytes of the body") from None

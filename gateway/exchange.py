@@ -18,11 +18,13 @@ Every proxied route takes this path; ``GET /v1/models`` as :class:`ModelListing`
 exchange whose answer is the key's part of the list. What admission learned is the
 :class:`gateway.admission.Admitted` record; what the exchange
 produced is its :class:`Outcome`. Timeouts (``GatewaySettings.timeouts``): no response head
-within ``first_byte`` (or ``total``) -> 504 envelope; during a stream, a gap over ``idle`` or
-the ``total`` deadline -> an ``data: {"error": ...}`` event and ``data: [DONE]``. A client
-that takes no write within ``client_write`` is given up on: status 499 and
-``client_write_timeouts``. Every way, the upstream connection is closed, so vLLM aborts, and
-the key is billed what was relayed.
+within ``first_byte`` (or by the ``total`` deadline) -> 504 envelope; during a stream, a gap
+over ``idle`` or the ``total`` deadline -> an ``data: {"error": ...}`` event and
+``data: [DONE]``. A client that takes no write within ``client_write``, or within a second
+past the ``total`` deadline, is given up on: status 499 and ``client_write_timeouts``.
+``total`` so bounds the whole request, from admission to the last write: the key's slot is
+free by then (and that second); a model list not read whole by then is a 504. Every way,
+the upstream connection is closed, so vLLM aborts, and the key is billed what was relayed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamBroken, UpstreamResponse
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.relay import Relay, WriteWatch
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
@@ -83,7 +85,9 @@ class Exchange(Response):
         owner = asyncio.current_task()
         assert owner is not None
         forwarder, outcome = self.forwarder, self.outcome
-        watch = WriteWatch(owner, forwarder.timeouts.client_write)
+        timeouts = forwarder.timeouts
+        total_left = self.admitted.started + timeouts.total - forwarder.clock()
+        watch = WriteWatch(owner, timeouts.client_write, total_left)
         relay = Relay(send, watch, forwarder, self.admitted, outcome)
         watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
         metrics = forwarder.metrics
@@ -97,9 +101,9 @@ class Exchange(Response):
                 # client connection (uvicorn: "returned without completing response").
                 metrics.client_write_timeouts.inc()
                 log.warning(
-                    "the client of key %s took no write in %g s: answer abandoned",
+                    "the client of key %s took no write in time (%s deadline): answer abandoned",
                     self.admitted.key_name,
-                    forwarder.timeouts.client_write,
+                    watch.tripped,
                 )
             elif not self._client_gone:
                 raise
@@ -131,10 +135,9 @@ class Exchange(Response):
                 return
 
     async def _run(self, relay: Relay) -> None:
-        timeouts = self.forwarder.timeouts
-        deadline = self.admitted.started + timeouts.total
+        deadline = self.admitted.started + self.forwarder.timeouts.total
         try:
-            upstream, response = await self._open(min(timeouts.first_byte, timeouts.total))
+            upstream, response = await self._open(deadline)
         except GatewayError as exc:
             await relay.error(exc)
             return
@@ -149,12 +152,12 @@ class Exchange(Response):
     async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
         await relay.answer(response, deadline)
 
-    async def _open(self, limit: float) -> tuple[Upstream, UpstreamResponse]:
+    async def _open(self, deadline: float) -> tuple[Upstream, UpstreamResponse]:
         forwarder, admitted = self.forwarder, self.admitted
         began = forwarder.clock()
         try:
             return await forwarder.open_within(
-                limit, admitted.method, admitted.path, admitted.body, admitted.key_name
+                deadline, admitted.method, admitted.path, admitted.body, admitted.key_name
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began
@@ -172,15 +175,21 @@ class Exchange(Response):
 
 
 class ModelListing(Exchange):
-    """``GET /v1/models`` through the same exchange: the upstream's list, read whole, with
-    only the key's models (``Admitted.allowed_models``) when it names any. An answer that is
-    not a 200 or not a model list is a 502. Not metered: the lease is settled with 0."""
+    """``GET /v1/models`` through the same exchange: the upstream's list, read whole (by the
+    ``total`` deadline, else a 504), with only the key's models (``Admitted.allowed_models``)
+    when it names any. An answer that is not a 200 or not a model list is a 502. Not
+    metered: the lease is settled with 0."""
 
     metered = False
 
     async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
         try:
-            body = await response.read()
+            async with asyncio.timeout(max(deadline - self.forwarder.clock(), 0.001)):
+                body = await response.read()
+        except TimeoutError:
+            response.abort()
+            await relay.error(UpstreamTimeout("the upstream's model list did not end in time"))
+            return
         except UpstreamBroken:
             body = b""
         if response.status != 200 or model_ids(body) is None:

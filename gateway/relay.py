@@ -2,20 +2,26 @@
 
 A stream (a 200 to a ``stream`` request) is passed on event by event through a
 :class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the client
-did not ask for; during it, a gap over ``timeouts.idle`` or the ``total`` deadline ends the
-stream with a ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for
-an error after the stream began). Any other answer is read whole (within the same bounds,
+did not ask for; during it, a gap over ``timeouts.idle``, the ``total`` deadline, or an
+upstream that ends the stream before ``data: [DONE]`` (cleanly, but with an event torn or
+the last ones missing: a cut answer, which the OpenAI SDK would take for a whole one:
+docs/gateway-server.md#a-stream-that-ends-early) ends the stream with a
+``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for an error
+after the stream began); the torn half of an event is never relayed. The deadline is
+checked before every read, not only when a read has to wait: an upstream that always has
+the next chunk ready never waits. Any other answer is read whole (within the same bounds,
 else a 504 or 502 envelope), its usage read, an upstream error body put in the OpenAI
 envelope, and a 401 of the upstream (our key refused, not the client's) answered 502.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
-is given up on. The server's ``send`` waits while the socket's write buffer is full
-(uvicorn's flow control), so a write that waits is where such a client shows.
-:class:`WriteWatch` is one timer per exchange, re-armed only when it fires, not one per
-write: an ``asyncio.timeout`` around each send cost ~5 us of CPU here, some 10% of a
-16-chunk stream's whole cost. The exchange answers 499 and counts ``client_write_timeouts``
-when the watch has ``tripped``.
+is given up on, and so is one that takes none within ``WRITE_GRACE_S`` (1 s) past the
+``total`` deadline (the grace lets the closing error event out to a client that reads). The
+server's ``send`` waits while the socket's write buffer is full (uvicorn's flow control), so
+a write that waits is where such a client shows. :class:`WriteWatch` is one timer per
+exchange, re-armed only when it fires, not one per write: an ``asyncio.timeout`` around each
+send cost ~5 us of CPU here, some 10% of a 16-chunk stream's whole cost. The exchange
+answers 499 and counts ``client_write_timeouts`` when the watch has ``tripped``.
 
 What the answer produced (status, timings, usage) is written to the exchange's
 :class:`gateway.exchange.Outcome`.
@@ -24,6 +30,7 @@ What the answer produced (status, timings, usage) is written to the exchange's
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Send
@@ -45,30 +52,42 @@ _SSE_HEADERS = [
 ]
 
 
+# Past the total deadline, the longest one write may wait: time for the write under way and
+# the stream's closing error event to go out to a client that reads, not to a stalled one.
+WRITE_GRACE_S = 1.0
+
+
 class WriteWatch:
-    """Cancels ``owner`` once a write to the client has waited ``limit`` seconds."""
+    """Cancels ``owner`` once a write to the client has waited ``limit`` seconds, or, from
+    the request's total deadline (``total_left`` seconds from now) on, ``WRITE_GRACE_S``
+    (when shorter). ``tripped`` then names the deadline: ``"client_write"`` or ``"total"``."""
 
-    __slots__ = ("_handle", "_limit", "_owner", "loop", "since", "tripped")
+    __slots__ = ("_deadline", "_handle", "_limit", "_owner", "loop", "since", "tripped")
 
-    def __init__(self, owner: asyncio.Task[Any], limit: float) -> None:
+    def __init__(
+        self, owner: asyncio.Task[Any], limit: float, total_left: float = math.inf
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.since: float | None = None  # loop time at which the write in progress began
-        self.tripped = False
+        self.tripped = ""
         self._owner = owner
         self._limit = limit
-        self._handle = self.loop.call_later(limit, self._check)
+        now = self.loop.time()
+        self._deadline = now + total_left
+        self._handle = self.loop.call_at(min(now + limit, self._deadline), self._check)
 
     def _check(self) -> None:
         if self._owner.cancelling():  # ending already (the client went away)
             return
         now, since = self.loop.time(), self.since
-        if since is not None and now - since >= self._limit - 0.001:
-            self.tripped = True
+        past = now >= self._deadline - 0.001
+        limit = min(self._limit, WRITE_GRACE_S) if past else self._limit
+        if since is not None and now - since >= limit - 0.001:
+            self.tripped = "total" if past else "client_write"
             self._owner.cancel()
             return
-        self._handle = self.loop.call_at(
-            (now if since is None else since) + self._limit, self._check
-        )
+        at = (now if since is None else since) + limit
+        self._handle = self.loop.call_at(at if past else min(at, self._deadline), self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -145,6 +164,9 @@ class Relay:
         error: GatewayError | None = None
         while True:
             began = clock()
+            if began >= deadline:  # checked here too: a read that need not wait never times out
+                error = UpstreamTimeout("the request passed its total deadline")
+                break
             try:
                 async with asyncio.timeout(max(min(idle, deadline - began), 0.001)):
                     chunk = await anext(chunks, b"")
@@ -156,7 +178,11 @@ class Relay:
                 error = UpstreamError("the upstream connection broke during the stream")
             finally:
                 outcome.upstream_wait += clock() - began
-            if error is not None or not chunk:
+            if error is not None:
+                break
+            if not chunk:  # a clean end; before [DONE] it is a cut answer
+                if not meter.done:
+                    error = UpstreamError("the upstream ended the stream before data: [DONE]")
                 break
             out = meter.feed(chunk)
             if out:

@@ -52,6 +52,11 @@ class TimeoutSettings(BaseModel):
     ``idle``: the longest gap between two stream chunks; ``total``: the whole request;
     ``client_write``: the longest the client may take to accept one write (a client that
     stops reading with its socket open is cut off after it, its upstream closed).
+
+    ``total`` bounds the whole request, writes included: past it, a write may wait one
+    second more (for the stream's closing error event), then the answer is abandoned. So
+    ``client_write`` is never above ``total``: set above it, it is refused; left at its
+    default, it is lowered to a shorter ``total``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,8 +68,22 @@ class TimeoutSettings(BaseModel):
     idle: float = Field(default=30.0, gt=0, description="longest gap between stream chunks")
     total: float = Field(default=600.0, gt=0, description="whole request")
     client_write: float = Field(
-        default=30.0, gt=0, description="longest wait for the client to take one write"
+        default=30.0,
+        gt=0,
+        description="longest wait for the client to take one write (at most total)",
     )
+
+    @model_validator(mode="after")
+    def _writes_end_with_the_request(self) -> TimeoutSettings:
+        write, total = self.client_write, self.total
+        if write > total:
+            if "client_write" in self.model_fields_set:
+                raise ValueError(
+                    f"client_write ({write:g} s) must not be above total ({total:g} s): "
+                    "the total deadline bounds the whole request, its writes included"
+                )
+            self.client_write = total
+        return self
 
 
 class CapSettings(BaseModel):

@@ -13,7 +13,7 @@ the two layers together send a POST to at most one replica that may run it.
 The attempts are a plain loop: attempt ``n`` goes to the route's ``n``-th candidate, and
 after a failed one the loop sleeps ``backoff_initial * 2 ** (n - 1)`` seconds, at most
 ``backoff_max`` (:class:`gateway.settings.RetrySettings`). No response head within
-``timeouts.first_byte`` (or ``total``) is a 504.
+``timeouts.first_byte`` (or by the request's ``total`` deadline, holding included) is a 504.
 """
 
 from __future__ import annotations
@@ -87,12 +87,14 @@ class Forwarder:
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
 
     async def open_within(
-        self, limit: float, method: str, path: str, body: bytes | None, tenant: str = ""
+        self, deadline: float, method: str, path: str, body: bytes | None, tenant: str = ""
     ) -> tuple[Upstream, UpstreamResponse]:
-        """:meth:`open`, but no response head within ``limit`` seconds is a 504. A request
-        that finds no upstream ready is first held (``hold``), outside ``limit``."""
+        """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
+        ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
+        upstream ready is first held (``hold``), which counts toward the deadline only."""
         if self.hold is not None:
             await self.hold.until_ready()
+        limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
         try:
             async with asyncio.timeout(limit):
                 return await self.open(method, path, body, tenant)

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 _EVENT_END = b"\n\n"
 _DONE = b"data: [DONE]"
+# [DONE] opening an event: in a content event's JSON string it follows a quote, never a blank
+# line (a newline in a string is escaped), so a model that writes it is not taken for the end
+_DONE_AFTER_EVENT = _EVENT_END + _DONE
 _USAGE = b'"usage"'
 _USAGE_MEMBER = b'"usage":{'
 _NO_CHOICES = b'"choices":[]'
@@ -99,7 +102,7 @@ class StreamMeter:
         complete, self._pending = data[:end], data[end:]
         if _USAGE not in complete:  # no usage anywhere: count the events, pass them on
             events = complete.count(_EVENT_END)
-            if _DONE in complete:
+            if _DONE in complete and (complete.startswith(_DONE) or _DONE_AFTER_EVENT in complete):
                 events -= 1
                 self.done = True
             self.content_events += events

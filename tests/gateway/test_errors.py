@@ -3,7 +3,11 @@ errors pass through, normalised when vLLM did not use the envelope."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -81,6 +85,48 @@ async def test_body_over_the_limit_is_413(start_gateway: GatewayFactory) -> None
 
     response = await gw.client.post("/v1/completions", content=chunked(), headers=AUTH)
     assert_envelope(response, 413)
+
+
+async def _sent_at_once(url: str, head: str, body: bytes) -> bytes:
+    """Sends ``head`` and ``body`` in one write on a raw socket, then reads to the end."""
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (parts.hostname, parts.port))
+        await loop.sock_sendall(sock, head.encode() + body)  # a reset raises here
+        received = bytearray()
+        async with asyncio.timeout(10):
+            while chunk := await loop.sock_recv(sock, 1 << 16):
+                received += chunk
+    return bytes(received)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_over_the_limit_sent_in_one_write_gets_the_413(
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, framing: str
+) -> None:
+    """5 MiB against the 4 MiB default, head and body in one write, by a client that asks
+    to close the connection after the answer: it reads the 413 envelope, not a reset."""
+    gw = await start_gateway()
+    content = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * (5 << 20)}]})
+    body = content.encode()
+    if framing == "chunked":
+        body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        length = "Transfer-Encoding: chunked"
+    else:
+        length = f"Content-Length: {len(body)}"
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n{length}\r\n"
+        f"{next(f'{k}: {v}' for k, v in AUTH.items())}\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n\r\n"
+    )
+    answer = await _sent_at_once(gw.url, head, body)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413 "), answer[:200]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["type"] == "invalid_request_error"
+    assert upstream.bodies == []
 
 
 async def test_model_outside_the_key_is_403_and_unknown_model_404(

@@ -35,6 +35,17 @@ def test_unknown_and_bad_fields_are_refused() -> None:
         GatewaySettings(upstreams=[])
 
 
+def test_a_client_write_deadline_over_total_is_refused_and_the_default_lowered() -> None:
+    """``total`` bounds every write too: a ``client_write`` set above it could never fire,
+    so it is refused; the default (30 s) is lowered to a shorter ``total``."""
+    with pytest.raises(ValidationError, match=r"client_write \(5 s\) must not be above"):
+        GatewaySettings(timeouts={"total": 3, "client_write": 5})  # type: ignore[arg-type]
+    timeouts = GatewaySettings(timeouts={"total": 3}).timeouts  # type: ignore[arg-type]
+    assert timeouts.client_write == 3
+    equal = GatewaySettings(timeouts={"total": 3, "client_write": 3})  # type: ignore[arg-type]
+    assert equal.timeouts.client_write == 3
+
+
 def test_upstream_urls_drop_the_trailing_slash() -> None:
     settings = GatewaySettings(upstreams=["http://a:1/", "http://b:2"])  # type: ignore[list-item]
     assert settings.upstream_urls == ["http://a:1", "http://b:2"]

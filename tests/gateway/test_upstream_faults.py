@@ -8,12 +8,15 @@ connection closed or reset after the request went out, a 502, a timeout), it is 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
 from tests.vllm_standin import DROP, RESET, RawAnswer, RawUpstream, ScriptedUpstream
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
+STREAM = {**CHAT, "stream": True}
 
 MALFORMED_HEADS = {
     "bad status line": b"HTTP/1.1 abc\r\n\r\n",
@@ -75,3 +78,38 @@ async def test_a_request_dropped_after_it_was_sent_is_not_sent_again(
         second = await gw.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert second.status_code == 200
         assert len(upstream.bodies) == 1
+
+
+def _event(i: int) -> bytes:
+    chunk = {"id": "x", "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+CUT_STREAMS = {
+    # the connection closed cleanly in the middle of the third event
+    "torn event": _SSE_HEAD + _event(0) + _event(1) + _event(2)[:20],
+    # ... or between two events, before data: [DONE]
+    "no [DONE]": _SSE_HEAD + _event(0) + _event(1),
+}
+
+
+@pytest.mark.parametrize("answer", CUT_STREAMS.values(), ids=CUT_STREAMS.keys())
+async def test_a_stream_ended_cleanly_before_done_ends_with_an_error_event(
+    start_gateway: GatewayFactory, answer: bytes
+) -> None:
+    """A clean end before ``data: [DONE]`` is a cut answer: the client gets an error event
+    and ``[DONE]`` (as for a broken connection), never the torn half of an event."""
+    async with RawUpstream() as raw:
+        raw.answers["/v1/chat/completions"] = answer
+        gw = await start_gateway(upstreams=[raw.url])
+        response = await gw.client.post("/v1/chat/completions", json=STREAM, headers=AUTH)
+        events = [e for e in response.text.split("\n\n") if e]
+        assert [json.loads(e.removeprefix("data: ")) for e in events[:2]] == [
+            json.loads(_event(i)[6:]) for i in range(2)
+        ]
+        assert len(events) == 4, events
+        assert json.loads(events[2].removeprefix("data: "))["error"]["type"] == "upstream_error"
+        assert events[3] == "data: [DONE]"
+        labels = {"upstream": raw.url.removeprefix("http://"), "kind": "stream"}
+        assert gw.metric("vkit_gateway_upstream_errors_total", labels) == 1

@@ -47,6 +47,16 @@ def test_without_usage_the_content_chunks_are_counted() -> None:
     assert meter.usage is None
 
 
+def test_a_model_that_writes_done_has_not_ended_the_stream() -> None:
+    """``data: [DONE]`` inside a content event's text is content; the end is the event."""
+    chunk = event({"choices": [{"delta": {"content": "then data: [DONE]"}}]})
+    meter = StreamMeter(keep_usage=False)
+    assert meter.feed(chunk) == chunk
+    assert not meter.done and meter.completion_tokens == 1
+    meter.feed(chunk + b"data: [DONE]\n\n")
+    assert meter.done and meter.completion_tokens == 2
+
+
 def test_a_content_chunk_that_mentions_usage_is_not_taken_for_it() -> None:
     chunk = event({"choices": [{"delta": {"content": '"usage"'}}], "usage": None})
     meter = StreamMeter(keep_usage=False)

@@ -28,7 +28,8 @@ Its modules:
 - ``script``: :class:`Script` (what to answer) and :class:`WholeAnswer`;
 - ``server``: :class:`ScriptedUpstream`, the aiohttp server that follows the script;
 - ``raw``: :class:`RawUpstream` and the raw answers (:func:`http_answer`,
-  :func:`sse_answer`, :func:`healthy_raw_answers`, ``DROP``/``RESET``/``SILENT``);
+  :func:`sse_answer`, :func:`endless_sse`, :func:`healthy_raw_answers`,
+  ``DROP``/``RESET``/``SILENT``);
 - ``in_thread``: :class:`InThread` and :func:`standin_in_thread`, any of the servers on an
   event loop of its own in a thread, for synchronous tests.
 
@@ -47,9 +48,11 @@ from tests.vllm_standin.raw import (
     DROP,
     RESET,
     SILENT,
+    Endless,
     RawAnswer,
     RawRequest,
     RawUpstream,
+    endless_sse,
     healthy_raw_answers,
     http_answer,
     sse_answer,
@@ -61,6 +64,7 @@ __all__ = [
     "DROP",
     "RESET",
     "SILENT",
+    "Endless",
     "InThread",
     "RawAnswer",
     "RawRequest",
@@ -68,6 +72,7 @@ __all__ = [
     "Script",
     "ScriptedUpstream",
     "WholeAnswer",
+    "endless_sse",
     "healthy_raw_answers",
     "http_answer",
     "sse_answer",

@@ -14,7 +14,20 @@ DROP = "drop"  # read the request, then close the connection without a word
 RESET = "reset"  # read the request, then reset the connection (RST)
 SILENT = "silent"  # read the request, then say nothing (the connection stays open)
 
-RawAnswer = bytes | str  # the exact bytes to send (then close), or DROP / RESET / SILENT
+
+@dataclass(frozen=True)
+class Endless:
+    """An answer that never ends: ``head``, then ``repeat`` sent again and again, as fast as
+    the peer takes it (an upstream that floods) or every ``interval`` seconds (one that
+    trickles), until the peer closes the connection."""
+
+    head: bytes
+    repeat: bytes
+    interval: float = 0.0
+
+
+# the exact bytes to send (then close), DROP / RESET / SILENT, or an endless answer
+RawAnswer = bytes | str | Endless
 
 
 def http_answer(
@@ -33,6 +46,15 @@ def sse_answer(events: int, event_bytes: int) -> bytes:
     event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
     return head + event * events + b"data: [DONE]\n\n"
+
+
+def endless_sse(event_bytes: int) -> Endless:
+    """A 200 event stream of content chunks of about ``event_bytes`` each that never ends,
+    the events sent in batches of about 64 KiB."""
+    chunk = {"id": "x", "choices": [{"index": 0, "delta": {"content": "x" * event_bytes}}]}
+    event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    return Endless(head, event * max(1, (64 << 10) // len(event)))
 
 
 def healthy_raw_answers(model: str = "tiny-llama") -> dict[str, RawAnswer]:
@@ -123,6 +145,17 @@ class RawUpstream:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
+        elif isinstance(answer, Endless):
+            writer.write(answer.head)
+            try:
+                while True:
+                    writer.write(answer.repeat)
+                    await writer.drain()
+                    if answer.interval:
+                        await asyncio.sleep(answer.interval)
+            except ConnectionError:
+                self.cut += 1
+                raise
         elif isinstance(answer, bytes):
             writer.transport.set_write_buffer_limits(high=0)  # drain: until all is out
             writer.write(answer)
