@@ -82,6 +82,10 @@ class RequestBody:
     prompts: int = 1  # prompts in a /v1/completions batch
     ambiguous: bool = False  # a field the gateway reads is named twice: re-encode it
 
+    def count_prompt(self, prompt_tokens: int) -> None:
+        """Set the estimate: the counter's ``prompt_tokens`` plus the media parts'."""
+        self.prompt_tokens_estimate = prompt_tokens + media_tokens(self.data)
+
     @property
     def completions(self) -> int:
         """Completions the body asks for: each of its prompts, ``choices`` times."""
@@ -99,6 +103,15 @@ def parse_body(
 ) -> RequestBody:
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
     and there ``stream: true`` is refused and the output fields are not read."""
+    body = parse_fields(raw, generates=generates)
+    body.count_prompt((counter or _FALLBACK).count(body.data))
+    return body
+
+
+def parse_fields(raw: bytes, *, generates: bool = True) -> RequestBody:
+    """:func:`parse_body` without the count: the gateway counts with a time budget,
+    large bodies off the event loop (:mod:`gateway.prompt_budget`), then calls
+    :meth:`RequestBody.count_prompt`."""
     data, ambiguous = _load(raw)
     model = MODEL.read(data)
     if not generates:
@@ -108,7 +121,7 @@ def parse_body(
             stream=NO_STREAM.read(data),
             max_tokens=None,
             include_usage=False,
-            prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+            prompt_tokens_estimate=0,
             ambiguous=ambiguous,
         )
     stream = STREAM.read(data)
@@ -120,7 +133,7 @@ def parse_body(
         stream=stream,
         max_tokens=_requested_max_tokens(data),
         include_usage=include_usage,
-        prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+        prompt_tokens_estimate=0,
         include_chunk_usage=include_usage and options["continuous_usage_stats"],
         choices=_choices(data),
         prompts=_batch_prompts(data.get("prompt")),

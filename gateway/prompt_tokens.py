@@ -4,9 +4,12 @@ The limiter reserves this count plus ``max_tokens`` at admission and settles wit
 ``usage`` afterwards; a count below the real one lets concurrent requests overshoot a key's
 tpm, so every counter here errs high, never low.
 
-- :class:`PromptCounter`: ``count(data) -> int``, the whole request's ``usage.prompt_tokens``:
-  chat ``messages``; completions ``prompt`` (a string, strings, token ids, lists of token
-  ids: batch prompts are summed) and embeddings ``input`` alike; ``n`` does not multiply it.
+- :class:`PromptCounter`: ``count(data, deadline=None) -> int``, the whole request's
+  ``usage.prompt_tokens``: chat ``messages``; completions ``prompt`` (a string, strings,
+  token ids, lists of token ids: batch prompts are summed) and embeddings ``input`` alike;
+  ``n`` does not multiply it. Past the optional :class:`gateway.deadline.Deadline` a counter
+  that does real work raises :class:`gateway.deadline.DeadlineExceeded`
+  (:mod:`gateway.prompt_budget` then counts the byte bound).
 - :class:`TokenizerCounter`: the model's own ``tokenizer.json`` (the ``tokenizers`` library)
   and chat template (:mod:`gateway.chat_template`): what vLLM counts (``bench/prompt_count.py``
   measures it against real vLLM). Beyond ``max_tokenized_chars``, or when the template does
@@ -41,6 +44,7 @@ from gateway.chat_template import (
     text_parts,
     tool_call_for_template,
 )
+from gateway.deadline import Deadline
 from gateway.settings import TokenizerSettings
 
 if TYPE_CHECKING:
@@ -53,8 +57,9 @@ SPECIALS_PER_TEXT = 2  # BOS and EOS, added by a post-processor
 
 
 class PromptCounter(Protocol):
-    def count(self, data: Mapping[str, Any]) -> int:
-        """The request's prompt tokens (at least 1)."""
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The request's prompt tokens (at least 1); past ``deadline``,
+        :class:`~gateway.deadline.DeadlineExceeded`."""
         ...
 
 
@@ -72,10 +77,34 @@ def text_bytes(text: str) -> int:
     )
 
 
-def _json_bytes(value: object) -> int:
+def json_bytes(value: object) -> int:
+    """:func:`text_bytes` of ``json.dumps(value, ensure_ascii=False, indent=4)``, without
+    json's pure-Python indenting encoder (~1 us per item: 0.6 s for a 600k-item schema): the
+    C encoder's dump with the same separators, plus the indentation, which is ASCII and so
+    the same length in every normalization form. ``None`` (an absent field) counts 0."""
     if value is None:
         return 0
-    return text_bytes(json.dumps(value, ensure_ascii=False, indent=4))
+    compact = json.dumps(value, ensure_ascii=False, separators=(",", ": "))
+    return text_bytes(compact) + _indentation(value)
+
+
+def _indentation(value: object, indent: int = 4) -> int:
+    """The whitespace ``indent`` adds: before each item of a container at level L, a newline
+    and ``indent * (L + 1)`` spaces; before the closing bracket of a non-empty one, a
+    newline and ``indent * L``."""
+    total = 0
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        stack.append((value, 0))
+    while stack:
+        item, level = stack.pop()
+        if item:
+            total += len(item) * (1 + indent * (level + 1)) + 1 + indent * level
+            children = item.values() if isinstance(item, dict) else item
+            kinds = set(map(type, children))  # in C: a schema's 600k integers, ~10 ms
+            if dict in kinds or list in kinds:
+                stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +151,17 @@ class ByteBound:
     def of(cls, settings: TokenizerSettings) -> ByteBound:
         return cls(settings.message_overhead, settings.request_overhead)
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The bound; ``deadline`` is not looked at: the work is a pass over the body's
+        texts in C (UTF-8 length, normalization) and over its messages and JSON containers
+        in Python, at most ~0.1 s for a 4 MiB body (docs/gateway-cost.md)."""
         total = 0
         messages = data.get("messages")
         if isinstance(messages, list):
             total += self.request_overhead
             total += sum(self.message_overhead + _message_bytes(m) for m in messages)
             for name in ("tools", "documents", "chat_template_kwargs"):
-                total += _json_bytes(data.get(name))
+                total += json_bytes(data.get(name))
             if data.get("add_special_tokens") is True:
                 total += SPECIALS_PER_TEXT
         for name in ("prompt", "input"):
@@ -148,9 +180,9 @@ def _message_bytes(message: object) -> int:
         elif isinstance(value, str):
             total += text_bytes(value)
         elif key == "tool_calls" and isinstance(value, list):
-            total += _json_bytes([tool_call_for_template(call) for call in value])
+            total += json_bytes([tool_call_for_template(call) for call in value])
         else:
-            total += _json_bytes(value)
+            total += json_bytes(value)
     return total
 
 
@@ -192,25 +224,32 @@ class TokenizerCounter:
     max_tokenized_chars: int = 65536
     missing_specials: int = 0
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The exact count; ``deadline`` is looked at before each text is tokenized (each at
+        most ``max_tokenized_chars``) and while the chat template renders."""
         if isinstance(data.get("messages"), list):
-            return max(1, self._count_chat(data))
+            return max(1, self._count_chat(data, deadline))
         add_special = data.get("add_special_tokens", True) is not False
         total = 0
         for name in ("prompt", "input"):
             for prompt in _prompts(data.get(name)):
-                total += (
-                    len(prompt) if isinstance(prompt, list) else self._text(prompt, add_special)
-                )
+                if isinstance(prompt, list):
+                    total += len(prompt)
+                    continue
+                if deadline is not None:
+                    deadline.check()
+                total += self._text(prompt, add_special)
         return max(1, total)
 
-    def _count_chat(self, data: Mapping[str, Any]) -> int:
+    def _count_chat(self, data: Mapping[str, Any], deadline: Deadline | None) -> int:
         if self.template is None:
             return self.fallback.count(data)
         try:
-            rendered = self.template.render(data)
+            rendered = self.template.render(data, deadline)
         except ChatTemplateError:
             return self.fallback.count(data)  # vLLM rejects it too; any reservation will do
+        if deadline is not None:
+            deadline.check()
         return self._text(rendered, data.get("add_special_tokens") is True)
 
     def _text(self, text: str, add_special: bool) -> int:
@@ -268,10 +307,10 @@ class ModelCounters:
     counters: Mapping[str, PromptCounter]
     fallback: PromptCounter
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         model = data.get("model")
         counter = self.counters.get(model, self.fallback) if isinstance(model, str) else None
-        return (counter or self.fallback).count(data)
+        return (counter or self.fallback).count(data, deadline)
 
 
 def resolve_model_dir(source: str, hf_cache: Path) -> Path:
@@ -325,10 +364,10 @@ class LateTokenizer:
         self._looking = False
         self._next_look = clock() + retry_s
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         loaded = self.loaded
         if loaded is not None:
-            return loaded.count(data)
+            return loaded.count(data, deadline)
         now = self.clock()
         if not self._looking and now >= self._next_look:
             self._looking, self._next_look = True, now + self.retry_s

@@ -136,7 +136,9 @@ class TokenizerSettings(BaseModel):
     Face repo id looked up in ``hf_cache``:
     ``VKIT_GATEWAY_TOKENIZERS__MODELS='{"llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}'``.
     Other models are counted by a byte bound (``gateway.prompt_tokens.ByteBound``, with the
-    template allowances below); so are texts longer than ``max_tokenized_chars``.
+    template allowances below); so are texts longer than ``max_tokenized_chars``, and bodies
+    whose count takes longer than ``count_budget`` s. Bodies over ``count_inline_bytes`` are
+    counted on a worker thread, beside the event loop (``gateway.prompt_budget``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -149,6 +151,12 @@ class TokenizerSettings(BaseModel):
     )
     max_tokenized_chars: int = Field(
         default=65536, ge=0, description="longer prompt texts get the byte bound (CPU)"
+    )
+    count_budget: float = Field(
+        default=0.1, gt=0, description="seconds one request's count may take; then the byte bound"
+    )
+    count_inline_bytes: int = Field(
+        default=16384, ge=0, description="larger bodies are counted on a worker thread"
     )
     message_overhead: int = Field(
         default=8, ge=0, description="byte bound: template tokens per chat message"
