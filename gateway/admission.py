@@ -2,7 +2,7 @@
 
 Order (each step answers with its own envelope): the bearer key (401), the body size
 (413), the JSON fields (400), the key's allowed models (403) and the served models (404),
-the prompt count (within a
+the fan-out bounds (400, :func:`gateway.caps.check_fan_out`), the prompt count (within a
 time budget, large bodies off the event loop: :mod:`gateway.prompt_budget`), the token cap
 (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
 (503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway.accounting import NO_MODEL, answer_labels
 from gateway.body import encode_body, parse_fields
-from gateway.caps import apply_token_cap
+from gateway.caps import FanOutLimits, apply_token_cap, check_fan_out
 from gateway.errors import (
     AuthenticationFailed,
     ClientGone,
@@ -45,7 +45,7 @@ from gateway.upstreams import UpstreamPool
 ANONYMOUS = "anonymous"
 
 
-class KeyLike(Protocol):
+class KeyLike(FanOutLimits, Protocol):
     """What the gateway reads of ``gateway.key_store.ApiKey``."""
 
     @property
@@ -151,6 +151,7 @@ class Gate:
         body = parse_fields(received, generates=with_cap)
         label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)
+        check_fan_out(body, key, self.caps)
         counting = self.count_budget.count(self.prompt_counter, body.data, len(received))
         body.count_prompt(await counting)
         changed = body.ambiguous  # a field named twice: forward what the gateway read

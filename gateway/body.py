@@ -79,7 +79,7 @@ class RequestBody:
     prompt_tokens_estimate: int  # the prompt count plus MEDIA_TOKENS per media part
     include_chunk_usage: bool = False  # usage on every chunk: continuous_usage_stats too
     choices: int = 1  # completions per prompt: max(n, best_of)
-    prompts: int = 1  # prompts in a /v1/completions batch
+    prompts: int = 1  # prompts in a batch: /v1/completions' prompt, /v1/embeddings' input
     ambiguous: bool = False  # a field the gateway reads is named twice: re-encode it
 
     def count_prompt(self, prompt_tokens: int) -> None:
@@ -122,6 +122,7 @@ def parse_fields(raw: bytes, *, generates: bool = True) -> RequestBody:
             max_tokens=None,
             include_usage=False,
             prompt_tokens_estimate=0,
+            prompts=_batch_prompts(data.get("input")),
             ambiguous=ambiguous,
         )
     stream = STREAM.read(data)
@@ -193,9 +194,10 @@ def _choices(data: dict[str, Any]) -> int:
 
 
 def _batch_prompts(prompt: object) -> int:
-    """Prompts in ``/v1/completions``' ``prompt``: a list of strings or of token-id lists is
-    a batch, one completion each; a string or one list of token ids is one prompt. Counted
-    on every route: a chat body naming a batch is over-reserved, never under."""
+    """Prompts in ``/v1/completions``' ``prompt`` (``/v1/embeddings``' ``input``): a list of
+    strings or of token-id lists is a batch, one completion (embedding) each; a string or one
+    list of token ids is one prompt. Counted on every route: a chat body naming a batch is
+    over-reserved, never under."""
     if not isinstance(prompt, list) or not prompt:
         return 1
     if all(isinstance(item, int) and not isinstance(item, bool) for item in prompt):

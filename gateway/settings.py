@@ -70,7 +70,14 @@ class TimeoutSettings(BaseModel):
 class CapSettings(BaseModel):
     """Token caps: ``default_max_tokens`` is injected when a request names none;
     a request above the cap (the key's ``max_tokens`` or ``max_tokens`` here, whichever is
-    lower) is clamped or rejected with 400, per ``over_cap``."""
+    lower) is clamped or rejected with 400, per ``over_cap``.
+
+    Fan-out bounds, each also settable per key (the lower one holds), a body over one
+    refused with 400 naming the field: ``max_n`` (OpenAI's own bound on ``n``) and
+    ``max_best_of`` completions per prompt, ``max_prompts`` in a batch (a completions
+    ``prompt`` or embeddings ``input`` list: OpenAI's bound on an embeddings batch), and
+    ``max_completions`` per request, prompts x ``max(n, best_of)``: what ``max_tokens``
+    is reserved for."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +89,14 @@ class CapSettings(BaseModel):
     )
     over_cap: Literal["clamp", "reject"] = Field(
         default="clamp", description="above the cap: clamp, or reject with 400"
+    )
+    max_n: int = Field(default=128, ge=1, description="most completions per prompt (n)")
+    max_best_of: int = Field(default=128, ge=1, description="most candidates per prompt (best_of)")
+    max_prompts: int = Field(
+        default=2048, ge=1, description="most prompts in a batch (prompt or input list)"
+    )
+    max_completions: int = Field(
+        default=2048, ge=1, description="most completions per request: prompts x max(n, best_of)"
     )
 
 
