@@ -41,14 +41,11 @@ OVER_DEFAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "param"), OVER_DEFAULTS)
+@pytest.mark.parametrize("case", OVER_DEFAULTS, ids=lambda case: f"{case[0]} {case[2]}")
 async def test_fan_out_over_the_default_bounds_is_refused_naming_the_field(
-    start_gateway: GatewayFactory,
-    upstream: ScriptedUpstream,
-    path: str,
-    body: dict[str, Any],
-    param: str,
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, case: tuple[str, Any, str]
 ) -> None:
+    path, body, param = case
     gw = await start_gateway(keys={SECRET: CAPPED})
     response = await gw.client.post(path, json=body, headers=AUTH)
     assert response.status_code == 400, response.text
