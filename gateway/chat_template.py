@@ -42,6 +42,7 @@ ContentFormat = Literal["string", "openai"]
 # Request fields vLLM hands to the template as variables (its build_chat_params).
 _REQUEST_VARIABLES = ("documents", "reasoning_effort")
 CHECK_EVERY = 256  # messages, output chunks or tojson pieces between looks at the deadline
+SMALL_JSON_NODES = 512  # tojson of at most this many items: the C encoder, one short call
 # The deadline of the render in progress, for the tojson filter (set by ChatTemplate.render).
 _DEADLINE: ContextVar[Deadline | None] = ContextVar("vkit_render_deadline", default=None)
 
@@ -63,7 +64,7 @@ def _tojson(
 ) -> str:
     # transformers' override: no HTML escaping, and the options of json.dumps.
     deadline = _DEADLINE.get()
-    if indent is None or deadline is None:  # without indent: the C encoder, one quick call
+    if deadline is None or _within_nodes(value, SMALL_JSON_NODES):
         return json.dumps(
             value,
             ensure_ascii=ensure_ascii,
@@ -71,11 +72,30 @@ def _tojson(
             separators=separators,
             sort_keys=sort_keys,
         )
-    # indented: json's pure-Python encoder, piece by piece (a 600k-item schema takes ~0.5 s)
+    # large: json's pure-Python encoder, piece by piece, looking at the deadline (the C one
+    # would hold the GIL for one long call: 0.05-0.3 s for a 600k-item schema)
     encoder = json.JSONEncoder(
         ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
     return "".join(_checked(encoder.iterencode(value), deadline))
+
+
+def _within_nodes(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds at most ``limit`` items in all its containers (a walk that
+    stops as soon as it passes them)."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        seen += len(item)
+        if seen > limit:
+            return False
+        stack.extend(item)
+    return True
 
 
 def _checked(pieces: Iterable[str], deadline: Deadline | None) -> Iterator[str]:

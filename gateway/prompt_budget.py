@@ -1,10 +1,10 @@
 """Count a request's prompt within a time budget, and large bodies off the event loop.
 
 A model's tokenizer and chat template make counting cost what the body makes it cost:
-63 prompts of 65,536 characters took 1.6 s to tokenize, 120,000 one-character messages
-0.13 s to render, a 600,000-integer tool schema 0.6 s to dump indented (measured here,
-2026-12-06, ``bench/prompt_count.py --hostile``). On the event loop that is time every
-other request waits. :class:`CountBudget` bounds it two ways:
+63 prompts of 65,536 characters took 1.6-3 s to tokenize, 120,000 one-character messages
+0.13-0.66 s to render, a 600,000-integer tool schema 0.6 s to dump indented (a shared
+2-vCPU VM, 2026-12-06, ``bench/prompt_count.py --hostile``; docs/gateway-cost.md). On the
+event loop that is time every other request waits. :class:`CountBudget` bounds it two ways:
 
 - every count gets ``seconds`` (``tokenizers.count_budget``): the counter looks at a
   :class:`gateway.deadline.Deadline` between texts and while the template renders, and a

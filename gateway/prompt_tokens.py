@@ -77,33 +77,51 @@ def text_bytes(text: str) -> int:
     )
 
 
-def json_bytes(value: object) -> int:
-    """:func:`text_bytes` of ``json.dumps(value, ensure_ascii=False, indent=4)``, without
-    json's pure-Python indenting encoder (~1 us per item: 0.6 s for a 600k-item schema): the
-    C encoder's dump with the same separators, plus the indentation, which is ASCII and so
-    the same length in every normalization form. ``None`` (an absent field) counts 0."""
+JSON_BATCH = 4096  # scalars per C dump: ~1 ms each, the GIL free for others in between
+
+
+def json_bytes(value: object, indent: int = 4) -> int:
+    """:func:`text_bytes` of ``json.dumps(value, ensure_ascii=False, indent=4)``, an upper
+    bound of it past :data:`JSON_BATCH` scalars, in short steps: json's indenting encoder is
+    pure Python (0.6 s for a 600k-item schema) and its compact C one holds the GIL for one
+    long call (0.05-0.3 s). The structure (brackets, commas, ``": "``, indentation) is
+    counted walking the containers; the scalars and keys are dumped by the C encoder
+    :data:`JSON_BATCH` at a time. The structure is ASCII, the same length in every
+    normalization form, so within one batch the count is exact; over several it is the sum
+    of each batch's most over the forms, no less than the whole's. ``None`` (an absent
+    field) counts 0."""
     if value is None:
         return 0
-    compact = json.dumps(value, ensure_ascii=False, separators=(",", ": "))
-    return text_bytes(compact) + _indentation(value)
-
-
-def _indentation(value: object, indent: int = 4) -> int:
-    """The whitespace ``indent`` adds: before each item of a container at level L, a newline
-    and ``indent * (L + 1)`` spaces; before the closing bracket of a non-empty one, a
-    newline and ``indent * L``."""
     total = 0
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
-    if isinstance(value, dict | list):
-        stack.append((value, 0))
+    scalars: list[Any] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()
-        if item:
-            total += len(item) * (1 + indent * (level + 1)) + 1 + indent * level
-            children = item.values() if isinstance(item, dict) else item
-            kinds = set(map(type, children))  # in C: a schema's 600k integers, ~10 ms
-            if dict in kinds or list in kinds:
-                stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+        if not isinstance(item, dict | list):
+            scalars.append(item)
+            continue
+        size = len(item)
+        total += 2  # the brackets
+        if size:  # commas, then a newline and indentation before each item and the closing
+            total += size - 1 + size * (1 + indent * (level + 1)) + 1 + indent * level
+        children: Any = item
+        if isinstance(item, dict):
+            total += 2 * size  # ": " after each key
+            scalars.extend(item)
+            children = item.values()
+        kinds = set(map(type, children))  # in C: a schema's 600k integers, ~10 ms
+        if dict in kinds or list in kinds:
+            for child in children:
+                if isinstance(child, dict | list):
+                    stack.append((child, level + 1))
+                else:
+                    scalars.append(child)
+        else:
+            scalars.extend(children)
+    for start in range(0, len(scalars), JSON_BATCH):
+        batch = scalars[start : start + JSON_BATCH]
+        dumped = json.dumps(batch, ensure_ascii=False, separators=(",", ": "))
+        total += text_bytes(dumped) - 2 - (len(batch) - 1)  # less its brackets and commas
     return total
 
 
@@ -154,7 +172,8 @@ class ByteBound:
     def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         """The bound; ``deadline`` is not looked at: the work is a pass over the body's
         texts in C (UTF-8 length, normalization) and over its messages and JSON containers
-        in Python, at most ~0.1 s for a 4 MiB body (docs/gateway-cost.md)."""
+        in Python, 0.1-0.4 s for the worst 4 MiB bodies measured (docs/gateway-cost.md), in
+        short steps that leave the GIL to other threads."""
         total = 0
         messages = data.get("messages")
         if isinstance(messages, list):
