@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from gateway.chat_template import ChatTemplate
 from gateway.deadline import Deadline, DeadlineExceeded
 from gateway.prompt_budget import CountBudget
-from gateway.prompt_tokens import JSON_BATCH, ByteBound, TokenizerCounter, json_bytes, text_bytes
+from gateway.prompt_tokens import ByteBound, TokenizerCounter
 from gateway.settings import TokenizerSettings
+from gateway.utf8_length import JSON_BATCH, json_bytes, text_bytes
 from tests.gateway.conftest import AUTH, GatewayFactory
 
 MODEL = "tiny-llama"

@@ -32,9 +32,9 @@ from gateway.prompt_tokens import (
     ModelCounters,
     TokenizerCounter,
     build_prompt_counter,
-    text_bytes,
 )
 from gateway.settings import GatewaySettings, TokenizerSettings
+from gateway.utf8_length import text_bytes
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
 
 MODEL = "tiny-llama"
