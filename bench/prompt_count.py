@@ -13,6 +13,13 @@ microseconds of ``parse_body`` per request with each counter, for a few body siz
 Without ``--base-url`` it starts ``vkit launch --cpu`` on a free loopback port (ready
 within ``--ready-timeout`` seconds, stopped at the end). ``tests/gateway/
 test_engine_prompt_count.py`` asserts the same numbers against the test replicas.
+
+    .venv/bin/python bench/prompt_count.py --hostile [--model-dir DIR]   # no replica needed
+
+times the hostile bodies of :func:`hostile_bodies` (each under the 4 MiB body limit): the
+tokenizer's full count, the gateway's count within its budget
+(:class:`gateway.prompt_budget.CountBudget`, default settings) and the byte bound's; then
+CPU microseconds per small body of ``parse_body`` against the gateway's budgeted path.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from typing import Any
 
 import httpx
 
-from gateway.body import parse_body
+from gateway.body import parse_body, parse_fields
+from gateway.prompt_budget import CountBudget
 from gateway.prompt_tokens import ByteBound, PromptCounter, TokenizerCounter
 from gateway.settings import TokenizerSettings
 
@@ -220,6 +228,76 @@ def cost_table(counters: Mapping[str, PromptCounter | None], repeat: int = 2000)
     return lines
 
 
+def hostile_bodies() -> dict[str, dict[str, Any]]:
+    """Bodies whose count costs the most per byte, each under 4 MiB."""
+    schema = {"type": "object", "enum": list(range(600_000))}
+    return {
+        "600k-integer tool schema": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+        },
+        "63 prompts of 65,536 chars": {"model": MODEL, "prompt": ["ab c" * 16384] * 63},
+        "120k one-char messages": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "a"}] * 120_000,
+        },
+    }
+
+
+def _seconds(job: Any) -> float:
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
+
+
+def hostile_table(counter: PromptCounter, budget: CountBudget) -> list[str]:
+    lines = ["| body | MB | tokenizer, full s | gateway (budget) s | byte bound s |"]
+    lines.append("|---|---|---|---|---|")
+    for label, body in hostile_bodies().items():
+        size = len(json.dumps(body)) / 1e6
+        full = _seconds(lambda body=body: counter.count(body))
+        budgeted = _seconds(lambda body=body: budget.within(counter, body))
+        bound = _seconds(lambda body=body: ByteBound().count(body))
+        lines.append(f"| {label} | {size:.2f} | {full:.3f} | {budgeted:.3f} | {bound:.3f} |")
+    return lines
+
+
+def cpu_us_per_budgeted_parse(
+    raw: bytes, counter: PromptCounter, budget: CountBudget, repeat: int
+) -> float:
+    """CPU microseconds of the gateway's path: the fields, then the count within budget."""
+
+    def once() -> None:
+        body = parse_fields(raw)
+        body.count_prompt(budget.within(counter, body.data))
+
+    once()
+    start = time.process_time()
+    for _ in range(repeat):
+        once()
+    return (time.process_time() - start) / repeat * 1e6
+
+
+def budget_cost_table(counter: PromptCounter, repeat: int = 2000) -> list[str]:
+    budget = CountBudget()
+    rng = random.Random(1)
+    bodies = {
+        "chat, 1 short message": [{"role": "user", "content": SENTENCES[0]}],
+        "chat, ~1000 tokens": [{"role": "user", "content": _words(rng, 400)}],
+        "chat, 10 messages": [
+            {"role": ("user", "assistant")[i % 2], "content": SENTENCES[i % 4]} for i in range(10)
+        ],
+    }
+    lines = ["| body | parse_body us | parse_fields + CountBudget.within us |", "|---|---|---|"]
+    for label, messages in bodies.items():
+        raw = json.dumps({"model": MODEL, "messages": messages}).encode()
+        before = cpu_us_per_parse(raw, counter, repeat)
+        after = cpu_us_per_budgeted_parse(raw, counter, budget, repeat)
+        lines.append(f"| {label} | {before:.1f} | {after:.1f} |")
+    return lines
+
+
 def report(rows: list[Row]) -> list[str]:
     head = "| counter | prompts | worst over | worst under "
     lines = [head + "| prompts >= 100 | worst over | worst under |"]
@@ -287,7 +365,17 @@ def main() -> int:
     parser.add_argument("--base-url", help="a running vLLM replica of the tiny model")
     parser.add_argument("--model-dir", type=Path, help="its model directory")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--hostile", action="store_true", help="time hostile bodies only")
     args = parser.parse_args()
+    if args.hostile:
+        from launcher.supervision.tiny_model import build_tiny_model
+
+        model_dir = args.model_dir or build_tiny_model(ROOT / ".vkit" / "models" / MODEL)
+        counter = TokenizerCounter.load(model_dir, TokenizerSettings())
+        print("\n".join(hostile_table(counter, CountBudget())))
+        print()
+        print("\n".join(budget_cost_table(counter)))
+        return 0
 
     def run(url: str, model_dir: Path) -> None:
         counters: dict[str, PromptCounter] = {

@@ -21,7 +21,10 @@ Modules:
 - :mod:`.openapi_bodies` -- the request bodies as documented in the OpenAPI schema;
 - :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;
 - :mod:`.prompt_tokens` -- a request's prompt tokens, counted before it goes upstream;
+- :mod:`.utf8_length` -- UTF-8 lengths over normal forms (texts, JSON): the byte bound's B;
 - :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;
+- :mod:`.prompt_budget` -- counting within a time budget, large bodies off the event loop;
+- :mod:`.deadline` -- a time budget that long work checks as it goes;
 - :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
 - :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;
 - :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write

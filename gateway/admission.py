@@ -2,7 +2,9 @@
 
 Order (each step answers with its own envelope): the bearer key (401), the body size
 (413), the JSON fields (400), the key's allowed models (403) and the served models (404),
-the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
+the fan-out bounds (400, :func:`gateway.caps.check_fan_out`), the prompt count (within a
+time budget, large bodies off the event loop: :mod:`gateway.prompt_budget`), the token cap
+(400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
 (503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
 estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
 (``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
@@ -15,14 +17,14 @@ A client that hangs up while sending its body is a quiet 499, counted.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.accounting import NO_MODEL, answer_labels
-from gateway.body import encode_body, parse_body
-from gateway.caps import apply_token_cap
+from gateway.body import encode_body, parse_fields
+from gateway.caps import FanOutLimits, apply_token_cap, check_fan_out
 from gateway.errors import (
     AuthenticationFailed,
     ClientGone,
@@ -34,7 +36,8 @@ from gateway.errors import (
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.oversized_body import refuse_oversized
-from gateway.prompt_tokens import PromptCounter
+from gateway.prompt_budget import CountBudget
+from gateway.prompt_tokens import ByteBound, PromptCounter
 from gateway.request_lease import KeyLease, RequestLease
 from gateway.settings import CapSettings
 from gateway.upstreams import UpstreamPool
@@ -42,7 +45,7 @@ from gateway.upstreams import UpstreamPool
 ANONYMOUS = "anonymous"
 
 
-class KeyLike(Protocol):
+class KeyLike(FanOutLimits, Protocol):
     """What the gateway reads of ``gateway.key_store.ApiKey``."""
 
     @property
@@ -100,7 +103,8 @@ class Gate:
     key_store: KeyStoreLike | None
     limiter: LimiterLike | None
     in_flight: InFlightLimit | None = None
-    prompt_counter: PromptCounter | None = None  # None: the body module's byte bound
+    prompt_counter: PromptCounter = field(default_factory=ByteBound)
+    count_budget: CountBudget = field(default_factory=CountBudget)  # its time, its thread
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -144,9 +148,12 @@ class Gate:
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
         received = await self.read_body(request, key_name)
-        body = parse_body(received, self.prompt_counter, generates=with_cap)
+        body = parse_fields(received, generates=with_cap)
         label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)
+        check_fan_out(body, key, self.caps)
+        counting = self.count_budget.count(self.prompt_counter, body.data, len(received))
+        body.count_prompt(await counting)
         changed = body.ambiguous  # a field named twice: forward what the gateway read
         if with_cap:
             changed |= apply_token_cap(body, key.max_tokens if key else None, self.caps)

@@ -79,8 +79,12 @@ class RequestBody:
     prompt_tokens_estimate: int  # the prompt count plus MEDIA_TOKENS per media part
     include_chunk_usage: bool = False  # usage on every chunk: continuous_usage_stats too
     choices: int = 1  # completions per prompt: max(n, best_of)
-    prompts: int = 1  # prompts in a /v1/completions batch
+    prompts: int = 1  # prompts in a batch: /v1/completions' prompt, /v1/embeddings' input
     ambiguous: bool = False  # a field the gateway reads is named twice: re-encode it
+
+    def count_prompt(self, prompt_tokens: int) -> None:
+        """Set the estimate: the counter's ``prompt_tokens`` plus the media parts'."""
+        self.prompt_tokens_estimate = prompt_tokens + media_tokens(self.data)
 
     @property
     def completions(self) -> int:
@@ -99,6 +103,15 @@ def parse_body(
 ) -> RequestBody:
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
     and there ``stream: true`` is refused and the output fields are not read."""
+    body = parse_fields(raw, generates=generates)
+    body.count_prompt((counter or _FALLBACK).count(body.data))
+    return body
+
+
+def parse_fields(raw: bytes, *, generates: bool = True) -> RequestBody:
+    """:func:`parse_body` without the count: the gateway counts with a time budget,
+    large bodies off the event loop (:mod:`gateway.prompt_budget`), then calls
+    :meth:`RequestBody.count_prompt`."""
     data, ambiguous = _load(raw)
     model = MODEL.read(data)
     if not generates:
@@ -108,7 +121,8 @@ def parse_body(
             stream=NO_STREAM.read(data),
             max_tokens=None,
             include_usage=False,
-            prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+            prompt_tokens_estimate=0,
+            prompts=_batch_prompts(data.get("input")),
             ambiguous=ambiguous,
         )
     stream = STREAM.read(data)
@@ -120,7 +134,7 @@ def parse_body(
         stream=stream,
         max_tokens=_requested_max_tokens(data),
         include_usage=include_usage,
-        prompt_tokens_estimate=(counter or _FALLBACK).count(data) + media_tokens(data),
+        prompt_tokens_estimate=0,
         include_chunk_usage=include_usage and options["continuous_usage_stats"],
         choices=_choices(data),
         prompts=_batch_prompts(data.get("prompt")),
@@ -180,9 +194,10 @@ def _choices(data: dict[str, Any]) -> int:
 
 
 def _batch_prompts(prompt: object) -> int:
-    """Prompts in ``/v1/completions``' ``prompt``: a list of strings or of token-id lists is
-    a batch, one completion each; a string or one list of token ids is one prompt. Counted
-    on every route: a chat body naming a batch is over-reserved, never under."""
+    """Prompts in ``/v1/completions``' ``prompt`` (``/v1/embeddings``' ``input``): a list of
+    strings or of token-id lists is a batch, one completion (embedding) each; a string or one
+    list of token ids is one prompt. Counted on every route: a chat body naming a batch is
+    over-reserved, never under."""
     if not isinstance(prompt, list) or not prompt:
         return 1
     if all(isinstance(item, int) and not isinstance(item, bool) for item in prompt):

@@ -10,9 +10,18 @@ What the client asked for is the lower of ``max_tokens`` and ``max_completion_to
 ``/v1/completions`` reads, and chat without ``max_completion_tokens``) and to
 ``max_completion_tokens`` too whenever the body names it, even as ``null`` (chat reads it
 first): however vLLM reads the body, on either route, it reads the cap.
+
+Fan-out (:func:`check_fan_out`): ``n``, ``best_of``, the prompts of a batch and the
+completions of a request (prompts x ``max(n, best_of)``) each have a bound, the lower of the
+key's (``max_n`` ... in the keys file) and the gateway's (``caps.max_n`` ...). A body over
+one is refused with 400 naming the field, never clamped: a client that asked for 1000
+choices and got 128 would read the answer wrong. The limiter reserves ``max_tokens`` for
+every completion that passes (:attr:`gateway.body.RequestBody.reservation`).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from gateway.body import RequestBody
 from gateway.errors import InvalidRequest
@@ -43,3 +52,48 @@ def apply_token_cap(body: RequestBody, key_cap: int | None, caps: CapSettings) -
             changed = True
     body.max_tokens = limit
     return changed
+
+
+class FanOutLimits(Protocol):
+    """A key's fan-out bounds (``gateway.keyfile.ApiKey``); ``None``: the gateway's."""
+
+    @property
+    def max_n(self) -> int | None: ...
+
+    @property
+    def max_best_of(self) -> int | None: ...
+
+    @property
+    def max_prompts(self) -> int | None: ...
+
+    @property
+    def max_completions(self) -> int | None: ...
+
+
+def check_fan_out(body: RequestBody, key: FanOutLimits | None, caps: CapSettings) -> None:
+    """Refuse (400, the field named) a body over a fan-out bound of ``key`` or ``caps``."""
+    batch = "prompt" if "prompt" in body.data else "input"
+    asked = (
+        ("max_n", "n", _choices(body, "n"), "'n' is {}"),
+        ("max_best_of", "best_of", _choices(body, "best_of"), "'best_of' is {}"),
+        ("max_prompts", batch, body.prompts, f"'{batch}' holds {{}} prompts"),
+        ("max_completions", "n", body.completions, _COMPLETIONS),
+    )
+    for limit, param, count, says in asked:
+        gateway_bound: int = getattr(caps, limit)
+        key_bound: int | None = getattr(key, limit) if key is not None else None
+        bound = gateway_bound if key_bound is None else min(gateway_bound, key_bound)
+        if count > bound:
+            message = f"{says.format(count)}, above this key's limit of {bound}"
+            raise InvalidRequest(message, param=param)
+
+
+_COMPLETIONS = "the request asks for {} completions (prompts x max(n, best_of))"
+
+
+def _choices(body: RequestBody, name: str) -> int:
+    """``n`` or ``best_of`` as the parser read it (a positive integer, else absent)."""
+    if body.choices == 1:  # neither above 1; embeddings read neither
+        return 1
+    value = body.data.get(name)
+    return value if isinstance(value, int) else 1

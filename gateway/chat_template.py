@@ -12,7 +12,9 @@ render the template in a sandboxed jinja2 environment (``trim_blocks``, ``lstrip
 ``loopcontrols``, its own ``tojson``, ``raise_exception``, ``strftime_now``), with the
 tokenizer's special tokens (``bos_token`` ...) as variables. This module does the same with
 jinja2 alone, so the gateway needs neither transformers nor vLLM. A template that fails to
-render raises :class:`ChatTemplateError` (vLLM answers such a request with 400).
+render raises :class:`ChatTemplateError` (vLLM answers such a request with 400). Given a
+:class:`gateway.deadline.Deadline`, rendering checks it every few hundred messages, output
+chunks and ``tojson`` pieces, and raises :class:`gateway.deadline.DeadlineExceeded` once past.
 
 The template comes from ``chat_template.jinja`` (transformers 5 saves it there) or from
 ``tokenizer_config.json``'s ``chat_template`` (a string, or named templates of which
@@ -22,7 +24,8 @@ The template comes from ``chat_template.jinja`` (transformers 5 saves it there) 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +36,15 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from gateway.deadline import Deadline, DeadlineExceeded
+
 ContentFormat = Literal["string", "openai"]
 # Request fields vLLM hands to the template as variables (its build_chat_params).
 _REQUEST_VARIABLES = ("documents", "reasoning_effort")
+CHECK_EVERY = 256  # messages, output chunks or tojson pieces between looks at the deadline
+SMALL_JSON_NODES = 512  # tojson of at most this many items: the C encoder, one short call
+# The deadline of the render in progress, for the tojson filter (set by ChatTemplate.render).
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("vkit_render_deadline", default=None)
 
 
 class ChatTemplateError(ValueError):
@@ -54,9 +63,50 @@ def _tojson(
     sort_keys: bool = False,
 ) -> str:
     # transformers' override: no HTML escaping, and the options of json.dumps.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    deadline = _DEADLINE.get()
+    if deadline is None or _within_nodes(value, SMALL_JSON_NODES):
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
+    # large: json's pure-Python encoder, piece by piece, looking at the deadline (the C one
+    # would hold the GIL for one long call: 0.05-0.3 s for a 600k-item schema)
+    encoder = json.JSONEncoder(
+        ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
+    return "".join(_checked(encoder.iterencode(value), deadline))
+
+
+def _within_nodes(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds at most ``limit`` items in all its containers (a walk that
+    stops as soon as it passes them)."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        seen += len(item)
+        if seen > limit:
+            return False
+        stack.extend(item)
+    return True
+
+
+def _checked(pieces: Iterable[str], deadline: Deadline | None) -> Iterator[str]:
+    """``pieces``, looking at ``deadline`` every :data:`CHECK_EVERY` of them."""
+    if deadline is None:
+        yield from pieces
+        return
+    for index, piece in enumerate(pieces):
+        if index % CHECK_EVERY == 0:
+            deadline.check()
+        yield piece
 
 
 def _strftime_now(format: str) -> str:
@@ -142,14 +192,16 @@ class ChatTemplate:
             return None
         return cls.from_sources(sources, special_token_variables(config))
 
-    def render(self, data: Mapping[str, Any]) -> str:
-        """The prompt text vLLM would tokenize for this chat request."""
+    def render(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> str:
+        """The prompt text vLLM would tokenize for this chat request; past ``deadline``,
+        :class:`~gateway.deadline.DeadlineExceeded`."""
         tools = _tools(data.get("tools"))
         compiled = self._pick(tools)
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ChatTemplateError("'messages' must be a non-empty list")
-        conversation = [_conversation_message(m, compiled.content_format) for m in messages]
+        fmt = compiled.content_format
+        conversation = [_conversation_message(m, fmt) for m in _checked(messages, deadline)]
         continue_final = data.get("continue_final_message") is True
         tag = "CONTINUE_FINAL_MESSAGE_TAG "
         if continue_final:
@@ -162,15 +214,9 @@ class ChatTemplate:
         if data.get("reasoning_effort") is not None and "enable_thinking" not in variables:
             variables["enable_thinking"] = data.get("reasoning_effort") != "none"
         add_generation_prompt = data.get("add_generation_prompt", True) is not False
-        try:
-            rendered = compiled.template.render(
-                **variables,
-                messages=conversation,
-                tools=tools,
-                add_generation_prompt=add_generation_prompt,
-            )
-        except Exception as exc:  # a template's raise_exception, or its own bugs
-            raise ChatTemplateError(f"the chat template rejected the messages: {exc}") from exc
+        arguments: dict[str, Any] = {"messages": conversation, "tools": tools}
+        arguments["add_generation_prompt"] = add_generation_prompt
+        rendered = _render(compiled.template, variables, arguments, deadline)
         if continue_final and tag.strip() in rendered:
             cut = rendered.rindex(tag.strip())
             exact = rendered[cut : cut + len(tag)] == tag
@@ -183,6 +229,27 @@ class ChatTemplate:
         if "default" in self.templates:
             return self.templates["default"]
         return next(iter(self.templates.values()))
+
+
+def _render(
+    template: jinja2.Template,
+    variables: Mapping[str, Any],
+    arguments: Mapping[str, Any],
+    deadline: Deadline | None,
+) -> str:
+    """The template rendered as transformers calls it (``render(**variables, messages=...)``:
+    a variable named like an argument is an error, as there)."""
+    token = _DEADLINE.set(deadline)
+    try:
+        if deadline is None:
+            return template.render(**variables, **arguments)
+        return "".join(_checked(template.generate(**variables, **arguments), deadline))
+    except DeadlineExceeded:
+        raise
+    except Exception as exc:  # a template's raise_exception, or its own bugs
+        raise ChatTemplateError(f"the chat template rejected the messages: {exc}") from exc
+    finally:
+        _DEADLINE.reset(token)
 
 
 def special_token_variables(config: Mapping[str, Any]) -> dict[str, str]:

@@ -7,6 +7,10 @@
         tpm: 60000          # tokens per minute (absent/null: unlimited)
         concurrency: 8      # requests in flight (absent/null: unlimited)
         max_tokens: 1024    # cap per request (absent/null: the gateway's global cap)
+        max_n: 8            # fan-out bounds, each below the gateway's (absent/null: its own):
+        max_best_of: 8      #   n, best_of, prompts in a batch, and completions per request
+        max_prompts: 64     #   (prompts x max(n, best_of))
+        max_completions: 64
         models: [tiny-llama]  # allowed models; empty: all
         enabled: true
         created: 2026-01-01T00:00:00Z
@@ -63,6 +67,10 @@ class ApiKey(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     concurrency: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    max_n: int | None = Field(default=None, ge=1)
+    max_best_of: int | None = Field(default=None, ge=1)
+    max_prompts: int | None = Field(default=None, ge=1)
+    max_completions: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))

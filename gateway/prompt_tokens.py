@@ -4,9 +4,12 @@ The limiter reserves this count plus ``max_tokens`` at admission and settles wit
 ``usage`` afterwards; a count below the real one lets concurrent requests overshoot a key's
 tpm, so every counter here errs high, never low.
 
-- :class:`PromptCounter`: ``count(data) -> int``, the whole request's ``usage.prompt_tokens``:
-  chat ``messages``; completions ``prompt`` (a string, strings, token ids, lists of token
-  ids: batch prompts are summed) and embeddings ``input`` alike; ``n`` does not multiply it.
+- :class:`PromptCounter`: ``count(data, deadline=None) -> int``, the whole request's
+  ``usage.prompt_tokens``: chat ``messages``; completions ``prompt`` (a string, strings,
+  token ids, lists of token ids: batch prompts are summed) and embeddings ``input`` alike;
+  ``n`` does not multiply it. Past the optional :class:`gateway.deadline.Deadline` a counter
+  that does real work raises :class:`gateway.deadline.DeadlineExceeded`
+  (:mod:`gateway.prompt_budget` then counts the byte bound).
 - :class:`TokenizerCounter`: the model's own ``tokenizer.json`` (the ``tokenizers`` library)
   and chat template (:mod:`gateway.chat_template`): what vLLM counts (``bench/prompt_count.py``
   measures it against real vLLM). Beyond ``max_tokenized_chars``, or when the template does
@@ -24,11 +27,9 @@ can.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,9 @@ from gateway.chat_template import (
     text_parts,
     tool_call_for_template,
 )
+from gateway.deadline import Deadline
 from gateway.settings import TokenizerSettings
+from gateway.utf8_length import json_bytes, text_bytes
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -53,8 +56,9 @@ SPECIALS_PER_TEXT = 2  # BOS and EOS, added by a post-processor
 
 
 class PromptCounter(Protocol):
-    def count(self, data: Mapping[str, Any]) -> int:
-        """The request's prompt tokens (at least 1)."""
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The request's prompt tokens (at least 1); past ``deadline``,
+        :class:`~gateway.deadline.DeadlineExceeded`."""
         ...
 
 
@@ -62,29 +66,13 @@ class TokenizerUnavailable(Exception):
     """No usable tokenizer.json where the settings point."""
 
 
-def text_bytes(text: str) -> int:
-    """UTF-8 bytes of ``text``, the most over it as given, NFD and NFKD (ByteBound's B)."""
-    if text.isascii():
-        return len(text)  # ASCII is the same in every normalization form
-    return max(
-        len(form.encode("utf-8", "surrogatepass"))
-        for form in (text, unicodedata.normalize("NFD", text), unicodedata.normalize("NFKD", text))
-    )
-
-
-def _json_bytes(value: object) -> int:
-    if value is None:
-        return 0
-    return text_bytes(json.dumps(value, ensure_ascii=False, indent=4))
-
-
 @dataclass(frozen=True, slots=True)
 class ByteBound:
     """An upper bound on the prompt tokens of a request, without its model's tokenizer.
 
     A plain text counts ``B(text) + 3``, where ``B`` is its UTF-8 length, the most over the
-    text as given and its NFD and NFKD forms (:func:`text_bytes`); token ids count as they
-    are. Proof that a tokenizer of the families vLLM serves makes no more tokens:
+    text as given and its NFD and NFKD forms (:func:`gateway.utf8_length.text_bytes`); token
+    ids count as they are. Proof that a tokenizer of the families vLLM serves makes no more tokens:
 
     1. Added (special) tokens are split out of the text first; each stands for its own
        text, at least 2 bytes.
@@ -122,14 +110,18 @@ class ByteBound:
     def of(cls, settings: TokenizerSettings) -> ByteBound:
         return cls(settings.message_overhead, settings.request_overhead)
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The bound; ``deadline`` is not looked at: the work is a pass over the body's
+        texts in C (UTF-8 length, normalization) and over its messages and JSON containers
+        in Python, 0.1-0.4 s for the worst 4 MiB bodies measured (docs/gateway-cost.md), in
+        short steps that leave the GIL to other threads."""
         total = 0
         messages = data.get("messages")
         if isinstance(messages, list):
             total += self.request_overhead
             total += sum(self.message_overhead + _message_bytes(m) for m in messages)
             for name in ("tools", "documents", "chat_template_kwargs"):
-                total += _json_bytes(data.get(name))
+                total += json_bytes(data.get(name))
             if data.get("add_special_tokens") is True:
                 total += SPECIALS_PER_TEXT
         for name in ("prompt", "input"):
@@ -148,9 +140,9 @@ def _message_bytes(message: object) -> int:
         elif isinstance(value, str):
             total += text_bytes(value)
         elif key == "tool_calls" and isinstance(value, list):
-            total += _json_bytes([tool_call_for_template(call) for call in value])
+            total += json_bytes([tool_call_for_template(call) for call in value])
         else:
-            total += _json_bytes(value)
+            total += json_bytes(value)
     return total
 
 
@@ -192,25 +184,32 @@ class TokenizerCounter:
     max_tokenized_chars: int = 65536
     missing_specials: int = 0
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
+        """The exact count; ``deadline`` is looked at before each text is tokenized (each at
+        most ``max_tokenized_chars``) and while the chat template renders."""
         if isinstance(data.get("messages"), list):
-            return max(1, self._count_chat(data))
+            return max(1, self._count_chat(data, deadline))
         add_special = data.get("add_special_tokens", True) is not False
         total = 0
         for name in ("prompt", "input"):
             for prompt in _prompts(data.get(name)):
-                total += (
-                    len(prompt) if isinstance(prompt, list) else self._text(prompt, add_special)
-                )
+                if isinstance(prompt, list):
+                    total += len(prompt)
+                    continue
+                if deadline is not None:
+                    deadline.check()
+                total += self._text(prompt, add_special)
         return max(1, total)
 
-    def _count_chat(self, data: Mapping[str, Any]) -> int:
+    def _count_chat(self, data: Mapping[str, Any], deadline: Deadline | None) -> int:
         if self.template is None:
             return self.fallback.count(data)
         try:
-            rendered = self.template.render(data)
+            rendered = self.template.render(data, deadline)
         except ChatTemplateError:
             return self.fallback.count(data)  # vLLM rejects it too; any reservation will do
+        if deadline is not None:
+            deadline.check()
         return self._text(rendered, data.get("add_special_tokens") is True)
 
     def _text(self, text: str, add_special: bool) -> int:
@@ -268,10 +267,10 @@ class ModelCounters:
     counters: Mapping[str, PromptCounter]
     fallback: PromptCounter
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         model = data.get("model")
         counter = self.counters.get(model, self.fallback) if isinstance(model, str) else None
-        return (counter or self.fallback).count(data)
+        return (counter or self.fallback).count(data, deadline)
 
 
 def resolve_model_dir(source: str, hf_cache: Path) -> Path:
@@ -325,10 +324,10 @@ class LateTokenizer:
         self._looking = False
         self._next_look = clock() + retry_s
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         loaded = self.loaded
         if loaded is not None:
-            return loaded.count(data)
+            return loaded.count(data, deadline)
         now = self.clock()
         if not self._looking and now >= self._next_look:
             self._looking, self._next_look = True, now + self.retry_s

@@ -26,6 +26,7 @@ from gateway.client import AiohttpClient, UpstreamClient
 from gateway.health import UpstreamProber
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
+from gateway.prompt_budget import CountBudget
 from gateway.prompt_tokens import ByteBound, PromptCounter
 from gateway.routing import (
     AwareRouter,
@@ -117,6 +118,7 @@ def build_gateway(
         clock=clock,
         hold=Hold(settings.hold, pool, metrics, clock),
     )
+    gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter)
     check = ReadinessCheck.of(api_key, settings.health.expected_models)
     holding = settings.hold.probe_interval if settings.hold.max_wait else None
     return RunningGateway(
@@ -127,13 +129,20 @@ def build_gateway(
         router=router,
         scrapes=scrapes,
         forwarder=forwarder,
-        gate=_gate(settings, pool, metrics, key_store, limiter, prompt_counter),
+        gate=gate,
         prober=UpstreamProber(
             settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
         ),
         loops=(*background, *routing_loops),
-        closers=(client.aclose, probes.aclose, *on_shutdown),
+        closers=(client.aclose, probes.aclose, _closing(gate.count_budget), *on_shutdown),
     )
+
+
+def _closing(budget: CountBudget) -> Closer:
+    async def close() -> None:
+        budget.close()  # its counting threads
+
+    return close
 
 
 def _gate(
@@ -144,6 +153,8 @@ def _gate(
     limiter: LimiterLike | None,
     prompt_counter: PromptCounter | None,
 ) -> Gate:
+    tokenizers = settings.tokenizers
+    fallback = ByteBound.of(tokenizers)
     return Gate(
         caps=settings.caps,
         max_body_bytes=settings.max_body_bytes,
@@ -153,7 +164,12 @@ def _gate(
         key_store=key_store,
         limiter=limiter,
         in_flight=InFlightLimit(settings.max_in_flight) if settings.max_in_flight else None,
-        prompt_counter=prompt_counter or ByteBound.of(settings.tokenizers),
+        prompt_counter=prompt_counter or fallback,
+        count_budget=CountBudget(
+            seconds=tokenizers.count_budget,
+            fallback=fallback,
+            inline_bytes=tokenizers.count_inline_bytes,
+        ),
     )
 
 

@@ -89,7 +89,14 @@ class TimeoutSettings(BaseModel):
 class CapSettings(BaseModel):
     """Token caps: ``default_max_tokens`` is injected when a request names none;
     a request above the cap (the key's ``max_tokens`` or ``max_tokens`` here, whichever is
-    lower) is clamped or rejected with 400, per ``over_cap``."""
+    lower) is clamped or rejected with 400, per ``over_cap``.
+
+    Fan-out bounds, each also settable per key (the lower one holds), a body over one
+    refused with 400 naming the field: ``max_n`` (OpenAI's own bound on ``n``) and
+    ``max_best_of`` completions per prompt, ``max_prompts`` in a batch (a completions
+    ``prompt`` or embeddings ``input`` list: OpenAI's bound on an embeddings batch), and
+    ``max_completions`` per request, prompts x ``max(n, best_of)``: what ``max_tokens``
+    is reserved for."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +108,14 @@ class CapSettings(BaseModel):
     )
     over_cap: Literal["clamp", "reject"] = Field(
         default="clamp", description="above the cap: clamp, or reject with 400"
+    )
+    max_n: int = Field(default=128, ge=1, description="most completions per prompt (n)")
+    max_best_of: int = Field(default=128, ge=1, description="most candidates per prompt (best_of)")
+    max_prompts: int = Field(
+        default=2048, ge=1, description="most prompts in a batch (prompt or input list)"
+    )
+    max_completions: int = Field(
+        default=2048, ge=1, description="most completions per request: prompts x max(n, best_of)"
     )
 
 
@@ -155,7 +170,9 @@ class TokenizerSettings(BaseModel):
     Face repo id looked up in ``hf_cache``:
     ``VKIT_GATEWAY_TOKENIZERS__MODELS='{"llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}'``.
     Other models are counted by a byte bound (``gateway.prompt_tokens.ByteBound``, with the
-    template allowances below); so are texts longer than ``max_tokenized_chars``.
+    template allowances below); so are texts longer than ``max_tokenized_chars``, and bodies
+    whose count takes longer than ``count_budget`` s. Bodies over ``count_inline_bytes`` are
+    counted on a worker thread, beside the event loop (``gateway.prompt_budget``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -168,6 +185,12 @@ class TokenizerSettings(BaseModel):
     )
     max_tokenized_chars: int = Field(
         default=65536, ge=0, description="longer prompt texts get the byte bound (CPU)"
+    )
+    count_budget: float = Field(
+        default=0.1, gt=0, description="seconds one request's count may take; then the byte bound"
+    )
+    count_inline_bytes: int = Field(
+        default=16384, ge=0, description="larger bodies are counted on a worker thread"
     )
     message_overhead: int = Field(
         default=8, ge=0, description="byte bound: template tokens per chat message"

@@ -18,6 +18,10 @@ class Key:
     tpm: int = 1_000_000
     concurrency: int = 100
     max_tokens: int | None = None
+    max_n: int | None = None
+    max_best_of: int | None = None
+    max_prompts: int | None = None
+    max_completions: int | None = None
     models: list[str] = field(default_factory=list)
     enabled: bool = True
 

@@ -26,14 +26,15 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from gateway.app import create_app
 from gateway.body import estimate_prompt_tokens, parse_body
 from gateway.chat_template import ChatTemplate, ChatTemplateError
+from gateway.deadline import Deadline
 from gateway.prompt_tokens import (
     ByteBound,
     ModelCounters,
     TokenizerCounter,
     build_prompt_counter,
-    text_bytes,
 )
 from gateway.settings import GatewaySettings, TokenizerSettings
+from gateway.utf8_length import text_bytes
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
 
 MODEL = "tiny-llama"
@@ -338,7 +339,7 @@ class FixedCount:
         self.tokens = tokens
         self.seen: list[Mapping[str, Any]] = []
 
-    def count(self, data: Mapping[str, Any]) -> int:
+    def count(self, data: Mapping[str, Any], deadline: Deadline | None = None) -> int:
         self.seen.append(data)
         return self.tokens
 
