@@ -65,6 +65,8 @@ class KeyStoreLike(Protocol):
 class LimiterLike(Protocol):
     async def acquire(self, key: KeyLike, tokens: int) -> KeyLease: ...
 
+    def early_refusal(self, key: KeyLike) -> RateLimitExceeded | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -101,6 +103,7 @@ class Gate:
     limiter: LimiterLike | None
     in_flight: InFlightLimit | None = None
     prompt_counter: PromptCounter | None = None  # None: the body module's byte bound
+    max_body_values: int | None = None  # None: no bound (gateway.body_values)
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -143,8 +146,11 @@ class Gate:
     async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
+        self.refuse_early(key, key_name)
         received = await self.read_body(request, key_name)
-        body = parse_body(received, self.prompt_counter, generates=with_cap)
+        body = parse_body(
+            received, self.prompt_counter, generates=with_cap, max_values=self.max_body_values
+        )
         label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)
         changed = body.ambiguous  # a field named twice: forward what the gateway read
@@ -186,6 +192,18 @@ class Gate:
                 f"model '{model}' is not served here", param="model", code="model_not_found"
             )
 
+    def refuse_early(self, key: KeyLike | None, key_name: str) -> None:
+        """Before the body is read: what would refuse the request whatever its body -- the
+        in-flight bound full (503), the key's limiter refusing it now (429) -- refuses it
+        at once, so a key past its limits costs no parse and no count (model ``none``)."""
+        bound = self.in_flight
+        if bound is not None and bound.count >= bound.limit:
+            raise self._busy(key_name, NO_MODEL)
+        refused = self.limiter.early_refusal(key) if key and self.limiter else None
+        if refused is not None:
+            self._count_refusal(key_name, NO_MODEL, refused.reason, refused.status_code)
+            raise refused
+
     async def read_body(self, request: Request, key_name: str) -> bytes:
         """The body within ``max_body_bytes``; a client that hangs up while uploading it is
         answered quietly with a 499 (counted, model ``none``: the body was never parsed)."""
@@ -197,13 +215,7 @@ class Gate:
         """A slot of the in-flight bound (503 when full), then the key's lease (429)."""
         bound = self.in_flight
         if bound is not None and not bound.enter():
-            busy = UpstreamUnavailable(
-                f"the gateway is serving its limit of {bound.limit} requests; retry shortly",
-                code="gateway_busy",
-                headers={"retry-after": "1"},
-            )
-            self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
-            raise busy
+            raise self._busy(key_name, model_label)
         try:
             key_lease = await self._lease(key, key_name, model_label, tokens)
         except BaseException:
@@ -222,6 +234,17 @@ class Gate:
         except RateLimitExceeded as exc:
             self._count_refusal(key_name, model_label, exc.reason, exc.status_code)
             raise
+
+    def _busy(self, key_name: str, model_label: str) -> UpstreamUnavailable:
+        """The 503 of a full in-flight bound, counted."""
+        limit = self.in_flight.limit if self.in_flight is not None else 0
+        busy = UpstreamUnavailable(
+            f"the gateway is serving its limit of {limit} requests; retry shortly",
+            code="gateway_busy",
+            headers={"retry-after": "1"},
+        )
+        self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
+        return busy
 
     def _count_refusal(self, key_name: str, model_label: str, reason: str, status: int) -> None:
         # The answer itself is counted by gateway.accounting, like every other answer.

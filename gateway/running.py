@@ -147,6 +147,7 @@ def _gate(
     return Gate(
         caps=settings.caps,
         max_body_bytes=settings.max_body_bytes,
+        max_body_values=settings.max_body_values,
         allow_anonymous=settings.allow_anonymous,
         pool=pool,
         metrics=metrics,

@@ -75,6 +75,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         keys: dict[str, Key] | None = None,
         limiter: Any = None,
         upstream_client: Any = None,
+        prompt_counter: Any = None,
         **overrides: Any,
     ) -> ServedGateway:
         fields: dict[str, Any] = {
@@ -93,6 +94,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
             limiter=limiter,
             registry=registry,
             upstream_client=upstream_client,
+            prompt_counter=prompt_counter,
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         server = uvicorn.Server(config)

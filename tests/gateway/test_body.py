@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from gateway.body import MEDIA_TOKENS, RequestBody, estimate_prompt_tokens, parse_body
+from gateway.body import (
+    MAX_DEPTH,
+    MEDIA_TOKENS,
+    RequestBody,
+    estimate_prompt_tokens,
+    parse_body,
+)
+from gateway.body_values import check_values, values_upper_bound
 from gateway.caps import apply_token_cap, effective_max_tokens
 from gateway.errors import InvalidRequest
 from gateway.settings import CapSettings
@@ -154,3 +161,37 @@ def test_media_parts_are_estimated_as_media_not_as_text() -> None:
     assert estimate(audio) - base == MEDIA_TOKENS["audio"]
     assert estimate(untyped, image) - base == 2 * MEDIA_TOKENS["image"]
     assert min(MEDIA_TOKENS.values()) >= 256
+
+
+def test_values_are_counted_outside_strings_only() -> None:
+    """Commas, brackets, escaped quotes and backslashes inside strings count for nothing:
+    ``{"a": <string>, "b": [1, 2, 3]}`` holds 6 values whatever the string holds."""
+    for text in ("x, [y], {z}", 'say \\"a, b\\"', "ends in a backslash \\\\", '\\\\\\", [[['):
+        raw = b'{"a": "%s", "b": [1, 2, 3]}' % text.encode()
+        json.loads(raw)  # valid JSON
+        assert values_upper_bound(raw, 6) == 6
+        check_values(raw, 6)
+        with pytest.raises(InvalidRequest) as refused:
+            check_values(raw, 5)
+        assert refused.value.code == "too_many_values"
+
+
+def test_a_body_of_many_values_is_refused_before_it_is_parsed() -> None:
+    raw = b'{"model": "m", "prompt": "x", "tools": [' + b", ".join([b"[ ]"] * 100) + b"]}"
+    assert values_upper_bound(raw, 10) == 1 + 3 + 100
+    assert parse_body(raw, max_values=104).model == "m"
+    with pytest.raises(InvalidRequest, match="more than 103 JSON values"):
+        parse_body(raw, max_values=103)
+    assert values_upper_bound(b'{"a": [""], "b": {"c": [ ]}}', 0) == 5
+    many_strings = b"[" + b",".join([b'""'] * 1000) + b"]"
+    assert values_upper_bound(many_strings, 10) > 10  # stops at the strings' count
+
+
+def test_nesting_is_measured_level_by_level() -> None:
+    def nested(levels: int) -> bytes:  # the body's own object is the first level
+        inner = "[" * (levels - 1) + "]" * (levels - 1)
+        return ('{"model": "m", "x": ' + inner + ', "y": [[], {}]}').encode()
+
+    assert parse_body(nested(MAX_DEPTH)).model == "m"
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        parse_body(nested(MAX_DEPTH + 1))
