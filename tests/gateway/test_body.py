@@ -182,7 +182,7 @@ def test_a_body_of_many_values_is_refused_before_it_is_parsed() -> None:
     assert parse_body(raw, max_values=104).model == "m"
     with pytest.raises(InvalidRequest, match="more than 103 JSON values"):
         parse_body(raw, max_values=103)
-    assert values_upper_bound(b'{"a": [""], "b": {"c": [ ]}}', 0) == 5
+    assert values_upper_bound(b'{"a": [""], "b": {"c": [ ]}}', 10) == 5
     many_strings = b"[" + b",".join([b'""'] * 1000) + b"]"
     assert values_upper_bound(many_strings, 10) > 10  # stops at the strings' count
 
