@@ -14,9 +14,9 @@ A client that hangs up while sending its body is a quiet 499, counted.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -88,6 +88,7 @@ class Admitted:
     allowed_models: Collection[str] = ()  # the key's models (empty: any); for a listing
     include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
     choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
+    route_key: int | None = None  # the router's affinity key, read from the parsed body
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +105,7 @@ class Gate:
     in_flight: InFlightLimit | None = None
     prompt_counter: PromptCounter | None = None  # None: the body module's byte bound
     max_body_values: int | None = None  # None: no bound (gateway.body_values)
+    route_key: Callable[[str, Mapping[str, Any]], int | None] | None = None  # the router's
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -169,6 +171,7 @@ class Gate:
         raw = encode_body(body.data) if changed else received
         reserve = body.reservation
         lease = await self._acquire(key, key_name, label, reserve)
+        route_key = self.route_key(path, body.data) if self.route_key is not None else None
         return Admitted(
             path=path,
             key_name=key_name,
@@ -181,6 +184,7 @@ class Gate:
             started=started,
             include_chunk_usage=body.include_chunk_usage,
             choices=body.choices,
+            route_key=route_key,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:

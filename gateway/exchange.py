@@ -153,7 +153,9 @@ class Exchange(Response):
         forwarder, admitted = self.forwarder, self.admitted
         began = forwarder.clock()
         try:
-            return await forwarder.open_within(limit, admitted.method, admitted.path, admitted.body)
+            return await forwarder.open_within(
+                limit, admitted.method, admitted.path, admitted.body, admitted.route_key
+            )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began
 

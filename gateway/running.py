@@ -127,7 +127,7 @@ def build_gateway(
         router=router,
         scrapes=scrapes,
         forwarder=forwarder,
-        gate=_gate(settings, pool, metrics, key_store, limiter, prompt_counter),
+        gate=_gate(settings, pool, metrics, key_store, limiter, prompt_counter, router),
         prober=UpstreamProber(
             settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
         ),
@@ -143,11 +143,13 @@ def _gate(
     key_store: KeyStoreLike | None,
     limiter: LimiterLike | None,
     prompt_counter: PromptCounter | None,
+    router: Router,
 ) -> Gate:
     return Gate(
         caps=settings.caps,
         max_body_bytes=settings.max_body_bytes,
         max_body_values=settings.max_body_values,
+        route_key=router.request_key if settings.routing == "aware" else None,
         allow_anonymous=settings.allow_anonymous,
         pool=pool,
         metrics=metrics,

@@ -87,7 +87,12 @@ class Forwarder:
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
 
     async def open_within(
-        self, limit: float, method: str, path: str, body: bytes | None
+        self,
+        limit: float,
+        method: str,
+        path: str,
+        body: bytes | None,
+        route_key: int | None = None,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``limit`` seconds is a 504. A request
         that finds no upstream ready is first held (``hold``), outside ``limit``."""
@@ -95,12 +100,12 @@ class Forwarder:
             await self.hold.until_ready()
         try:
             async with asyncio.timeout(limit):
-                return await self.open(method, path, body)
+                return await self.open(method, path, body, route_key)
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
 
     async def open(
-        self, method: str, path: str, body: bytes | None
+        self, method: str, path: str, body: bytes | None, route_key: int | None = None
     ) -> tuple[Upstream, UpstreamResponse]:
         """The first upstream answer of an attempt that need not be retried.
 
@@ -112,7 +117,8 @@ class Forwarder:
         retry = self.retry
         if self.pool.none_can_serve:
             raise UpstreamUnavailable("no upstream is ready; retry shortly")
-        candidates = self.router.route(path, body, retry.attempts).candidates[: retry.attempts]
+        route = self.router.route(path, route_key, retry.attempts)
+        candidates = route.candidates[: retry.attempts]
         failure: _Retryable | None = None
         for attempt, upstream in enumerate(candidates, start=1):
             if failure is not None:
