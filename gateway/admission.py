@@ -1,14 +1,19 @@
 """The gate in front of the upstream: key, body, model, token cap, limiter.
 
-Order (each step answers with its own envelope): the bearer key (401), the body size
-(413), the JSON fields (400), the key's allowed models (403) and the served models (404),
+Order (each step answers with its own envelope): the bearer key (401); what refuses the
+request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 503; the
+key past its requests, at its concurrency or out of tokens, 429), before the body is read;
+the body size (413), its JSON values (``max_body_values``, 400, before the parse), the JSON
+fields (400), the key's allowed models (403) and the served models (404),
 the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
 (503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
 estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
 (``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
-Streams are forwarded asking for usage on every chunk. The in-flight slot and the key's
-lease are one :class:`gateway.request_lease.RequestLease`, carried by :class:`Admitted` and
-settled with the real usage by :mod:`gateway.billing`.
+With ``routing: aware`` the router's affinity key is read from the parsed body once
+admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
+The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
+carried by :class:`Admitted` and settled with the real usage by :mod:`gateway.billing`.
+``docs/gateway-bodies.md`` says why this order, and what bounds a body's work.
 A client that hangs up while sending its body is a quiet 499, counted.
 """
 

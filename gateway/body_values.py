@@ -42,8 +42,9 @@ def values_upper_bound(raw: bytes, limit: int) -> int:
     above ``limit``, possibly fewer (still above). Bytes that are not JSON give some number:
     the parser refuses them afterwards."""
     # An escape is a backslash and one more byte, so dropping each backslash pair and then
-    # each escaped quote leaves only the quotes that open and close strings.
-    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
+    # each escaped quote leaves only the quotes that open and close strings (without an
+    # escaped quote, every quote does).
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b'\\"' in raw else raw
     strings = text.count(b'"') // 2
     if strings > 2 * limit:  # a key and a value at most per counted value
         return strings
