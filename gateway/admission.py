@@ -3,12 +3,13 @@
 Order (each step answers with its own envelope): the bearer key (401); what refuses the
 request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 503; the
 key past its requests, at its concurrency or out of tokens, 429), before the body is read;
-the body size (413), its JSON values (``max_body_values``, 400, before the parse), the JSON
-fields (400), the key's allowed models (403) and the served models (404),
-the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
-(503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
-estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
-(``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
+the body size (413), its JSON values (``max_body_values``, ``max_body_containers``, 400,
+before the parse), the JSON fields (400), the key's allowed models (403) and the served
+models (404), the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide
+in-flight bound (503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the
+limiter reserves the estimated prompt tokens plus the effective ``max_tokens`` for every
+completion asked for (``n``, ``best_of``, batch prompts:
+:attr:`gateway.body.RequestBody.reservation`) (429).
 With ``routing: aware`` the router's affinity key is read from the parsed body once
 admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
 The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
@@ -110,6 +111,7 @@ class Gate:
     in_flight: InFlightLimit | None = None
     prompt_counter: PromptCounter | None = None  # None: the body module's byte bound
     max_body_values: int | None = None  # None: no bound (gateway.body_values)
+    max_body_containers: int | None = None  # None: no bound
     route_key: Callable[[str, Mapping[str, Any]], int | None] | None = None  # the router's
 
     def authenticate(self, request: Request) -> KeyLike | None:
@@ -156,7 +158,11 @@ class Gate:
         self.refuse_early(key, key_name)
         received = await self.read_body(request, key_name)
         body = parse_body(
-            received, self.prompt_counter, generates=with_cap, max_values=self.max_body_values
+            received,
+            self.prompt_counter,
+            generates=with_cap,
+            max_values=self.max_body_values,
+            max_containers=self.max_body_containers,
         )
         label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)

@@ -15,8 +15,9 @@ completion the body asks for: ``max(n, best_of)`` choices (beam search's width i
 ``best_of`` where older vLLM reads it) for each prompt of a ``/v1/completions`` batch (a list
 of strings or of token-id lists).
 
-Hostile bodies are a 400, never a 500: more JSON values than ``max_values`` (counted on
-the bytes before the parse, :mod:`gateway.body_values`), bytes that are not UTF-8, JSON
+Hostile bodies are a 400, never a 500: more JSON values than ``max_values`` or arrays and
+objects than ``max_containers`` (counted on the bytes before the parse,
+:mod:`gateway.body_values`), bytes that are not UTF-8, JSON
 nested over :data:`MAX_DEPTH` levels (no OpenAI request needs a tenth of it; Python's parser would
 raise ``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
 UTF-8 encoder can write back out). A body naming one of the fields the gateway reads twice
@@ -104,13 +105,14 @@ def parse_body(
     *,
     generates: bool = True,
     max_values: int | None = None,
+    max_containers: int | None = None,
 ) -> RequestBody:
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
     and there ``stream: true`` is refused and the output fields are not read.
-    ``max_values``: a body holding more JSON values is refused before it is parsed
-    (:mod:`gateway.body_values`)."""
-    if max_values is not None:
-        check_values(raw, max_values)
+    ``max_values``, ``max_containers``: a body holding more JSON values, or more arrays and
+    objects, is refused before it is parsed (:mod:`gateway.body_values`)."""
+    if max_values is not None or max_containers is not None:
+        check_values(raw, max_values or len(raw), max_containers or len(raw))
     data, ambiguous = _load(raw)
     model = MODEL.read(data)
     if not generates:

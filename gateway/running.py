@@ -149,6 +149,7 @@ def _gate(
         caps=settings.caps,
         max_body_bytes=settings.max_body_bytes,
         max_body_values=settings.max_body_values,
+        max_body_containers=settings.max_body_containers,
         route_key=router.request_key if settings.routing == "aware" else None,
         allow_anonymous=settings.allow_anonymous,
         pool=pool,
