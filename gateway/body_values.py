@@ -8,7 +8,7 @@ more than ``max_containers`` arrays and objects, the costliest values to parse a
 (``max_body_values``, ``max_body_containers``; ``docs/gateway-bodies.md#bounded-work`` has
 the measurements).
 
-The count is :func:`values_upper_bound`: the ``,``, ``[`` and ``{`` outside strings, plus
+The count is :func:`body_shape`: the ``,``, ``[`` and ``{`` outside strings, plus
 one, less the empty arrays and objects. Every value but the first of an array or object
 follows a comma, every first one follows its container's opening bracket, and the top value
 is the one more: so for JSON the count is the body's values exactly (arrays, objects,
