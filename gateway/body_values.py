@@ -38,42 +38,65 @@ class Shape:
 
 def check_values(raw: bytes, max_values: int, max_containers: int) -> None:
     """Refuse (400) a body of more than ``max_values`` values or ``max_containers`` arrays
-    and objects."""
+    and objects; each count taken no further than it must be."""
     structure = _structure(raw)  # with the strings: never fewer than outside them
     if structure + 1 <= min(max_values, max_containers):
         return
     if structure + 1 <= max_values and _containers(raw) <= max_containers:
         return
-    shape = body_shape(raw, max_values)
-    if shape.values > max_values:
-        raise InvalidRequest(
-            f"the body holds more than {max_values} JSON values (arrays, objects, strings, "
-            "numbers); send fewer items or split the request",
-            code="too_many_values",
-        )
-    if shape.containers > max_containers:
+    outside = _outside(raw, max_values)
+    if outside is None:
+        raise _too_many_values(max_values)
+    commas, containers = outside.count(b","), _containers(outside)
+    # a value follows each comma, and each container is one: the values are at least these
+    if commas + 1 > max_values or containers > max_values:
+        raise _too_many_values(max_values)
+    if containers > max_containers:
         raise InvalidRequest(
             f"the body holds more than {max_containers} JSON arrays and objects; send fewer "
             "items or split the request",
             code="too_many_values",
         )
+    if commas + containers + 1 > max_values and _values(outside) > max_values:
+        raise _too_many_values(max_values)
 
 
 def body_shape(raw: bytes, max_values: int) -> Shape:
     """The values and containers of the JSON body ``raw`` (the module docstring); once the
     values are sure to be above ``max_values``, possibly fewer (still above). Bytes that are
     not JSON give some numbers: the parser refuses them afterwards."""
+    outside = _outside(raw, max_values)
+    if outside is None:
+        return Shape(values=raw.count(b'"') // 2, containers=0)
+    return Shape(values=_values(outside), containers=_containers(outside))
+
+
+def _outside(raw: bytes, max_values: int) -> bytes | None:
+    """``raw`` with every string a ``0``: no byte of a string is left, and no array or
+    object holding one looks empty; ``None`` when it has over ``2 * max_values`` strings (a
+    key and a value at most per value: more values than that)."""
     # An escape is a backslash and one more byte, so dropping each backslash pair and then
     # each escaped quote leaves only the quotes that open and close strings (without an
     # escaped quote, every quote does).
-    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b'\\"' in raw else raw
-    strings = text.count(b'"') // 2
-    if strings > 2 * max_values:  # a key and a value at most per counted value
-        return Shape(values=strings, containers=0)
-    # every string as a 0: no byte of it left, and no array or object of it looks empty
-    outside = b"0".join(text.split(b'"')[::2]).translate(None, _WHITESPACE)
-    empty = outside.count(b"[]") + outside.count(b"{}")
-    return Shape(values=_structure(outside) + 1 - empty, containers=_containers(outside))
+    escaped = b"\\" in raw and b'\\"' in raw  # one byte first: memchr, 20x faster here
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if escaped else raw
+    if text.count(b'"') // 2 > 2 * max_values:
+        return None
+    return b"0".join(text.split(b'"')[::2])
+
+
+def _values(outside: bytes) -> int:
+    """The values of a body with its strings taken out (:func:`_outside`)."""
+    bare = outside.translate(None, _WHITESPACE)
+    return _structure(bare) + 1 - bare.count(b"[]") - bare.count(b"{}")
+
+
+def _too_many_values(max_values: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"the body holds more than {max_values} JSON values (arrays, objects, strings, "
+        "numbers); send fewer items or split the request",
+        code="too_many_values",
+    )
 
 
 def _structure(text: bytes) -> int:
