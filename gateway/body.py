@@ -17,9 +17,9 @@ of strings or of token-id lists).
 
 Hostile bodies are a 400, never a 500: more JSON values than ``max_values`` or arrays and
 objects than ``max_containers`` (counted on the bytes before the parse,
-:mod:`gateway.body_values`), bytes that are not UTF-8, JSON
-nested over :data:`MAX_DEPTH` levels (no OpenAI request needs a tenth of it; Python's parser would
-raise ``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
+:mod:`gateway.body_values`), bytes that are not UTF-8, JSON nested over :data:`MAX_DEPTH`
+levels (no OpenAI request needs a tenth of it; Python's parser would raise
+``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
 UTF-8 encoder can write back out). A body naming one of the fields the gateway reads twice
 (``{"max_tokens": 1, "max_tokens": 9999}``: Python keeps the last, another parser may keep
 the first) is marked :attr:`RequestBody.ambiguous`, and the gateway forwards it re-encoded,
