@@ -17,6 +17,7 @@ Modules:
 - :mod:`.request_lease` -- one lease owning a request's in-flight slot and key lease;
 - :mod:`.body` -- the client's JSON body, parsed once;
 - :mod:`.oversized_body` -- a body over the size limit: the rest dropped before the 413;
+- :mod:`.body_values` -- how many JSON values a body holds, bounded before it is parsed;
 - :mod:`.body_fields` -- the body's fields described once: each route's reads, checks, schemas;
 - :mod:`.openapi_bodies` -- the request bodies as documented in the OpenAPI schema;
 - :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;

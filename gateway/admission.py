@@ -1,24 +1,29 @@
 """The gate in front of the upstream: key, body, model, token cap, limiter.
 
-Order (each step answers with its own envelope): the bearer key (401), the body size
-(413), the JSON fields (400), the key's allowed models (403) and the served models (404),
-the fan-out bounds (400, :func:`gateway.caps.check_fan_out`), the prompt count (within a
-time budget, large bodies off the event loop: :mod:`gateway.prompt_budget`), the token cap
-(400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
-(503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves the
-estimated prompt tokens plus the effective ``max_tokens`` for every completion asked for
-(``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
-Streams are forwarded asking for usage on every chunk. The in-flight slot and the key's
-lease are one :class:`gateway.request_lease.RequestLease`, carried by :class:`Admitted` and
-settled with the real usage by :mod:`gateway.billing`.
+Order (each step answers with its own envelope): the bearer key (401); what refuses the
+request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 503; the
+key past its requests, at its concurrency or out of tokens, 429), before the body is read;
+the body size (413), its JSON values (``max_body_values``, ``max_body_containers``, 400,
+before the parse), the JSON fields (400), the key's allowed models (403) and the served
+models (404), the fan-out bounds (400, :func:`gateway.caps.check_fan_out`), the prompt
+count (within a time budget, large bodies off the event loop: :mod:`gateway.prompt_budget`),
+the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
+(503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves
+the estimated prompt tokens plus the effective ``max_tokens`` for every completion asked
+for (``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
+With ``routing: aware`` the router's affinity key is read from the parsed body once
+admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
+The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
+carried by :class:`Admitted` and settled with the real usage by :mod:`gateway.billing`.
+``docs/gateway-bodies.md`` says why this order, and what bounds a body's work.
 A client that hangs up while sending its body is a quiet 499, counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -68,6 +73,8 @@ class KeyStoreLike(Protocol):
 class LimiterLike(Protocol):
     async def acquire(self, key: KeyLike, tokens: int) -> KeyLease: ...
 
+    def early_refusal(self, key: KeyLike) -> RateLimitExceeded | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -89,6 +96,7 @@ class Admitted:
     allowed_models: Collection[str] = ()  # the key's models (empty: any); for a listing
     include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
     choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
+    route_key: int | None = None  # the router's affinity key, read from the parsed body
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +113,9 @@ class Gate:
     in_flight: InFlightLimit | None = None
     prompt_counter: PromptCounter = field(default_factory=ByteBound)
     count_budget: CountBudget = field(default_factory=CountBudget)  # its time, its thread
+    max_body_values: int | None = None  # None: no bound (gateway.body_values)
+    max_body_containers: int | None = None  # None: no bound
+    route_key: Callable[[str, Mapping[str, Any]], int | None] | None = None  # the router's
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -147,8 +158,14 @@ class Gate:
     async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
+        self.refuse_early(key, key_name)
         received = await self.read_body(request, key_name)
-        body = parse_fields(received, generates=with_cap)
+        body = parse_fields(
+            received,
+            generates=with_cap,
+            max_values=self.max_body_values,
+            max_containers=self.max_body_containers,
+        )
         label = answer_labels(request.scope).model = self.model_label(body.model)
         self.check_model(key, body.model)
         check_fan_out(body, key, self.caps)
@@ -170,6 +187,7 @@ class Gate:
         raw = encode_body(body.data) if changed else received
         reserve = body.reservation
         lease = await self._acquire(key, key_name, label, reserve)
+        route_key = self.route_key(path, body.data) if self.route_key is not None else None
         return Admitted(
             path=path,
             key_name=key_name,
@@ -182,6 +200,7 @@ class Gate:
             started=started,
             include_chunk_usage=body.include_chunk_usage,
             choices=body.choices,
+            route_key=route_key,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:
@@ -192,6 +211,18 @@ class Gate:
             raise NotFound(
                 f"model '{model}' is not served here", param="model", code="model_not_found"
             )
+
+    def refuse_early(self, key: KeyLike | None, key_name: str) -> None:
+        """Before the body is read: what would refuse the request whatever its body -- the
+        in-flight bound full (503), the key's limiter refusing it now (429) -- refuses it
+        at once, so a key past its limits costs no parse and no count (model ``none``)."""
+        bound = self.in_flight
+        if bound is not None and bound.count >= bound.limit:
+            raise self._busy(key_name, NO_MODEL)
+        refused = self.limiter.early_refusal(key) if key and self.limiter else None
+        if refused is not None:
+            self._count_refusal(key_name, NO_MODEL, refused.reason, refused.status_code)
+            raise refused
 
     async def read_body(self, request: Request, key_name: str) -> bytes:
         """The body within ``max_body_bytes``; a client that hangs up while uploading it is
@@ -204,13 +235,7 @@ class Gate:
         """A slot of the in-flight bound (503 when full), then the key's lease (429)."""
         bound = self.in_flight
         if bound is not None and not bound.enter():
-            busy = UpstreamUnavailable(
-                f"the gateway is serving its limit of {bound.limit} requests; retry shortly",
-                code="gateway_busy",
-                headers={"retry-after": "1"},
-            )
-            self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
-            raise busy
+            raise self._busy(key_name, model_label)
         try:
             key_lease = await self._lease(key, key_name, model_label, tokens)
         except BaseException:
@@ -229,6 +254,17 @@ class Gate:
         except RateLimitExceeded as exc:
             self._count_refusal(key_name, model_label, exc.reason, exc.status_code)
             raise
+
+    def _busy(self, key_name: str, model_label: str) -> UpstreamUnavailable:
+        """The 503 of a full in-flight bound, counted."""
+        limit = self.in_flight.limit if self.in_flight is not None else 0
+        busy = UpstreamUnavailable(
+            f"the gateway is serving its limit of {limit} requests; retry shortly",
+            code="gateway_busy",
+            headers={"retry-after": "1"},
+        )
+        self._count_refusal(key_name, model_label, "in_flight", busy.status_code)
+        return busy
 
     def _count_refusal(self, key_name: str, model_label: str, reason: str, status: int) -> None:
         # The answer itself is counted by gateway.accounting, like every other answer.

@@ -15,9 +15,11 @@ completion the body asks for: ``max(n, best_of)`` choices (beam search's width i
 ``best_of`` where older vLLM reads it) for each prompt of a ``/v1/completions`` batch (a list
 of strings or of token-id lists).
 
-Hostile bodies are a 400, never a 500: bytes that are not UTF-8, JSON nested over
-:data:`MAX_DEPTH` levels (no OpenAI request needs a tenth of it; Python's parser would
-raise ``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
+Hostile bodies are a 400, never a 500: more JSON values than ``max_values`` or arrays and
+objects than ``max_containers`` (counted on the bytes before the parse,
+:mod:`gateway.body_values`), bytes that are not UTF-8, JSON nested over :data:`MAX_DEPTH`
+levels (no OpenAI request needs a tenth of it; Python's parser would raise
+``RecursionError`` near 1000), and lone UTF-16 surrogates (``"\\ud800"``, which no
 UTF-8 encoder can write back out). A body naming one of the fields the gateway reads twice
 (``{"max_tokens": 1, "max_tokens": 9999}``: Python keeps the last, another parser may keep
 the first) is marked :attr:`RequestBody.ambiguous`, and the gateway forwards it re-encoded,
@@ -26,6 +28,7 @@ so the upstream reads the values the gateway acted on.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from gateway.body_fields import (
     STREAM_OPTIONS,
     N,
 )
+from gateway.body_values import check_values
 from gateway.errors import InvalidRequest
 from gateway.prompt_tokens import ByteBound, PromptCounter
 
@@ -65,6 +69,7 @@ _READ_NAMES = sorted(
 )
 _READ_KEYS = re.compile(r'"(?:' + "|".join(_READ_NAMES) + r')"\s*:')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_CONTAINERS = (dict, list)  # what json.loads makes of arrays and objects, exactly
 
 
 @dataclass(slots=True)
@@ -99,19 +104,36 @@ class RequestBody:
 
 
 def parse_body(
-    raw: bytes, counter: PromptCounter | None = None, *, generates: bool = True
+    raw: bytes,
+    counter: PromptCounter | None = None,
+    *,
+    generates: bool = True,
+    max_values: int | None = None,
+    max_containers: int | None = None,
 ) -> RequestBody:
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
     and there ``stream: true`` is refused and the output fields are not read."""
-    body = parse_fields(raw, generates=generates)
+    body = parse_fields(
+        raw, generates=generates, max_values=max_values, max_containers=max_containers
+    )
     body.count_prompt((counter or _FALLBACK).count(body.data))
     return body
 
 
-def parse_fields(raw: bytes, *, generates: bool = True) -> RequestBody:
+def parse_fields(
+    raw: bytes,
+    *,
+    generates: bool = True,
+    max_values: int | None = None,
+    max_containers: int | None = None,
+) -> RequestBody:
     """:func:`parse_body` without the count: the gateway counts with a time budget,
     large bodies off the event loop (:mod:`gateway.prompt_budget`), then calls
-    :meth:`RequestBody.count_prompt`."""
+    :meth:`RequestBody.count_prompt`. ``max_values``, ``max_containers``: a body holding
+    more JSON values, or more arrays and objects, is refused before it is parsed
+    (:mod:`gateway.body_values`)."""
+    if max_values is not None or max_containers is not None:
+        check_values(raw, max_values or len(raw), max_containers or len(raw))
     data, ambiguous = _load(raw)
     model = MODEL.read(data)
     if not generates:
@@ -149,7 +171,7 @@ def _load(raw: bytes) -> tuple[dict[str, Any], bool]:
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the body is not valid UTF-8: {exc}") from None
     try:
-        data = json.loads(text)
+        data = _parse(text)
     except RecursionError:
         raise InvalidRequest(f"the body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -164,17 +186,33 @@ def _load(raw: bytes) -> tuple[dict[str, Any], bool]:
     return data, len(keys) != len(set(keys))
 
 
+def _parse(text: str) -> Any:
+    """``json.loads`` with the cyclic garbage collector paused: a parse creating many lists
+    and objects otherwise runs it again and again over them (1.2 us per empty list instead
+    of 0.17, measured here). Nothing else runs meanwhile: the parser holds the GIL."""
+    if not gc.isenabled():
+        return json.loads(text)
+    gc.disable()
+    try:
+        return json.loads(text)
+    finally:
+        gc.enable()
+
+
 def _deeper_than(data: dict[str, Any], limit: int) -> bool:
-    """Whether arrays and objects nest more than ``limit`` levels (``data`` is level 1)."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in value.values() if isinstance(value, dict) else value:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
+    """Whether arrays and objects nest more than ``limit`` levels (``data`` is level 1);
+    level by level, one comprehension a level (a walk by stack took 0.9 us a container)."""
+    level: list[Any] = [data]
+    for _ in range(limit):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if type(value) is dict else value)
+            if type(child) in _CONTAINERS
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _has_lone_surrogate(data: object) -> bool:

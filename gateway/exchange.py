@@ -157,7 +157,12 @@ class Exchange(Response):
         began = forwarder.clock()
         try:
             return await forwarder.open_within(
-                deadline, admitted.method, admitted.path, admitted.body, admitted.key_name
+                deadline,
+                admitted.method,
+                admitted.path,
+                admitted.body,
+                admitted.route_key,
+                admitted.key_name,
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began

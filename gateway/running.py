@@ -118,7 +118,7 @@ def build_gateway(
         clock=clock,
         hold=Hold(settings.hold, pool, metrics, clock),
     )
-    gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter)
+    gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter, router)
     check = ReadinessCheck.of(api_key, settings.health.expected_models)
     holding = settings.hold.probe_interval if settings.hold.max_wait else None
     return RunningGateway(
@@ -152,12 +152,16 @@ def _gate(
     key_store: KeyStoreLike | None,
     limiter: LimiterLike | None,
     prompt_counter: PromptCounter | None,
+    router: Router,
 ) -> Gate:
     tokenizers = settings.tokenizers
     fallback = ByteBound.of(tokenizers)
     return Gate(
         caps=settings.caps,
         max_body_bytes=settings.max_body_bytes,
+        max_body_values=settings.max_body_values,
+        max_body_containers=settings.max_body_containers,
+        route_key=router.request_key if settings.routing == "aware" else None,
         allow_anonymous=settings.allow_anonymous,
         pool=pool,
         metrics=metrics,

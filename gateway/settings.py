@@ -335,6 +335,18 @@ class GatewaySettings(BaseSettings):
         "unset: none",
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    max_body_values: int = Field(
+        default=262_144,
+        ge=16,
+        description="JSON values (arrays, objects, strings, numbers) in a body; more get 400 "
+        "before it is parsed (the event loop's work per request)",
+    )
+    max_body_containers: int = Field(
+        default=16_384,
+        ge=16,
+        description="JSON arrays and objects in a body, the costliest values to parse; more "
+        "get 400 before it is parsed",
+    )
     max_in_flight: int | None = Field(
         default=1000,
         ge=1,

@@ -87,7 +87,13 @@ class Forwarder:
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
 
     async def open_within(
-        self, deadline: float, method: str, path: str, body: bytes | None, tenant: str = ""
+        self,
+        deadline: float,
+        method: str,
+        path: str,
+        body: bytes | None,
+        route_key: int | None = None,
+        tenant: str = "",
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
@@ -97,12 +103,17 @@ class Forwarder:
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
         try:
             async with asyncio.timeout(limit):
-                return await self.open(method, path, body, tenant)
+                return await self.open(method, path, body, route_key, tenant)
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
 
     async def open(
-        self, method: str, path: str, body: bytes | None, tenant: str = ""
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        route_key: int | None = None,
+        tenant: str = "",
     ) -> tuple[Upstream, UpstreamResponse]:
         """The first upstream answer of an attempt that need not be retried.
 
@@ -115,7 +126,7 @@ class Forwarder:
         retry = self.retry
         if self.pool.none_can_serve:
             raise UpstreamUnavailable("no upstream is ready; retry shortly")
-        route = self.router.route(path, body, retry.attempts, tenant)
+        route = self.router.route(path, route_key, retry.attempts, tenant)
         candidates = route.candidates[: retry.attempts]
         failure: _Retryable | None = None
         for attempt, upstream in enumerate(candidates, start=1):

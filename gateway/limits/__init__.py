@@ -7,6 +7,7 @@ concurrent requests.
     lease = await limiter.acquire(key, tokens=prompt_estimate + max_tokens)  # may raise 429
     ...                                    # lease.headers: x-ratelimit-* for the response
     await lease.settle(used_tokens)        # refund the unused part, free the slot; idempotent
+    refused = limiter.early_refusal(key)   # before reading a body: the 429 it would get anyway
 
 ``acquire`` raises :class:`gateway.errors.RateLimitExceeded` (reason ``requests`` |
 ``tokens`` | ``concurrency``, ``retry_after``, ``x-ratelimit-*`` headers), or
@@ -28,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from gateway.errors import RateLimitExceeded
 from gateway.keyfile import ApiKey
 from gateway.limits.memory_limiter import MemoryLimiter
 from gateway.limits.redis_limiter import RedisLimiter
@@ -48,3 +50,8 @@ class Lease(Protocol):
 
 class Limiter(Protocol):
     async def acquire(self, key: ApiKey, tokens: int) -> Lease: ...
+
+    def early_refusal(self, key: ApiKey) -> RateLimitExceeded | None:
+        """The 429 any request of ``key`` with a body would get now, decided without the
+        body (checked before the body is read), or ``None``."""
+        ...

@@ -105,20 +105,32 @@ def admit(state: KeyState, limits: KeyLimits, tokens: int, now: float) -> dict[s
     ``tpm``, :class:`~gateway.errors.InvalidRequest` (400).
     """
     check_reservation(limits, tokens)
-    refill(state, limits, now)
-    if limits.concurrency is not None and state.in_flight >= limits.concurrency:
-        raise refusal("concurrency", 1.0, state, limits)
-    wait_requests = seconds_until(state.requests, 1.0, limits.rpm) if limits.rpm else 0.0
-    wait_tokens = seconds_until(state.tokens, float(tokens), limits.tpm) if limits.tpm else 0.0
-    if wait_requests > 0 or wait_tokens > 0:
-        reason = "requests" if wait_requests >= wait_tokens else "tokens"
-        raise refusal(reason, max(wait_requests, wait_tokens), state, limits)
+    refused = refusal_now(state, limits, tokens, now)
+    if refused is not None:
+        raise refused
     if limits.rpm is not None:
         state.requests -= 1
     if limits.tpm is not None:
         state.tokens -= tokens
     state.in_flight += 1
     return ratelimit_headers(state, limits)
+
+
+def refusal_now(
+    state: KeyState, limits: KeyLimits, tokens: int, now: float
+) -> RateLimitExceeded | None:
+    """The 429 a request reserving ``tokens`` would get at ``now``, or ``None``; changes
+    nothing but the refill. With ``tokens=1`` it is the refusal every request with a body
+    gets, whatever the body: each reserves at least one token."""
+    refill(state, limits, now)
+    if limits.concurrency is not None and state.in_flight >= limits.concurrency:
+        return refusal("concurrency", 1.0, state, limits)
+    wait_requests = seconds_until(state.requests, 1.0, limits.rpm) if limits.rpm else 0.0
+    wait_tokens = seconds_until(state.tokens, float(tokens), limits.tpm) if limits.tpm else 0.0
+    if wait_requests > 0 or wait_tokens > 0:
+        reason = "requests" if wait_requests >= wait_tokens else "tokens"
+        return refusal(reason, max(wait_requests, wait_tokens), state, limits)
+    return None
 
 
 def refusal(

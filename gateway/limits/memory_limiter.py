@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.limits.bucket import KeyLimits, KeyState, admit, fresh_state, settle
+from gateway.errors import RateLimitExceeded
+from gateway.limits.bucket import KeyLimits, KeyState, admit, fresh_state, refusal_now, settle
 
 
 def limits_of(key: Any, default_concurrency: int | None = None) -> KeyLimits:
@@ -61,6 +62,11 @@ class MemoryLimiter:
     async def acquire(self, key: Any, tokens: int) -> MemoryLease:
         headers = admit(self.state(key), self._limits(key), tokens, self._clock())
         return MemoryLease(self, key, tokens, headers)
+
+    def early_refusal(self, key: Any) -> RateLimitExceeded | None:
+        """The 429 any request of ``key`` with a body would get now (its concurrency, its
+        requests, or no token left), or ``None``: exact, from the state itself."""
+        return refusal_now(self.state(key), self._limits(key), 1, self._clock())
 
     def release(self, key: Any, reserved: int, used: int) -> None:
         settle(self.state(key), self._limits(key), reserved, used, self._clock())

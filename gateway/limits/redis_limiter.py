@@ -37,6 +37,12 @@ Redis restarted (without persistence) or flushed: every counter starts over. At 
 writes when missing; a changed marker is logged once as a WARNING and counted in
 ``resets``. A lease the store no longer knows when its request settles (the restart, or an
 expired lease) is counted in ``leases_lost``, never an error for the request.
+
+Refused before the body is read (:meth:`RedisLimiter.early_refusal`), from what this process
+knows without asking the store: the key's leases it holds itself (at its concurrency: 429),
+and the key's requests bucket as the last reply left it, refilled at the key's rate since
+(other gateways only take from it): below one request, 429. Tokens are left to the script:
+a settle anywhere gives tokens back.
 """
 
 from __future__ import annotations
@@ -44,19 +50,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import RateLimitExceeded, UpstreamUnavailable
 from gateway.limits.bucket import (
     KeyLimits,
     KeyState,
     check_reservation,
+    fresh_state,
     ratelimit_headers,
+    refill,
     refusal,
+    seconds_until,
 )
 from gateway.limits.memory_limiter import limits_of
 from gateway.limits.pending_settles import PendingSettles, Settle
@@ -231,6 +242,8 @@ class RedisLimiter:
         self._checking = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.backend_healthy = True
+        self._held: dict[str, int] = {}  # per key: the leases this process holds
+        self._seen: dict[str, KeyState] = {}  # per key: the levels of the last reply
 
     def _keys(self, name: str) -> list[str]:
         base = f"{self._prefix}{{{name}}}"
@@ -277,16 +290,33 @@ class RedisLimiter:
         if int(status) == _SETTLED_BEFORE:  # only a late repeat of an undone call sees this
             return self._without_store()
         state = KeyState(requests=float(requests), tokens=float(tokens_left), updated=0.0)
+        self._seen[key.name] = KeyState(state.requests, state.tokens, time.monotonic())
         if not int(status):
             reason = reason.decode() if isinstance(reason, bytes) else str(reason)
             raise refusal(reason, float(wait), state, limits)
+        self._held[key.name] = self._held.get(key.name, 0) + 1
         return RedisLease(self, key, tokens, lease_id, ratelimit_headers(state, limits))
+
+    def early_refusal(self, key: Any) -> RateLimitExceeded | None:
+        """The 429 any request of ``key`` would get now, as far as this process knows
+        without asking the store (the module docstring), or ``None``."""
+        limits, now = self._limits(key), time.monotonic()
+        seen = self._seen.get(key.name)
+        state = fresh_state(limits, now) if seen is None else replace(seen)
+        refill(state, limits, now)
+        if limits.concurrency is not None and self._held.get(key.name, 0) >= limits.concurrency:
+            return refusal("concurrency", 1.0, state, limits)
+        if limits.rpm is not None and state.requests < 1:
+            wait = seconds_until(state.requests, 1.0, limits.rpm)
+            return refusal("requests", wait, state, limits)
+        return None
 
     async def release(self, key: Any, reserved: int, used: int, lease_id: str) -> None:
         """Refund ``reserved - used`` and free the slot of ``lease_id``; idempotent. A release
         Redis does not confirm is kept and repeated until it does (the key's next acquire
         here waits for it); one the store does not know is counted lost."""
         name = key.name
+        self._held[name] = max(0, self._held.get(name, 0) - 1)
         args = self._settle_args(self._limits(key), reserved - used, lease_id, undo=False)
         kept = self._pending.add(name, Settle(self._keys(name), args, count_lost=True))
         await self._pending.attempt(name, kept)

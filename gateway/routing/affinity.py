@@ -10,17 +10,18 @@ conversation stays together); for ``/v1/completions`` the prompt
 ``min_prefix_chars`` such characters give no key: nothing worth a cache, so the request
 goes where the load is least. Embeddings have no key.
 
-    >>> body = b'{"model": "m", "messages": [{"role": "system", "content": "You are ..."}]}'
+    >>> body = {"model": "m", "messages": [{"role": "system", "content": "You are ..."}]}
     >>> prefix_key(body, "/v1/chat/completions", prefix_chars=2048, min_prefix_chars=4) > 0
     True
 
-One JSON parse of the body per request (admission's parse is not kept); the key is a
-64-bit int, so the router holds no state per key: memory does not grow with tenants.
+Read from the body admission parsed (no second parse), once per request, at admission:
+the key travels in the request's record (``Admitted.route_key``). It is a 64-bit int, so
+the router holds no state per key: memory does not grow with tenants.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.routing.ring import key_hash
@@ -31,16 +32,11 @@ _SYSTEM_ROLES = ("system", "developer")
 
 
 def prefix_key(
-    body: bytes | None, path: str, *, prefix_chars: int, min_prefix_chars: int
+    data: Mapping[str, Any], path: str, *, prefix_chars: int, min_prefix_chars: int
 ) -> int | None:
-    """The request's affinity key, or ``None`` (no leading content worth one)."""
-    if body is None or path not in (CHAT_PATH, COMPLETIONS_PATH):
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    """The affinity key of the parsed body ``data``, or ``None`` (no leading content worth
+    one)."""
+    if path not in (CHAT_PATH, COMPLETIONS_PATH):
         return None
     if path == CHAT_PATH:
         text = _leading_messages(data.get("messages"), prefix_chars, min_prefix_chars)

@@ -9,7 +9,8 @@ NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica:
    own order, reason ``fallback``.
 2. Every ready replica's queue above ``max_waiting`` (a fresh scrape says so): refused,
    503 + ``Retry-After`` (:data:`OVERLOADED_CODE`), counted in ``routing_overloaded``.
-3. A request with a prefix key (:mod:`gateway.routing.affinity`) goes to the key's
+3. A request with a prefix key (:mod:`gateway.routing.affinity`, read at admission from the
+   parsed body by :meth:`AwareRouter.request_key`) goes to the key's
    replica: where the key went before, or for a new key the first replica on its ring walk
    (:mod:`gateway.routing.ring`) holding no more than its share of the active keys
    (:mod:`gateway.routing.key_table`, each tenant within its share of it;
@@ -62,7 +63,10 @@ class Route:
 
 
 class Router(Protocol):
-    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
+    def request_key(self, path: str, data: Mapping[str, Any]) -> int | None:
+        """The affinity key of a request's parsed body (admission asks, once)."""
+
+    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
         """Raises UpstreamUnavailable when every replica is overloaded. ``tenant``: the
         request's API key name (each one's share of the key table)."""
 
@@ -87,7 +91,10 @@ class RoundRobinRouter:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 
-    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
+    def request_key(self, path: str, data: Mapping[str, Any]) -> int | None:
+        return None
+
+    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
         return Route(self.pool.candidates(attempts), ROUND_ROBIN)
 
     def connect_failed(self, upstream: Upstream) -> None:
@@ -123,7 +130,17 @@ class AwareRouter:
             u.label: view(self.scrapes.get(u.label), u.in_flight, now, stale) for u in upstreams
         }
 
-    def route(self, path: str, body: bytes | None, attempts: int, tenant: str = "") -> Route:
+    def request_key(self, path: str, data: Mapping[str, Any]) -> int | None:
+        """:func:`gateway.routing.affinity.prefix_key` with this router's settings."""
+        settings = self.settings
+        return prefix_key(
+            data,
+            path,
+            prefix_chars=settings.prefix_chars,
+            min_prefix_chars=settings.min_prefix_chars,
+        )
+
+    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
         ready = [u for u in self.pool.upstreams if u.ready]
         if not ready:
             return self._count(Route(self.pool.candidates(attempts), FALLBACK))
@@ -133,12 +150,6 @@ class AwareRouter:
         if len(over) == len(ready):
             self._refuse(len(ready), bound)
         settings = self.settings
-        key = prefix_key(
-            body,
-            path,
-            prefix_chars=settings.prefix_chars,
-            min_prefix_chars=settings.min_prefix_chars,
-        )
         by_label = {u.label: u for u in ready}
         if key is None:
             order, reason = self._least_loaded(ready, views), LEAST_LOADED

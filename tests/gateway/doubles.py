@@ -54,6 +54,9 @@ class RecordingLimiter:
         self.refuse_above = refuse_above
         self.leases: list[RecordedLease] = []
 
+    def early_refusal(self, key: Key) -> RateLimitExceeded | None:
+        return None
+
     async def acquire(self, key: Key, tokens: int) -> RecordedLease:
         if self.refuse_above is not None and tokens > self.refuse_above:
             headers = {"x-ratelimit-limit-tokens": str(self.refuse_above)}

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from gateway.body import MEDIA_TOKENS, RequestBody, estimate_prompt_tokens, parse_body
+from gateway.body import (
+    MAX_DEPTH,
+    MEDIA_TOKENS,
+    RequestBody,
+    estimate_prompt_tokens,
+    parse_body,
+)
+from gateway.body_values import Shape, body_shape, check_values
 from gateway.caps import apply_token_cap, effective_max_tokens
 from gateway.errors import InvalidRequest
 from gateway.settings import CapSettings
@@ -154,3 +161,41 @@ def test_media_parts_are_estimated_as_media_not_as_text() -> None:
     assert estimate(audio) - base == MEDIA_TOKENS["audio"]
     assert estimate(untyped, image) - base == 2 * MEDIA_TOKENS["image"]
     assert min(MEDIA_TOKENS.values()) >= 256
+
+
+def test_values_are_counted_outside_strings_only() -> None:
+    """Commas, brackets, escaped quotes and backslashes inside strings count for nothing:
+    ``{"a": <string>, "b": [1, 2, 3]}`` holds 6 values whatever the string holds."""
+    for text in ("x, [y], {z}", 'say \\"a, b\\"', "ends in a backslash \\\\", '\\\\\\", [[['):
+        raw = b'{"a": "%s", "b": [1, 2, 3]}' % text.encode()
+        json.loads(raw)  # valid JSON
+        assert body_shape(raw, 6) == Shape(values=6, containers=2)
+        check_values(raw, 6, 2)
+        with pytest.raises(InvalidRequest) as refused:
+            check_values(raw, 5, 2)
+        assert refused.value.code == "too_many_values"
+        with pytest.raises(InvalidRequest, match="more than 1 JSON arrays and objects"):
+            check_values(raw, 6, 1)
+
+
+def test_a_body_of_many_values_is_refused_before_it_is_parsed() -> None:
+    raw = b'{"model": "m", "prompt": "x", "tools": [' + b", ".join([b"[ ]"] * 100) + b"]}"
+    assert body_shape(raw, 10) == Shape(values=1 + 3 + 100, containers=102)
+    assert parse_body(raw, max_values=104, max_containers=102).model == "m"
+    with pytest.raises(InvalidRequest, match="more than 103 JSON values"):
+        parse_body(raw, max_values=103)
+    with pytest.raises(InvalidRequest, match="more than 101 JSON arrays"):
+        parse_body(raw, max_containers=101)
+    assert body_shape(b'{"a": [""], "b": {"c": [ ]}}', 10) == Shape(values=5, containers=4)
+    many_strings = b"[" + b",".join([b'""'] * 1000) + b"]"
+    assert body_shape(many_strings, 10).values > 10  # stops at the strings' count
+
+
+def test_nesting_is_measured_level_by_level() -> None:
+    def nested(levels: int) -> bytes:  # the body's own object is the first level
+        inner = "[" * (levels - 1) + "]" * (levels - 1)
+        return ('{"model": "m", "x": ' + inner + ', "y": [[], {}]}').encode()
+
+    assert parse_body(nested(MAX_DEPTH)).model == "m"
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        parse_body(nested(MAX_DEPTH + 1))

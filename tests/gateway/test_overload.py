@@ -75,8 +75,12 @@ async def test_one_key_and_all_keys_are_bounded_with_retry_after(
         assert busy.status_code == 503, busy.text
         assert busy.json()["error"]["code"] == "gateway_busy"
         assert busy.headers["retry-after"] == "1"
+        unread = await gw.client.post(
+            "/v1/chat/completions", content=b"{not json", headers=bearer("c")
+        )
+        assert unread.status_code == 503, unread.text  # refused before its body is read
         refused = {"key": "carol", "reason": "in_flight"}
-        assert gw.metric("vkit_gateway_rate_limited_total", refused) == 1
+        assert gw.metric("vkit_gateway_rate_limited_total", refused) == 2
         assert (
             gw.metric("vkit_gateway_rate_limited_total", {"key": "alice", "reason": "concurrency"})
             == 1

@@ -243,3 +243,27 @@ async def test_a_redis_restart_is_logged_once_and_lost_leases_are_counted(
     assert registry.get_sample_value("resets_total") == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("restarted" in m for m in warnings) == 1, warnings
+
+
+async def test_what_this_process_knows_refuses_before_the_body(clients: list[Any]) -> None:
+    """Its own leases at the key's concurrency, or the requests bucket the last reply left
+    below one request: refused without asking the store; tokens are left to the store."""
+    first, second = (RedisLimiter(client) for client in clients)
+    busy = key(concurrency=1)
+    assert first.early_refusal(busy) is None
+    lease = await first.acquire(busy, 10)
+    refused = first.early_refusal(busy)
+    assert refused is not None and refused.reason == "concurrency"
+    assert second.early_refusal(busy) is None  # it holds none: the store decides
+    await lease.settle(5)
+    assert first.early_refusal(busy) is None
+    spent = key(rpm=1, tpm=1000)
+    await second.acquire(spent, 10)
+    refused = second.early_refusal(spent)
+    assert refused is not None and refused.reason == "requests"
+    assert 59.0 < refused.retry_after <= 60.0
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert first.early_refusal(spent) is None  # it has not seen the key yet
+    with pytest.raises(RateLimitExceeded):
+        await first.acquire(spent, 10)
+    assert first.early_refusal(spent) is not None  # now it has

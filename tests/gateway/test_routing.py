@@ -4,8 +4,8 @@ changes, overload, and the reasons it counts."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,7 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing.affinity import prefix_key
 from gateway.routing.load import Scrape
 from gateway.routing.ring import HashRing, bounded_pick, key_hash, load_bound
-from gateway.routing.router import OVERLOADED_CODE, AwareRouter
+from gateway.routing.router import OVERLOADED_CODE, AwareRouter, Route
 from gateway.settings import RouterSettings
 from gateway.upstreams import UpstreamPool
 
@@ -31,9 +31,10 @@ class FakeClock:
         return self.now
 
 
-def chat(system: str, user: str = "hello") -> bytes:
+def chat(system: str, user: str = "hello") -> dict[str, Any]:
+    """A parsed chat body, as admission hands it to the router."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return json.dumps({"model": "m", "messages": messages}).encode()
+    return {"model": "m", "messages": messages}
 
 
 def tenant_prompt(index: int) -> str:
@@ -60,8 +61,13 @@ class Fixture:
     def label(self, index: int) -> str:
         return self.pool.upstreams[index].label
 
-    def first(self, body: bytes | None, path: str = CHAT) -> str:
-        return self.router.route(path, body, 3).candidates[0].label
+    def route(self, body: dict[str, Any] | None, attempts: int, path: str = CHAT) -> Route:
+        """The route of a request, its key read from its parsed body as admission does."""
+        key = None if body is None else self.router.request_key(path, body)
+        return self.router.route(path, key, attempts)
+
+    def first(self, body: dict[str, Any] | None, path: str = CHAT) -> str:
+        return self.route(body, 3, path).candidates[0].label
 
     def scrape(self, index: int, running: float = 0, waiting: float = 0, kv: float = 0) -> None:
         upstream = self.pool.upstreams[index]
@@ -150,10 +156,10 @@ def test_a_dead_replica_is_out_at_once_and_only_its_keys_move() -> None:
 def test_retries_go_to_a_different_replica() -> None:
     f = Fixture()
     for i in range(10):
-        candidates = f.router.route(CHAT, chat(tenant_prompt(i)), 3).candidates
+        candidates = f.route(chat(tenant_prompt(i)), 3).candidates
         assert len({u.label for u in candidates}) == 3
     two = Fixture(replicas=2)
-    candidates = two.router.route(CHAT, chat(tenant_prompt(1)), 3).candidates
+    candidates = two.route(chat(tenant_prompt(1)), 3).candidates
     assert candidates[0] is not candidates[1]
     assert candidates[2] is candidates[0]
 
@@ -164,7 +170,7 @@ def test_a_key_over_the_bound_spills_to_the_next_on_the_ring() -> None:
     owner = f.first(body)
     index = [u.label for u in f.pool.upstreams].index(owner)
     f.pool.upstreams[index].in_flight = 9  # (9, 0, 0): bound max(ceil(1.25 x 10 / 3), 0 + 8) = 8
-    spilled = f.router.route(CHAT, body, 3)
+    spilled = f.route(body, 3)
     assert spilled.reason == "load_spill"
     assert spilled.candidates[0].label != owner
     assert f.decisions("load_spill") == 1
@@ -176,7 +182,7 @@ def test_one_hot_key_never_puts_more_than_the_bound_on_a_replica() -> None:
     f = Fixture(epsilon=0.25)
     body = chat(tenant_prompt(3))
     for _ in range(90):  # every request of one tenant, none finishing
-        f.router.route(CHAT, body, 1).candidates[0].in_flight += 1
+        f.route(body, 1).candidates[0].in_flight += 1
     loads = [u.in_flight for u in f.pool.upstreams]
     assert sum(loads) == 90
     assert max(loads) <= load_bound([30, 30, 30], 0.25)  # ceil(1.25 x 91 / 3) = 38
@@ -208,7 +214,7 @@ def test_bounded_pick_keeps_the_owner_within_the_bound() -> None:
     assert bounded_pick(["a", "b"], loads.__getitem__, 0.0, margin=1) == (1, ["b", "a"])
 
 
-def key_of(body: bytes) -> int:
+def key_of(body: dict[str, Any]) -> int:
     key = prefix_key(body, CHAT, prefix_chars=2048, min_prefix_chars=64)
     assert key is not None
     return key
@@ -248,7 +254,7 @@ def test_tenants_whose_keys_all_fall_on_one_replica_still_use_the_idle_one() -> 
     assert len(tenants) == 16  # sixteen tenants, every one's key on the same replica
     placed = []
     for i in range(16):  # sixteen requests at once (none finishes)
-        upstream = f.router.route(CHAT, chat(tenant_prompt(tenants[i])), 1).candidates[0]
+        upstream = f.route(chat(tenant_prompt(tenants[i])), 1).candidates[0]
         upstream.in_flight += 1
         placed.append(upstream.label)
     # Their own replica keeps them while that leaves it at most 8 (the margin) ahead of the
@@ -264,9 +270,9 @@ def test_a_few_requests_ahead_keeps_a_tenant_on_its_own_cache() -> None:
     owner = f.first(body)
     index = [u.label for u in f.pool.upstreams].index(owner)
     f.pool.upstreams[index].in_flight = 3  # (3, 0) at four in flight: within the margin of 8
-    assert f.router.route(CHAT, body, 1).reason == "affinity"
+    assert f.route(body, 1).reason == "affinity"
     f.pool.upstreams[index].in_flight = 8  # 8 ahead: this one would make it 9, over it
-    assert f.router.route(CHAT, body, 1).reason == "load_spill"
+    assert f.route(body, 1).reason == "load_spill"
 
 
 def test_every_queue_over_the_bound_is_a_503_with_retry_after() -> None:
@@ -274,7 +280,7 @@ def test_every_queue_over_the_bound_is_a_503_with_retry_after() -> None:
     f.scrape(0, running=8, waiting=5)
     f.scrape(1, running=8, waiting=9)
     with pytest.raises(UpstreamUnavailable) as refused:
-        f.router.route(CHAT, chat(tenant_prompt(1)), 3)
+        f.route(chat(tenant_prompt(1)), 3)
     assert refused.value.code == OVERLOADED_CODE
     assert refused.value.headers["retry-after"] == "1"
     assert f.registry.get_sample_value("vkit_gateway_routing_overloaded_total") == 1
@@ -282,13 +288,27 @@ def test_every_queue_over_the_bound_is_a_503_with_retry_after() -> None:
     for i in range(10):
         assert f.first(chat(tenant_prompt(i))) == f.label(0)
     f.clock.now += 10  # no fresh scrape: the gateway does not guess a queue, nothing refused
-    f.router.route(CHAT, chat(tenant_prompt(1)), 3)
+    f.route(chat(tenant_prompt(1)), 3)
 
 
 def test_no_ready_replica_falls_back_to_the_list_order() -> None:
     f = Fixture(replicas=2)
     for upstream in f.pool.upstreams:
         f.pool.record(upstream, False, frozenset())
-    route = f.router.route(CHAT, chat(tenant_prompt(1)), 2)
+    route = f.route(chat(tenant_prompt(1)), 2)
     assert route.reason == "fallback"
     assert len(route.candidates) == 2
+
+
+def test_the_router_routes_on_the_key_admission_read_and_parses_no_body() -> None:
+    """Admission reads the key from the body it parsed (``request_key``) into the request's
+    record; the router routes on that key alone: no second parse of the body."""
+    f = Fixture()
+    body = chat(tenant_prompt(4))
+    key = f.router.request_key(CHAT, body)
+    assert key == key_of(body)
+    owner = f.router.route(CHAT, key, 3)
+    assert owner.reason == "affinity"
+    assert owner.candidates[0].label == f.first(body)
+    assert f.router.route(CHAT, None, 3).reason == "least_loaded"
+    assert f.router.request_key("/v1/embeddings", {"model": "m", "input": "x"}) is None

@@ -4,7 +4,6 @@ affinity, spreading, a replica that dies, overload, and exact in-flight counts."
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +195,7 @@ async def test_one_key_sending_one_off_prefixes_keeps_the_other_tenants_entries(
             answer = await gw.client.post(CHAT, json=body, headers=bearer(secret))
             assert answer.status_code == 200
             placed[secret] = prefix_key(
-                json.dumps(body).encode(),
+                body,
                 CHAT,
                 prefix_chars=settings.prefix_chars,
                 min_prefix_chars=settings.min_prefix_chars,

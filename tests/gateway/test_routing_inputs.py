@@ -3,7 +3,6 @@ from a file or DNS (with a fake resolver)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ SYSTEM = "You answer questions about the tenant's invoices, politely. " * 4
 
 def key(data: object, path: str = CHAT, **limits: int) -> int | None:
     options = {"prefix_chars": 2048, "min_prefix_chars": 64} | limits
-    return prefix_key(json.dumps(data).encode(), path, **options)
+    assert isinstance(data, dict)
+    return prefix_key(data, path, **options)
 
 
 def chat(*messages: tuple[str, str], model: str = "m") -> dict[str, object]:
@@ -55,10 +55,8 @@ def test_completion_prompts_key_on_their_first_characters() -> None:
     batch = {"model": "m", "prompt": [SYSTEM, "other"]}
     assert key(batch, COMPLETIONS) == key({"model": "m", "prompt": SYSTEM}, COMPLETIONS)
     assert key({"model": "m", "prompt": list(range(100))}, COMPLETIONS) is not None
-    assert prefix_key(b"not json", CHAT, prefix_chars=10, min_prefix_chars=0) is None
-    assert (
-        prefix_key(b'{"input": "x"}', "/v1/embeddings", prefix_chars=10, min_prefix_chars=0) is None
-    )
+    assert prefix_key({"input": "x"}, "/v1/embeddings", prefix_chars=10, min_prefix_chars=0) is None
+    assert key({"model": "m", "messages": "not a list"}) is None
 
 
 def test_media_parts_count_as_their_type() -> None:
