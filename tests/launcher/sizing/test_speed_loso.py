@@ -1,0 +1,53 @@
+"""The speed model against sources it was not fitted to: leave-one-source-out."""
+
+from __future__ import annotations
+
+import pytest
+
+from launcher.sizing.speed_fit import (
+    figures,
+    fit,
+    leave_one_source_out,
+)
+from launcher.sizing.speed_table import calibration_report, load_measurements, usable
+
+RUNS = usable(load_measurements())[0]
+HELD_OUT = leave_one_source_out(RUNS)
+
+
+def test_the_table_spans_gpus_quantizations_tensor_parallel_and_load() -> None:
+    runs = load_measurements()
+    assert all(run.vllm for run in runs)  # a version, or "unstated"
+    assert {"rtx4090", "a40", "a100-80gb", "h100-sxm"} <= {run.gpu for run in RUNS}
+    assert {"bf16", "fp16", "fp8"} <= {run.quant for run in RUNS}
+    assert any(run.tensor_parallel > 1 for run in RUNS)
+    concurrencies = [c for run in RUNS for c in run.points]
+    assert min(concurrencies) <= 4 and max(concurrencies) >= 150
+    assert len({run.group for run in RUNS}) >= 3
+
+
+def test_every_usable_point_is_predicted_once_held_out() -> None:
+    in_sample = calibration_report(None, RUNS)
+    assert len(HELD_OUT) == len(in_sample)
+    assert {(p.label, p.concurrency) for p in HELD_OUT} == {
+        (p.label, p.concurrency) for p in in_sample
+    }
+
+
+def test_a_fit_beats_the_constants_it_starts_from_on_its_own_data() -> None:
+    def log_loss(report) -> float:
+        return sum(abs(p.error) for p in report)
+
+    fitted = fit(RUNS)
+    assert log_loss(calibration_report(fitted, RUNS)) < log_loss(calibration_report(None, RUNS))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the speed model does not yet meet the issue's held-out goal; see "
+    "python -m launcher.sizing.speed_fit for the figures (remove this mark once it does)",
+)
+def test_leave_one_source_out_meets_the_goal() -> None:
+    loso = figures(HELD_OUT)
+    assert loso.median <= 0.15, loso
+    assert loso.within_25 >= 0.80, loso
