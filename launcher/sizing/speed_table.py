@@ -9,6 +9,8 @@ The table is ``configs/speed_measurements.yaml``: one entry per published run, w
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +44,12 @@ class Measurement(BaseModel):
     prompt_tokens: int = Field(ge=1)
     output_tokens: int = Field(ge=1)
     points: dict[int, float] = Field(min_length=1, description="concurrency -> tok/s (metric)")
+
+    @property
+    def legacy_engine(self) -> bool:
+        """Measured on vLLM before 0.6 (the first version number the ``vllm`` field names)."""
+        found = re.search(r"(\d+)\.(\d+)", self.vllm)
+        return found is not None and (int(found[1]), int(found[2])) < (0, 6)
 
     @property
     def group(self) -> str:
@@ -98,6 +106,12 @@ def calibration_report(
     """Every usable published point, predicted at its own workload and concurrency."""
     report = []
     runs = measurements if measurements is not None else load_measurements()
+    current = calibration or SpeedCalibration()
+    legacy = replace(
+        current,
+        sequence_overhead_s=current.legacy_sequence_overhead_s,
+        step_overhead_per_layer_s=current.legacy_step_overhead_per_layer_s,
+    )
     for run in usable(runs)[0]:
         workload = Workload(
             model=load_model(run.model),
@@ -109,7 +123,8 @@ def calibration_report(
         gpu = get_gpu(run.gpu)
         label = f"{run.model} {run.quant} on {run.gpu}, {run.prompt_tokens}/{run.output_tokens}"
         for concurrency, measured in sorted(run.points.items()):
-            predicted = speed_at(workload, gpu, concurrency, calibration).total_tok_s
+            engine = legacy if run.legacy_engine else current
+            predicted = speed_at(workload, gpu, concurrency, engine).total_tok_s
             if run.metric == "total":
                 predicted *= workload.tokens_per_output_token
             report.append(

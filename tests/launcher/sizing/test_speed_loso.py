@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.sizing.speed_fit import (
-    figures,
-    fit,
-    leave_one_source_out,
-)
+from launcher.sizing.speed import SpeedCalibration
+from launcher.sizing.speed_fit import FITTED, PRIOR, figures, fit, leave_one_source_out
 from launcher.sizing.speed_table import calibration_report, load_measurements, usable
 
 RUNS = usable(load_measurements())[0]
@@ -34,20 +31,28 @@ def test_every_usable_point_is_predicted_once_held_out() -> None:
     }
 
 
-def test_a_fit_beats_the_constants_it_starts_from_on_its_own_data() -> None:
-    def log_loss(report) -> float:
+def test_a_fit_beats_the_prior_it_starts_from_on_its_own_data() -> None:
+    def error(report) -> float:
         return sum(abs(p.error) for p in report)
 
-    fitted = fit(RUNS)
-    assert log_loss(calibration_report(fitted, RUNS)) < log_loss(calibration_report(None, RUNS))
+    assert error(calibration_report(fit(RUNS), RUNS)) < error(calibration_report(PRIOR, RUNS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the speed model does not yet meet the issue's held-out goal; see "
-    "python -m launcher.sizing.speed_fit for the figures (remove this mark once it does)",
-)
+def test_the_shipped_constants_are_the_fit_on_the_whole_table() -> None:
+    fitted, shipped = fit(RUNS), SpeedCalibration()
+    for name in FITTED:
+        assert getattr(shipped, name) == pytest.approx(getattr(fitted, name), rel=0.05), name
+
+
+def test_in_sample_every_point_is_within_40_percent() -> None:
+    # The worst, +39%: a 10-request burst on an H100 with 44-token replies (start-up dominates).
+    report = calibration_report(None, RUNS)
+    assert max(abs(p.error) for p in report) < 0.4
+    assert figures(report).within_25 >= 0.9
+
+
 def test_leave_one_source_out_meets_the_goal() -> None:
+    # python -m launcher.sizing.speed_fit prints these figures: median 9.8%, 91% within 25%.
     loso = figures(HELD_OUT)
     assert loso.median <= 0.15, loso
     assert loso.within_25 >= 0.80, loso
