@@ -50,11 +50,11 @@ class QuantKernel:
     compute_factor: float = 1.0
 
 
-# Weight-only int4 (AWQ/GPTQ through Marlin) decodes 1.76-2.12x faster than bf16 on 7-70B
-# models, int8 1.45x, where bytes alone would say ~2.2-3x and 1.6x: the dequantizing kernels
-# reach ~80% / ~90% of the bandwidth a 16-bit GEMM does (the ratios measured by the issue this
-# model answers, docs/speed-measurements.md). FP8 on Ada/Hopper runs W8A8 on FP8 tensor cores
-# (twice the bf16 rate); on Ampere vLLM runs FP8 checkpoints weight-only (Marlin).
+# Weight-only int4 (AWQ/GPTQ through Marlin) decodes ~2x faster than 16-bit where bytes alone
+# would say ~2.2-3x, int8 less than its 1.6x of bytes: the dequantizing kernels reach ~80% /
+# ~90% of the bandwidth a 16-bit GEMM does (docs/speed-measurements.md#quantization-speed).
+# FP8 on Ada/Hopper runs W8A8 on FP8 tensor cores (twice the bf16 rate); on Ampere vLLM runs
+# FP8 checkpoints weight-only (Marlin).
 QUANT_KERNELS: dict[Quantization, QuantKernel] = {
     "bf16": QuantKernel(),
     "fp16": QuantKernel(),
