@@ -9,6 +9,8 @@
 - :mod:`.speed` -- one replica's serving speed: a step model calibrated on measurements;
 - :mod:`.speed_table` -- the published measurements :mod:`.speed` is calibrated on, and its
   error on each (``configs/speed_measurements.yaml``);
+- :mod:`.speed_fit` -- fitting :mod:`.speed`'s constants, and leave-one-source-out: how well it
+  predicts the sources it was not fitted to (``python -m launcher.sizing.speed_fit``);
 - :mod:`.checkpoints` -- runnable checkpoints: which repository serves a model at a
   quantization (``configs/checkpoints.yaml``);
 - :mod:`.checkpoint_check` -- a catalog checkpoint's facts checked against its repository's

@@ -32,7 +32,6 @@ from launcher.sizing.speed import Workload, speed_at
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (docs/memory.md#defaults)
 GPU_BLOCK_SIZE = 16  # vLLM's default KV block on CUDA
 CPU_BLOCK_SIZE = 128  # vLLM's CPU platform default (vllm/platforms/cpu.py, 0.32)
-TYPICAL_REQUEST_TOKENS = 1024  # prompt + output of a chat turn: for max_num_seqs and tok/s
 
 
 class CpuTarget(BaseModel):
@@ -233,7 +232,8 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
     tokens = kv_tokens(memory.kv, per_token, memory.block_size)
     max_len = choose_max_model_len(request, model, tokens)
     problems = find_problems(request, model, memory, tokens, max_len)
-    typical_fit = tokens // TYPICAL_REQUEST_TOKENS
+    # requests of the stated size (prompt + output) the KV cache holds whole: the batch cap
+    typical_fit = tokens // (request.prompt_tokens + request.output_tokens)
     seqs = request.max_num_seqs or min(
         default_max_num_seqs(target), max(request.target_concurrency, typical_fit, 1)
     )

@@ -31,11 +31,15 @@ LINEAR_BYTES_PER_PARAM: dict[Quantization, float] = {
 }
 UNQUANTIZED_BYTES_PER_PARAM = 2.0  # embeddings, lm_head, norms, biases
 
-# Start-up overhead (activation peak + non-torch memory + CUDA graphs): "1.5-3.5 GiB is
-# typical for 7-13B models" (docs/memory.md#what-vllm-subtracts).  Modelled as 0.5 GiB + 0.25 GiB
-# per billion parameters, clamped to that range.
-OVERHEAD_MIN_GIB = 1.5
-OVERHEAD_MAX_GIB = 3.5
+# Start-up overhead (activation peak + non-torch memory + CUDA graphs), what vLLM leaves beside
+# weights and KV (docs/memory.md#what-vllm-subtracts): vLLM's own documented start of Qwen3-4B on
+# an L4 leaves 0.88 GiB (22.05 GiB x 0.9 - 7.49 GiB of weights - 11.47 GiB of KV). Modelled as
+# 0.6 GiB + 0.07 GiB per billion parameters (the activation peak grows with the layer widths),
+# clamped to 0.75-2.5 GiB.
+OVERHEAD_BASE_GIB = 0.6
+OVERHEAD_PER_BILLION_GIB = 0.07
+OVERHEAD_MIN_GIB = 0.75
+OVERHEAD_MAX_GIB = 2.5
 
 
 def weight_bytes(model: ModelSpec, quant: Quantization, tensor_parallel: int = 1) -> int:
@@ -48,7 +52,8 @@ def weight_bytes(model: ModelSpec, quant: Quantization, tensor_parallel: int = 1
 def overhead_bytes(model: ModelSpec) -> int:
     """Estimated non-KV, non-weight memory vLLM reserves at start (see module docstring)."""
     billions = model.parameter_count / 1e9
-    gib = min(OVERHEAD_MAX_GIB, max(OVERHEAD_MIN_GIB, 0.5 + 0.25 * billions))
+    estimate = OVERHEAD_BASE_GIB + OVERHEAD_PER_BILLION_GIB * billions
+    gib = min(OVERHEAD_MAX_GIB, max(OVERHEAD_MIN_GIB, estimate))
     return int(gib * GIB)
 
 

@@ -5,24 +5,29 @@ of the ``B`` running sequences plus the prompt tokens admitted meanwhile: in ste
 output token brings ``prompt / output`` prompt tokens along. A step of one replica (sizes per
 GPU, after the tensor-parallel split) takes::
 
-    t(B) = layers x step_overhead                           # kernel launches, scheduling
-         + max(memory(B), compute(B))                       # roofline: whichever binds
-         + B x (seq_overhead + layers x seq_layer_overhead) # per-sequence scheduling work
+    t(B) = layers x step_overhead                      # kernel launches, fixed per step
+         + max(weights(B), gemm(B))                    # the linear layers: roofline
+         + attention(B)                                # KV reads, after the GEMMs
+         + B x sequence_overhead                       # per-sequence CPU work (schedule, sample)
          + tensor-parallel all-reduces (2 per layer)
 
-    memory(B)  = (weights + B x context x KV bytes/token) / (eta x bandwidth)
-    compute(B) = B x (1 + prompt/output) x 2 x params / (mu x dense bf16 FLOP/s)
+    weights(B)   = weight bytes / (eta x kernel efficiency x bandwidth)
+    gemm(B)      = B x (1 + prompt/output) x 2 x params / (mu x dense FLOP/s of the method)
+    attention(B) = B x context x KV bytes/token / (eta x bandwidth)
 
 Low batch: the weight reads bind and the speed per user is ~bandwidth / weights. High batch:
-compute (prefill included) and the per-sequence cost bind, so total tok/s bends towards a
-ceiling instead of growing with the batch. Each user decodes at ``1 / t(B)`` tokens/s; the
-replica produces ``B / t(B)``.
+the GEMMs (prefill included) bind and grow with the batch, as do the KV reads and the CPU work
+per sequence, so total tok/s bends towards a ceiling set by compute, not by a fixed cost per
+sequence. Each user decodes at ``1 / t(B)`` tokens/s; the replica produces ``B / t(B)``.
 
-The constants are fitted to the published measurements in ``configs/speed_measurements.yaml``
-(every point within 25% at its own workload, checked by a test) while keeping the cost guide's
-throughput table (docs/gpus-and-costs.md#throughput-table) inside its ranges. The tensor-parallel
-all-reduce costs are textbook values (latency per all-reduce, ring traffic over NVLink or PCIe), not
-fitted: no published TP measurement is in the table yet.
+Quantization acts by method, not by bytes alone (``QUANT_KERNELS``): weight-only kernels
+(AWQ/GPTQ Marlin, FP8 on Ampere, GPTQ-Int8) read fewer bytes but reach less of the bandwidth
+than a 16-bit GEMM and compute in 16 bits; FP8 on Ada/Hopper also doubles the tensor-core rate.
+
+The constants are fitted to ``configs/speed_measurements.yaml`` by
+``launcher.sizing.speed_fit``, which also reports the error on sources held out of the fit
+(leave-one-source-out) beside the in-sample error. The tensor-parallel all-reduce costs are
+textbook values (latency per all-reduce, ring traffic over NVLink or PCIe), not fitted.
 """
 
 from __future__ import annotations
@@ -37,16 +42,58 @@ PCIE_GBS = 25.0  # effective PCIe 4.0 x16 bandwidth for all-reduce traffic, GB/s
 
 
 @dataclass(frozen=True)
-class SpeedCalibration:
-    """The step model's constants (module docstring). Defaults: fitted, see the table."""
+class QuantKernel:
+    """How a quantization method's kernels run: share of the bandwidth a weight read reaches
+    (relative to a 16-bit GEMM) and the tensor-core rate relative to dense bf16."""
 
-    bandwidth_efficiency: float = 0.85
-    compute_efficiency: float = 0.6
-    step_overhead_per_layer_s: float = 30e-6
-    sequence_overhead_s: float = 0.2e-3
-    sequence_overhead_per_layer_s: float = 8e-6
+    read_efficiency: float = 1.0
+    compute_factor: float = 1.0
+
+
+# Weight-only int4 (AWQ/GPTQ through Marlin) decodes ~2x faster than 16-bit where bytes alone
+# would say ~2.2-3x, int8 less than its 1.6x of bytes: the dequantizing kernels reach ~80% /
+# ~90% of the bandwidth a 16-bit GEMM does (docs/speed-measurements.md#quantization-speed).
+# FP8 on Ada/Hopper runs W8A8 on FP8 tensor cores (twice the bf16 rate); on Ampere vLLM runs
+# FP8 checkpoints weight-only (Marlin).
+QUANT_KERNELS: dict[Quantization, QuantKernel] = {
+    "bf16": QuantKernel(),
+    "fp16": QuantKernel(),
+    "awq": QuantKernel(read_efficiency=0.8),
+    "gptq": QuantKernel(read_efficiency=0.8),
+    "int8": QuantKernel(read_efficiency=0.9),
+    "fp8": QuantKernel(compute_factor=2.0),
+}
+FP8_WEIGHT_ONLY = QuantKernel(read_efficiency=0.85)
+
+
+def quant_kernel(quant: Quantization, gpu: GpuProfile) -> QuantKernel:
+    """The kernel a quantization runs on ``gpu``: FP8 without FP8 tensor cores is weight-only."""
+    if quant == "fp8" and not gpu.fp8:
+        return FP8_WEIGHT_ONLY
+    return QUANT_KERNELS[quant]
+
+
+@dataclass(frozen=True)
+class SpeedCalibration:
+    """The step model's constants (module docstring).
+
+    The defaults are ``launcher.sizing.speed_fit.fit`` on the whole measurement table, starting
+    from (and held near) ``speed_fit.PRIOR``; a test keeps them in step with the table.
+    """
+
+    bandwidth_efficiency: float = 0.71
+    compute_efficiency: float = 0.38
+    step_overhead_per_layer_s: float = 29e-6
+    sequence_overhead_s: float = 30e-6
+    # vLLM before 0.6 spent more CPU per sequence and per step (0.6 overlapped output processing
+    # with the GPU step); only the calibration uses these, to read the older measurements.
+    legacy_sequence_overhead_s: float = 104e-6
+    legacy_step_overhead_per_layer_s: float = 33e-6
     allreduce_latency_nvlink_s: float = 8e-6
     allreduce_latency_pcie_s: float = 25e-6
+    # How far the weight reads and the GEMMs overlap: (w^p + g^p)^(1/p); 1 = not at all (a sum),
+    # large = fully (the roofline's max). 2 bends where the measured curves bend.
+    overlap_power: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,18 +150,17 @@ def step_seconds(
 ) -> float:
     """Seconds one engine step of ``batch`` running sequences takes (module docstring)."""
     cal = calibration or SpeedCalibration()
-    layers = workload.model.num_hidden_layers
+    kernel = quant_kernel(workload.quant, gpu)
     bandwidth = cal.bandwidth_efficiency * gpu.bandwidth_gbs * 1e9
-    flops = cal.compute_efficiency * gpu.bf16_tflops * 1e12
-    memory = (
-        workload.weight_bytes + batch * workload.context_tokens * workload.kv_bytes_per_token
-    ) / bandwidth
-    compute = batch * workload.tokens_per_output_token * workload.flops_per_token / flops
-    per_sequence = cal.sequence_overhead_s + layers * cal.sequence_overhead_per_layer_s
+    flops = cal.compute_efficiency * kernel.compute_factor * gpu.bf16_tflops * 1e12
+    weights = workload.weight_bytes / (kernel.read_efficiency * bandwidth)
+    gemm = batch * workload.tokens_per_output_token * workload.flops_per_token / flops
+    attention = batch * workload.context_tokens * workload.kv_bytes_per_token / bandwidth
     return (
-        layers * cal.step_overhead_per_layer_s
-        + max(memory, compute)
-        + batch * per_sequence
+        workload.model.num_hidden_layers * cal.step_overhead_per_layer_s
+        + (weights**cal.overlap_power + gemm**cal.overlap_power) ** (1 / cal.overlap_power)
+        + attention
+        + batch * cal.sequence_overhead_s
         + _allreduce_seconds(workload, gpu, batch, cal)
     )
 
@@ -136,7 +182,8 @@ def speed_at(
     """Per-user and total output tok/s at ``batch``; ``prefill_s``: one prompt's compute time."""
     cal = calibration or SpeedCalibration()
     step = step_seconds(workload, gpu, batch, cal)
-    flops = cal.compute_efficiency * gpu.bf16_tflops * 1e12
+    kernel = quant_kernel(workload.quant, gpu)
+    flops = cal.compute_efficiency * kernel.compute_factor * gpu.bf16_tflops * 1e12
     return Speed(
         batch=batch,
         per_user_tok_s=1.0 / step,

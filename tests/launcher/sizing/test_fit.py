@@ -162,3 +162,14 @@ def test_tensor_parallel_must_fit_one_node_and_divide_the_heads() -> None:
     with pytest.raises(UnsupportedParallelismError, match="CPU"):
         plan_fit(FitRequest(tensor_parallel=2), CpuTarget(), load_model("8b"))
     assert plan_fit(FitRequest(tensor_parallel=4), get_gpu("h100"), load_model("qwen2.5-7b")).fits
+
+
+def test_the_batch_cap_follows_the_stated_request_size() -> None:
+    # max_num_seqs is what the KV cache holds of the user's own requests (prompt + output), not
+    # of 1,024-token ones: short chats batch more, long documents fewer.
+    gpu, spec = get_gpu("rtx4090"), load_model("llama-3.1-8b")
+    short = plan_fit(FitRequest(quant="awq", prompt_tokens=200, output_tokens=100), gpu, spec)
+    long = plan_fit(FitRequest(quant="awq", prompt_tokens=3000, output_tokens=1000), gpu, spec)
+    assert short.kv_tokens == long.kv_tokens
+    assert short.max_num_seqs == min(256, short.kv_tokens // 300)
+    assert long.max_num_seqs == long.kv_tokens // 4000 < short.max_num_seqs

@@ -66,10 +66,10 @@ def test_plan_prints_report_and_exact_command(vkit: Callable[..., Done]) -> None
     )
     assert done.returncode == 0, done.stderr
     assert "FITS" in done.stdout
-    assert "max_model_len 6,144" in done.stdout
+    assert "max_model_len 7,168" in done.stdout
     command = done.stdout.split("vLLM command:\n", 1)[1].splitlines()[0].split()
     assert command[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
-    assert command[command.index("--max-model-len") + 1] == "6144"
+    assert command[command.index("--max-model-len") + 1] == "7168"
 
 
 def test_plan_json_has_the_same_numbers(vkit: Callable[..., Done]) -> None:
@@ -148,7 +148,7 @@ def test_launch_dry_run_profile_for_a_gpu(vkit: Callable[..., Done]) -> None:
     assert done.returncode == 0, done.stderr
     tokens = done.stdout.split()
     assert tokens[tokens.index("--model") + 1].endswith("AWQ-INT4")
-    assert tokens[tokens.index("--max-model-len") + 1] == "6144"
+    assert tokens[tokens.index("--max-model-len") + 1] == "7168"
     assert tokens[tokens.index("--port") + 1] == "8100"
 
 

@@ -47,8 +47,9 @@ def test_several_gpus_behind_a_load_balancer_beyond() -> None:
 def test_redundancy_adds_a_spare_gpu_to_every_option() -> None:
     plain, spare = plan_for(10_000), plan_for(10_000, spares=1)
     for a, b in zip(plain.options, spare.options, strict=True):
-        assert b.gpus == (a.gpus or 0) + 1
-        assert b.monthly_usd == pytest.approx(2 * (a.monthly_usd or 0))
+        gpus = a.gpus or 0
+        assert b.gpus == gpus + 1
+        assert b.monthly_usd == pytest.approx((a.monthly_usd or 0) * (gpus + 1) / gpus)
 
 
 def test_crossover_is_where_serverless_starts_to_cost_more() -> None:
