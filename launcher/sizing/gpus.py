@@ -94,7 +94,15 @@ def get_gpu(name: str, path: Path | None = None) -> GpuProfile:
     key = normalize_gpu_name(name)
     if key in gpus:
         return gpus[key]
-    aliases = {"h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx4090"}
+    aliases = {
+        "h100": "h100-sxm",
+        "a100": "a100-80gb",
+        "4090": "rtx4090",
+        "3090": "rtx3090",
+        "a10g": "a10",
+        "a100-40": "a100-40gb",
+        "a100-80": "a100-80gb",
+    }
     if key in aliases and aliases[key] in gpus:
         return gpus[aliases[key]]
     raise UnknownGpuError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(gpus))}")

@@ -9,7 +9,20 @@ import pytest
 from launcher.errors import UnknownGpuError
 from launcher.sizing.gpus import GIB, get_gpu, load_gpus
 
-EXPECTED = {"rtx4090", "l40s", "l4", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "a40"}
+EXPECTED = {
+    "rtx4090",
+    "rtx3090",
+    "l40s",
+    "l4",
+    "a10",
+    "a100-40gb",
+    "a100-80gb",
+    "h100-sxm",
+    "h100-pcie",
+    "h100-nvl",
+    "h200",
+    "a40",
+}
 
 
 def test_all_profiles_load_with_sane_numbers() -> None:
@@ -33,7 +46,7 @@ def test_prices_from_the_cost_guide() -> None:
     assert h100.prices == {"cost-guide": 1.87, "aws": 8.46}
     assert h100.price_per_hour == 1.87
     assert get_gpu("rtx4090").price_per_hour == 0.39
-    assert get_gpu("l4").price_per_hour is None
+    assert get_gpu("a40").price_per_hour is None
 
 
 def test_names_are_forgiving() -> None:

@@ -92,7 +92,7 @@ def test_plan_that_cannot_fit_exits_1_with_numbers_and_ways_out(vkit: Callable[.
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "8b", "--gpu", "v100"], "known GPUs: a100-80gb"),
+        (["--model", "8b", "--gpu", "v100"], "known GPUs: a10, a100-40gb, a100-80gb"),
         (["--model", "gpt-x", "--gpu", "l4"], "known models:"),
         (["--model", "8b", "--gpu", "l4", "--concurrency", "0"], "concurrency"),
         (["--model", "8b", "--gpu", "l4", "--concurrency", "many"], "invalid int value"),

@@ -46,8 +46,12 @@ def test_several_gpus_behind_a_load_balancer_beyond() -> None:
 
 def test_redundancy_adds_a_spare_gpu_to_every_option() -> None:
     plain, spare = plan_for(10_000), plan_for(10_000, spares=1)
+    assert sum(a.gpus is not None for a in plain.options) >= 5
     for a, b in zip(plain.options, spare.options, strict=True):
-        assert b.gpus == (a.gpus or 0) + 1
+        if a.gpus is None:  # too slow for 40 tok/s (an L4's 300 GB/s): no fleet to add to
+            assert b.gpus is None
+            continue
+        assert b.gpus == a.gpus + 1
         assert b.monthly_usd == pytest.approx(2 * (a.monthly_usd or 0))
 
 
@@ -103,7 +107,7 @@ def test_priced_gpus_cover_every_provider() -> None:
     assert parse_priced_gpu("h100@aws").usd_per_hour == 8.46
 
 
-@pytest.mark.parametrize("spec", ["l4", "h100@nowhere", "rtx4090=abc", "rtx4090=-1", "tpu-v9"])
+@pytest.mark.parametrize("spec", ["a40", "h100@nowhere", "rtx4090=abc", "rtx4090=-1", "tpu-v9"])
 def test_bad_gpu_specs_are_usage_errors(spec: str) -> None:
     with pytest.raises(InvalidInput):
         parse_priced_gpu(spec)
