@@ -29,7 +29,9 @@ from launcher.sizing.capacity.usage import (
     peak_output_tok_s,
     peak_requests_per_second,
 )
+from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import ModelSpec, load_model
+from launcher.sizing.quant_kernels import fp8_weight_only_note
 
 __all__ = ["CapacityPlan", "CapacityRequest", "UsageProfile", "plan_capacity"]
 
@@ -65,6 +67,11 @@ def plan_capacity(
     option_plans = search_options(priced, spec, request, calibration)
     serverless = plan_serverless(request)
     used = {o.quant for o in option_plans if o.gpus is not None}
+    weight_only = sorted(
+        o.gpu_key
+        for o in option_plans
+        if o.gpus is not None and o.quant == "fp8" and o.gpu_key and not get_gpu(o.gpu_key).fp8
+    )
     return CapacityPlan(
         usage=request.usage,
         model=spec.name,
@@ -78,6 +85,7 @@ def plan_capacity(
         options=option_plans,
         serverless=serverless,
         recommendation=recommend(request, option_plans, serverless),
-        quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used],
+        quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used]
+        + ([fp8_weight_only_note(weight_only)] if weight_only else []),
         guide_notes=guide_notes(spec, request.quant, [o.gpu_key for o in option_plans]),
     )

@@ -141,7 +141,6 @@ def test_workload_flags_change_the_speed(capsys: pytest.CaptureFixture[str]) -> 
         (["--prompt-tokens", "-1"], "--prompt-tokens"),
         (["--output-tokens", "0"], "--output-tokens"),
         (["--context", "0"], "--context"),
-        (["--model", "8b", "--quant", "fp8", "--gpus", "a100-80gb=1.5"], "FP8"),
     ],
 )
 def test_bad_search_input_is_one_line_and_exit_2(
