@@ -28,14 +28,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def plan() -> CapacityPlan:
-    return plan_capacity(CapacityRequest(usage=UsageProfile(daily_users=1_000)))
+    usage = UsageProfile(daily_users=1_000)
+    return plan_capacity(CapacityRequest(usage=usage, serverless="cost-guide"))
 
 
 def test_table_lists_every_option_serverless_and_the_recommendation(plan: CapacityPlan) -> None:
     text = render_table(plan)
     for option in plan.options:
         assert any(line.startswith(option.label + " ") for line in text.splitlines())
-    assert "serverless: " in text
+    assert "serverless (cost-guide " in text
     assert f"recommendation: {plan.recommendation.choice} -- " in text
     assert "$150/month" in text  # serverless at 1,000 DAU
     assert "crossover: " in text
