@@ -17,8 +17,9 @@ from launcher.sizing.capacity.costs import (
     gpus_needed,
     monthly_cost,
 )
-from launcher.sizing.capacity.throughput import DecodeCalibration, gpu_throughput
+from launcher.sizing.capacity.throughput import DecodeCalibration, GpuThroughput, gpu_throughput
 from launcher.sizing.capacity.usage import UsageProfile, peak_concurrency
+from launcher.sizing.gpus import GpuProfile
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import ModelSpec
 
@@ -126,6 +127,29 @@ class ServerlessPlan(BaseModel):
     note: str = ""
 
 
+def request_throughput(
+    request: CapacityRequest,
+    gpu: GpuProfile,
+    model: ModelSpec,
+    quant: Quantization,
+    tensor_parallel: int,
+    calibration: DecodeCalibration | None = None,
+) -> GpuThroughput:
+    """What one replica of ``tensor_parallel`` ``gpu``s sustains for ``request``'s workload."""
+    usage = request.usage
+    return gpu_throughput(
+        gpu,
+        model,
+        quant,
+        target_tok_s=usage.user_tok_s,
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=usage.tokens_per_request,
+        tensor_parallel=tensor_parallel,
+        context=request.context,
+        calibration=calibration,
+    )
+
+
 def plan_option(
     option: PricedGpu,
     model: ModelSpec,
@@ -138,17 +162,7 @@ def plan_option(
     (default: the baseline precision on one GPU). Redundancy adds whole replicas."""
     usage = request.usage
     quant = quant or request.quant
-    speed = gpu_throughput(
-        option.gpu,
-        model,
-        quant,
-        target_tok_s=usage.user_tok_s,
-        prompt_tokens=usage.prompt_tokens,
-        output_tokens=usage.tokens_per_request,
-        tensor_parallel=tensor_parallel,
-        context=request.context,
-        calibration=calibration,
-    )
+    speed = request_throughput(request, option.gpu, model, quant, tensor_parallel, calibration)
     count = monthly = per_user = utilization = None
     if speed.users > 0:
         peak = peak_concurrency(usage)

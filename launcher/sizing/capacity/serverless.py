@@ -42,9 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from launcher.config_files import CONFIG_DIR
 from launcher.errors import PriceError
-from launcher.sizing.capacity.options import CapacityRequest, ServerlessPlan
+from launcher.sizing.capacity.options import CapacityRequest, ServerlessPlan, request_throughput
 from launcher.sizing.capacity.search import QUALITY_RANK, checkpoint_or_reason
-from launcher.sizing.capacity.throughput import gpu_throughput, workload_for
+from launcher.sizing.capacity.throughput import workload_for
 from launcher.sizing.capacity.usage import (
     DAYS_PER_MONTH,
     SECONDS_PER_HOUR,
@@ -183,17 +183,7 @@ def _quote(
     """The plan of one worker (class, quantization, GPUs), or why it cannot serve."""
     usage = request.usage
     gpu = get_gpu(worker.gpu)
-    speed = gpu_throughput(
-        gpu,
-        model,
-        quant,
-        target_tok_s=usage.user_tok_s,
-        prompt_tokens=usage.prompt_tokens,
-        output_tokens=usage.tokens_per_request,
-        tensor_parallel=gpus,
-        context=request.context,
-        calibration=calibration,
-    )
+    speed = request_throughput(request, gpu, model, quant, gpus, calibration)
     if speed.users == 0:
         return f"{worker.name} x{gpus} {quant}: {speed.limited_by}"
     if terms.billing == "reading":
