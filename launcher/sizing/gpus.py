@@ -32,6 +32,9 @@ class GpuProfile(BaseModel):
     vram_bytes: int = Field(gt=0)
     bandwidth_gbs: float = Field(gt=0, description="memory bandwidth, GB/s (1e9 bytes/s)")
     bf16_tflops: float = Field(gt=0, description="dense bf16 TFLOP/s")
+    fp8_tflops: float | None = Field(
+        default=None, gt=0, description="dense FP8 TFLOP/s; None: no FP8 tensor cores"
+    )
     arch: Arch
     fp8: bool = Field(description="FP8 W8A8 support (Ada, Hopper and newer)")
     nvlink_gbs: float | None = Field(
@@ -40,6 +43,12 @@ class GpuProfile(BaseModel):
     per_node: int = Field(default=8, ge=1, le=16, description="most GPUs of this kind in a node")
     prices: dict[str, float] = Field(default_factory=dict, description="$/hr per provider")
     default_price: str | None = None
+
+    @model_validator(mode="after")
+    def _fp8_compute_iff_fp8(self) -> GpuProfile:
+        if self.fp8 != (self.fp8_tflops is not None):
+            raise ValueError("fp8_tflops is given exactly when the GPU has FP8 (fp8: true)")
+        return self
 
     @model_validator(mode="after")
     def _default_price_is_listed(self) -> GpuProfile:
