@@ -31,6 +31,7 @@ def test_every_class_names_a_gpu_profile_and_a_price() -> None:
             assert get_gpu(worker.gpu).key == worker.gpu
             assert 0 < worker.rate < 0.01
     assert get_terms("runpod").source.startswith("https://")
+    assert get_terms("modal").cold_start.seconds(10 * GIB) == pytest.approx(95.7)
 
 
 def test_the_worker_holds_the_models_weights() -> None:
@@ -91,5 +92,5 @@ def test_a_rate_override_prices_every_class() -> None:
 
 
 def test_an_unknown_provider_is_bad_input() -> None:
-    with pytest.raises(PriceError, match="known: cost-guide, runpod"):
+    with pytest.raises(PriceError, match="known: cost-guide, modal, runpod"):
         get_terms("nowhere")
