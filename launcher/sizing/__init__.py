@@ -7,6 +7,8 @@
 - :mod:`.fit` -- the fit solver: does a model run on a GPU (or this CPU), with which settings;
 - :mod:`.fit_report` -- ``vkit plan``'s readable report and its JSON twin;
 - :mod:`.speed` -- one replica's serving speed: a step model calibrated on measurements;
+- :mod:`.quant_kernels` -- which kernel runs a quantization on a GPU (FP8 weight-only through
+  FP8 Marlin on Ampere) and the speed the planner gives it;
 - :mod:`.speed_table` -- the published measurements :mod:`.speed` is calibrated on, and its
   error on each (``configs/speed_measurements.yaml``);
 - :mod:`.speed_fit` -- fitting :mod:`.speed`'s constants, and leave-one-source-out: how well it

@@ -27,7 +27,8 @@ from launcher.sizing.memory import (
     weight_bytes,
 )
 from launcher.sizing.models import KvDtype, ModelSpec
-from launcher.sizing.speed import Workload, speed_at
+from launcher.sizing.quant_kernels import fp8_kernel, planned_speed_at
+from launcher.sizing.speed import Workload
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (docs/memory.md#defaults)
 GPU_BLOCK_SIZE = 16  # vLLM's default KV block on CUDA
@@ -96,6 +97,9 @@ class FitPlan(BaseModel):
     single_stream_tok_s: float | None = None
     aggregate_tok_s: float | None = None
     aggregate_concurrency: int = 0
+    fp8_weight_only: bool = Field(
+        default=False, description="FP8 weights run weight-only (FP8 Marlin): a GPU without FP8"
+    )
     prompt_tokens: int = 500
     output_tokens: int = 200
     fits: bool
@@ -133,18 +137,18 @@ def default_max_num_seqs(target: GpuProfile | CpuTarget) -> int:
 
 
 def check_quantization(request: FitRequest, target: GpuProfile | CpuTarget) -> None:
-    """Refuse what the hardware cannot run: FP8 W8A8 needs Ada/Hopper
-    (docs/gpus-and-costs.md#quantization-support)."""
+    """Refuse what the hardware cannot run: FP8 needs Ampere (weight-only, FP8 Marlin) or
+    newer (docs/gpus-and-costs.md#quantization-support)."""
     if isinstance(target, CpuTarget):
         if request.quant in ("fp8", "awq", "gptq"):
             raise UnsupportedQuantizationError(
                 f"quantization {request.quant!r} is not supported by the CPU engine; use bf16"
             )
         return
-    if request.quant == "fp8" and not target.supports_fp8:
+    if request.quant == "fp8" and fp8_kernel(target) == "none":
         raise UnsupportedQuantizationError(
-            f"FP8 W8A8 needs an Ada or Hopper GPU; {target.key or target.name} ({target.arch}) "
-            "has no FP8: use awq/gptq (int4) or int8 instead"
+            f"FP8 needs an Ampere GPU or newer (weight-only FP8 Marlin on Ampere, W8A8 on Ada and "
+            f"Hopper); {target.key or target.name} ({target.arch}) has neither: use bf16 instead"
         )
 
 
@@ -248,7 +252,7 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
             request.tensor_parallel,
         )
         batch = max(1, min(request.target_concurrency, seqs, typical_fit))
-        speed = speed_at(workload, gpu, batch)
+        speed = planned_speed_at(workload, gpu, batch)
     return FitPlan(
         model=model.name,
         target=(gpu.key or gpu.name) if gpu else target.name,
@@ -271,6 +275,9 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
         single_stream_tok_s=round(speed.single_stream_tok_s, 1) if speed else None,
         aggregate_tok_s=round(speed.total_tok_s, 1) if speed else None,
         aggregate_concurrency=speed.batch if speed else 0,
+        fp8_weight_only=gpu is not None
+        and request.quant == "fp8"
+        and fp8_kernel(gpu) == "w8a16-marlin",
         prompt_tokens=request.prompt_tokens,
         output_tokens=request.output_tokens,
         fits=not problems,
@@ -309,7 +316,7 @@ def suggest_ways_out(
     if request.context is not None and base.max_model_len >= request.min_context:
         ways.append(f"serve a shorter context: --max-model-len {base.max_model_len}")
     tries: list[tuple[str, FitRequest]] = []
-    if request.quant in ("bf16", "fp16") and gpu.supports_fp8:
+    if request.quant in ("bf16", "fp16") and fp8_kernel(gpu) != "none":
         tries.append(("FP8 weights (--quant fp8)", request.model_copy(update={"quant": "fp8"})))
     if request.quant not in ("awq", "gptq"):
         tries.append(("int4 weights (--quant awq)", request.model_copy(update={"quant": "awq"})))

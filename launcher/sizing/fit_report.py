@@ -58,7 +58,8 @@ def render_plan_text(plan: FitPlan, command: str | None, checkpoint_line: str | 
     ``checkpoint_line``: the checkpoint served, or why there is no command (none known)."""
     where = "CPU" if plan.cpu else f"{plan.target} ({plan.vram_gib:.2f} GiB)"
     tp = f", TP {plan.tensor_parallel}" if plan.tensor_parallel > 1 else ""
-    lines = [f"{plan.model} on {where}: {plan.quant} weights, {plan.kv_dtype} KV cache{tp}"]
+    weights = "fp8 weight-only (FP8 Marlin, W8A16)" if plan.fp8_weight_only else plan.quant
+    lines = [f"{plan.model} on {where}: {weights} weights, {plan.kv_dtype} KV cache{tp}"]
     lines += _memory_lines(plan)
     lines.append(
         f"  KV cache  {plan.kv_bytes_per_token / 1024:g} KiB/token -> {plan.kv_tokens:,} tokens "

@@ -32,6 +32,9 @@ class GpuProfile(BaseModel):
     vram_bytes: int = Field(gt=0)
     bandwidth_gbs: float = Field(gt=0, description="memory bandwidth, GB/s (1e9 bytes/s)")
     bf16_tflops: float = Field(gt=0, description="dense bf16 TFLOP/s")
+    fp8_tflops: float | None = Field(
+        default=None, gt=0, description="dense FP8 TFLOP/s; None: no FP8 tensor cores"
+    )
     arch: Arch
     fp8: bool = Field(description="FP8 W8A8 support (Ada, Hopper and newer)")
     nvlink_gbs: float | None = Field(
@@ -40,6 +43,12 @@ class GpuProfile(BaseModel):
     per_node: int = Field(default=8, ge=1, le=16, description="most GPUs of this kind in a node")
     prices: dict[str, float] = Field(default_factory=dict, description="$/hr per provider")
     default_price: str | None = None
+
+    @model_validator(mode="after")
+    def _fp8_compute_iff_fp8(self) -> GpuProfile:
+        if self.fp8 != (self.fp8_tflops is not None):
+            raise ValueError("fp8_tflops is given exactly when the GPU has FP8 (fp8: true)")
+        return self
 
     @model_validator(mode="after")
     def _default_price_is_listed(self) -> GpuProfile:
@@ -94,7 +103,15 @@ def get_gpu(name: str, path: Path | None = None) -> GpuProfile:
     key = normalize_gpu_name(name)
     if key in gpus:
         return gpus[key]
-    aliases = {"h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx4090"}
+    aliases = {
+        "h100": "h100-sxm",
+        "a100": "a100-80gb",
+        "4090": "rtx4090",
+        "3090": "rtx3090",
+        "a10g": "a10",
+        "a100-40": "a100-40gb",
+        "a100-80": "a100-80gb",
+    }
     if key in aliases and aliases[key] in gpus:
         return gpus[aliases[key]]
     raise UnknownGpuError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(gpus))}")

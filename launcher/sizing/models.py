@@ -28,14 +28,25 @@ MODEL_ALIASES: dict[str, str] = {
     "13b": "llama-2-13b",
     "14b": "qwen2.5-14b",
     "70b": "llama-3.1-70b",
+    "24b": "mistral-small-24b-2501",
+    "mistral-small-24b": "mistral-small-24b-2501",
+    "27b": "gemma-3-27b",
+    "32b": "qwen3-32b",
+    "72b": "qwen2.5-72b",
 }
 
 # Architectures whose q/k/v projections carry a bias (Qwen2 has no config flag for it).
 _QKV_BIAS_MODEL_TYPES = frozenset({"qwen2"})
 # Architectures with q_norm/k_norm (RMSNorm over head_dim) in every layer.
-_QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
+_QK_NORM_MODEL_TYPES = frozenset({"qwen3", "gemma3_text"})
 # Gemma-2 has four RMSNorms per layer (pre/post attention, pre/post feed-forward).
 _FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text"})
+# Fields a text_config may leave out because transformers' config class defaults them
+# (Gemma3TextConfig: vocab_size=262208, max_position_embeddings=131072; gemma-3-27b-it's
+# config.json states neither).
+_TEXT_CONFIG_DEFAULTS: dict[str, dict[str, int]] = {
+    "gemma3_text": {"vocab_size": 262_208, "max_position_embeddings": 131_072},
+}
 
 
 class ModelSpec(BaseModel):
@@ -63,7 +74,9 @@ class ModelSpec(BaseModel):
         docs/memory.md#head-dimension)."""
         text = config.get("text_config")
         if isinstance(text, dict) and "num_hidden_layers" not in config:
-            config = {**text, "tie_word_embeddings": config.get("tie_word_embeddings", True)}
+            defaults = _TEXT_CONFIG_DEFAULTS.get(str(text.get("model_type")), {})
+            tied = config.get("tie_word_embeddings", True)
+            config = {**defaults, **text, "tie_word_embeddings": tied}
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         model_type = str(config.get("model_type", "llama"))
@@ -216,6 +229,13 @@ HF_REPOS: dict[str, str] = {
     "qwen3-8b": "Qwen/Qwen3-8B",
     "qwen3-4b": "Qwen/Qwen3-4B",
     "gemma-2-9b": "google/gemma-2-9b-it",
+    "qwen3-14b": "Qwen/Qwen3-14B",
+    "qwen3-32b": "Qwen/Qwen3-32B",
+    "qwen2.5-32b": "Qwen/Qwen2.5-32B-Instruct",
+    "qwen2.5-72b": "Qwen/Qwen2.5-72B-Instruct",
+    "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct",
+    "mistral-small-24b-2501": "mistralai/Mistral-Small-24B-Instruct-2501",
+    "gemma-3-27b": "google/gemma-3-27b-it",
 }
 
 

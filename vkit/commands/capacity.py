@@ -21,15 +21,12 @@ from pydantic import ValidationError
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan, plan_capacity
 from launcher.sizing.capacity.capacity_report import render_csv, render_json, render_table
-from launcher.sizing.capacity.costs import (
-    SERVERLESS_USD_PER_GPU_SECOND,
-    PricedGpu,
-    parse_priced_gpu,
-)
+from launcher.sizing.capacity.costs import PricedGpu, parse_priced_gpu
 from launcher.sizing.capacity.measured import assess, render_measured
 from launcher.sizing.capacity.options import CapacityRequest
 from launcher.sizing.capacity.prometheus_window import parse_window, read_window
 from launcher.sizing.capacity.search import parse_allowed
+from launcher.sizing.capacity.serverless import DEFAULT_PROVIDER
 from launcher.sizing.capacity.usage import UsageProfile
 from vkit.exit_codes import CliError, UsageError
 
@@ -48,6 +45,7 @@ FLAGS: dict[str, str] = {
     "allow_quant": "--allow-quant",
     "tensor_parallel": "--tensor-parallel",
     "context": "--context",
+    "serverless": "--serverless",
     "serverless_usd_per_gpu_second": "--serverless-rate",
 }
 
@@ -135,11 +133,19 @@ def register(subparsers: Any) -> None:
         help="comma-separated GPU[@PROVIDER][=USD_PER_HOUR] (default: every priced GPU)",
     )
     serving.add_argument(
+        "--serverless",
+        default=DEFAULT_PROVIDER,
+        metavar="PROVIDER",
+        help="serverless provider to compare with, priced per GPU class "
+        "(configs/serverless.yaml: runpod, or cost-guide for the guide's flat rate; "
+        "default %(default)s)",
+    )
+    serving.add_argument(
         "--serverless-rate",
         type=float,
-        default=SERVERLESS_USD_PER_GPU_SECOND,
+        default=None,
         metavar="USD",
-        help="serverless $ per GPU-second (default %(default).6f)",
+        help="serverless $ per GPU-second for every class (default: the provider's prices)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -169,6 +175,7 @@ def build_request(args: argparse.Namespace) -> CapacityRequest:
                 "tensor_parallel": parse_sizes(args.tensor_parallel),
                 "context": args.context,
                 "spares": args.redundancy,
+                "serverless": args.serverless,
                 "serverless_usd_per_gpu_second": args.serverless_rate,
             }
         )

@@ -3,10 +3,12 @@
 usage.py              the traffic model (DAU -> peak concurrency, busy seconds)
 throughput.py         users one replica sustains at a per-user speed (the step model);
                       users_per_gpu(gpu, model, quant) for renderers
-costs.py              $/hr x 720, serverless $/GPU-second, priced GPU options
+costs.py              $/hr x 720, the guide's serverless $/GPU-second, priced GPU options
 options.py            the request, and one configuration (GPU, quant, TP) costed for it
 search.py             every quantization x TP of each GPU: the cheapest wins, the rest say why
 guide_rows.py         the guide's throughput rows and the configuration each must mean
+serverless.py         serverless priced per GPU class: the worker a model needs, its seconds
+                      per request, idle tail and cold starts (configs/serverless.yaml)
 recommend.py          serverless or which fleet, and the crossover between them
 capacity_plan.py      plan_capacity(): all of the above in one CapacityPlan
 capacity_report.py    the plan as a table, JSON or CSV

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus
+from launcher.sizing.capacity.costs import PricedGpu, breakeven_busy_share, default_priced_gpus
 from launcher.sizing.capacity.guide_rows import guide_notes
-from launcher.sizing.capacity.options import (
-    CapacityRequest,
-    GpuOptionPlan,
-    ServerlessPlan,
-    plan_serverless,
-)
+from launcher.sizing.capacity.options import CapacityRequest, GpuOptionPlan, ServerlessPlan
 from launcher.sizing.capacity.recommend import Recommendation, recommend
 from launcher.sizing.capacity.search import QUALITY_NOTES, search_options
+from launcher.sizing.capacity.serverless import plan_serverless
 from launcher.sizing.capacity.throughput import DecodeCalibration
 from launcher.sizing.capacity.usage import (
     UsageProfile,
@@ -29,7 +25,9 @@ from launcher.sizing.capacity.usage import (
     peak_output_tok_s,
     peak_requests_per_second,
 )
+from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import ModelSpec, load_model
+from launcher.sizing.quant_kernels import fp8_weight_only_note
 
 __all__ = ["CapacityPlan", "CapacityRequest", "UsageProfile", "plan_capacity"]
 
@@ -62,9 +60,22 @@ def plan_capacity(
     """Plan ``request`` over ``options`` (default: every priced GPU in configs/gpus.yaml)."""
     spec = model or load_model(request.model)
     priced = options if options is not None else default_priced_gpus()
+    serverless = plan_serverless(request, spec, calibration)
     option_plans = search_options(priced, spec, request, calibration)
-    serverless = plan_serverless(request)
+    if serverless.worker is not None:
+        rate = serverless.usd_per_gpu_second
+        option_plans = [
+            o.model_copy(
+                update={"breakeven_busy_share": breakeven_busy_share(o.usd_per_hour, rate)}
+            )
+            for o in option_plans
+        ]
     used = {o.quant for o in option_plans if o.gpus is not None}
+    weight_only = sorted(
+        o.gpu_key
+        for o in option_plans
+        if o.gpus is not None and o.quant == "fp8" and o.gpu_key and not get_gpu(o.gpu_key).fp8
+    )
     return CapacityPlan(
         usage=request.usage,
         model=spec.name,
@@ -78,6 +89,7 @@ def plan_capacity(
         options=option_plans,
         serverless=serverless,
         recommendation=recommend(request, option_plans, serverless),
-        quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used],
+        quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used]
+        + ([fp8_weight_only_note(weight_only)] if weight_only else []),
         guide_notes=guide_notes(spec, request.quant, [o.gpu_key for o in option_plans]),
     )

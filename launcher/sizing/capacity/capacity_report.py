@@ -7,7 +7,8 @@ import io
 from collections.abc import Callable
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan
-from launcher.sizing.capacity.options import GpuOptionPlan, Rejected
+from launcher.sizing.capacity.options import GpuOptionPlan, Rejected, ServerlessPlan
+from launcher.sizing.capacity.recommend import describe_worker
 from launcher.sizing.capacity.search import why_not
 
 CSV_COLUMNS = (
@@ -90,11 +91,7 @@ def _option_rows(plan: CapacityPlan) -> list[str]:
 
 def _footer(plan: CapacityPlan) -> list[str]:
     serverless, rec = plan.serverless, plan.recommendation
-    lines = [
-        f"serverless: ${serverless.usd_per_gpu_second:.6f}/GPU-second x "
-        f"{serverless.busy_gpu_seconds:,.0f} busy GPU-seconds = "
-        f"${serverless.monthly_usd:,.0f}/month (${serverless.usd_per_user:,.2f}/user)",
-    ]
+    lines = [serverless_line(serverless)]
     for o in plan.options:
         if not o.rejected:
             lines += [f"  {o.label}: {o.note}"] if o.note else []
@@ -111,6 +108,27 @@ def _footer(plan: CapacityPlan) -> list[str]:
             f"~{rec.crossover_users:,} DAU, {describe_busy_share(rec.crossover_busy_share)}"
         )
     return lines
+
+
+def serverless_line(serverless: ServerlessPlan) -> str:
+    """``serverless (runpod 80 GB (A100) fp8): 6.1 s a request + 0.3 s idle/cold ...``."""
+    if serverless.worker is None or serverless.monthly_usd is None:
+        return f"serverless: {describe_worker(serverless)}"
+    count = serverless.gpus_per_worker
+    rate = f"${serverless.usd_per_gpu_second:.6f}/GPU-second" + (
+        f" x {count} GPUs" if count > 1 else ""
+    )
+    cold = (
+        f", cold start ~{serverless.cold_start_s:,.0f} s, "
+        f"idle timeout {serverless.idle_timeout_s:g} s"
+        if serverless.cold_start_s or serverless.idle_timeout_s
+        else ""
+    )
+    return (
+        f"serverless ({describe_worker(serverless)}): {serverless.seconds_per_request:.1f} s a "
+        f"request{cold}; {rate} x {serverless.busy_gpu_seconds:,.0f} billed GPU-seconds = "
+        f"${serverless.monthly_usd:,.0f}/month (${serverless.usd_per_user or 0:,.2f}/user)"
+    )
 
 
 def describe_busy_share(share: float) -> str:

@@ -14,7 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan
-from launcher.sizing.capacity.costs import gpus_needed, monthly_cost, serverless_monthly_cost
+from launcher.sizing.capacity.costs import gpus_needed, monthly_cost
+from launcher.sizing.capacity.serverless import serverless_monthly_usd
 from launcher.sizing.capacity.usage import peak_concurrency
 
 FIGURE_INCHES = (9.0, 5.5)
@@ -33,7 +34,6 @@ def cost_curves(plan: CapacityPlan, grid: list[float]) -> dict[str, list[float]]
     """Monthly $ at each DAU in ``grid``, per serving option and for ``serverless``."""
     one_user = plan.usage.model_copy(update={"daily_users": 1})
     peak_per_user = peak_concurrency(one_user)
-    serverless_per_user = serverless_monthly_cost(one_user, plan.serverless.usd_per_gpu_second)
     curves: dict[str, list[float]] = {}
     for option in plan.options:
         if option.users_per_replica <= 0:
@@ -44,8 +44,16 @@ def cost_curves(plan: CapacityPlan, grid: list[float]) -> dict[str, list[float]]
             * replica_month
             for users in grid
         ]
-    curves["serverless"] = [users * serverless_per_user for users in grid]
+    if plan.serverless.worker is not None:
+        curves["serverless"] = [serverless_at(plan, users) for users in grid]
     return curves
+
+
+def serverless_at(plan: CapacityPlan, users: float) -> float:
+    """The serverless month at ``users`` DAU (per user at the nearest whole DAU, times users)."""
+    whole = max(1, round(users))
+    usage = plan.usage.model_copy(update={"daily_users": whole})
+    return (serverless_monthly_usd(plan.serverless, usage) or 0.0) / whole * users
 
 
 def draw_cost_chart(plan: CapacityPlan, path: Path) -> Path:
@@ -73,7 +81,7 @@ def draw_cost_chart(plan: CapacityPlan, path: Path) -> Path:
             va="bottom",
             bbox=_LABEL_BOX,
         )
-        crossing = rec.crossover_users * plan.serverless.usd_per_user
+        crossing = serverless_at(plan, rec.crossover_users)
         axes.plot([rec.crossover_users], [crossing], marker="o", color="black")
     axes.axvline(plan.usage.daily_users, color="red", linewidth=1.5)
     axes.annotate(

@@ -1,7 +1,7 @@
 """One option at a time: a priced GPU (or serverless) costed for one request.
 
 The request is the planner's whole input: the traffic (:class:`UsageProfile`), the model and
-its quantization, spare GPUs for redundancy and the serverless price per GPU-second.
+its quantization, spare GPUs for redundancy and the serverless provider it is compared with.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ from launcher.sizing.capacity.costs import (
     breakeven_busy_share,
     gpus_needed,
     monthly_cost,
-    serverless_monthly_cost,
 )
-from launcher.sizing.capacity.throughput import DecodeCalibration, gpu_throughput
-from launcher.sizing.capacity.usage import (
-    UsageProfile,
-    busy_seconds_per_month,
-    peak_concurrency,
-)
+from launcher.sizing.capacity.throughput import DecodeCalibration, GpuThroughput, gpu_throughput
+from launcher.sizing.capacity.usage import UsageProfile, peak_concurrency
+from launcher.sizing.gpus import GpuProfile
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import ModelSpec
 
@@ -47,7 +43,10 @@ class CapacityRequest(BaseModel):
     tensor_parallel: tuple[TensorParallel, ...] = Field(default=(1,), min_length=1)
     context: int | None = Field(default=None, ge=16)
     spares: int = Field(default=0, ge=0, le=8, description="extra replicas for redundancy (N+1: 1)")
-    serverless_usd_per_gpu_second: float = Field(default=SERVERLESS_USD_PER_GPU_SECOND, gt=0)
+    serverless: str = Field(default="runpod", description="serverless provider priced against")
+    serverless_usd_per_gpu_second: float | None = Field(
+        default=None, gt=0, description="overrides every serverless class's $/GPU-second"
+    )
 
     @property
     def quantizations(self) -> tuple[Quantization, ...]:
@@ -109,10 +108,46 @@ class GpuOptionPlan(BaseModel):
 
 
 class ServerlessPlan(BaseModel):
-    usd_per_gpu_second: float
-    busy_gpu_seconds: float
-    monthly_usd: float
-    usd_per_user: float
+    """The serverless worker that serves the model, and its month (``serverless.py``);
+    ``worker`` None (and ``monthly_usd`` None) when no worker class of the provider serves."""
+
+    provider: str
+    source: str = ""
+    worker: str | None = None
+    gpu_key: str = ""
+    gpus_per_worker: int = 1
+    quant: str = ""
+    usd_per_gpu_second: float = 0.0
+    seconds_per_request: float = 0.0
+    cold_start_s: float = 0.0
+    idle_timeout_s: float = 0.0
+    busy_gpu_seconds: float = Field(default=0.0, description="billed GPU-seconds a month")
+    monthly_usd: float | None = None
+    usd_per_user: float | None = None
+    note: str = ""
+
+
+def request_throughput(
+    request: CapacityRequest,
+    gpu: GpuProfile,
+    model: ModelSpec,
+    quant: Quantization,
+    tensor_parallel: int,
+    calibration: DecodeCalibration | None = None,
+) -> GpuThroughput:
+    """What one replica of ``tensor_parallel`` ``gpu``s sustains for ``request``'s workload."""
+    usage = request.usage
+    return gpu_throughput(
+        gpu,
+        model,
+        quant,
+        target_tok_s=usage.user_tok_s,
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=usage.tokens_per_request,
+        tensor_parallel=tensor_parallel,
+        context=request.context,
+        calibration=calibration,
+    )
 
 
 def plan_option(
@@ -127,17 +162,7 @@ def plan_option(
     (default: the baseline precision on one GPU). Redundancy adds whole replicas."""
     usage = request.usage
     quant = quant or request.quant
-    speed = gpu_throughput(
-        option.gpu,
-        model,
-        quant,
-        target_tok_s=usage.user_tok_s,
-        prompt_tokens=usage.prompt_tokens,
-        output_tokens=usage.tokens_per_request,
-        tensor_parallel=tensor_parallel,
-        context=request.context,
-        calibration=calibration,
-    )
+    speed = request_throughput(request, option.gpu, model, quant, tensor_parallel, calibration)
     count = monthly = per_user = utilization = None
     if speed.users > 0:
         peak = peak_concurrency(usage)
@@ -165,17 +190,7 @@ def plan_option(
         usd_per_user=per_user,
         utilization=utilization,
         breakeven_busy_share=breakeven_busy_share(
-            option.usd_per_hour, request.serverless_usd_per_gpu_second
+            option.usd_per_hour,
+            request.serverless_usd_per_gpu_second or SERVERLESS_USD_PER_GPU_SECOND,
         ),
-    )
-
-
-def plan_serverless(request: CapacityRequest) -> ServerlessPlan:
-    rate = request.serverless_usd_per_gpu_second
-    monthly = serverless_monthly_cost(request.usage, rate)
-    return ServerlessPlan(
-        usd_per_gpu_second=rate,
-        busy_gpu_seconds=busy_seconds_per_month(request.usage),
-        monthly_usd=monthly,
-        usd_per_user=monthly / request.usage.daily_users,
     )

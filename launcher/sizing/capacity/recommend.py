@@ -5,32 +5,35 @@ typed in: serverless while its bill is below the cheapest dedicated fleet (under
 guide's numbers: it has no idle cost), then one GPU (a single RTX 4090 for a 7B model to
 ~10,000 DAU), then several behind a load balancer. The crossover is the smallest DAU at which
 serverless costs at least as much as a dedicated fleet, and the busy share there is the
-"utilization above which self-managed wins". With the calibrated serverless rate
-($1.20 per GPU-hour, see ``costs``) that is 0.39 / 1.20 = 33% for an RTX 4090, near the
-guide's "self-managed wins above ~40-50% utilization" (the guide names no serverless price).
+"utilization above which self-managed wins". At the guide's own serverless terms
+(the ``cost-guide`` provider: $1.20 per GPU-hour, see ``costs``) that is 0.39 / 1.20 = 33% for
+an RTX 4090, near the guide's "self-managed wins above ~40-50% utilization". Serverless is
+the worker ``serverless.py`` prices for the model (its GPU class, its speed, its cold starts),
+so a 70B is compared with a 70B-sized worker.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from launcher.sizing.capacity.costs import gpus_needed, monthly_cost, serverless_monthly_cost
+from launcher.sizing.capacity.costs import gpus_needed, monthly_cost
 from launcher.sizing.capacity.options import CapacityRequest, GpuOptionPlan, ServerlessPlan
+from launcher.sizing.capacity.serverless import serverless_monthly_usd
 from launcher.sizing.capacity.usage import (
     HOURS_PER_MONTH,
     SECONDS_PER_HOUR,
     UsageProfile,
-    busy_seconds_per_month,
     peak_concurrency,
 )
 
-_MAX_FLEET = 100_000
+_MAX_USERS = 10_000_000
 
 
 class Recommendation(BaseModel):
-    choice: str = Field(description="'serverless' or 'Nx GPU'")
+    choice: str = Field(description="'serverless', 'Nx GPU', or 'none' when nothing serves")
     reason: str
     crossover_users: int | None = Field(description="DAU where dedicated overtakes serverless")
     crossover_option: str | None
@@ -38,44 +41,66 @@ class Recommendation(BaseModel):
 
 
 def crossover_users(
-    usage: UsageProfile, option: GpuOptionPlan, spares: int, usd_per_gpu_second: float
+    usage: UsageProfile,
+    option: GpuOptionPlan,
+    spares: int,
+    serverless: Callable[[UsageProfile], float | None],
 ) -> int | None:
     """Smallest DAU at which serverless costs at least as much as ``option``'s fleet.
 
-    Both costs grow with DAU: serverless linearly, the fleet by steps of one GPU. For a fleet
-    of ``n`` GPUs (plus spares) the serverless bill reaches its cost at
-    ``(n + spares) x monthly / serverless-per-user``; that is the crossover if ``n`` GPUs still
-    carry that many users. None when serverless stays cheaper at any size.
+    ``serverless``: the month's serverless bill for a traffic (it need not grow linearly: cold
+    starts fade as traffic keeps a worker warm). The fleet grows by steps of one replica. The
+    DAU axis is walked in steps of 2% from 1 to 10 million and the first crossing is refined by
+    bisection. None when serverless stays cheaper (or when no serverless worker serves).
     """
     per_replica = option.users_per_replica or option.users_per_gpu
     if per_replica <= 0:
         return None
-    one_user = usage.model_copy(update={"daily_users": 1})
-    serverless_per_user = serverless_monthly_cost(one_user, usd_per_gpu_second)
-    peak_per_user = peak_concurrency(one_user)
+    peak_per_user = peak_concurrency(usage.model_copy(update={"daily_users": 1}))
     replica_month = monthly_cost(option.usd_per_hour) * option.tensor_parallel
-    if replica_month * peak_per_user / per_replica > serverless_per_user:
-        return None  # even a fully loaded fleet costs more per user than serverless
-    for needed in range(1, _MAX_FLEET):
-        users = (needed + spares) * replica_month / serverless_per_user
-        if users <= needed * per_replica / peak_per_user:
-            return math.ceil(users - 1e-9)  # 1872.0000001 is 1872
+
+    def gap(users: int) -> float:
+        at = usage.model_copy(update={"daily_users": users})
+        bill = serverless(at)
+        if bill is None:
+            return -math.inf
+        fleet = gpus_needed(users * peak_per_user, per_replica, spares) * replica_month
+        return bill - fleet
+
+    low, users = 0, 1
+    while users <= _MAX_USERS:
+        if gap(users) >= 0:
+            while users - low > 1:  # gap(low) < 0 <= gap(users)
+                middle = (low + users) // 2
+                if gap(middle) >= 0:
+                    users = middle
+                else:
+                    low = middle
+            return users
+        low, users = users, max(users + 1, int(users * 1.02))
     return None
 
 
-def busy_share(usage: UsageProfile, gpus: int) -> float:
-    """Request-seconds over GPU-seconds of a fleet of ``gpus`` (no batching credit)."""
-    return busy_seconds_per_month(usage) / (gpus * HOURS_PER_MONTH * SECONDS_PER_HOUR)
+def busy_share(usage: UsageProfile, serverless: ServerlessPlan, gpus: int) -> float:
+    """Serverless GPU-seconds billed for ``usage`` over GPU-seconds of a fleet of ``gpus``."""
+    at = serverless_monthly_usd(serverless, usage) or 0.0
+    billed = at / serverless.usd_per_gpu_second if serverless.usd_per_gpu_second else 0.0
+    return billed / (gpus * HOURS_PER_MONTH * SECONDS_PER_HOUR)
 
 
 def _crossover(
-    request: CapacityRequest, serving: list[GpuOptionPlan]
+    request: CapacityRequest, serving: list[GpuOptionPlan], serverless: ServerlessPlan
 ) -> tuple[int | None, str | None, float | None]:
     """The earliest crossover over ``serving`` options: DAU, option, busy share there."""
-    rate = request.serverless_usd_per_gpu_second
+    if serverless.worker is None:
+        return None, None, None
+
+    def bill(usage: UsageProfile) -> float | None:
+        return serverless_monthly_usd(serverless, usage)
+
     points: list[tuple[int, GpuOptionPlan]] = []
     for option in serving:
-        users = crossover_users(request.usage, option, request.spares, rate)
+        users = crossover_users(request.usage, option, request.spares, bill)
         if users is not None:
             points.append((users, option))
     if not points:
@@ -85,10 +110,20 @@ def _crossover(
     per_replica = option.users_per_replica or option.users_per_gpu
     replicas = gpus_needed(peak_concurrency(usage), per_replica, request.spares)
     name = option.fleet(request.quant).split(" ", 1)[1]  # without the count
-    return users, name, busy_share(usage, replicas * option.tensor_parallel)
+    return users, name, busy_share(usage, serverless, replicas * option.tensor_parallel)
 
 
-def _dedicated_reason(request: CapacityRequest, best: GpuOptionPlan, serverless: float) -> str:
+def describe_worker(serverless: ServerlessPlan) -> str:
+    """``runpod 2x 80 GB PRO (H100) fp8``; why none serves when no worker does."""
+    if serverless.worker is None:
+        return serverless.note or f"no {serverless.provider} worker serves it"
+    count = f"{serverless.gpus_per_worker}x " if serverless.gpus_per_worker > 1 else ""
+    return f"{serverless.provider} {count}{serverless.worker} {serverless.quant}".rstrip()
+
+
+def _dedicated_reason(
+    request: CapacityRequest, best: GpuOptionPlan, serverless: ServerlessPlan
+) -> str:
     assert best.gpus is not None and best.monthly_usd is not None
     peak = peak_concurrency(request.usage)
     per = (
@@ -99,7 +134,12 @@ def _dedicated_reason(request: CapacityRequest, best: GpuOptionPlan, serverless:
     reason = (
         f"peak ~{peak:.2g} concurrent users, {per} at "
         f">= {request.usage.user_tok_s:g} tok/s: ${best.monthly_usd:,.0f}/month "
-        f"(${best.usd_per_user or 0:.2f}/user) vs serverless ${serverless:,.0f}"
+        f"(${best.usd_per_user or 0:.2f}/user) vs "
+        + (
+            f"serverless ${serverless.monthly_usd:,.0f} ({describe_worker(serverless)})"
+            if serverless.monthly_usd is not None
+            else f"no serverless worker ({describe_worker(serverless)})"
+        )
     )
     if best.gpus > 1:
         reason += f"; {best.gpus} GPUs behind a load balancer"
@@ -113,7 +153,7 @@ def recommend(
 ) -> Recommendation:
     """Serverless or the cheapest dedicated fleet, with the reason in one line."""
     serving = [option for option in options if option.monthly_usd is not None]
-    users, label, share = _crossover(request, serving)
+    users, label, share = _crossover(request, serving, serverless)
 
     def made(choice: str, reason: str) -> Recommendation:
         return Recommendation(
@@ -129,15 +169,18 @@ def recommend(
         if len(request.quantizations) == 1 and request.tensor_parallel == (1,):
             notes += "; search more with --tensor-parallel 1,2,4,8 and --allow-quant fp8,int4"
         reason = f"{request.model} ({request.quant}) runs on none of the GPUs considered ({notes})"
-        return made("serverless", reason)
+        if serverless.worker is None:
+            return made("none", f"{reason}; {describe_worker(serverless)}")
+        return made("serverless", f"{reason}; serverless: {describe_worker(serverless)}")
     best = min(serving, key=lambda o: (o.monthly_usd or 0.0, o.gpus or 0))
     assert best.monthly_usd is not None
-    if serverless.monthly_usd < best.monthly_usd:
+    if serverless.monthly_usd is not None and serverless.monthly_usd < best.monthly_usd:
         reason = (
-            f"serverless ${serverless.monthly_usd:,.0f}/month costs less than the cheapest "
-            f"dedicated option ({best.label}, ${best.monthly_usd:,.0f}): no idle GPU to pay for"
+            f"serverless ${serverless.monthly_usd:,.0f}/month ({describe_worker(serverless)}) "
+            f"costs less than the cheapest dedicated option ({best.label}, "
+            f"${best.monthly_usd:,.0f}): no idle GPU to pay for"
         )
         if users is not None:
             reason += f" below ~{users:,} DAU"
         return made("serverless", reason)
-    return made(best.fleet(request.quant), _dedicated_reason(request, best, serverless.monthly_usd))
+    return made(best.fleet(request.quant), _dedicated_reason(request, best, serverless))

@@ -28,6 +28,7 @@ from launcher.sizing.fit import FitRequest, default_max_num_seqs, plan_fit
 from launcher.sizing.gpus import GpuProfile, get_gpu
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import ModelSpec, load_model
+from launcher.sizing.quant_kernels import planned_max_batch, planned_step_seconds
 from launcher.sizing.speed import SpeedCalibration, Workload, max_batch_at_speed, step_seconds
 
 Limit = Literal["speed", "kv-cache", "max-num-seqs", "too-slow", "does-not-fit", "unsupported"]
@@ -125,12 +126,12 @@ def gpu_throughput(
         fit = plan_fit(request, gpu, model)
     except (UnsupportedQuantizationError, UnsupportedParallelismError) as exc:
         return GpuThroughput(0, 0.0, 0.0, 0.0, 0, "unsupported", str(exc), tp)
-    single = 1.0 / step_seconds(workload, gpu, 1, calibration)
+    single = 1.0 / planned_step_seconds(workload, gpu, 1, calibration)
     if not fit.fits:
         note = fit.problems[0] if fit.problems else "does not fit"
         return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "does-not-fit", note, tp)
     seqs = default_max_num_seqs(gpu)
-    by_speed = max_batch_at_speed(workload, gpu, target_tok_s, calibration, limit=seqs + 1)
+    by_speed = planned_max_batch(workload, gpu, target_tok_s, calibration, limit=seqs + 1)
     limits: list[tuple[int, Limit]] = [
         (by_speed, "speed"),
         (fit.kv_tokens // average, "kv-cache"),
@@ -140,7 +141,7 @@ def gpu_throughput(
     if users == 0:
         note = f"one stream decodes at {single:.0f} tok/s, below the {target_tok_s:g} tok/s target"
         return GpuThroughput(0, 0.0, 0.0, single, fit.kv_tokens, "too-slow", note, tp)
-    per_user = 1.0 / step_seconds(workload, gpu, users, calibration)
+    per_user = 1.0 / planned_step_seconds(workload, gpu, users, calibration)
     return GpuThroughput(
         users, per_user, users * per_user, single, fit.kv_tokens, limit, tensor_parallel=tp
     )

@@ -64,10 +64,16 @@ def test_13b_int4_fits_an_rtx4090() -> None:
     assert plan.max_model_len == 4096  # llama-2's max_position_embeddings caps it
 
 
-def test_fp8_weights_refused_on_a100_but_fp8_kv_is_fine() -> None:
+def test_fp8_weights_are_weight_only_on_a100_and_fp8_kv_is_fine() -> None:
     spec = load_model("8b")
+    fp8 = plan_fit(FitRequest(quant="fp8"), get_gpu("a100-80gb"), spec)
+    bf16 = plan_fit(FitRequest(quant="bf16"), get_gpu("a100-80gb"), spec)
+    assert fp8.fits and fp8.fp8_weight_only and not bf16.fp8_weight_only
+    assert fp8.weights_gib < 0.6 * bf16.weights_gib  # FP8's bytes, not 16-bit's
+    assert not plan_fit(FitRequest(quant="fp8"), get_gpu("h100-sxm"), spec).fp8_weight_only
+    turing = get_gpu("a10").model_copy(update={"key": "t4", "arch": "turing"})
     with pytest.raises(UnsupportedQuantizationError, match="FP8"):
-        plan_fit(FitRequest(quant="fp8"), get_gpu("a100-80gb"), spec)
+        plan_fit(FitRequest(quant="fp8"), turing, spec)
     plan = plan_fit(FitRequest(kv_dtype="fp8"), get_gpu("a100-80gb"), spec)
     assert plan.kv_bytes_per_token == 64 * 1024
 

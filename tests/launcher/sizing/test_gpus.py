@@ -9,7 +9,20 @@ import pytest
 from launcher.errors import UnknownGpuError
 from launcher.sizing.gpus import GIB, get_gpu, load_gpus
 
-EXPECTED = {"rtx4090", "l40s", "l4", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "a40"}
+EXPECTED = {
+    "rtx4090",
+    "rtx3090",
+    "l40s",
+    "l4",
+    "a10",
+    "a100-40gb",
+    "a100-80gb",
+    "h100-sxm",
+    "h100-pcie",
+    "h100-nvl",
+    "h200",
+    "a40",
+}
 
 
 def test_all_profiles_load_with_sane_numbers() -> None:
@@ -26,6 +39,11 @@ def test_fp8_support_follows_the_architecture() -> None:
     assert not get_gpu("a100-80gb").supports_fp8
     assert get_gpu("rtx4090").supports_fp8
     assert get_gpu("h100-sxm").supports_fp8
+    for gpu in load_gpus().values():
+        # FP8 tensor cores run twice the dense bf16 rate (the datasheets); none on Ampere
+        assert gpu.supports_fp8 == (gpu.arch in ("ada", "hopper", "blackwell"))
+        if gpu.fp8_tflops is not None:
+            assert 1.95 < gpu.fp8_tflops / gpu.bf16_tflops < 2.05, gpu.key
 
 
 def test_prices_from_the_cost_guide() -> None:
@@ -33,7 +51,7 @@ def test_prices_from_the_cost_guide() -> None:
     assert h100.prices == {"cost-guide": 1.87, "aws": 8.46}
     assert h100.price_per_hour == 1.87
     assert get_gpu("rtx4090").price_per_hour == 0.39
-    assert get_gpu("l4").price_per_hour is None
+    assert get_gpu("a40").price_per_hour is None
 
 
 def test_names_are_forgiving() -> None:
@@ -52,7 +70,7 @@ def test_bad_default_price_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gpus.yaml"
     path.write_text(
         "x:\n  name: X\n  vram_bytes: 1\n  bandwidth_gbs: 1\n  bf16_tflops: 1\n"
-        "  arch: ada\n  fp8: true\n  prices: {a: 1}\n  default_price: b\n"
+        "  arch: ampere\n  fp8: false\n  prices: {a: 1}\n  default_price: b\n"
     )
     with pytest.raises(ValueError, match="default_price"):
         load_gpus(path)

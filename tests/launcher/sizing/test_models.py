@@ -21,6 +21,16 @@ PUBLISHED_BILLIONS = {
     "qwen3-8b": 8.19,
     "qwen3-4b": 4.02,
     "gemma-2-9b": 9.24,
+    # the 2026 catalog: each model card's figure (Hugging Face's safetensors count where the
+    # card rounds: Qwen2.5-32B's card says 32.5B, its safetensors hold 32.8B)
+    "qwen3-14b": 14.8,
+    "qwen3-32b": 32.8,
+    "qwen2.5-32b": 32.76,
+    "qwen2.5-72b": 72.7,
+    "llama-3.3-70b": 70.6,
+    "mistral-small-24b-2501": 23.57,
+    # 27.4B on the card includes the 0.4B SigLIP vision tower; the kit sizes the text decoder
+    "gemma-3-27b": 27.0,
 }
 
 # docs/memory.md#model-shapes table: KiB of bf16 KV per token.
@@ -33,6 +43,13 @@ KIB_PER_TOKEN = {
     "qwen3-8b": 144,
     "qwen3-4b": 144,
     "gemma-2-9b": 336,
+    "qwen3-14b": 160,
+    "qwen3-32b": 256,
+    "qwen2.5-32b": 256,
+    "qwen2.5-72b": 320,
+    "llama-3.3-70b": 320,
+    "mistral-small-24b-2501": 160,
+    "gemma-3-27b": 496,
 }
 
 

@@ -144,7 +144,8 @@ def test_workload_flags_change_the_speed(capsys: pytest.CaptureFixture[str]) -> 
         (["--prompt-tokens", "-1"], "--prompt-tokens"),
         (["--output-tokens", "0"], "--output-tokens"),
         (["--context", "0"], "--context"),
-        (["--model", "8b", "--quant", "fp8", "--gpus", "a100-80gb=1.5"], "FP8"),
+        (["--serverless", "nowhere"], "unknown serverless provider"),
+        (["--serverless-rate", "0"], "--serverless-rate"),
     ],
 )
 def test_bad_search_input_is_one_line_and_exit_2(
@@ -153,3 +154,18 @@ def test_bad_search_input_is_one_line_and_exit_2(
     assert main(["capacity", "--users", "100", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err
+
+
+def test_a_70b_is_compared_with_a_70b_sized_serverless_worker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: "serverless $3,000/month costs less than ... (h200, $5,299)": the 7B's
+    # per-second price and the 7B's 5 s per request, whatever the model.
+    assert main(["capacity", "--users", "20000", "--model", "llama-3.1-70b", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    serverless = plan["serverless"]
+    assert serverless["worker"] in ("80 GB (A100)", "80 GB PRO (H100)", "141 GB PRO (H200)")
+    assert serverless["gpus_per_worker"] >= 2  # 131 GiB of 16-bit weights
+    assert serverless["monthly_usd"] > 3 * 3_000
+    assert plan["recommendation"]["choice"] != "serverless"
+    assert "vs serverless $" in plan["recommendation"]["reason"]

@@ -92,11 +92,10 @@ def test_plan_that_cannot_fit_exits_1_with_numbers_and_ways_out(vkit: Callable[.
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "8b", "--gpu", "v100"], "known GPUs: a100-80gb"),
+        (["--model", "8b", "--gpu", "v100"], "known GPUs: a10, a100-40gb, a100-80gb"),
         (["--model", "gpt-x", "--gpu", "l4"], "known models:"),
         (["--model", "8b", "--gpu", "l4", "--concurrency", "0"], "concurrency"),
         (["--model", "8b", "--gpu", "l4", "--concurrency", "many"], "invalid int value"),
-        (["--model", "8b", "--gpu", "a100-80gb", "--quant", "fp8"], "FP8"),
         (["--model", "8b", "--gpu", "l4", "--quant", "int3"], "invalid choice"),
         (["--model", "8b", "--gpu", "l4", "--context", "4096", "--concurrency", "4"], "not both"),
     ],
@@ -109,6 +108,15 @@ def test_bad_plan_input_is_one_line_and_exit_2(
     assert needle in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+def test_fp8_on_an_a100_plans_weight_only(vkit: Callable[..., Done]) -> None:
+    # Before: refused ("FP8 W8A8 needs an Ada or Hopper GPU"), exit 2; vLLM runs it through
+    # FP8 Marlin, weight-only.
+    done = vkit("plan", "--model", "8b", "--gpu", "a100-80gb", "--quant", "fp8")
+    assert done.returncode == 0, done.stderr
+    assert "fp8 weight-only (FP8 Marlin, W8A16) weights" in done.stdout
+    assert "Meta-Llama-3.1-8B-Instruct-FP8" in done.stdout
 
 
 def test_launch_dry_run_cpu_with_profile_flags_and_extras(

@@ -15,7 +15,9 @@ GUIDE_DAU = (100, 1_000, 10_000, 100_000)
 
 
 def plan_for(daily_users: int) -> CapacityPlan:
-    return plan_capacity(CapacityRequest(usage=UsageProfile(daily_users=daily_users)))
+    # The guide's serverless terms: a flat $1.20 per GPU-hour, 5 s per request, no cold start.
+    request = CapacityRequest(usage=UsageProfile(daily_users=daily_users), serverless="cost-guide")
+    return plan_capacity(request)
 
 
 def option(plan: CapacityPlan, label: str):

@@ -28,14 +28,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def plan() -> CapacityPlan:
-    return plan_capacity(CapacityRequest(usage=UsageProfile(daily_users=1_000)))
+    usage = UsageProfile(daily_users=1_000)
+    return plan_capacity(CapacityRequest(usage=usage, serverless="cost-guide"))
 
 
 def test_table_lists_every_option_serverless_and_the_recommendation(plan: CapacityPlan) -> None:
     text = render_table(plan)
     for option in plan.options:
         assert any(line.startswith(option.label + " ") for line in text.splitlines())
-    assert "serverless: " in text
+    assert "serverless (cost-guide " in text
     assert f"recommendation: {plan.recommendation.choice} -- " in text
     assert "$150/month" in text  # serverless at 1,000 DAU
     assert "crossover: " in text
@@ -65,7 +66,8 @@ def test_csv_has_one_row_per_option_and_serverless(plan: CapacityPlan) -> None:
 def test_cost_curves_are_staircases_and_a_line(plan: CapacityPlan) -> None:
     grid = dau_grid(plan.usage.daily_users)
     curves = cost_curves(plan, grid)
-    assert set(curves) == {o.label for o in plan.options} | {"serverless"}
+    serving = {o.label for o in plan.options if o.users_per_replica > 0}
+    assert "rtx4090" in serving and set(curves) == serving | {"serverless"}
     rtx = curves["rtx4090"]
     assert rtx == sorted(rtx) and rtx[0] == pytest.approx(280.8) and rtx[-1] > 10 * rtx[0]
     serverless = curves["serverless"]

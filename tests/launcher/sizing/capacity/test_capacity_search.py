@@ -53,14 +53,17 @@ def test_int4_only_when_allowed_and_with_the_guides_quality_figure() -> None:
     assert any("<3% quality loss" in note for note in with_int4.quality_notes)
 
 
-def test_fp8_is_out_on_a_gpu_without_it() -> None:
+def test_fp8_on_an_a100_is_searched_as_weight_only() -> None:
+    # Before: "TP1 fp8: unsupported" (FP8 W8A8 needs Ada/Hopper); vLLM runs it with FP8 Marlin.
     gpus = [parse_priced_gpu("a100-80gb=1.5")]
     request = CapacityRequest(
-        usage=UsageProfile(daily_users=10_000), model="8b", allow_quant=("fp8",)
+        usage=UsageProfile(daily_users=10_000), model="8b", quant="fp8", tensor_parallel=(1, 2)
     )
-    a100 = plan_capacity(request, options=gpus).options[0]
-    assert a100.quant == "fp16"
-    assert [(r.config, r.reason) for r in a100.rejected] == [("TP1 fp8", "unsupported")]
+    plan = plan_capacity(request, options=gpus)
+    a100 = plan.options[0]
+    assert (a100.quant, a100.tensor_parallel, a100.gpus) == ("fp8", 1, 1)
+    assert a100.limited_by != "unsupported" and a100.users_per_gpu > 0
+    assert any("a100-80gb: weight-only (FP8 Marlin" in note for note in plan.quality_notes)
 
 
 def test_a_quantization_without_checkpoint_is_out() -> None:
