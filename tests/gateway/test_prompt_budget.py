@@ -148,14 +148,14 @@ def test_json_bytes_is_the_bound_of_the_indented_dump(value: Any) -> None:
     assert json_bytes(value) == text_bytes(json.dumps(value, ensure_ascii=False, indent=4))
 
 
-def test_the_byte_bound_of_a_huge_tool_schema_is_cheap() -> None:
+def test_the_byte_bound_of_a_huge_tool_schema_still_bounds_it() -> None:
     """A 600,000-integer schema: the byte bound once dumped it indented, in pure Python
-    (~0.6 s here); now the C encoder's compact dump and a walk of the containers."""
+    (~0.6 s here); now the C encoder's compact dump and a walk of the containers (its time:
+    ``bench/prompt_count.py --hostile``, not a timed test). Every integer is a token at
+    least."""
     tools = [{"type": "function", "function": {"name": "f", "enum": list(range(600_000))}}]
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "a"}], "tools": tools}
-    started = time.process_time()
-    ByteBound().count(chat)
-    assert time.process_time() - started < 0.25
+    assert ByteBound().count(chat) >= 600_000
 
 
 @pytest.mark.parametrize("text", ["a", "é", "ﷺ"])
