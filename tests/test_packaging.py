@@ -249,7 +249,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     plan = must(cli("plan --model llama-3.1-8b --gpu rtx4090 --quant awq --concurrency 16"))
     assert "FITS" in plan.stdout
-    assert "max_model_len 6,144" in plan.stdout
+    assert "max_model_len 7,168" in plan.stdout
 
     capacity = must(cli("capacity --users 1000"))
     assert "281" in capacity.stdout  # rtx4090, $/month

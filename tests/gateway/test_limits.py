@@ -53,16 +53,27 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[LimiterF
         return
     server = request.getfixturevalue("redis_server")
     client = redis.asyncio.from_url(server.url)
-    try:
+    made: list[RedisLimiter] = []
+
+    def make(clock: Any, default_concurrency: int | None = None) -> RedisLimiter:
         # the contract, not the timeout: a loaded CI machine may answer slower than 0.5 s
-        yield lambda clock, default_concurrency=None: RedisLimiter(
+        limiter = RedisLimiter(
             client,
             clock=clock,
             on_backend_error="deny",
             timeout=5.0,
             default_concurrency=default_concurrency,
         )
+        made.append(limiter)
+        return limiter
+
+    try:
+        yield make
     finally:
+        # its background work (store checks, kept releases) ends before the client closes, as
+        # at the gateway's shutdown: a check still under way would open a connection after
+        for limiter in made:
+            await limiter.drain(within=1.0)
         await client.aclose()
 
 
