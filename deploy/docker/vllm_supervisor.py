@@ -377,7 +377,7 @@ def supervise(
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        if children:
+        if children and children[-1].returncode is None:  # not one already reaped
             with contextlib.suppress(ProcessLookupError):
                 os.kill(children[-1].pid, signum)  # vLLM itself drains and stops its workers
 
@@ -386,11 +386,17 @@ def supervise(
     command = list(command)
     sink = output if output is not None else sys.stdout.buffer
     metrics_url = metrics_url or metrics_url_beside(url)
+    code = 0
     for heal in range(max_heals + 1):
+        if stopping:  # told to stop while a heal was being decided: start nothing more
+            return code
         child = subprocess.Popen(
             command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         children.append(child)
+        if stopping:  # the signal came between the check and now: it reached the old one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, stopping[-1])
         assert child.stdout is not None
         tail = Tail(child.stdout, sink)
         code, served = watch(

@@ -67,6 +67,7 @@ class EngineSupervisor:
         self._forward_signals = forward_signals
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._stop_signal: int | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.attempts: list[VllmOptions] = []
 
@@ -76,7 +77,10 @@ class EngineSupervisor:
     def run(self, options: VllmOptions) -> int:
         """Run until the engine exits for good; return its exit code."""
         with self._signals_forwarded():
+            code = 0
             for attempt in range(self._max_restarts + 1):
+                if self._stopping:  # told to stop while a heal was being decided
+                    return code
                 code = self._run_once(options)
                 if code == 0 or self._stopping:
                     return code
@@ -88,7 +92,7 @@ class EngineSupervisor:
                     return code
                 self._say(f"{healing.reason} (restart {attempt + 1}/{self._max_restarts})")
                 options = healing.options
-        return code
+        return code  # pragma: no cover (the loop returns)
 
     def _run_once(self, options: VllmOptions) -> int:
         self.attempts.append(options)
@@ -103,6 +107,8 @@ class EngineSupervisor:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self._proc = proc
+        if self._stop_signal is not None:  # it came between run's check and now
+            proc.send_signal(self._stop_signal)
         pump = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         pump.start()
         try:
@@ -125,6 +131,7 @@ class EngineSupervisor:
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
+        self._stop_signal = signum
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signum)

@@ -370,6 +370,36 @@ def test_a_gpu_another_process_holds_is_started_again_at_what_is_free() -> None:
 
 
 @pytest.mark.integration
+def test_a_stop_signal_during_a_heal_reaches_the_next_start(tmp_path: Path) -> None:
+    """SIGTERM arriving while the supervisor restarts a healed engine: the stop wins, and no
+    engine is left running unsignalled (it would run on until Docker's grace kill)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "(restart 1/" in line:  # the heal is decided; the next start comes right after
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    command = [sys.executable, str(FAKE_ENGINE), "too-long-then-serve", "--max-model-len", "4096"]
+    policy = sup.Policy(interval_s=0.2, timeout_s=0.2, failures=3, start_period_s=600)
+    try:
+        with (tmp_path / "engine.log").open("wb") as output:
+            code = sup.supervise(
+                command, "http://127.0.0.1:9/health", policy, log=log, output=output
+            )
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    engine_log = (tmp_path / "engine.log").read_text()
+    assert code != 4, f"the healed engine served on, never told to stop: {lines}"
+    # either it was never started, or it was told to stop and drained
+    if engine_log.count("fake engine argv") == 2:
+        assert "drained" in engine_log, engine_log
+    assert code in (0, 1), (code, lines)
+
+
+@pytest.mark.integration
 def test_other_failures_and_turned_off_heals_keep_the_engines_exit() -> None:
     crash = supervise_fake("crash")
     assert crash.returncode == 3, crash.stderr

@@ -6,6 +6,7 @@ Modes:
   busy-gpu   fail with vLLM's free-memory error while --gpu-memory-utilization > 0.5
   crash      print a traceback-like line and exit 3
   serve      print "ready" and sleep until SIGTERM, then print "drained" and exit 0
+  too-long-then-serve   fail as too-long while --max-model-len > 1024, then serve
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ def _flag(argv: list[str], name: str, default: str) -> str:
 def main(argv: list[str]) -> int:
     mode = argv[0]
     print("fake engine argv: " + " ".join(argv[1:]), flush=True)
-    if mode == "too-long" and int(_flag(argv, "--max-model-len", "4096")) > 1024:
+    if (
+        mode in ("too-long", "too-long-then-serve")
+        and int(_flag(argv, "--max-model-len", "4096")) > 1024
+    ):
         print(
             "ValueError: To serve at least one request with the models's max seq len "
             "(4096), (1.00 GiB KV cache is needed, which is larger than the available KV "
@@ -41,7 +45,7 @@ def main(argv: list[str]) -> int:
     if mode == "crash":
         print("RuntimeError: something else broke", flush=True)
         return 3
-    if mode == "serve":
+    if mode in ("serve", "too-long-then-serve"):
         signal.signal(signal.SIGTERM, lambda *_: (print("drained", flush=True), sys.exit(0)))
         print("ready", flush=True)
         for _ in range(600):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -104,3 +105,32 @@ def test_sigterm_is_forwarded_to_the_engine() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _SignalAtRestart(io.StringIO):
+    """Messages that send us SIGTERM as the restart line is written: a stop arriving while a
+    healed start is being made."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if "(restart 1/" in text:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+
+
+@pytest.mark.integration
+def test_a_stop_during_a_heal_reaches_the_next_start() -> None:
+    """Without it the healed engine starts unsignalled and serves on until systemd's kill."""
+    output, messages = io.BytesIO(), _SignalAtRestart()
+    supervisor = EngineSupervisor(
+        lambda options: build_vllm_argv(
+            options, engine=[sys.executable, str(FAKE_ENGINE), "too-long-then-serve"]
+        ),
+        output=output,
+        messages=messages,
+    )
+    code = supervisor.run(VllmOptions(model="m", max_model_len=4096))
+    assert code != 4, "the healed engine served on, never told to stop"
+    if len(supervisor.attempts) == 2:  # started after all: then it was told to stop
+        assert b"drained" in output.getvalue()
+    assert code in (0, 1)
