@@ -3,6 +3,8 @@
 - :mod:`vkit.render.compose` -- ``ComposeSpec`` -> its deployment -> the compose file as a dict
 - :mod:`vkit.render.compose_services` -- Redis, Prometheus, Grafana, DCGM services
 - :mod:`vkit.render.compose_cpu` -- its CPU variant (``--gpu cpu``): replicas on cores
+- :mod:`vkit.render.compose_groups` -- a deployment file's groups as a compose bundle (aware
+  routing to every replica of every model)
 - :mod:`vkit.render.bundle` -- every file of a compose bundle (``deploy/docker/``), the writers
 - :mod:`vkit.render.compose_env` -- the bundle's variables: ``.env.example``, a first ``.env``
 - :mod:`vkit.render.gateway_build` -- the gateway image's build context inside the bundle
