@@ -48,10 +48,10 @@ def test_two_adapters_of_one_name_and_too_few_cpu_slots_are_refused() -> None:
         LoraSettings(max_loras=2, max_cpu_loras=1)
 
 
-def test_llama_8b_rank_16_slot_holds_what_a_peft_adapter_of_all_linears_weighs() -> None:
-    # A PEFT rank-16 adapter of Llama-3-8B on q,k,v,o,gate,up,down is 83,886,080 bytes of
-    # bf16 (the 83.9 MB adapter_model.safetensors such repositories publish): vLLM's slot
-    # holds the same matrices, plus the lm_head's.
+def test_llama_8b_rank_16_slot_holds_a_peft_adapter_of_all_seven_projections() -> None:
+    # A PEFT rank-16 LoRA of Llama-3.1-8B on q,k,v,o,gate,up,down: r x (in + out) per
+    # projection, 32 layers = 41,943,040 parameters = 83,886,080 bytes of bf16. vLLM's slot
+    # holds the same matrices (q/k/v's A once per slice), plus the lm_head's.
     spec = load_model("llama-3.1-8b")
     lora = LoraSettings(max_rank=16)
     lm_head = 16 * (spec.hidden_size + spec.vocab_size) * 2
