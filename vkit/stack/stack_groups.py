@@ -42,7 +42,10 @@ __all__ = ["groups_stack_deployment", "plan_groups_stack", "served_names"]
 
 
 def served_names(fits: list[GroupFit]) -> list[str]:
-    """Every name a client may send as ``model``: each group's, then its adapters'."""
+    """Every name a client may send as ``model``: each group's, then its adapters'. Empty
+    (every model) when a group loads adapters at run time: their names are not known yet."""
+    if any(fit.entry.lora_settings and fit.entry.lora_settings.runtime_updates for fit in fits):
+        return []
     names: list[str] = []
     for fit in fits:
         names.append(fit.name)
