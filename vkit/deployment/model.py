@@ -114,6 +114,13 @@ class Deployment(BaseModel):
         return self.groups[0]
 
 
+def expected_models(served: list[str]) -> list[str]:
+    """The gateway's ``health.expected_models``: the one model, or with several groups none
+    (every replica must list each expected model, and each replica serves its group's only;
+    which serves which is the router's to learn from ``/v1/models``)."""
+    return served if len(served) == 1 else []
+
+
 def container_group(
     *,
     model: str,

@@ -24,7 +24,7 @@ from vkit.deployment.deployment_file import DeploymentFile
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.deployment.group_fit import GroupFit
 from vkit.deployment.images import COMPOSE_GATEWAY_IMAGE
-from vkit.deployment.model import container_group
+from vkit.deployment.model import container_group, expected_models
 from vkit.deployment.service_ports import (
     DCGM_PORT,
     GATEWAY_ADMIN_PORT,
@@ -104,7 +104,7 @@ def _tokenizer(group: ReplicaGroup) -> str:
 
 def groups_gateway(groups: tuple[ReplicaGroup, ...], upstreams: list[str]) -> GatewaySettings:
     """The gateway over every group: aware routing to each replica, every served model (and
-    adapter) counted with its base's tokenizer."""
+    adapter) counted with its base's tokenizer, each replica ready when it lists a model."""
     tokenizers: dict[str, str] = {}
     for group in groups:
         tokenizers[group.served_model] = _tokenizer(group)
@@ -120,7 +120,7 @@ def groups_gateway(groups: tuple[ReplicaGroup, ...], upstreams: list[str]) -> Ga
         "upstream_api_key": API_KEY_VAR,
         "keys_file": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
         "redis_url": f"redis://redis:{REDIS_PORT}/0",
-        "health": {"expected_models": [group.served_model for group in groups]},
+        "health": {"expected_models": expected_models([g.served_model for g in groups])},
         "timeouts": {"total": GATEWAY_TOTAL_TIMEOUT_S},
         "tokenizers": {"models": tokenizers, "hf_cache": f"{GATEWAY_HF_MOUNT}/hub"},
     }

@@ -10,8 +10,9 @@ taken in group order), with the group's served name, the fit's context and, on a
 group's GPU set and memory share; LoRA's flags and switch travel as
 :func:`~vkit.deployment.launch_args.launch_args` writes them. The gateway routes ``aware``
 to every replica (no NGINX over them) and learns which serves which model from their
-``/v1/models``. The edge, Redis and the stop order are :func:`~vkit.stack.stack_plan.
-plan_stack`'s.
+``/v1/models`` (each replica is ready when it lists any model:
+:func:`~vkit.deployment.model.expected_models`). The edge, Redis and the stop order are
+:func:`~vkit.stack.stack_plan.plan_stack`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.settings_env import settings_from_values
 from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup
 from vkit.deployment.group_fit import GroupFit
+from vkit.deployment.model import expected_models
 from vkit.stack.stack_plan import (
     LOOPBACK,
     StackLayout,
@@ -86,7 +88,7 @@ def _gateway(
         "routing": "aware",
         "upstreams": [f"http://{LOOPBACK}:{port}" for port in ports.replicas],
         "keys_file": str(layout.keys_file),
-        "health": {"expected_models": [fit.name for fit in fits]},
+        "health": {"expected_models": expected_models([fit.name for fit in fits])},
         "tokenizers": {"models": tokenizers},
     }
     if ports.redis is not None:

@@ -73,6 +73,7 @@ def test_each_replica_runs_its_groups_settings_and_the_gateway_routes_to_all() -
     gateway = load_settings(environ=gateway_env)
     assert gateway.model_dump() == deployment.gateway.model_dump()
     assert gateway.routing == "aware"
+    assert gateway.health.expected_models == []  # each replica serves its group only
     assert [str(url) for url in gateway.upstreams] == [
         f"http://127.0.0.1:{p}/" for p in (8101, 8102, 8103)
     ]
