@@ -96,11 +96,12 @@ def _shares(
     return shares
 
 
-def fit_groups(file: DeploymentFile) -> list[GroupFit]:
-    """Every group's plan, on its share of its GPUs; refuses what does not fit."""
+def fit_groups(file: DeploymentFile, *, share: bool = True) -> list[GroupFit]:
+    """Every group's plan, on its share of its GPUs; refuses what does not fit. Without
+    ``share`` (Kubernetes: each pod is given whole GPUs) every group has its GPUs alone."""
     models = {entry.name: load_model(entry.model) for entry in file.groups}
     sets = {entry.name: _sets(entry, file.gpu_of(entry) == CPU) for entry in file.groups}
-    shares = _shares(file, sets, models)
+    shares = _shares(file, sets, models) if share else {}
     fits: list[GroupFit] = []
     for entry in file.groups:
         kind = file.gpu_of(entry) or ""
@@ -114,9 +115,9 @@ def fit_groups(file: DeploymentFile) -> list[GroupFit]:
             target = get_gpu(kind)
             served_checkpoint(entry.model, entry.quant)  # none known: how to make one
             key, price = normalize_gpu_name(kind), target.price_per_hour
-        share, neighbours = shares.get(entry.name, (None, ()))
-        if share is not None:
-            request = request.model_copy(update={"gpu_memory_utilization": share})
+        memory_share, neighbours = shares.get(entry.name, (None, ()))
+        if memory_share is not None:
+            request = request.model_copy(update={"gpu_memory_utilization": memory_share})
         plan = plan_fit(request, target, models[entry.name])
         if not plan.fits:
             where = f" beside {' and '.join(neighbours)}" if neighbours else ""

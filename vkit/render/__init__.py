@@ -19,6 +19,8 @@
 - :mod:`vkit.render.k8s_manifests` -- the base: gateway, Redis, Services, NetworkPolicies
 - :mod:`vkit.render.k8s_autoscaling` -- KEDA ScaledObject, HPA, prometheus-adapter values
 - :mod:`vkit.render.k8s_monitoring` -- PodMonitors, rules, dashboard, price rule
+- :mod:`vkit.render.k8s_groups` -- a deployment file's groups as one overlay: a StatefulSet and
+  headless Service per group, the gateway discovering each
 - :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
 
 The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the
