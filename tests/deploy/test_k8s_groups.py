@@ -11,13 +11,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from gateway.settings import load_settings
 from tests.deploy.test_k8s_render import kubectl, object_key
-from tests.deploy.test_k8s_schemas import CRD_SCHEMAS, KUBERNETES_VERSION, crd_validator
+from tests.deploy.test_k8s_schemas import validate_object
 from vkit.cli import main
 from vkit.deployment.deployment_file import load_deployment_file
 from vkit.deployment.group_fit import fit_groups
@@ -67,12 +66,7 @@ def test_kustomize_builds_what_the_render_says(built: list[dict[str, Any]]) -> N
 @pytest.mark.integration
 def test_every_object_validates_against_its_schema(built: list[dict[str, Any]]) -> None:
     for obj in built:
-        crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
-        if crd is not None:
-            errors = [e.message for e in crd_validator(crd).iter_errors(obj)]
-            assert errors == [], (obj["kind"], obj["metadata"]["name"], errors[:3])
-        else:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
 
 
 @pytest.mark.integration

@@ -15,8 +15,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -26,7 +24,7 @@ import pytest
 from launcher.supervision.tiny_model import build_tiny_model
 from tests.e2e.clients import sdk
 from tests.e2e.prom import sample_sum
-from tests.e2e.test_up import Output, _default_sigint, stop_everything, wait_for_banner
+from tests.e2e.test_up import spawn_vkit_up, stop_everything, wait_for_banner
 from vkit.stack.ports import pick_free_ports
 from vkit.stack.proctree import descendants, is_alive
 
@@ -104,17 +102,8 @@ def test_two_models_and_adapters_each_answered_by_their_own_group(tmp_path: Path
         f"  - {{model: {second}, served_name: tiny-two, context: 256}}\n"
     )
     port = pick_free_ports(1)[0]
-    argv = [sys.executable, "-m", "vkit", "up", "--deployment", str(deployment)]
-    argv += ["--port", str(port), "--run-dir", str(tmp_path / "run")]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        preexec_fn=_default_sigint,
-    )
-    output = Output(proc)
+    argv = ["--deployment", str(deployment), "--port", str(port)]
+    proc, output = spawn_vkit_up([*argv, "--run-dir", str(tmp_path / "run")])
     children: set[int] = set()
     try:
         wait_for_banner(proc, output)

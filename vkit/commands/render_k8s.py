@@ -27,7 +27,7 @@ from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.deployment.group_fit import fit_groups
 from vkit.exit_codes import UsageError
 from vkit.render.bundle import write_files
-from vkit.render.k8s_bundle import Sources, dump_all, render_k8s_bundle
+from vkit.render.k8s_bundle import K8sBundle, Sources, dump_all, render_k8s_bundle
 from vkit.render.k8s_groups import render_k8s_groups_bundle
 from vkit.render.k8s_monitoring import DASHBOARD_FILE, RULES_FILE
 from vkit.render.k8s_plan import K8sArgs, command_line, plan_k8s
@@ -91,10 +91,15 @@ def run_k8s(args: argparse.Namespace) -> int:
     bundle = render_k8s_bundle(
         spec, plan, read_sources(), price_per_hour=price, command=command_line(settings)
     )
-    if settings.out is None:
+    return emit(bundle, settings.out)
+
+
+def emit(bundle: K8sBundle, out: Path | None) -> int:
+    """Without ``out``, what ``kubectl kustomize`` builds; else the tree written under it."""
+    if out is None:
         sys.stdout.write(dump_all(bundle.objects))
         return 0
-    for path in write_files(bundle.files, settings.out):
+    for path in write_files(bundle.files, out):
         print(f"wrote {path}")
     return 0
 
@@ -116,9 +121,4 @@ def run_k8s_groups(args: argparse.Namespace) -> int:
     name = args.deployment.stem
     command = shlex.join(["vkit", "render", "k8s", "--deployment", str(args.deployment)])
     bundle = render_k8s_groups_bundle(file, fits, read_sources(), name=name, command=command)
-    if args.out is None:
-        sys.stdout.write(dump_all(bundle.objects))
-        return 0
-    for path in write_files(bundle.files, args.out):
-        print(f"wrote {path}")
-    return 0
+    return emit(bundle, args.out)
