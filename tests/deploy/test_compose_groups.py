@@ -110,3 +110,31 @@ def test_a_gpu_double_booked_beyond_what_fits_writes_nothing(
 def test_the_single_model_flags_cannot_be_mixed_in(tmp_path: Path) -> None:
     argv = ["render", "compose", "--deployment", str(TWO_MODELS), "--gpu", "l4"]
     assert main(argv) == 2
+
+
+CPU_GROUPS = """\
+gpu: cpu
+groups:
+  - {model: tiny-llama, served_name: tiny, gpus: [0], context: 256,
+     adapters: [{name: tiny-sql, source: /models/sql, rank: 8}], lora: {runtime_updates: true}}
+  - {model: tiny-llama, served_name: tiny-two, gpus: [1], context: 256}
+"""
+
+
+@pytest.mark.integration
+def test_a_cpu_deployment_renders_vkit_launch_replicas_with_lora(tmp_path: Path) -> None:
+    file = tmp_path / "cpu.yaml"
+    file.write_text(CPU_GROUPS)
+    out = tmp_path / "bundle"
+    assert render(out / "compose.yaml", file) == 0
+    assert bundle_problems(out) == []
+    services = compose(out)["services"]
+    assert "dcgm-exporter" not in services
+    tiny, two = services["vllm-tiny-0"], services["vllm-tiny-two-1"]
+    assert tiny["command"][tiny["command"].index("--") + 1 :][:1] == ["--enable-lora"]
+    assert tiny["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert (
+        tiny["environment"]["VLLM_CPU_OMP_THREADS_BIND"],
+        two["environment"]["VLLM_CPU_OMP_THREADS_BIND"],
+    ) == ("0", "1")
+    test_docker_compose_accepts_the_bundle(out)
