@@ -14,6 +14,7 @@
         NoCheckpointError           -- no known checkpoint of a model at a quantization
         CheckpointMismatchError     -- a catalog checkpoint whose config.json says otherwise
         UnsupportedParallelismError -- a tensor-parallel size the model or node cannot take
+        GpuShareError               -- groups on one GPU whose memory cannot hold them all
 
 Each message is one line a person can act on. The ``vkit`` command maps these classes to
 exit codes in one table (:mod:`vkit.exit_codes`): ``InvalidInput`` is 2, the rest 1.
@@ -76,3 +77,7 @@ class UnsupportedParallelismError(InvalidInput):
 
 class MetricsError(LauncherError):
     """A deployment's Prometheus did not answer, or holds none of the series asked for."""
+
+
+class GpuShareError(InvalidInput):
+    """Replica groups on one GPU that cannot all fit in its memory."""

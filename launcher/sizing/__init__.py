@@ -4,7 +4,9 @@
 - :mod:`.gpu_sets` -- GPU ids grouped into tensor-parallel sets, one vLLM replica per set;
 - :mod:`.models` -- model shapes from a ``config.json``: parameters, KV bytes per token;
 - :mod:`.memory` -- byte math of a replica: weights by quantization, overhead, KV tokens;
+- :mod:`.lora` -- LoRA adapters: vLLM's flags and the memory their slots take from the KV cache;
 - :mod:`.fit` -- the fit solver: does a model run on a GPU (or this CPU), with which settings;
+- :mod:`.gpu_sharing` -- several models on one GPU: each one's memory share, or one refusal;
 - :mod:`.fit_report` -- ``vkit plan``'s readable report and its JSON twin;
 - :mod:`.speed` -- one replica's serving speed: a step model calibrated on measurements;
 - :mod:`.quant_kernels` -- which kernel runs a quantization on a GPU (FP8 weight-only through

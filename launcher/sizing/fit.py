@@ -6,8 +6,9 @@
     (True, 6144)
 
 Pure: plain data in, a :class:`FitPlan` out. The memory model is docs/memory.md#what-vllm-subtracts:
-KV memory = VRAM x gpu_memory_utilization - weights - overhead; tokens = KV / bytes per token.
-In CPU mode (:class:`CpuTarget`) the KV budget is ``VLLM_CPU_KVCACHE_SPACE`` GiB.
+KV memory = VRAM x gpu_memory_utilization - weights - overhead - LoRA slots (when the request
+has :class:`~launcher.sizing.lora.LoraSettings`); tokens = KV / bytes per token. In CPU mode
+(:class:`CpuTarget`) the KV budget is ``VLLM_CPU_KVCACHE_SPACE`` GiB.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from launcher.errors import UnsupportedParallelismError, UnsupportedQuantizationError
 from launcher.sizing.gpus import GpuProfile
+from launcher.sizing.lora import LoraSettings, lora_bytes
 from launcher.sizing.memory import (
     GIB,
     Quantization,
@@ -59,6 +61,7 @@ class FitRequest(BaseModel):
     min_context: int = Field(default=2048, ge=16, description="shortest useful max_model_len")
     prompt_tokens: int = Field(default=500, ge=1, description="prompt tokens, for the speed")
     output_tokens: int = Field(default=200, ge=1, description="output tokens, for the speed")
+    lora: LoraSettings | None = Field(default=None, description="adapter slots on each GPU")
 
     @model_validator(mode="after")
     def _one_target(self) -> FitRequest:
@@ -87,6 +90,7 @@ class FitPlan(BaseModel):
     budget_gib: float
     weights_gib: float
     overhead_gib: float
+    lora_gib: float = 0.0
     kv_gib: float
     kv_bytes_per_token: int
     block_size: int
@@ -116,6 +120,7 @@ class MemorySplit:
     overhead: int
     kv: int
     block_size: int
+    lora: int = 0
 
 
 def round_down_context(tokens: int) -> int:
@@ -175,19 +180,22 @@ def check_tensor_parallel(model: ModelSpec, target: GpuProfile | CpuTarget, size
 def split_memory(
     request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
 ) -> MemorySplit:
-    """KV bytes per GPU = VRAM x utilization - weights - overhead; on CPU, the KV space."""
+    """KV bytes per GPU = VRAM x utilization - weights - overhead - LoRA slots; on CPU, the
+    KV space (adapters live beside it, in the process's own memory)."""
     weights = weight_bytes(model, request.quant, request.tensor_parallel)
     if isinstance(target, CpuTarget):
         kv = target.kv_cache_space_gib * GIB
         return MemorySplit(budget=kv, weights=weights, overhead=0, kv=kv, block_size=CPU_BLOCK_SIZE)
     budget = int(target.vram_bytes * request.gpu_memory_utilization)
     overhead = overhead_bytes(model)
+    lora = 0 if request.lora is None else lora_bytes(model, request.lora, request.tensor_parallel)
     return MemorySplit(
         budget=budget,
         weights=weights,
         overhead=overhead,
-        kv=budget - weights - overhead,
+        kv=budget - weights - overhead - lora,
         block_size=GPU_BLOCK_SIZE,
+        lora=lora,
     )
 
 
@@ -206,8 +214,9 @@ def find_problems(
 ) -> list[str]:
     """Why the plan does not fit, in numbers; empty when it fits."""
     if memory.kv <= 0:
+        lora = f", LoRA slots ({to_gib(memory.lora):.2f} GiB)" if memory.lora else ""
         return [
-            f"weights ({to_gib(memory.weights):.2f} GiB) and overhead "
+            f"weights ({to_gib(memory.weights):.2f} GiB){lora} and overhead "
             f"({to_gib(memory.overhead):.2f} GiB) exceed the {to_gib(memory.budget):.2f} GiB "
             "budget: no memory is left for the KV cache"
         ]
@@ -265,6 +274,7 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
         budget_gib=round(to_gib(memory.budget), 2),
         weights_gib=round(to_gib(memory.weights), 2),
         overhead_gib=round(to_gib(memory.overhead), 2),
+        lora_gib=round(to_gib(memory.lora), 2),
         kv_gib=round(to_gib(max(memory.kv, 0)), 2),
         kv_bytes_per_token=per_token,
         block_size=memory.block_size,

@@ -21,10 +21,11 @@ def _memory_lines(plan: FitPlan) -> list[str]:
             f"  memory    KV cache {plan.kv_gib:.2f} GiB of RAM (VLLM_CPU_KVCACHE_SPACE); "
             f"weights {plan.weights_gib:.2f} GiB"
         ]
+    lora = f" + LoRA slots {plan.lora_gib:.2f}" if plan.lora_gib else ""
     return [
         f"  memory    {plan.budget_gib:.2f} GiB usable ({plan.gpu_memory_utilization} x "
         f"{plan.vram_gib:.2f} GiB) = weights {plan.weights_gib:.2f} + overhead "
-        f"{plan.overhead_gib:.2f} + KV cache {plan.kv_gib:.2f} GiB"
+        f"{plan.overhead_gib:.2f}{lora} + KV cache {plan.kv_gib:.2f} GiB"
     ]
 
 

@@ -29,6 +29,7 @@ from launcher.sizing.fit import (
     plan_fit,
 )
 from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
+from launcher.sizing.lora import LoraSettings, lora_env
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import KvDtype, ModelSpec, load_model, vllm_model_argument
 from launcher.supervision.amx_site import SITE_DIR as AMX_SITE_DIR
@@ -67,6 +68,7 @@ class LaunchSettings(BaseModel):
     shutdown_timeout: int | None = Field(default=None, ge=0)
     kv_cache_space_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
     max_restarts: int = Field(default=2, ge=0, le=10)
+    lora: LoraSettings | None = Field(default=None, description="LoRA adapters (no flag)")
     extra_args: tuple[str, ...] = ()
 
     @field_validator("shutdown_timeout", mode="before")
@@ -126,6 +128,7 @@ def fit_request(settings: LaunchSettings) -> FitRequest:
         context=settings.max_model_len,
         concurrency=None if settings.max_model_len else settings.concurrency,
         min_context=min(2048, settings.max_model_len or 2048),
+        lora=settings.lora,
     )
 
 
@@ -208,6 +211,7 @@ def options_for(
         kv_cache_dtype=kv_dtype,
         enforce_eager=settings.enforce_eager,
         shutdown_timeout=settings.shutdown_timeout,
+        lora=settings.lora,
         extra_args=settings.extra_args,
     )
 
@@ -230,12 +234,14 @@ def engine_env(settings: LaunchSettings, *, cpu: bool) -> dict[str, str]:
     """Variables to add for the engine. CPU: the KV budget, VLLM_CPU_KVCACHE_SPACE (GiB), and
     ``PYTHONPATH`` led by :mod:`launcher.supervision.amx_site`, whose ``sitecustomize`` asks
     Linux for AMX tile state in every engine process (vLLM's CPU worker dies without it on
-    AMX CPUs, docs/cpu-engine.md#amx-cpus)."""
+    AMX CPUs, docs/cpu-engine.md#amx-cpus). LoRA with runtime updates: vLLM's switch for its
+    load/unload endpoints."""
     if not cpu:
-        return {}
+        return lora_env(settings.lora)
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_space_gib),
         "PYTHONPATH": str(AMX_SITE_DIR),
+        **lora_env(settings.lora),
     }
 
 

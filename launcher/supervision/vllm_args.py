@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.errors import ExtraArgsError
+from launcher.sizing.lora import LoraSettings, lora_flags
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import KvDtype
 
@@ -58,6 +59,7 @@ class VllmOptions(BaseModel):
     kv_cache_dtype: KvDtype = "auto"
     enforce_eager: bool = False
     shutdown_timeout: int | None = Field(default=None, ge=0)
+    lora: LoraSettings | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -123,6 +125,8 @@ def _own_flags(options: VllmOptions) -> list[tuple[str, list[str]]]:
     groups = [(key, [f"--{key}", value]) for key, value in flags if value is not None]
     if options.enforce_eager:
         groups.append(("enforce-eager", ["--enforce-eager"]))
+    if options.lora is not None:
+        groups += split_flags(lora_flags(options.lora))
     return groups
 
 

@@ -49,15 +49,20 @@ def crd_validator(filename: str) -> jsonschema.Draft7Validator:
     return jsonschema.Draft7Validator(strict(schema))
 
 
+def validate_object(obj: dict[str, Any]) -> None:
+    """A CRD kind against its CRD's schema, any other against Kubernetes' (strict)."""
+    crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+    if crd is not None:
+        errors = [e.message for e in crd_validator(crd).iter_errors(obj)]
+        assert errors == [], (obj["kind"], obj["metadata"]["name"], errors[:3])
+    else:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_every_object_validates_against_its_schema(overlay: str) -> None:
     for obj in built(overlay):
-        crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
-        if crd is not None:
-            errors = [e.message for e in crd_validator(crd).iter_errors(obj)]
-            assert errors == [], (obj["kind"], obj["metadata"]["name"], errors[:3])
-        else:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
 
 
 def test_the_crd_schemas_catch_a_misspelt_field() -> None:

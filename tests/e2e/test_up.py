@@ -68,10 +68,14 @@ def stop_everything(proc: subprocess.Popen[str], children: set[int]) -> None:
 
 def start_vkit_up(port: int, run_dir: Path) -> tuple[subprocess.Popen[str], Output]:
     """``vkit up`` with one replica on ``port``, its output collected as it comes."""
-    argv = [sys.executable, "-m", "vkit", "up", "--replicas", "1", "--port", str(port)]
-    argv += ["--run-dir", str(run_dir)]
+    argv = ["--replicas", "1", "--port", str(port), "--run-dir", str(run_dir)]
+    return spawn_vkit_up(argv)
+
+
+def spawn_vkit_up(args: list[str]) -> tuple[subprocess.Popen[str], Output]:
+    """``vkit up ARGS``, its output collected as it comes."""
     proc = subprocess.Popen(
-        argv,
+        [sys.executable, "-m", "vkit", "up", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

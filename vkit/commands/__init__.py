@@ -1,6 +1,8 @@
 """The ``vkit`` sub-commands, one module each; :mod:`vkit.cli` registers them on one parser.
 
 - :mod:`.plan` -- ``vkit plan``: will the model fit, with which settings, the vLLM command;
+- :mod:`.plan_groups` -- ``vkit plan --deployment``: each group of a deployment file sized and
+  priced, GPUs shared or refused;
 - :mod:`.capacity` -- ``vkit capacity``: daily users -> GPUs, $/month, $/user, a chart;
 - :mod:`.checkpoint_catalog` -- ``vkit checkpoints check``: the catalog against each
   repository's own ``config.json``;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from launcher.errors import NoCheckpointError
@@ -28,6 +29,7 @@ from launcher.supervision.launch_spec import (
 )
 from launcher.supervision.tiny_model import TINY_MODEL_NAME
 from launcher.supervision.vllm_args import API_SERVER_MODULE, build_vllm_argv
+from vkit.commands.plan_groups import run_plan_groups
 from vkit.exit_codes import CliError, UsageError
 
 QUANTS = ["bf16", "fp16", "fp8", "int8", "awq", "gptq"]
@@ -115,11 +117,21 @@ def register(subparsers: Any) -> None:
         "--allow-quant", help="quantizations the search may use besides --quant: fp8,int8,int4"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--deployment",
+        type=Path,
+        help="size and price every group of a deployment file instead of one --model",
+    )
     parser.set_defaults(handler=run_plan)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     fields = settings_fields(args, [*_FIELDS, "max_model_len"])
+    if args.deployment is not None:
+        if fields or args.best:
+            given = ", ".join(f"--{name.replace('_', '-')}" for name in fields) or "--best"
+            raise UsageError(f"--deployment states every group: drop {given}")
+        return run_plan_groups(args)
     if "model" not in fields:
         raise UsageError("--model is required (a snapshot name such as llama-3.1-8b, or a dir)")
     if "max_model_len" in fields and "concurrency" in fields:

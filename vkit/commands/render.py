@@ -3,6 +3,7 @@
     vkit render compose --gpu rtx4090 --gpus 0,1 --model llama-3.1-8b --quant awq \\
         --concurrency 16 --out deploy/docker/compose.yaml
     vkit render compose --gpu cpu --gpus 0 --model tiny-llama --context 256 --out DIR/compose.yaml
+    vkit render compose --deployment models.yaml --out DIR/compose.yaml
     vkit render nginx --upstream 127.0.0.1:8001 --upstream 127.0.0.1:8002 \\
         --listen 127.0.0.1:8000 --site --out /etc/nginx/sites-available/vkit.conf
 
@@ -11,7 +12,8 @@ and writes the compose file; with ``--out`` it also writes, beside it, everythin
 compose file mounts or builds (:mod:`vkit.render.bundle`: a self-contained bundle) and,
 when there is none, a ``.env`` (mode 0600: this user's group id for the keys file, fresh
 secrets; an existing ``.env`` is never touched). Without ``--out`` it prints the compose
-file only.
+file only. ``--deployment FILE`` renders a deployment file's groups instead of one ``--model``
+(docs/deployment-file.md; :mod:`vkit.render.compose_groups`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
 from vkit.commands import render_k8s, render_systemd
+from vkit.deployment.deployment_file import load_deployment_file
 from vkit.deployment.drain import REPLICA_DRAIN_S
+from vkit.deployment.group_fit import fit_groups
 from vkit.exit_codes import CliError, UsageError
 from vkit.nginx_conf import ProxyTuning, render_nginx_conf, render_nginx_site
 from vkit.render.bundle import (
@@ -48,6 +52,7 @@ from vkit.render.bundle import (
 from vkit.render.compose import ComposeSpec
 from vkit.render.compose_cpu import CPU, CPU_KV_CACHE_GIB, is_cpu
 from vkit.render.compose_env import first_env
+from vkit.render.compose_groups import render_groups_bundle
 
 
 class ComposeArgs(BaseModel):
@@ -95,12 +100,15 @@ def register(subparsers: Any) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     compose = kinds.add_parser("compose", help="docker compose bundle for a GPU box")
-    compose.add_argument("--gpu", required=True, help="GPU type, e.g. rtx4090, or cpu")
+    compose.add_argument("--gpu", help="GPU type, e.g. rtx4090, or cpu (required)")
     compose.add_argument(
-        "--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1; with --gpu cpu: cores"
+        "--gpus", help="GPU indexes (nvidia-smi's): 0,1; with --gpu cpu: cores (required)"
     )
     compose.add_argument("--tp", type=int, help="tensor parallel: GPUs per replica (default 1)")
-    compose.add_argument("--model", required=True, help="model name (configs/models)")
+    compose.add_argument("--model", help="model name (configs/models) (required)")
+    compose.add_argument(
+        "--deployment", type=Path, help="a deployment file of several groups, instead of the above"
+    )
     compose.add_argument("--quant", default="bf16", help="bf16, fp8, awq, gptq, int8")
     target = compose.add_mutually_exclusive_group()
     target.add_argument("--concurrency", type=int, help="target concurrent requests")
@@ -132,6 +140,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_compose(args: argparse.Namespace) -> int:
+    if args.deployment is not None:
+        return run_compose_groups(args)
+    missing = [f"--{name}" for name in ("gpu", "gpus", "model") if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}")
     settings = ComposeArgs.model_validate(
         {k: v for k, v in vars(args).items() if k in ComposeArgs.model_fields and v is not None}
     )
@@ -167,22 +180,52 @@ def run_compose(args: argparse.Namespace) -> int:
     if settings.out is None:
         sys.stdout.write(files[COMPOSE_FILE])
         return 0
-    files[settings.out.name] = files.pop(COMPOSE_FILE)
+    write_compose_bundle(files, settings.out)
+    return 0
+
+
+def run_compose_groups(args: argparse.Namespace) -> int:
+    """``--deployment FILE``: every group fit first (nothing is written on an error)."""
+    given = [f"--{name}" for name in ("gpu", "gpus", "model", "tp") if getattr(args, name)]
+    given += [f"--{n}" for n in ("concurrency", "context", "routing") if getattr(args, n)]
+    given += ["--quant"] if args.quant != "bf16" else []
+    if given:
+        raise UsageError(f"--deployment states every group: drop {', '.join(given)}")
+    file = load_deployment_file(args.deployment)
+    fits = fit_groups(file)
+    command = shlex.join(["vkit", "render", "compose", "--deployment", str(args.deployment)])
+    files = render_groups_bundle(file, fits, command)
+    for fit in fits:
+        share = f", shares its GPUs with {', '.join(fit.shared_with)}" if fit.shared_with else ""
+        plan = fit.plan
+        memory = f", gpu_memory_utilization {plan.gpu_memory_utilization}" if not fit.cpu else ""
+        print(f"{fit.name}: {plan.model} on {plan.target}, max_model_len {plan.max_model_len}"
+              f"{memory}{share}", file=sys.stderr)  # fmt: skip
+    if args.out is None:
+        sys.stdout.write(files[COMPOSE_FILE])
+        return 0
+    write_compose_bundle(files, args.out)
+    return 0
+
+
+def write_compose_bundle(files: dict[str, str], out: Path) -> None:
+    """The bundle beside ``out`` (the compose file), and a first ``.env`` unless one is there."""
+    files = {**files}
+    files[out.name] = files.pop(COMPOSE_FILE)
     sources = 0
-    for path in write_bundle(files, settings.out.parent):
-        if path.is_relative_to(settings.out.parent / COPIED_SOURCES):
+    for path in write_bundle(files, out.parent):
+        if path.is_relative_to(out.parent / COPIED_SOURCES):
             sources += 1
         else:
             print(f"wrote {path}")
-    print(f"wrote {sources} files of the kit under {settings.out.parent / COPIED_SOURCES}")
-    env = settings.out.parent / ENV_FILE
+    print(f"wrote {sources} files of the kit under {out.parent / COPIED_SOURCES}")
+    env = out.parent / ENV_FILE
     if write_atomic(
         env, first_env(files[ENV_EXAMPLE_FILE], first_values()), mode=0o600, replace=False
     ):
         print(f"wrote {env} (secrets generated; fill in the empty REQUIRED values)")
     else:
         print(f"kept {env} (compare with {ENV_EXAMPLE_FILE} for new variables)")
-    return 0
 
 
 def first_values() -> dict[str, str]:

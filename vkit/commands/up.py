@@ -40,6 +40,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tls-key", type=Path, help="its key (default off loopback: a self-signed pair)"
     )
+    parser.add_argument(
+        "--deployment",
+        type=Path,
+        help="a deployment file: several models (and LoRA adapters), routed by model",
+    )
     parser.add_argument("--run-dir", type=Path, help="logs, configs, keys (default .vkit/run)")
     parser.add_argument("--nginx-bin", help="nginx binary (default: nginx on PATH)")
     parser.add_argument("--redis-bin", help="redis-server binary")
@@ -51,6 +56,8 @@ def register(subparsers: Any) -> None:
 def settings_from_args(args: argparse.Namespace) -> UpSettings:
     fields = UpSettings.model_fields
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if given.get("deployment") is not None:
+        given.setdefault("routing", "aware")
     return UpSettings(**given)
 
 

@@ -4,6 +4,10 @@ Modules:
 
 - :mod:`vkit.deployment.model`: :class:`Deployment` (replica groups, the gateway's
   settings, ports, images, drain) and :class:`ReplicaGroup` (one served model);
+- :mod:`vkit.deployment.deployment_file`: a YAML file of several groups (models, LoRA
+  adapters), read and checked with one-line errors;
+- :mod:`vkit.deployment.group_fit`: each group of such a file fit-solved on its GPUs (shared
+  GPUs split by memory);
 - :mod:`vkit.deployment.launch_args`: a replica's settings as ``vkit launch`` flags (the
   targets whose replicas run ``vkit launch``);
 - :mod:`vkit.deployment.images`: the pinned container images;

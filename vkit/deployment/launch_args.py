@@ -6,14 +6,16 @@
 Targets whose replicas run ``vkit launch`` (``vkit up``'s processes; systemd's ``vllm@``
 instances run it on a profile) pass it a :class:`~launcher.supervision.launch_spec.LaunchSettings`
 as flags: the flag of every value the settings were given, in :data:`LAUNCH_FLAGS` order,
-then the pass-through vLLM arguments after ``--``. A default left out stays ``vkit launch``'s
-own. ``vkit launch`` parses these flags back into the same settings (a test says so). The
+then the pass-through vLLM arguments after ``--`` (LoRA's flags among them: ``vkit launch`` has
+none of its own for adapters). A default left out stays ``vkit launch``'s own. ``vkit launch``
+parses these flags back into the same settings (a test says so). The
 CPU engine's KV cache size has no flag: ``vkit launch`` reads it from vLLM's own variable
 (:func:`launch_env`).
 """
 
 from __future__ import annotations
 
+from launcher.sizing.lora import lora_env, lora_flags
 from launcher.supervision.launch_spec import LaunchSettings
 
 __all__ = ["LAUNCH_FLAGS", "launch_args", "launch_env"]
@@ -50,13 +52,16 @@ def launch_args(settings: LaunchSettings) -> list[str]:
         if field not in given or value is None or value is False:
             continue
         args += [flag] if value is True else [flag, str(value)]
-    if settings.extra_args:
-        args += ["--", *settings.extra_args]
+    passed = [*(lora_flags(settings.lora) if settings.lora else []), *settings.extra_args]
+    if passed:
+        args += ["--", *passed]
     return args
 
 
 def launch_env(settings: LaunchSettings) -> dict[str, str]:
-    """The environment ``vkit launch`` reads a given value from (the CPU KV cache size)."""
-    if "kv_cache_space_gib" not in settings.model_fields_set:
-        return {}
-    return {KV_CACHE_SPACE_VAR: str(settings.kv_cache_space_gib)}
+    """The environment ``vkit launch`` reads a given value from (the CPU KV cache size), and
+    vLLM's switch for loading adapters at run time, which its engine inherits."""
+    env = lora_env(settings.lora)
+    if "kv_cache_space_gib" in settings.model_fields_set:
+        env[KV_CACHE_SPACE_VAR] = str(settings.kv_cache_space_gib)
+    return env

@@ -12,7 +12,8 @@ targets pass to ``vkit launch`` as flags (:func:`vkit.deployment.launch_args.lau
 The gateway's settings are a real :class:`~gateway.settings.GatewaySettings` value, written
 out by :func:`gateway.settings_env.settings_env` alone. Compose, systemd, Kubernetes and
 ``vkit up`` translate a deployment into their own files; none spells a value of it again.
-Only one group is rendered today; the tuple is where the next models go.
+Several groups (a deployment file, :mod:`vkit.deployment.deployment_file`) need ``aware``
+routing: the gateway sends each request to the group serving its ``model``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.settings import GatewaySettings
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet
+from launcher.sizing.lora import LoraSettings
 from launcher.sizing.memory import Quantization
 from launcher.supervision.launch_spec import LaunchSettings, plan_vllm_argv
 from vkit.deployment.drain import DrainBudget
@@ -97,6 +99,8 @@ class Deployment(BaseModel):
         ports = [port for group in self.groups for port in group.ports]
         if len(set(ports)) != len(ports):
             raise ValueError(f"two replicas on one port: {ports}")
+        if len(self.groups) > 1 and self.gateway.routing != "aware":
+            raise ValueError("several replica groups need routing aware (routed by model)")
         return self
 
     @property
@@ -106,8 +110,15 @@ class Deployment(BaseModel):
 
     @property
     def group(self) -> ReplicaGroup:
-        """The one group every target renders today."""
+        """The first group (the only one of a single-model deployment)."""
         return self.groups[0]
+
+
+def expected_models(served: list[str]) -> list[str]:
+    """The gateway's ``health.expected_models``: the one model, or with several groups none
+    (every replica must list each expected model, and each replica serves its group's only;
+    which serves which is the router's to learn from ``/v1/models``)."""
+    return served if len(served) == 1 else []
 
 
 def container_group(
@@ -121,6 +132,7 @@ def container_group(
     gpu_sets: tuple[GpuSet, ...] = (),
     replicas: int | None = None,
     load: str | None = None,
+    lora: LoraSettings | None = None,
 ) -> ReplicaGroup:
     """A group whose replicas run in containers or pods: each listens on every interface at
     :data:`~vkit.deployment.service_ports.VLLM_PORT`."""
@@ -132,5 +144,6 @@ def container_group(
         quant=quant,
         enforce_eager=enforce_eager,
         shutdown_timeout=shutdown_timeout_s,
+        lora=lora,
     )
     return ReplicaGroup(launch=launch, plan=plan, gpu_sets=gpu_sets, replicas=replicas, load=load)

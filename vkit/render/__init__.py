@@ -3,6 +3,8 @@
 - :mod:`vkit.render.compose` -- ``ComposeSpec`` -> its deployment -> the compose file as a dict
 - :mod:`vkit.render.compose_services` -- Redis, Prometheus, Grafana, DCGM services
 - :mod:`vkit.render.compose_cpu` -- its CPU variant (``--gpu cpu``): replicas on cores
+- :mod:`vkit.render.compose_groups` -- a deployment file's groups as a compose bundle (aware
+  routing to every replica of every model)
 - :mod:`vkit.render.bundle` -- every file of a compose bundle (``deploy/docker/``), the writers
 - :mod:`vkit.render.compose_env` -- the bundle's variables: ``.env.example``, a first ``.env``
 - :mod:`vkit.render.gateway_build` -- the gateway image's build context inside the bundle
@@ -17,6 +19,8 @@
 - :mod:`vkit.render.k8s_manifests` -- the base: gateway, Redis, Services, NetworkPolicies
 - :mod:`vkit.render.k8s_autoscaling` -- KEDA ScaledObject, HPA, prometheus-adapter values
 - :mod:`vkit.render.k8s_monitoring` -- PodMonitors, rules, dashboard, price rule
+- :mod:`vkit.render.k8s_groups` -- a deployment file's groups as one overlay: a StatefulSet and
+  headless Service per group, the gateway discovering each
 - :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
 
 The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the

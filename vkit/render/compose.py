@@ -38,6 +38,7 @@ without them; ``.env.example`` documents every variable.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,7 @@ from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.checkpoints import checkpoint_for
 from launcher.sizing.fit import FitPlan
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
+from launcher.sizing.lora import lora_env
 from vkit.deployment import Deployment, DrainBudget, Images, ReplicaGroup
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S, REPLICA_DRAIN_S
 from vkit.deployment.images import COMPOSE_GATEWAY_IMAGE, from_env
@@ -152,8 +154,24 @@ class HealthPolicy(BaseModel):
 REPLICA_HEALTH = HealthPolicy()
 
 
-def replica_service_name(gpu_set: GpuSet) -> str:
-    return f"vllm-{gpu_set.name}"
+def replica_service_name(gpu_set: GpuSet, group: str | None = None) -> str:
+    """``vllm-<set>``; with several groups, ``vllm-<group>-<set>`` (:func:`group_slug`)."""
+    return f"vllm-{gpu_set.name}" if group is None else f"vllm-{group_slug(group)}-{gpu_set.name}"
+
+
+def group_slug(served_model: str) -> str:
+    """A served name as a service and variable name part: ``Llama.3/Chat`` -> ``llama-3-chat``."""
+    return re.sub(r"[^a-z0-9]+", "-", served_model.lower()).strip("-") or "model"
+
+
+def replica_services(deployment: Deployment) -> list[tuple[str, ReplicaGroup, GpuSet]]:
+    """Every replica's service name, its group and its GPU set (or core)."""
+    several = len(deployment.groups) > 1
+    return [
+        (replica_service_name(gpu_set, group.served_model if several else None), group, gpu_set)
+        for group in deployment.groups
+        for gpu_set in group.gpu_sets
+    ]
 
 
 def compose_deployment(spec: ComposeSpec, plan: FitPlan) -> Deployment:
@@ -191,15 +209,14 @@ def build_compose(spec: ComposeSpec, plan: FitPlan) -> dict[str, Any]:
 
 
 def compose_file(deployment: Deployment) -> dict[str, Any]:
-    """The compose file of a deployment (its one replica group rendered)."""
-    group = deployment.group
+    """The compose file of a deployment: every replica of every group, then the rest."""
     services: dict[str, Any] = {}
-    for gpu_set in group.gpu_sets:
+    for name, group, gpu_set in replica_services(deployment):
         service = vllm_service(deployment, group, gpu_set)
         if group.launch.cpu:  # cores, not GPUs: the CPU engine image runs vkit launch --cpu
             image = deployment.images.vllm_cpu
             service = cpu_replica(service, group, gpu_set, hf_home=VLLM_HF_HOME, image=image)
-        services[replica_service_name(gpu_set)] = service
+        services[name] = service
     if deployment.routing == "round_robin":  # aware: the gateway reaches the replicas itself
         services["nginx"] = nginx_service(deployment)
     services["gateway"] = gateway_service(deployment)
@@ -208,7 +225,7 @@ def compose_file(deployment: Deployment) -> dict[str, Any]:
     services["redis"] = redis_service()
     services["prometheus"] = prometheus_service()
     services["grafana"] = grafana_service()
-    if not group.launch.cpu:
+    if not all(group.launch.cpu for group in deployment.groups):
         services["dcgm-exporter"] = dcgm_service()
     services["alertmanager"] = alertmanager_service()
     for service in services.values():  # each image can be pointed elsewhere from .env
@@ -279,7 +296,7 @@ def vllm_service(deployment: Deployment, group: ReplicaGroup, gpu_set: GpuSet) -
         "image": deployment.images.vllm,
         "entrypoint": supervisor_entrypoint(policy),
         "command": group.vllm_argv(engine=[]),
-        "environment": vllm_environment(gpu_set),
+        "environment": {**vllm_environment(gpu_set), **lora_env(group.launch.lora)},
         # Docker's init is PID 1: it reaps vLLM's worker processes and passes the stop
         # signal to the supervisor, which passes it to vLLM and waits for its drain.
         "init": True,
@@ -361,7 +378,7 @@ def gateway_depends_on(deployment: Deployment) -> dict[str, Any]:
     if deployment.routing == "round_robin":
         upstreams: dict[str, Any] = {"nginx": {"condition": "service_healthy"}}
     else:
-        names = [replica_service_name(gpu_set) for gpu_set in deployment.group.gpu_sets]
+        names = [name for name, _, _ in replica_services(deployment)]
         upstreams = {name: {"condition": "service_started"} for name in names}
     return {**upstreams, "redis": {"condition": "service_healthy"}}
 

@@ -2,6 +2,8 @@
 
 - :mod:`vkit.stack.up_settings` -- ``UpSettings`` (the edge: flags and ``VKIT_UP_*``)
 - :mod:`vkit.stack.stack_plan` -- pure ``plan_stack``: settings -> process specs
+- :mod:`vkit.stack.stack_groups` -- pure ``plan_groups_stack``: a deployment file's groups ->
+  process specs (``vkit up --deployment``)
 - :mod:`vkit.stack.specs` -- plain data: what each process runs, and when it is ready
 - :mod:`vkit.stack.processes` -- ``ProcessGroup``: start, bounded readiness, stop all
 - :mod:`vkit.stack.ready_checks` -- a process's readiness checks, each one bounded call

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from launcher.supervision.tiny_model import build_tiny_model
+from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
+from vkit.deployment.deployment_file import load_deployment_file
+from vkit.deployment.group_fit import GroupFit, fit_groups
 from vkit.edge_cert import CertificateError, ensure_certificate
 from vkit.exit_codes import CliError
 from vkit.stack.banner import render_banner
@@ -29,6 +31,7 @@ from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
 from vkit.stack.processes import ProcessGroup
 from vkit.stack.restarts import ReplicaKeeper, RestartPolicy
+from vkit.stack.stack_groups import plan_groups_stack, served_names
 from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
 from vkit.stack.up_settings import UpSettings
 
@@ -41,19 +44,33 @@ def _say(text: str) -> None:
 
 
 def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.executable) -> int:
+    fits: list[GroupFit] = []
+    if settings.deployment is not None:  # every group fit before anything starts
+        fits = fit_groups(load_deployment_file(settings.deployment))
+        replicas = sum(len(fit.gpu_sets) for fit in fits)
+        settings = settings.model_copy(update={"replicas": replicas})
     check_binaries(settings)
     ports = resolve_ports(settings)
     layout = StackLayout(settings.run_dir)
     prepare_run_dir(layout)
-    model_path = resolve_model(settings, layout, say)
-    plan = plan_stack(
-        settings, ports, layout, model_path=model_path, python=python, cpu_count=os.cpu_count() or 1
-    )
+    cpus = os.cpu_count() or 1
+    if fits:
+        paths = group_model_paths(fits, layout, say)
+        plan = plan_groups_stack(
+            settings, fits, ports, layout, model_paths=paths, python=python, cpu_count=cpus
+        )
+        models = served_names(fits)
+    else:
+        model_path = resolve_model(settings, layout, say)
+        plan = plan_stack(
+            settings, ports, layout, model_path=model_path, python=python, cpu_count=cpus
+        )
+        models = [plan.model_name]
     layout.nginx_conf.write_text(plan.nginx_conf)
     if plan.edge_conf is not None:
         prepare_edge(settings, layout, say)
         layout.edge_conf.write_text(plan.edge_conf)
-    secret = add_demo_key(layout.keys_file, DEMO_KEY_NAME, settings.demo_key, [plan.model_name])
+    secret = add_demo_key(layout.keys_file, DEMO_KEY_NAME, settings.demo_key, models)
     group = ProcessGroup()
     try:
         with _sigterm_as_interrupt():
@@ -143,6 +160,15 @@ def resolve_model(settings: UpSettings, layout: StackLayout, say: Say) -> str:
         return settings.model
     say(f"vkit up: preparing the built-in tiny model in {layout.tiny_model_dir} ...")
     return str(build_tiny_model(layout.tiny_model_dir).resolve())
+
+
+def group_model_paths(fits: list[GroupFit], layout: StackLayout, say: Say) -> dict[str, str]:
+    """What each group's replicas load: the built-in tiny model built here, else as given."""
+    paths = {fit.name: fit.entry.model for fit in fits}
+    if any(model == TINY_MODEL_NAME for model in paths.values()):
+        tiny = resolve_model(UpSettings(), layout, say)
+        paths = {name: tiny if model == TINY_MODEL_NAME else model for name, model in paths.items()}
+    return paths
 
 
 def start_and_wait(group: ProcessGroup, plan: StackPlan, settings: UpSettings, say: Say) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.gpu_sets import GpuSet
+from launcher.sizing.lora import lora_env
 from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup
 from vkit.deployment.launch_args import launch_args
@@ -255,7 +256,7 @@ def replica_env(
         # PCI bus order: the index is the GPU nvidia-smi and DCGM call so (CUDA: fastest first)
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": gpus}
     env["PYTHONUNBUFFERED"] = "1"  # the log tail shown on failure is up to date
-    return env
+    return {**env, **lora_env(group.launch.lora)}
 
 
 def replica_spec(

@@ -9,7 +9,9 @@ On any address but loopback (``--host 0.0.0.0``) the port is the edge's: NGINX w
 and body timeouts, per-client connection limits and TLS (``--tls-cert``/``--tls-key``, else a
 self-signed pair made once in the run directory's ``tls/``), the gateway behind it on
 loopback (docs/edge.md). ``--edge`` puts it in front on loopback too (plain HTTP unless a
-certificate is given); ``--no-edge`` leaves the gateway facing clients.
+certificate is given); ``--no-edge`` leaves the gateway facing clients. ``--deployment FILE``
+runs a deployment file's groups instead of one model (:mod:`vkit.stack.stack_groups`), routed
+``aware``.
 """
 
 from __future__ import annotations
@@ -80,9 +82,19 @@ class UpSettings(BaseSettings):
     )
     tls_cert: Path | None = Field(default=None, description="the edge's certificate (PEM)")
     tls_key: Path | None = Field(default=None, description="its private key (PEM)")
+    deployment: Path | None = Field(
+        default=None, description="a deployment file of several groups (docs/deployment-file.md)"
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> UpSettings:
+        if self.deployment is not None:
+            stated = ("model", "gpu", "served_model_name", "max_model_len", "replicas")
+            given = [f"--{f.replace('_', '-')}" for f in stated if f in self.model_fields_set]
+            if given:
+                raise ValueError(f"--deployment states every group: drop {', '.join(given)}")
+            if self.replica_ports is not None or self.routing != "aware":
+                raise ValueError("--deployment routes aware over free replica ports")
         if self.gpu is not None and self.model is None:
             raise ValueError("--gpu needs --model (the tiny model is for CPU demos)")
         if self.replica_ports is not None and len(self.replica_ports) != self.replicas:

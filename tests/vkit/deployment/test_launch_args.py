@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import vkit.deployment.launch_args as launch_args_module
+from launcher.sizing.lora import RUNTIME_LORA_VAR, LoraAdapter, LoraSettings, lora_flags
 from launcher.supervision.launch_spec import LaunchSettings
 from launcher.supervision.profiles import LaunchEnvironment
 from vkit.cli import build_parser
@@ -52,7 +53,7 @@ def test_only_the_values_given_become_flags_in_one_order() -> None:
 
 def test_every_launch_setting_has_a_flag_or_a_variable() -> None:
     """A new LaunchSettings field must be given a flag here (or vkit up would drop it)."""
-    by_env_or_extra = {"kv_cache_space_gib", "extra_args"}
+    by_env_or_extra = {"kv_cache_space_gib", "extra_args", "lora"}
     flagged = {field for field, _ in LAUNCH_FLAGS}
     assert flagged | by_env_or_extra == set(LaunchSettings.model_fields)
     assert not flagged & by_env_or_extra
@@ -61,3 +62,14 @@ def test_every_launch_setting_has_a_flag_or_a_variable() -> None:
 def test_launch_args_module_examples() -> None:
     failures, tried = doctest.testmod(launch_args_module)
     assert tried > 0 and failures == 0
+
+
+def test_lora_travels_as_vllm_flags_after_the_separator_and_its_switch_as_a_variable() -> None:
+    lora = LoraSettings(
+        adapters=(LoraAdapter(name="sql", source="/run/sql", rank=8),), runtime_updates=True
+    )
+    settings = LaunchSettings(model="m", lora=lora, extra_args=("--seed", "7"))
+    assert launch_args(settings) == ["--model", "m", "--", *lora_flags(lora), "--seed", "7"]
+    assert launch_env(settings) == {RUNTIME_LORA_VAR: "True"}
+    back = parsed_back(settings)
+    assert back.extra_args == (*lora_flags(lora), "--seed", "7")
