@@ -57,6 +57,7 @@ REASONS = (AFFINITY, LOAD_SPILL, LEAST_LOADED, FALLBACK)
 OVERLOADED_CODE = "replicas_overloaded"
 OVERLOADED_RETRY_AFTER_S = 1
 _MAX_RINGS = 64  # rings kept, one per member set (model groups, replicas coming and going)
+_MAX_TURNS = 1024  # models whose turns among equally loaded replicas are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ class AwareRouter:
             if settings.key_table_size
             else None
         )
-        self._turn = 0
+        self._turns: dict[str | None, int] = {}  # model -> its next turn among equals
         self._decisions: dict[str, Any] = {}
 
     def views(self, upstreams: list[Upstream]) -> dict[str, LoadView]:
@@ -167,7 +168,7 @@ class AwareRouter:
         settings = self.settings
         by_label = {u.label: u for u in ready}
         if key is None:
-            order, reason = self._least_loaded(ready, views), LEAST_LOADED
+            order, reason = self._least_loaded(ready, views, model), LEAST_LOADED
         else:
             walk = self._ring_of(ready).walk(key)
             if self.keys is not None:
@@ -191,9 +192,14 @@ class AwareRouter:
             )
         self.pool.mark_down(upstream)
 
-    def _least_loaded(self, ready: list[Upstream], views: Mapping[str, LoadView]) -> list[Upstream]:
-        turn = self._turn % len(ready)
-        self._turn = turn + 1
+    def _least_loaded(
+        self, ready: list[Upstream], views: Mapping[str, LoadView], model: str | None
+    ) -> list[Upstream]:
+        turns = self._turns
+        if len(turns) >= _MAX_TURNS and model not in turns:  # adapters came and went
+            turns.clear()
+        turn = turns.get(model, 0) % len(ready)
+        turns[model] = turn + 1
         rotated = ready[turn:] + ready[:turn]  # equal scores: taken in turn (a stable sort)
         return sorted(rotated, key=lambda u: views[u.label].score)
 
