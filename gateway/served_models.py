@@ -18,10 +18,11 @@ name once, only the names a key may use.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from launcher.supervision.readiness import model_cards
 
 Card = Mapping[str, Any]
 
@@ -44,17 +45,10 @@ NOTHING = ServedModels()
 
 def read_served(body: bytes | None) -> ServedModels | None:
     """The cards of a ``/v1/models`` answer, or ``None`` when it is not a model list."""
-    if body is None:
+    cards = model_cards(body) if body is not None else None
+    if cards is None:
         return None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
-    data = parsed.get("data") if isinstance(parsed, dict) else None
-    if not isinstance(data, list):
-        return None
-    cards = tuple(c for c in data if isinstance(c, dict) and isinstance(c.get("id"), str))
-    return ServedModels(cards, frozenset(c["id"] for c in cards))
+    return ServedModels(tuple(cards), frozenset(c["id"] for c in cards))
 
 
 def listing(served: Iterable[ServedModels], allowed: Collection[str] = ()) -> dict[str, Any]:

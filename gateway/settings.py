@@ -295,14 +295,7 @@ class DiscoverySettings(BaseModel):
     @field_validator("dns_names", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                try:
-                    return json.loads(value)
-                except ValueError:
-                    raise ValueError("not a JSON list of names") from None
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return json_or_comma_list(value, "names")
 
     @field_validator("dns_names")
     @classmethod
@@ -327,6 +320,19 @@ class DiscoverySettings(BaseModel):
             if target not in targets:
                 targets.append(target)
         return targets
+
+
+def json_or_comma_list(value: object, what: str) -> object:
+    """A list given as one string (an environment variable): a JSON list, or the parts
+    between commas; anything else as it is."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(f"not a JSON list of {what}") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def dns_target(entry: str, default_port: int) -> tuple[str, int]:
@@ -429,14 +435,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                try:
-                    return json.loads(value)
-                except ValueError:
-                    raise ValueError("not a JSON list of URLs") from None
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return json_or_comma_list(value, "URLs")
 
     @model_validator(mode="after")
     def _one_key_never_takes_every_slot(self) -> GatewaySettings:
