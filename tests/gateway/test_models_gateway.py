@@ -7,6 +7,8 @@ once a probe has seen it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,15 +26,28 @@ def chat(model: str, system: str = "Be brief.") -> dict[str, Any]:
     return {"model": model, "messages": messages, "max_tokens": 2}
 
 
+@contextlib.asynccontextmanager
+async def serving(*scripts: Script) -> AsyncIterator[list[ScriptedUpstream]]:
+    """Replicas that follow ``scripts``, stopped at the end."""
+    replicas = [ScriptedUpstream(script) for script in scripts]
+    try:
+        for replica in replicas:
+            await replica.start()
+        yield replicas
+    finally:
+        for replica in replicas:
+            await replica.stop()
+
+
+@contextlib.asynccontextmanager
 async def two_models(
     start: GatewayFactory, routing: str, **overrides: Any
-) -> tuple[ServedGateway, ScriptedUpstream, ScriptedUpstream]:
+) -> AsyncIterator[tuple[ServedGateway, ScriptedUpstream, ScriptedUpstream]]:
     """A gateway in front of one replica of ``chat-a`` and one of ``chat-b``."""
-    a = await ScriptedUpstream(Script(models=["chat-a"], name="a")).start()
-    b = await ScriptedUpstream(Script(models=["chat-b"], name="b")).start()
-    fields: dict[str, Any] = {"routing": routing, "router": {"scrape_interval": 0.1}}
-    gw = await start(upstreams=[a.url, b.url], **(fields | overrides))
-    return gw, a, b
+    scripts = Script(models=["chat-a"], name="a"), Script(models=["chat-b"], name="b")
+    async with serving(*scripts) as (a, b):
+        fields: dict[str, Any] = {"routing": routing, "router": {"scrape_interval": 0.1}}
+        yield await start(upstreams=[a.url, b.url], **(fields | overrides)), a, b
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -47,8 +62,7 @@ async def post(gw: ServedGateway, body: dict[str, Any], **headers: str) -> httpx
 async def test_each_request_goes_to_a_replica_serving_its_model(
     start_gateway: GatewayFactory, routing: str
 ) -> None:
-    gw, a, b = await two_models(start_gateway, routing)
-    try:
+    async with two_models(start_gateway, routing) as (gw, a, b):
         for model in ["chat-a", "chat-b"] * 4:
             answer = await post(gw, chat(model))
             assert answer.status_code == 200, answer.text
@@ -57,22 +71,18 @@ async def test_each_request_goes_to_a_replica_serving_its_model(
         assert [r.json()["replica"] for r in long_prompt] == ["b"] * 3
         assert {body["model"] for body in a.bodies} == {"chat-a"}
         assert {body["model"] for body in b.bodies} == {"chat-b"}
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_models_lists_the_union_with_each_adapters_parent_and_a_keys_grants(
     start_gateway: GatewayFactory,
 ) -> None:
-    a = await ScriptedUpstream(Script(models=["chat-a"], adapters={"support": "chat-a"})).start()
-    b = await ScriptedUpstream(Script(models=["chat-b"])).start()
     keys = {
         "all": Key("alice"),
         "base": Key("bob", models=["chat-a"]),  # the base alone: not its adapters
         "lora": Key("carol", models=["support"]),
     }
-    try:
+    scripts = Script(models=["chat-a"], adapters={"support": "chat-a"}), Script(models=["chat-b"])
+    async with serving(*scripts) as (a, b):
         gw = await start_gateway(upstreams=[a.url, b.url], keys=keys)
         listed = (await gw.client.get("/v1/models", headers=bearer("all"))).json()
         cards = {m["id"]: m for m in listed["data"]}
@@ -89,14 +99,10 @@ async def test_models_lists_the_union_with_each_adapters_parent_and_a_keys_grant
         assert [body["model"] for body in a.bodies] == ["support"]
         labels = {"key": "carol", "model": "support", "status": "200"}
         assert gw.metric("vkit_gateway_requests_total", labels) == 1
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_name_no_upstream_serves_is_vllms_404(start_gateway: GatewayFactory) -> None:
-    gw, a, b = await two_models(start_gateway, "aware")
-    try:
+    async with two_models(start_gateway, "aware") as (gw, a, b):
         answer = await post(gw, chat("chat-c"))
         assert answer.status_code == 404
         error = answer.json()["error"]
@@ -105,17 +111,13 @@ async def test_a_name_no_upstream_serves_is_vllms_404(start_gateway: GatewayFact
         assert a.bodies == [] and b.bodies == []
         labels = {"key": "alice", "model": "other", "status": "404"}
         assert gw.metric("vkit_gateway_requests_total", labels) == 1
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 @pytest.mark.parametrize("routing", ["round_robin", "aware"])
 async def test_a_model_whose_replicas_are_down_is_a_503_while_the_other_serves(
     start_gateway: GatewayFactory, routing: str
 ) -> None:
-    gw, a, b = await two_models(start_gateway, routing, health={"interval": 0.1})
-    try:
+    async with two_models(start_gateway, routing, health={"interval": 0.1}) as (gw, _a, b):
         pool = gw.app.running.pool
         b.script.health_status = 503
         await wait_until(lambda: not pool.any_ready_for("chat-b"))
@@ -127,17 +129,13 @@ async def test_a_model_whose_replicas_are_down_is_a_503_while_the_other_serves(
         listed = (await gw.client.get("/v1/models", headers=AUTH)).json()
         assert sorted(m["id"] for m in listed["data"]) == ["chat-a", "chat-b"]  # still known
         assert b.bodies == []
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_request_is_held_for_its_own_models_replica(
     start_gateway: GatewayFactory,
 ) -> None:
-    hold = {"max_wait": 5.0, "probe_interval": 0.05}
-    gw, a, b = await two_models(start_gateway, "aware", hold=hold, health={"interval": 0.1})
-    try:
+    settings = {"hold": {"max_wait": 5.0, "probe_interval": 0.05}, "health": {"interval": 0.1}}
+    async with two_models(start_gateway, "aware", **settings) as (gw, _a, b):
         pool = gw.app.running.pool
         b.script.health_status = 503
         await wait_until(lambda: not pool.any_ready_for("chat-b"))
@@ -148,16 +146,12 @@ async def test_a_request_is_held_for_its_own_models_replica(
         answer = await held
         assert answer.status_code == 200, answer.text
         assert answer.json()["replica"] == "b"
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_an_adapter_loaded_at_run_time_is_routed_to_from_the_next_probe(
     start_gateway: GatewayFactory,
 ) -> None:
-    gw, a, b = await two_models(start_gateway, "aware", health={"interval": 0.1})
-    try:
+    async with two_models(start_gateway, "aware", health={"interval": 0.1}) as (gw, _a, b):
         assert (await post(gw, chat("fresh-lora"))).status_code == 404
         b.script.adapters["fresh-lora"] = "chat-b"  # POST /v1/load_lora_adapter on b
         pool = gw.app.running.pool
@@ -167,9 +161,6 @@ async def test_an_adapter_loaded_at_run_time_is_routed_to_from_the_next_probe(
         del b.script.adapters["fresh-lora"]  # unloaded
         await wait_until(lambda: "fresh-lora" not in pool.known_models())
         assert (await post(gw, chat("fresh-lora"))).status_code == 404
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 # vLLM 0.32's routes that change or reveal a replica (entrypoints/serve/*/api_router.py).
