@@ -237,5 +237,5 @@ def test_each_name_is_answered_by_the_replica_that_serves_it(
     name = "vkit_gateway_requests_total"
     counted = {m: sample_sum(metrics, name, model=m, status="200") for m in NAMES}
     assert counted == {"tiny-a": 3, "tiny-b": 4, "static-lora": 2, "runtime-lora": 1}
-    missing = sample_sum(metrics, name, model="runtime-lora", status="404")
-    assert missing == 1
+    # Before it was loaded no upstream served it: that 404 is counted under "other".
+    assert sample_sum(metrics, name, model="other", status="404") == 1
