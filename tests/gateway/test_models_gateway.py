@@ -203,3 +203,15 @@ async def test_no_admin_route_of_vllm_is_reachable_through_the_public_port(
         assert answer.status_code == 404, route
         assert answer.json()["error"]["type"] == "not_found_error", route
     assert upstream.hits == hits  # none went upstream
+
+
+async def test_the_canary_asks_a_base_model_never_an_adapter(
+    start_gateway: GatewayFactory,
+) -> None:
+    """``min()`` of the names would pick the adapter ``a-lora`` (it sorts before ``base``)."""
+    script = Script(models=["base"], adapters={"a-lora": "base"})
+    async with serving(script) as (replica,):
+        canary = {"interval": 0.05, "timeout": 0.5, "canary_interval": 0.05, "canary_timeout": 0.5}
+        gw = await start_gateway(upstreams=[replica.url], health=canary)
+        await wait_until(lambda: gw.app.running.pool.any_ready)
+        assert {body["model"] for body in replica.bodies} == {"base"}
