@@ -33,7 +33,8 @@ Modules:
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
 - :mod:`.billing` -- the tokens a request is billed, settled on its lease;
 - :mod:`.client` -- the upstream HTTP client seam (aiohttp);
-- :mod:`.upstreams` -- the upstream pool and each upstream's readiness;
+- :mod:`.upstreams` -- the upstream pool, each upstream's readiness and what it serves;
+- :mod:`.served_models` -- the names an upstream serves (base models, LoRA adapters);
 - :mod:`.health` -- background readiness probing of the upstreams;
 - :mod:`.errors` -- the one error hierarchy, rendered as the OpenAI envelope;
 - :mod:`.metrics` -- the gateway's Prometheus metrics on an injected registry;

@@ -5,12 +5,14 @@ request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 
 key past its requests, at its concurrency or out of tokens, 429), before the body is read;
 the body size (413), its JSON values (``max_body_values``, ``max_body_containers``, 400,
 before the parse), the JSON fields (400), the key's allowed models (403) and the served
-models (404), the fan-out bounds (400, :func:`gateway.caps.check_fan_out`), the prompt
-count (within a time budget, large bodies off the event loop: :mod:`gateway.prompt_budget`),
-the token cap (400 when ``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound
-(503 ``gateway_busy`` with ``Retry-After``, ``max_in_flight``), then the limiter reserves
-the estimated prompt tokens plus the effective ``max_tokens`` for every completion asked
-for (``n``, ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
+models (404: base models and LoRA adapters, as the upstreams list them; the request then
+goes only to upstreams serving its ``model``, ``Admitted.route_model``), the fan-out bounds
+(400, :func:`gateway.caps.check_fan_out`), the prompt count (within a time budget, large
+bodies off the event loop: :mod:`gateway.prompt_budget`), the token cap (400 when
+``caps.over_cap`` is ``reject``), the gateway-wide in-flight bound (503 ``gateway_busy``
+with ``Retry-After``, ``max_in_flight``), then the limiter reserves the estimated prompt
+tokens plus the effective ``max_tokens`` for every completion asked for (``n``,
+``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
 With ``routing: aware`` the router's affinity key is read from the parsed body once
 admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
 The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
@@ -48,6 +50,7 @@ from gateway.settings import CapSettings
 from gateway.upstreams import UpstreamPool
 
 ANONYMOUS = "anonymous"
+OTHER_MODEL = "other"  # the metric label of a name no upstream serves
 
 
 class KeyLike(FanOutLimits, Protocol):
@@ -97,6 +100,9 @@ class Admitted:
     include_chunk_usage: bool = False  # whether the client asked for usage on every chunk
     choices: int = 1  # completions per prompt (n): how a stream's choices map to prompts
     route_key: int | None = None  # the router's affinity key, read from the parsed body
+    # The served name (base model or adapter) whose upstreams the request may go to;
+    # None: any upstream (no upstream has listed what it serves yet).
+    route_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +159,7 @@ class Gate:
 
     def model_label(self, model: str) -> str:
         """A bounded metric label: a served model's name, else ``other``."""
-        return model if model in self.pool.known_models() else "other"
+        return model if model in self.pool.known_models() else OTHER_MODEL
 
     async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
         key = self.authenticate(request)
@@ -166,7 +172,9 @@ class Gate:
             max_values=self.max_body_values,
             max_containers=self.max_body_containers,
         )
-        label = answer_labels(request.scope).model = self.model_label(body.model)
+        known = self.pool.known_models()
+        served = body.model in known
+        label = answer_labels(request.scope).model = body.model if served else OTHER_MODEL
         self.check_model(key, body.model)
         check_fan_out(body, key, self.caps)
         counting = self.count_budget.count(self.prompt_counter, body.data, len(received))
@@ -201,15 +209,18 @@ class Gate:
             include_chunk_usage=body.include_chunk_usage,
             choices=body.choices,
             route_key=route_key,
+            route_model=body.model if served else None,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:
+        """The key's grants (403), then the served names (404, as vLLM words it). A grant
+        names a base model or an adapter; a base's grant is not its adapters'."""
         if key is not None and key.models and model not in key.models:
             raise PermissionDenied(f"this key may not use model '{model}'", param="model")
         known = self.pool.known_models()
         if known and model not in known:
             raise NotFound(
-                f"model '{model}' is not served here", param="model", code="model_not_found"
+                f"The model `{model}` does not exist.", param="model", code="model_not_found"
             )
 
     def refuse_early(self, key: KeyLike | None, key_name: str) -> None:

@@ -8,9 +8,12 @@ background upstream prober (and, per the ``routing`` and ``discovery`` settings,
 scraper and discovery of :mod:`gateway.routing`), then the clients closed.
 
 Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``GET /v1/models`` (only the key's models; one request of the key's limits), ``/livez`` and
-a bare ``/readyz`` (status only). Any other path is a 404 envelope: vLLM's operational
-routes are never forwarded. Every answer is counted by :mod:`gateway.accounting`.
+``GET /v1/models`` (the union of what the upstreams serve, base models and LoRA adapters,
+only the key's models; one request of the key's limits), ``/livez`` and a bare ``/readyz``
+(status only). Any other path is a 404 envelope: vLLM's operational routes (loading and
+unloading adapters, ``/sleep``, ``/collective_rpc``, ...) are never forwarded; an operator
+calls them on the replica itself (docs/gateway-models.md). Every answer is counted by
+:mod:`gateway.accounting`.
 
 :func:`create_admin_app` builds the admin listener's app (``GatewaySettings.admin_host`` and
 ``admin_port``): ``/metrics``, ``/readyz`` with each upstream's state, ``/openapi.json``

@@ -15,7 +15,7 @@
    exchange's metrics.
 
 Every proxied route takes this path; ``GET /v1/models`` as :class:`ModelListing`, an
-exchange whose answer is the key's part of the list. What admission learned is the
+exchange whose answer is the key's part of the upstreams' lists. What admission learned is the
 :class:`gateway.admission.Admitted` record; what the exchange
 produced is its :class:`Outcome`. Timeouts (``GatewaySettings.timeouts``): no response head
 within ``first_byte`` (or by the ``total`` deadline) -> 504 envelope; during a stream, a gap
@@ -23,7 +23,7 @@ over ``idle`` or the ``total`` deadline -> an ``data: {"error": ...}`` event and
 ``data: [DONE]``. A client that takes no write within ``client_write``, or within a second
 past the ``total`` deadline, is given up on: status 499 and ``client_write_timeouts``.
 ``total`` so bounds the whole request, from admission to the last write: the key's slot is
-free by then (and that second); a model list not read whole by then is a 504. Every way,
+free by then (and that second). Every way,
 the upstream connection is closed, so vLLM aborts, and the key is billed what was relayed.
 """
 
@@ -41,13 +41,13 @@ from starlette.types import Receive, Scope, Send
 from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
-from gateway.client import UpstreamBroken, UpstreamResponse
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.client import UpstreamResponse
+from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.relay import Relay, WriteWatch
+from gateway.served_models import listing
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
 from gateway.usage_meter import StreamMeter, Usage
-from launcher.supervision.readiness import model_ids
 
 log = logging.getLogger("vkit.gateway.exchange")
 
@@ -163,6 +163,7 @@ class Exchange(Response):
                 admitted.body,
                 admitted.route_key,
                 admitted.key_name,
+                admitted.route_model,
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began
@@ -180,33 +181,29 @@ class Exchange(Response):
 
 
 class ModelListing(Exchange):
-    """``GET /v1/models`` through the same exchange: the upstream's list, read whole (by the
-    ``total`` deadline, else a 504), with only the key's models (``Admitted.allowed_models``)
-    when it names any. An answer that is not a 200 or not a model list is a 502. Not
-    metered: the lease is settled with 0."""
+    """``GET /v1/models`` through the same exchange: the union of what every upstream of
+    the pool lists (base models and LoRA adapters with their ``parent``, as the prober last
+    read them: :mod:`gateway.served_models`), only the key's models
+    (``Admitted.allowed_models``) when it names any. No upstream is asked: the list is the
+    one the router routes by. While no upstream is ready the request is held, or refused
+    with a 503, as any other. Not metered: the lease is settled with 0."""
 
     metered = False
 
-    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
+    async def _run(self, relay: Relay) -> None:
+        forwarder = self.forwarder
+        pool = forwarder.pool
         try:
-            async with asyncio.timeout(max(deadline - self.forwarder.clock(), 0.001)):
-                body = await response.read()
-        except TimeoutError:
-            response.abort()
-            await relay.error(UpstreamTimeout("the upstream's model list did not end in time"))
+            if forwarder.hold is not None:
+                await forwarder.hold.until_ready()
+            elif pool.none_can_serve:
+                raise UpstreamUnavailable("no upstream is ready; retry shortly")
+        except GatewayError as exc:
+            await relay.error(exc)
             return
-        except UpstreamBroken:
-            body = b""
-        if response.status != 200 or model_ids(body) is None:
-            await relay.error(UpstreamError("the upstream's model list could not be read"))
-            return
-        listing = json.loads(body)
-        allowed = self.admitted.allowed_models
-        if allowed:
-            listing["data"] = [
-                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
-            ]
-        await relay.whole(200, b"application/json", _json_bytes(listing))
+        served = sorted(pool.upstreams, key=lambda u: not u.ready)  # ready ones' cards first
+        body = listing((u.served for u in served), self.admitted.allowed_models)
+        await relay.whole(200, b"application/json", _json_bytes(body))
 
     async def _settle(self) -> None:
         try:

@@ -20,6 +20,11 @@ have their own: ``vkit_gateway_canary_seconds{upstream}`` and
 Nothing stops the probing: any answer (a body that breaks off, a head that is not HTTP, a
 reset, silence) and any fault of a probe is a "not ready" verdict for that upstream alone,
 logged once when its state changes.
+
+The model list read for readiness is also what the upstream serves: its base models and
+LoRA adapters (:mod:`gateway.served_models`), recorded in the pool for routing by ``model``
+and the gateway's own ``/v1/models``; an adapter loaded on a replica at run time is routed
+to from the next probe on. The canary asks a base model.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from gateway.client import (
     UpstreamConnectError,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.served_models import ServedModels, read_served
 from gateway.settings import HealthSettings
 from gateway.upstreams import Upstream, UpstreamPool
 from launcher.supervision.readiness import HEALTH_PATH, MODELS_PATH, ReadinessCheck, Verdict
@@ -86,9 +92,9 @@ class UpstreamProber:
             await asyncio.sleep(min(step, left))
 
     def _interval(self) -> float:
-        """``health.interval``; ``holding_interval`` while requests wait for a ready one."""
-        held = self.pool.waiting and not self.pool.any_ready
-        if held and self.holding_interval is not None:
+        """``health.interval``; ``holding_interval`` while requests wait for a ready one
+        (of their model: others may be ready meanwhile)."""
+        if self.pool.waiting and self.holding_interval is not None:
             return min(self.settings.interval, self.holding_interval)
         return self.settings.interval
 
@@ -104,10 +110,10 @@ class UpstreamProber:
         would refuse every request for a whole interval. An answer that says not ready,
         or a refused connection, counts at once."""
         try:
-            verdict, answered = await self.judge(upstream)
+            verdict, answered, served = await self.judge(upstream)
         except Exception as exc:  # a fault in one probe must not end the probing of any
             reason = f"the probe failed ({type(exc).__name__}: {exc})"
-            self._record(upstream, Verdict(False, frozenset(), reason), exc)
+            self._record(upstream, Verdict(False, frozenset(), reason), None, exc)
             return
         label = upstream.label
         if not verdict.ready and not answered and upstream.ready:
@@ -123,28 +129,41 @@ class UpstreamProber:
                 )
                 return
         self._misses.pop(label, None)
-        self._record(upstream, verdict)
+        self._record(upstream, verdict, served)
 
-    async def judge(self, upstream: Upstream) -> tuple[Verdict, bool]:
-        """The readiness rule's verdict, and the canary's when it is on; and whether it
-        rests on an answer (False: nothing came back in time, or it broke off)."""
-        verdict, answered = await self._readiness(upstream)
+    async def judge(self, upstream: Upstream) -> tuple[Verdict, bool, ServedModels | None]:
+        """The readiness rule's verdict, and the canary's when it is on; whether it rests
+        on an answer (False: nothing came back in time, or it broke off); and the model
+        cards the upstream listed (``None``: no model list)."""
+        verdict, answered, served = await self._readiness(upstream)
         if self.settings.canary_interval is None:
-            return verdict, answered
+            return verdict, answered, served
         if not verdict.ready:
             self._canary_passed_at.pop(upstream.label, None)
-            return verdict, answered
+            return verdict, answered, served
         passed_at = self._canary_passed_at.get(upstream.label)
         if passed_at is not None and self.clock() - passed_at < self.settings.canary_interval:
-            return verdict, True
-        failure = await self._canary(upstream, min(self.check.expected_models or verdict.models))
+            return verdict, True, served
+        failure = await self._canary(upstream, self._canary_model(verdict, served))
         if failure is not None:
             self._canary_passed_at.pop(upstream.label, None)
-            return Verdict(False, verdict.models, f"the canary generation {failure}"), True
+            return Verdict(False, verdict.models, f"the canary generation {failure}"), True, served
         self._canary_passed_at[upstream.label] = self.clock()
-        return verdict, True
+        return verdict, True, served
 
-    def _record(self, upstream: Upstream, verdict: Verdict, error: Exception | None = None) -> None:
+    def _canary_model(self, verdict: Verdict, served: ServedModels | None) -> str:
+        """A base model the upstream serves (an adapter would test it, not the engine)."""
+        names = self.check.expected_models or verdict.models
+        bases = names & served.bases if served is not None else frozenset()
+        return min(bases or names)
+
+    def _record(
+        self,
+        upstream: Upstream,
+        verdict: Verdict,
+        served: ServedModels | None,
+        error: Exception | None = None,
+    ) -> None:
         ready = verdict.ready
         if ready != upstream.ready or not upstream.probed:
             state = "ready" if ready else "not ready"
@@ -156,24 +175,26 @@ class UpstreamProber:
                 verdict.reason,
                 exc_info=error,
             )
-        self.pool.record(upstream, ready, verdict.models)
+        self.pool.record(upstream, ready, verdict.models, served)
         if not upstream.removed:  # dropped by discovery while it was probed: no series again
             self.metrics.upstream_up.labels(upstream.label).set(1 if ready else 0)
 
-    async def _readiness(self, upstream: Upstream) -> tuple[Verdict, bool]:
+    async def _readiness(self, upstream: Upstream) -> tuple[Verdict, bool, ServedModels | None]:
         limit = self.settings.timeout
         try:
             async with asyncio.timeout(limit):
                 health_status, _ = await self._get(upstream, HEALTH_PATH)
                 if health_status != 200:
-                    return self.check.verdict(health_status, None, None), health_status is not None
+                    answered = health_status is not None
+                    return self.check.verdict(health_status, None, None), answered, None
                 models_status, body = await self._get(upstream, MODELS_PATH)
                 verdict = self.check.verdict(health_status, models_status, body)
-                return verdict, models_status is not None
+                served = read_served(body) if models_status == 200 else None
+                return verdict, models_status is not None, served
         except TimeoutError:
-            return Verdict(False, frozenset(), f"no answer within {limit:g} s"), False
+            return Verdict(False, frozenset(), f"no answer within {limit:g} s"), False, None
         except UpstreamConnectError as exc:  # nothing listens: an answer of its own
-            return Verdict(False, frozenset(), f"refused the connection ({exc})"), True
+            return Verdict(False, frozenset(), f"refused the connection ({exc})"), True, None
 
     async def _get(self, upstream: Upstream, path: str) -> tuple[int | None, bytes | None]:
         """Status and body; ``(None, None)`` when there was no whole answer. A refused

@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics, registered on an injected ``CollectorRegistry``.
 
 Exported names (all prefixed ``vkit_gateway_``; label values are bounded: key *names*,
-served model names (else ``other``), status codes (499: the client went away), fixed
+served model names -- a LoRA adapter is its own ``model`` -- as the upstreams list them
+(else ``other``), status codes (499: the client went away), fixed
 reason/kind words, upstream ``host:port``):
 
 - ``vkit_gateway_requests_total{key,model,status}`` -- counter, one per answer, whoever gave

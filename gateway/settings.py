@@ -272,23 +272,79 @@ class HoldSettings(BaseModel):
 
 class DiscoverySettings(BaseModel):
     """Where the upstream list comes from besides ``upstreams`` (which it then replaces),
-    looked at every ``interval`` s: ``file`` (one base URL per line, ``#`` comments), or
-    ``dns_name`` (every A/AAAA record, e.g. a Kubernetes headless Service, as
-    ``scheme://address:dns_port``)."""
+    looked at every ``interval`` s: ``file`` (one base URL per line, ``#`` comments), or DNS:
+    every A/AAAA record (e.g. of a Kubernetes headless Service) of ``dns_name`` and of each
+    of ``dns_names``, as ``scheme://address:port``. A ``dns_names`` entry is ``"name"``
+    (port ``dns_port``) or ``"name:port"``: one name per replica group, each group's
+    replicas then found whole
+    (``VKIT_GATEWAY_DISCOVERY__DNS_NAMES='["chat-a", "embed:8001"]'``, or comma-separated)."""
 
     model_config = ConfigDict(extra="forbid")
 
     file: Path | None = Field(default=None, description="file of upstream base URLs")
     dns_name: str | None = Field(default=None, description="name whose A records are upstreams")
+    dns_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="names whose A records are upstreams, each 'name' or 'name:port' "
+        "(a JSON list or comma-separated)",
+    )
     dns_port: int = Field(default=8000, ge=1, le=65535, description="port of DNS upstreams")
     scheme: Literal["http", "https"] = Field(default="http", description="of DNS upstreams")
     interval: float = Field(default=5.0, gt=0, description="seconds between look-ups")
 
+    @field_validator("dns_names", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        return json_or_comma_list(value, "names")
+
+    @field_validator("dns_names")
+    @classmethod
+    def _names_and_ports(cls, names: list[str]) -> list[str]:
+        for entry in names:
+            dns_target(entry, 1)  # raises for a bad entry
+        return names
+
     @model_validator(mode="after")
     def _one_source(self) -> DiscoverySettings:
-        if self.file is not None and self.dns_name is not None:
-            raise ValueError("discovery: set file or dns_name, not both")
+        if self.file is not None and (self.dns_name is not None or self.dns_names):
+            raise ValueError("discovery: set file or DNS names, not both")
         return self
+
+    @property
+    def dns_targets(self) -> list[tuple[str, int]]:
+        """Every DNS name to look up, with its port: ``dns_name``'s, then ``dns_names``'."""
+        names = ([self.dns_name] if self.dns_name is not None else []) + self.dns_names
+        targets: list[tuple[str, int]] = []
+        for entry in names:
+            target = dns_target(entry, self.dns_port)
+            if target not in targets:
+                targets.append(target)
+        return targets
+
+
+def json_or_comma_list(value: object, what: str) -> object:
+    """A list given as one string (an environment variable): a JSON list, or the parts
+    between commas; anything else as it is."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(f"not a JSON list of {what}") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def dns_target(entry: str, default_port: int) -> tuple[str, int]:
+    """``"name"`` or ``"name:port"`` as ``(name, port)``; ValueError for anything else."""
+    name, colon, port = entry.strip().rpartition(":")
+    if not colon:  # no port: the whole entry is the name
+        name, port = port, ""
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"discovery: {entry!r} is not 'name' or 'name:port' (port 1-65535)")
+    if not name or any(c.isspace() or c in "/[]@" for c in name):
+        raise ValueError(f"discovery: {entry!r} is not 'name' or 'name:port'")
+    return name, int(port) if colon else default_port
 
 
 class GatewaySettings(BaseSettings):
@@ -379,14 +435,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                try:
-                    return json.loads(value)
-                except ValueError:
-                    raise ValueError("not a JSON list of URLs") from None
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return json_or_comma_list(value, "URLs")
 
     @model_validator(mode="after")
     def _one_key_never_takes_every_slot(self) -> GatewaySettings:

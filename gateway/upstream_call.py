@@ -33,6 +33,7 @@ from gateway.client import (
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Hold, InFlightResponse, Router, sending
+from gateway.routing.holding import none_ready
 from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
 
@@ -94,16 +95,18 @@ class Forwarder:
         body: bytes | None,
         route_key: int | None = None,
         tenant: str = "",
+        model: str | None = None,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
-        upstream ready is first held (``hold``), which counts toward the deadline only."""
+        upstream of its ``model`` ready is first held (``hold``), which counts toward the
+        deadline only."""
         if self.hold is not None:
-            await self.hold.until_ready()
+            await self.hold.until_ready(model)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
         try:
             async with asyncio.timeout(limit):
-                return await self.open(method, path, body, route_key, tenant)
+                return await self.open(method, path, body, route_key, tenant, model)
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
 
@@ -114,19 +117,21 @@ class Forwarder:
         body: bytes | None,
         route_key: int | None = None,
         tenant: str = "",
+        model: str | None = None,
     ) -> tuple[Upstream, UpstreamResponse]:
         """The first upstream answer of an attempt that need not be retried.
 
-        Raises UpstreamUnavailable (503, Retry-After) at once when every upstream has been
+        Only upstreams serving ``model`` are tried (``None``: any). Raises
+        UpstreamUnavailable (503, Retry-After) at once when every one of them has been
         probed and none is ready, and when the last attempt failed to connect; UpstreamError
         when its answer was not HTTP or the connection dropped after sending (never retried);
         when the last attempt answered 503, that answer (already read) is returned.
         ``tenant`` (the API key's name) is the router's: each key's share of its key table.
         """
         retry = self.retry
-        if self.pool.none_can_serve:
-            raise UpstreamUnavailable("no upstream is ready; retry shortly")
-        route = self.router.route(path, route_key, retry.attempts, tenant)
+        if self.pool.cannot_serve(model):
+            raise UpstreamUnavailable(none_ready(model))
+        route = self.router.route(path, route_key, retry.attempts, tenant, model)
         candidates = route.candidates[: retry.attempts]
         failure: _Retryable | None = None
         for attempt, upstream in enumerate(candidates, start=1):

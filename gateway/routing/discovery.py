@@ -7,7 +7,11 @@ are probed before the aware router sends them anything). Sources:
 
 - :class:`FileSource`: one base URL per line, ``#`` comments (a file a deploy tool writes);
 - :class:`DnsSource`: every address the name resolves to (A and AAAA records: a Kubernetes
-  headless Service lists its ready pods so), as ``scheme://address:port``.
+  headless Service lists its ready pods so), as ``scheme://address:port``;
+- :class:`DnsNamesSource`: several such names (``discovery.dns_names``: one headless Service
+  per replica group, each with its port), their replicas together. A name whose look-up
+  fails keeps its last answer while the others are taken; one never answered yet fails
+  the whole look-up (the list stays as it was).
 
 A look-up that fails keeps the list as it was (logged); an empty answer is taken (every
 replica gone: scale to zero), and requests are then held or refused (:mod:`.holding`).
@@ -94,13 +98,43 @@ def host_url(scheme: str, address: str, port: int) -> str:
     return f"{scheme}://[{address}]:{port}" if is_v6 else f"{scheme}://{address}:{port}"
 
 
+class DnsNamesSource:
+    """The replicas of several DNS names, in the order of the names."""
+
+    def __init__(self, sources: list[DnsSource]) -> None:
+        self.sources = sources
+        self._last: dict[int, list[str]] = {}  # source index -> its last answer
+
+    async def replicas(self) -> list[str]:
+        answers = await asyncio.gather(
+            *(source.replicas() for source in self.sources), return_exceptions=True
+        )
+        urls: list[str] = []
+        for index, (source, answer) in enumerate(zip(self.sources, answers, strict=True)):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, OSError | UnicodeError) or index not in self._last:
+                    raise answer
+                log.warning(
+                    "look-up of %s failed, keeping its %d replicas: %s",
+                    source.name,
+                    len(self._last[index]),
+                    answer,
+                )
+                answer = self._last[index]
+            self._last[index] = answer
+            urls.extend(url for url in answer if url not in urls)
+        return urls
+
+
 def source_of(settings: DiscoverySettings) -> ReplicaSource | None:
     """The source the settings name, or ``None``: the ``upstreams`` list alone."""
     if settings.file is not None:
         return FileSource(settings.file)
-    if settings.dns_name is not None:
-        return DnsSource(settings.dns_name, settings.dns_port, settings.scheme)
-    return None
+    targets = settings.dns_targets
+    sources = [DnsSource(name, port, settings.scheme) for name, port in targets]
+    if len(sources) > 1:
+        return DnsNamesSource(sources)
+    return sources[0] if sources else None
 
 
 class Discovery:

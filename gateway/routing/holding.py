@@ -1,5 +1,8 @@
 """Holding requests while no upstream is ready (scale to zero, every replica restarting).
 
+Per model: a request waits while no upstream serving its ``model`` is ready, whatever the
+other models' replicas do (:meth:`gateway.upstreams.UpstreamPool.cannot_serve`).
+
 With ``hold.max_wait`` set (:class:`gateway.settings.HoldSettings`), a request that finds
 every upstream probed and none ready waits -- at most ``max_queued`` at a time, each at most
 ``max_wait`` seconds -- for the prober to find one ready (it probes every
@@ -47,14 +50,15 @@ class Hold:
         self.metrics = metrics
         self.clock = clock
 
-    async def until_ready(self) -> None:
-        """Return once an upstream may serve; raise UpstreamUnavailable if none will in time."""
+    async def until_ready(self, model: str | None = None) -> None:
+        """Return once an upstream serving ``model`` (``None``: any) may serve; raise
+        UpstreamUnavailable if none will in time."""
         pool = self.pool
-        if not pool.none_can_serve:
+        if not pool.cannot_serve(model):
             return
         max_wait = self.settings.max_wait
         if max_wait is None:
-            raise UpstreamUnavailable("no upstream is ready; retry shortly")
+            raise UpstreamUnavailable(none_ready(model))
         if pool.waiting >= self.settings.max_queued:
             self.metrics.hold_refused.labels("queue_full").inc()
             raise UpstreamUnavailable(
@@ -65,14 +69,22 @@ class Hold:
         began = self.clock()
         self.metrics.held_requests.inc()
         try:
-            ready = await pool.wait_ready(max_wait)
+            ready = await pool.wait_ready(max_wait, model)
         finally:
             self.metrics.held_requests.dec()
             self.metrics.hold_seconds.observe(self.clock() - began)
         if not ready:
             self.metrics.hold_refused.labels("deadline").inc()
+            serving = "" if model is None else f" serving model '{model}'"
             raise UpstreamUnavailable(
-                f"no upstream became ready within {max_wait:g} s; retry shortly",
+                f"no upstream{serving} became ready within {max_wait:g} s; retry shortly",
                 code=DEADLINE,
                 headers={"retry-after": str(RETRY_AFTER_S)},
             )
+
+
+def none_ready(model: str | None) -> str:
+    """The 503's message when no upstream (serving ``model``) is ready."""
+    if model is None:
+        return "no upstream is ready; retry shortly"
+    return f"no upstream serving model '{model}' is ready; retry shortly"

@@ -2,7 +2,11 @@
 clock and the metrics, both passed in.
 
 :class:`RoundRobinRouter` is the pool's own order (``routing: round_robin``, normally one
-NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica:
+NGINX). :class:`AwareRouter` (``routing: aware``) sees every replica. Both choose only among
+the upstreams that serve the request's ``model`` (a base model or a LoRA adapter, as each
+upstream lists them: :mod:`gateway.served_models`), so each model's replicas are a group of
+their own: its ring, its loads, its least loaded one; ``model`` ``None`` (nothing listed
+yet) is every upstream.
 
 1. Only ready replicas (the prober's verdict, :mod:`gateway.health`; one that refused a
    connection is out at once, :meth:`AwareRouter.connect_failed`). None ready: the pool's
@@ -52,6 +56,8 @@ ROUND_ROBIN = "round_robin"
 REASONS = (AFFINITY, LOAD_SPILL, LEAST_LOADED, FALLBACK)
 OVERLOADED_CODE = "replicas_overloaded"
 OVERLOADED_RETRY_AFTER_S = 1
+_MAX_RINGS = 64  # rings kept, one per member set (model groups, replicas coming and going)
+_MAX_TURNS = 1024  # models whose turns among equally loaded replicas are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +72,12 @@ class Router(Protocol):
     def request_key(self, path: str, data: Mapping[str, Any]) -> int | None:
         """The affinity key of a request's parsed body (admission asks, once)."""
 
-    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
+    def route(
+        self, path: str, key: int | None, attempts: int, tenant: str = "", model: str | None = None
+    ) -> Route:
         """Raises UpstreamUnavailable when every replica is overloaded. ``tenant``: the
-        request's API key name (each one's share of the key table)."""
+        request's API key name (each one's share of the key table); ``model``: only the
+        upstreams serving it (``None``: any)."""
 
     def connect_failed(self, upstream: Upstream) -> None:
         """``upstream`` refused a connection."""
@@ -94,8 +103,10 @@ class RoundRobinRouter:
     def request_key(self, path: str, data: Mapping[str, Any]) -> int | None:
         return None
 
-    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
-        return Route(self.pool.candidates(attempts), ROUND_ROBIN)
+    def route(
+        self, path: str, key: int | None, attempts: int, tenant: str = "", model: str | None = None
+    ) -> Route:
+        return Route(self.pool.candidates(attempts, model), ROUND_ROBIN)
 
     def connect_failed(self, upstream: Upstream) -> None:
         pass
@@ -115,13 +126,13 @@ class AwareRouter:
         self.scrapes = scrapes
         self.clock = clock
         self.metrics = metrics
-        self._ring = HashRing((), settings.virtual_nodes)
+        self._rings: dict[tuple[str, ...], HashRing] = {}  # by members: one per model group
         self.keys = (
             KeyTable(settings.key_table_size, settings.key_idle_ttl, clock)
             if settings.key_table_size
             else None
         )
-        self._turn = 0
+        self._turns: dict[str | None, int] = {}  # model -> its next turn among equals
         self._decisions: dict[str, Any] = {}
 
     def views(self, upstreams: list[Upstream]) -> dict[str, LoadView]:
@@ -140,10 +151,15 @@ class AwareRouter:
             min_prefix_chars=settings.min_prefix_chars,
         )
 
-    def route(self, path: str, key: int | None, attempts: int, tenant: str = "") -> Route:
-        ready = [u for u in self.pool.upstreams if u.ready]
+    def route(
+        self, path: str, key: int | None, attempts: int, tenant: str = "", model: str | None = None
+    ) -> Route:
+        if model is None:
+            ready = [u for u in self.pool.upstreams if u.ready]
+        else:
+            ready = [u for u in self.pool.upstreams if u.ready and model in u.models]
         if not ready:
-            return self._count(Route(self.pool.candidates(attempts), FALLBACK))
+            return self._count(Route(self.pool.candidates(attempts, model), FALLBACK))
         views = self.views(ready)
         bound = self.settings.max_waiting
         over = {u.label for u in ready if _over(views[u.label], bound)}
@@ -152,7 +168,7 @@ class AwareRouter:
         settings = self.settings
         by_label = {u.label: u for u in ready}
         if key is None:
-            order, reason = self._least_loaded(ready, views), LEAST_LOADED
+            order, reason = self._least_loaded(ready, views, model), LEAST_LOADED
         else:
             walk = self._ring_of(ready).walk(key)
             if self.keys is not None:
@@ -176,17 +192,27 @@ class AwareRouter:
             )
         self.pool.mark_down(upstream)
 
-    def _least_loaded(self, ready: list[Upstream], views: Mapping[str, LoadView]) -> list[Upstream]:
-        turn = self._turn % len(ready)
-        self._turn = turn + 1
+    def _least_loaded(
+        self, ready: list[Upstream], views: Mapping[str, LoadView], model: str | None
+    ) -> list[Upstream]:
+        turns = self._turns
+        if len(turns) >= _MAX_TURNS and model not in turns:  # adapters came and went
+            turns.clear()
+        turn = turns.get(model, 0) % len(ready)
+        turns[model] = turn + 1
         rotated = ready[turn:] + ready[:turn]  # equal scores: taken in turn (a stable sort)
         return sorted(rotated, key=lambda u: views[u.label].score)
 
     def _ring_of(self, ready: list[Upstream]) -> HashRing:
+        """The ring over ``ready``, kept per member set: requests for two models (two
+        groups) in turn must not rebuild a ring each."""
         labels = tuple(sorted(u.label for u in ready))
-        if labels != self._ring.members:
-            self._ring = HashRing(labels, self.settings.virtual_nodes)
-        return self._ring
+        ring = self._rings.get(labels)
+        if ring is None:
+            if len(self._rings) >= _MAX_RINGS:  # groups changed many times: start over
+                self._rings.clear()
+            ring = self._rings[labels] = HashRing(labels, self.settings.virtual_nodes)
+        return ring
 
     def _refuse(self, count: int, bound: int | None) -> None:
         if self.metrics is not None:

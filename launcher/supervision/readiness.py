@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 HEALTH_PATH = "/health"
 MODELS_PATH = "/v1/models"
@@ -79,6 +80,13 @@ class ReadinessCheck:
 
 def model_ids(body: bytes) -> set[str] | None:
     """The ids in a ``/v1/models`` answer, or ``None`` when it is not one."""
+    cards = model_cards(body)
+    return None if cards is None else {card["id"] for card in cards}
+
+
+def model_cards(body: bytes) -> list[dict[str, Any]] | None:
+    """The model cards (with a string ``id``) of a ``/v1/models`` answer, or ``None`` when
+    it is not one."""
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -86,7 +94,7 @@ def model_ids(body: bytes) -> set[str] | None:
     data = parsed.get("data") if isinstance(parsed, dict) else None
     if not isinstance(data, list):
         return None
-    return {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 def models_probe_script(port: int, model: str, key_env: str = "VLLM_API_KEY") -> str:

@@ -33,6 +33,9 @@ class Script:
     """How the upstream answers; tests change it between requests."""
 
     models: list[str] = field(default_factory=lambda: ["tiny-llama"])
+    # LoRA adapters held, name -> base model: listed in /v1/models with their "parent", as
+    # vLLM lists an adapter from --lora-modules or one loaded at run time.
+    adapters: dict[str, str] = field(default_factory=dict)
     chunks: int = 4
     chunk_delay: float = 0.0
     head_delay: float = 0.0  # before the response head (time to first byte)

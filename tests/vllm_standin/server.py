@@ -96,6 +96,10 @@ class ScriptedUpstream:
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "max_model_len": 256} for m in self.script.models]
+        data += [
+            {"id": name, "object": "model", "root": f"/adapters/{name}", "parent": base}
+            for name, base in self.script.adapters.items()
+        ]
         listing = self._named({"object": "list", "data": data})
         return web.json_response(listing, status=self.script.models_status)
 
