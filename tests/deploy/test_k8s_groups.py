@@ -108,13 +108,18 @@ def test_each_group_is_its_own_statefulset_behind_its_own_headless_service(
 @pytest.mark.integration
 def test_the_gateway_discovers_every_group_and_loads_back(built: list[dict[str, Any]]) -> None:
     env = env_of(by_name(built, "Deployment", "vkit-gateway"))
-    assert json.loads(env.pop(DNS_NAMES_VAR)) == [
+    assert json.loads(env[DNS_NAMES_VAR]) == [
         "vllm-pods.vkit.svc:8000",
         "vllm-fast-pods.vkit.svc:8000",
     ]
     settings = load_settings(environ=env)
     assert settings.routing == "aware"
     assert settings.health.expected_models == []
+    # every group's Service is looked up once (the base's dns_name is the first group's)
+    assert settings.discovery.dns_targets == [
+        ("vllm-pods.vkit.svc", 8000),
+        ("vllm-fast-pods.vkit.svc", 8000),
+    ]
 
 
 def test_a_bad_deployment_writes_nothing(tmp_path: Path) -> None:
