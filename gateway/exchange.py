@@ -43,6 +43,7 @@ from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamBroken, UpstreamResponse
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
@@ -63,7 +64,7 @@ class Outcome:
     upstream_wait: float = 0.0
     first_byte_at: float | None = None
     usage: Usage | None = None
-    meter: StreamMeter | None = None
+    meter: StreamMeter | EventMeter | None = None
 
 
 class Exchange(Response):
