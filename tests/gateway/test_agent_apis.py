@@ -300,9 +300,7 @@ def test_the_reservation_bounds_the_prompt_as_vllm_renders_it() -> None:
     assert 1024 <= counted < 2000  # the image's MEDIA_TOKENS, not its 50 kB of base64
     tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}
     tooled = parse_body(json.dumps({**MESSAGE, "tools": [tool]}).encode(), api=MESSAGES)
-    assert tooled.prompt_tokens_estimate >= plain.prompt_tokens_estimate + 2 * len(
-        json.dumps(tool)
-    )
+    assert tooled.prompt_tokens_estimate >= plain.prompt_tokens_estimate + 2 * len(json.dumps(tool))
     items = {
         "model": "m",
         "instructions": "be brief",
