@@ -49,6 +49,7 @@ from gateway.body_fields import (
     STREAM,
     STREAM_OPTIONS,
     N,
+    Shaped,
 )
 from gateway.body_values import check_values
 from gateway.errors import InvalidRequest
@@ -67,11 +68,16 @@ MEDIA_TOKENS = {"image": 1024, "audio": 750, "video": 4096}
 _MEDIA_KINDS = {part: media for part, (media, _) in MEDIA_PARTS.items()}
 # The fields the gateway acts on, as keys: two of one -> forward re-encoded. Beside the
 # documented ones, the flags inside stream_options and vLLM's use_beam_search (beam width).
+# The agent bodies add their output and refused fields, not their prompt fields: "system",
+# "instructions" are common names inside tool schemas, and naming them here would re-encode
+# every chat body holding such a schema (the prompt bound only reserves; the settle bills).
 _READ_NAMES = sorted(
-    {
+    {f.name for body in (CHAT_BODY, COMPLETIONS_BODY, EMBEDDINGS_BODY) for f in body}
+    | {
         f.name
-        for body in (CHAT_BODY, COMPLETIONS_BODY, EMBEDDINGS_BODY, RESPONSES_BODY, MESSAGES_BODY)
+        for body in (RESPONSES_BODY, MESSAGES_BODY)
         for f in body
+        if not isinstance(f, Shaped)
     }
     | set(STREAM_OPTIONS.flags)
     | {"use_beam_search"}
