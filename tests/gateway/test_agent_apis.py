@@ -14,7 +14,13 @@ import pytest
 from gateway.agent_apis import MESSAGES, RESPONSES
 from gateway.body import parse_body
 from gateway.errors import InvalidRequest
-from tests.gateway.conftest import AUTH, SECRET, GatewayFactory, wait_until
+from tests.gateway.conftest import (
+    AUTH,
+    SECRET,
+    GatewayFactory,
+    leave_after_two_chunks,
+    wait_until,
+)
 from tests.gateway.doubles import Key, RecordingLimiter
 from tests.vllm_standin import ScriptedUpstream
 
@@ -219,41 +225,37 @@ async def test_responses_that_escape_the_accounting_are_refused(
     assert upstream.bodies == []
 
 
+# fault -> (its script, the gateway's timeouts, the error type: OpenAI's, Anthropic's)
+FAULTS = {
+    "stalled": ({"stall_after": 3}, {"idle": 0.3}, ("timeout_error", "timeout_error")),
+    "broken": ({"break_after": 3}, {}, ("upstream_error", "api_error")),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("path", list(ROUTES))
-async def test_a_stalled_stream_ends_with_an_error_event_in_the_routes_envelope(
-    start_gateway: GatewayFactory, upstream: ScriptedUpstream, path: str
+async def test_a_cut_stream_ends_with_an_error_event_in_the_routes_envelope_and_is_billed(
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, path: str, fault: str
 ) -> None:
+    script, timeouts, (openai_type, anthropic_type) = FAULTS[fault]
     upstream.script.chunks = 10
-    upstream.script.stall_after = 3
-    gw = await start_gateway(timeouts={"idle": 0.3})
+    for name, value in script.items():
+        setattr(upstream.script, name, value)
+    gw = await start_gateway(timeouts=timeouts)
     response = await gw.client.post(path, json={**ROUTES[path], "stream": True}, headers=AUTH)
     assert response.status_code == 200
     name, data = events(response.text)[-1]
     assert name == "error"
     assert data["type"] == "error"
-    assert data["error"]["type"] == "timeout_error"
-    await wait_until(lambda: upstream.closed_early == 1)
+    assert data["error"]["type"] == (anthropic_type if path == MESSAGES.path else openai_type)
     await wait_until(lambda: bool(gw.limiter.leases[0].settled))
     # three deltas relayed, at least a token each
     assert tokens(gw, "completion") == 3
-    if path == "/v1/messages":  # message_start reported the prompt
+    if path == MESSAGES.path:  # message_start reported the prompt
         assert tokens(gw, "prompt") == upstream.script.prompt_tokens
     else:  # Responses reports usage only at its end: the estimate
         estimate = parse_body(json.dumps(RESPONSE).encode(), api=RESPONSES)
         assert tokens(gw, "prompt") == estimate.prompt_tokens_estimate
-
-
-@pytest.mark.parametrize("path", list(ROUTES))
-async def test_a_stream_that_ends_before_its_last_event_is_a_cut_one(
-    start_gateway: GatewayFactory, upstream: ScriptedUpstream, path: str
-) -> None:
-    upstream.script.chunks = 10
-    upstream.script.break_after = 2
-    gw = await start_gateway()
-    response = await gw.client.post(path, json={**ROUTES[path], "stream": True}, headers=AUTH)
-    name, data = events(response.text)[-1]
-    assert name == "error"
-    assert data["error"]["type"] in ("upstream_error", "api_error")
 
 
 @pytest.mark.parametrize("path", list(ROUTES))
@@ -263,16 +265,9 @@ async def test_a_client_that_leaves_mid_stream_aborts_the_upstream_and_is_billed
     upstream.script.chunks = 100
     upstream.script.chunk_delay = 0.05
     gw = await start_gateway()
-    body = {**ROUTES[path], "stream": True}
-    async with gw.client.stream("POST", path, json=body, headers=AUTH) as r:
-        chunks = r.aiter_bytes()
-        await anext(chunks)
-        await anext(chunks)
+    billed = await leave_after_two_chunks(gw, path, {**ROUTES[path], "stream": True})
     await wait_until(lambda: upstream.closed_early == 1)
-    await wait_until(lambda: bool(gw.limiter.leases[0].settled))
-    billed = gw.limiter.leases[0].settled[0]
     assert 1 <= billed < upstream.script.prompt_tokens + 100 + gw.limiter.leases[0].reserved
-    assert gw.metric("vkit_gateway_in_flight_requests") == 0
     labels = {"key": "alice", "model": "tiny-llama", "status": "499"}
     assert gw.metric("vkit_gateway_requests_total", labels) == 1
 
