@@ -60,16 +60,13 @@ class EventMeter:
         self.usage: Usage | None = None  # the final usage (an end event's, message_delta's)
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(_EVENT_END)
-        if end < 0:
-            self._pending = data
+        """The complete events of what came so far, passed on as they are (the rest waits)."""
+        events, ended, self._pending = (self._pending + chunk).rpartition(_EVENT_END)
+        if not ended:
             return b""
-        end += len(_EVENT_END)
-        complete, self._pending = data[:end], data[end:]
-        for event in complete.split(_EVENT_END)[:-1]:
+        for event in events.split(_EVENT_END):
             self._event(event.lstrip(b"\r\n"))
-        return complete
+        return events + ended
 
     def flush(self) -> bytes:
         """Whatever incomplete event is left when the upstream ends the stream."""

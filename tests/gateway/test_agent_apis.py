@@ -23,6 +23,7 @@ from tests.gateway.conftest import (
 )
 from tests.gateway.doubles import Key, RecordingLimiter
 from tests.vllm_standin import ScriptedUpstream
+from tests.vllm_standin.agent_answers import AGENT_SHAPES
 
 RESPONSE = {"model": "tiny-llama", "input": "hello there"}
 MESSAGE = {
@@ -343,3 +344,24 @@ async def test_concurrent_agent_requests_each_settle_their_own_lease(
     assert [a.status_code for a in answers] == [200] * 4
     await wait_until(lambda: all(lease.settled for lease in gw.limiter.leases))
     assert sorted(lease.settled[0] for lease in gw.limiter.leases) == [11] * 4
+
+
+@pytest.mark.parametrize("path", list(ROUTES))
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_the_event_meter_reads_a_stream_however_it_is_split(path: str, size: int) -> None:
+    """Fed in pieces of any size, the meter passes every byte on, in order, and reads the
+    usage and the end (the stand-in's stream is vLLM's, byte for byte in shape)."""
+    shape = AGENT_SHAPES[path]
+    usage = shape.usage(7, 5)
+    stream = b"".join(
+        [
+            *shape.opening("m", 7),
+            *(shape.delta(i) for i in range(5)),
+            *shape.closing("m", 5, usage),
+        ]
+    )
+    meter = (RESPONSES if path == RESPONSES.path else MESSAGES).meter()
+    relayed = b"".join(meter.feed(stream[at : at + size]) for at in range(0, len(stream), size))
+    assert relayed + meter.flush() == stream
+    assert meter.done and meter.reported
+    assert (meter.prompt_tokens, meter.completion_tokens, meter.content_events) == (7, 5, 5)
