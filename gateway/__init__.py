@@ -20,6 +20,9 @@ Modules:
 - :mod:`.body_values` -- how many JSON values a body holds, bounded before it is parsed;
 - :mod:`.body_fields` -- the body's fields described once: each route's reads, checks, schemas;
 - :mod:`.openapi_bodies` -- the request bodies as documented in the OpenAPI schema;
+- :mod:`.agent_apis` -- ``/v1/responses`` and ``/v1/messages``: what differs from chat, a row
+  each (fields, cap field, prompt bound, stream end, error envelope);
+- :mod:`.agent_prompt` -- the agent bodies' prompt bound (messages, items, blocks, tools);
 - :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;
 - :mod:`.prompt_tokens` -- a request's prompt tokens, counted before it goes upstream;
 - :mod:`.utf8_length` -- UTF-8 lengths over normal forms (texts, JSON): the byte bound's B;
@@ -31,12 +34,14 @@ Modules:
 - :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write
   deadlines;
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
+- :mod:`.event_meter` -- the usage of the agent APIs' streams (named events, no ``[DONE]``);
 - :mod:`.billing` -- the tokens a request is billed, settled on its lease;
 - :mod:`.client` -- the upstream HTTP client seam (aiohttp);
 - :mod:`.upstreams` -- the upstream pool, each upstream's readiness and what it serves;
 - :mod:`.served_models` -- the names an upstream serves (base models, LoRA adapters);
 - :mod:`.health` -- background readiness probing of the upstreams;
-- :mod:`.errors` -- the one error hierarchy, rendered as the OpenAI envelope;
+- :mod:`.errors` -- the one error hierarchy, rendered as the OpenAI envelope (Anthropic's on
+  ``/v1/messages``);
 - :mod:`.metrics` -- the gateway's Prometheus metrics on an injected registry;
 - :mod:`.key_store` -- API keys at request time (authentication, reloads);
 - :mod:`.keyfile` -- the keys file: YAML load and atomic save;

@@ -1,6 +1,7 @@
 """The gate in front of the upstream: key, body, model, token cap, limiter.
 
-Order (each step answers with its own envelope): the bearer key (401); what refuses the
+Order (each step answers with its own envelope): the bearer key, or Anthropic's
+``x-api-key`` header (401); what refuses the
 request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 503; the
 key past its requests, at its concurrency or out of tokens, 429), before the body is read;
 the body size (413), its JSON values (``max_body_values``, ``max_body_containers``, 400,
@@ -17,7 +18,9 @@ With ``routing: aware`` the router's affinity key is read from the parsed body o
 admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
 The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
 carried by :class:`Admitted` and settled with the real usage by :mod:`gateway.billing`.
-``docs/gateway-bodies.md`` says why this order, and what bounds a body's work.
+``docs/gateway-bodies.md`` says why this order, and what bounds a body's work. The agent APIs
+(:mod:`gateway.agent_apis`) take the same steps with their own fields, cap field and prompt
+bound, and no stream options (their streams are metered by their events).
 A client that hangs up while sending its body is a quiet 499, counted.
 """
 
@@ -30,8 +33,9 @@ from typing import Any, Protocol
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.accounting import NO_MODEL, answer_labels
+from gateway.agent_apis import AgentApi
 from gateway.body import encode_body, parse_fields
-from gateway.caps import FanOutLimits, apply_token_cap, check_fan_out
+from gateway.caps import CHAT_CAP_FIELDS, FanOutLimits, apply_token_cap, check_fan_out
 from gateway.errors import (
     AuthenticationFailed,
     ClientGone,
@@ -103,6 +107,7 @@ class Admitted:
     # The served name (base model or adapter) whose upstreams the request may go to;
     # None: any upstream (no upstream has listed what it serves yet).
     route_model: str | None = None
+    api: AgentApi | None = None  # an agent API's route (its stream, its errors); None: chat's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,10 +133,14 @@ class Gate:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
+            secret = request.headers.get("x-api-key", "")  # as Anthropic's SDKs send it
+        if not secret.strip():
             if self.allow_anonymous:
                 answer_labels(request.scope).key = ANONYMOUS
                 return None
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationFailed(
+                "missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+            )
         key = self.key_store.authenticate(secret.strip()) if self.key_store else None
         if key is None or not key.enabled:
             raise AuthenticationFailed("invalid or disabled API key")
@@ -161,7 +170,16 @@ class Gate:
         """A bounded metric label: a served model's name, else ``other``."""
         return model if model in self.pool.known_models() else OTHER_MODEL
 
-    async def admit(self, request: Request, path: str, with_cap: bool, started: float) -> Admitted:
+    async def admit(
+        self,
+        request: Request,
+        path: str,
+        with_cap: bool,
+        started: float,
+        api: AgentApi | None = None,
+    ) -> Admitted:
+        """``api``: the agent API the route serves (its body's fields, its cap field, its
+        prompt bound: :mod:`gateway.agent_apis`); ``None`` for chat, completions, embeddings."""
         key = self.authenticate(request)
         key_name = key.name if key is not None else ANONYMOUS
         self.refuse_early(key, key_name)
@@ -171,18 +189,25 @@ class Gate:
             generates=with_cap,
             max_values=self.max_body_values,
             max_containers=self.max_body_containers,
+            api=api,
         )
         known = self.pool.known_models()
         served = body.model in known
         label = answer_labels(request.scope).model = body.model if served else OTHER_MODEL
         self.check_model(key, body.model)
         check_fan_out(body, key, self.caps)
-        counting = self.count_budget.count(self.prompt_counter, body.data, len(received))
-        body.count_prompt(await counting)
+        if api is None:
+            counting = self.count_budget.count(self.prompt_counter, body.data, len(received))
+            body.count_prompt(await counting)
+        else:  # the bound is a pass over the body, no tokenizer: no budget, no thread
+            fallback = self.count_budget.fallback
+            overheads = fallback if isinstance(fallback, ByteBound) else ByteBound()
+            body.prompt_tokens_estimate = api.prompt_bound(overheads).count(body.data)
         changed = body.ambiguous  # a field named twice: forward what the gateway read
         if with_cap:
-            changed |= apply_token_cap(body, key.max_tokens if key else None, self.caps)
-            if body.stream and not body.include_chunk_usage:
+            fields = CHAT_CAP_FIELDS if api is None else (api.output.name,)
+            changed |= apply_token_cap(body, key.max_tokens if key else None, self.caps, fields)
+            if api is None and body.stream and not body.include_chunk_usage:
                 # usage on every chunk, so a cut stream bills what vLLM generated; the relay
                 # strips what the client did not ask for
                 options = body.data.get("stream_options") or {}
@@ -210,6 +235,7 @@ class Gate:
             choices=body.choices,
             route_key=route_key,
             route_model=body.model if served else None,
+            api=api,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:

@@ -7,13 +7,14 @@ built by :func:`gateway.running.build_gateway` into one typed
 background upstream prober (and, per the ``routing`` and ``discovery`` settings, the replica
 scraper and discovery of :mod:`gateway.routing`), then the clients closed.
 
-Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``GET /v1/models`` (the union of what the upstreams serve, base models and LoRA adapters,
-only the key's models; one request of the key's limits), ``/livez`` and a bare ``/readyz``
-(status only). Any other path is a 404 envelope: vLLM's operational routes (loading and
-unloading adapters, ``/sleep``, ``/collective_rpc``, ...) are never forwarded; an operator
-calls them on the replica itself (docs/gateway-models.md). Every answer is counted by
-:mod:`gateway.accounting`.
+Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, the
+agent APIs ``/v1/responses`` and ``/v1/messages`` (:mod:`gateway.agent_apis`; errors on
+``/v1/messages`` and under it in Anthropic's envelope), ``GET /v1/models`` (the union of what
+the upstreams serve, base models and LoRA adapters, only the key's models; one request of the
+key's limits), ``/livez`` and a bare ``/readyz`` (status only). Any other path is a 404
+envelope: vLLM's operational routes (loading and unloading adapters, ``/sleep``,
+``/collective_rpc``, ...) are never forwarded; an operator calls them on the replica itself
+(docs/gateway-models.md). Every answer is counted by :mod:`gateway.accounting`.
 
 :func:`create_admin_app` builds the admin listener's app (``GatewaySettings.admin_host`` and
 ``admin_port``): ``/metrics``, ``/readyz`` with each upstream's state, ``/openapi.json``
@@ -40,6 +41,7 @@ from starlette.routing import Route
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
+from gateway.agent_apis import MESSAGES, RESPONSES, AgentApi, api_of
 from gateway.client import UpstreamClient
 from gateway.errors import (
     RETRY_AFTER_S,
@@ -67,10 +69,13 @@ class GatewayApp(FastAPI):
     running: RunningGateway
 
 
-_PROXIED = (
-    ("/v1/chat/completions", openapi_bodies.CHAT_COMPLETIONS, True),
-    ("/v1/completions", openapi_bodies.COMPLETIONS, True),
-    ("/v1/embeddings", openapi_bodies.EMBEDDINGS, False),
+# path, its OpenAPI body, whether it generates (a token cap), the agent API it is (or None)
+_PROXIED: tuple[tuple[str, dict[str, Any], bool, AgentApi | None], ...] = (
+    ("/v1/chat/completions", openapi_bodies.CHAT_COMPLETIONS, True, None),
+    ("/v1/completions", openapi_bodies.COMPLETIONS, True, None),
+    ("/v1/embeddings", openapi_bodies.EMBEDDINGS, False, None),
+    (RESPONSES.path, openapi_bodies.RESPONSES, True, RESPONSES),
+    (MESSAGES.path, openapi_bodies.MESSAGES, True, MESSAGES),
 )
 
 
@@ -127,8 +132,8 @@ def create_app(
     )
     app.running = running
     _add_error_handlers(app)
-    for path, _, with_cap in _PROXIED:
-        _add_proxy_route(app, path, with_cap, running.gate, running.forwarder)
+    for path, _, with_cap, api in _PROXIED:
+        _add_proxy_route(app, path, with_cap, running.gate, running.forwarder, api)
     _document_proxied_routes(app)
     _add_models_route(app, running.gate, running.forwarder)
     _add_probe_routes(app, running.pool, running.hold)
@@ -170,10 +175,15 @@ def create_admin_app(gateway: GatewayApp) -> FastAPI:
 
 
 def _add_proxy_route(
-    app: FastAPI, path: str, with_cap: bool, gate: Gate, forwarder: Forwarder
+    app: FastAPI,
+    path: str,
+    with_cap: bool,
+    gate: Gate,
+    forwarder: Forwarder,
+    api: AgentApi | None = None,
 ) -> None:
     async def proxy(request: Request) -> Response:
-        admitted = await gate.admit(request, path, with_cap, started=forwarder.clock())
+        admitted = await gate.admit(request, path, with_cap, started=forwarder.clock(), api=api)
         return Exchange(forwarder, admitted)
 
     # A plain Starlette route: FastAPI's per-request dependency solving costs ~50 us and
@@ -188,7 +198,7 @@ def _document_proxied_routes(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            for path, openapi_extra, _ in _PROXIED:
+            for path, openapi_extra, _, _ in _PROXIED:
                 operation = {"operationId": path.strip("/").replace("/", "_"), **openapi_extra}
                 operation["responses"] = responses
                 schema.setdefault("paths", {})[path] = {"post": operation}
@@ -251,28 +261,42 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _envelope_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
+def _envelope_response(exc: GatewayError, path: str = "") -> Response:
+    """``exc`` in the envelope of the route at ``path`` (Anthropic's on /v1/messages)."""
+    api = api_of(path)
+    if api is None:
+        return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
+    return Response(
+        api.error_body(exc),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return _envelope_response(exc)
+        return _envelope_response(exc, request.url.path)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        path = request.url.path
         if exc.status_code == 404:
-            return _envelope_response(NotFound(f"no route {request.url.path}"))
+            return _envelope_response(NotFound(f"no route {path}"), path)
+        api = api_of(path)
+        if api is not None:  # a 405, say: the route's envelope, the invalid-request type
+            raw = api.error_body(InvalidRequest(str(exc.detail)))
+            return Response(raw, exc.status_code, exc.headers, media_type="application/json")
         body = error_envelope(str(exc.detail), "invalid_request_error", None, None)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
-        return _envelope_response(InvalidRequest(str(exc)))
+        return _envelope_response(InvalidRequest(str(exc)), request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
-        return _envelope_response(GatewayError("internal gateway error"))
+        return _envelope_response(GatewayError("internal gateway error"), request.url.path)
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

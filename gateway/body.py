@@ -32,7 +32,7 @@ import gc
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.body_fields import (
     BEST_OF,
@@ -42,15 +42,21 @@ from gateway.body_fields import (
     MAX_COMPLETION_TOKENS,
     MAX_TOKENS,
     MEDIA_PARTS,
+    MESSAGES_BODY,
     MODEL,
     NO_STREAM,
+    RESPONSES_BODY,
     STREAM,
     STREAM_OPTIONS,
     N,
+    Shaped,
 )
 from gateway.body_values import check_values
 from gateway.errors import InvalidRequest
 from gateway.prompt_tokens import ByteBound, PromptCounter
+
+if TYPE_CHECKING:
+    from gateway.agent_apis import AgentApi
 
 _FALLBACK = ByteBound()
 
@@ -62,8 +68,17 @@ MEDIA_TOKENS = {"image": 1024, "audio": 750, "video": 4096}
 _MEDIA_KINDS = {part: media for part, (media, _) in MEDIA_PARTS.items()}
 # The fields the gateway acts on, as keys: two of one -> forward re-encoded. Beside the
 # documented ones, the flags inside stream_options and vLLM's use_beam_search (beam width).
+# The agent bodies add their output and refused fields, not their prompt fields: "system",
+# "instructions" are common names inside tool schemas, and naming them here would re-encode
+# every chat body holding such a schema (the prompt bound only reserves; the settle bills).
 _READ_NAMES = sorted(
     {f.name for body in (CHAT_BODY, COMPLETIONS_BODY, EMBEDDINGS_BODY) for f in body}
+    | {
+        f.name
+        for body in (RESPONSES_BODY, MESSAGES_BODY)
+        for f in body
+        if not isinstance(f, Shaped)
+    }
     | set(STREAM_OPTIONS.flags)
     | {"use_beam_search"}
 )
@@ -110,13 +125,18 @@ def parse_body(
     generates: bool = True,
     max_values: int | None = None,
     max_containers: int | None = None,
+    api: AgentApi | None = None,
 ) -> RequestBody:
     """``generates``: the route generates tokens (chat, completions); embeddings do not,
-    and there ``stream: true`` is refused and the output fields are not read."""
+    and there ``stream: true`` is refused and the output fields are not read. ``api``: an
+    agent API's body, counted by its prompt bound."""
     body = parse_fields(
-        raw, generates=generates, max_values=max_values, max_containers=max_containers
+        raw, generates=generates, max_values=max_values, max_containers=max_containers, api=api
     )
-    body.count_prompt((counter or _FALLBACK).count(body.data))
+    if api is not None:
+        body.prompt_tokens_estimate = api.prompt_bound(_FALLBACK).count(body.data)
+    else:
+        body.count_prompt((counter or _FALLBACK).count(body.data))
     return body
 
 
@@ -126,16 +146,29 @@ def parse_fields(
     generates: bool = True,
     max_values: int | None = None,
     max_containers: int | None = None,
+    api: AgentApi | None = None,
 ) -> RequestBody:
     """:func:`parse_body` without the count: the gateway counts with a time budget,
     large bodies off the event loop (:mod:`gateway.prompt_budget`), then calls
     :meth:`RequestBody.count_prompt`. ``max_values``, ``max_containers``: a body holding
     more JSON values, or more arrays and objects, is refused before it is parsed
-    (:mod:`gateway.body_values`)."""
+    (:mod:`gateway.body_values`). ``api``: an agent API's body (:mod:`gateway.agent_apis`),
+    its own fields read instead of chat's."""
     if max_values is not None or max_containers is not None:
         check_values(raw, max_values or len(raw), max_containers or len(raw))
     data, ambiguous = _load(raw)
     model = MODEL.read(data)
+    if api is not None:
+        stream = STREAM.read(data)
+        return RequestBody(
+            data=data,
+            model=model,
+            stream=stream,
+            max_tokens=api.read(data),
+            include_usage=False,
+            prompt_tokens_estimate=0,
+            ambiguous=ambiguous,
+        )
     if not generates:
         return RequestBody(
             data=data,

@@ -11,7 +11,12 @@ OpenAPI request bodies (which the fuzz test generates from) out of the same tupl
 - :class:`Described`: a field the gateway counts but leaves vLLM to check: ``messages``
   (text or content parts: :data:`MEDIA_PARTS`, each image, audio or video part billed as
   media), ``prompt`` and ``input`` (:data:`PROMPT_FORMS`: a text, a batch of texts, token ids,
-  a batch of token-id lists).
+  a batch of token-id lists);
+- the agent APIs' bodies: :data:`RESPONSES_BODY` (``/v1/responses``: ``input`` a text or
+  items, ``instructions``, ``max_output_tokens``; ``background`` and ``previous_response_id``
+  refused, :class:`Refused`) and :data:`MESSAGES_BODY` (``/v1/messages``: ``messages``,
+  ``system``, ``max_tokens``), their prompt fields checked for their JSON type only
+  (:class:`Shaped`), the rest left to vLLM.
 
 A route's schema documents every field its parser checks, so whatever the schema admits
 the parser accepts (``tests/gateway/test_body_schema.py``); ``null`` stands for absent,
@@ -144,7 +149,52 @@ class Described:
         return self.described
 
 
-BodyField = ModelName | Flag | Count | Options | Described
+@dataclass(frozen=True, slots=True)
+class Shaped:
+    """A prompt field whose JSON type the gateway checks (so a wrong one is refused in the
+    route's own envelope, naming it), its contents left to vLLM: ``kinds`` the Python types
+    ``json.loads`` makes of what the schema admits, ``says`` them in words."""
+
+    name: str
+    described: JsonSchema = field(hash=False)
+    kinds: tuple[type, ...]
+    says: str
+    required: bool = True
+
+    def read(self, data: Mapping[str, Any]) -> Any:
+        value = data.get(self.name)
+        if value is None and not self.required:
+            return None
+        if not isinstance(value, self.kinds):
+            raise InvalidRequest(f"'{self.name}' must be {self.says}", param=self.name)
+        return value
+
+    def schema(self) -> JsonSchema:
+        return self.described if self.required else {"anyOf": [self.described, {"type": "null"}]}
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A field the gateway refuses whenever it is set (not ``null``, not ``false``): what it
+    asks for would escape the gateway's accounting (``because`` says how)."""
+
+    name: str
+    because: str
+    required: bool = False
+
+    def read(self, data: Mapping[str, Any]) -> None:
+        value = data.get(self.name)
+        if value is not None and value is not False:
+            raise InvalidRequest(
+                f"'{self.name}' is not supported through this gateway: {self.because}",
+                param=self.name,
+            )
+
+    def schema(self) -> JsonSchema:
+        return {"enum": [False, None]}
+
+
+BodyField = ModelName | Flag | Count | Options | Described | Shaped | Refused
 
 _TOKEN_IDS: JsonSchema = {
     "type": "array",
@@ -241,6 +291,59 @@ MESSAGES: JsonSchema = {"type": "array", "items": MESSAGE, "minItems": 1}
 CHAT_BODY: tuple[BodyField, ...] = (*GENERATION_FIELDS, Described("messages", MESSAGES))
 COMPLETIONS_BODY: tuple[BodyField, ...] = (*GENERATION_FIELDS, Described("prompt", PROMPT))
 EMBEDDINGS_BODY: tuple[BodyField, ...] = (*EMBEDDING_FIELDS, Described("input", PROMPT))
+
+
+# The agent APIs (vLLM serves both: docs/gateway-bodies.md#the-agent-apis). Their items and
+# content blocks are objects of many types; the gateway checks the containers and bills
+# what they hold (gateway.agent_prompt), vLLM checks each item.
+_OBJECTS: JsonSchema = {"type": "array", "items": {"type": "object"}}
+RESPONSES_INPUT = Shaped(
+    "input",
+    {"anyOf": [{"type": "string"}, {**_OBJECTS, "minItems": 1}]},
+    (str, list),
+    "a string or a list of input items",
+)
+INSTRUCTIONS = Shaped("instructions", {"type": "string"}, (str,), "a string", required=False)
+MAX_OUTPUT_TOKENS = Count("max_output_tokens", says_minimum=True)
+BACKGROUND = Refused(
+    "background", "a background response runs on after the request, unmetered and unlimited"
+)
+PREVIOUS_RESPONSE_ID = Refused(
+    "previous_response_id",
+    "the stored conversation it names is held by one replica and its prompt cannot be"
+    " counted here; send the whole conversation as 'input'",
+)
+RESPONSES_BODY: tuple[BodyField, ...] = (
+    MODEL,
+    STREAM,
+    MAX_OUTPUT_TOKENS,
+    RESPONSES_INPUT,
+    INSTRUCTIONS,
+    BACKGROUND,
+    PREVIOUS_RESPONSE_ID,
+)
+ANTHROPIC_MESSAGE: JsonSchema = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, _OBJECTS]},
+    },
+}
+ANTHROPIC_MESSAGES = Shaped(
+    "messages",
+    {"type": "array", "items": ANTHROPIC_MESSAGE, "minItems": 1},
+    (list,),
+    "a list of messages",
+)
+SYSTEM = Shaped(
+    "system",
+    {"anyOf": [{"type": "string"}, _OBJECTS]},
+    (str, list),
+    "a string or a list of text blocks",
+    required=False,
+)
+MESSAGES_BODY: tuple[BodyField, ...] = (MODEL, STREAM, MAX_TOKENS, ANTHROPIC_MESSAGES, SYSTEM)
 
 
 def body_schema(fields: tuple[BodyField, ...]) -> JsonSchema:

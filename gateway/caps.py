@@ -9,7 +9,9 @@ What the client asked for is the lower of ``max_tokens`` and ``max_completion_to
 (``null`` counts as absent). The effective value is written to ``max_tokens`` always (what
 ``/v1/completions`` reads, and chat without ``max_completion_tokens``) and to
 ``max_completion_tokens`` too whenever the body names it, even as ``null`` (chat reads it
-first): however vLLM reads the body, on either route, it reads the cap.
+first): however vLLM reads the body, on either route, it reads the cap. The agent APIs have
+one output field each, capped the same way: ``max_output_tokens`` (``/v1/responses``) and
+``max_tokens`` (``/v1/messages``, where Anthropic requires it: the gateway writes it in).
 
 Fan-out (:func:`check_fan_out`): ``n``, ``best_of``, the prompts of a batch and the
 completions of a request (prompts x ``max(n, best_of)``) each have a bound, the lower of the
@@ -27,27 +29,38 @@ from gateway.body import RequestBody
 from gateway.errors import InvalidRequest
 from gateway.settings import CapSettings
 
+# Where the cap is written: the first field always, the others when the body names them.
+CHAT_CAP_FIELDS = ("max_tokens", "max_completion_tokens")
 
-def effective_max_tokens(requested: int | None, key_cap: int | None, caps: CapSettings) -> int:
+
+def effective_max_tokens(
+    requested: int | None, key_cap: int | None, caps: CapSettings, name: str = "max_tokens"
+) -> int:
+    """``name``: the route's output field, as the refusal names it."""
     cap = caps.max_tokens if not key_cap else min(caps.max_tokens, key_cap)
     if requested is None:
         return min(caps.default_max_tokens, cap)
     if requested <= cap:
         return requested
     if caps.over_cap == "reject":
-        raise InvalidRequest(
-            f"max_tokens {requested} is above this key's limit of {cap}", param="max_tokens"
-        )
+        raise InvalidRequest(f"{name} {requested} is above this key's limit of {cap}", param=name)
     return cap
 
 
-def apply_token_cap(body: RequestBody, key_cap: int | None, caps: CapSettings) -> bool:
-    """Write the effective cap into ``body.data``; return whether the body changed."""
-    limit = effective_max_tokens(body.max_tokens, key_cap, caps)
+def apply_token_cap(
+    body: RequestBody,
+    key_cap: int | None,
+    caps: CapSettings,
+    fields: tuple[str, ...] = CHAT_CAP_FIELDS,
+) -> bool:
+    """Write the effective cap into ``body.data`` (``fields``: the route's, as
+    :data:`CHAT_CAP_FIELDS`; an agent API's one output field: ``max_output_tokens`` on
+    ``/v1/responses``, ``max_tokens`` on ``/v1/messages``); return whether the body changed."""
+    limit = effective_max_tokens(body.max_tokens, key_cap, caps, fields[0])
     data = body.data
     changed = False
-    for field in ("max_tokens", "max_completion_tokens"):
-        if data.get(field) != limit and (field == "max_tokens" or field in data):
+    for field in fields:
+        if data.get(field) != limit and (field == fields[0] or field in data):
             data[field] = limit
             changed = True
     body.max_tokens = limit

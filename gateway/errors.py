@@ -18,6 +18,13 @@ The envelope is ``{"error": {"message", "type", "param", "code"}}``; ``code`` is
 string such as ``"rate_limit_exceeded"`` or ``None``. :func:`normalise_upstream_error`
 rewrites vLLM's bare ``{"error": "Unauthorized"}`` and the old flat
 ``{"object": "error", "message": ..}`` shape into the same envelope.
+
+``/v1/messages`` answers in Anthropic's envelope instead,
+``{"type": "error", "error": {"type", "message"}}`` with Anthropic's error types
+(:data:`ANTHROPIC_TYPES`, by status: docs/gateway-bodies.md#errors-on-v1messages):
+:func:`anthropic_error_body` for the gateway's own errors, :func:`normalise_anthropic_error`
+for every upstream error (vLLM answers a body it refuses in the OpenAI envelope there, and
+other errors with its own exception names as the type).
 """
 
 from __future__ import annotations
@@ -191,3 +198,50 @@ def normalise_upstream_error(status: int, body: bytes) -> bytes | None:
             message = parsed["message"]
     error_type = _TYPE_BY_STATUS.get(status, "upstream_error")
     return json.dumps(error_envelope(message, error_type, None, status)).encode()
+
+
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors); a
+# status it does not list is the nearest one's type: 502 is api_error (the upstream's fault),
+# 503 overloaded_error (Anthropic's 529, "temporarily overloaded": the SDK retries both).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_envelope(message: str, status: int) -> dict[str, Any]:
+    fallback = "api_error" if status >= 500 else "invalid_request_error"
+    error_type = ANTHROPIC_TYPES.get(status, fallback)
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def anthropic_error_body(exc: GatewayError) -> bytes:
+    """``exc`` in Anthropic's envelope."""
+    return json.dumps(anthropic_envelope(exc.message, exc.status_code)).encode()
+
+
+def normalise_anthropic_error(status: int, body: bytes) -> bytes:
+    """Any upstream error body in Anthropic's envelope, its message kept."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    message = f"upstream answered {status}"
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    return json.dumps(anthropic_envelope(message, status)).encode()

@@ -43,6 +43,7 @@ from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamResponse
 from gateway.errors import GatewayError, UpstreamUnavailable
+from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
 from gateway.served_models import listing
 from gateway.upstream_call import Forwarder
@@ -63,7 +64,7 @@ class Outcome:
     upstream_wait: float = 0.0
     first_byte_at: float | None = None
     usage: Usage | None = None
-    meter: StreamMeter | None = None
+    meter: StreamMeter | EventMeter | None = None
 
 
 class Exchange(Response):

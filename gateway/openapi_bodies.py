@@ -13,6 +13,8 @@ from gateway.body_fields import (
     CHAT_BODY,
     COMPLETIONS_BODY,
     EMBEDDINGS_BODY,
+    MESSAGES_BODY,
+    RESPONSES_BODY,
     BodyField,
     body_schema,
 )
@@ -31,3 +33,5 @@ def _body(fields: tuple[BodyField, ...]) -> dict[str, Any]:
 CHAT_COMPLETIONS = _body(CHAT_BODY)
 COMPLETIONS = _body(COMPLETIONS_BODY)
 EMBEDDINGS = _body(EMBEDDINGS_BODY)
+RESPONSES = _body(RESPONSES_BODY)
+MESSAGES = _body(MESSAGES_BODY)

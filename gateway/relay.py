@@ -23,6 +23,11 @@ exchange, re-armed only when it fires, not one per write: an ``asyncio.timeout``
 send cost ~5 us of CPU here, some 10% of a 16-chunk stream's whole cost. The exchange
 answers 499 and counts ``client_write_timeouts`` when the watch has ``tripped``.
 
+The agent APIs' streams (``Admitted.api``) are metered by their events instead
+(:class:`gateway.event_meter.EventMeter`), end with their own last event rather than
+``[DONE]``, and a stream the gateway cuts ends with an ``event: error`` in the route's
+envelope; their error answers take that envelope too (:mod:`gateway.agent_apis`).
+
 What the answer produced (status, timings, usage) is written to the exchange's
 :class:`gateway.exchange.Outcome`.
 """
@@ -37,6 +42,7 @@ from starlette.types import Message, Send
 
 from gateway.client import UpstreamBroken, UpstreamResponse
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, normalise_upstream_error
+from gateway.event_meter import EventMeter
 from gateway.upstream_call import Forwarder
 from gateway.usage_meter import StreamMeter, usage_from_json
 
@@ -145,18 +151,26 @@ class Relay:
             await self.error(UpstreamError("the upstream refused the gateway's credentials"))
             return
         elif status >= 400:
-            body = normalise_upstream_error(status, body) or body
+            api = self._admitted.api
+            normalise = normalise_upstream_error if api is None else api.upstream_error
+            body = normalise(status, body) or body
         content_type = response.content_type.encode() if status == 200 else _JSON
         await self.whole(status, content_type, body)
 
     async def _stream(self, response: UpstreamResponse, deadline: float) -> None:
         forwarder, admitted, outcome = self._forwarder, self._admitted, self._outcome
         clock, idle = forwarder.clock, forwarder.timeouts.idle
-        meter = outcome.meter = StreamMeter(
-            keep_usage=admitted.include_usage,
-            keep_chunk_usage=admitted.include_chunk_usage,
-            choices_per_prompt=admitted.choices,
-        )
+        api = admitted.api
+        meter: StreamMeter | EventMeter
+        if api is None:
+            meter = StreamMeter(
+                keep_usage=admitted.include_usage,
+                keep_chunk_usage=admitted.include_chunk_usage,
+                choices_per_prompt=admitted.choices,
+            )
+        else:
+            meter = api.meter()
+        outcome.meter = meter
         outcome.status = 200
         headers = _SSE_HEADERS + admitted.lease.raw_headers
         await self.deliver({"type": "http.response.start", "status": 200, "headers": headers})
@@ -180,9 +194,10 @@ class Relay:
                 outcome.upstream_wait += clock() - began
             if error is not None:
                 break
-            if not chunk:  # a clean end; before [DONE] it is a cut answer
+            if not chunk:  # a clean end; before [DONE] (its last event) it is a cut answer
                 if not meter.done:
-                    error = UpstreamError("the upstream ended the stream before data: [DONE]")
+                    last = "data: [DONE]" if api is None else "its last event"
+                    error = UpstreamError(f"the upstream ended the stream before {last}")
                 break
             out = meter.feed(chunk)
             if out:
@@ -194,7 +209,7 @@ class Relay:
             response.abort()
             kind = "timeout" if isinstance(error, UpstreamTimeout) else "stream"
             forwarder.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
-            tail = _error_event(error)
+            tail = _error_event(error) if api is None else api.error_event(error)
         self.finishing = True
         await self.deliver({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -218,8 +233,10 @@ class Relay:
         await self.deliver({"type": "http.response.body", "body": body, "more_body": False})
 
     async def error(self, exc: GatewayError) -> None:
-        """Answer ``exc`` as its OpenAI envelope."""
-        await self.whole(exc.status_code, _JSON, exc.body(), exc.headers)
+        """Answer ``exc`` in the route's envelope (OpenAI's; Anthropic's on /v1/messages)."""
+        api = self._admitted.api
+        body = exc.body() if api is None else api.error_body(exc)
+        await self.whole(exc.status_code, _JSON, body, exc.headers)
 
     async def deliver(self, message: Message) -> None:
         """``send`` under the write watch (:class:`WriteWatch`)."""

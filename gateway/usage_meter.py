@@ -17,7 +17,9 @@ and only its ~80 bytes decoded. Anything else (the member twice, odd spacing bef
 parsed and re-encoded, one parse per event.
 
 :func:`usage_from_json` reads ``usage`` of a non-streaming answer: the top-level member,
-never one nested in ``choices`` or ``prompt_logprobs``.
+never one nested in ``choices`` or ``prompt_logprobs``; chat's counts or the agent APIs'
+(``input_tokens``, ``output_tokens``: :func:`agent_usage`). Their streams are metered by
+:class:`gateway.event_meter.EventMeter`.
 """
 
 from __future__ import annotations
@@ -49,13 +51,34 @@ class Usage:
 
     @classmethod
     def from_mapping(cls, usage: object) -> Usage | None:
+        """Chat's ``prompt_tokens``/``completion_tokens``, else the agent APIs'
+        ``input_tokens``/``output_tokens`` (:func:`agent_usage`)."""
         if not isinstance(usage, dict):
             return None
         prompt = usage.get("prompt_tokens")
+        if prompt is None and "input_tokens" in usage:
+            return agent_usage(usage)
         completion = usage.get("completion_tokens", 0)
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
         return cls(prompt, completion or 0)
+
+
+# Anthropic's input_tokens leaves out the prompt tokens read from or written to its cache
+# (vLLM's /v1/messages subtracts them from prompt_tokens when it reports them): billed too.
+_ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def agent_usage(usage: dict[str, object]) -> Usage | None:
+    """The usage of ``/v1/responses`` (``input_tokens`` counts the cached ones, which its
+    ``input_tokens_details`` only itemizes) or ``/v1/messages`` (plus its cache counts)."""
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int | None):
+        return None
+    for name in _ANTHROPIC_CACHE:
+        cached = usage.get(name)
+        prompt += cached if isinstance(cached, int) else 0
+    return Usage(prompt, completion or 0)
 
 
 class StreamMeter:

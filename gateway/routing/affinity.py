@@ -5,7 +5,8 @@ begin alike should meet on one replica. The key is the model and the first
 ``prefix_chars`` characters of the conversation for ``/v1/chat/completions``: the leading
 system messages when they have ``min_prefix_chars`` (a tenant's prompt: its users' turns
 then share its replica), else each message's role and text in order (the first turns: a
-conversation stays together); for ``/v1/completions`` the prompt
+conversation stays together), the same for the agent APIs, whose ``system`` (``/v1/messages``)
+or ``instructions`` (``/v1/responses``) lead as a system message; for ``/v1/completions`` the prompt
 (its first element for a batch; token ids as text) for ``/v1/completions``. Fewer than
 ``min_prefix_chars`` such characters give no key: nothing worth a cache, so the request
 goes where the load is least. Embeddings have no key.
@@ -28,6 +29,11 @@ from gateway.routing.ring import key_hash
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+RESPONSES_PATH = "/v1/responses"
+MESSAGES_PATH = "/v1/messages"
+_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, MESSAGES_PATH)
+# The agent APIs' leading instructions: rendered first, as a system message (by vLLM too).
+_LEADING = {RESPONSES_PATH: ("instructions", "input"), MESSAGES_PATH: ("system", "messages")}
 _SYSTEM_ROLES = ("system", "developer")
 
 
@@ -36,15 +42,32 @@ def prefix_key(
 ) -> int | None:
     """The affinity key of the parsed body ``data``, or ``None`` (no leading content worth
     one)."""
-    if path not in (CHAT_PATH, COMPLETIONS_PATH):
+    if path not in _PATHS:
         return None
-    if path == CHAT_PATH:
-        text = _leading_messages(data.get("messages"), prefix_chars, min_prefix_chars)
+    if path != COMPLETIONS_PATH:
+        messages = _conversation(data, path)
+        text = _leading_messages(messages, prefix_chars, min_prefix_chars)
     else:
         text = _leading_prompt(data.get("prompt"), prefix_chars)
     if text is None or len(text) < min_prefix_chars:
         return None
     return key_hash(f"{data.get('model')}\x00{text[:prefix_chars]}")
+
+
+def _conversation(data: Mapping[str, Any], path: str) -> Any:
+    """The body's messages in chat's shape: chat's own; an agent body's instructions
+    (``system``, ``instructions``) as a leading system message, then its messages or
+    items (a Responses ``input`` string as one user message)."""
+    if path == CHAT_PATH:
+        return data.get("messages")
+    lead, turns = _LEADING[path]
+    messages = data.get(turns)
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    system = data.get(lead)
+    if system is None or not isinstance(messages, list):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
 
 
 def _leading_messages(messages: Any, limit: int, enough: int) -> str | None:

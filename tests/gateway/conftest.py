@@ -143,3 +143,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+async def leave_after_two_chunks(gw: ServedGateway, path: str, body: dict[str, Any]) -> int:
+    """Stream ``body`` to ``path``, hang up after two chunks, and return what the key was
+    billed once the gateway settled (its upstream closed by then, its in-flight gauge 0)."""
+    async with gw.client.stream("POST", path, json=body, headers=AUTH) as response:
+        chunks = response.aiter_bytes()
+        await anext(chunks)
+        await anext(chunks)
+    await wait_until(lambda: bool(gw.limiter.leases[0].settled))
+    assert gw.metric("vkit_gateway_in_flight_requests") == 0
+    return gw.limiter.leases[0].settled[0]

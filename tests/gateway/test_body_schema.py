@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from schemathesis import GenerationMode
 
 from gateway import openapi_bodies
+from gateway.agent_apis import MESSAGES, RESPONSES
 from gateway.app import create_app
 from gateway.body import MEDIA_TOKENS, parse_body
 from gateway.body_fields import (
@@ -29,6 +30,8 @@ from gateway.body_fields import (
     Flag,
     ModelName,
     Options,
+    Refused,
+    Shaped,
 )
 from gateway.errors import InvalidRequest
 from gateway.settings import GatewaySettings
@@ -37,7 +40,10 @@ ROUTES = {  # path -> (its OpenAPI body, whether it generates tokens)
     "/v1/chat/completions": (openapi_bodies.CHAT_COMPLETIONS, True),
     "/v1/completions": (openapi_bodies.COMPLETIONS, True),
     "/v1/embeddings": (openapi_bodies.EMBEDDINGS, False),
+    "/v1/responses": (openapi_bodies.RESPONSES, True),
+    "/v1/messages": (openapi_bodies.MESSAGES, True),
 }
+AGENT_APIS = {RESPONSES.path: RESPONSES, MESSAGES.path: MESSAGES}
 EXAMPLES = 30
 PROMPT_EXAMPLES: dict[str, Any] = {
     "text": "hello",
@@ -94,7 +100,8 @@ def written_as_integers(value: Any) -> Any:
 
 
 def parse(body: dict[str, Any], path: str) -> Any:
-    return parse_body(json.dumps(body).encode(), generates=ROUTES[path][1])
+    raw = json.dumps(body).encode()
+    return parse_body(raw, generates=ROUTES[path][1], api=AGENT_APIS.get(path))
 
 
 def test_the_document_serves_these_bodies() -> None:
@@ -154,17 +161,32 @@ def bad_values(field: Any) -> list[tuple[dict[str, Any], str]]:
         return [({field.name: "yes"}, field.name), ({field.name: 1}, field.name)]
     if isinstance(field, Count):
         return [({field.name: v}, field.name) for v in (0, -1, 1.5, "2", True)]
+    if isinstance(field, Refused):
+        return [({field.name: v}, field.name) for v in (True, "x", 1)]
+    if isinstance(field, Shaped):
+        return [({field.name: v}, field.name) for v in (3, True, {"a": 1})]
     assert isinstance(field, Options)
     flags = [({field.name: {flag: "yes"}}, field.name) for flag in field.flags]
     return [({field.name: []}, field.name), *flags]
 
 
-@pytest.mark.parametrize("field", GENERATION_FIELDS, ids=lambda f: f.name)
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+# A body each route accepts, for one bad field at a time.
+VALID = {
+    "/v1/chat/completions": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"model": "m", "prompt": "hi"},
+    "/v1/responses": {"model": "m", "input": "hi"},
+    "/v1/messages": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+}
+CHECKED = [
+    *((path, f) for path in ("/v1/chat/completions", "/v1/completions") for f in GENERATION_FIELDS),
+    *((api.path, f) for api in (RESPONSES, MESSAGES) for f in api.fields),
+]
+
+
+@pytest.mark.parametrize(("path", "field"), CHECKED, ids=lambda v: getattr(v, "name", v))
 def test_a_bad_checked_field_is_refused_by_both(path: str, field: Any) -> None:
-    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi"}
     for bad, param in bad_values(field):
-        body = base | bad
+        body = VALID[path] | bad
         assert not admitted(path, body), body
         with pytest.raises(InvalidRequest) as refused:
             parse(body, path)

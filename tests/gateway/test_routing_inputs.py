@@ -31,6 +31,20 @@ def chat(*messages: tuple[str, str], model: str = "m") -> dict[str, object]:
     return {"model": model, "messages": [{"role": r, "content": c} for r, c in messages]}
 
 
+def test_an_agent_bodys_instructions_are_its_key_as_a_chat_system_message() -> None:
+    """``system`` (/v1/messages) and ``instructions`` (/v1/responses) lead as chat's system
+    message does: an agent's requests meet on one replica, and so do a chat and an agent
+    request that share the prompt vLLM renders first."""
+    as_chat = key(chat(("system", SYSTEM), ("user", "first question")))
+    blocks = [{"type": "text", "text": SYSTEM}]
+    turns = [{"role": "user", "content": [{"type": "text", "text": "other"}]}]
+    messages = key({"model": "m", "system": blocks, "messages": turns}, "/v1/messages")
+    responses = key({"model": "m", "instructions": SYSTEM, "input": "hi"}, "/v1/responses")
+    assert as_chat is not None and as_chat == messages == responses
+    no_system = {"model": "m", "input": [{"type": "function_call", "arguments": "{}"}]}
+    assert key(no_system, "/v1/responses") is None  # too little leading text for a key
+
+
 def test_a_tenants_system_prompt_is_the_key_whatever_its_users_ask() -> None:
     one = key(chat(("system", SYSTEM), ("user", "first question")))
     two = key(chat(("system", SYSTEM), ("user", "another"), ("assistant", "x"), ("user", "y")))

@@ -4,8 +4,9 @@
 loopback socket (aiohttp): ``GET /health``, ``GET /v1/models`` (behind ``--api-key`` when
 the script names one, as vLLM guards its ``/v1`` paths), ``GET /metrics`` (the scheduler
 gauges a load-aware router reads, and the token counters, which move as it answers), and
-chat completions, completions and embeddings, whole or streamed, with ``usage`` as vLLM
-sends it. What it answers is a :class:`Script` that a test changes between requests; its
+chat completions, completions, embeddings and the agent APIs (``/v1/responses``,
+``/v1/messages``), whole or streamed, with ``usage`` as vLLM sends it. What it answers is
+a :class:`Script` that a test changes between requests; its
 faults (statuses, a slow first byte or health answer, a stalled or broken stream, no
 usage, a replica that is down, an engine hung mid-step whose ``/health`` still says 200)
 are options of the script, and a replica behind a balancer can name itself in its answers:
@@ -27,6 +28,8 @@ Its modules:
 
 - ``script``: :class:`Script` (what to answer) and :class:`WholeAnswer`;
 - ``server``: :class:`ScriptedUpstream`, the aiohttp server that follows the script;
+- ``agent_answers``: what vLLM answers on ``/v1/responses`` and ``/v1/messages`` (whole,
+  streamed as named events, errors), which the server writes;
 - ``raw``: :class:`RawUpstream` and the raw answers (:func:`http_answer`,
   :func:`sse_answer`, :func:`endless_sse`, :func:`healthy_raw_answers`,
   ``DROP``/``RESET``/``SILENT``);

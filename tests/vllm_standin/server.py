@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from tests.vllm_standin.agent_answers import AGENT_SHAPES
 from tests.vllm_standin.script import Script
 
 
@@ -46,6 +48,8 @@ class ScriptedUpstream:
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/embeddings", self._embed)
+        app.router.add_post("/v1/responses", self._agent)
+        app.router.add_post("/v1/messages", self._agent)
         app.middlewares.append(self._gate)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
@@ -185,6 +189,34 @@ class ScriptedUpstream:
         continuous = self.script.continuous_usage and options.get("continuous_usage_stats")
         per_chunk = self.script.tokens_per_chunk
         self.prompted += self.script.prompt_tokens
+
+        def frame(i: int) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": "x",
+                "choices": [{"index": 0, "delta": {"content": f"t{i} "}}],
+            }
+            if continuous and options.get("include_usage") and self.script.answer_usage:
+                chunk["usage"] = self._usage((i + 1) * per_chunk)
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        await self._chunks(request, response, count, frame)
+        if options.get("include_usage") and self.script.answer_usage:
+            final = {"id": "x", "choices": [], "usage": self._usage(count * per_chunk)}
+            await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self.finished += 1
+        return response
+
+    async def _chunks(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        count: int,
+        frame: Callable[[int], bytes],
+    ) -> None:
+        """Write ``count`` content chunks (``frame(i)``) as the script paces, stalls or
+        breaks them."""
         for i in range(count):
             while self.script.stall_after is not None and i >= self.script.stall_after:
                 if self.resume.is_set():
@@ -194,20 +226,49 @@ class ScriptedUpstream:
                 assert request.transport is not None
                 request.transport.abort()
                 await asyncio.sleep(3600)
-            chunk: dict[str, Any] = {
-                "id": "x",
-                "choices": [{"index": 0, "delta": {"content": f"t{i} "}}],
-            }
-            if continuous and options.get("include_usage") and self.script.answer_usage:
-                chunk["usage"] = self._usage((i + 1) * per_chunk)
-            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            self.generated += per_chunk
+            await response.write(frame(i))
+            self.generated += self.script.tokens_per_chunk
             if self.script.chunk_delay:
                 await asyncio.sleep(self.script.chunk_delay)
-        if options.get("include_usage") and self.script.answer_usage:
-            final = {"id": "x", "choices": [], "usage": self._usage(count * per_chunk)}
-            await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        self.finished += 1
-        return response
+
+    async def _agent(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/responses`` and ``/v1/messages`` as vLLM answers them (see
+        ``tests/vllm_standin/agent_answers.py``): whole or streamed as named events, usage
+        as ``input_tokens``/``output_tokens``, errors in the route's envelope."""
+        self.raw_bodies.append(await request.read())
+        body = await request.json()
+        self.bodies.append(body)
+        shape = AGENT_SHAPES[request.path]
+        if self.script.hung:
+            await asyncio.Event().wait()
+        if self.script.statuses:
+            status = self.script.statuses.pop(0)
+            error = self.script.error_body or shape.error(status, "scripted")
+            return web.json_response(self._named(error), status=status)
+        try:
+            if self.script.head_delay:
+                await asyncio.sleep(self.script.head_delay)
+            cap = body.get(shape.cap_field) or self.script.chunks
+            count = min(self.script.chunks, cap)
+            usage = shape.usage(self.script.prompt_tokens, count * self.script.tokens_per_chunk)
+            if not self.script.answer_usage:
+                usage = None
+            self.prompted += self.script.prompt_tokens
+            if not body.get("stream"):
+                self.generated += count * self.script.tokens_per_chunk
+                self.finished += 1
+                answer = shape.whole(body["model"], count, usage) | self.script.answer_extra
+                return web.json_response(self._named(answer))
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in shape.opening(body["model"], self.script.prompt_tokens):
+                await response.write(event)
+            await self._chunks(request, response, count, shape.delta)
+            for event in shape.closing(body["model"], count, usage):
+                await response.write(event)
+            await response.write_eof()
+            self.finished += 1
+            return response
+        except asyncio.CancelledError:
+            self.closed_early += 1
+            raise
