@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from launcher.supervision.tiny_model import build_tiny_model
-from tests.e2e.clients import sdk
+from tests.e2e.clients import sdk, wait_for
 from tests.e2e.prom import sample_sum
 from tests.e2e.test_up import spawn_vkit_up, stop_everything, wait_for_banner
 from vkit.stack.ports import pick_free_ports
@@ -135,6 +135,8 @@ def test_two_models_and_adapters_each_answered_by_their_own_group(tmp_path: Path
             client.chat.completions.create(
                 model="nobody", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
             )
+        # the gateway learns of it at its next probe of the replica's model list (5 s)
+        wait_for(lambda: "tiny-late" in {m.id for m in client.models.list()}, 30, "the next probe")
         reply = client.chat.completions.create(
             model="tiny-late", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
         )
