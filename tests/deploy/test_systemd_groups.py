@@ -256,3 +256,26 @@ def test_install_refuses_single_model_options_with_a_deployment(
 def test_groups_gateway_module_examples() -> None:
     failures, tried = doctest.testmod(groups_gateway)
     assert tried > 0 and failures == 0
+
+
+@pytest.mark.system
+def test_a_single_model_host_moved_to_a_deployment_names_what_is_left_over(
+    tmp_path: Path,
+) -> None:
+    """Re-installing with --deployment (twice: the second keeps gateway.env and passes it to
+    the renderer) names the earlier single-model instance to disable, and changes nothing
+    the second time."""
+    vkit_bin = vkit_script(tmp_path)
+    root = tmp_path / "root"
+    profile = ROOT / "configs" / "deployments" / "llama-3.1-8b-rtx4090.yaml"
+    first = install(root, vkit_bin, "--gpus", "0", "--profile", str(profile))
+    assert first.returncode == 0, first.stderr
+    moved = install(root, vkit_bin, "--deployment", str(TWO_MODELS))
+    assert moved.returncode == 0, moved.stderr
+    assert "systemctl disable --now vllm@0," in moved.stdout
+    etc = root / "etc" / "vkit"
+    before = {p.name: p.read_text() for p in etc.glob("*") if p.is_file()}
+    again = install(root, vkit_bin, "--deployment", str(TWO_MODELS))
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_text() for p in etc.glob("*") if p.is_file()} == before
+    assert "next: systemctl enable --now vkit-gateway vllm@chat-0 vllm@fast-0\n" in again.stdout
