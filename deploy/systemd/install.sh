@@ -8,6 +8,8 @@
 #   sudo deploy/systemd/install.sh --profile configs/deployments/llama-3.1-70b-h200-tp2.yaml \
 #       --gpus 0,1,2,3 --tp 2                  # vllm@0-1, vllm@2-3: tensor parallel 2
 #   sudo deploy/systemd/install.sh ... --routing aware   # gateway -> replicas direct, no NGINX
+#   sudo deploy/systemd/install.sh --deployment deploy/deployments/two-models.yaml
+#       # several models (docs/deployment-file.md): vllm@chat-0, vllm@fast-0; routing aware
 #   deploy/systemd/install.sh --destdir /tmp/stage ...   # stage files only (no root needed)
 #   deploy/systemd/install.sh --dry-run ...              # print what would be done
 #
@@ -20,6 +22,8 @@
 # TLS) on 443, with /etc/vkit/tls/{cert,key}.pem.
 # --routing round_robin (default): the gateway goes through NGINX; aware: the gateway
 # routes to the replicas' ports itself (by load and prompt prefix) and no NGINX site is set.
+# --deployment FILE: every group's GPUs, tensor parallel and profile come from the file (give
+# it on every install, without --profile, --gpus, --tp or --routing).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,9 +36,11 @@ enable=0
 vkit_bin="/opt/vkit/venv/bin/vkit"
 base_port=""  # vkit render systemd's default unless given
 routing="round_robin"
+deployment=""
+single_args=()  # the single-model options given (refused with --deployment)
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -44,13 +50,14 @@ die() {
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --gpus) gpus="${2:?--gpus needs a value}"; shift 2 ;;
-        --tp) tp="${2:?--tp needs a number}"; shift 2 ;;
-        --profile) profile="${2:?--profile needs a file}"; shift 2 ;;
+        --gpus) gpus="${2:?--gpus needs a value}"; single_args+=(--gpus); shift 2 ;;
+        --tp) tp="${2:?--tp needs a number}"; single_args+=(--tp); shift 2 ;;
+        --profile) profile="${2:?--profile needs a file}"; single_args+=(--profile); shift 2 ;;
+        --deployment) deployment="${2:?--deployment needs a file}"; shift 2 ;;
         --destdir) destdir="${2:?--destdir needs a directory}"; shift 2 ;;
         --vkit-bin) vkit_bin="${2:?--vkit-bin needs a path}"; shift 2 ;;
         --base-port) base_port="${2:?--base-port needs a number}"; shift 2 ;;
-        --routing) routing="${2:?--routing needs round_robin or aware}"; shift 2 ;;
+        --routing) routing="${2:?--routing needs round_robin or aware}"; single_args+=(--routing); shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         --enable) enable=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -99,7 +106,11 @@ new_secret() {
     head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | head -c 40
 }
 
-if [[ -n "$profile" ]]; then
+if [[ -n "$deployment" ]]; then
+    [[ ${#single_args[@]} -eq 0 ]] || die "--deployment states every group and routes aware: drop ${single_args[*]}"
+    [[ -f "$deployment" ]] || die "--deployment: no such file: $deployment"
+    routing="aware"
+elif [[ -n "$profile" ]]; then
     [[ -f "$profile" ]] || die "--profile: no such file: $profile"
 elif [[ ! -f "$etc/replica.yaml" ]]; then
     die "--profile is needed on the first install (a vkit launch profile, e.g. configs/deployments/*.yaml)"
@@ -111,8 +122,12 @@ fi
 stage="$(mktemp -d "${TMPDIR:-/tmp}/vkit-stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 hf_home="$(sed -n 's/^Environment=HF_HOME=//p' "$here/vllm@.service")"
-render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
-    --hf-home "$hf_home" --routing "$routing" --out "$stage")
+if [[ -n "$deployment" ]]; then
+    render=("$vkit_bin" render systemd --deployment "$deployment" --hf-home "$hf_home" --out "$stage")
+else
+    render=("$vkit_bin" render systemd --profile "${profile:-$etc/replica.yaml}" --gpus "$gpus"
+        --hf-home "$hf_home" --routing "$routing" --out "$stage")
+fi
 [[ -z "$tp" ]] || render+=(--tp "$tp")
 [[ -z "$base_port" ]] || render+=(--base-port "$base_port")
 # The gateway's own settings, kept across installs: its stop timeout follows their total.
@@ -180,11 +195,16 @@ for drop_in in "$stage"/etc/systemd/system/*.d/*.conf; do
     install_file "$drop_in" "$root/${drop_in#"$stage"/}" 0644
 done
 
-# 3. Replica profile; each GPU set's port, CUDA_VISIBLE_DEVICES and tensor-parallel size;
-# the gateway's model settings (its tokenizer in the replicas' Hugging Face cache).
+# 3. Replica profile (with --deployment: each group's, replica-GROUP.yaml); each GPU set's
+# port, CUDA_VISIBLE_DEVICES and tensor-parallel size; the gateway's model settings (its
+# tokenizer in the replicas' Hugging Face cache).
 if [[ -n "$profile" ]]; then
     install_file "$profile" "$etc/replica.yaml" 0640
 fi
+for group_profile in "$stage"/etc/vkit/replica-*.yaml; do
+    [[ -e "$group_profile" ]] || continue
+    install_file "$group_profile" "$etc/${group_profile##*/}" 0640
+done
 for env_file in "$stage"/etc/vkit/*.env; do
     install_file "$env_file" "$etc/${env_file##*/}" 0640
 done
@@ -208,7 +228,7 @@ write_if_absent "$etc/gateway.env" 0640 "$(cat "$stage/etc/vkit/gateway.env.defa
 # until a key is added; the gateway re-reads the file, no restart needed.
 write_if_absent "$etc/keys.yaml" 0640 "keys: []"
 if [[ -z "$destdir" && $dry_run -eq 0 ]]; then
-    chgrp vkit "$etc"/*.env "$etc/replica.yaml" "$etc/keys.yaml"
+    chgrp vkit "$etc"/*.env "$etc"/replica*.yaml "$etc/keys.yaml"
 fi
 
 # 5. NGINX site (one server per GPU set), rendered from the same template as every other
@@ -254,7 +274,11 @@ if [[ -z "$destdir" ]]; then
 fi
 
 printf '%s\n' "$summary"
-echo "vkit: installed for GPUs ${gpus}."
+if [[ -n "$deployment" ]]; then
+    echo "vkit: installed the groups of ${deployment}."
+else
+    echo "vkit: installed for GPUs ${gpus}."
+fi
 if [[ $enable -eq 0 ]]; then
     echo "next: systemctl enable --now vkit-gateway ${instances[*]%.service}"
 fi

@@ -42,17 +42,21 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("k8s")
+def render_and_build(deployment: Path, root: Path) -> list[dict[str, Any]]:
+    """``vkit render k8s --deployment`` into ``root``, then its overlay built by kustomize."""
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["render", "k8s", "--deployment", str(TWO_MODELS), "--out", str(root)]) == 0
+        assert main(["render", "k8s", "--deployment", str(deployment), "--out", str(root)]) == 0
     done = subprocess.run(
-        [kubectl(), "kustomize", str(root / "overlays" / "two-models")],
+        [kubectl(), "kustomize", str(root / "overlays" / deployment.stem)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return sorted(yaml.safe_load_all(done.stdout), key=object_key)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render_and_build(TWO_MODELS, tmp_path_factory.mktemp("k8s"))
 
 
 @pytest.mark.integration
@@ -127,3 +131,70 @@ def test_a_bad_deployment_writes_nothing(tmp_path: Path) -> None:
     bad.write_text(TWO_MODELS.read_text().replace("served_name: fast", "served_name: chat"))
     assert main(["render", "k8s", "--deployment", str(bad), "--out", str(tmp_path / "k8s")]) == 2
     assert not (tmp_path / "k8s").exists()
+
+
+# --- Per-group autoscaling: each group's own autoscaler on its own StatefulSet -------------
+
+AUTOSCALED = (
+    TWO_MODELS.read_text()
+    .replace(
+        "    lora: {max_loras: 2, runtime_updates: true}\n",
+        "    lora: {max_loras: 2, runtime_updates: true}\n"
+        "    autoscaling: {autoscaler: hpa, min_replicas: 2, max_replicas: 3}\n",
+    )
+    .replace(
+        "    context: 4096\n",
+        "    context: 4096\n    autoscaling: {max_replicas: 4, scale_target: 7}\n",
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def autoscaled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("k8s-auto")
+    deployment = root / "autoscaled.yaml"
+    deployment.write_text(AUTOSCALED)
+    out = root / "k8s"
+    return out, render_and_build(deployment, out)
+
+
+@pytest.mark.integration
+def test_each_group_scales_its_own_statefulset_on_its_own_model(
+    autoscaled: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    out, built = autoscaled
+    for obj in built:
+        validate_object(obj)
+    chat, fast = by_name(built, "StatefulSet", "vllm"), by_name(built, "StatefulSet", "vllm-fast")
+    assert (chat["spec"]["replicas"], fast["spec"]["replicas"]) == (2, 1)  # the least of each
+    hpa = by_name(built, "HorizontalPodAutoscaler", "vllm")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "vllm"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 3)
+    scaled = by_name(built, "ScaledObject", "vllm-fast")
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "vllm-fast"
+    }  # fmt: skip
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 4)
+    triggers = {t["name"]: t["metadata"] for t in scaled["spec"]["triggers"]}
+    assert 'model_name="fast"' in triggers["running"]["query"]
+    assert triggers["running"]["threshold"] == "7"
+    assert [o["kind"] for o in built].count("ScaledObject") == 1  # none for the HPA's group
+    assert (out / "overlays" / "autoscaled" / "prometheus-adapter-values.yaml").is_file()
+
+
+def test_groups_without_autoscaling_keep_their_fixed_replicas() -> None:
+    objects = rendered()
+    assert by_name(objects, "StatefulSet", "vllm-fast")["spec"]["replicas"] == 1
+    scaled = [o for o in objects if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
+    assert [o["metadata"]["name"] for o in scaled] == ["vkit-gateway"]  # the gateway's HPA only
+
+
+def test_autoscaling_bounds_out_of_order_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(AUTOSCALED.replace("max_replicas: 3", "max_replicas: 1"))
+    assert main(["render", "k8s", "--deployment", str(bad), "--out", str(tmp_path / "k8s")]) == 2
+    assert not (tmp_path / "k8s").exists()
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "min_replicas 2 is above max_replicas 1" in error[0], error

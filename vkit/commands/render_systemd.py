@@ -2,6 +2,7 @@
 
     vkit render systemd --profile /etc/vkit/replica.yaml --gpus 0,1,2,3 --tp 2 \\
         --hf-home /var/lib/vkit/huggingface --out STAGE
+    vkit render systemd --deployment models.yaml --out STAGE
 
 Groups the GPU ids into tensor-parallel sets (:func:`launcher.sizing.gpu_sets.split_gpu_sets`),
 solves the profile's fit for one set with ``vkit launch``'s own resolver (the set's size is
@@ -11,6 +12,10 @@ their path below ``/``. ``--tp`` wins over the profile's ``tensor_parallel`` (de
 ``--gateway-env`` is the host's own ``/etc/vkit/gateway.env`` (install.sh passes it where
 one is): the gateway's stop timeout follows the total timeout it sets, and a variable there
 that the gateway would refuse is refused here, before anything is installed.
+
+``--deployment FILE`` renders a deployment file's groups instead (each fit on its own GPUs,
+:mod:`vkit.render.systemd_groups`): instances ``vllm@GROUP-SET``, each group's profile, the
+gateway routing ``aware`` to every replica.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from launcher.supervision.profiles import load_profile
 from launcher.supervision.vllm_args import VllmOptions, split_flags
 from vkit.commands.launch import served_model
 from vkit.deployment import Deployment
+from vkit.deployment.deployment_file import load_deployment_file
+from vkit.deployment.group_fit import fit_groups
 from vkit.deployment.service_ports import NGINX_PORT, REPLICA_BASE_PORT
 from vkit.exit_codes import UsageError
 from vkit.render.bundle import write_files
+from vkit.render.compose import group_slug
 from vkit.render.systemd import (
     REPLICA_HOST,
     ModelTokenizer,
@@ -41,6 +49,7 @@ from vkit.render.systemd import (
     replica_instances,
     systemd_host_files,
 )
+from vkit.render.systemd_groups import group_files, systemd_groups
 
 NGINX_LISTEN = f"{REPLICA_HOST}:{NGINX_PORT}"
 
@@ -73,8 +82,13 @@ def register(kinds: Any) -> None:
     parser = kinds.add_parser(
         "systemd", help="per-host files of the systemd units (install.sh runs this)"
     )
-    parser.add_argument("--profile", required=True, help="the replicas' deployment profile")
-    parser.add_argument("--gpus", required=True, help="GPU indexes (nvidia-smi's): 0,1,2,3")
+    parser.add_argument("--profile", help="the replicas' deployment profile (required)")
+    parser.add_argument("--gpus", help="GPU indexes (nvidia-smi's): 0,1,2,3 (required)")
+    parser.add_argument(
+        "--deployment",
+        type=Path,
+        help="a deployment file of several groups, instead of --profile, --gpus and --tp",
+    )
     parser.add_argument(
         "--tp", type=int, help="GPUs per replica (tensor parallel size; default: the profile's, 1)"
     )
@@ -154,6 +168,11 @@ def with_host_gateway_env(deployment: Deployment, path: Path) -> Deployment:
 
 
 def run_systemd(args: argparse.Namespace) -> int:
+    if args.deployment is not None:
+        return run_systemd_groups(args)
+    missing = [f"--{name}" for name in ("profile", "gpus") if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}")
     settings = SystemdArgs.model_validate(
         {k: v for k, v in vars(args).items() if k in SystemdArgs.model_fields and v is not None}
     )
@@ -171,6 +190,53 @@ def run_systemd(args: argparse.Namespace) -> int:
             label = "GPUs" if gpus.size > 1 else "GPU"
             print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
     print(fit_summary(host.launch))
+    return 0
+
+
+def plan_groups_host(args: argparse.Namespace) -> Deployment:
+    """``--deployment FILE``: every group fit on its GPUs (nothing written on an error), the
+    host's :class:`~vkit.deployment.Deployment`, with the host's ``gateway.env``'s drain."""
+    given = [f"--{name}" for name in ("profile", "gpus", "tp") if getattr(args, name) is not None]
+    if args.routing == "round_robin":
+        given.append("--routing round_robin")
+    if given:
+        raise UsageError(
+            f"--deployment states every group and routes aware: drop {', '.join(given)}"
+        )
+    file = load_deployment_file(args.deployment)
+    deployment = systemd_groups(
+        file,
+        fit_groups(file),
+        base_port=args.base_port,
+        hf_home=PurePosixPath(args.hf_home),
+    )
+    if args.gateway_env is not None:
+        deployment = with_host_gateway_env(deployment, args.gateway_env)
+    return deployment
+
+
+def run_systemd_groups(args: argparse.Namespace) -> int:
+    deployment = plan_groups_host(args)
+    files = systemd_host_files(
+        deployment, listen=args.listen, replica_files=group_files(deployment)
+    )
+    write_files({str(path): text for path, text in files.items()}, args.out)
+    for group in deployment.groups:
+        for replica in replica_instances(group, group_slug(group.served_model)):
+            gpus = replica.gpu_set
+            label = "GPUs" if gpus.size > 1 else "GPU"
+            print(f"{replica.unit}: {label} {gpus.cuda_visible_devices}, on {replica.upstream}")
+    for group in deployment.groups:
+        launch = group.launch
+        print(
+            f"group {group.served_model}: {launch.model} on {launch.gpu}, tensor parallel "
+            f"{launch.tensor_parallel}: --max-model-len {launch.max_model_len}"
+            + (
+                f" --gpu-memory-utilization {launch.gpu_memory_utilization}"
+                if launch.gpu_memory_utilization is not None
+                else ""
+            )
+        )
     return 0
 
 

@@ -13,6 +13,7 @@
       - model: qwen3-4b
         served_name: fast
         gpus: [1]                  # GPU 1 is shared with chat: the memory is split
+        autoscaling: {max_replicas: 4}   # Kubernetes only (KEDA; or autoscaler: hpa)
 
 :func:`load_deployment_file` reads and checks it (a :class:`DeploymentFileError`, one line,
 for anything wrong); :mod:`vkit.deployment.group_fit` solves each group's fit. Checks that
@@ -23,7 +24,7 @@ adapters on a group whose LoRA is off, an adapter above the group's ``max_rank``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,6 +60,28 @@ class LoraOptions(BaseModel):
     runtime_updates: bool = False
 
 
+class GroupAutoscaling(BaseModel):
+    """A group's autoscaler on Kubernetes (other targets run one replica per GPU set)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    autoscaler: Literal["keda", "hpa"] = "keda"
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    scale_target: int | None = Field(
+        default=None, ge=1, description="running requests per replica (default: the planner's)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GroupAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling: min_replicas {self.min_replicas} is above "
+                f"max_replicas {self.max_replicas}"
+            )
+        return self
+
+
 class GroupEntry(BaseModel):
     """One replica group as the file states it."""
 
@@ -76,6 +99,9 @@ class GroupEntry(BaseModel):
     adapters: tuple[LoraAdapter, ...] = ()
     lora: LoraOptions | bool | None = Field(
         default=None, description="None: on when adapters are named; false: off"
+    )
+    autoscaling: GroupAutoscaling | None = Field(
+        default=None, description="Kubernetes: an autoscaler instead of a fixed replica count"
     )
 
     @field_validator("gpus", mode="before")

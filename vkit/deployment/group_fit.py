@@ -15,6 +15,7 @@ a group that does not fit where it is, is one :class:`~launcher.errors.GpuShareE
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.errors import GpuShareError, InvalidInput
 from launcher.sizing.checkpoints import served_checkpoint
@@ -23,9 +24,10 @@ from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from launcher.sizing.gpu_sharing import ShareClaim, share_gpu
 from launcher.sizing.gpus import GpuProfile, get_gpu, normalize_gpu_name
 from launcher.sizing.models import ModelSpec, load_model
+from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment.deployment_file import CPU, DeploymentFile, GroupEntry
 
-__all__ = ["CPU_KV_CACHE_GIB", "GroupFit", "fit_groups"]
+__all__ = ["CPU_KV_CACHE_GIB", "GroupFit", "fit_groups", "group_launch"]
 
 CPU_KV_CACHE_GIB = 1
 
@@ -127,3 +129,27 @@ def fit_groups(file: DeploymentFile, *, share: bool = True) -> list[GroupFit]:
             )
         fits.append(GroupFit(entry, key, sets[entry.name], plan, price, neighbours))
     return fits
+
+
+def group_launch(
+    fit: GroupFit, model: str, *, host: str, shutdown_timeout: float
+) -> LaunchSettings:
+    """What each replica of ``fit``'s group runs with ``vkit launch`` (port aside): ``model``
+    under the group's served name, the fit's context and, on a GPU, the group's kind,
+    quantization, tensor-parallel size and memory share; its LoRA settings."""
+    fields: dict[str, Any] = {
+        "model": model,
+        "host": host,
+        "served_model_name": fit.name,
+        "shutdown_timeout": shutdown_timeout,
+        "max_model_len": fit.plan.max_model_len,
+    }
+    if fit.cpu:
+        fields.update(cpu=True, enforce_eager=True)
+    else:
+        fields.update(gpu=fit.gpu, quant=fit.entry.quant, tensor_parallel=fit.entry.tp)
+        if fit.plan.gpu_memory_utilization is not None:
+            fields["gpu_memory_utilization"] = fit.plan.gpu_memory_utilization
+    if fit.entry.lora_settings is not None:
+        fields["lora"] = fit.entry.lora_settings
+    return LaunchSettings(**fields)

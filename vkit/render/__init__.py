@@ -13,6 +13,10 @@
 - :mod:`vkit.render.prometheus` -- scrape config and per-GPU price series
 - :mod:`vkit.render.alertmanager` -- the Alertmanager service, its config and start script
 - :mod:`vkit.render.systemd` -- a systemd host's generated files (replica and gateway env)
+- :mod:`vkit.render.systemd_groups` -- a deployment file's groups on a systemd host:
+  ``vllm@GROUP-SET`` instances, each group's profile
+- :mod:`vkit.render.groups_gateway` -- the gateway's routing and tokenizers over several groups
+  (compose and systemd)
 - :mod:`vkit.render.k8s_spec` -- ``K8sSpec``: one Kubernetes deployment, names and drain
 - :mod:`vkit.render.k8s_plan` -- ``vkit render k8s`` arguments -> ``K8sSpec`` and fit plan
 - :mod:`vkit.render.k8s_vllm` -- the vLLM StatefulSet: base and fit-made patch, probes

@@ -24,7 +24,7 @@ from vkit.deployment.deployment_file import DeploymentFile
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.deployment.group_fit import GroupFit
 from vkit.deployment.images import COMPOSE_GATEWAY_IMAGE
-from vkit.deployment.model import container_group, expected_models
+from vkit.deployment.model import container_group
 from vkit.deployment.service_ports import (
     DCGM_PORT,
     GATEWAY_ADMIN_PORT,
@@ -60,6 +60,7 @@ from vkit.render.compose_cpu import CPU_IMAGE, cpu_group, tokenizer_source
 from vkit.render.compose_env import Variable, bundle_variables, render_env_example
 from vkit.render.compose_services import EDGE_SITE_FILE
 from vkit.render.gateway_build import gateway_build_files
+from vkit.render.groups_gateway import groups_gateway_values
 from vkit.render.prometheus import build_cost_rules, build_prometheus_config
 
 __all__ = ["groups_deployment", "model_variable", "render_groups_bundle"]
@@ -103,27 +104,20 @@ def _tokenizer(group: ReplicaGroup) -> str:
 
 
 def groups_gateway(groups: tuple[ReplicaGroup, ...], upstreams: list[str]) -> GatewaySettings:
-    """The gateway over every group: aware routing to each replica, every served model (and
-    adapter) counted with its base's tokenizer, each replica ready when it lists a model."""
-    tokenizers: dict[str, str] = {}
-    for group in groups:
-        tokenizers[group.served_model] = _tokenizer(group)
-        for adapter in group.launch.lora.adapters if group.launch.lora else ():
-            tokenizers[adapter.name] = _tokenizer(group)
+    """The gateway over every group (:func:`~vkit.render.groups_gateway.groups_gateway_values`)
+    in the compose network."""
     values: dict[str, Any] = {
         "host": "0.0.0.0",
         "port": GATEWAY_PORT,
         "admin_host": "0.0.0.0",
         "admin_port": GATEWAY_ADMIN_PORT,
-        "routing": "aware",
-        "upstreams": upstreams,
+        **groups_gateway_values(groups, upstreams, _tokenizer),
         "upstream_api_key": API_KEY_VAR,
         "keys_file": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
         "redis_url": f"redis://redis:{REDIS_PORT}/0",
-        "health": {"expected_models": expected_models([g.served_model for g in groups])},
         "timeouts": {"total": GATEWAY_TOTAL_TIMEOUT_S},
-        "tokenizers": {"models": tokenizers, "hf_cache": f"{GATEWAY_HF_MOUNT}/hub"},
     }
+    values["tokenizers"]["hf_cache"] = f"{GATEWAY_HF_MOUNT}/hub"
     return settings_from_values(values)
 
 

@@ -83,25 +83,30 @@ def scaling_behavior() -> dict[str, Any]:
     }
 
 
-def target_ref() -> dict[str, str]:
-    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": VLLM_NAME}
+def target_ref(name: str = VLLM_NAME) -> dict[str, str]:
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
 
 
-def keda_scaled_object(spec: K8sSpec) -> dict[str, Any]:
+def keda_scaled_object(spec: K8sSpec, name: str = VLLM_NAME) -> dict[str, Any]:
     triggers = []
-    for name, query, target in signals(spec):
+    for signal, query, target in signals(spec):
         metadata = {"serverAddress": spec.prometheus_url, "query": query, "threshold": str(target)}
-        if name == "gateway-held":
+        if signal == "gateway-held":
             metadata["activationThreshold"] = "0"
         triggers.append(
-            {"type": "prometheus", "name": name, "metricType": "AverageValue", "metadata": metadata}
+            {
+                "type": "prometheus",
+                "name": signal,
+                "metricType": "AverageValue",
+                "metadata": metadata,
+            }
         )
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": {"name": VLLM_NAME, "namespace": spec.namespace},
+        "metadata": {"name": name, "namespace": spec.namespace},
         "spec": {
-            "scaleTargetRef": target_ref(),
+            "scaleTargetRef": target_ref(name),
             "pollingInterval": POLLING_INTERVAL_S,
             "cooldownPeriod": COOLDOWN_S,
             "minReplicaCount": spec.min_replicas,
@@ -117,7 +122,7 @@ def adapter_metric_name(metric: str) -> str:
     return metric.replace(":", "_")
 
 
-def vllm_hpa(spec: K8sSpec) -> dict[str, Any]:
+def vllm_hpa(spec: K8sSpec, name: str = VLLM_NAME) -> dict[str, Any]:
     metrics = [
         {
             "type": "Pods",
@@ -134,9 +139,9 @@ def vllm_hpa(spec: K8sSpec) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": VLLM_NAME, "namespace": spec.namespace},
+        "metadata": {"name": name, "namespace": spec.namespace},
         "spec": {
-            "scaleTargetRef": target_ref(),
+            "scaleTargetRef": target_ref(name),
             "minReplicas": spec.min_replicas,
             "maxReplicas": spec.max_replicas,
             "behavior": scaling_behavior(),
@@ -168,9 +173,10 @@ def prometheus_adapter_values(spec: K8sSpec) -> dict[str, Any]:
     }
 
 
-def autoscaling_objects(spec: K8sSpec) -> list[dict[str, Any]]:
+def autoscaling_objects(spec: K8sSpec, name: str = VLLM_NAME) -> list[dict[str, Any]]:
+    """The autoscaler of the StatefulSet ``name`` (a deployment file's group: its own)."""
     if spec.autoscaler in ("keda", "zero"):
-        return [keda_scaled_object(spec)]
+        return [keda_scaled_object(spec, name)]
     if spec.autoscaler == "hpa":
-        return [vllm_hpa(spec)]
+        return [vllm_hpa(spec, name)]
     return []

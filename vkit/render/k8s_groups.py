@@ -6,7 +6,10 @@ The first group is the base's ``vllm`` StatefulSet, patched as a single-model ov
 it; every other group is a StatefulSet of its own, ``vllm-<group>``, built from the same base
 and its own fit-made patch, with its headless Service ``vllm-<group>-pods``, its
 PodDisruptionBudget, NetworkPolicy and (with monitoring) PodMonitor. Each group runs a fixed
-number of replicas (its GPU sets); no autoscaler is rendered for a deployment file. The
+number of replicas (its GPU sets), or, where it states ``autoscaling``, scales between its
+``min_replicas`` and ``max_replicas`` by its own KEDA ScaledObject (or HPA) on its own
+StatefulSet, on its model's vLLM queue (:mod:`vkit.render.k8s_autoscaling`: the queries
+select the served name). The
 gateway routes ``aware`` over the pods it discovers behind every group's headless Service:
 ``VKIT_GATEWAY_DISCOVERY__DNS_NAMES`` lists them (``name:port``), beside the base's
 ``dns_name`` (the first group's), and it learns which pod serves which model from their
@@ -21,6 +24,7 @@ import json
 from typing import Any
 
 from gateway.settings_env import settings_from_values
+from launcher.errors import InvalidInput
 from launcher.sizing.gpus import get_gpu
 from launcher.sizing.lora import lora_env, lora_flags
 from launcher.supervision.launch_spec import loaded_checkpoint
@@ -29,6 +33,11 @@ from vkit.deployment.group_fit import GroupFit
 from vkit.deployment.model import expected_models
 from vkit.deployment.service_ports import VLLM_PORT
 from vkit.render.compose import group_slug
+from vkit.render.k8s_autoscaling import (
+    autoscaling_objects,
+    prometheus_adapter_values,
+    scale_target,
+)
 from vkit.render.k8s_bundle import (
     K8sBundle,
     Sources,
@@ -64,14 +73,39 @@ from vkit.render.k8s_vllm import (
     vllm_statefulset_patch,
 )
 
-__all__ = ["DNS_NAMES_VAR", "group_specs", "render_k8s_groups_bundle"]
+__all__ = ["DNS_NAMES_VAR", "group_autoscaling", "group_specs", "render_k8s_groups_bundle"]
 
 DNS_NAMES_VAR = "VKIT_GATEWAY_DISCOVERY__DNS_NAMES"
 
 
+def group_autoscaling(fit: GroupFit) -> dict[str, Any]:
+    """The spec's autoscaling fields: the group's autoscaler between its bounds, each replica
+    targeted at its ``scale_target`` (default: the capacity planner's concurrency per GPU at
+    its per-user speed, times ``tp``, as a single-model render); or its GPU sets, fixed."""
+    auto = fit.entry.autoscaling
+    if auto is None:
+        count = len(fit.gpu_sets)
+        return {"autoscaler": "none", "min_replicas": count, "max_replicas": max(1, count)}
+    target = auto.scale_target
+    if target is None:
+        planned = 0 if fit.cpu else scale_target(fit.gpu, fit.entry.model, fit.entry.quant)
+        target = planned * fit.entry.tp if not fit.cpu else 1
+        if target == 0:
+            raise InvalidInput(
+                f"group {fit.name!r}: the capacity planner finds no concurrency at which it "
+                "reaches its per-user speed: give autoscaling.scale_target"
+            )
+    return {
+        "autoscaler": auto.autoscaler,
+        "min_replicas": auto.min_replicas,
+        "max_replicas": auto.max_replicas,
+        "scale_target": target,
+    }
+
+
 def group_specs(file: DeploymentFile, fits: list[GroupFit]) -> list[K8sSpec]:
     """Each group as the one-model spec its StatefulSet is patched from (served name as the
-    model, the group's GPU sets as a fixed replica count, no autoscaler)."""
+    model, its autoscaling or its GPU sets as a fixed replica count)."""
     specs = []
     for fit in fits:
         entry = fit.entry
@@ -90,9 +124,7 @@ def group_specs(file: DeploymentFile, fits: list[GroupFit]) -> list[K8sSpec]:
                 vllm_quant=vllm_quant,
                 tensor_parallel=entry.tp,
                 shutdown_timeout_s=file.shutdown_timeout,
-                autoscaler="none",
-                min_replicas=len(fit.gpu_sets),
-                max_replicas=max(1, len(fit.gpu_sets)),
+                **group_autoscaling(fit),
             )
         )
     return specs
@@ -107,10 +139,11 @@ def pods_service(name: str) -> str:
 
 
 def group_patch(index: int, spec: K8sSpec, fit: GroupFit) -> dict[str, Any]:
-    """The single-model patch of the group, with its replica count and LoRA."""
+    """The single-model patch of the group, with its replica count (the autoscaler's least)
+    and LoRA."""
     patch = vllm_statefulset_patch(spec, fit.plan)
     patch["metadata"]["name"] = statefulset_name(index, spec)
-    patch["spec"]["replicas"] = len(fit.gpu_sets)
+    patch["spec"]["replicas"] = spec.min_replicas
     lora = fit.entry.lora_settings
     if lora is not None:
         container = patch["spec"]["template"]["spec"]["containers"][0]
@@ -185,6 +218,14 @@ def render_k8s_groups_bundle(
     own: list[dict[str, Any]] = []
     for index in range(1, len(specs)):
         own += extra_group_objects(index, specs[index], fits[index], first.monitoring)
+    for index, spec in enumerate(specs):
+        own += autoscaling_objects(spec, statefulset_name(index, spec))
+    hpa = next((spec for spec in specs if spec.autoscaler == "hpa"), None)
+    if hpa is not None:  # one set of adapter rules serves every group's HPA
+        files[f"{root}/prometheus-adapter-values.yaml"] = (
+            header + "# Helm values for prometheus-community/prometheus-adapter "
+            "(not a kustomize resource).\n" + dump_all([prometheus_adapter_values(hpa)])
+        )
     if any(spec.cpu for spec in specs):
         own += [
             tiny_model_configmap(NAMESPACE, sources.tiny_model),

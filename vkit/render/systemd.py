@@ -72,20 +72,28 @@ ETC_VKIT_ROOT = PurePosixPath("/") / ETC_VKIT
 DROP_IN_DIR = PurePosixPath("etc/systemd/system")
 DRAIN_DROP_IN = "vkit-drain.conf"
 # Which of the gateway's settings each file holds (gateway.env: all the others).
-MODEL_FIELDS = ("tokenizers",)
+# health: which models a replica must list to be ready (set by a deployment file's groups).
+MODEL_FIELDS = ("tokenizers", "health")
 ROUTING_FIELDS = ("upstreams", "routing")
 
 
 @dataclass(frozen=True)
 class ReplicaInstance:
-    """One ``vllm@NAME`` instance: the GPU set it owns and the loopback port it serves on."""
+    """One ``vllm@NAME`` instance: the GPU set it owns and the loopback port it serves on.
+    A replica of a deployment file's group is ``vllm@GROUP-SET`` (two groups may share a
+    GPU set); a single-model host's is ``vllm@SET``."""
 
     gpu_set: GpuSet
     port: int
+    group: str = ""  # the group's slug, on a host of a deployment file
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}-{self.gpu_set.name}" if self.group else self.gpu_set.name
 
     @property
     def unit(self) -> str:
-        return f"vllm@{self.gpu_set.name}.service"
+        return f"vllm@{self.name}.service"
 
     @property
     def upstream(self) -> str:
@@ -93,7 +101,7 @@ class ReplicaInstance:
 
     @property
     def env_path(self) -> PurePosixPath:
-        return ETC_VKIT / f"replica-{self.gpu_set.name}.env"
+        return ETC_VKIT / f"replica-{self.name}.env"
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,11 @@ def replica_ports(base_port: int, count: int) -> tuple[int, ...]:
     return tuple(range(base_port, base_port + count))
 
 
-def replica_instances(group: ReplicaGroup) -> list[ReplicaInstance]:
-    """One ``vllm@`` instance per GPU set of the group, on that replica's port."""
+def replica_instances(group: ReplicaGroup, slug: str = "") -> list[ReplicaInstance]:
+    """One ``vllm@`` instance per GPU set of the group, on that replica's port (named after
+    the group's ``slug`` where one is given)."""
     return [
-        ReplicaInstance(gpu_set, port)
+        ReplicaInstance(gpu_set, port, slug)
         for gpu_set, port in zip(group.gpu_sets, group.ports, strict=True)
     ]
 
@@ -157,8 +166,9 @@ def gateway_drain_s(gateway: GatewaySettings) -> int:
     return math.ceil(gateway.timeouts.total)
 
 
-def replica_env(replica: ReplicaInstance) -> str:
-    """``/etc/vkit/replica-NAME.env``: what ``vllm@NAME`` reads (its ExecStart and CUDA)."""
+def replica_env(replica: ReplicaInstance, extra: Mapping[str, str] | None = None) -> str:
+    """``/etc/vkit/replica-NAME.env``: what ``vllm@NAME`` reads (its ExecStart and CUDA),
+    then the ``extra`` variables (a group's profile path and engine environment)."""
     gpus = replica.gpu_set
     return (
         f"# {replica.unit}: GPUs {gpus.cuda_visible_devices} (nvidia-smi's numbers), "
@@ -166,7 +176,7 @@ def replica_env(replica: ReplicaInstance) -> str:
         f"VKIT_REPLICA_PORT={replica.port}\n"
         f"CUDA_VISIBLE_DEVICES={gpus.cuda_visible_devices}\n"
         f"VKIT_TENSOR_PARALLEL={gpus.size}\n"
-    )
+    ) + "".join(f"{name}={_env_value(value)}\n" for name, value in (extra or {}).items())
 
 
 def gateway_model_values(tokenizer: ModelTokenizer) -> dict[str, Any]:
@@ -317,16 +327,24 @@ def drain_drop_ins(drain: DrainBudget) -> dict[PurePosixPath, str]:
     }
 
 
-def systemd_host_files(deployment: Deployment, *, listen: str) -> dict[PurePosixPath, str]:
-    """Every generated file, by its path below ``/``: each replica's env file (every group's),
+def systemd_host_files(
+    deployment: Deployment,
+    *,
+    listen: str,
+    replica_files: Mapping[PurePosixPath, str] | None = None,
+) -> dict[PurePosixPath, str]:
+    """Every generated file, by its path below ``/``: each replica's env file (or, for a
+    deployment file's groups, ``replica_files``: :func:`vkit.render.systemd_groups.group_files`),
     the NGINX site on ``listen`` (one server per replica; none with ``aware``), the gateway's
     model and routing settings, the first install's ``gateway.env`` (install.sh writes it
     only where none is) and the units' drain drop-ins."""
-    files = {
-        replica.env_path: replica_env(replica)
-        for group in deployment.groups
-        for replica in replica_instances(group)
-    }
+    if replica_files is None:
+        replica_files = {
+            replica.env_path: replica_env(replica)
+            for group in deployment.groups
+            for replica in replica_instances(group)
+        }
+    files = dict(replica_files)
     if deployment.routing == "round_robin":  # NGINX round-robins over one model's replicas
         upstreams = [r.upstream for r in replica_instances(deployment.group)]
         files[NGINX_SITE] = render_nginx_site(upstreams, listen)

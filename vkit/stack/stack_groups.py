@@ -22,9 +22,8 @@ from typing import Any
 
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_from_values
-from launcher.supervision.launch_spec import LaunchSettings
 from vkit.deployment import Deployment, DrainBudget, Ports, ReplicaGroup
-from vkit.deployment.group_fit import GroupFit
+from vkit.deployment.group_fit import GroupFit, group_launch
 from vkit.deployment.model import expected_models
 from vkit.stack.stack_plan import (
     LOOPBACK,
@@ -53,25 +52,6 @@ def served_names(fits: list[GroupFit]) -> list[str]:
         names.append(fit.name)
         names += [adapter.name for adapter in fit.entry.adapters]
     return names
-
-
-def _launch(fit: GroupFit, model_path: str, settings: UpSettings) -> LaunchSettings:
-    fields: dict[str, Any] = {
-        "model": model_path,
-        "host": LOOPBACK,
-        "served_model_name": fit.name,
-        "shutdown_timeout": settings.shutdown_timeout_s,
-        "max_model_len": fit.plan.max_model_len,
-    }
-    if fit.cpu:
-        fields.update(cpu=True, enforce_eager=True)
-    else:
-        fields.update(gpu=fit.gpu, quant=fit.entry.quant, tensor_parallel=fit.entry.tp)
-        if fit.plan.gpu_memory_utilization is not None:
-            fields["gpu_memory_utilization"] = fit.plan.gpu_memory_utilization
-    if fit.entry.lora_settings is not None:
-        fields["lora"] = fit.entry.lora_settings
-    return LaunchSettings(**fields)
 
 
 def _gateway(
@@ -115,7 +95,9 @@ def groups_stack_deployment(
     for fit in fits:
         own = ports.replicas[taken : taken + len(fit.gpu_sets)]
         taken += len(own)
-        launch = _launch(fit, model_paths[fit.name], settings)
+        launch = group_launch(
+            fit, model_paths[fit.name], host=LOOPBACK, shutdown_timeout=settings.shutdown_timeout_s
+        )
         if fit.cpu:
             groups.append(ReplicaGroup(launch=launch, replicas=len(own), ports=own))
         else:
