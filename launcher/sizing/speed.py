@@ -81,14 +81,16 @@ class SpeedCalibration:
     from (and held near) ``speed_fit.PRIOR``; a test keeps them in step with the table.
     """
 
-    bandwidth_efficiency: float = 0.71
-    compute_efficiency: float = 0.38
-    step_overhead_per_layer_s: float = 29e-6
-    sequence_overhead_s: float = 30e-6
+    bandwidth_efficiency: float = 0.712
+    compute_efficiency: float = 0.50
+    step_overhead_per_layer_s: float = 28.8e-6
+    sequence_overhead_s: float = 31e-6
     # vLLM before 0.6 spent more CPU per sequence and per step (0.6 overlapped output processing
-    # with the GPU step); only the calibration uses these, to read the older measurements.
+    # with the GPU step) and reached less of the compute at large batches; only the calibration
+    # uses these, to read the older measurements.
+    legacy_compute_efficiency: float = 0.378
     legacy_sequence_overhead_s: float = 104e-6
-    legacy_step_overhead_per_layer_s: float = 33e-6
+    legacy_step_overhead_per_layer_s: float = 32.2e-6
     allreduce_latency_nvlink_s: float = 8e-6
     allreduce_latency_pcie_s: float = 25e-6
     # How far the weight reads and the GEMMs overlap: (w^p + g^p)^(1/p); 1 = not at all (a sum),

@@ -76,12 +76,13 @@ def test_a_quantization_without_checkpoint_is_out() -> None:
     assert out["TP1 awq"].reason == "no-checkpoint" and "llm-compressor" in out["TP1 awq"].detail
 
 
-def test_ties_keep_one_gpu_and_the_better_quality() -> None:
-    # 100,000 DAU on RTX 4090s: TP2 needs 4 GPUs too; TP1 stays (the guide's 4 / $1,124).
+def test_ties_keep_the_smaller_replica_and_the_better_quality() -> None:
+    # 100,000 DAU on RTX 3090s: TP2 and TP4 both need 4 GPUs; the smaller replica stays.
     result = plan(100_000, tensor_parallel=ALL_TP)
-    rtx = option(result, "rtx4090")
-    assert (rtx.gpus, rtx.tensor_parallel, rtx.quant) == (4, 1, "fp16")
+    rtx = option(result, "rtx3090")
+    assert (rtx.gpus, rtx.tensor_parallel, rtx.quant) == (4, 2, "fp16")
     assert round(rtx.monthly_usd or 0) == 1_123
+    assert {r.config: r.reason for r in rtx.rejected}["TP4 fp16"] == "same-cost"
 
 
 def test_redundancy_adds_whole_replicas() -> None:
