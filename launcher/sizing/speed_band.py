@@ -39,4 +39,4 @@ class ErrorBand(BaseModel):
         )
 
 
-SPEED_ERROR_BAND = ErrorBand(points=41, sources=6, median=0.121, under=-0.16, over=0.29)
+SPEED_ERROR_BAND = ErrorBand(points=43, sources=7, median=0.127, under=-0.13, over=0.31)

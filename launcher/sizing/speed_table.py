@@ -41,6 +41,7 @@ class Measurement(BaseModel):
     model: str
     quant: Quantization
     tensor_parallel: int = Field(default=1, ge=1, le=8)
+    eager: bool = Field(default=False, description="run with --enforce-eager (no CUDA graphs)")
     nvlink: bool | None = Field(
         default=None, description="False: the run's GPUs talked over PCIe; None: as the profile"
     )
@@ -123,12 +124,13 @@ def calibration_report(
             prompt_tokens=run.prompt_tokens,
             output_tokens=run.output_tokens,
             tensor_parallel=run.tensor_parallel,
+            eager=run.eager,
         )
         gpu = get_gpu(run.gpu)
         if run.nvlink is False:
             gpu = gpu.model_copy(update={"nvlink_gbs": None})
         parallel = f" tp{run.tensor_parallel}" if run.tensor_parallel > 1 else ""
-        link = " pcie" if run.nvlink is False else ""
+        link = (" pcie" if run.nvlink is False else "") + (" eager" if run.eager else "")
         label = (
             f"{run.model} {run.quant} on {run.gpu}{parallel}{link}, "
             f"{run.prompt_tokens}/{run.output_tokens}"

@@ -109,15 +109,15 @@ def test_table_names_the_winner_and_why_the_others_are_out() -> None:
 def test_each_guide_row_has_a_configuration_it_must_mean(row) -> None:
     implied = implied_configuration(row)
     assert implied is not None
-    # 70B on one H100 at the row's 30.8 tok/s: FP8 decodes one stream at ~30 tok/s (measured
-    # ~31, docs/gpus-and-costs.md#throughput-table), so the row must mean 4-bit weights.
-    expected = {("70b", "h100-sxm"): "awq", ("70b", "h200"): "fp8", ("13b", "l40s"): "awq"}
+    # 70B on one H100 at the row's 30.8 tok/s: FP8 decodes one stream at ~31 tok/s (measured:
+    # 32.1 ms median TPOT, docs/gpus-and-costs.md#throughput-table), just enough: FP8 it is.
+    expected = {("70b", "h100-sxm"): "fp8", ("70b", "h200"): "fp8", ("13b", "l40s"): "awq"}
     assert implied.quant == expected.get((row.model, row.gpu), "fp16")
 
 
 def test_impossible_guide_rows_are_explained_in_the_report() -> None:
     result = plan(20_000, model="70b", tensor_parallel=ALL_TP)
-    assert any("70B h100-sxm" in note and "must mean awq" in note for note in result.guide_notes)
+    assert any("70B h100-sxm" in note and "must mean fp8" in note for note in result.guide_notes)
     assert "note: the cost guide's row" in render_table(result)
 
 
