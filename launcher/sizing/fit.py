@@ -59,6 +59,9 @@ class FitRequest(BaseModel):
     min_context: int = Field(default=2048, ge=16, description="shortest useful max_model_len")
     prompt_tokens: int = Field(default=500, ge=1, description="prompt tokens, for the speed")
     output_tokens: int = Field(default=200, ge=1, description="output tokens, for the speed")
+    eager: bool = Field(
+        default=False, description="--enforce-eager (no CUDA graphs), for the speed"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> FitRequest:
@@ -250,6 +253,7 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
             request.prompt_tokens,
             request.output_tokens,
             request.tensor_parallel,
+            eager=request.eager,
         )
         batch = max(1, min(request.target_concurrency, seqs, typical_fit))
         speed = planned_speed_at(workload, gpu, batch)

@@ -126,6 +126,7 @@ def fit_request(settings: LaunchSettings) -> FitRequest:
         context=settings.max_model_len,
         concurrency=None if settings.max_model_len else settings.concurrency,
         min_context=min(2048, settings.max_model_len or 2048),
+        eager=settings.enforce_eager,
     )
 
 
