@@ -15,6 +15,8 @@
   error on each (``configs/speed_measurements.yaml``);
 - :mod:`.speed_fit` -- fitting :mod:`.speed`'s constants, and leave-one-source-out: how well it
   predicts the sources it was not fitted to (``python -m launcher.sizing.speed_fit``);
+- :mod:`.speed_band` -- how sure :mod:`.speed` is: its held-out error band, which every
+  capacity answer carries with the GPUs it would take at the band's pessimistic end;
 - :mod:`.checkpoints` -- runnable checkpoints: which repository serves a model at a
   quantization (``configs/checkpoints.yaml``);
 - :mod:`.checkpoint_check` -- a catalog checkpoint's facts checked against its repository's

@@ -62,6 +62,9 @@ class FitRequest(BaseModel):
     prompt_tokens: int = Field(default=500, ge=1, description="prompt tokens, for the speed")
     output_tokens: int = Field(default=200, ge=1, description="output tokens, for the speed")
     lora: LoraSettings | None = Field(default=None, description="adapter slots on each GPU")
+    eager: bool = Field(
+        default=False, description="--enforce-eager (no CUDA graphs), for the speed"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> FitRequest:
@@ -259,6 +262,7 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
             request.prompt_tokens,
             request.output_tokens,
             request.tensor_parallel,
+            eager=request.eager,
         )
         batch = max(1, min(request.target_concurrency, seqs, typical_fit))
         speed = planned_speed_at(workload, gpu, batch)

@@ -7,6 +7,7 @@ from typing import Any
 
 from launcher.sizing.checkpoints import Checkpoint
 from launcher.sizing.fit import FitPlan
+from launcher.sizing.speed_band import SPEED_ERROR_BAND
 
 
 def command_line(argv: list[str], env: dict[str, str]) -> str:
@@ -32,10 +33,13 @@ def _memory_lines(plan: FitPlan) -> list[str]:
 def _speed_line(plan: FitPlan) -> list[str]:
     if plan.single_stream_tok_s is None or plan.aggregate_tok_s is None:
         return []
+    slow = SPEED_ERROR_BAND.pessimistic_factor
     return [
         f"  speed     ~{plan.single_stream_tok_s:,.0f} tok/s single stream, "
         f"~{plan.aggregate_tok_s:,.0f} tok/s at {plan.aggregate_concurrency} concurrent "
-        f"({plan.prompt_tokens}-token prompts, {plan.output_tokens}-token replies)"
+        f"({plan.prompt_tokens}-token prompts, {plan.output_tokens}-token replies)",
+        f"  how sure  {SPEED_ERROR_BAND.line()}; at the pessimistic end "
+        f"~{plan.single_stream_tok_s / slow:,.0f} and ~{plan.aggregate_tok_s / slow:,.0f} tok/s",
     ]
 
 
@@ -89,6 +93,7 @@ def plan_json(plan: FitPlan, argv: list[str] | None, env: dict[str, str]) -> dic
     """The same as :func:`render_plan_text`, as data."""
     data = plan.model_dump()
     data["command"] = argv
+    data["speed_band"] = SPEED_ERROR_BAND.model_dump()
     data["env"] = env
     data["command_line"] = command_line(argv, env) if argv is not None else None
     return data

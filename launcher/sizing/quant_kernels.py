@@ -18,6 +18,7 @@ W8A16 multiplies in 16-bit like the unquantized model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from launcher.sizing.gpus import GpuProfile
@@ -54,13 +55,7 @@ def is_weight_only(workload: Workload, gpu: GpuProfile) -> bool:
 
 
 def _sixteen_bit(workload: Workload) -> Workload:
-    return Workload(
-        workload.model,
-        "bf16",
-        workload.prompt_tokens,
-        workload.output_tokens,
-        workload.tensor_parallel,
-    )
+    return replace(workload, quant="bf16")
 
 
 def weight_only_saving_s(

@@ -6,6 +6,7 @@ output token brings ``prompt / output`` prompt tokens along. A step of one repli
 GPU, after the tensor-parallel split) takes::
 
     t(B) = layers x step_overhead                      # kernel launches, fixed per step
+                                                       # (CUDA graphs; more under --eager)
          + max(weights(B), gemm(B))                    # the linear layers: roofline
          + attention(B)                                # KV reads, after the GEMMs
          + B x sequence_overhead                       # per-sequence CPU work (schedule, sample)
@@ -81,14 +82,22 @@ class SpeedCalibration:
     from (and held near) ``speed_fit.PRIOR``; a test keeps them in step with the table.
     """
 
-    bandwidth_efficiency: float = 0.71
-    compute_efficiency: float = 0.38
-    step_overhead_per_layer_s: float = 29e-6
-    sequence_overhead_s: float = 30e-6
+    bandwidth_efficiency: float = 0.734
+    compute_efficiency: float = 0.485
+    step_overhead_per_layer_s: float = 27.9e-6
+    sequence_overhead_s: float = 30.2e-6
     # vLLM before 0.6 spent more CPU per sequence and per step (0.6 overlapped output processing
-    # with the GPU step); only the calibration uses these, to read the older measurements.
-    legacy_sequence_overhead_s: float = 104e-6
-    legacy_step_overhead_per_layer_s: float = 33e-6
+    # with the GPU step) and reached less of the compute at large batches; only the calibration
+    # uses these, to read the older measurements.
+    legacy_compute_efficiency: float = 0.378
+    legacy_sequence_overhead_s: float = 103e-6
+    legacy_step_overhead_per_layer_s: float = 33.1e-6
+    # Without CUDA graphs (--enforce-eager) each layer's kernels are launched one by one from
+    # Python every step. Read, not fitted: vLLM 0.9.1, Qwen3-14B-AWQ, one A100 80GB, one request
+    # holding ~16k tokens decodes at 20.63 ms a token eager, where this model with graphs gives
+    # ~11.6 ms: ~225 us more per layer (vllm-project/vllm#20469;
+    # docs/speed-measurements.md#eager-no-cuda-graphs).
+    eager_step_overhead_per_layer_s: float = 250e-6
     allreduce_latency_nvlink_s: float = 8e-6
     allreduce_latency_pcie_s: float = 25e-6
     # How far the weight reads and the GEMMs overlap: (w^p + g^p)^(1/p); 1 = not at all (a sum),
@@ -105,6 +114,7 @@ class Workload:
     prompt_tokens: int
     output_tokens: int
     tensor_parallel: int = 1
+    eager: bool = False  # --enforce-eager: no CUDA graphs, every kernel launched from Python
 
     @property
     def context_tokens(self) -> int:
@@ -156,8 +166,11 @@ def step_seconds(
     weights = workload.weight_bytes / (kernel.read_efficiency * bandwidth)
     gemm = batch * workload.tokens_per_output_token * workload.flops_per_token / flops
     attention = batch * workload.context_tokens * workload.kv_bytes_per_token / bandwidth
+    per_layer = (
+        cal.eager_step_overhead_per_layer_s if workload.eager else cal.step_overhead_per_layer_s
+    )
     return (
-        workload.model.num_hidden_layers * cal.step_overhead_per_layer_s
+        workload.model.num_hidden_layers * per_layer
         + (weights**cal.overlap_power + gemm**cal.overlap_power) ** (1 / cal.overlap_power)
         + attention
         + batch * cal.sequence_overhead_s

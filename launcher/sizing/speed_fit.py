@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 from launcher.sizing.speed import SpeedCalibration
+from launcher.sizing.speed_band import ErrorBand
 from launcher.sizing.speed_table import (
     Measurement,
     PointError,
@@ -37,6 +38,7 @@ PRIOR = SpeedCalibration(
     compute_efficiency=0.5,
     step_overhead_per_layer_s=30e-6,
     sequence_overhead_s=30e-6,
+    legacy_compute_efficiency=0.5,
     legacy_sequence_overhead_s=100e-6,
     legacy_step_overhead_per_layer_s=30e-6,
     overlap_power=2.0,
@@ -48,6 +50,7 @@ FITTED: tuple[str, ...] = (
     "compute_efficiency",
     "step_overhead_per_layer_s",
     "sequence_overhead_s",
+    "legacy_compute_efficiency",
     "legacy_sequence_overhead_s",
     "legacy_step_overhead_per_layer_s",
 )
@@ -87,6 +90,20 @@ def figures(errors: Sequence[PointError]) -> Figures:
         median=statistics.median(sizes),
         worst=max(sizes),
         within_25=sum(s <= 0.25 for s in sizes) / len(sizes),
+    )
+
+
+def error_band(errors: Sequence[PointError]) -> ErrorBand:
+    """Median size and the 10th-90th percentile band of ``errors`` (held out, as shipped in
+    ``launcher.sizing.speed_band.SPEED_ERROR_BAND``)."""
+    signed = [e.error for e in errors]
+    deciles = statistics.quantiles(signed, n=10, method="inclusive")
+    return ErrorBand(
+        points=len(signed),
+        sources=len({e.group for e in errors}),
+        median=round(statistics.median(abs(v) for v in signed), 3),
+        under=round(deciles[0], 2),
+        over=round(deciles[-1], 2),
     )
 
 
@@ -149,7 +166,7 @@ def fit(runs: list[Measurement], start: SpeedCalibration | None = None) -> Speed
 
     def build(x: list[float]) -> SpeedCalibration:
         values = {name: math.exp(v) for name, v in zip(names, x, strict=True)}
-        for name in ("bandwidth_efficiency", "compute_efficiency"):
+        for name in ("bandwidth_efficiency", "compute_efficiency", "legacy_compute_efficiency"):
             if name in values:
                 values[name] = min(values[name], 1.0)
         return replace(base, **values)
@@ -190,6 +207,7 @@ def main() -> None:
         print(f"  skipped: {run.model} on {run.gpu} ({run.source})")
     print(f"leave-one-source-out: {loso.line()}")
     print(f"in sample (shipped constants): {fitted.line()}")
+    print(f"error band (held out): {error_band(held_out)!r}")
     print("fitted on every source:", {name: f"{getattr(refit, name):.3g}" for name in FITTED})
     goal = "met" if loso.meets_goal() else "NOT met"
     print(f"goal (held-out median <= 15%, >= 80% within 25%): {goal}")

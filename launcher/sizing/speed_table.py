@@ -41,6 +41,10 @@ class Measurement(BaseModel):
     model: str
     quant: Quantization
     tensor_parallel: int = Field(default=1, ge=1, le=8)
+    eager: bool = Field(default=False, description="run with --enforce-eager (no CUDA graphs)")
+    nvlink: bool | None = Field(
+        default=None, description="False: the run's GPUs talked over PCIe; None: as the profile"
+    )
     prompt_tokens: int = Field(ge=1)
     output_tokens: int = Field(ge=1)
     points: dict[int, float] = Field(min_length=1, description="concurrency -> tok/s (metric)")
@@ -109,6 +113,7 @@ def calibration_report(
     current = calibration or SpeedCalibration()
     legacy = replace(
         current,
+        compute_efficiency=current.legacy_compute_efficiency,
         sequence_overhead_s=current.legacy_sequence_overhead_s,
         step_overhead_per_layer_s=current.legacy_step_overhead_per_layer_s,
     )
@@ -119,9 +124,17 @@ def calibration_report(
             prompt_tokens=run.prompt_tokens,
             output_tokens=run.output_tokens,
             tensor_parallel=run.tensor_parallel,
+            eager=run.eager,
         )
         gpu = get_gpu(run.gpu)
-        label = f"{run.model} {run.quant} on {run.gpu}, {run.prompt_tokens}/{run.output_tokens}"
+        if run.nvlink is False:
+            gpu = gpu.model_copy(update={"nvlink_gbs": None})
+        parallel = f" tp{run.tensor_parallel}" if run.tensor_parallel > 1 else ""
+        link = (" pcie" if run.nvlink is False else "") + (" eager" if run.eager else "")
+        label = (
+            f"{run.model} {run.quant} on {run.gpu}{parallel}{link}, "
+            f"{run.prompt_tokens}/{run.output_tokens}"
+        )
         for concurrency, measured in sorted(run.points.items()):
             engine = legacy if run.legacy_engine else current
             predicted = speed_at(workload, gpu, concurrency, engine).total_tok_s

@@ -129,6 +129,7 @@ def fit_request(settings: LaunchSettings) -> FitRequest:
         concurrency=None if settings.max_model_len else settings.concurrency,
         min_context=min(2048, settings.max_model_len or 2048),
         lora=settings.lora,
+        eager=settings.enforce_eager,
     )
 
 

@@ -10,11 +10,16 @@ read from ``configs/`` through the launcher's loaders unless given).
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from launcher.sizing.capacity.costs import PricedGpu, breakeven_busy_share, default_priced_gpus
 from launcher.sizing.capacity.guide_rows import guide_notes
-from launcher.sizing.capacity.options import CapacityRequest, GpuOptionPlan, ServerlessPlan
+from launcher.sizing.capacity.options import (
+    CapacityRequest,
+    GpuOptionPlan,
+    ServerlessPlan,
+    pessimistic_gpus,
+)
 from launcher.sizing.capacity.recommend import Recommendation, recommend
 from launcher.sizing.capacity.search import QUALITY_NOTES, search_options
 from launcher.sizing.capacity.serverless import plan_serverless
@@ -28,6 +33,7 @@ from launcher.sizing.capacity.usage import (
 from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import ModelSpec, load_model
 from launcher.sizing.quant_kernels import fp8_weight_only_note
+from launcher.sizing.speed_band import SPEED_ERROR_BAND, ErrorBand
 
 __all__ = ["CapacityPlan", "CapacityRequest", "UsageProfile", "plan_capacity"]
 
@@ -49,6 +55,9 @@ class CapacityPlan(BaseModel):
     recommendation: Recommendation
     quality_notes: list[str]
     guide_notes: list[str]
+    speed_band: ErrorBand = Field(
+        default=SPEED_ERROR_BAND, description="the speed model's held-out error band"
+    )
 
 
 def plan_capacity(
@@ -56,12 +65,24 @@ def plan_capacity(
     options: list[PricedGpu] | None = None,
     model: ModelSpec | None = None,
     calibration: DecodeCalibration | None = None,
+    band: ErrorBand = SPEED_ERROR_BAND,
 ) -> CapacityPlan:
-    """Plan ``request`` over ``options`` (default: every priced GPU in configs/gpus.yaml)."""
+    """Plan ``request`` over ``options`` (default: every priced GPU in configs/gpus.yaml);
+    each option also says the GPUs it needs at ``band``'s pessimistic end."""
     spec = model or load_model(request.model)
     priced = options if options is not None else default_priced_gpus()
     serverless = plan_serverless(request, spec, calibration)
-    option_plans = search_options(priced, spec, request, calibration)
+    profiles = {p.label: p.gpu for p in priced}
+    option_plans = [
+        o.model_copy(
+            update={
+                "gpus_pessimistic": pessimistic_gpus(
+                    o, profiles[o.label], spec, request, band.pessimistic_factor, calibration
+                )
+            }
+        )
+        for o in search_options(priced, spec, request, calibration)
+    ]
     if serverless.worker is not None:
         rate = serverless.usd_per_gpu_second
         option_plans = [
@@ -92,4 +113,5 @@ def plan_capacity(
         quality_notes=[QUALITY_NOTES[q] for q in QUALITY_NOTES if q in used]
         + ([fp8_weight_only_note(weight_only)] if weight_only else []),
         guide_notes=guide_notes(spec, request.quant, [o.gpu_key for o in option_plans]),
+        speed_band=band,
     )

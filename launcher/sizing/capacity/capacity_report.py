@@ -22,6 +22,7 @@ CSV_COLUMNS = (
     "per_user_tok_s",
     "gpu_tok_s",
     "gpus",
+    "gpus_pessimistic",
     "monthly_usd",
     "usd_per_user",
     "utilization",
@@ -102,10 +103,29 @@ def _footer(plan: CapacityPlan) -> list[str]:
     lines += [f"quality: {note}" for note in plan.quality_notes]
     lines += [f"note: {note}" for note in plan.guide_notes]
     lines.append(f"recommendation: {rec.choice} -- {rec.reason}")
+    lines += band_lines(plan)
     if rec.crossover_users is not None and rec.crossover_busy_share is not None:
         lines.append(
             f"crossover: self-managed ({rec.crossover_option}) beats serverless from "
             f"~{rec.crossover_users:,} DAU, {describe_busy_share(rec.crossover_busy_share)}"
+        )
+    return lines
+
+
+def band_lines(plan: CapacityPlan) -> list[str]:
+    """How sure the answer is: the speed model's held-out error band, and the GPUs each option
+    would take at its pessimistic end (every step slower by the band's upper error)."""
+    band = plan.speed_band
+    counts = [
+        f"{o.label} {o.gpus_pessimistic if o.gpus_pessimistic is not None else '-'}"
+        for o in plan.options
+        if o.gpus is not None
+    ]
+    lines = [f"how sure: {band.line()}"]
+    if counts:
+        lines.append(
+            f"  at the pessimistic end (every step {band.over:.0%} slower than modelled), "
+            f"GPUs: {', '.join(counts)}"
         )
     return lines
 

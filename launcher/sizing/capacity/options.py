@@ -6,7 +6,7 @@ its quantization, spare GPUs for redundancy and the serverless provider it is co
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,11 @@ class GpuOptionPlan(BaseModel):
     limited_by: str
     note: str = ""
     gpus: int | None = Field(description="None when the model does not run on this GPU")
+    gpus_pessimistic: int | None = Field(
+        default=None,
+        description="GPUs needed were the speed model as far too fast as its held-out error "
+        "band's pessimistic end (launcher.sizing.speed_band); None: nothing serves there",
+    )
     monthly_usd: float | None
     usd_per_user: float | None
     utilization: float | None = Field(description="peak concurrency / the fleet's user capacity")
@@ -134,20 +139,46 @@ def request_throughput(
     quant: Quantization,
     tensor_parallel: int,
     calibration: DecodeCalibration | None = None,
+    slowdown: float = 1.0,
 ) -> GpuThroughput:
-    """What one replica of ``tensor_parallel`` ``gpu``s sustains for ``request``'s workload."""
+    """What one replica of ``tensor_parallel`` ``gpu``s sustains for ``request``'s workload;
+    ``slowdown`` > 1: were every step that much slower than the speed model says."""
     usage = request.usage
     return gpu_throughput(
         gpu,
         model,
         quant,
-        target_tok_s=usage.user_tok_s,
+        target_tok_s=usage.user_tok_s * slowdown,
         prompt_tokens=usage.prompt_tokens,
         output_tokens=usage.tokens_per_request,
         tensor_parallel=tensor_parallel,
         context=request.context,
         calibration=calibration,
     )
+
+
+def pessimistic_gpus(
+    option: GpuOptionPlan,
+    gpu: GpuProfile,
+    model: ModelSpec,
+    request: CapacityRequest,
+    slowdown: float,
+    calibration: DecodeCalibration | None = None,
+) -> int | None:
+    """GPUs ``option``'s quantization needs were each step ``slowdown`` x slower: a replica
+    then carries only the users it would serve at ``slowdown`` x the per-user speed; a wider
+    tensor-parallel split (of those searched) counts when the option's own is then too slow."""
+    if option.gpus is None:
+        return None
+    quant = cast(Quantization, option.quant)
+    counts = []
+    for tp in sorted({t for t in request.tensor_parallel if t >= option.tensor_parallel}):
+        speed = request_throughput(request, gpu, model, quant, tp, calibration, slowdown)
+        if speed.users > 0:
+            counts.append(
+                gpus_needed(peak_concurrency(request.usage), speed.users, request.spares) * tp
+            )
+    return min(counts, default=None)
 
 
 def plan_option(

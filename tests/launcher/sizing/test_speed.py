@@ -88,3 +88,17 @@ def test_max_batch_is_the_largest_at_the_target(target: float) -> None:
     assert batch >= 1
     assert 1 / step_seconds(workload, gpu, batch) >= target
     assert 1 / step_seconds(workload, gpu, batch + 1) < target
+
+
+def test_eager_pays_its_kernel_launches_every_step() -> None:
+    # docs/speed-measurements.md#eager-no-cuda-graphs: ~0.25 ms a layer without CUDA graphs.
+    model, gpu = load_model("8b"), get_gpu("a100-80gb")
+    graphs = Workload(model, "bf16", prompt_tokens=500, output_tokens=200)
+    eager = Workload(model, "bf16", prompt_tokens=500, output_tokens=200, eager=True)
+    extra = step_seconds(eager, gpu, 1) - step_seconds(graphs, gpu, 1)
+    assert extra == pytest.approx(model.num_hidden_layers * (250e-6 - 27.9e-6), rel=0.01)
+    # one stream of an 8B bf16 on an A100 loses about a third of its speed; at 64 in flight
+    # the same fixed cost is a smaller share of a longer step
+    single = speed_at(eager, gpu, 1).per_user_tok_s / speed_at(graphs, gpu, 1).per_user_tok_s
+    loaded = speed_at(eager, gpu, 64).per_user_tok_s / speed_at(graphs, gpu, 64).per_user_tok_s
+    assert 0.55 < single < 0.8 and single < loaded < 1

@@ -110,6 +110,16 @@ def test_bad_plan_input_is_one_line_and_exit_2(
     assert "Traceback" not in done.stderr
 
 
+def test_plan_eager_says_so_in_the_command_and_pays_in_speed(vkit: Callable[..., Done]) -> None:
+    args = ("plan", "--model", "8b", "--gpu", "a100-80gb", "--json")
+    graphs = json.loads(vkit(*args).stdout)
+    eager = json.loads(vkit(*args, "--enforce-eager").stdout)
+    assert "--enforce-eager" in eager["command"] and "--enforce-eager" not in graphs["command"]
+    # docs/speed-measurements.md#eager-no-cuda-graphs: ~0.22 ms more per layer and step
+    assert eager["single_stream_tok_s"] < 0.75 * graphs["single_stream_tok_s"]
+    assert eager["speed_band"] == graphs["speed_band"] and eager["speed_band"]["over"] > 0
+
+
 def test_fp8_on_an_a100_plans_weight_only(vkit: Callable[..., Done]) -> None:
     # Before: refused ("FP8 W8A8 needs an Ada or Hopper GPU"), exit 2; vLLM runs it through
     # FP8 Marlin, weight-only.

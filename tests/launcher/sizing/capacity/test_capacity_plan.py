@@ -7,6 +7,7 @@ import pytest
 from launcher.errors import InvalidInput
 from launcher.sizing.capacity import CapacityRequest, UsageProfile, parse_priced_gpu, plan_capacity
 from launcher.sizing.capacity.capacity_plan import CapacityPlan
+from launcher.sizing.capacity.capacity_report import render_table
 from launcher.sizing.capacity.costs import (
     breakeven_busy_share,
     default_priced_gpus,
@@ -135,3 +136,25 @@ def test_bad_gpu_specs_are_usage_errors(spec: str) -> None:
 def test_bad_usage_is_refused(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         UsageProfile.model_validate(fields)
+
+
+def test_each_answer_carries_the_error_band_and_its_pessimistic_gpu_count() -> None:
+    from launcher.sizing.speed_band import SPEED_ERROR_BAND, ErrorBand
+
+    request = CapacityRequest(usage=UsageProfile(daily_users=100_000), tensor_parallel=(1, 2))
+    gpus = [parse_priced_gpu("l40s"), parse_priced_gpu("a100-80gb")]
+    plan = plan_capacity(request, options=gpus)
+    assert plan.speed_band == SPEED_ERROR_BAND
+    for o in plan.options:
+        assert o.gpus is not None and o.gpus_pessimistic is not None
+        assert o.gpus_pessimistic >= o.gpus
+    # a band twice as wide on the slow side takes at least as many GPUs, and more somewhere
+    wide = ErrorBand(points=1, sources=1, median=0.3, under=-0.3, over=0.9)
+    wider = plan_capacity(request, options=gpus, band=wide)
+    pairs = [
+        (a.gpus_pessimistic or 0, b.gpus_pessimistic or 99)
+        for a, b in zip(plan.options, wider.options, strict=True)
+    ]
+    assert all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
+    text = render_table(plan)
+    assert "how sure: speed model:" in text and "at the pessimistic end" in text
