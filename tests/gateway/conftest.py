@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import GatewayApp, create_admin_app, create_app
 from gateway.settings import GatewaySettings
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
+from tests.gateway.ledger_stores import ledger_store, postgres_server, store_url  # noqa: F401
 from tests.vllm_standin import ScriptedUpstream
 
 SECRET = "sk-test-alice"

@@ -1,0 +1,46 @@
+"""Fixtures: a ledger store on real SQLite (unit) and on a real PostgreSQL server
+(integration), as one parametrised ``store``; the server is started once per session."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.ledger import LedgerStore, open_store
+from tests.gateway.postgres_process import PostgresProcess, fresh_database, running_postgres
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
+    pytest.importorskip("psycopg")
+    with running_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+def ledger_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty ledger database of ``kind`` ("sqlite" or "postgres")."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    server: PostgresProcess = request.getfixturevalue("postgres_server")
+    return fresh_database(server, f"ledger_{next(_names)}")
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)],
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return ledger_url(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def ledger_store(store_url: str) -> Iterator[LedgerStore]:
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
