@@ -93,6 +93,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         limiter: Any = None,
         upstream_client: Any = None,
         prompt_counter: Any = None,
+        ledger: Any = None,
         **overrides: Any,
     ) -> ServedGateway:
         fields: dict[str, Any] = {
@@ -112,6 +113,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
             registry=registry,
             upstream_client=upstream_client,
             prompt_counter=prompt_counter,
+            ledger=ledger,
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         server = uvicorn.Server(config)
