@@ -141,7 +141,7 @@ class LedgerStore:
         found = self._transaction(lambda cur: _fetch(cur, self._sql(sql), (since, until)))
         return {(int(h), m): float(p) for h, m, p in found}
 
-    def keys(self) -> set[str]:
+    def key_names(self) -> set[str]:
         """Every key the ledger has seen."""
         found = self._transaction(lambda cur: _fetch(cur, "SELECT key FROM key_totals", ()))
         return {k for (k,) in found}

@@ -154,26 +154,34 @@ class Ledger:
         return self._read(now) if read else None
 
     def _read(self, now: float) -> dict[str, Spent]:
-        windows = window_starts(_utc(now))
-        tokens = self.store.spent(windows)
-        dollars = self._dollars(windows, now) if self.prices else {}
-        return {
-            key: Spent(tokens=tokens.get(key, {}), dollars=dollars.get(key, {}))
-            for key in tokens.keys() | dollars.keys()
-        }
+        return read_spending(self.store, now, dollars=bool(self.prices))
 
-    def _dollars(self, windows: Mapping[str, int], now: float) -> dict[str, dict[str, float]]:
-        """Each key's dollars per window and in total (the bill split over all its hours)."""
-        until = hour_of(now) + 3600
-        split = split_bill(self.store.usage(0, until), self.store.group_hours(0, until))
-        per_key: dict[str, dict[str, float]] = {}
-        for (key, _, hour), value in split.by_row.items():
-            spent = per_key.setdefault(key, {})
-            spent["total"] = spent.get("total", 0.0) + value
-            for name, start in windows.items():
-                if hour >= start:
-                    spent[name] = spent.get(name, 0.0) + value
-        return per_key
+
+def read_spending(store: LedgerStore, now: float, *, dollars: bool) -> dict[str, Spent]:
+    """Each key's tokens (and, with ``dollars``, dollars) per budget window at ``now``."""
+    windows = window_starts(_utc(now))
+    tokens = store.spent(windows)
+    paid = _dollars(store, windows, now) if dollars else {}
+    return {
+        key: Spent(tokens=tokens.get(key, {}), dollars=paid.get(key, {}))
+        for key in tokens.keys() | paid.keys()
+    }
+
+
+def _dollars(
+    store: LedgerStore, windows: Mapping[str, int], now: float
+) -> dict[str, dict[str, float]]:
+    """Each key's dollars per window and in total (the bill split over all its hours)."""
+    until = hour_of(now) + 3600
+    split = split_bill(store.usage(0, until), store.group_hours(0, until))
+    per_key: dict[str, dict[str, float]] = {}
+    for (key, _, hour), value in split.by_row.items():
+        spent = per_key.setdefault(key, {})
+        spent["total"] = spent.get("total", 0.0) + value
+        for name, start in windows.items():
+            if hour >= start:
+                spent[name] = spent.get(name, 0.0) + value
+    return per_key
 
 
 def _utc(at: float) -> datetime:

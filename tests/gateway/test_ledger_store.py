@@ -48,7 +48,7 @@ def test_rows_of_one_hour_add_up(ledger_store: LedgerStore) -> None:
     assert got == {("a", H): (2, 15, 25), ("b", H): (1, 1, 1), ("a", H + 3600): (1, 7, 0)}
     assert ledger_store.usage(H, H + 7200, key="b") == [row("b", H, 1, 1)]
     assert ledger_store.group_hours(H, H + 7200) == {(H, "m"): 2.0, (H + 3600, "m"): 2.0}
-    assert ledger_store.keys() == {"a", "b"}
+    assert ledger_store.key_names() == {"a", "b"}
 
 
 def test_spent_counts_each_window_and_the_total(ledger_store: LedgerStore) -> None:
