@@ -55,9 +55,8 @@ def main() -> None:
         store._transaction(lambda cur: cur.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         store.close()
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-    print(
-        f"requests            {args.requests:,} ({args.keys} keys, {args.models} models, {args.days} days)"
-    )
+    spread = f"{args.keys} keys x {args.models} models, {args.days} days"
+    print(f"requests            {args.requests:,} ({spread})")
     print(f"record, per request {recording / args.requests * 1e6:.2f} us (the tally's dict update)")
     print(
         f"write, per flush    {writing / max(flushes, 1) * 1e3:.2f} ms ({flushes} hourly flushes)"
