@@ -66,9 +66,9 @@ def command_module(name: str) -> ModuleType:
 
             return keys
         case "usage":
-            from vkit.commands import usage
+            from vkit.commands import ledger_usage
 
-            return usage
+            return ledger_usage
         case "render":
             from vkit.commands import render
 

@@ -7,6 +7,7 @@ gateway bills); the ledger's SQLite file is read after the gateway is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,23 +120,40 @@ def written(tmp_path: Path) -> tuple[int, int]:
     return int(requests or 0), int(tokens or 0)
 
 
-def test_a_sigkill_loses_at_most_one_flush_interval_of_usage(
+@contextlib.contextmanager
+def gateway_under_load(
     tmp_path: Path, upstream: ScriptedUpstream
-) -> None:
+) -> Iterator[tuple[subprocess.Popen[bytes], Answers, Callable[[], None]]]:
+    """A gateway process answering :data:`CLIENTS` clients (20 answers in), and what stops
+    the clients (called on the way out too); the gateway is killed if still running then."""
     proc, url, secret = start_gateway(tmp_path, upstream.url)
     answers, stop = Answers(), threading.Event()
     threads = load(url, secret, answers, stop)
+
+    def stop_clients() -> None:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
     try:
         wait_for_answers(answers, 20)
+        yield proc, answers, stop_clients
+    finally:
+        stop_clients()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_sigkill_loses_at_most_one_flush_interval_of_usage(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    with gateway_under_load(tmp_path, upstream) as (proc, answers, _):
         time.sleep(3 * FLUSH_S)
         killed_at = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        proc.stderr.close()  # type: ignore[union-attr]
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
     _, tokens = written(tmp_path)
     got = answers.tokens()
     per_request = max(t for _, t in answers.done)
@@ -151,15 +169,9 @@ def test_a_sigkill_loses_at_most_one_flush_interval_of_usage(
 def test_a_clean_stop_writes_what_the_clients_got(
     tmp_path: Path, upstream: ScriptedUpstream
 ) -> None:
-    proc, url, secret = start_gateway(tmp_path, upstream.url)
-    answers, stop = Answers(), threading.Event()
-    threads = load(url, secret, answers, stop)
-    wait_for_answers(answers, 20)
-    time.sleep(1.0)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=10)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # served out, the signal raised again
-    proc.stderr.close()  # type: ignore[union-attr]
+    with gateway_under_load(tmp_path, upstream) as (proc, answers, stop_clients):
+        time.sleep(1.0)
+        stop_clients()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # served out, the signal raised
     assert written(tmp_path) == (len(answers.done), answers.tokens())

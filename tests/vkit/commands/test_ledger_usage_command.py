@@ -15,7 +15,7 @@ from gateway.keyfile import add_key, load_keys
 from gateway.ledger import UsageRow, open_store
 from gateway.ledger.tally import hour_of
 from vkit.cli import main
-from vkit.commands.usage import parse_period
+from vkit.commands.ledger_usage import parse_period
 from vkit.exit_codes import UsageError
 
 H = 1_764_547_200  # 2025-12-01T00:00:00Z
