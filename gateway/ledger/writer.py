@@ -63,6 +63,7 @@ class Ledger:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vkit-ledger")
         self._read_at = float("-inf")
         self._failing = False
+        self._flushing: asyncio.Future[bool] | None = None
 
     # -- the request path -------------------------------------------------------------------
 
@@ -94,7 +95,16 @@ class Ledger:
 
     async def flush(self) -> bool:
         """Write what was counted (and any backlog); read the budgets when due. ``False``
-        when the database failed (the rows are kept for the next flush)."""
+        when the database failed (the rows are kept for the next flush). One flush at a
+        time, and a caller cancelled while it writes does not stop it: its thread may
+        already have committed, and only the flush's own end clears what it wrote."""
+        running = self._flushing
+        if running is not None and not running.done():
+            await asyncio.shield(running)
+        running = self._flushing = asyncio.ensure_future(self._flush_once())
+        return await asyncio.shield(running)
+
+    async def _flush_once(self) -> bool:
         self._keep(self.tally.take())
         pending = self.backlog.rows()
         now = self.clock()

@@ -1,7 +1,11 @@
-"""Budgets per key: the UTC calendar, the book admission reads, and the gateway's 429."""
+"""Budgets per key: the UTC calendar, the book admission reads, and the gateway's 429; the
+ledger's flushes (a database away, a flush cancelled mid-write)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,3 +106,32 @@ async def test_a_database_away_keeps_the_rows_and_writes_them_when_back(tmp_path
     assert ledger.book.unwritten == {}
     assert ledger.book.spent["a"].tokens["total"] == 9
     await ledger.close()
+
+
+async def test_a_flush_cancelled_mid_write_is_not_written_twice(tmp_path: Path) -> None:
+    """Shutdown cancels the flush loop, perhaps while its thread is writing; the last flush
+    must not write those rows again."""
+    path = tmp_path / "usage.sqlite3"
+    ledger = Ledger(
+        open_store(f"sqlite:///{path}"),
+        flush_interval=0.01,
+        budget_refresh=60,
+        max_backlog_rows=100,
+        prices={},
+    )
+    ledger.start()
+    ledger.record("a", "m", 1, 1)
+    blocker = sqlite3.connect(path)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer: the ledger's write waits for it
+    loop = asyncio.create_task(ledger.run_forever())
+    await asyncio.sleep(0.3)
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+    blocker.rollback()
+    blocker.close()
+    await ledger.close(within=10)
+    reader = open_store(f"sqlite:///{path}")
+    (row,) = reader.usage(0, 2**40)
+    reader.close()
+    assert row.requests == 1
