@@ -100,10 +100,9 @@ class BudgetBook:
     def replace(self, spent: dict[str, Spent], windows: dict[str, int], at: datetime) -> None:
         self.spent, self.windows, self.refreshed_at = spent, windows, at
 
-    def refusal(
-        self, name: str, budgets: KeyBudgets | None, now: datetime
-    ) -> BudgetExceeded | None:
-        """The 429 for key ``name`` if it is at or over one of ``budgets``, else ``None``."""
+    def refusal(self, name: str, budgets: KeyBudgets | None, at: float) -> BudgetExceeded | None:
+        """The 429 for key ``name`` if it is at or over one of ``budgets`` at ``at`` (Unix
+        seconds), else ``None``: dict look-ups and comparisons until it refuses."""
         if budgets is None:
             return None
         spent = self.spent.get(name, _NOTHING)
@@ -112,11 +111,11 @@ class BudgetBook:
             if limit.tokens is not None:
                 used = spent.tokens.get(period, 0) + extra
                 if used >= limit.tokens:
-                    return _exceeded(name, period, "tokens", limit.tokens, used, now)
+                    return _exceeded(name, period, "tokens", limit.tokens, used, at)
             if limit.dollars is not None:
                 paid = spent.dollars.get(period, 0.0)
                 if paid >= limit.dollars:
-                    return _exceeded(name, period, "dollars", limit.dollars, paid, now)
+                    return _exceeded(name, period, "dollars", limit.dollars, paid, at)
         return None
 
 
@@ -124,8 +123,9 @@ _NOTHING = Spent()
 
 
 def _exceeded(
-    name: str, period: Period, unit: str, limit: float, used: float, now: datetime
+    name: str, period: Period, unit: str, limit: float, used: float, at: float
 ) -> BudgetExceeded:
+    now = datetime.fromtimestamp(at, UTC)
     reset = resets_at(period, now)
     retry = (reset - now).total_seconds() if reset is not None else 0.0
     shown = f"{limit:g} tokens" if unit == "tokens" else f"${limit:.2f}"

@@ -77,7 +77,7 @@ class Ledger:
         """The 429 of a spent budget for key ``name``, else ``None`` (dict look-ups)."""
         if budgets is None:
             return None
-        return self.book.refusal(name, budgets, datetime.fromtimestamp(self.clock(), UTC))
+        return self.book.refusal(name, budgets, self.clock())
 
     # -- the background part ----------------------------------------------------------------
 

@@ -38,9 +38,9 @@ def test_the_book_refuses_at_the_budget_counting_what_is_not_yet_written() -> No
     book = BudgetBook()
     budgets = KeyBudgets(day=Limit(tokens=100), month=Limit(dollars=5.0))
     book.replace({"a": Spent(tokens={"day": 60}, dollars={"month": 4.99})}, {}, WED)
-    assert book.refusal("a", budgets, WED) is None
+    assert book.refusal("a", budgets, WED.timestamp()) is None
     book.unwritten["a"] = 40  # counted here since: 60 + 40 = the budget
-    refused = book.refusal("a", budgets, WED)
+    refused = book.refusal("a", budgets, WED.timestamp())
     assert refused is not None
     assert refused.code == "budget_exceeded" and refused.status_code == 429
     assert refused.headers["x-budget-remaining-tokens"] == "0"
@@ -50,9 +50,9 @@ def test_the_book_refuses_at_the_budget_counting_what_is_not_yet_written() -> No
     assert "this day" in refused.message
     book.unwritten["a"] = 0
     book.replace({"a": Spent(tokens={"day": 0}, dollars={"month": 5.0})}, {}, WED)
-    dollars = book.refusal("a", budgets, WED)
+    dollars = book.refusal("a", budgets, WED.timestamp())
     assert dollars is not None and "$5.00 this month" in dollars.message
-    assert book.refusal("b", budgets, WED) is None  # a key the ledger has not seen
+    assert book.refusal("b", budgets, WED.timestamp()) is None  # a key the ledger has not seen
 
 
 async def test_a_key_over_its_budget_gets_429_budget_exceeded(
