@@ -86,3 +86,45 @@ async def test_a_database_stopped_30_s_under_load_fails_no_request_and_catches_u
         assert set(statuses) == {200}
         (row,) = ledger.store.usage(0, 2**40)
         assert (row.requests, row.tokens) == (len(statuses), tokens)
+
+
+async def test_two_gateways_under_load_stop_a_key_within_the_stated_overshoot(
+    start_gateway: GatewayFactory, postgres_server: PostgresProcess
+) -> None:
+    """Two gateways, one PostgreSQL ledger, one key with a monthly budget, load on both: once
+    the key's tokens reach the budget, both refuse it within flush_interval + budget_refresh
+    (+ the write's own time, 0.3 s here) -- the overshoot docs/usage-ledger.md states."""
+    url = fresh_database(postgres_server, "two_under_load")
+    flush = refresh = 0.1
+    budget = 2000
+    key = Key("alice", budgets=KeyBudgets(month=Limit(tokens=budget)))
+    gateways = [
+        await start_gateway(keys={SECRET: key}, ledger=ledger_on(url, flush, refresh))
+        for _ in range(2)
+    ]
+    served: list[tuple[float, int]] = []  # (when answered, tokens)
+    refused: list[str] = []
+    clock = asyncio.get_running_loop().time
+
+    async def client(index: int) -> None:
+        gw = gateways[index]
+        async with asyncio.timeout(60):
+            while True:
+                answer = await gw.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+                if answer.status_code == 429:
+                    refused.append(answer.json()["error"]["code"])
+                    return
+                assert answer.status_code == 200
+                served.append((clock(), answer.json()["usage"]["total_tokens"]))
+
+    await asyncio.gather(*(client(i) for i in (0, 1, 0, 1)))  # two clients per gateway
+    assert refused == ["budget_exceeded"] * 4
+    total, reached_at = 0, None
+    for at, tokens in sorted(served):
+        total += tokens
+        if reached_at is None and total >= budget:
+            reached_at = at
+    assert reached_at is not None
+    overshoot = total - budget
+    window = [t for at, t in served if reached_at < at <= reached_at + flush + refresh + 0.3]
+    assert overshoot <= sum(window) + 4 * max(t for _, t in served), (overshoot, sum(window))
