@@ -160,15 +160,27 @@ def run_list(args: argparse.Namespace) -> int:
     keys = _load(Path(args.file))
     print(
         f"{'NAME':<20} {'ENABLED':<8} {'RPM':>7} {'TPM':>9} {'CONC':>5} {'MAXTOK':>7}  "
-        "SHA256    MODELS"
+        "SHA256    MODELS  BUDGETS"
     )
     for key in keys:
         print(
             f"{key.name:<20} {'yes' if key.enabled else 'no':<8} {_n(key.rpm):>7} "
             f"{_n(key.tpm):>9} {_n(key.concurrency):>5} {_n(key.max_tokens):>7}  "
-            f"{key.sha256[:8]}  {','.join(key.models) or '*'}"
+            f"{key.sha256[:8]}  {','.join(key.models) or '*'}  {_budgets(key)}"
         )
     return 0
+
+
+def _budgets(key: ApiKey) -> str:
+    """``month:40000000tok/$250 total:$1000``, or ``-``."""
+    if key.budgets is None:
+        return "-"
+    shown = []
+    for period, limit in key.budgets.limits():
+        parts = [f"{limit.tokens}tok"] if limit.tokens is not None else []
+        parts += [f"${limit.dollars:g}"] if limit.dollars is not None else []
+        shown.append(f"{period}:{'/'.join(parts)}")
+    return " ".join(shown)
 
 
 def _n(value: int | None) -> str:

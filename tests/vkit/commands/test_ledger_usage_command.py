@@ -130,6 +130,10 @@ def test_a_budget_is_set_and_one_below_the_spent_is_refused(
     assert alice.budgets is not None
     assert alice.budgets.day is not None and alice.budgets.day.tokens == 5000
     assert alice.budgets.total is not None and alice.budgets.total.dollars == 100
+    capsys.readouterr()
+    assert main(["keys", "list", "--file", str(keys_file)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "alice" in line]
+    assert line.endswith("day:5000tok total:$100")
     assert main([*budget, "--period", "day", "--clear"]) == 0
     assert main([*budget, "--period", "total", "--clear"]) == 0
     (alice,) = [k for k in load_keys(keys_file) if k.name == "alice"]
