@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from gateway.admission import LimiterLike
 from gateway.app import GatewayApp, create_app
 from gateway.key_store import KeyStore
-from gateway.ledger import Ledger, open_store
+from gateway.ledger import Ledger, LedgerCollector, open_store
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
@@ -40,6 +40,9 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     limiter = build_limiter(settings, metrics, closers)
     key_store = build_key_store(settings, metrics)
     ledger = build_ledger(settings)
+    if ledger is not None:
+        store = key_store
+        registry.register(LedgerCollector(ledger, lambda: store.keys if store else ()))
     return create_app(
         settings,
         key_store=key_store,

@@ -14,11 +14,14 @@ Modules:
 - :mod:`.store` -- the database (SQLite or PostgreSQL), synchronous, one connection;
 - :mod:`.writer` -- :class:`Ledger`: the tally flushed in batches on a thread of its own;
 - :mod:`.budgets` -- budgets per key and window, and the book admission reads;
-- :mod:`.dollars` -- a group's hourly price split by each key's share of its tokens.
+- :mod:`.dollars` -- a group's hourly price split by each key's share of its tokens;
+- :mod:`.exported` -- :class:`LedgerCollector`: spending, budget use and the backlog on
+  ``/metrics``, read at each scrape.
 """
 
 from gateway.ledger.budgets import BudgetBook, KeyBudgets, Limit
 from gateway.ledger.dollars import Split, split_bill
+from gateway.ledger.exported import LedgerCollector
 from gateway.ledger.store import LedgerError, LedgerStore, open_store
 from gateway.ledger.tally import UsageRow, UsageTally
 from gateway.ledger.writer import Ledger
@@ -27,6 +30,7 @@ __all__ = [
     "BudgetBook",
     "KeyBudgets",
     "Ledger",
+    "LedgerCollector",
     "LedgerError",
     "LedgerStore",
     "Limit",
