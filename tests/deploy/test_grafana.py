@@ -10,6 +10,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from gateway.ledger import Ledger, LedgerCollector, open_store
 from gateway.metrics import GatewayMetrics
 from tests.deploy.promql_names import base_name, metric_names
 
@@ -43,6 +44,15 @@ def gateway_metrics() -> set[str]:
     """What the gateway's registry really exposes (base names of histograms too)."""
     registry = CollectorRegistry()
     GatewayMetrics(registry)
+    # the usage ledger's collector (a store that is never opened: its names, no values)
+    ledger = Ledger(
+        open_store("sqlite:///unused.sqlite3"),
+        flush_interval=1,
+        budget_refresh=1,
+        max_backlog_rows=1,
+        prices={},
+    )
+    registry.register(LedgerCollector(ledger, lambda: ()))
     names = set()
     for family in registry.collect():
         names.add(family.name)
@@ -134,6 +144,7 @@ def test_dashboard_covers_load_latency_gpu_keys_and_cost(dashboard: dict[str, An
         "vllm:e2e_request_latency_seconds", "vllm:generation_tokens_total",
         "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "vkit_gateway_requests_total",
         "vkit_gateway_rate_limited_total", "vkit:cost_dollars_per_day",
+        "vkit_gateway_key_spent_dollars", "vkit_gateway_key_budget_used_ratio",
         "vkit:cost_dollars_per_million_output_tokens",
     } <= used  # fmt: skip
 
