@@ -10,9 +10,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.ledger import Ledger, LedgerCollector, open_store
+from gateway.ledger import LedgerCollector
 from gateway.metrics import GatewayMetrics
 from tests.deploy.promql_names import base_name, metric_names
+from tests.gateway.ledger_stores import a_ledger
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GRAFANA = DEPLOY / "monitoring" / "grafana"
@@ -45,13 +46,7 @@ def gateway_metrics() -> set[str]:
     registry = CollectorRegistry()
     GatewayMetrics(registry)
     # the usage ledger's collector (a store that is never opened: its names, no values)
-    ledger = Ledger(
-        open_store("sqlite:///unused.sqlite3"),
-        flush_interval=1,
-        budget_refresh=1,
-        max_backlog_rows=1,
-        prices={},
-    )
+    ledger = a_ledger("sqlite:///unused.sqlite3", started=False)
     registry.register(LedgerCollector(ledger, lambda: ()))
     names = set()
     for family in registry.collect():

@@ -1,15 +1,16 @@
 """Fixtures: a ledger store on real SQLite (unit) and on a real PostgreSQL server
-(integration), as one parametrised ``store``; the server is started once per session."""
+(integration), as one parametrised ``ledger_store``; the server is started once per session.
+:func:`a_ledger` builds a running ledger on a URL."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from gateway.ledger import LedgerStore, open_store
+from gateway.ledger import Ledger, LedgerStore, open_store
 from tests.gateway.postgres_process import PostgresProcess, fresh_database, running_postgres
 
 _names = itertools.count()
@@ -44,3 +45,25 @@ def ledger_store(store_url: str) -> Iterator[LedgerStore]:
         yield opened
     finally:
         opened.close()
+
+
+def a_ledger(
+    url: str,
+    *,
+    flush: float = 1.0,
+    refresh: float = 1.0,
+    backlog: int = 100,
+    prices: Mapping[str, float] | None = None,
+    started: bool = True,
+) -> Ledger:
+    """A :class:`Ledger` on ``url`` (migrated when ``started``)."""
+    ledger = Ledger(
+        open_store(url),
+        flush_interval=flush,
+        budget_refresh=refresh,
+        max_backlog_rows=backlog,
+        prices=prices or {},
+    )
+    if started:
+        ledger.start()
+    return ledger

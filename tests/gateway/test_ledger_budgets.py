@@ -9,10 +9,11 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.ledger import KeyBudgets, Ledger, Limit, open_store
+from gateway.ledger import KeyBudgets, Limit, open_store
 from gateway.ledger.budgets import BudgetBook, Spent, resets_at, window_starts
 from tests.gateway.conftest import SECRET, GatewayFactory, wait_until
 from tests.gateway.doubles import Key
+from tests.gateway.ledger_stores import a_ledger
 from tests.vllm_standin import ScriptedUpstream
 
 WED = datetime(2026, 12, 30, 15, 20, tzinfo=UTC)  # a Wednesday
@@ -59,10 +60,7 @@ async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
-    ledger = Ledger(
-        open_store(url), flush_interval=0.05, budget_refresh=0.05, max_backlog_rows=100, prices={}
-    )
-    ledger.start()
+    ledger = a_ledger(url, flush=0.05, refresh=0.05)
     key = Key("alice", budgets=KeyBudgets(day=Limit(tokens=1)))
     gw = await start_gateway(keys={SECRET: key}, ledger=ledger)
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
@@ -77,23 +75,14 @@ async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     assert gw.metric("vkit_gateway_rate_limited_total", {"key": "alice", "reason": "budget"}) == 1
     # written by the flush loop: a second gateway on the same ledger refuses it from the database
     await wait_until(lambda: ledger.writes > 0 and not ledger.book.unwritten)
-    again = Ledger(
-        open_store(url), flush_interval=1, budget_refresh=1, max_backlog_rows=100, prices={}
-    )
-    again.start()
+    again = a_ledger(url)
     assert again.refusal("alice", key.budgets) is not None
     await again.close()
 
 
 async def test_a_database_away_keeps_the_rows_and_writes_them_when_back(tmp_path: Path) -> None:
     folder = tmp_path / "later"
-    ledger = Ledger(
-        open_store(f"sqlite:///{folder / 'usage.sqlite3'}"),
-        flush_interval=1,
-        budget_refresh=0,
-        max_backlog_rows=100,
-        prices={},
-    )
+    ledger = a_ledger(f"sqlite:///{folder / 'usage.sqlite3'}", refresh=0, started=False)
     ledger.record("a", "m", 3, 4)
     assert await ledger.flush() is False  # no folder yet: the database is away
     ledger.record("a", "m", 1, 1)
@@ -112,14 +101,7 @@ async def test_a_flush_cancelled_mid_write_is_not_written_twice(tmp_path: Path) 
     """Shutdown cancels the flush loop, perhaps while its thread is writing; the last flush
     must not write those rows again."""
     path = tmp_path / "usage.sqlite3"
-    ledger = Ledger(
-        open_store(f"sqlite:///{path}"),
-        flush_interval=0.01,
-        budget_refresh=60,
-        max_backlog_rows=100,
-        prices={},
-    )
-    ledger.start()
+    ledger = a_ledger(f"sqlite:///{path}", flush=0.01, refresh=60)
     ledger.record("a", "m", 1, 1)
     blocker = sqlite3.connect(path)
     blocker.execute("BEGIN IMMEDIATE")  # another writer: the ledger's write waits for it

@@ -6,19 +6,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from gateway.ledger import KeyBudgets, Ledger, LedgerCollector, Limit, open_store
+from gateway.ledger import KeyBudgets, LedgerCollector, Limit
 from gateway.ledger.budgets import Spent
 from tests.gateway.doubles import Key
+from tests.gateway.ledger_stores import a_ledger
 
 
 def test_a_scrape_shows_spending_budget_use_and_the_backlog(tmp_path: Path) -> None:
-    ledger = Ledger(
-        open_store(f"sqlite:///{tmp_path / 'usage.sqlite3'}"),
-        flush_interval=1,
-        budget_refresh=1,
-        max_backlog_rows=10,
-        prices={},
-    )
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", started=False)
     ledger.book.spent["alice"] = Spent(tokens={"month": 300, "total": 900}, dollars={"month": 2})
     ledger.record("alice", "m", 50, 50)  # not yet written: counted in every window
     keys = [Key("alice", budgets=KeyBudgets(month=Limit(tokens=1000, dollars=4))), Key("bob")]

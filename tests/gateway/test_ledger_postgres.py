@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ledger import KeyBudgets, Ledger, Limit, open_store
+from gateway.ledger import KeyBudgets, Ledger, Limit
 from tests.gateway.conftest import SECRET, GatewayFactory
 from tests.gateway.doubles import Key
+from tests.gateway.ledger_stores import a_ledger
 from tests.gateway.postgres_process import PostgresProcess, fresh_database, running_postgres
 
 pytestmark = pytest.mark.integration
@@ -20,15 +21,7 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 def ledger_on(url: str, flush: float = 0.1, refresh: float = 0.1) -> Ledger:
-    ledger = Ledger(
-        open_store(url),
-        flush_interval=flush,
-        budget_refresh=refresh,
-        max_backlog_rows=1000,
-        prices={"tiny-llama": 3.0},
-    )
-    ledger.start()
-    return ledger
+    return a_ledger(url, flush=flush, refresh=refresh, backlog=1000, prices={"tiny-llama": 3.0})
 
 
 async def test_two_gateways_enforce_one_monthly_budget(postgres_server: PostgresProcess) -> None:
