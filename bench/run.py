@@ -7,6 +7,9 @@ from its process tree's utime+stime in ``/proc``, its memory is the tree's RSS a
 
     .venv/bin/python bench/run.py [--duration 3] [--targets direct,nginx,vkit,litellm]
 
+Target ``vkit-ledger`` is the same gateway keeping the usage ledger (SQLite): compare
+``--targets vkit,vkit-ledger --rounds 4`` for the ledger's cost per request.
+
 Before/after a change, in one run: unpack the old code (``git archive HEAD | tar -x -C
 /tmp/before``) and compare ``--targets vkit,baseline --baseline /tmp/before --rounds 4``
 (A B B A A B B A: these shared VMs drift; report the spread, not one row).
@@ -178,9 +181,14 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
 
 
 def run_vkit(
-    upstream: str, work: Path, args: argparse.Namespace, tree: Path | None = None
+    upstream: str,
+    work: Path,
+    args: argparse.Namespace,
+    tree: Path | None = None,
+    ledger: bool = False,
 ) -> list[dict]:
-    """The gateway of this checkout, or (``tree``) of another source tree of vkit."""
+    """The gateway of this checkout, or (``tree``) of another source tree of vkit; with
+    ``ledger``, keeping the usage ledger (SQLite beside the keys file)."""
     keys = work / "keys.yaml"
     keys.unlink(missing_ok=True)
     secret = add_key(keys, "bench", rpm=100_000_000, tpm=1_000_000_000, concurrency=1000)
@@ -192,8 +200,11 @@ def run_vkit(
     }
     if tree is not None:  # `python -m vkit` from that tree: its packages come first
         env["PYTHONPATH"] = str(tree)
+    if ledger:
+        (work / "usage.sqlite3").unlink(missing_ok=True)
+        env["VKIT_GATEWAY_LEDGER__ENABLED"] = "true"
     argv = [sys.executable, "-m", "vkit", "gateway", "--host", "127.0.0.1", "--port", str(port)]
-    name = "vkit" if tree is None else "baseline"
+    name = "vkit-ledger" if ledger else "vkit" if tree is None else "baseline"
     with process(argv, 1, work / f"{name}.log", env, cwd=tree) as pid:
         wait_http(f"http://127.0.0.1:{port}/readyz", 30)
         return measure(name, f"http://127.0.0.1:{port}", pid, args, secret)
@@ -320,6 +331,9 @@ def main() -> None:
                 "direct": lambda upstream, work, args: measure("direct", upstream, None, args),
                 "nginx": run_nginx,
                 "vkit": run_vkit,
+                "vkit-ledger": lambda upstream, work, args: run_vkit(
+                    upstream, work, args, ledger=True
+                ),
                 "baseline": run_baseline,
                 "litellm": run_litellm,
             }

@@ -46,5 +46,6 @@ Modules:
 - :mod:`.key_store` -- API keys at request time (authentication, reloads);
 - :mod:`.keyfile` -- the keys file: YAML load and atomic save;
 - :mod:`.limits` -- per-key limits (memory or Redis) and the gateway-wide in-flight bound;
+- :mod:`.ledger` -- the usage ledger (SQLite or PostgreSQL), key budgets, dollars per key;
 - :mod:`.routing` -- which replica each request goes to, holding, discovery.
 """

@@ -3,7 +3,8 @@
 Order (each step answers with its own envelope): the bearer key, or Anthropic's
 ``x-api-key`` header (401); what refuses the
 request whatever its body (:meth:`Gate.refuse_early`: the in-flight bound full, 503; the
-key past its requests, at its concurrency or out of tokens, 429), before the body is read;
+key past its requests, at its concurrency or out of tokens, 429; a key over a budget of the
+ledger, 429 ``budget_exceeded``), before the body is read;
 the body size (413), its JSON values (``max_body_values``, ``max_body_containers``, 400,
 before the parse), the JSON fields (400), the key's allowed models (403) and the served
 models (404: base models and LoRA adapters, as the upstreams list them; the request then
@@ -44,6 +45,7 @@ from gateway.errors import (
     RateLimitExceeded,
     UpstreamUnavailable,
 )
+from gateway.ledger.budgets import KeyBudgets
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.oversized_body import refuse_oversized
@@ -75,6 +77,12 @@ class KeyLike(FanOutLimits, Protocol):
 
 class KeyStoreLike(Protocol):
     def authenticate(self, secret: str) -> KeyLike | None: ...
+
+
+class BudgetsLike(Protocol):
+    """What the gate asks of :class:`gateway.ledger.Ledger`: a spent budget's 429."""
+
+    def refusal(self, name: str, budgets: KeyBudgets | None) -> RateLimitExceeded | None: ...
 
 
 class LimiterLike(Protocol):
@@ -127,6 +135,7 @@ class Gate:
     max_body_values: int | None = None  # None: no bound (gateway.body_values)
     max_body_containers: int | None = None  # None: no bound
     route_key: Callable[[str, Mapping[str, Any]], int | None] | None = None  # the router's
+    budgets: BudgetsLike | None = None  # the ledger's budgets (None: no ledger)
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -257,6 +266,8 @@ class Gate:
         if bound is not None and bound.count >= bound.limit:
             raise self._busy(key_name, NO_MODEL)
         refused = self.limiter.early_refusal(key) if key and self.limiter else None
+        if refused is None and key is not None and self.budgets is not None:
+            refused = self.budgets.refusal(key_name, getattr(key, "budgets", None))
         if refused is not None:
             self._count_refusal(key_name, NO_MODEL, refused.reason, refused.status_code)
             raise refused

@@ -51,6 +51,7 @@ from gateway.errors import (
     error_envelope,
 )
 from gateway.exchange import Exchange, ModelListing
+from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import PromptCounter
 from gateway.routing import Hold
@@ -92,6 +93,7 @@ def create_app(
     on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     prompt_counter: PromptCounter | None = None,
+    ledger: Ledger | None = None,
 ) -> GatewayApp:
     """The gateway. ``metrics`` (built on ``registry``) may be passed in when the limiter
     needs its ``limiter_backend_errors`` counter; ``on_shutdown`` closes what the caller
@@ -100,7 +102,9 @@ def create_app(
     by default a small aiohttp pool): requests can exhaust theirs, never the prober's.
     ``prompt_counter`` counts each request's prompt tokens for the limiter (the models'
     tokenizers: :func:`gateway.prompt_tokens.build_prompt_counter`); by default the byte
-    bound, an upper bound that needs no tokenizer."""
+    bound, an upper bound that needs no tokenizer. ``ledger`` (:mod:`gateway.ledger`, started
+    by the caller) records usage and checks budgets; its flushes run, and it closes, with the
+    app."""
     if metrics is None:
         metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry())
     running = build_gateway(
@@ -114,6 +118,7 @@ def create_app(
         on_shutdown=on_shutdown,
         background=background,
         prompt_counter=prompt_counter,
+        ledger=ledger,
     )
 
     @contextlib.asynccontextmanager

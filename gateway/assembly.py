@@ -6,7 +6,9 @@ shares them, and ``redis_fail_open`` says whether to keep serving while Redis is
 (docs/shared-limits.md).
 Keys that set no concurrency get ``default_key_concurrency``. The keys file is reloaded by a
 background task of the app's lifespan. Prompts are counted with the tokenizers that
-``settings.tokenizers`` names (loaded once, here); other models' by the byte bound.
+``settings.tokenizers`` names (loaded once, here); other models' by the byte bound. The usage
+ledger (``settings.ledger``) is opened and migrated here, so a database that cannot be reached
+stops the start with one line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from gateway.admission import LimiterLike
 from gateway.app import GatewayApp, create_app
 from gateway.key_store import KeyStore
+from gateway.ledger import Ledger, LedgerCollector, open_store
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
@@ -36,6 +39,10 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     closers: list[Callable[[], Awaitable[object]]] = []
     limiter = build_limiter(settings, metrics, closers)
     key_store = build_key_store(settings, metrics)
+    ledger = build_ledger(settings)
+    if ledger is not None:
+        store = key_store
+        registry.register(LedgerCollector(ledger, lambda: store.keys if store else ()))
     return create_app(
         settings,
         key_store=key_store,
@@ -44,7 +51,26 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
         on_shutdown=closers,
         background=[key_store.run_forever] if key_store is not None else [],
         prompt_counter=build_prompt_counter(settings.tokenizers),
+        ledger=ledger,
     )
+
+
+def build_ledger(settings: GatewaySettings) -> Ledger | None:
+    """The usage ledger, its database migrated (an unreachable one raises
+    :class:`gateway.ledger.LedgerError` here, before anything is served); ``None`` when off."""
+    url = settings.ledger_url
+    if url is None:
+        return None
+    section = settings.ledger
+    ledger = Ledger(
+        open_store(url),
+        flush_interval=section.flush_interval,
+        budget_refresh=section.budget_refresh,
+        max_backlog_rows=section.max_backlog_rows,
+        prices=section.prices,
+    )
+    ledger.start()
+    return ledger
 
 
 def build_key_store(settings: GatewaySettings, metrics: GatewayMetrics) -> KeyStore | None:

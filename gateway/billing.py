@@ -7,13 +7,15 @@ usage up to the last chunk). An answer that carried no usage bills the whole res
 and counts in ``usage_missing``; a stream cut before any usage came, the estimate and the
 content events relayed; a client gone before any answer, the estimate (what vLLM may have
 prefilled). :func:`settle` gives the lease back with that count (the answer is out by then:
-a failed settle is logged, never turned into an error) and counts the tokens per key.
+a failed settle is logged, never turned into an error) and counts the tokens per key, and in
+the usage ledger when there is one (:mod:`gateway.ledger`; requests billed no token are not
+recorded there).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.metrics import GatewayMetrics
 
@@ -24,9 +26,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("vkit.gateway.billing")
 
 
-async def settle(admitted: Admitted, outcome: Outcome, metrics: GatewayMetrics) -> None:
-    """Settle ``admitted``'s lease with the tokens it used, and count them."""
+class UsageRecorder(Protocol):
+    """What billing asks of :class:`gateway.ledger.Ledger`: one request's tokens counted."""
+
+    def record(self, key: str, model: str, prompt: int, completion: int) -> None: ...
+
+
+async def settle(
+    admitted: Admitted,
+    outcome: Outcome,
+    metrics: GatewayMetrics,
+    ledger: UsageRecorder | None = None,
+) -> None:
+    """Settle ``admitted``'s lease with the tokens it used, and count them (and, with a
+    ledger, record them there: a dict update)."""
     prompt, completion = tokens_to_bill(admitted, outcome, metrics)
+    if ledger is not None and prompt + completion:
+        ledger.record(admitted.key_name, admitted.model, prompt, completion)
     try:
         await admitted.lease.settle(prompt + completion)
     except Exception:  # the answer is out; a failed settle must not turn it into a 500

@@ -8,6 +8,8 @@
       PayloadTooLarge      413 invalid_request_error  body over the size limit
       RateLimitExceeded    429 rate_limit_error       reason "requests" | "tokens" | "concurrency";
                                                       carries retry_after (s), x-ratelimit-* headers
+        BudgetExceeded     429 rate_limit_error       code "budget_exceeded": a key over its day,
+                                                      week, month or total budget; x-budget-*
       UpstreamError        502 upstream_error         bad answer from the upstream
       UpstreamUnavailable  503 service_unavailable    no upstream ready or reachable; Retry-After
       UpstreamTimeout      504 timeout_error          no first byte within the timeout
@@ -115,6 +117,13 @@ class RateLimitExceeded(GatewayError):
         self.reason = reason
         self.retry_after = retry_after
         self.ratelimit_headers = dict(ratelimit_headers or {})
+
+
+class BudgetExceeded(RateLimitExceeded):
+    """429 ``budget_exceeded``: the key has spent a budget (:mod:`gateway.ledger.budgets`);
+    its headers say which window, what was allowed and when the window resets."""
+
+    default_code = "budget_exceeded"
 
 
 class UpstreamError(GatewayError):

@@ -121,7 +121,7 @@ class Exchange(Response):
         """Bill the request and record the exchange's metrics (once the answer is over)."""
         metrics = self.forwarder.metrics
         metrics.in_flight.dec()
-        await billing.settle(self.admitted, self.outcome, metrics)
+        await billing.settle(self.admitted, self.outcome, metrics, self.forwarder.ledger)
         self._record_timings()
 
     async def _watch_disconnect(

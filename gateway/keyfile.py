@@ -12,6 +12,8 @@
         max_prompts: 64     #   (prompts x max(n, best_of))
         max_completions: 64
         models: [tiny-llama]  # allowed models; empty: all
+        budgets:            # tokens and/or dollars per day, week, month, total (UTC windows)
+          month: {tokens: 40000000, dollars: 250}
         enabled: true
         created: 2026-01-01T00:00:00Z
 
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.ledger.budgets import KeyBudgets
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SECRET_PREFIX = "vk-"
@@ -72,6 +76,7 @@ class ApiKey(BaseModel):
     max_prompts: int | None = Field(default=None, ge=1)
     max_completions: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
+    budgets: KeyBudgets | None = None  # gateway.ledger.budgets; kept with the ledger on
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

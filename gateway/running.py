@@ -7,8 +7,9 @@
 Everything the public app, the admin app and the tests share lives here, typed, instead of
 on an untyped ``app.state``: the upstream pool, the gate (admission), the forwarder (the
 upstream call), the router and its scrapes, the hold, the prober, the metrics, the
-background loops and what closes at shutdown. :meth:`RunningGateway.lifespan` runs the
-loops and closes the rest, in order, one failure not stopping the others.
+background loops (the ledger's flushes among them) and what closes at shutdown.
+:meth:`RunningGateway.lifespan` runs the loops and closes the rest, in order, one failure not
+stopping the others.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
 from gateway.client import AiohttpClient, UpstreamClient
 from gateway.health import UpstreamProber
+from gateway.ledger import Ledger
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_budget import CountBudget
@@ -96,6 +98,7 @@ def build_gateway(
     on_shutdown: Sequence[Closer] = (),
     background: Sequence[Loop] = (),
     prompt_counter: PromptCounter | None = None,
+    ledger: Ledger | None = None,
 ) -> RunningGateway:
     """The gateway's parts (see :func:`gateway.app.create_app` for the arguments)."""
     # A request in flight holds at most one upstream connection: keep the pool above the bound.
@@ -117,8 +120,12 @@ def build_gateway(
         metrics=metrics,
         clock=clock,
         hold=Hold(settings.hold, pool, metrics, clock),
+        ledger=ledger,
     )
-    gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter, router)
+    gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter, router, ledger)
+    ledger_parts: tuple[tuple[Loop, ...], tuple[Closer, ...]] = (
+        ((ledger.run_forever,), (ledger.close,)) if ledger is not None else ((), ())
+    )
     check = ReadinessCheck.of(api_key, settings.health.expected_models)
     holding = settings.hold.probe_interval if settings.hold.max_wait else None
     return RunningGateway(
@@ -133,8 +140,14 @@ def build_gateway(
         prober=UpstreamProber(
             settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
         ),
-        loops=(*background, *routing_loops),
-        closers=(client.aclose, probes.aclose, _closing(gate.count_budget), *on_shutdown),
+        loops=(*background, *routing_loops, *ledger_parts[0]),
+        closers=(
+            client.aclose,
+            probes.aclose,
+            _closing(gate.count_budget),
+            *ledger_parts[1],  # the last flush, once no request is left to record
+            *on_shutdown,
+        ),
     )
 
 
@@ -153,6 +166,7 @@ def _gate(
     limiter: LimiterLike | None,
     prompt_counter: PromptCounter | None,
     router: Router,
+    ledger: Ledger | None,
 ) -> Gate:
     tokenizers = settings.tokenizers
     fallback = ByteBound.of(tokenizers)
@@ -167,6 +181,7 @@ def _gate(
         metrics=metrics,
         key_store=key_store,
         limiter=limiter,
+        budgets=ledger,
         in_flight=InFlightLimit(settings.max_in_flight) if settings.max_in_flight else None,
         prompt_counter=prompt_counter or fallback,
         count_budget=CountBudget(

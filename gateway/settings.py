@@ -347,6 +347,40 @@ def dns_target(entry: str, default_port: int) -> tuple[str, int]:
     return name, int(port) if colon else default_port
 
 
+class LedgerSettings(BaseModel):
+    """The usage ledger (:mod:`gateway.ledger`, docs/usage-ledger.md): usage per key, model
+    and hour in a database, key budgets over a day, week, month and in total, and dollars
+    from each replica group's price per hour.
+
+    ``url``: ``sqlite:///PATH`` (one gateway) or ``postgresql://user:pass@host/db`` (several
+    gateways sharing usage and budgets); unset, ``usage.sqlite3`` beside the keys file. Usage
+    is written every ``flush_interval`` s (the most a crash can lose); budgets are read back
+    every ``budget_refresh`` s (how far several gateways may overshoot a budget together).
+    While the database is away up to ``max_backlog_rows`` rows (key x model x hour) are kept
+    for it. ``prices``: model -> dollars per hour of the replica group serving it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="keep the usage ledger")
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH or postgresql://...; unset: usage.sqlite3 beside the keys file",
+    )
+    flush_interval: float = Field(
+        default=1.0, gt=0, le=60, description="seconds between writes (the most a crash loses)"
+    )
+    budget_refresh: float = Field(
+        default=5.0, gt=0, description="seconds between reads of every key's spending"
+    )
+    max_backlog_rows: int = Field(
+        default=100_000, ge=1, description="rows kept while the database is away"
+    )
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="model -> dollars per hour of its replica group"
+    )
+
+
 class GatewaySettings(BaseSettings):
     """Everything ``vkit gateway`` needs; see the module docstring for the sources."""
 
@@ -428,6 +462,7 @@ class GatewaySettings(BaseSettings):
     router: RouterSettings = RouterSettings()
     hold: HoldSettings = HoldSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    ledger: LedgerSettings = LedgerSettings()
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug | info | warning | error"
     )
@@ -456,6 +491,22 @@ class GatewaySettings(BaseSettings):
                 "a held request's time counts toward its whole duration"
             )
         return self
+
+    @model_validator(mode="after")
+    def _ledger_has_a_place(self) -> GatewaySettings:
+        if self.ledger.enabled and self.ledger.url is None and self.keys_file is None:
+            raise ValueError("ledger: set ledger.url, or a keys_file to keep it beside")
+        return self
+
+    @property
+    def ledger_url(self) -> str | None:
+        """The ledger's database URL, or ``None`` when there is no ledger."""
+        if not self.ledger.enabled:
+            return None
+        if self.ledger.url is not None:
+            return self.ledger.url
+        assert self.keys_file is not None
+        return f"sqlite:///{self.keys_file.parent / 'usage.sqlite3'}"
 
     @property
     def upstream_urls(self) -> list[str]:

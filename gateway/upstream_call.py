@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from gateway.billing import UsageRecorder
 from gateway.client import (
     UpstreamBadResponse,
     UpstreamClient,
@@ -86,6 +87,7 @@ class Forwarder:
     metrics: GatewayMetrics
     clock: Callable[[], float]
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
+    ledger: UsageRecorder | None = None  # the usage ledger billing records in (None: none)
 
     async def open_within(
         self,

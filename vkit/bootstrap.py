@@ -44,6 +44,9 @@ TEST_PROGRAMS = DEMO_PROGRAMS | {
     # base image its images are built on (no registry needed, docs/docker-offline.md).
     "dockerd": "docker.io",
     "debootstrap": "debootstrap",
+    # The usage ledger's PostgreSQL tests start a throwaway cluster with its initdb and
+    # postgres (under /usr/lib/postgresql/15/bin; the package's own programs are on PATH).
+    "pg_ctlcluster": "postgresql",
 }
 # Profiles whose tests need a running Docker daemon (started here when none answers).
 DOCKER_PROFILES = frozenset({"test"})

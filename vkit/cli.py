@@ -25,7 +25,17 @@ from vkit import __version__
 from vkit.exit_codes import HANDLED, exit_code_for, message_for
 
 # The commands as typed, in --help order.
-COMMANDS = ("plan", "launch", "capacity", "checkpoints", "gateway", "keys", "render", "up")
+COMMANDS = (
+    "plan",
+    "launch",
+    "capacity",
+    "checkpoints",
+    "gateway",
+    "keys",
+    "usage",
+    "render",
+    "up",
+)
 
 
 def command_module(name: str) -> ModuleType:
@@ -55,6 +65,10 @@ def command_module(name: str) -> ModuleType:
             from vkit.commands import keys
 
             return keys
+        case "usage":
+            from vkit.commands import ledger_usage
+
+            return ledger_usage
         case "render":
             from vkit.commands import render
 

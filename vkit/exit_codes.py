@@ -1,8 +1,9 @@
 """How the ``vkit`` command ends: error classes -> exit codes and one-line messages.
 
 The packages below the CLI raise plain exceptions of their own (``launcher.errors``,
-``gateway.keyfile.KeyFileError``, pydantic's ``ValidationError``); only this table knows
-which exit code each one means. The CLI's own errors live here too:
+``gateway.keyfile.KeyFileError``, ``gateway.ledger.LedgerError``, pydantic's
+``ValidationError``); only this table knows which exit code each one means. The CLI's own
+errors live here too:
 
     CliError          -- a clear, expected failure of a command (exit 1 unless told otherwise)
       UsageError      -- bad flag values or arguments (exit 2, like argparse)
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from gateway.keyfile import KeyFileError, KeyNameTaken
+from gateway.ledger.store import LedgerError
 from launcher.errors import InvalidInput, LauncherError
 
 USAGE = 2  # argparse's own code for bad arguments
@@ -48,6 +50,7 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SettingsError, USAGE),
     (KeyNameTaken, USAGE),
     (KeyFileError, FAILURE),
+    (LedgerError, FAILURE),  # the ledger's database unreachable, or newer than the gateway
 )
 
 HANDLED: tuple[type[Exception], ...] = (CliError, *(cls for cls, _ in EXIT_CODES))

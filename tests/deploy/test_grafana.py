@@ -10,8 +10,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from gateway.ledger import LedgerCollector
 from gateway.metrics import GatewayMetrics
 from tests.deploy.promql_names import base_name, metric_names
+from tests.gateway.ledger_stores import a_ledger
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GRAFANA = DEPLOY / "monitoring" / "grafana"
@@ -43,6 +45,9 @@ def gateway_metrics() -> set[str]:
     """What the gateway's registry really exposes (base names of histograms too)."""
     registry = CollectorRegistry()
     GatewayMetrics(registry)
+    # the usage ledger's collector (a store that is never opened: its names, no values)
+    ledger = a_ledger("sqlite:///unused.sqlite3", started=False)
+    registry.register(LedgerCollector(ledger, lambda: ()))
     names = set()
     for family in registry.collect():
         names.add(family.name)
@@ -134,6 +139,7 @@ def test_dashboard_covers_load_latency_gpu_keys_and_cost(dashboard: dict[str, An
         "vllm:e2e_request_latency_seconds", "vllm:generation_tokens_total",
         "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "vkit_gateway_requests_total",
         "vkit_gateway_rate_limited_total", "vkit:cost_dollars_per_day",
+        "vkit_gateway_key_spent_dollars", "vkit_gateway_key_budget_used_ratio",
         "vkit:cost_dollars_per_million_output_tokens",
     } <= used  # fmt: skip
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import GatewayApp, create_admin_app, create_app
 from gateway.settings import GatewaySettings
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
+from tests.gateway.ledger_stores import ledger_store, postgres_server, store_url  # noqa: F401
 from tests.vllm_standin import ScriptedUpstream
 
 SECRET = "sk-test-alice"
@@ -92,6 +93,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
         limiter: Any = None,
         upstream_client: Any = None,
         prompt_counter: Any = None,
+        ledger: Any = None,
         **overrides: Any,
     ) -> ServedGateway:
         fields: dict[str, Any] = {
@@ -111,6 +113,7 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
             registry=registry,
             upstream_client=upstream_client,
             prompt_counter=prompt_counter,
+            ledger=ledger,
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         server = uvicorn.Server(config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.errors import RateLimitExceeded
+from gateway.ledger import KeyBudgets
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Key:
     max_prompts: int | None = None
     max_completions: int | None = None
     models: list[str] = field(default_factory=list)
+    budgets: KeyBudgets | None = None
     enabled: bool = True
 
 

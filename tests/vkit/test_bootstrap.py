@@ -81,6 +81,7 @@ def test_the_tests_need_the_deploy_file_checkers_too() -> None:
         "docker-compose",
         "docker.io",
         "debootstrap",
+        "postgresql",
     )
     # A program only the tests use is no reason to stop the demo.
     assert plan_bootstrap("demo", machine("promtool", "amtool")).ready
@@ -223,7 +224,7 @@ def test_root_dry_run_prints_the_apt_get_commands_and_runs_nothing(bare_bin: Pat
     )
     assert done.returncode == 0, done.stderr  # the apt-get on PATH fails if anything runs it
     packages = "nginx redis-server prometheus prometheus-alertmanager systemd docker-compose"
-    packages += " docker.io debootstrap"
+    packages += " docker.io debootstrap postgresql"
     assert done.stdout.splitlines() == [
         "apt-get update -qq",
         f"apt-get install -y -qq --no-install-recommends {packages}",

@@ -8,7 +8,8 @@
   repository's own ``config.json``;
 - :mod:`.launch` -- ``vkit launch``: start vLLM with tuned arguments and supervise it;
 - :mod:`.gateway` -- ``vkit gateway``: the gateway under uvicorn, its admin listener beside it;
-- :mod:`.keys` -- ``vkit keys add|list|disable|enable``: the gateway's keys file;
+- :mod:`.keys` -- ``vkit keys add|list|disable|enable|budget``: the gateway's keys file;
+- :mod:`.ledger_usage` -- ``vkit usage``: the usage ledger for a period, with dollars and idle;
 - :mod:`.up` -- ``vkit up``: the whole stack locally (:mod:`vkit.stack`);
 - :mod:`.render` -- ``vkit render``: deploy files for a given box (compose, nginx);
 - :mod:`.render_systemd` -- ``vkit render systemd``: a systemd host's generated files;

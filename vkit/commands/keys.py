@@ -1,4 +1,4 @@
-"""``vkit keys add|list|disable|enable``: manage the gateway's keys file.
+"""``vkit keys add|list|disable|enable|budget``: manage the gateway's keys file.
 
 ``add`` prints the new secret once, alone on the last line of stdout, and stores only its
 SHA-256. ``list`` shows names and limits, never digests in full. Every change rewrites the
@@ -8,6 +8,13 @@ file is 0600, or with ``--group GROUP`` 0640 for that group -- the gateway's ser
 
     sudo vkit keys add alice --file /etc/vkit/keys.yaml --rpm 60           # install.sh's file
     sudo vkit keys add alice --file /srv/keys.yaml --group vkit --rpm 60    # a new file
+    vkit keys budget alice --period month --tokens 40000000 --dollars 250   # the ledger's
+    vkit keys budget alice --period month --clear
+
+``budget`` sets a key's budget for one window (UTC day, ISO week, calendar month, or total;
+docs/usage-ledger.md); a budget below what the key has already spent in that window, by the
+ledger (``--ledger URL``, else ``usage.sqlite3`` beside the keys file when there is one), is
+refused: it would refuse the key at once.
 """
 
 from __future__ import annotations
@@ -15,13 +22,17 @@ from __future__ import annotations
 import argparse
 import grp
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.keyfile import NAME_PATTERN, ApiKey, KeyFileError, add_key, load_keys, save_keys
-from vkit.exit_codes import CliError
+from gateway.ledger import KeyBudgets, LedgerError, Limit, open_store
+from gateway.ledger.budgets import PERIODS, Period, resets_at
+from gateway.ledger.writer import read_spending
+from vkit.exit_codes import CliError, UsageError
 
 DEFAULT_FILE = Path("keys.yaml")
 
@@ -76,6 +87,15 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="show key names and limits")
     _file_flag(listing)
     listing.set_defaults(handler=run_list)
+    budget = actions.add_parser("budget", help="set or clear a key's budget for one window")
+    budget.add_argument("name")
+    _file_flag(budget)
+    budget.add_argument("--period", choices=PERIODS, required=True, help="the budget's window")
+    budget.add_argument("--tokens", type=int, help="most tokens (prompt + completion)")
+    budget.add_argument("--dollars", type=float, help="most dollars of the GPU bill")
+    budget.add_argument("--clear", action="store_true", help="remove the window's budget")
+    budget.add_argument("--ledger", help="the ledger's URL, to check what is already spent")
+    budget.set_defaults(handler=run_budget)
     for action, enabled in (("disable", False), ("enable", True)):
         sub = actions.add_parser(action, help=f"{action} a key by name")
         sub.add_argument("name")
@@ -140,15 +160,27 @@ def run_list(args: argparse.Namespace) -> int:
     keys = _load(Path(args.file))
     print(
         f"{'NAME':<20} {'ENABLED':<8} {'RPM':>7} {'TPM':>9} {'CONC':>5} {'MAXTOK':>7}  "
-        "SHA256    MODELS"
+        "SHA256    MODELS  BUDGETS"
     )
     for key in keys:
         print(
             f"{key.name:<20} {'yes' if key.enabled else 'no':<8} {_n(key.rpm):>7} "
             f"{_n(key.tpm):>9} {_n(key.concurrency):>5} {_n(key.max_tokens):>7}  "
-            f"{key.sha256[:8]}  {','.join(key.models) or '*'}"
+            f"{key.sha256[:8]}  {','.join(key.models) or '*'}  {_budgets(key)}"
         )
     return 0
+
+
+def _budgets(key: ApiKey) -> str:
+    """``month:40000000tok/$250 total:$1000``, or ``-``."""
+    if key.budgets is None:
+        return "-"
+    shown = []
+    for period, limit in key.budgets.limits():
+        parts = [f"{limit.tokens}tok"] if limit.tokens is not None else []
+        parts += [f"${limit.dollars:g}"] if limit.dollars is not None else []
+        shown.append(f"{period}:{'/'.join(parts)}")
+    return " ".join(shown)
 
 
 def _n(value: int | None) -> str:
@@ -166,3 +198,66 @@ def run_toggle(args: argparse.Namespace) -> int:
     state = "enabled" if args.enabled else "disabled"
     print(f"key '{request.name}' {state}", file=sys.stderr)
     return 0
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    request = NamedKeyArgs(name=args.name, file=args.file)
+    period: Period = args.period
+    if args.clear == (args.tokens is not None or args.dollars is not None):
+        raise UsageError("give --tokens and/or --dollars, or --clear")
+    limit = None if args.clear else _limit(args.tokens, args.dollars)
+    keys = _load(request.file)
+    index = next((i for i, key in enumerate(keys) if key.name == request.name), None)
+    if index is None:
+        raise CliError(f"no key named '{request.name}' in {request.file}")
+    if limit is not None:
+        _check_not_spent(request.name, period, limit, args.ledger, request.file)
+    budgets = keys[index].budgets or KeyBudgets()
+    updated = budgets.model_copy(update={period: limit})
+    keys[index] = keys[index].model_copy(update={"budgets": updated if updated.limits() else None})
+    _save(request.file, keys)
+    said = "cleared" if limit is None else "set"
+    print(f"key '{request.name}': {period} budget {said}", file=sys.stderr)
+    return 0
+
+
+def _limit(tokens: int | None, dollars: float | None) -> Limit:
+    try:
+        return Limit(tokens=tokens, dollars=dollars)
+    except ValueError:
+        raise UsageError("--tokens must be at least 1 and --dollars above 0") from None
+
+
+def _check_not_spent(
+    name: str, period: Period, limit: Limit, ledger: str | None, keys_file: Path
+) -> None:
+    """Refuse a budget the key has already spent in ``period``'s window, by the ledger."""
+    beside = keys_file.parent / "usage.sqlite3"
+    if ledger is None and not beside.is_file():
+        return  # no ledger yet: nothing spent
+    store = open_store(ledger or f"sqlite:///{beside}")
+    now = datetime.now(UTC)
+    try:
+        spent = read_spending(store, now.timestamp(), dollars=limit.dollars is not None)
+    except LedgerError as exc:
+        raise CliError(f"{exc} (pass --ledger URL to check what the key has spent)") from None
+    finally:
+        store.close()
+    mine = spent.get(name)
+    if mine is None:
+        return
+    window = "in total" if period == "total" else f"this {period}"
+    reset = resets_at(period, now)
+    after = f"; the window resets at {reset:%Y-%m-%d %H:%M} UTC" if reset else ""
+    used_tokens = mine.tokens.get(period, 0)
+    if limit.tokens is not None and used_tokens > limit.tokens:
+        raise CliError(
+            f"key '{name}' has already used {used_tokens:,} tokens {window}, above the "
+            f"budget of {limit.tokens:,}{after}"
+        )
+    used_dollars = mine.dollars.get(period, 0.0)
+    if limit.dollars is not None and used_dollars > limit.dollars:
+        raise CliError(
+            f"key '{name}' has already spent ${used_dollars:.2f} {window}, above the "
+            f"budget of ${limit.dollars:.2f}{after}"
+        )

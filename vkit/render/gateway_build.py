@@ -33,6 +33,7 @@ KIT_PACKAGES = (
     "launcher.supervision",
     "launcher.supervision.amx_site",
     "gateway",
+    "gateway.ledger",
     "gateway.limits",
     "gateway.routing",
     "vkit",

@@ -1,0 +1,86 @@
+"""The ledger's tables, as a list of numbered migrations that only roll forward.
+
+:data:`MIGRATIONS` is applied in order by :meth:`gateway.ledger.store.LedgerStore.migrate`,
+each in its own transaction, recording its number in ``ledger_schema``; a gateway starting on
+a database at a higher number than it knows refuses to write to it
+(:class:`~gateway.ledger.store.LedgerError`). A change to the tables is a new entry at the
+end, never an edit of one that shipped. The SQL is the subset SQLite and PostgreSQL share.
+
+- ``usage_hours``: one row per key, model, adapter and hour (the hour's start, Unix seconds):
+  requests, prompt and completion tokens; the primary key leads with the key (a key's usage
+  over a period is one index range), and a second index on the hour (a period's usage).
+- ``key_totals``: each key's usage since it first appeared, kept beside (the ``total``
+  budget reads one row, not the key's whole history).
+- ``group_hours``: the price per hour of the replica group serving each model, for every
+  hour a gateway was running: the GPU bill the dollars split (docs/usage-ledger.md); an
+  hour of a group with no tokens is idle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "usage per key, model, adapter and hour; totals per key; group prices per hour",
+        (
+            """CREATE TABLE usage_hours (
+                key TEXT NOT NULL,
+                hour BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                adapter TEXT NOT NULL DEFAULT '',
+                requests BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                PRIMARY KEY (key, hour, model, adapter)
+            )""",
+            "CREATE INDEX usage_hours_by_hour ON usage_hours (hour)",
+            """CREATE TABLE key_totals (
+                key TEXT PRIMARY KEY,
+                requests BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL
+            )""",
+            """CREATE TABLE group_hours (
+                hour BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                price_per_hour DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (hour, model)
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+CREATE_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS ledger_schema (version INTEGER PRIMARY KEY, summary TEXT NOT NULL)"
+)
+
+UPSERT_USAGE = """INSERT INTO usage_hours
+    (key, hour, model, adapter, requests, prompt_tokens, completion_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key, hour, model, adapter) DO UPDATE SET
+        requests = usage_hours.requests + excluded.requests,
+        prompt_tokens = usage_hours.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens"""
+
+UPSERT_TOTAL = """INSERT INTO key_totals (key, requests, prompt_tokens, completion_tokens)
+    VALUES (?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET
+        requests = key_totals.requests + excluded.requests,
+        prompt_tokens = key_totals.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = key_totals.completion_tokens + excluded.completion_tokens"""
+
+# The first gateway to note an hour sets its price; the price of an hour does not change.
+NOTE_GROUP_HOUR = """INSERT INTO group_hours (hour, model, price_per_hour) VALUES (?, ?, ?)
+    ON CONFLICT (hour, model) DO NOTHING"""

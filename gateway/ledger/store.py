@@ -1,0 +1,255 @@
+"""The ledger's database: SQLite (one file, WAL) or PostgreSQL (several gateways), one class.
+
+    store = open_store("sqlite:///var/lib/vkit/usage.sqlite3")   # or "postgresql://..."
+    store.migrate()                          # roll the tables forward (gateway.ledger.schema)
+    store.add(rows, prices={"llama": 2.5}, hour=hour_of(time.time()))   # one transaction
+    store.usage(since, until)                # UsageRow per key, model, adapter, hour
+    store.spent(windows)                     # tokens per key since each window's start
+
+Synchronous (the sqlite3 module, psycopg 3): the gateway calls it on one thread of its own
+(:mod:`gateway.ledger.writer`), never on the event loop. A connection that fails is closed
+and opened again on the next call. Every failure is a :class:`LedgerError` with a one-line
+message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from gateway.ledger import schema
+from gateway.ledger.tally import UsageRow
+
+Dialect = Literal["sqlite", "postgres"]
+CONNECT_TIMEOUT_S = 5
+
+
+class LedgerError(RuntimeError):
+    """The ledger's database cannot be reached, read or written; one line says why."""
+
+
+class _Connection(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (``sqlite:////abs`` or ``sqlite:///rel``)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def open_store(url: str) -> LedgerStore:
+    """A store for ``url`` (``sqlite:///PATH`` or ``postgresql://...``); nothing is opened
+    until the first call. An unknown scheme raises :class:`LedgerError`."""
+    if sqlite_path(url) is not None:
+        return LedgerStore(url, "sqlite")
+    if url.startswith(("postgresql://", "postgres://")):
+        return LedgerStore(url, "postgres")
+    raise LedgerError(f"ledger url '{_redacted(url)}': use sqlite:///PATH or postgresql://...")
+
+
+class LedgerStore:
+    """One connection to the ledger's database, opened on first use and again after a failure."""
+
+    def __init__(self, url: str, dialect: Dialect) -> None:
+        self.url = url
+        self.dialect = dialect
+        self._conn: _Connection | None = None
+
+    @property
+    def where(self) -> str:
+        """The database, as a message may name it (no password)."""
+        return _redacted(self.url)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # a broken connection: nothing more to do
+                conn.close()
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; the version it is at afterwards."""
+
+        def run(cur: Any) -> int:
+            cur.execute(schema.CREATE_VERSION_TABLE)
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_schema")
+            return int(cur.fetchone()[0])
+
+        current = self._transaction(run)
+        if current > schema.LATEST:
+            raise LedgerError(
+                f"the ledger at {self.where} is at schema version {current}, newer than this "
+                f"gateway's {schema.LATEST}: upgrade the gateway"
+            )
+        for migration in schema.MIGRATIONS:
+            if migration.version > current:
+                self._transaction(lambda cur, m=migration: self._apply(cur, m))
+        return max(current, schema.LATEST)
+
+    def _apply(self, cur: Any, migration: schema.Migration) -> None:
+        for statement in migration.statements:
+            cur.execute(statement)
+        cur.execute(
+            self._sql("INSERT INTO ledger_schema (version, summary) VALUES (?, ?)"),
+            (migration.version, migration.summary),
+        )
+
+    def add(self, rows: Sequence[UsageRow], prices: Mapping[str, float], hour: int) -> None:
+        """Add ``rows`` to the hours they belong to, and note each priced group's price for
+        ``hour`` (the gateway is running in it): one transaction, all or nothing."""
+        totals: dict[str, list[int]] = {}
+        for row in rows:
+            total = totals.setdefault(row.key, [0, 0, 0])
+            total[0] += row.requests
+            total[1] += row.prompt_tokens
+            total[2] += row.completion_tokens
+
+        def run(cur: Any) -> None:
+            if rows:
+                cur.executemany(self._sql(schema.UPSERT_USAGE), [_values(row) for row in rows])
+                cur.executemany(
+                    self._sql(schema.UPSERT_TOTAL), [(k, *t) for k, t in totals.items()]
+                )
+            priced = [(hour, model, price) for model, price in prices.items()]
+            if priced:
+                cur.executemany(self._sql(schema.NOTE_GROUP_HOUR), priced)
+
+        self._transaction(run)
+
+    def usage(self, since: int, until: int, key: str | None = None) -> list[UsageRow]:
+        """Rows of the hours in ``[since, until)``, of one key or all."""
+        sql = (
+            "SELECT hour, key, model, adapter, requests, prompt_tokens, completion_tokens "
+            "FROM usage_hours WHERE hour >= ? AND hour < ?"
+        )
+        params: tuple[object, ...] = (since, until)
+        if key is not None:
+            sql += " AND key = ?"
+            params += (key,)
+        found = self._transaction(lambda cur: _fetch(cur, self._sql(sql), params))
+        return [UsageRow(int(h), k, m, a, int(r), int(p), int(c)) for h, k, m, a, r, p, c in found]
+
+    def group_hours(self, since: int, until: int) -> dict[tuple[int, str], float]:
+        """``{(hour, model): price per hour}`` for the hours in ``[since, until)``."""
+        sql = "SELECT hour, model, price_per_hour FROM group_hours WHERE hour >= ? AND hour < ?"
+        found = self._transaction(lambda cur: _fetch(cur, self._sql(sql), (since, until)))
+        return {(int(h), m): float(p) for h, m, p in found}
+
+    def key_names(self) -> set[str]:
+        """Every key the ledger has seen."""
+        found = self._transaction(lambda cur: _fetch(cur, "SELECT key FROM key_totals", ()))
+        return {k for (k,) in found}
+
+    def spent(self, windows: Mapping[str, int]) -> dict[str, dict[str, int]]:
+        """Tokens per key since each window's start (``{"day": hour, ...}``), and ``total``
+        (since the key first appeared): ``{key: {"day": n, ..., "total": n}}``."""
+        names = list(windows)
+        columns = ", ".join(
+            "SUM(CASE WHEN hour >= ? THEN prompt_tokens + completion_tokens ELSE 0 END)"
+            for _ in names
+        )
+        earliest = min(windows.values(), default=0)
+        sql = f"SELECT key, {columns} FROM usage_hours WHERE hour >= ? GROUP BY key"
+        params = (*windows.values(), earliest)
+        totals_sql = "SELECT key, prompt_tokens + completion_tokens FROM key_totals"
+
+        def run(cur: Any) -> tuple[list[Any], list[Any]]:
+            return _fetch(cur, self._sql(sql), params) if names else [], _fetch(cur, totals_sql, ())
+
+        windowed, totals = self._transaction(run)
+        spent: dict[str, dict[str, int]] = {k: {"total": int(t)} for k, t in totals}
+        for key, *sums in windowed:
+            spent.setdefault(key, {"total": 0}).update(
+                {name: int(value or 0) for name, value in zip(names, sums, strict=True)}
+            )
+        return spent
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgres" else sql
+
+    def _transaction(self, run: Any) -> Any:
+        conn = self._connection()
+        try:
+            cur = conn.cursor()
+            try:
+                result = run(cur)
+            finally:
+                cur.close()
+            conn.commit()
+        except LedgerError:
+            self.close()
+            raise
+        except Exception as exc:  # the driver's own errors: one line, the connection renewed
+            self.close()
+            raise LedgerError(f"the ledger at {self.where}: {_first_line(exc)}") from exc
+        return result
+
+    def _connection(self) -> _Connection:
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except LedgerError:
+                raise
+            except Exception as exc:
+                raise LedgerError(
+                    f"cannot open the ledger at {self.where}: {_first_line(exc)}"
+                ) from exc
+        return self._conn
+
+    def _connect(self) -> _Connection:
+        if self.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            assert path is not None
+            if not path.parent.is_dir():
+                raise LedgerError(f"cannot open the ledger at {self.where}: no such directory")
+            conn = sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint
+            return conn
+        try:
+            import psycopg
+        except ImportError:
+            raise LedgerError(
+                "a PostgreSQL ledger needs psycopg: pip install 'vkit[postgres]'"
+            ) from None
+        return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def _fetch(cur: Any, sql: str, params: Iterable[object]) -> list[Any]:
+    cur.execute(sql, tuple(params))
+    return list(cur.fetchall())
+
+
+def _values(row: UsageRow) -> tuple[object, ...]:
+    return (
+        row.key,
+        row.hour,
+        row.model,
+        row.adapter,
+        row.requests,
+        row.prompt_tokens,
+        row.completion_tokens,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password (``postgresql://user:***@host/db``)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
