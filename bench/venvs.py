@@ -19,11 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".vkit" / "bench"
 IMAGE_REQUIREMENTS = ROOT / "vkit" / "render" / "gateway-requirements.txt"
+_NOT_THE_KIT = (".git", ".vkit", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
 
 
 def clean_env() -> dict[str, str]:
@@ -66,8 +68,12 @@ def shipped_python() -> Path | None:
             _new_venv(venv)
             _pip(venv, ["--no-deps", "-r", str(IMAGE_REQUIREMENTS)], log)
             stamp.write_text(digest)
-        # The kit from this checkout, as `pip install --no-deps .` in the build stage.
-        _pip(venv, ["--no-deps", "--force-reinstall", str(ROOT)], log)
+        # The kit from this checkout, as `pip install --no-deps .` in the build stage; from a
+        # copy, so setuptools' build/ is not left in (nor stale files taken from) the checkout.
+        with tempfile.TemporaryDirectory(prefix="vkit-kit-") as tmp:
+            ignored = shutil.ignore_patterns(*_NOT_THE_KIT)
+            shutil.copytree(ROOT, Path(tmp) / "kit", ignore=ignored)
+            _pip(venv, ["--no-deps", "--force-reinstall", str(Path(tmp) / "kit")], log)
     except (subprocess.SubprocessError, OSError) as exc:
         print(f"the image's environment could not be built ({exc}; see {log})")
         return None

@@ -12,6 +12,11 @@ Public routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddi
 a bare ``/readyz`` (status only). Any other path is a 404 envelope: vLLM's operational
 routes are never forwarded. Every answer is counted by :mod:`gateway.accounting`.
 
+The proxied routes are the table :data:`_PROXIED` (path, documented body, whether the token
+cap applies): adding one is one line there. Their ``POST`` goes straight to
+:func:`gateway.proxy_endpoint.proxy_endpoint` (``GatewayApp.proxied``), past Starlette's
+middleware stack and router; the rest of the app is FastAPI's.
+
 :func:`create_admin_app` builds the admin listener's app (``GatewaySettings.admin_host`` and
 ``admin_port``): ``/metrics``, ``/readyz`` with each upstream's state, ``/openapi.json``
 and ``/redoc``. Neither is reachable on the public port.
@@ -22,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -33,6 +39,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
@@ -48,6 +55,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange, ModelListing
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import PromptCounter
+from gateway.proxy_endpoint import envelope_response, proxy_endpoint
 from gateway.routing import Hold
 from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
@@ -59,9 +67,19 @@ log = logging.getLogger("vkit.gateway")
 
 class GatewayApp(FastAPI):
     """The public app; ``running`` is the gateway it serves, typed (the admin app, the
-    entry point and the tests read its parts there)."""
+    entry point and the tests read its parts there). ``proxied``: the ASGI app that answers
+    ``POST`` to each proxied path, counted (:func:`gateway.proxy_endpoint.proxy_endpoint`)."""
 
     running: RunningGateway
+    proxied: Mapping[str, ASGIApp] = MappingProxyType({})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.proxied.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 _PROXIED = (
@@ -130,6 +148,16 @@ def create_app(
     _add_models_route(app, running.gate, running.forwarder)
     _add_probe_routes(app, running.pool, running.hold)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
+    app.proxied = MappingProxyType(
+        {
+            path: RequestAccounting(
+                proxy_endpoint(path, with_cap, running.gate, running.forwarder),
+                metrics=metrics,
+                clock=clock,
+            )
+            for path, _, with_cap in _PROXIED
+        }
+    )
     return app
 
 
@@ -173,8 +201,9 @@ def _add_proxy_route(
         admitted = await gate.admit(request, path, with_cap, started=forwarder.clock())
         return Exchange(forwarder, admitted)
 
-    # A plain Starlette route: FastAPI's per-request dependency solving costs ~50 us and
-    # the proxy needs none of it; the OpenAPI entry is added by _document_proxied_routes.
+    # POST never reaches it (GatewayApp.proxied answers first): it gives other methods their
+    # 405, and a Starlette router in front of the gateway the same answers. A plain route:
+    # FastAPI's dependency solving costs ~50 us; the OpenAPI entry is _document_proxied_routes'.
     app.router.routes.append(Route(path, proxy, methods=["POST"], name=path.rsplit("/", 1)[-1]))
 
 
@@ -248,28 +277,24 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _envelope_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return _envelope_response(exc)
+        return envelope_response(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            return _envelope_response(NotFound(f"no route {request.url.path}"))
+            return envelope_response(NotFound(f"no route {request.url.path}"))
         body = error_envelope(str(exc.detail), "invalid_request_error", None, None)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
-        return _envelope_response(InvalidRequest(str(exc)))
+        return envelope_response(InvalidRequest(str(exc)))
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
-        return _envelope_response(GatewayError("internal gateway error"))
+        return envelope_response(GatewayError("internal gateway error"))
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
