@@ -37,6 +37,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from statistics import median
 
 from venvs import CACHE, ROOT, clean_env, shipped_python, tool_binary  # bench/venvs.py
 
@@ -148,7 +149,7 @@ def measure(
     rows = []
     load(url, 4, False, 1.0, api_key)  # warm-up
     for stream in (False, True):
-        for concurrency in (1, 16, 64):
+        for concurrency in args.concurrency:
             before = cpu_seconds(pid) if pid else 0.0
             row = load(url, concurrency, stream, args.duration, api_key)
             if pid and row["requests"]:
@@ -296,10 +297,38 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def print_summary(rows: list[dict]) -> None:
+    """Per target and cell over the rounds: the median, and the spread (min-max) of CPU."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["target"], r["stream"], r["concurrency"]), []).append(r)
+    print(
+        "\n| target | stream | conc | rounds | req/s | p50 ms | p99/p50 | CPU ms/req median "
+        "(min-max) | RSS MB max |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (target, stream, conc), group in cells.items():
+        cpu = sorted(r["cpu_ms_per_req"] for r in group if "cpu_ms_per_req" in r)
+        ratio = median([r["p99_ms"] / r["p50_ms"] for r in group if r["p50_ms"]] or [0])
+        spread = f"{median(cpu):.3f} ({cpu[0]:.3f}-{cpu[-1]:.3f})" if cpu else "-"
+        rss = max((r["rss_mb"] for r in group if "rss_mb" in r), default="-")
+        print(
+            f"| {target} | {'yes' if stream else 'no'} | {conc} | {len(group)} | "
+            f"{median(r['rps'] for r in group):.0f} | {median(r['p50_ms'] for r in group):.3f} | "
+            f"{ratio:.1f} | {spread} | {rss} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     parser.add_argument("--targets", default="direct,nginx,vkit,smg,litellm")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 16, 64],
+        help="comma-separated (default 1,16,64)",
+    )
     parser.add_argument(
         "--vkit-env",
         choices=("shipped", "dev"),
@@ -362,6 +391,8 @@ def main() -> None:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     print_table(rows)
+    if args.rounds > 1:
+        print_summary(rows)
 
 
 if __name__ == "__main__":
