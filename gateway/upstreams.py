@@ -47,6 +47,8 @@ class UpstreamPool:
             return []
         start = self._next % count
         self._next = (start + 1) % count
+        if count == 1:  # one upstream (a single replica, or NGINX in front of them)
+            return upstreams * attempts
         rotated = [upstreams[(start + i) % count] for i in range(count)]
         usable = [u for u in rotated if u.ready or not u.probed]
         ordered = usable + [u for u in rotated if u not in usable]
@@ -54,7 +56,11 @@ class UpstreamPool:
 
     @property
     def any_ready(self) -> bool:
-        return any(u.ready for u in self.upstreams)
+        # Not any() over a generator: a generator a call, and this runs once per request.
+        for upstream in self.upstreams:  # noqa: SIM110
+            if upstream.ready:
+                return True
+        return False
 
     @property
     def none_can_serve(self) -> bool:
