@@ -175,7 +175,7 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
         return []
     port = free_port()
     prefix = work / "nginx"
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)  # again in each round
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf([upstream], f"127.0.0.1:{port}"))
     argv = ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")]
