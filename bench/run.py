@@ -1,11 +1,16 @@
-"""One benchmark run: direct, through NGINX, through the vkit gateway, through LiteLLM.
+"""One benchmark run: direct, through NGINX, the vkit gateway, SMG and LiteLLM.
 
 The stand-in upstream and the load generator are pinned to CPU 0, the proxy under test to
 CPU 1 (``taskset``). For each target: concurrency 1/16/64, streaming and not, for
 ``--duration`` seconds each (after a short warm-up); the proxy's CPU time per request comes
 from its process tree's utime+stime in ``/proc``, its memory is the tree's RSS after the run.
 
-    .venv/bin/python bench/run.py [--duration 3] [--targets direct,nginx,vkit,litellm]
+    .venv/bin/python bench/run.py [--duration 3] [--targets direct,nginx,vkit,smg,litellm]
+                                  [--vkit-env shipped|dev]
+
+The gateway runs as the image installs it (``--vkit-env shipped``, the default: a venv of the
+image's requirements and the kit, built once by ``bench/venvs.py``), or from the dev venv
+(``dev``: this process's Python and path, with whatever vLLM's dependencies bring).
 
 Target ``vkit-ledger`` is the same gateway keeping the usage ledger (SQLite): compare
 ``--targets vkit,vkit-ledger --rounds 4`` for the ledger's cost per request.
@@ -14,8 +19,9 @@ Before/after a change, in one run: unpack the old code (``git archive HEAD | tar
 /tmp/before``) and compare ``--targets vkit,baseline --baseline /tmp/before --rounds 4``
 (A B B A A B B A: these shared VMs drift; report the spread, not one row).
 
-LiteLLM is installed into its own venv under ``.vkit/bench/litellm-venv`` on first use
-(skipped with a message if that fails). Prints a Markdown table and writes JSON lines to
+LiteLLM and SMG (the SGLang project's Rust gateway, ``pip install smg``, with an API key on)
+are installed into venvs of their own under ``.vkit/bench/`` on first use (skipped with a
+message if that fails). Prints a Markdown table and writes JSON lines to
 ``.vkit/bench/results.jsonl``.
 """
 
@@ -34,13 +40,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from statistics import median
+
+from venvs import CACHE, ROOT, clean_env, shipped_python, tool_binary  # bench/venvs.py
 
 from gateway.keyfile import add_key
 from vkit.nginx_conf import render_nginx_conf
 from vkit.stack.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".vkit" / "bench"
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL = "bench"
@@ -145,7 +152,7 @@ def measure(
     rows = []
     load(url, 4, False, 1.0, api_key)  # warm-up
     for stream in (False, True):
-        for concurrency in (1, 16, 64):
+        for concurrency in args.concurrency:
             before = cpu_seconds(pid) if pid else 0.0
             row = load(url, concurrency, stream, args.duration, api_key)
             if pid and row["requests"]:
@@ -171,7 +178,7 @@ def run_nginx(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]
         return []
     port = free_port()
     prefix = work / "nginx"
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)  # again in each round
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf([upstream], f"127.0.0.1:{port}"))
     argv = ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")]
@@ -188,7 +195,8 @@ def run_vkit(
     ledger: bool = False,
 ) -> list[dict]:
     """The gateway of this checkout, or (``tree``) of another source tree of vkit; with
-    ``ledger``, keeping the usage ledger (SQLite beside the keys file)."""
+    ``ledger``, keeping the usage ledger (SQLite beside the keys file); with
+    ``--vkit-env shipped``, in the image's environment (``tree``'s packages first there)."""
     keys = work / "keys.yaml"
     keys.unlink(missing_ok=True)
     secret = add_key(keys, "bench", rpm=100_000_000, tpm=1_000_000_000, concurrency=1000)
@@ -198,14 +206,19 @@ def run_vkit(
         "VKIT_GATEWAY_KEYS_FILE": str(keys),
         "VKIT_GATEWAY_LOG_LEVEL": "warning",
     }
+    python, cwd = Path(sys.executable), tree
+    if args.vkit_env == "shipped":
+        python = args.shipped_python
+        env = {**clean_env(), **env, "PYTHONPATH": ""}
+        cwd = tree or work  # not the checkout: `python -m` puts the working directory first
     if tree is not None:  # `python -m vkit` from that tree: its packages come first
         env["PYTHONPATH"] = str(tree)
     if ledger:
         (work / "usage.sqlite3").unlink(missing_ok=True)
         env["VKIT_GATEWAY_LEDGER__ENABLED"] = "true"
-    argv = [sys.executable, "-m", "vkit", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [str(python), "-m", "vkit", "gateway", "--host", "127.0.0.1", "--port", str(port)]
     name = "vkit-ledger" if ledger else "vkit" if tree is None else "baseline"
-    with process(argv, 1, work / f"{name}.log", env, cwd=tree) as pid:
+    with process(argv, 1, work / f"{name}.log", env, cwd=cwd) as pid:
         wait_http(f"http://127.0.0.1:{port}/readyz", 30)
         return measure(name, f"http://127.0.0.1:{port}", pid, args, secret)
 
@@ -217,30 +230,8 @@ def run_baseline(upstream: str, work: Path, args: argparse.Namespace) -> list[di
     return run_vkit(upstream, work, args, tree=args.baseline)
 
 
-def litellm_binary() -> Path | None:
-    venv = CACHE / "litellm-venv"
-    binary = venv / "bin" / "litellm"
-    if binary.exists():
-        return binary
-    print("installing LiteLLM into its own venv (once)...", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        with (CACHE / "litellm-install.log").open("wb") as log:
-            subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
-                check=True,
-                timeout=900,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-    except (subprocess.SubprocessError, OSError) as exc:
-        print(f"LiteLLM install failed ({exc}): skipped")
-        return None
-    return binary if binary.exists() else None
-
-
 def run_litellm(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
-    binary = litellm_binary()
+    binary = tool_binary("litellm", "litellm[proxy]", "litellm")
     if binary is None:
         return []
     config = work / "litellm.yaml"
@@ -278,6 +269,30 @@ def run_litellm(upstream: str, work: Path, args: argparse.Namespace) -> list[dic
         return measure("litellm", f"http://127.0.0.1:{port}", pid, args, master_key)
 
 
+def run_smg(upstream: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    """SMG (``pip install smg``): one worker, the API key on, logs at warn, its Prometheus
+    listener on a free port. It is multi-threaded; pinned to the proxy's one CPU like the rest."""
+    binary = tool_binary("smg", "smg", "smg")
+    if binary is None:
+        return []
+    port, api_key = free_port(), "sk-" + secrets.token_hex(16)
+    argv = [str(binary), "launch", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--worker-urls", upstream, "--api-key", api_key, "--log-level", "warn"]
+    argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+    with process(argv, 1, work / "smg.log") as pid:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v1/models", 60, _bearer(api_key))
+        except RuntimeError as exc:
+            shutil.copy(work / "smg.log", CACHE / "smg.log")
+            print(f"SMG did not start ({exc}); see {CACHE / 'smg.log'}: skipped")
+            return []
+        return measure("smg", f"http://127.0.0.1:{port}", pid, args, api_key)
+
+
+def _bearer(api_key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"}
+
+
 def print_table(rows: list[dict]) -> None:
     print(
         "\n| target | round | stream | conc | req/s | p50 ms | p99 ms | TTFT p50 ms | CPU ms/req "
@@ -293,10 +308,44 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def print_summary(rows: list[dict]) -> None:
+    """Per target and cell over the rounds: the median, and the spread (min-max) of CPU."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["target"], r["stream"], r["concurrency"]), []).append(r)
+    print(
+        "\n| target | stream | conc | rounds | req/s | p50 ms | p99/p50 | CPU ms/req median "
+        "(min-max) | RSS MB max |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (target, stream, conc), group in cells.items():
+        cpu = sorted(r["cpu_ms_per_req"] for r in group if "cpu_ms_per_req" in r)
+        ratio = median([r["p99_ms"] / r["p50_ms"] for r in group if r["p50_ms"]] or [0])
+        spread = f"{median(cpu):.3f} ({cpu[0]:.3f}-{cpu[-1]:.3f})" if cpu else "-"
+        rss = max((r["rss_mb"] for r in group if "rss_mb" in r), default="-")
+        print(
+            f"| {target} | {'yes' if stream else 'no'} | {conc} | {len(group)} | "
+            f"{median(r['rps'] for r in group):.0f} | {median(r['p50_ms'] for r in group):.3f} | "
+            f"{ratio:.1f} | {spread} | {rss} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
-    parser.add_argument("--targets", default="direct,nginx,vkit,litellm")
+    parser.add_argument("--targets", default="direct,nginx,vkit,smg,litellm")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 16, 64],
+        help="comma-separated (default 1,16,64)",
+    )
+    parser.add_argument(
+        "--vkit-env",
+        choices=("shipped", "dev"),
+        default="shipped",
+        help="the gateway as the image installs it (default), or from this dev venv",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -312,6 +361,13 @@ def main() -> None:
     args = parser.parse_args()
     targets = args.targets.split(",")
     CACHE.mkdir(parents=True, exist_ok=True)
+    args.shipped_python = None
+    if args.vkit_env == "shipped" and {"vkit", "baseline"} & set(targets):
+        args.shipped_python = shipped_python()
+        if args.shipped_python is None:
+            sys.exit(
+                "the image's environment could not be built; --vkit-env dev measures the dev venv"
+            )
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="vkit-bench-") as tmp:
         work = Path(tmp)
@@ -335,6 +391,7 @@ def main() -> None:
                     upstream, work, args, ledger=True
                 ),
                 "baseline": run_baseline,
+                "smg": run_smg,
                 "litellm": run_litellm,
             }
             chosen = [name for name in runners if name in targets]
@@ -348,6 +405,8 @@ def main() -> None:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     print_table(rows)
+    if args.rounds > 1:
+        print_summary(rows)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Modules:
 - :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;
 - :mod:`.prompt_budget` -- counting within a time budget, large bodies off the event loop;
 - :mod:`.deadline` -- a time budget that long work checks as it goes;
+- :mod:`.proxy_endpoint` -- the proxied routes' endpoint: gate, exchange, no Starlette layers;
 - :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
 - :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;
 - :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write

@@ -16,6 +16,11 @@ envelope: vLLM's operational routes (loading and unloading adapters, ``/sleep``,
 ``/collective_rpc``, ...) are never forwarded; an operator calls them on the replica itself
 (docs/gateway-models.md). Every answer is counted by :mod:`gateway.accounting`.
 
+The proxied routes are the table :data:`_PROXIED` (path, documented body, whether the token
+cap applies): adding one is one line there. Their ``POST`` goes straight to
+:func:`gateway.proxy_endpoint.proxy_endpoint` (``GatewayApp.proxied``), past Starlette's
+middleware stack and router; the rest of the app is FastAPI's.
+
 :func:`create_admin_app` builds the admin listener's app (``GatewaySettings.admin_host`` and
 ``admin_port``): ``/metrics``, ``/readyz`` with each upstream's state, ``/openapi.json``
 and ``/redoc``. Neither is reachable on the public port.
@@ -26,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -37,6 +43,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import openapi_bodies
 from gateway.accounting import RequestAccounting
@@ -54,6 +61,7 @@ from gateway.exchange import Exchange, ModelListing
 from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import PromptCounter
+from gateway.proxy_endpoint import envelope_response, proxy_endpoint
 from gateway.routing import Hold
 from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
@@ -65,9 +73,19 @@ log = logging.getLogger("vkit.gateway")
 
 class GatewayApp(FastAPI):
     """The public app; ``running`` is the gateway it serves, typed (the admin app, the
-    entry point and the tests read its parts there)."""
+    entry point and the tests read its parts there). ``proxied``: the ASGI app that answers
+    ``POST`` to each proxied path, counted (:func:`gateway.proxy_endpoint.proxy_endpoint`)."""
 
     running: RunningGateway
+    proxied: Mapping[str, ASGIApp] = MappingProxyType({})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.proxied.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 # path, its OpenAPI body, whether it generates (a token cap), the agent API it is (or None)
@@ -143,6 +161,16 @@ def create_app(
     _add_models_route(app, running.gate, running.forwarder)
     _add_probe_routes(app, running.pool, running.hold)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
+    app.proxied = MappingProxyType(
+        {
+            path: RequestAccounting(
+                proxy_endpoint(path, with_cap, running.gate, running.forwarder, api),
+                metrics=metrics,
+                clock=clock,
+            )
+            for path, _, with_cap, api in _PROXIED
+        }
+    )
     return app
 
 
@@ -191,8 +219,9 @@ def _add_proxy_route(
         admitted = await gate.admit(request, path, with_cap, started=forwarder.clock(), api=api)
         return Exchange(forwarder, admitted)
 
-    # A plain Starlette route: FastAPI's per-request dependency solving costs ~50 us and
-    # the proxy needs none of it; the OpenAPI entry is added by _document_proxied_routes.
+    # POST never reaches it (GatewayApp.proxied answers first): it gives other methods their
+    # 405, and a Starlette router in front of the gateway the same answers. A plain route:
+    # FastAPI's dependency solving costs ~50 us; the OpenAPI entry is _document_proxied_routes'.
     app.router.routes.append(Route(path, proxy, methods=["POST"], name=path.rsplit("/", 1)[-1]))
 
 
@@ -266,29 +295,16 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _envelope_response(exc: GatewayError, path: str = "") -> Response:
-    """``exc`` in the envelope of the route at ``path`` (Anthropic's on /v1/messages)."""
-    api = api_of(path)
-    if api is None:
-        return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
-    return Response(
-        api.error_body(exc),
-        status_code=exc.status_code,
-        headers=exc.headers,
-        media_type="application/json",
-    )
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return _envelope_response(exc, request.url.path)
+        return envelope_response(exc, request.url.path)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         path = request.url.path
         if exc.status_code == 404:
-            return _envelope_response(NotFound(f"no route {path}"), path)
+            return envelope_response(NotFound(f"no route {path}"), path)
         api = api_of(path)
         if api is not None:  # a 405, say: the route's envelope, the invalid-request type
             raw = api.error_body(InvalidRequest(str(exc.detail)))
@@ -297,11 +313,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
-        return _envelope_response(InvalidRequest(str(exc)), request.url.path)
+        return envelope_response(InvalidRequest(str(exc)), request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
-        return _envelope_response(GatewayError("internal gateway error"), request.url.path)
+        return envelope_response(GatewayError("internal gateway error"), request.url.path)
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

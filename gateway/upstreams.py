@@ -69,6 +69,8 @@ class UpstreamPool:
         count = len(upstreams)
         if not count:
             return []
+        if count == 1:  # one upstream (a single replica, or NGINX in front of them)
+            return upstreams * attempts
         if model is None:
             start = self._next % count
             self._next = (start + 1) % count
@@ -85,7 +87,11 @@ class UpstreamPool:
 
     @property
     def any_ready(self) -> bool:
-        return any(u.ready for u in self.upstreams)
+        # Not any() over a generator: a generator a call, and this runs once per request.
+        for upstream in self.upstreams:  # noqa: SIM110
+            if upstream.ready:
+                return True
+        return False
 
     def any_ready_for(self, model: str | None) -> bool:
         return any(u.ready for u in self.serving(model))

@@ -48,9 +48,14 @@ class MemoryLimiter:
         self._clock = clock
         self._default_concurrency = default_concurrency
         self._states: dict[str, KeyState] = {}
+        self._limits_of: dict[str, tuple[Any, KeyLimits]] = {}
 
     def _limits(self, key: Any) -> KeyLimits:
-        return limits_of(key, self._default_concurrency)
+        """The key's limits, built once per key object (a reload brings new objects)."""
+        cached = self._limits_of.get(key.name)
+        if cached is None or cached[0] is not key:
+            cached = self._limits_of[key.name] = (key, limits_of(key, self._default_concurrency))
+        return cached[1]
 
     def state(self, key: Any) -> KeyState:
         limits = self._limits(key)
