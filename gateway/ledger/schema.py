@@ -14,6 +14,11 @@ end, never an edit of one that shipped. The SQL is the subset SQLite and Postgre
 - ``group_hours``: the price per hour of the replica group serving each model, for every
   hour a gateway was running: the GPU bill the dollars split (docs/usage-ledger.md); an
   hour of a group with no tokens is idle.
+- ``ledger_batches`` (2): the id of every batch of rows a gateway wrote, with the time it was
+  written, in the same transaction as its rows: a batch whose commit's answer was lost is
+  retried with its id, and skipped when the id is already there (the upserts add, so a batch
+  written twice would count twice). Ids older than :data:`BATCH_IDS_KEPT_S` are deleted by
+  the writes that follow.
 """
 
 from __future__ import annotations
@@ -58,6 +63,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "ids of the batches written: a batch retried after a lost answer is written once",
+        (
+            "CREATE TABLE ledger_batches (id TEXT PRIMARY KEY, written_at BIGINT NOT NULL)",
+            "CREATE INDEX ledger_batches_by_time ON ledger_batches (written_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -84,3 +97,13 @@ UPSERT_TOTAL = """INSERT INTO key_totals (key, requests, prompt_tokens, completi
 # The first gateway to note an hour sets its price; the price of an hour does not change.
 NOTE_GROUP_HOUR = """INSERT INTO group_hours (hour, model, price_per_hour) VALUES (?, ?, ?)
     ON CONFLICT (hour, model) DO NOTHING"""
+
+# A batch's id, noted in its own transaction: no row inserted means it was written before.
+NOTE_BATCH = """INSERT INTO ledger_batches (id, written_at) VALUES (?, ?)
+    ON CONFLICT (id) DO NOTHING"""
+
+# How long a batch's id is kept: a batch retried later than this after its first try (a
+# database away for over a day right after a lost answer) could be counted twice.
+BATCH_IDS_KEPT_S = 86_400
+
+PRUNE_BATCHES = "DELETE FROM ledger_batches WHERE written_at < ?"

@@ -3,13 +3,15 @@
     store = open_store("sqlite:///var/lib/vkit/usage.sqlite3")   # or "postgresql://..."
     store.migrate()                          # roll the tables forward (gateway.ledger.schema)
     store.add(rows, prices={"llama": 2.5}, hour=hour_of(time.time()))   # one transaction
+    store.write([(batch_id, rows), ...], prices, hour, now)  # each batch once, however retried
     store.usage(since, until)                # UsageRow per key, model, adapter, hour
     store.spent(windows)                     # tokens per key since each window's start
 
 Synchronous (the sqlite3 module, psycopg 3): the gateway calls it on one thread of its own
 (:mod:`gateway.ledger.writer`), never on the event loop. A connection that fails is closed
 and opened again on the next call. Every failure is a :class:`LedgerError` with a one-line
-message.
+message; ``maybe_written`` says whether the transaction may have been committed all the same
+(its COMMIT was sent and its answer lost), so that only a batch with an id is retried then.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ CONNECT_TIMEOUT_S = 5
 
 
 class LedgerError(RuntimeError):
-    """The ledger's database cannot be reached, read or written; one line says why."""
+    """The ledger's database cannot be reached, read or written; one line says why.
+
+    ``maybe_written`` is ``False`` only when the transaction certainly was not committed (the
+    failure came before its COMMIT was sent); a failure of the COMMIT itself, or raised by
+    anything else, may have left it written."""
+
+    def __init__(self, message: str, *, maybe_written: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 class _Connection(Protocol):
@@ -102,25 +112,52 @@ class LedgerStore:
 
     def add(self, rows: Sequence[UsageRow], prices: Mapping[str, float], hour: int) -> None:
         """Add ``rows`` to the hours they belong to, and note each priced group's price for
-        ``hour`` (the gateway is running in it): one transaction, all or nothing."""
+        ``hour`` (the gateway is running in it): one transaction, all or nothing. Rows
+        without a batch id: a retry of a failed ``add`` may count them twice (tools, tests)."""
+        self.write([(None, rows)], prices, hour, now=hour)
+
+    def write(
+        self,
+        batches: Sequence[tuple[str | None, Sequence[UsageRow]]],
+        prices: Mapping[str, float],
+        hour: int,
+        now: float,
+    ) -> int:
+        """Add each batch's rows unless its id is already in ``ledger_batches`` (written by an
+        earlier try whose answer was lost), note the id, note the prices as :meth:`add` does,
+        and delete ids older than ``schema.BATCH_IDS_KEPT_S``: one transaction. Returns how
+        many batches were skipped as already written."""
+        noted = int(now)
+
+        def run(cur: Any) -> int:
+            skipped = 0
+            if any(batch_id is not None for batch_id, _ in batches):
+                cur.execute(self._sql(schema.PRUNE_BATCHES), (noted - schema.BATCH_IDS_KEPT_S,))
+            for batch_id, rows in batches:
+                if batch_id is not None:
+                    cur.execute(self._sql(schema.NOTE_BATCH), (batch_id, noted))
+                    if cur.rowcount == 0:  # written before: its rows are in already
+                        skipped += 1
+                        continue
+                self._add_rows(cur, rows)
+            priced = [(hour, model, price) for model, price in prices.items()]
+            if priced:
+                cur.executemany(self._sql(schema.NOTE_GROUP_HOUR), priced)
+            return skipped
+
+        return int(self._transaction(run))
+
+    def _add_rows(self, cur: Any, rows: Sequence[UsageRow]) -> None:
+        if not rows:
+            return
         totals: dict[str, list[int]] = {}
         for row in rows:
             total = totals.setdefault(row.key, [0, 0, 0])
             total[0] += row.requests
             total[1] += row.prompt_tokens
             total[2] += row.completion_tokens
-
-        def run(cur: Any) -> None:
-            if rows:
-                cur.executemany(self._sql(schema.UPSERT_USAGE), [_values(row) for row in rows])
-                cur.executemany(
-                    self._sql(schema.UPSERT_TOTAL), [(k, *t) for k, t in totals.items()]
-                )
-            priced = [(hour, model, price) for model, price in prices.items()]
-            if priced:
-                cur.executemany(self._sql(schema.NOTE_GROUP_HOUR), priced)
-
-        self._transaction(run)
+        cur.executemany(self._sql(schema.UPSERT_USAGE), [_values(row) for row in rows])
+        cur.executemany(self._sql(schema.UPSERT_TOTAL), [(k, *t) for k, t in totals.items()])
 
     def usage(self, since: int, until: int, key: str | None = None) -> list[UsageRow]:
         """Rows of the hours in ``[since, until)``, of one key or all."""
@@ -176,21 +213,33 @@ class LedgerStore:
         return sql.replace("?", "%s") if self.dialect == "postgres" else sql
 
     def _transaction(self, run: Any) -> Any:
-        conn = self._connection()
+        """``run(cursor)`` in one transaction. A failure before the COMMIT is sent raises a
+        :class:`LedgerError` with ``maybe_written=False``; a failed COMMIT (its answer lost:
+        the server may have committed) one with ``maybe_written=True``."""
         try:
+            conn = self._connection()
             cur = conn.cursor()
             try:
                 result = run(cur)
             finally:
                 cur.close()
-            conn.commit()
-        except LedgerError:
+        except LedgerError as exc:
             self.close()
+            exc.maybe_written = False
             raise
         except Exception as exc:  # the driver's own errors: one line, the connection renewed
             self.close()
-            raise LedgerError(f"the ledger at {self.where}: {_first_line(exc)}") from exc
+            raise self._wrapped(exc, maybe_written=False) from exc
+        try:
+            conn.commit()
+        except Exception as exc:
+            self.close()
+            raise self._wrapped(exc, maybe_written=True) from exc
         return result
+
+    def _wrapped(self, exc: Exception, *, maybe_written: bool) -> LedgerError:
+        message = f"the ledger at {self.where}: {_first_line(exc)}"
+        return LedgerError(message, maybe_written=maybe_written)
 
     def _connection(self) -> _Connection:
         if self._conn is None:

@@ -6,14 +6,19 @@
 
 A row is one :class:`UsageRow` per key, model, adapter and hour (the hour's start, Unix
 seconds): a million requests of ten keys on one model in a day are 240 rows, not a million.
-:class:`Backlog` holds the rows taken but not yet written (a database down or slow), merged
-by the same key, bounded: past ``max_rows`` the oldest hours are dropped and counted.
+:class:`Backlog` holds the rows taken but not yet written (a database down or slow) as
+batches, each with an id the database records with its rows (a retry of a batch already
+written is skipped). Rows merge into the newest batch while no write of it was tried and
+could have committed; a batch that may have been written (its COMMIT's answer lost) is kept
+as it is, its id with it, and new rows start a new batch. Bounded: past ``max_rows`` rows in
+all, the oldest hours are dropped first (of the oldest batch first) and counted.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HOUR = 3600
 
@@ -71,39 +76,74 @@ class UsageTally:
         return list(_rows(counts.items()))
 
 
+@dataclass(slots=True)
+class Batch:
+    """Rows written together, once: ``id`` goes into the database with them."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    counts: dict[RowKey, list[int]] = field(default_factory=dict)
+    maybe_written: bool = False  # a try of it may have committed: never merged into again
+
+    def rows(self) -> list[UsageRow]:
+        return list(_rows(self.counts.items()))
+
+
 class Backlog:
-    """Rows taken but not yet written, merged per (hour, key, model, adapter); at most
-    ``max_rows`` of them: past it, the oldest hours go first and ``dropped`` counts them."""
+    """Rows taken but not yet written, in batches (:class:`Batch`), merged per (hour, key,
+    model, adapter) within the newest batch while it cannot have been written; at most
+    ``max_rows`` rows in all: past it, the oldest hours go first and ``dropped`` counts them."""
 
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
         self.dropped = 0  # rows given up (their requests and tokens are lost)
-        self._counts: dict[RowKey, list[int]] = {}
+        self._batches: list[Batch] = []
 
     def __len__(self) -> int:
-        return len(self._counts)
+        return sum(len(batch.counts) for batch in self._batches)
 
     def add(self, rows: Iterable[UsageRow]) -> list[UsageRow]:
-        """Merge ``rows`` in; the rows dropped to stay within ``max_rows`` (oldest first)."""
+        """Merge ``rows`` into the newest batch (a new one if it may have been written); the
+        rows dropped to stay within ``max_rows`` (oldest hours first)."""
+        rows = list(rows)
+        if not rows:
+            return []
+        if not self._batches or self._batches[-1].maybe_written:
+            self._batches.append(Batch())
+        counts_of = self._batches[-1].counts
         for row in rows:
             key = (row.hour, row.key, row.model, row.adapter)
-            counts = self._counts.setdefault(key, [0, 0, 0])
+            counts = counts_of.setdefault(key, [0, 0, 0])
             counts[0] += row.requests
             counts[1] += row.prompt_tokens
             counts[2] += row.completion_tokens
-        over = len(self._counts) - self.max_rows
-        if over <= 0:
-            return []
-        oldest = sorted(self._counts)[:over]
-        dropped = list(_rows((key, self._counts.pop(key)) for key in oldest))
+        over = len(self) - self.max_rows
+        return self._drop_oldest(over) if over > 0 else []
+
+    def _drop_oldest(self, over: int) -> list[UsageRow]:
+        places = sorted(
+            (key[0], age, key) for age, batch in enumerate(self._batches) for key in batch.counts
+        )
+        dropped = [
+            UsageRow(*key, *self._batches[age].counts.pop(key)) for _, age, key in places[:over]
+        ]
+        self._batches = [batch for batch in self._batches if batch.counts]
         self.dropped += over
         return dropped
 
+    def batches(self) -> list[tuple[str, list[UsageRow]]]:
+        """Each batch's id and rows, oldest first: what the next write writes."""
+        return [(batch.id, batch.rows()) for batch in self._batches]
+
     def rows(self) -> list[UsageRow]:
-        return list(_rows(self._counts.items()))
+        return [row for batch in self._batches for row in batch.rows()]
+
+    def tried(self) -> None:
+        """A write of every batch may have committed: keep each as it is from now on."""
+        for batch in self._batches:
+            batch.maybe_written = True
 
     def clear(self) -> None:
-        self._counts = {}
+        self._batches = []
 
 
 def _rows(items: Iterable[tuple[RowKey, list[int]]]) -> Iterator[UsageRow]:

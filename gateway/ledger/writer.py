@@ -11,7 +11,10 @@ Each flush takes the tally (:class:`gateway.ledger.tally.UsageTally`) into the b
 writes the backlog in one transaction on the ledger's own thread; the event loop only waits
 for that thread's answer in this background task, never in a request. A failed write keeps
 the backlog (bounded by ``max_backlog_rows``, oldest hours dropped first and counted) for the
-next flush. So the most a crash can lose is what was counted since the last successful write:
+next flush. The backlog is made of batches, each written with its id: a write whose COMMIT
+may have reached the database (its answer lost) is retried batch for batch with the same ids,
+and the database skips a batch it already holds, so nothing is counted twice. The most a
+crash can lose is what was counted since the last successful write:
 ``flush_interval`` seconds of usage while the database answers, the backlog while it does not.
 Every ``budget_refresh`` s the same thread reads each key's spending per window
 (:mod:`gateway.ledger.budgets`) after writing, so the book counts this gateway's own usage once.
@@ -106,13 +109,16 @@ class Ledger:
 
     async def _flush_once(self) -> bool:
         self._keep(self.tally.take())
-        pending = self.backlog.rows()
+        batches = self.backlog.batches()
+        pending = [row for _, rows in batches for row in rows]
         now = self.clock()
         read = now - self._read_at >= self.budget_refresh
         loop = asyncio.get_running_loop()
         try:
-            spent = await loop.run_in_executor(self._thread, self._write, pending, now, read)
+            spent = await loop.run_in_executor(self._thread, self._write, batches, now, read)
         except LedgerError as exc:
+            if exc.maybe_written:
+                self.backlog.tried()  # retried as they are, with their ids
             self.failures += 1
             if not self._failing:
                 log.warning("ledger write failed, %d rows kept: %s", len(pending), exc)
@@ -159,8 +165,12 @@ class Ledger:
 
     # -- on the ledger's thread -------------------------------------------------------------
 
-    def _write(self, rows: list[UsageRow], now: float, read: bool) -> dict[str, Spent] | None:
-        self.store.add(rows, self.prices, hour_of(now))
+    def _write(
+        self, batches: list[tuple[str, list[UsageRow]]], now: float, read: bool
+    ) -> dict[str, Spent] | None:
+        skipped = self.store.write(batches, self.prices, hour_of(now), now)
+        if skipped:
+            log.warning("ledger: %d batches were written before (their answer lost)", skipped)
         return self._read(now) if read else None
 
     def _read(self, now: float) -> dict[str, Spent]:

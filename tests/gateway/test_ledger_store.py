@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger import LedgerError, LedgerStore, UsageRow, open_store
-from gateway.ledger.schema import LATEST
+from gateway.ledger.schema import BATCH_IDS_KEPT_S, LATEST
 
 H = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -78,3 +78,35 @@ def test_an_unreachable_postgres_names_it_without_its_password() -> None:
     message = str(caught.value)
     assert "hunter2" not in message and "vkit:***@127.0.0.1" in message
     assert "\n" not in message
+
+
+def test_a_batch_already_written_is_skipped_and_old_ids_are_pruned(
+    ledger_store: LedgerStore,
+) -> None:
+    ledger_store.migrate()
+    now = H + 600
+    assert ledger_store.write([("b1", [row("a", H, 1, 1)])], {}, H, now) == 0
+    again = [("b1", [row("a", H, 1, 1)]), ("b2", [row("a", H, 2, 0)])]
+    assert ledger_store.write(again, {}, H, now + 1) == 1  # b1 is in: only b2 is added
+    (got,) = ledger_store.usage(H, H + 3600)
+    assert (got.requests, got.prompt_tokens, got.completion_tokens) == (2, 3, 1)
+    assert ledger_store.spent({})["a"]["total"] == 4
+
+    def ids(cur: object) -> set[str]:
+        cur.execute("SELECT id FROM ledger_batches")  # type: ignore[attr-defined]
+        return {i for (i,) in cur.fetchall()}  # type: ignore[attr-defined]
+
+    a_day_later = now + 1 + BATCH_IDS_KEPT_S + 1
+    ledger_store.write([("b3", [row("a", H, 1, 0)])], {}, H, a_day_later)
+    assert ledger_store._transaction(ids) == {"b3"}  # b1 and b2 older than a day: gone
+
+
+def test_a_failed_commit_may_have_written_a_failure_before_it_did_not(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError) as away:
+        open_store(f"sqlite:///{tmp_path / 'no' / 'usage.sqlite3'}").add([], {}, H)
+    assert away.value.maybe_written is False
+    store = open_store(f"sqlite:///{tmp_path / 'usage.sqlite3'}")  # not migrated: no table
+    with pytest.raises(LedgerError) as no_table:
+        store.add([row("a", H, 1, 1)], {}, H)
+    assert no_table.value.maybe_written is False
+    store.close()

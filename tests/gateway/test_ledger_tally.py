@@ -37,3 +37,22 @@ def test_the_backlog_merges_and_drops_the_oldest_hours_past_its_bound() -> None:
     assert dropped == [UsageRow(H, "a", "m", "", 3, 3, 3)]  # the oldest hour went
     assert backlog.dropped == 1
     assert sorted(r.hour for r in backlog.rows()) == [H + 3600, H + 7200]
+
+
+def test_a_batch_that_may_be_written_is_kept_as_it_is_and_its_id_with_it() -> None:
+    backlog = Backlog(max_rows=3)
+    backlog.add([UsageRow(H, "a", "m", "", 1, 1, 1)])
+    ((first, _),) = backlog.batches()
+    backlog.tried()  # its COMMIT's answer was lost
+    backlog.add([UsageRow(H, "a", "m", "", 2, 2, 2)])
+    backlog.add([UsageRow(H, "a", "m", "", 4, 4, 4)])  # merged into the new batch
+    (kept, rows_kept), (_, rows_new) = backlog.batches()
+    assert kept == first and rows_kept == [UsageRow(H, "a", "m", "", 1, 1, 1)]
+    assert rows_new == [UsageRow(H, "a", "m", "", 6, 6, 6)]
+    assert len(backlog) == 2
+    dropped = backlog.add(
+        [UsageRow(H + 3600, "b", "m", "", 1, 0, 0), UsageRow(H + 7200, "b", "m", "", 1, 0, 0)]
+    )  # four rows: the oldest hour of the oldest batch goes first
+    assert dropped == [UsageRow(H, "a", "m", "", 1, 1, 1)]
+    assert [batch_id for batch_id, _ in backlog.batches()] != [first]
+    assert len(backlog.batches()) == 1 and len(backlog) == 3
