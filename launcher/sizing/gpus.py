@@ -97,6 +97,13 @@ def normalize_gpu_name(name: str) -> str:
     return cleaned.replace("rtx-", "rtx")
 
 
+def without_nvlink(gpu: GpuProfile) -> GpuProfile:
+    """``gpu`` as a board whose GPUs talk over PCIe only (a PCIe card of an SXM kind, or a
+    cloud instance without NVLink): tensor parallel's all-reduce pays PCIe's bandwidth and
+    latency (:mod:`launcher.sizing.speed`)."""
+    return gpu.model_copy(update={"nvlink_gbs": None})
+
+
 def get_gpu(name: str, path: Path | None = None) -> GpuProfile:
     """The profile for ``name``; an :class:`UnknownGpuError` listing the known ones otherwise."""
     gpus = load_gpus(path)

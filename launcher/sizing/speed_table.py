@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.config_files import CONFIG_DIR
-from launcher.sizing.gpus import UnknownGpuError, get_gpu
+from launcher.sizing.gpus import UnknownGpuError, get_gpu, without_nvlink
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import UnknownModelError, load_model
 from launcher.sizing.speed import SpeedCalibration, Workload, speed_at
@@ -128,7 +128,7 @@ def calibration_report(
         )
         gpu = get_gpu(run.gpu)
         if run.nvlink is False:
-            gpu = gpu.model_copy(update={"nvlink_gbs": None})
+            gpu = without_nvlink(gpu)
         parallel = f" tp{run.tensor_parallel}" if run.tensor_parallel > 1 else ""
         link = (" pcie" if run.nvlink is False else "") + (" eager" if run.eager else "")
         label = (

@@ -21,7 +21,12 @@ from pydantic import ValidationError
 
 from launcher.sizing.capacity.capacity_plan import CapacityPlan, plan_capacity
 from launcher.sizing.capacity.capacity_report import render_csv, render_json, render_table
-from launcher.sizing.capacity.costs import PricedGpu, parse_priced_gpu
+from launcher.sizing.capacity.costs import (
+    PricedGpu,
+    default_priced_gpus,
+    over_pcie,
+    parse_priced_gpu,
+)
 from launcher.sizing.capacity.measured import assess, render_measured
 from launcher.sizing.capacity.options import CapacityRequest
 from launcher.sizing.capacity.prometheus_window import parse_window, read_window
@@ -125,6 +130,12 @@ def register(subparsers: Any) -> None:
         default="1h",
         metavar="DURATION",
         help="--from-prometheus: the last window to read (1h)",
+    )
+    serving.add_argument(
+        "--no-nvlink",
+        action="store_true",
+        help="the GPUs of a replica talk over PCIe only (PCIe boards of an SXM kind, cloud "
+        "instances without NVLink): tensor parallel pays PCIe's all-reduce",
     )
     serving.add_argument("--redundancy", type=int, default=0, metavar="N", help="spare GPUs")
     serving.add_argument(
@@ -235,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
         return run_measured(args)
     request = build_request(args)
     draw = chart_drawer() if args.plot is not None else None
-    plan = plan_capacity(request, options=parse_gpu_list(args.gpus))
+    options = parse_gpu_list(args.gpus)
+    if args.no_nvlink:
+        options = over_pcie(options if options is not None else default_priced_gpus())
+    plan = plan_capacity(request, options=options)
     impossible = [o for o in plan.options if o.limited_by == "unsupported"]
     if args.gpus and impossible and len(impossible) == len(plan.options):
         raise UsageError(impossible[0].note)  # e.g. --quant fp8 on Ampere only

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import NoCheckpointError
-from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus
+from launcher.sizing.capacity.costs import PricedGpu, default_priced_gpus, over_pcie
 from launcher.sizing.capacity.search import best_configuration, parse_allowed
 from launcher.sizing.checkpoints import Checkpoint, served_checkpoint
 from launcher.sizing.fit import CpuTarget
@@ -18,7 +18,7 @@ from launcher.sizing.fit_report import (
     plan_json,
     render_plan_text,
 )
-from launcher.sizing.gpus import get_gpu, load_gpus
+from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus, without_nvlink
 from launcher.sizing.models import ModelSpec, load_model
 from launcher.supervision.launch_spec import (
     LaunchSettings,
@@ -106,6 +106,12 @@ def register(subparsers: Any) -> None:
         help="no CUDA graphs: the command says so and the speed pays ~0.25 ms a layer a step",
     )
     parser.add_argument(
+        "--no-nvlink",
+        action="store_true",
+        help="the replica's GPUs talk over PCIe only (a PCIe board of an SXM kind, a cloud "
+        "instance without NVLink): the speed pays PCIe's all-reduce under --tensor-parallel",
+    )
+    parser.add_argument(
         "--prompt-tokens", type=int, default=500, help="prompt tokens per request (500)"
     )
     parser.add_argument(
@@ -153,6 +159,8 @@ def run_plan(args: argparse.Namespace) -> int:
     target = choose_target(settings, gpu_visible=True)
     if target is None:
         raise UsageError(f"give --gpu NAME ({', '.join(sorted(load_gpus()))}) or --cpu")
+    if args.no_nvlink and isinstance(target, GpuProfile):
+        target = without_nvlink(target)
     plan = solve(
         settings,
         target,
@@ -193,6 +201,8 @@ def best_settings(
         options = [PricedGpu(gpu, gpu.default_price or "", gpu.price_per_hour or 0.0)]
     else:
         options = default_priced_gpus()
+    if args.no_nvlink:
+        options = over_pcie(options)
     try:
         allowed = parse_allowed(args.allow_quant) if args.allow_quant else ()
     except ValueError as exc:

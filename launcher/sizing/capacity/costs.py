@@ -17,7 +17,7 @@ DAU then cost ~$150, 10,000 ~$1,500 and 100,000 ~$15,000, as in the guide.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.errors import PriceError
 from launcher.sizing.capacity.usage import (
@@ -26,7 +26,7 @@ from launcher.sizing.capacity.usage import (
     UsageProfile,
     busy_seconds_per_month,
 )
-from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
+from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus, without_nvlink
 
 SERVERLESS_USD_PER_GPU_HOUR = 1.20
 SERVERLESS_USD_PER_GPU_SECOND = SERVERLESS_USD_PER_GPU_HOUR / SECONDS_PER_HOUR
@@ -107,3 +107,9 @@ def parse_priced_gpu(spec: str) -> PricedGpu:
             f"{gpu.key} (providers: {known}); give one as {gpu.key}=USD_PER_HOUR"
         )
     return PricedGpu(gpu, provider, gpu.prices[provider])
+
+
+def over_pcie(options: list[PricedGpu]) -> list[PricedGpu]:
+    """The same options on boards without NVLink (``--no-nvlink``): tensor parallel's
+    all-reduce over PCIe (:func:`launcher.sizing.gpus.without_nvlink`)."""
+    return [replace(option, gpu=without_nvlink(option.gpu)) for option in options]

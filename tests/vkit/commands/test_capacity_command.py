@@ -170,3 +170,20 @@ def test_a_70b_is_compared_with_a_70b_sized_serverless_worker(
     assert serverless["monthly_usd"] > 3 * 3_000
     assert plan["recommendation"]["choice"] != "serverless"
     assert "vs serverless $" in plan["recommendation"]["reason"]
+
+
+def test_no_nvlink_makes_tensor_parallel_pay_pcie(capsys: pytest.CaptureFixture[str]) -> None:
+    """An SXM kind on a board without NVLink (--no-nvlink): TP4's all-reduce over PCIe is
+    slower, so the same traffic needs more GPUs; a TP1 option is the same either way."""
+    args = ["capacity", "--users", "20000", "--model", "llama-3.1-70b", "--gpus", "h100"]
+    assert main([*args, "--tp", "4", "--json"]) == 0
+    nvlink = json.loads(capsys.readouterr().out)["options"][0]
+    assert main([*args, "--tp", "4", "--no-nvlink", "--json"]) == 0
+    pcie = json.loads(capsys.readouterr().out)["options"][0]
+    assert pcie["tensor_parallel"] == nvlink["tensor_parallel"] == 4
+    assert pcie["gpus"] > nvlink["gpus"]
+    small = ["capacity", "--users", "5000", "--model", "8b", "--gpus", "h100", "--tp", "1"]
+    assert main([*small, "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)["options"][0]
+    assert main([*small, "--no-nvlink", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["options"][0]["gpus"] == alone["gpus"]

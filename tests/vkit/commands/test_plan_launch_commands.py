@@ -120,6 +120,20 @@ def test_plan_eager_says_so_in_the_command_and_pays_in_speed(vkit: Callable[...,
     assert eager["speed_band"] == graphs["speed_band"] and eager["speed_band"]["over"] > 0
 
 
+def test_plan_no_nvlink_slows_tensor_parallel_only(vkit: Callable[..., Done]) -> None:
+    args = ("plan", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--quant", "bf16", "--json")
+    tp4 = (*args, "--tensor-parallel", "4")
+    nvlink = json.loads(vkit(*tp4).stdout)
+    pcie = json.loads(vkit(*tp4, "--no-nvlink").stdout)
+    assert pcie["single_stream_tok_s"] < nvlink["single_stream_tok_s"]
+    assert pcie["max_model_len"] == nvlink["max_model_len"]  # memory is the same
+    one = ("plan", "--model", "8b", "--gpu", "h100-sxm", "--json")
+    assert (
+        json.loads(vkit(*one, "--no-nvlink").stdout)["single_stream_tok_s"]
+        == json.loads(vkit(*one).stdout)["single_stream_tok_s"]
+    )
+
+
 def test_fp8_on_an_a100_plans_weight_only(vkit: Callable[..., Done]) -> None:
     # Before: refused ("FP8 W8A8 needs an Ada or Hopper GPU"), exit 2; vLLM runs it through
     # FP8 Marlin, weight-only.
