@@ -168,6 +168,8 @@ async def test_a_replica_that_discovery_removes_leaves_no_series_behind(
         pool = gw.app.running.pool
         await wait_until(lambda: [u.label for u in pool.upstreams] == [kept])
         await asyncio.sleep(0.3)  # probes, scrapes and the next look-ups run meanwhile
+        # the kept replica's own probe may still be on its way on a loaded machine
+        await wait_until(lambda: gw.metric("vkit_gateway_upstream_up", {"upstream": kept}) == 1)
         text = (await gw.admin.get("/metrics")).text
         assert f'upstream="{gone}"' not in text
         assert f'vkit_gateway_upstream_up{{upstream="{kept}"}} 1.0' in text
