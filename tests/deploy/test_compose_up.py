@@ -203,7 +203,11 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
                 extra_body={"ignore_eos": True},
             )
             chunks = list(stream)
-            assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 16
+            # Several chunks carry text (the tiny model samples random tokens, and a token that
+            # decodes to part of a character sends no text of its own: not one chunk per token)
+            texts = [c.choices[0].delta.content for c in chunks if c.choices]
+            assert sum(1 for text in texts if text) >= 2 and "".join(t or "" for t in texts)
+            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
             assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 32
 
             # A key added on the host while the gateway runs: accepted within the interval.
