@@ -22,12 +22,20 @@ import pytest
 
 from vkit.stack.ports import free_port
 
-_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin")
+
+def _bin_dirs() -> list[Path]:
+    """Debian's per-version folders (the package puts only wrappers on PATH), newest first."""
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    return [*versions, Path("/usr/local/bin")]
 
 
 def _binary(name: str) -> str | None:
-    for folder in _BIN_DIRS:
-        candidate = Path(folder) / name
+    for folder in _bin_dirs():
+        candidate = folder / name
         if candidate.is_file():
             return str(candidate)
     return shutil.which(name)
