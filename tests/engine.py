@@ -64,8 +64,11 @@ class EngineReplica:
         cpu_core: int,
         log_path: Path,
         model: str = TINY_MODEL_NAME,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.model_dir = model_dir
+        # Further `vkit launch` arguments; vLLM flags of their own go after "--".
+        self.extra_args = extra_args
         self.port = port
         self.cpu_core = cpu_core
         self.log_path = log_path
@@ -98,6 +101,7 @@ class EngineReplica:
             "--enforce-eager",
             "--shutdown-timeout",
             "5",
+            *self.extra_args,
         ]
 
     def start(self) -> None:
