@@ -39,7 +39,10 @@ from launcher.sizing.gpus import GpuProfile
 from launcher.sizing.memory import Quantization, weight_bytes
 from launcher.sizing.models import ModelSpec
 
-PCIE_GBS = 25.0  # effective PCIe 4.0 x16 bandwidth for all-reduce traffic, GB/s
+# All-reduce bus bandwidth over PCIe 4.0 x16, GB/s: NCCL rates the link at 24, and four RTX 4090s
+# measure 25.7-26 (docs/speed-measurements.md#tensor-parallel-without-nvlink). Not fitted: one
+# source has runs over PCIe.
+PCIE_GBS = 25.0
 
 
 @dataclass(frozen=True)
