@@ -3,6 +3,7 @@
     vkit capacity --users 10000
     vkit capacity --users 100000 --model 70b --quant fp8 --gpus h100,h200 --redundancy 1 --json
     vkit capacity --users 1000 --csv --plot cost.png
+    vkit capacity --users 5000 --model 8b --enforce-eager
 
 The Namespace stops in :func:`run`: it becomes a :class:`CapacityRequest` (a validation error
 names the flag, exit 2), the planner runs, and the plan is printed as a table, JSON or CSV.
@@ -137,6 +138,12 @@ def register(subparsers: Any) -> None:
         help="the GPUs of a replica talk over PCIe only (PCIe boards of an SXM kind, cloud "
         "instances without NVLink): tensor parallel pays PCIe's all-reduce",
     )
+    serving.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="replicas run vLLM without CUDA graphs: every step pays ~0.25 ms a layer, so a "
+        "replica carries fewer users at the same speed",
+    )
     serving.add_argument("--redundancy", type=int, default=0, metavar="N", help="spare GPUs")
     serving.add_argument(
         "--gpus",
@@ -185,6 +192,7 @@ def build_request(args: argparse.Namespace) -> CapacityRequest:
                 "allow_quant": parse_allow_quant(args.allow_quant),
                 "tensor_parallel": parse_sizes(args.tensor_parallel),
                 "context": args.context,
+                "eager": args.enforce_eager,
                 "spares": args.redundancy,
                 "serverless": args.serverless,
                 "serverless_usd_per_gpu_second": args.serverless_rate,
@@ -253,12 +261,22 @@ def run(args: argparse.Namespace) -> int:
     impossible = [o for o in plan.options if o.limited_by == "unsupported"]
     if args.gpus and impossible and len(impossible) == len(plan.options):
         raise UsageError(impossible[0].note)  # e.g. --quant fp8 on Ampere only
+    if fits_nowhere(plan):
+        raise UsageError(plan.recommendation.reason)
     render = render_json if args.json else render_csv if args.csv else render_table
     sys.stdout.write(render(plan))
     if draw is not None:
         draw(plan, args.plot)
         print(f"chart written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def fits_nowhere(plan: CapacityPlan) -> bool:
+    """The model runs on none of the GPUs considered (in any configuration searched) and on
+    no serverless worker: there is no plan to print, only why."""
+    return plan.recommendation.choice == "none" and all(
+        o.limited_by in ("does-not-fit", "unsupported") for o in plan.options
+    )
 
 
 def chart_drawer() -> Callable[[CapacityPlan, Path], Path]:

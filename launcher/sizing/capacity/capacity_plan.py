@@ -47,6 +47,7 @@ class CapacityPlan(BaseModel):
     searched_quant: list[str]
     searched_tensor_parallel: list[int]
     spares: int
+    eager: bool = Field(default=False, description="replicas run with --enforce-eager")
     peak_concurrency: float
     peak_requests_per_second: float
     peak_output_tok_s: float
@@ -104,6 +105,7 @@ def plan_capacity(
         searched_quant=list(request.quantizations),
         searched_tensor_parallel=sorted(set(request.tensor_parallel)),
         spares=request.spares,
+        eager=request.eager,
         peak_concurrency=peak_concurrency(request.usage),
         peak_requests_per_second=peak_requests_per_second(request.usage),
         peak_output_tok_s=peak_output_tok_s(request.usage),

@@ -56,7 +56,8 @@ def _header(plan: CapacityPlan) -> list[str]:
         f"model {plan.model} ({_searched(plan)}); peak ~{plan.peak_concurrency:.2f} concurrent "
         f"requests ({plan.peak_requests_per_second:.3f} req/s, "
         f"{plan.peak_output_tok_s:,.0f} output tok/s)"
-        + (f"; {plan.spares} spare GPU(s)" if plan.spares else ""),
+        + (f"; {plan.spares} spare GPU(s)" if plan.spares else "")
+        + ("; --enforce-eager (no CUDA graphs)" if plan.eager else ""),
     ]
 
 

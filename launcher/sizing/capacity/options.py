@@ -32,7 +32,8 @@ class CapacityRequest(BaseModel):
     ``quant`` is the baseline precision; ``allow_quant`` adds the quantizations the search
     may also use, and ``tensor_parallel`` the replica sizes it tries (default: the baseline on
     one GPU, as the cost guide plans). ``context``: the max_model_len the service must offer
-    (default: what the workload needs)."""
+    (default: what the workload needs). ``eager``: every replica, dedicated or serverless, runs
+    vLLM with --enforce-eager, and each step pays for it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,6 +43,9 @@ class CapacityRequest(BaseModel):
     allow_quant: tuple[Quantization, ...] = ()
     tensor_parallel: tuple[TensorParallel, ...] = Field(default=(1,), min_length=1)
     context: int | None = Field(default=None, ge=16)
+    eager: bool = Field(
+        default=False, description="replicas run with --enforce-eager (no CUDA graphs)"
+    )
     spares: int = Field(default=0, ge=0, le=8, description="extra replicas for redundancy (N+1: 1)")
     serverless: str = Field(default="runpod", description="serverless provider priced against")
     serverless_usd_per_gpu_second: float | None = Field(
@@ -154,6 +158,7 @@ def request_throughput(
         tensor_parallel=tensor_parallel,
         context=request.context,
         calibration=calibration,
+        eager=request.eager,
     )
 
 

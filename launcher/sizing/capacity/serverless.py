@@ -195,6 +195,7 @@ def _quote(
             prompt_tokens=usage.prompt_tokens,
             output_tokens=usage.tokens_per_request,
             tensor_parallel=gpus,
+            eager=request.eager,
         )
         one = planned_speed_at(workload, gpu, 1, calibration)
         seconds = one.prefill_s + usage.tokens_per_request / one.single_stream_tok_s

@@ -83,12 +83,13 @@ def workload_for(
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
     output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     tensor_parallel: int = 1,
+    eager: bool = False,
 ) -> Workload:
     """The workload of ``model`` at ``quant``; ``context_tokens`` (prompt + half the reply),
-    when given, sets the prompt for ``output_tokens``."""
+    when given, sets the prompt for ``output_tokens``; ``eager``: run with --enforce-eager."""
     if context_tokens is not None:
         prompt_tokens = max(1, context_tokens - output_tokens // 2)
-    return Workload(model, quant, prompt_tokens, output_tokens, tensor_parallel)
+    return Workload(model, quant, prompt_tokens, output_tokens, tensor_parallel, eager)
 
 
 def gpu_throughput(
@@ -103,11 +104,14 @@ def gpu_throughput(
     tensor_parallel: int = 1,
     context: int | None = None,
     calibration: SpeedCalibration | None = None,
+    eager: bool = False,
 ) -> GpuThroughput:
     """Users one replica of ``tensor_parallel`` ``gpu``s serves, each at >= ``target_tok_s``.
 
     ``context``: the max_model_len the replica must offer (default: the workload's average
-    context); the KV cache is shared by the users at the workload's average context."""
+    context); the KV cache is shared by the users at the workload's average context.
+    ``eager``: the replica runs with --enforce-eager (no CUDA graphs: every step pays the
+    kernel launches, ``SpeedCalibration.eager_step_overhead_per_layer_s``)."""
     workload = workload_for(
         model,
         quant,
@@ -115,6 +119,7 @@ def gpu_throughput(
         prompt_tokens=prompt_tokens,
         output_tokens=output_tokens,
         tensor_parallel=tensor_parallel,
+        eager=eager,
     )
     average = workload.context_tokens
     offered = max(average, context_tokens or 0, context or 0)

@@ -80,6 +80,11 @@ def test_flags_reach_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
         (["--users", "100", "--gpus", "rtx9090"], "unknown GPU"),
         (["--users", "100", "--quant", "int3"], "--quant"),
         (["--users", "100", "--model", "nope-3b"], "unknown model"),
+        # fits on none of the GPUs (one RTX 4090, TP1) nor on a serverless worker
+        (
+            ["--users", "100", "--model", "llama-3.1-70b", "--gpus", "rtx4090", "--tp", "1"],
+            "llama-3.1-70b (fp16) runs on none of the GPUs considered",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -93,7 +98,11 @@ def test_bad_input_is_one_line_and_exit_2(
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--users", "0"], "--users"), (["--users", "10", "--gpus", "tpu"], "unknown GPU")],
+    [
+        (["--users", "0"], "--users"),
+        (["--users", "10", "--gpus", "tpu"], "unknown GPU"),
+        (["--users", "10", "--model", "70b", "--gpus", "rtx4090", "--tp", "1"], "none of the GPUs"),
+    ],
 )
 def test_bad_input_through_the_real_command(args: list[str], needle: str) -> None:
     result = subprocess.run(
@@ -187,3 +196,24 @@ def test_no_nvlink_makes_tensor_parallel_pay_pcie(capsys: pytest.CaptureFixture[
     alone = json.loads(capsys.readouterr().out)["options"][0]
     assert main([*small, "--no-nvlink", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["options"][0]["gpus"] == alone["gpus"]
+
+
+def test_enforce_eager_costs_gpus_where_the_speed_limits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--enforce-eager (no CUDA graphs): every step pays the kernel launches, so a replica
+    held back by the per-user speed carries fewer users and the traffic takes more GPUs; the
+    table says the plan assumes it."""
+    args = ["capacity", "--users", "200000", "--model", "8b", "--gpus", "a100-80gb", "--tp", "1"]
+    assert main([*args, "--json"]) == 0
+    graphs = json.loads(capsys.readouterr().out)
+    assert main([*args, "--enforce-eager", "--json"]) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert (graphs["eager"], eager["eager"]) == (False, True)
+    with_graphs, without = graphs["options"][0], eager["options"][0]
+    assert with_graphs["limited_by"] == without["limited_by"] == "speed"
+    assert without["users_per_gpu"] < with_graphs["users_per_gpu"]  # 27 against 46
+    assert without["gpus"] > with_graphs["gpus"]  # 3 against 2
+    assert without["gpus_pessimistic"] >= with_graphs["gpus_pessimistic"]
+    assert main([*args, "--enforce-eager"]) == 0
+    assert "--enforce-eager (no CUDA graphs)" in capsys.readouterr().out

@@ -94,3 +94,20 @@ def test_a_rate_override_prices_every_class() -> None:
 def test_an_unknown_provider_is_bad_input() -> None:
     with pytest.raises(PriceError, match="known: cost-guide, modal, runpod"):
         get_terms("nowhere")
+
+
+def test_an_eager_worker_takes_longer_per_request() -> None:
+    # --enforce-eager is the service's vLLM setting: a serverless worker runs it too, and
+    # each of its steps pays the kernel launches CUDA graphs would have replayed, on every
+    # worker class, so the cheapest month costs more (and may move to another class).
+    model = load_model("8b")
+    graphs = plan_serverless(request(20_000, "8b"), model)
+    eager = plan_serverless(request(20_000, "8b", eager=True), model)
+    assert eager.monthly_usd is not None and graphs.monthly_usd is not None
+    assert eager.monthly_usd > graphs.monthly_usd
+    same_worker = plan_serverless(
+        request(20_000, "8b", eager=True, serverless_usd_per_gpu_second=0.001), model
+    )
+    flat = plan_serverless(request(20_000, "8b", serverless_usd_per_gpu_second=0.001), model)
+    assert same_worker.worker == flat.worker
+    assert same_worker.seconds_per_request > 1.2 * flat.seconds_per_request
