@@ -4,6 +4,8 @@
 - :mod:`.plan_groups` -- ``vkit plan --deployment``: each group of a deployment file sized and
   priced, GPUs shared or refused;
 - :mod:`.capacity` -- ``vkit capacity``: daily users -> GPUs, $/month, $/user, a chart;
+- :mod:`.capacity_schedule` -- ``vkit capacity --schedule``: a replica floor per hour of the
+  week and the month it saves; the schedule file that renderers and ``vkit schedule`` read;
 - :mod:`.checkpoint_catalog` -- ``vkit checkpoints check``: the catalog against each
   repository's own ``config.json``;
 - :mod:`.launch` -- ``vkit launch``: start vLLM with tuned arguments and supervise it;
