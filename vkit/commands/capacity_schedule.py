@@ -5,7 +5,7 @@
 
 The floors come from :func:`launcher.sizing.capacity.schedule.plan_schedule` for the cheapest
 dedicated option of the plan; ``--schedule-out`` writes them as JSON, the file that
-``vkit render k8s-schedule`` / ``systemd-schedule`` and ``vkit schedule`` read. A plan with no
+``vkit schedule keda|systemd|follow`` read. A plan with no
 dedicated option, or ``--max-replicas`` below what an hour needs, is refused (exit 2).
 """
 
