@@ -27,6 +27,7 @@ from launcher.sizing.capacity.schedule import (
     ScheduleError,
     WeekShape,
     plan_schedule,
+    read_schedule,
 )
 from vkit.exit_codes import UsageError
 
@@ -179,11 +180,4 @@ def run_schedule(args: argparse.Namespace, plan: CapacityPlan) -> int:
 
 def load_schedule(path: Path) -> ReplicaSchedule:
     """A schedule file (``--schedule-out``), checked again: hand edits are refused when short."""
-    try:
-        return ReplicaSchedule.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        raise UsageError(f"{path}: {where}: {error['msg']}") from None
+    return read_schedule(path)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
 
+from launcher.sizing.capacity.schedule import read_schedule
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
 from vkit.deployment.deployment_file import load_deployment_file
 from vkit.deployment.group_fit import GroupFit, fit_groups
@@ -31,6 +32,7 @@ from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
 from vkit.stack.processes import ProcessGroup
 from vkit.stack.restarts import ReplicaKeeper, RestartPolicy
+from vkit.stack.schedule_follower import ScheduleFollower, follower_for
 from vkit.stack.stack_groups import plan_groups_stack, served_names
 from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
 from vkit.stack.up_settings import UpSettings
@@ -49,6 +51,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         fits = fit_groups(load_deployment_file(settings.deployment))
         replicas = sum(len(fit.gpu_sets) for fit in fits)
         settings = settings.model_copy(update={"replicas": replicas})
+    follower = schedule_follower(settings)
     check_binaries(settings)
     ports = resolve_ports(settings)
     layout = StackLayout(settings.run_dir)
@@ -90,7 +93,13 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
                 )
                 + edge_note(settings, layout)
             )
-            watch(group, say, policy=restarts)
+            watch(
+                group,
+                say,
+                policy=restarts,
+                follower=follower,
+                stop_grace_s=settings.shutdown_timeout_s + 5,
+            )
     except KeyboardInterrupt:
         say("vkit up: stopping (draining requests in flight) ...")
         return 0
@@ -98,6 +107,21 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         with _signals_ignored():
             group.stop_all(grace_s=settings.shutdown_timeout_s + 5)
         say("vkit up: everything stopped")
+
+
+def schedule_follower(settings: UpSettings) -> ScheduleFollower | None:
+    """The schedule's follower (``--schedule``); refused when its peak needs more replicas
+    than the stack runs."""
+    if settings.schedule is None:
+        return None
+    schedule = read_schedule(settings.schedule)
+    if schedule.peak_replicas > settings.replicas:
+        raise CliError(
+            f"--schedule: its peak needs {schedule.peak_replicas} replicas, "
+            f"--replicas is {settings.replicas}",
+            exit_code=2,
+        )
+    return follower_for(schedule)
 
 
 def prepare_edge(settings: UpSettings, layout: StackLayout, say: Say) -> None:
@@ -199,12 +223,19 @@ def watch(
     say: Say,
     poll_s: float = 1.0,
     policy: RestartPolicy | None = None,
+    follower: ScheduleFollower | None = None,
+    stop_grace_s: float = 15.0,
 ) -> NoReturn:
     """Serve until interrupted: crashed replicas are started again (with backoff), a dead
-    front end (NGINX, the gateway, Redis) is fatal."""
+    front end (NGINX, the gateway, Redis) is fatal; with a schedule, replicas are parked
+    and started again as its floor changes."""
     keeper = ReplicaKeeper(group, say, policy)
     while True:
         keeper.step()
+        target = follower.due() if follower is not None else None
+        if target is not None:
+            say(f"vkit up: the schedule asks for {target} replica(s) now")
+            keeper.scale_to(target, stop_grace_s)
         time.sleep(poll_s)
 
 

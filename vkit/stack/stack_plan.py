@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, TimeoutSettings
 from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.gpu_sets import GpuSet
 from launcher.sizing.lora import lora_env
@@ -356,7 +356,17 @@ def stack_gateway_settings(
         tokenizer=tokenizer,
         admin_port=ports.gateway_admin,
         aware_replicas=ports.replicas if settings.routing == "aware" else None,
+        hold_s=schedule_hold_s(settings),
     )
+
+
+def schedule_hold_s(settings: UpSettings) -> float | None:
+    """With ``--schedule``, how long the gateway holds a request while no replica is ready
+    (a floor of zero, or the first replica starting again): a replica's start-up budget, but
+    at most half the gateway's whole-request timeout, which the wait counts toward."""
+    if settings.schedule is None:
+        return None
+    return min(settings.startup_timeout_s, TimeoutSettings().total / 2)
 
 
 def gateway_settings(
@@ -368,11 +378,12 @@ def gateway_settings(
     tokenizer: str | None = None,
     admin_port: int | None = None,
     aware_replicas: tuple[int, ...] | None = None,
+    hold_s: float | None = None,
 ) -> GatewaySettings:
     """The local gateway's settings. ``tokenizer``: the served model's directory or HF repo
     id, to count prompts with; ``admin_port``: its admin listener (``/metrics``, upstream
     states) on loopback; ``aware_replicas``: the replicas' ports, for the aware router (else
-    NGINX's port)."""
+    NGINX's port); ``hold_s``: how long a request waits while no replica is ready."""
     ports = [nginx_port] if aware_replicas is None else list(aware_replicas)
     values: dict[str, Any] = {
         "upstreams": [f"http://{LOOPBACK}:{port}" for port in ports],
@@ -388,4 +399,6 @@ def gateway_settings(
     if admin_port is not None:
         values["admin_host"] = LOOPBACK
         values["admin_port"] = admin_port
+    if hold_s is not None:
+        values["hold"] = {"max_wait": hold_s}
     return settings_from_values(values)

@@ -22,9 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from launcher.errors import InvalidInput
 from launcher.sizing.capacity.usage import (
@@ -49,6 +57,7 @@ __all__ = [
     "hour_concurrency",
     "hour_name",
     "plan_schedule",
+    "read_schedule",
     "weekly_floors",
     "weekly_needs",
 ]
@@ -226,3 +235,16 @@ def plan_schedule(
         floors=tuple(weekly_floors(profile, shape, users_per_replica, spares)),
         needed=tuple(needed),
     )
+
+
+def read_schedule(path: Path) -> ReplicaSchedule:
+    """A schedule file (``vkit capacity --schedule-out``), checked again as it is read: a
+    hand edit that leaves an hour short is refused, naming the hour."""
+    try:
+        return ReplicaSchedule.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise ScheduleError(f"{path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        raise ScheduleError(f"{path}: {where}: {error['msg']}") from None

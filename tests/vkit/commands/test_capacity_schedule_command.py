@@ -11,7 +11,6 @@ import pytest
 from launcher.sizing.capacity.schedule import ScheduleError
 from vkit.cli import main
 from vkit.commands.capacity_schedule import load_schedule
-from vkit.exit_codes import UsageError
 
 B2B = ["--users", "100000", "--tp", "1", "--schedule", "--weekend-share", "0", "--allow-zero"]
 
@@ -61,5 +60,5 @@ def test_bad_schedules_are_one_line_and_exit_2(
 
 
 def test_a_missing_schedule_file_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"week\.json"):
+    with pytest.raises(ScheduleError, match=r"week\.json"):
         load_schedule(tmp_path / "week.json")
