@@ -1,46 +1,46 @@
 """A replica schedule followed under a steady trickle of requests through the real gateway:
 two replicas, then one, then none (the gateway holds), then two again -- and no request fails.
 
-The replicas are stand-in upstreams on loopback (no vLLM is started); scaling one down is what
-a stopped compose service does: it stops answering ready (vLLM drains on SIGTERM), the
-gateway's prober sees it, and then its port closes. The follower's clock is the test's: each
-step is one "hour" of the schedule, taken when the previous one has shown its effect."""
+The replicas are stand-in upstreams on loopback (no vLLM is started). Scaling one down is
+what ``vkit up --schedule`` does: the replica leaves the gateway's discovery file, the
+gateway reads the file and sends it nothing more, and then it stops (its port closes); one
+started again goes back in the file. The follower's clock is the test's: each step is one
+"hour" of the schedule, taken when the previous one has shown its effect."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
 from tests.vllm_standin import ScriptedUpstream
-from vkit.stack.schedule_follower import ScheduleFollower
+from vkit.stack.schedule_follower import ScheduleFollower, write_replicas_file
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 class StandinReplicas:
-    """Stand-in replicas started and stopped as a schedule asks, the last ones first."""
+    """Stand-in replicas started and stopped as a schedule asks, the last ones first, each
+    out of the gateway's discovery file before it stops."""
 
-    def __init__(self, replicas: list[ScriptedUpstream]) -> None:
-        self.replicas = replicas
+    def __init__(self, replicas: list[ScriptedUpstream], gw: ServedGateway, file: Path) -> None:
+        self.replicas, self.gw, self.file = replicas, gw, file
         self.running = len(replicas)
 
     async def scale_to(self, target: int) -> None:
+        write_replicas_file(self.file, [r.url for r in self.replicas[:target]])
+        pool = self.gw.app.running.pool
+        leaving = [u for u in pool.upstreams if u.url not in self.file.read_text().split()]
+        await wait_until(lambda: not set(leaving) & set(pool.upstreams))  # the file was read
+        await wait_until(lambda: all(u.in_flight == 0 for u in leaving))  # and answered
         for replica in self.replicas[target : self.running][::-1]:
-            await self._stop(replica)
+            await replica.stop()
         for replica in self.replicas[self.running : target]:
-            replica.script.health_status = 200
             await replica.start()  # the same port again
         self.running = target
-
-    @staticmethod
-    async def _stop(replica: ScriptedUpstream) -> None:
-        replica.script.health_status = 503  # draining: not ready
-        seen = replica.health_answers
-        await wait_until(lambda: replica.health_answers >= seen + 2)  # the gateway saw it
-        await replica.stop()
 
 
 async def trickle(gw: ServedGateway, statuses: list[int], stop: asyncio.Event) -> None:
@@ -54,15 +54,18 @@ async def trickle(gw: ServedGateway, statuses: list[int], stop: asyncio.Event) -
 
 
 async def test_a_scheduled_scale_down_and_up_fails_no_request(
-    start_gateway: GatewayFactory, upstream: ScriptedUpstream
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
     async with ScriptedUpstream() as second:
+        file = tmp_path / "replicas.txt"
+        write_replicas_file(file, [upstream.url, second.url])
         gw = await start_gateway(
             upstreams=[upstream.url, second.url],
             health={"interval": 0.05, "timeout": 1.0},
             hold={"max_wait": 30, "probe_interval": 0.05},
+            discovery={"file": str(file), "interval": 0.05},
         )
-        replicas = StandinReplicas([upstream, second])
+        replicas = StandinReplicas([upstream, second], gw, file)
         hour = [0]
         follower = ScheduleFollower(floors=(2, 1, 0, 2), hour_now=lambda: hour[0])
         statuses: list[int] = []

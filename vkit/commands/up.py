@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
 def settings_from_args(args: argparse.Namespace) -> UpSettings:
     fields = UpSettings.model_fields
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if given.get("deployment") is not None:
+    if given.get("deployment") is not None or given.get("schedule") is not None:
         given.setdefault("routing", "aware")
     return UpSettings(**given)
 

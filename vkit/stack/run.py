@@ -17,6 +17,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -32,9 +34,16 @@ from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
 from vkit.stack.processes import ProcessGroup
 from vkit.stack.restarts import ReplicaKeeper, RestartPolicy
-from vkit.stack.schedule_follower import ScheduleFollower, follower_for
+from vkit.stack.schedule_follower import ScheduleFollower, follower_for, write_replicas_file
 from vkit.stack.stack_groups import plan_groups_stack, served_names
-from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
+from vkit.stack.stack_plan import (
+    LOOPBACK,
+    REPLICAS_FILE_INTERVAL_S,
+    StackLayout,
+    StackPlan,
+    StackPorts,
+    plan_stack,
+)
 from vkit.stack.up_settings import UpSettings
 
 Say = Callable[[str], None]
@@ -70,6 +79,11 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         )
         models = [plan.model_name]
     layout.nginx_conf.write_text(plan.nginx_conf)
+    scheduled = None
+    if follower is not None:
+        urls = tuple(f"http://{LOOPBACK}:{port}" for port in ports.replicas)
+        write_replicas_file(layout.replicas_file, urls)
+        scheduled = ScheduledReplicas(follower, urls, layout.replicas_file)
     if plan.edge_conf is not None:
         prepare_edge(settings, layout, say)
         layout.edge_conf.write_text(plan.edge_conf)
@@ -97,7 +111,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
                 group,
                 say,
                 policy=restarts,
-                follower=follower,
+                scheduled=scheduled,
                 stop_grace_s=settings.shutdown_timeout_s + 5,
             )
     except KeyboardInterrupt:
@@ -223,7 +237,7 @@ def watch(
     say: Say,
     poll_s: float = 1.0,
     policy: RestartPolicy | None = None,
-    follower: ScheduleFollower | None = None,
+    scheduled: ScheduledReplicas | None = None,
     stop_grace_s: float = 15.0,
 ) -> NoReturn:
     """Serve until interrupted: crashed replicas are started again (with backoff), a dead
@@ -232,11 +246,34 @@ def watch(
     keeper = ReplicaKeeper(group, say, policy)
     while True:
         keeper.step()
-        target = follower.due() if follower is not None else None
-        if target is not None:
-            say(f"vkit up: the schedule asks for {target} replica(s) now")
-            keeper.scale_to(target, stop_grace_s)
+        if scheduled is not None:
+            scheduled.step(keeper, say, stop_grace_s)
         time.sleep(poll_s)
+
+
+@dataclass
+class ScheduledReplicas:
+    """The schedule as ``vkit up`` follows it: the replicas' URLs in the gateway's
+    discovery file, a replica taken out of it before it is stopped."""
+
+    follower: ScheduleFollower
+    urls: tuple[str, ...]
+    replicas_file: Path
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self.running = len(self.urls)
+
+    def step(self, keeper: ReplicaKeeper, say: Say, stop_grace_s: float) -> None:
+        target = self.follower.due()
+        if target is None:
+            return
+        say(f"vkit up: the schedule asks for {target} replica(s) now")
+        write_replicas_file(self.replicas_file, self.urls[:target])
+        if target < self.running:  # the gateway reads the file again before any stops
+            self.sleep(2 * REPLICAS_FILE_INTERVAL_S + 1)
+        keeper.scale_to(target, stop_grace_s)
+        self.running = target
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

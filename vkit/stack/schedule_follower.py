@@ -12,6 +12,14 @@ gateway holds what arrives while no replica is ready when its ``hold.max_wait`` 
     >>> compose_commands(["vllm-0", "vllm-1"], 1)
     [['start', 'vllm-0'], ['stop', 'vllm-1']]
 
+A replica must leave the gateway's rotation before it stops: vLLM still accepts requests
+on open connections while it shuts down and fails them (500, "cannot schedule new futures
+after shutdown", measured on vLLM 0.32 CPU). Where the gateway routes to the replicas itself
+(``vkit up --schedule``), the follower first rewrites the gateway's discovery file without
+the replica (:func:`write_replicas_file`), waits for the gateway to read it, and only then
+stops it; a replica started again goes back in the file, and the gateway's prober sends it
+nothing until it is ready.
+
 The clock is injected: :func:`hour_of_week` reads the wall clock in the schedule's zone, a
 test passes its own hours.
 """
@@ -94,6 +102,14 @@ class ComposeReplicas:
             subprocess.run(
                 ["docker", "compose", "-f", str(self.compose_file), *command], check=True
             )
+
+
+def write_replicas_file(path: Path, urls: Sequence[str]) -> None:
+    """The gateway's discovery file (one base URL a line), replaced whole: a temporary file
+    renamed over it, so that the gateway never reads half a list."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(f"{url}\n" for url in urls))
+    partial.replace(path)
 
 
 def follower_for(schedule: ReplicaSchedule) -> ScheduleFollower:

@@ -100,6 +100,10 @@ class UpSettings(BaseSettings):
                 raise ValueError("--deployment routes aware over free replica ports")
             if self.schedule is not None:
                 raise ValueError("--schedule follows one model's replicas: not with --deployment")
+        if self.schedule is not None and self.routing != "aware":
+            raise ValueError(
+                "--schedule routes aware: the gateway drops a replica before it is stopped"
+            )
         if self.gpu is not None and self.model is None:
             raise ValueError("--gpu needs --model (the tiny model is for CPU demos)")
         if self.replica_ports is not None and len(self.replica_ports) != self.replicas:
