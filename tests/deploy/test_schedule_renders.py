@@ -26,9 +26,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WEEK = ROOT / "deploy/schedule/b2b-week.json"
-KEDA_DIR = ROOT / "deploy/k8s/schedule/b2b"
-SYSTEMD_DIR = ROOT / "deploy/systemd/schedule-b2b"
-OVERLAY = "../../overlays/rtx4090-llama-3.1-8b-awq-zero"
+KEDA_DIR = ROOT / "deploy/schedule/k8s-b2b"
+SYSTEMD_DIR = ROOT / "deploy/schedule/systemd-b2b"
+OVERLAY = "../../k8s/overlays/rtx4090-llama-3.1-8b-awq-zero"
 UNITS = "vllm@0.service,vllm@1.service"
 CAPACITY = ["capacity", "--users", "100000", "--model", "llama-3.1-8b", "--quant", "awq"]
 CAPACITY += ["--gpus", "rtx4090", "--tp", "1", "--schedule", "--weekend-share", "0"]

@@ -2,7 +2,7 @@
 
     vkit capacity --users 100000 --schedule --weekend-share 0 --allow-zero --schedule-out week.json
     vkit schedule follow week.json --compose-file compose.yaml --services vllm-0,vllm-1
-    vkit schedule keda week.json --overlay ../../overlays/rtx4090-llama-3.1-8b-awq-zero --out DIR
+    vkit schedule keda week.json --overlay ../k8s/overlays/rtx4090-llama-3.1-8b-awq-zero --out DIR
     vkit schedule systemd week.json --units vllm@0.service,vllm@1.service --out DIR
 
 The schedule file is checked when read (an hour below its need is refused, exit 2), and so is
