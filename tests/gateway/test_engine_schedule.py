@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import AUTH, GatewayFactory, ServedGateway, wait_until
+from tests.gateway.test_scheduled_scaling import serve_only
 from vkit.stack.schedule_follower import ScheduleFollower, write_replicas_file
 
 pytestmark = pytest.mark.engine
@@ -39,11 +40,7 @@ class EngineReplicas:
         self.running = len(replicas)
 
     async def scale_to(self, target: int) -> None:
-        write_replicas_file(self.file, [r.base_url for r in self.replicas[:target]])
-        pool = self.gw.app.running.pool
-        leaving = [u for u in pool.upstreams if u.url not in self.file.read_text().split()]
-        await wait_until(lambda: not set(leaving) & set(pool.upstreams))  # the file was read
-        await wait_until(lambda: all(u.in_flight == 0 for u in leaving))  # and answered
+        await serve_only(self.gw, self.file, [r.base_url for r in self.replicas[:target]])
         for replica in self.replicas[target : self.running][::-1]:
             await asyncio.to_thread(replica.stop)
         starting = self.replicas[self.running : target]

@@ -22,6 +22,16 @@ from vkit.stack.schedule_follower import ScheduleFollower, write_replicas_file
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
+async def serve_only(gw: ServedGateway, file: Path, urls: list[str]) -> None:
+    """Write the gateway's discovery file with ``urls`` and return once the gateway has
+    read it and answered every request it had on a replica that left it."""
+    write_replicas_file(file, urls)
+    pool = gw.app.running.pool
+    leaving = [u for u in pool.upstreams if u.url not in urls]
+    await wait_until(lambda: not set(leaving) & set(pool.upstreams))  # the file was read
+    await wait_until(lambda: all(u.in_flight == 0 for u in leaving))  # and answered
+
+
 class StandinReplicas:
     """Stand-in replicas started and stopped as a schedule asks, the last ones first, each
     out of the gateway's discovery file before it stops."""
@@ -31,11 +41,7 @@ class StandinReplicas:
         self.running = len(replicas)
 
     async def scale_to(self, target: int) -> None:
-        write_replicas_file(self.file, [r.url for r in self.replicas[:target]])
-        pool = self.gw.app.running.pool
-        leaving = [u for u in pool.upstreams if u.url not in self.file.read_text().split()]
-        await wait_until(lambda: not set(leaving) & set(pool.upstreams))  # the file was read
-        await wait_until(lambda: all(u.in_flight == 0 for u in leaving))  # and answered
+        await serve_only(self.gw, self.file, [r.url for r in self.replicas[:target]])
         for replica in self.replicas[target : self.running][::-1]:
             await replica.stop()
         for replica in self.replicas[self.running : target]:
