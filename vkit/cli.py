@@ -35,6 +35,7 @@ COMMANDS = (
     "usage",
     "render",
     "up",
+    "schedule",
 )
 
 
@@ -77,6 +78,10 @@ def command_module(name: str) -> ModuleType:
             from vkit.commands import up
 
             return up
+        case "schedule":
+            from vkit.commands import replica_schedule
+
+            return replica_schedule
     raise KeyError(name)
 
 

@@ -4,6 +4,7 @@
     vkit capacity --users 100000 --model 70b --quant fp8 --gpus h100,h200 --redundancy 1 --json
     vkit capacity --users 1000 --csv --plot cost.png
     vkit capacity --users 5000 --model 8b --enforce-eager
+    vkit capacity --users 100000 --schedule --weekend-share 0 --allow-zero   (capacity_schedule)
 
 The Namespace stops in :func:`run`: it becomes a :class:`CapacityRequest` (a validation error
 names the flag, exit 2), the planner runs, and the plan is printed as a table, JSON or CSV.
@@ -34,6 +35,7 @@ from launcher.sizing.capacity.prometheus_window import parse_window, read_window
 from launcher.sizing.capacity.search import parse_allowed
 from launcher.sizing.capacity.serverless import DEFAULT_PROVIDER
 from launcher.sizing.capacity.usage import UsageProfile
+from vkit.commands.capacity_schedule import add_schedule_flags, run_schedule
 from vkit.exit_codes import CliError, UsageError
 
 # Request/usage field -> the flag that sets it, for one-line validation errors.
@@ -169,6 +171,7 @@ def register(subparsers: Any) -> None:
     output.add_argument("--json", action="store_true", help="print the plan as JSON")
     output.add_argument("--csv", action="store_true", help="print the options as CSV")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw cost against DAU")
+    add_schedule_flags(parser)
     parser.set_defaults(handler=run)
 
 
@@ -263,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(impossible[0].note)  # e.g. --quant fp8 on Ampere only
     if fits_nowhere(plan):
         raise UsageError(plan.recommendation.reason)
+    if args.schedule:
+        return run_schedule(args, plan)
     render = render_json if args.json else render_csv if args.csv else render_table
     sys.stdout.write(render(plan))
     if draw is not None:

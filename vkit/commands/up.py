@@ -45,6 +45,13 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="a deployment file: several models (and LoRA adapters), routed by model",
     )
+    parser.add_argument(
+        "--schedule",
+        type=Path,
+        metavar="FILE.json",
+        help="a replica schedule (vkit capacity --schedule-out): replicas stopped and started "
+        "by the hour, the gateway holding requests while none is ready",
+    )
     parser.add_argument("--run-dir", type=Path, help="logs, configs, keys (default .vkit/run)")
     parser.add_argument("--nginx-bin", help="nginx binary (default: nginx on PATH)")
     parser.add_argument("--redis-bin", help="redis-server binary")
@@ -56,7 +63,7 @@ def register(subparsers: Any) -> None:
 def settings_from_args(args: argparse.Namespace) -> UpSettings:
     fields = UpSettings.model_fields
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if given.get("deployment") is not None:
+    if given.get("deployment") is not None or given.get("schedule") is not None:
         given.setdefault("routing", "aware")
     return UpSettings(**given)
 

@@ -25,6 +25,8 @@
 - :mod:`vkit.render.k8s_monitoring` -- PodMonitors, rules, dashboard, price rule
 - :mod:`vkit.render.k8s_groups` -- a deployment file's groups as one overlay: a StatefulSet and
   headless Service per group, the gateway discovering each
+- :mod:`vkit.render.schedule_keda` -- a replica schedule as KEDA cron triggers (a patch)
+- :mod:`vkit.render.schedule_systemd` -- a replica schedule as systemd timers over ``vllm@``
 - :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
 
 The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the

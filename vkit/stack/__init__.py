@@ -12,6 +12,8 @@
 - :mod:`vkit.stack.ports`, :mod:`vkit.stack.preflight` -- checks before starting
 - :mod:`vkit.stack.banner` -- what is printed once the stack is ready
 - :mod:`vkit.stack.demo_key` -- the demo key it prints, made with the gateway's key-file code
+- :mod:`vkit.stack.schedule_follower` -- the replicas a schedule asks for this hour, and
+  compose's ``vllm-N`` services started and stopped to match (``vkit schedule follow``)
 - :mod:`vkit.stack.run` -- ``run_stack``, the shell that ties them together
 """
 

@@ -104,6 +104,16 @@ class ProcessGroup:
         self.running[self.running.index(process)] = fresh
         return fresh
 
+    def stop(self, process: RunningProcess, grace_s: float = 15.0) -> None:
+        """Stop one child as :meth:`stop_all` stops each (its stop signal, SIGKILL after
+        ``grace_s``); it stays in the group, exited, for :meth:`restart`."""
+        tree = process.tree | _live_tree(process)
+        _signal_leader(process, process.spec.stop_signal)
+        _wait_until(process, self._clock() + grace_s, self._clock)
+        _kill_group(process)
+        kill_all(tree)
+        process.tree = set()
+
     def reap(self, process: RunningProcess) -> None:
         """Kill what an exited child left behind (its process group, its last known tree)."""
         if process.exit_code() is None:

@@ -13,6 +13,9 @@ Each :meth:`ReplicaKeeper.step` looks at every child once, without blocking for 
   the stack stays up either way, and the gateway answers 503 with ``Retry-After`` while no
   replica is ready.
 
+A replica the schedule parks (:meth:`ReplicaKeeper.scale_to`, ``vkit up --schedule``) is
+stopped -- it drains -- and not started again until the schedule asks for it.
+
 Every transition is one line on ``say``: "replica-0 exited (code 1); restarting in 2 s
 (attempt 2)", "replica-0 is ready again (attempt 2)".
 """
@@ -57,6 +60,7 @@ class _Replica:
     due: float | None = None  # when to start it again, while it is down
     starting: bool = False  # restarted, not ready yet
     given_up: bool = False
+    parked: bool = False  # stopped by the schedule: not a crash, not restarted
     exits: deque[float] = field(default_factory=deque)
 
 
@@ -106,7 +110,7 @@ class ReplicaKeeper:
             self._tend(replica, now)
 
     def _tend(self, replica: _Replica, now: float) -> None:
-        if replica.given_up:
+        if replica.given_up or replica.parked:
             return
         code = replica.process.exit_code()
         if code is not None and replica.due is None:
@@ -120,6 +124,27 @@ class ReplicaKeeper:
             replica.starting = False
             self._say(f"vkit up: {replica.process.name} is ready again (attempt {replica.attempt})")
             replica.attempt = 0
+
+    def scale_to(self, replicas: int, grace_s: float = 15.0) -> None:
+        """Run the first ``replicas`` replicas (in start order) and park the others: the
+        last ones are stopped first (each drains for up to ``grace_s``) and a parked one is
+        started again only by a later call that asks for it."""
+        ordered = list(self._replicas.values())
+        for replica in reversed(ordered[replicas:]):
+            if replica.parked:
+                continue
+            replica.parked, replica.due, replica.starting = True, None, False
+            if replica.process.exit_code() is None:
+                self._group.stop(replica.process, grace_s)
+            self._say(f"vkit up: {replica.process.name}: stopped by the schedule")
+        for replica in ordered[:replicas]:
+            if not replica.parked:
+                continue
+            replica.parked, replica.given_up, replica.attempt = False, False, 0
+            replica.exits.clear()
+            replica.process = self._group.restart(replica.process)
+            replica.starting = True
+            self._say(f"vkit up: {replica.process.name}: started by the schedule")
 
     def _exited(self, replica: _Replica, code: int, now: float) -> None:
         policy, name = self._policy, replica.process.name

@@ -17,9 +17,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+from launcher.sizing.capacity.schedule import read_schedule
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
 from vkit.deployment.deployment_file import load_deployment_file
 from vkit.deployment.group_fit import GroupFit, fit_groups
@@ -31,8 +34,16 @@ from vkit.stack.ports import pick_free_ports
 from vkit.stack.preflight import check_binaries, check_ports
 from vkit.stack.processes import ProcessGroup
 from vkit.stack.restarts import ReplicaKeeper, RestartPolicy
+from vkit.stack.schedule_follower import ScheduleFollower, follower_for, write_replicas_file
 from vkit.stack.stack_groups import plan_groups_stack, served_names
-from vkit.stack.stack_plan import StackLayout, StackPlan, StackPorts, plan_stack
+from vkit.stack.stack_plan import (
+    LOOPBACK,
+    REPLICAS_FILE_INTERVAL_S,
+    StackLayout,
+    StackPlan,
+    StackPorts,
+    plan_stack,
+)
 from vkit.stack.up_settings import UpSettings
 
 Say = Callable[[str], None]
@@ -49,6 +60,7 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         fits = fit_groups(load_deployment_file(settings.deployment))
         replicas = sum(len(fit.gpu_sets) for fit in fits)
         settings = settings.model_copy(update={"replicas": replicas})
+    follower = schedule_follower(settings)
     check_binaries(settings)
     ports = resolve_ports(settings)
     layout = StackLayout(settings.run_dir)
@@ -67,6 +79,11 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         )
         models = [plan.model_name]
     layout.nginx_conf.write_text(plan.nginx_conf)
+    scheduled = None
+    if follower is not None:
+        urls = tuple(f"http://{LOOPBACK}:{port}" for port in ports.replicas)
+        write_replicas_file(layout.replicas_file, urls)
+        scheduled = ScheduledReplicas(follower, urls, layout.replicas_file)
     if plan.edge_conf is not None:
         prepare_edge(settings, layout, say)
         layout.edge_conf.write_text(plan.edge_conf)
@@ -90,7 +107,13 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
                 )
                 + edge_note(settings, layout)
             )
-            watch(group, say, policy=restarts)
+            watch(
+                group,
+                say,
+                policy=restarts,
+                scheduled=scheduled,
+                stop_grace_s=settings.shutdown_timeout_s + 5,
+            )
     except KeyboardInterrupt:
         say("vkit up: stopping (draining requests in flight) ...")
         return 0
@@ -98,6 +121,21 @@ def run_stack(settings: UpSettings, *, say: Say = _say, python: str = sys.execut
         with _signals_ignored():
             group.stop_all(grace_s=settings.shutdown_timeout_s + 5)
         say("vkit up: everything stopped")
+
+
+def schedule_follower(settings: UpSettings) -> ScheduleFollower | None:
+    """The schedule's follower (``--schedule``); refused when its peak needs more replicas
+    than the stack runs."""
+    if settings.schedule is None:
+        return None
+    schedule = read_schedule(settings.schedule)
+    if schedule.peak_replicas > settings.replicas:
+        raise CliError(
+            f"--schedule: its peak needs {schedule.peak_replicas} replicas, "
+            f"--replicas is {settings.replicas}",
+            exit_code=2,
+        )
+    return follower_for(schedule)
 
 
 def prepare_edge(settings: UpSettings, layout: StackLayout, say: Say) -> None:
@@ -199,13 +237,43 @@ def watch(
     say: Say,
     poll_s: float = 1.0,
     policy: RestartPolicy | None = None,
+    scheduled: ScheduledReplicas | None = None,
+    stop_grace_s: float = 15.0,
 ) -> NoReturn:
     """Serve until interrupted: crashed replicas are started again (with backoff), a dead
-    front end (NGINX, the gateway, Redis) is fatal."""
+    front end (NGINX, the gateway, Redis) is fatal; with a schedule, replicas are parked
+    and started again as its floor changes."""
     keeper = ReplicaKeeper(group, say, policy)
     while True:
         keeper.step()
+        if scheduled is not None:
+            scheduled.step(keeper, say, stop_grace_s)
         time.sleep(poll_s)
+
+
+@dataclass
+class ScheduledReplicas:
+    """The schedule as ``vkit up`` follows it: the replicas' URLs in the gateway's
+    discovery file, a replica taken out of it before it is stopped."""
+
+    follower: ScheduleFollower
+    urls: tuple[str, ...]
+    replicas_file: Path
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self.running = len(self.urls)
+
+    def step(self, keeper: ReplicaKeeper, say: Say, stop_grace_s: float) -> None:
+        target = self.follower.due()
+        if target is None:
+            return
+        say(f"vkit up: the schedule asks for {target} replica(s) now")
+        write_replicas_file(self.replicas_file, self.urls[:target])
+        if target < self.running:  # the gateway reads the file again before any stops
+            self.sleep(2 * REPLICAS_FILE_INTERVAL_S + 1)
+        keeper.scale_to(target, stop_grace_s)
+        self.running = target
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, TimeoutSettings
 from gateway.settings_env import settings_env, settings_from_values
 from launcher.sizing.gpu_sets import GpuSet
 from launcher.sizing.lora import lora_env
@@ -87,6 +87,11 @@ class StackLayout:
     @property
     def keys_file(self) -> Path:
         return self.run_dir / "keys.yaml"
+
+    @property
+    def replicas_file(self) -> Path:
+        """The replicas the gateway serves, one URL a line (its discovery file, ``--schedule``)."""
+        return self.run_dir / "replicas.txt"
 
     @property
     def tiny_model_dir(self) -> Path:
@@ -356,7 +361,23 @@ def stack_gateway_settings(
         tokenizer=tokenizer,
         admin_port=ports.gateway_admin,
         aware_replicas=ports.replicas if settings.routing == "aware" else None,
+        hold_s=schedule_hold_s(settings),
+        replicas_file=layout.replicas_file if settings.schedule is not None else None,
     )
+
+
+def schedule_hold_s(settings: UpSettings) -> float | None:
+    """With ``--schedule``, how long the gateway holds a request while no replica is ready
+    (a floor of zero, or the first replica starting again): a replica's start-up budget, but
+    at most half the gateway's whole-request timeout, which the wait counts toward."""
+    if settings.schedule is None:
+        return None
+    return min(settings.startup_timeout_s, TimeoutSettings().total / 2)
+
+
+# How often the gateway reads the replicas file under ``--schedule``; a replica leaves the
+# file this long twice (plus a second) before it is stopped, so that nothing new reaches it.
+REPLICAS_FILE_INTERVAL_S = 1.0
 
 
 def gateway_settings(
@@ -368,11 +389,14 @@ def gateway_settings(
     tokenizer: str | None = None,
     admin_port: int | None = None,
     aware_replicas: tuple[int, ...] | None = None,
+    hold_s: float | None = None,
+    replicas_file: Path | None = None,
 ) -> GatewaySettings:
     """The local gateway's settings. ``tokenizer``: the served model's directory or HF repo
     id, to count prompts with; ``admin_port``: its admin listener (``/metrics``, upstream
     states) on loopback; ``aware_replicas``: the replicas' ports, for the aware router (else
-    NGINX's port)."""
+    NGINX's port); ``hold_s``: how long a request waits while no replica is ready;
+    ``replicas_file``: the replicas it serves, read again every second (``--schedule``)."""
     ports = [nginx_port] if aware_replicas is None else list(aware_replicas)
     values: dict[str, Any] = {
         "upstreams": [f"http://{LOOPBACK}:{port}" for port in ports],
@@ -388,4 +412,8 @@ def gateway_settings(
     if admin_port is not None:
         values["admin_host"] = LOOPBACK
         values["admin_port"] = admin_port
+    if hold_s is not None:
+        values["hold"] = {"max_wait": hold_s}
+    if replicas_file is not None:
+        values["discovery"] = {"file": str(replicas_file), "interval": REPLICAS_FILE_INTERVAL_S}
     return settings_from_values(values)

@@ -85,6 +85,9 @@ class UpSettings(BaseSettings):
     deployment: Path | None = Field(
         default=None, description="a deployment file of several groups (docs/deployment-file.md)"
     )
+    schedule: Path | None = Field(
+        default=None, description="a replica schedule to follow (docs/replica-schedule.md)"
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> UpSettings:
@@ -95,6 +98,12 @@ class UpSettings(BaseSettings):
                 raise ValueError(f"--deployment states every group: drop {', '.join(given)}")
             if self.replica_ports is not None or self.routing != "aware":
                 raise ValueError("--deployment routes aware over free replica ports")
+            if self.schedule is not None:
+                raise ValueError("--schedule follows one model's replicas: not with --deployment")
+        if self.schedule is not None and self.routing != "aware":
+            raise ValueError(
+                "--schedule routes aware: the gateway drops a replica before it is stopped"
+            )
         if self.gpu is not None and self.model is None:
             raise ValueError("--gpu needs --model (the tiny model is for CPU demos)")
         if self.replica_ports is not None and len(self.replica_ports) != self.replicas:

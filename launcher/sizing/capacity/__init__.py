@@ -10,6 +10,8 @@ guide_rows.py         the guide's throughput rows and the configuration each mus
 serverless.py         serverless priced per GPU class: the worker a model needs, its seconds
                       per request, idle tail and cold starts (configs/serverless.yaml)
 recommend.py          serverless or which fleet, and the crossover between them
+schedule.py           the replica floor for each hour of the week (peak window, weekends)
+                      and the month it saves against the peak's fleet always on
 capacity_plan.py      plan_capacity(): all of the above in one CapacityPlan
 capacity_report.py    the plan as a table, JSON or CSV
 cost_chart.py         monthly cost against DAU, as a PNG

@@ -1,0 +1,116 @@
+"""Following a replica schedule where no cluster does it: compose, or any set of replicas.
+
+``vkit capacity --schedule-out`` writes the week's floors; :class:`ScheduleFollower` turns
+the hour it is into the replicas that should run, and a :class:`ReplicaSet` makes it so. On
+compose, :class:`ComposeReplicas` starts and stops the ``vllm-N`` services (``docker compose
+stop`` reaches vLLM through the replica's supervisor, and vLLM drains before it exits); the
+gateway holds what arrives while no replica is ready when its ``hold.max_wait`` is set.
+
+    >>> follower = ScheduleFollower(floors=(2, 0, 1), hour_now=lambda: 1)
+    >>> follower.due(), follower.due()          # first the change, then nothing new
+    (0, None)
+    >>> compose_commands(["vllm-0", "vllm-1"], 1)
+    [['start', 'vllm-0'], ['stop', 'vllm-1']]
+
+A replica must leave the gateway's rotation before it stops: vLLM still accepts requests
+on open connections while it shuts down and fails them (500, "cannot schedule new futures
+after shutdown", measured on vLLM 0.32 CPU). Where the gateway routes to the replicas itself
+(``vkit up --schedule``), the follower first rewrites the gateway's discovery file without
+the replica (:func:`write_replicas_file`), waits for the gateway to read it, and only then
+stops it; a replica started again goes back in the file, and the gateway's prober sends it
+nothing until it is ready.
+
+The clock is injected: :func:`hour_of_week` reads the wall clock in the schedule's zone, a
+test passes its own hours.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from launcher.sizing.capacity.schedule import ReplicaSchedule
+
+
+class ReplicaSet(Protocol):
+    def scale_to(self, replicas: int) -> None: ...
+
+
+def hour_of_week(zone: str, now: Callable[[], datetime] = datetime.now) -> Callable[[], int]:
+    """A clock of hours from Monday 00:00 in ``zone`` (0..167)."""
+    tz = ZoneInfo(zone)
+
+    def hour() -> int:
+        moment = now().astimezone(tz)
+        return moment.weekday() * 24 + moment.hour
+
+    return hour
+
+
+class ScheduleFollower:
+    """The replicas the schedule asks for now, reported once per change."""
+
+    def __init__(self, floors: Sequence[int], hour_now: Callable[[], int]) -> None:
+        if not floors:
+            raise ValueError("a schedule needs at least one hour")
+        self.floors = tuple(floors)
+        self.hour_now = hour_now
+        self.applied: int | None = None
+
+    def due(self) -> int | None:
+        """The floor of this hour when it differs from the last one applied, else None."""
+        target = self.floors[self.hour_now() % len(self.floors)]
+        if target == self.applied:
+            return None
+        self.applied = target
+        return target
+
+
+def follow(
+    follower: ScheduleFollower, replicas: ReplicaSet, stop: threading.Event, poll_s: float = 30
+) -> None:
+    """Scale ``replicas`` to each new floor until ``stop`` is set (``vkit schedule``)."""
+    while not stop.is_set():
+        target = follower.due()
+        if target is not None:
+            replicas.scale_to(target)
+        stop.wait(poll_s)
+
+
+def compose_commands(services: Sequence[str], replicas: int) -> list[list[str]]:
+    """``docker compose`` sub-commands for ``replicas`` of ``services`` running: the first
+    ones started, the rest stopped (the last ones go first when the floor falls)."""
+    return [["start", name] for name in services[:replicas]] + [
+        ["stop", name] for name in reversed(services[replicas:])
+    ]
+
+
+class ComposeReplicas:
+    """The ``vllm-N`` services of a compose project, started and stopped with ``docker compose``."""
+
+    def __init__(self, compose_file: Path, services: Sequence[str]) -> None:
+        self.compose_file = compose_file
+        self.services = list(services)
+
+    def scale_to(self, replicas: int) -> None:
+        for command in compose_commands(self.services, replicas):
+            subprocess.run(
+                ["docker", "compose", "-f", str(self.compose_file), *command], check=True
+            )
+
+
+def write_replicas_file(path: Path, urls: Sequence[str]) -> None:
+    """The gateway's discovery file (one base URL a line), replaced whole: a temporary file
+    renamed over it, so that the gateway never reads half a list."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(f"{url}\n" for url in urls))
+    partial.replace(path)
+
+
+def follower_for(schedule: ReplicaSchedule) -> ScheduleFollower:
+    return ScheduleFollower(schedule.floors, hour_of_week(schedule.timezone))
