@@ -48,7 +48,7 @@ def test_json_says_the_saving(capsys: pytest.CaptureFixture[str]) -> None:
         (["--timezone", "Mars/X"], "--timezone: 'Mars/X' is not an IANA time zone"),
         (["--peak-start", "24"], "--peak-start"),
         (["--peak-hours", "7.5"], "whole number of hours"),
-        (["--model", "70b", "--gpus", "rtx4090"], "no capacity"),
+        (["--model", "70b", "--gpus", "rtx4090"], "runs on none of the GPUs considered"),
     ],
 )
 def test_bad_schedules_are_one_line_and_exit_2(
