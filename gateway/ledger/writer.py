@@ -84,6 +84,12 @@ class Ledger:
             return None
         return self.book.refusal(name, budgets, self.clock())
 
+    def remaining(self, name: str, budgets: KeyBudgets | None) -> dict[str, str]:
+        """The ``x-budget-*`` headers of an admitted request (none without budgets)."""
+        if budgets is None:
+            return {}
+        return self.book.remaining(name, budgets, self.clock())
+
     # -- the background part ----------------------------------------------------------------
 
     def start(self) -> int:

@@ -56,6 +56,48 @@ def test_the_book_refuses_at_the_budget_counting_what_is_not_yet_written() -> No
     assert book.refusal("b", budgets, WED.timestamp()) is None  # a key the ledger has not seen
 
 
+def test_a_budget_of_millions_of_tokens_is_written_out_whole_in_the_headers() -> None:
+    """A monthly budget of 40M tokens: ``x-budget-limit-tokens: 40000000``, not ``4e+07``."""
+    book = BudgetBook()
+    budgets = KeyBudgets(month=Limit(tokens=40_000_000, dollars=1234.5))
+    book.replace({"a": Spent(tokens={"month": 40_000_000})}, {}, WED)
+    refused = book.refusal("a", budgets, WED.timestamp())
+    assert refused is not None and refused.headers["x-budget-limit-tokens"] == "40000000"
+    book.replace({"a": Spent(tokens={"month": 1}, dollars={"month": 1234.5})}, {}, WED)
+    refused = book.refusal("a", budgets, WED.timestamp())
+    assert refused is not None and refused.headers["x-budget-limit-dollars"] == "1234.50"
+
+
+def test_an_answer_within_the_budgets_says_what_is_left_of_the_tightest() -> None:
+    """Success headers: the budget with the smallest share left (here the day's 30 of 100
+    tokens, against 3.0 of the month's 5.0 dollars), as the 429 names the one spent."""
+    book = BudgetBook()
+    budgets = KeyBudgets(day=Limit(tokens=100), month=Limit(dollars=5.0))
+    book.replace({"a": Spent(tokens={"day": 60}, dollars={"month": 2.0})}, {}, WED)
+    book.unwritten["a"] = 10
+    assert book.remaining("a", budgets, WED.timestamp()) == {
+        "x-budget-period": "day",
+        "x-budget-limit-tokens": "100",
+        "x-budget-remaining-tokens": "30",
+        "x-budget-reset": "2026-12-31T00:00:00Z",
+    }
+    book.unwritten["a"] = 0  # the day: 70 of 100 left; the month: 1.00 of 5.00 (20%)
+    book.replace({"a": Spent(tokens={"day": 30}, dollars={"month": 4.0})}, {}, WED)
+    assert book.remaining("a", budgets, WED.timestamp()) == {
+        "x-budget-period": "month",
+        "x-budget-limit-dollars": "5.00",
+        "x-budget-remaining-dollars": "1.00",
+        "x-budget-reset": "2027-01-01T00:00:00Z",
+    }
+    assert book.remaining("a", None, WED.timestamp()) == {}
+    total = KeyBudgets(total=Limit(tokens=10))
+    assert book.remaining("b", total, WED.timestamp()) == {
+        "x-budget-period": "total",
+        "x-budget-limit-tokens": "10",
+        "x-budget-remaining-tokens": "10",
+    }
+
+
 async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
@@ -67,6 +109,8 @@ async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     auth = {"Authorization": f"Bearer {SECRET}"}
     first = await gw.client.post("/v1/chat/completions", json=body, headers=auth)
     assert first.status_code == 200
+    assert first.headers["x-budget-period"] == "day"  # what was left when it was admitted
+    assert first.headers["x-budget-remaining-tokens"] == "1"
     refused = await gw.client.post("/v1/chat/completions", json=body, headers=auth)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "budget_exceeded"
