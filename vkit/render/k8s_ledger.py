@@ -16,7 +16,7 @@ budget), so either choice changes the deployment and is asked for:
   way) stops at start with one line (:mod:`gateway.ledger.owner`).
 - ``postgres``: the gateways as the base runs them, sharing a PostgreSQL database whose URL
   comes from the Secret :data:`LEDGER_SECRET` (key ``url``; never rendered). Needs a gateway
-  image with the ``postgres`` extra (docs/usage-ledger.md#kubernetes).
+  image with the ``postgres`` extra (docs/usage-ledger.md#in-the-deployments-vkit-renders).
 """
 
 from __future__ import annotations
