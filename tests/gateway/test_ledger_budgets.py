@@ -123,6 +123,25 @@ async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     assert ledger.refusal("alice", key.budgets) is not None
 
 
+async def test_a_stream_within_the_budget_says_what_is_left_in_its_headers(
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}")
+    key = Key("alice", budgets=KeyBudgets(month=Limit(tokens=1000)))
+    gw = await start_gateway(keys={SECRET: key}, ledger=ledger)
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    async with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth) as got:
+        assert got.status_code == 200
+        assert got.headers["content-type"].startswith("text/event-stream")
+        assert got.headers["x-budget-period"] == "month"
+        assert got.headers["x-budget-remaining-tokens"] == "1000"
+        assert [line async for line in got.aiter_lines() if line][-1] == "data: [DONE]"
+    unlimited = await start_gateway(keys={SECRET: Key("alice")}, ledger=ledger)
+    plain = await unlimited.client.post("/v1/chat/completions", json=body, headers=auth)
+    assert plain.status_code == 200 and "x-budget-period" not in plain.headers
+
+
 async def test_a_database_away_keeps_the_rows_and_writes_them_when_back(tmp_path: Path) -> None:
     folder = tmp_path / "later"
     ledger = a_ledger(f"sqlite:///{folder / 'usage.sqlite3'}", refresh=0, started=False)
