@@ -80,9 +80,12 @@ class KeyStoreLike(Protocol):
 
 
 class BudgetsLike(Protocol):
-    """What the gate asks of :class:`gateway.ledger.Ledger`: a spent budget's 429."""
+    """What the gate asks of :class:`gateway.ledger.Ledger`: a spent budget's 429, and the
+    ``x-budget-*`` headers of an admitted request (what is left)."""
 
     def refusal(self, name: str, budgets: KeyBudgets | None) -> RateLimitExceeded | None: ...
+
+    def remaining(self, name: str, budgets: KeyBudgets | None) -> dict[str, str]: ...
 
 
 class LimiterLike(Protocol):
@@ -290,7 +293,12 @@ class Gate:
             if bound is not None:
                 bound.leave()
             raise
-        return RequestLease(bound, key_lease, tokens)
+        lease = RequestLease(bound, key_lease, tokens)
+        if self.budgets is not None and key is not None:  # the ledger's x-budget-* headers
+            left = self.budgets.remaining(key_name, getattr(key, "budgets", None))
+            lease.headers.update(left)
+            lease.raw_headers += [(k.encode(), v.encode()) for k, v in left.items()]
+        return lease
 
     async def _lease(
         self, key: KeyLike | None, key_name: str, model_label: str, tokens: int

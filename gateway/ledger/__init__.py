@@ -12,6 +12,7 @@ Modules:
 - :mod:`.tally` -- usage accumulated in memory per key, model, adapter and hour; the backlog;
 - :mod:`.schema` -- the tables, as numbered migrations that roll forward;
 - :mod:`.store` -- the database (SQLite or PostgreSQL), synchronous, one connection;
+- :mod:`.owner` -- one gateway per SQLite file: a lock beside it, taken at start;
 - :mod:`.writer` -- :class:`Ledger`: the tally flushed in batches on a thread of its own;
 - :mod:`.budgets` -- budgets per key and window, and the book admission reads;
 - :mod:`.dollars` -- a group's hourly price split by each key's share of its tokens;

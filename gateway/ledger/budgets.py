@@ -96,6 +96,9 @@ class BudgetBook:
         self.unwritten: dict[str, int] = {}  # tokens counted here, not yet in the ledger
         self.windows: dict[str, int] = {}
         self.refreshed_at: datetime | None = None
+        # period -> (its window's end, Unix seconds; that end as x-budget-reset): recomputed
+        # only once the window has ended, so an admitted request formats no date
+        self._resets: dict[Period, tuple[float, str]] = {}
 
     def replace(self, spent: dict[str, Spent], windows: dict[str, int], at: datetime) -> None:
         self.spent, self.windows, self.refreshed_at = spent, windows, at
@@ -118,6 +121,66 @@ class BudgetBook:
                     return _exceeded(name, period, "dollars", limit.dollars, paid, at)
         return None
 
+    def remaining(self, name: str, budgets: KeyBudgets | None, at: float) -> dict[str, str]:
+        """The ``x-budget-*`` headers of an admitted request of key ``name``: what is left of
+        the budget with the smallest share left, and when it resets (none without budgets)."""
+        if budgets is None:
+            return {}
+        spent = self.spent.get(name, _NOTHING)
+        extra = self.unwritten.get(name, 0)
+        tightest: tuple[float, Period, str, float, float] | None = None
+        for period, limit in budgets.limits():
+            if limit.tokens is not None:
+                left = max(limit.tokens - spent.tokens.get(period, 0) - extra, 0)
+                share = left / limit.tokens
+                if tightest is None or share < tightest[0]:
+                    tightest = (share, period, "tokens", limit.tokens, left)
+            if limit.dollars is not None:
+                left_paid = max(limit.dollars - spent.dollars.get(period, 0.0), 0.0)
+                share = left_paid / limit.dollars
+                if tightest is None or share < tightest[0]:
+                    tightest = (share, period, "dollars", limit.dollars, left_paid)
+        if tightest is None:
+            return {}
+        _, period, unit, limit_value, left_value = tightest
+        headers = {
+            "x-budget-period": period,
+            f"x-budget-limit-{unit}": _amount(unit, limit_value),
+            f"x-budget-remaining-{unit}": _amount(unit, left_value),
+        }
+        if period != "total":
+            headers["x-budget-reset"] = self._reset_text(period, at)
+        return headers
+
+    def _reset_text(self, period: Period, at: float) -> str:
+        cached = self._resets.get(period)
+        if cached is not None and at < cached[0]:
+            return cached[1]
+        reset = resets_at(period, datetime.fromtimestamp(at, UTC))
+        assert reset is not None  # not "total"
+        text = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._resets[period] = (reset.timestamp(), text)
+        return text
+
+
+def budget_headers(
+    period: Period, unit: str, limit: float, left: float, reset: datetime | None
+) -> dict[str, str]:
+    """``x-budget-period``, ``-limit-UNIT``, ``-remaining-UNIT`` and ``-reset`` (not for
+    ``total``): tokens as whole numbers, dollars with cents."""
+    headers = {
+        "x-budget-period": period,
+        f"x-budget-limit-{unit}": _amount(unit, limit),
+        f"x-budget-remaining-{unit}": _amount(unit, left),
+    }
+    if reset is not None:
+        headers["x-budget-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return headers
+
+
+def _amount(unit: str, value: float) -> str:
+    return str(int(value)) if unit == "tokens" else f"{value:.2f}"
+
 
 _NOTHING = Spent()
 
@@ -128,15 +191,9 @@ def _exceeded(
     now = datetime.fromtimestamp(at, UTC)
     reset = resets_at(period, now)
     retry = (reset - now).total_seconds() if reset is not None else 0.0
-    shown = f"{limit:g} tokens" if unit == "tokens" else f"${limit:.2f}"
+    shown = f"{int(limit)} tokens" if unit == "tokens" else f"${limit:.2f}"
     window = "in total" if period == "total" else f"this {period}"
-    headers = {
-        f"x-budget-limit-{unit}": f"{limit:g}",
-        f"x-budget-remaining-{unit}": "0",
-        "x-budget-period": period,
-    }
-    if reset is not None:
-        headers["x-budget-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+    headers = budget_headers(period, unit, limit, 0, reset)
     when = f"; it resets at {headers['x-budget-reset']}" if reset is not None else ""
     return BudgetExceeded(
         f"key '{name}' has used its budget of {shown} {window}{when}",

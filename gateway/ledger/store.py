@@ -27,6 +27,8 @@ from gateway.ledger.tally import UsageRow
 
 Dialect = Literal["sqlite", "postgres"]
 CONNECT_TIMEOUT_S = 5
+# pg_advisory_xact_lock's key for the ledger's migrations (any constant of its own).
+MIGRATION_LOCK = 0x766B69746C6467  # "vkitldg"
 
 
 class LedgerError(RuntimeError):
@@ -84,12 +86,21 @@ class LedgerStore:
                 conn.close()
 
     def migrate(self) -> int:
-        """Apply the migrations this database lacks; the version it is at afterwards."""
+        """Apply the migrations this database lacks, in one transaction; the version it is
+        at afterwards. On PostgreSQL the transaction first takes an advisory lock, so that
+        gateways starting together on a new database migrate it one after the other (the
+        later ones find it done) instead of creating the same tables at once."""
 
         def run(cur: Any) -> int:
+            if self.dialect == "postgres":
+                cur.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             cur.execute(schema.CREATE_VERSION_TABLE)
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_schema")
-            return int(cur.fetchone()[0])
+            current = int(cur.fetchone()[0])
+            for migration in schema.MIGRATIONS:
+                if current < migration.version <= schema.LATEST:
+                    self._apply(cur, migration)
+            return current
 
         current = self._transaction(run)
         if current > schema.LATEST:
@@ -97,9 +108,6 @@ class LedgerStore:
                 f"the ledger at {self.where} is at schema version {current}, newer than this "
                 f"gateway's {schema.LATEST}: upgrade the gateway"
             )
-        for migration in schema.MIGRATIONS:
-            if migration.version > current:
-                self._transaction(lambda cur, m=migration: self._apply(cur, m))
         return max(current, schema.LATEST)
 
     def _apply(self, cur: Any, migration: schema.Migration) -> None:

@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from gateway.errors import BudgetExceeded
 from gateway.ledger.budgets import BudgetBook, KeyBudgets, Spent, window_starts
 from gateway.ledger.dollars import split_bill
-from gateway.ledger.store import LedgerError, LedgerStore
+from gateway.ledger.owner import SqliteClaim, claim_sqlite
+from gateway.ledger.store import LedgerError, LedgerStore, sqlite_path
 from gateway.ledger.tally import Backlog, UsageRow, UsageTally, hour_of
 
 log = logging.getLogger("vkit.gateway.ledger")
@@ -67,6 +68,7 @@ class Ledger:
         self._read_at = float("-inf")
         self._failing = False
         self._flushing: asyncio.Future[bool] | None = None
+        self._claim: SqliteClaim | None = None
 
     # -- the request path -------------------------------------------------------------------
 
@@ -82,11 +84,20 @@ class Ledger:
             return None
         return self.book.refusal(name, budgets, self.clock())
 
+    def remaining(self, name: str, budgets: KeyBudgets | None) -> dict[str, str]:
+        """The ``x-budget-*`` headers of an admitted request (none without budgets)."""
+        if budgets is None:
+            return {}
+        return self.book.remaining(name, budgets, self.clock())
+
     # -- the background part ----------------------------------------------------------------
 
     def start(self) -> int:
         """Migrate the database (synchronously, before serving): its schema version. An
         unreachable or newer database raises :class:`LedgerError`."""
+        database = sqlite_path(self.store.url)
+        if database is not None and self._claim is None:
+            self._claim = claim_sqlite(database)  # one gateway per SQLite file
         version = self.store.migrate()
         self._refresh_now()
         return version
@@ -144,6 +155,9 @@ class Ledger:
             log.warning("ledger: the last flush took over %g s; %d rows not written", within, left)
         self._thread.shutdown(wait=False)
         self.store.close()
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def _keep(self, rows: list[UsageRow]) -> None:
         self._forget(self.backlog.add(rows))  # rows dropped: never to be written

@@ -152,6 +152,28 @@ def test_gateway_image_runs_as_its_own_fixed_unprivileged_user() -> None:
     assert bases and all(base.endswith("-slim") for base in bases)
 
 
+def test_the_gateway_keeps_its_usage_ledger_in_a_named_volume_of_its_own(
+    compose: dict[str, Any],
+) -> None:
+    """On by default: SQLite in a named volume mounted writable, apart from the read-only
+    keys directory; the image makes that folder its user's (0700), which Docker copies onto
+    the empty volume at its first mount (tests/deploy/test_compose_up.py checks it for real)."""
+    gateway = compose["services"]["gateway"]
+    ledger = gateway_settings(gateway["environment"]).ledger
+    assert ledger.enabled and ledger.url is not None
+    mounts = {
+        v: v.rsplit(":", 2) if v.endswith(":ro") else v.split(":") for v in gateway["volumes"]
+    }
+    ((volume, folder),) = [
+        m for m in mounts.values() if ledger.url == f"sqlite:///{m[1]}/usage.sqlite3"
+    ]
+    assert volume in compose["volumes"]  # named, kept across `down` without -v
+    keys = next(m for m in mounts.values() if m[0].startswith("${VKIT_KEYS_DIR"))
+    assert keys[2] == "ro" and not folder.startswith(keys[1])
+    dockerfile = (DOCKER_DIR / "build" / "gateway" / "Dockerfile").read_text()
+    assert f"install -d -o vkit -g vkit -m 0700 {folder}" in dockerfile
+
+
 def test_each_replica_runs_vllm_under_the_supervisor_with_the_healthchecks_numbers(
     compose: dict[str, Any],
 ) -> None:

@@ -50,6 +50,9 @@ def test_each_group_has_its_replicas_and_the_gateway_reaches_each_directly(bundl
     assert set(gateway["depends_on"]) == {"vllm-chat-0", "vllm-fast-0", "redis"}
     env = gateway["environment"]
     assert env["VKIT_GATEWAY_ROUTING"] == "aware"
+    # one gateway: its usage ledger in SQLite, in a named volume of its own
+    assert env["VKIT_GATEWAY_LEDGER__URL"] == "sqlite:////var/lib/vkit-gateway/usage.sqlite3"
+    assert "gateway-ledger:/var/lib/vkit-gateway" in gateway["volumes"]
     assert yaml.safe_load(env["VKIT_GATEWAY_UPSTREAMS"]) == [
         "http://vllm-chat-0:8000",
         "http://vllm-fast-0:8000",

@@ -122,6 +122,22 @@ def replica_answers(stack: ComposeStack, service: str) -> bool | None:
     return stack.exec(service, "python3", "-c", probe).strip() == "4" or None
 
 
+def ledger_of(stack: ComposeStack, served: int) -> dict[str, Any] | None:
+    """The gateway's ledger folder (owner, mode) and key ``first``'s requests, read inside
+    its container, once it holds at least the ``served`` completion tokens."""
+    probe = (
+        "import json, os, sqlite3; "
+        "folder = os.stat('/var/lib/vkit-gateway'); "
+        "db = sqlite3.connect('/var/lib/vkit-gateway/usage.sqlite3'); "
+        'row = db.execute("SELECT sum(requests), sum(completion_tokens) FROM usage_hours '
+        "WHERE key = 'first'\").fetchone(); "
+        "print(json.dumps({'folder': [folder.st_uid, oct(folder.st_mode & 0o777)], "
+        "'requests': row[0] or 0, 'completion_tokens': row[1] or 0}))"
+    )
+    found: dict[str, Any] = json.loads(stack.exec("gateway", "python", "-c", probe))
+    return found if found["completion_tokens"] >= served else None
+
+
 def crash(container: str) -> None:
     """SIGKILL the container's main process from the host: a crash, as an OOM kill is."""
     pid = int(docker("inspect", "-f", "{{.State.Pid}}", container).strip())
@@ -191,7 +207,8 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
             direct = OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1", api_key=first_key, max_retries=0
             )
-            assert chat(direct).usage.completion_tokens > 0
+            direct_tokens = chat(direct).usage.completion_tokens
+            assert direct_tokens > 0
 
             # A stream, with usage at its end.
             stream = client.chat.completions.create(
@@ -209,6 +226,12 @@ def test_the_cpu_bundle_serves_heals_monitors_and_drains(
             assert sum(1 for text in texts if text) >= 2 and "".join(t or "" for t in texts)
             assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
             assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 32
+
+            # The usage ledger: SQLite in the gateway's own named volume (its user's, 0700,
+            # apart from the read-only keys), written within its flush interval.
+            served = first.usage.completion_tokens + direct_tokens + 32
+            ledger = wait_for("the ledger written", lambda: ledger_of(stack, served), 30, 1)
+            assert ledger["folder"] == [10001, "0o700"] and ledger["requests"] >= 3, ledger
 
             # A key added on the host while the gateway runs: accepted within the interval.
             added = time.monotonic()

@@ -9,6 +9,7 @@ exactly what install.sh would install (and install.sh really renders the NGINX s
 from __future__ import annotations
 
 import configparser
+import contextlib
 import doctest
 import grp
 import json
@@ -16,6 +17,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -36,6 +39,7 @@ from launcher.supervision.launch_spec import LaunchSettings, resolve_launch
 from launcher.supervision.profiles import LaunchEnvironment, load_profile
 from tests.deploy.gateway_env import gateway_settings, unknown_gateway_variables
 from tests.deploy.systemd_install import install, vkit_script
+from tests.vllm_standin import Script, standin_in_thread
 from vkit.cli import build_parser
 from vkit.commands.launch import settings_from
 from vkit.commands.render_systemd import SystemdArgs, plan_host
@@ -292,18 +296,33 @@ class ServedGateway:
         return out
 
 
-def serve_as(uid: int, gid: int, keys_file: Path, cwd: Path) -> ServedGateway:
-    """``vkit gateway`` as ``uid``:``gid`` on ``keys_file``, its upstream unreachable."""
+def serve_as(
+    uid: int,
+    gid: int,
+    keys_file: Path,
+    cwd: Path,
+    settings: dict[str, str] | None = None,
+    umask: int = -1,
+) -> ServedGateway:
+    """``vkit gateway`` as ``uid``:``gid`` on ``keys_file``, its upstream unreachable unless
+    ``settings`` (more ``VKIT_GATEWAY_*`` variables) name one."""
     port = free_port()
     env = {
         **os.environ,
         "VKIT_GATEWAY_KEYS_FILE": str(keys_file),
         "VKIT_GATEWAY_UPSTREAMS": '["http://127.0.0.1:9"]',  # nothing there: 503, not 401
         "VKIT_GATEWAY_PORT": str(port),
+        **(settings or {}),
     }
     argv = [*setpriv(uid, gid), sys.executable, "-m", "vkit", "gateway"]
     proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        umask=umask,
     )
     return ServedGateway(proc, f"http://127.0.0.1:{port}")
 
@@ -423,6 +442,76 @@ def test_a_keys_file_the_gateway_cannot_read_is_exit_2_which_the_unit_does_not_r
     assert str(keys) in lines[0]
     service = unit(SYSTEMD / "vkit-gateway.service")["Service"]
     assert "2" in service["RestartPreventExitStatus"].split()
+
+
+@pytest.mark.system
+@needs_root
+def test_the_service_user_keeps_the_usage_ledger_in_its_state_directory(
+    staged: Path, etc_vkit: tuple[Path, int], service_user: tuple[int, int]
+) -> None:
+    """The installed settings keep the ledger in SQLite in the unit's StateDirectory=: the
+    service user, in that directory as systemd creates it (the user's, StateDirectoryMode=)
+    and with the unit's UMask=, writes the file, readable by itself only, and what it wrote
+    is what the client was served."""
+    service = unit(staged / "etc/systemd/system/vkit-gateway.service")["Service"]
+    state_dir = Path("/var/lib") / service["StateDirectory"]
+    ledger = gateway_settings(unit_environment(staged, "vkit-gateway.service")).ledger
+    assert ledger.enabled and ledger.url == f"sqlite:///{state_dir}/usage.sqlite3"
+    assert service["ReadOnlyPaths"] == "/etc/vkit" and service["ProtectSystem"] == "strict"
+    directory, gid = etc_vkit
+    keys = directory / "keys.yaml"
+    alice = secret_of(vkit_cli("keys", "add", "alice", "--file", str(keys), "--group", str(gid)))
+    state = directory.parent / f"{directory.name}-state"  # stands in for /var/lib/vkit-gateway
+    state.mkdir()
+    try:
+        os.chown(state, *service_user)
+        state.chmod(int(service["StateDirectoryMode"], 8))
+        with standin_in_thread(Script(chunk_delay=0.0)) as upstream:
+            settings = {
+                "VKIT_GATEWAY_UPSTREAMS": json.dumps([upstream.url]),
+                "VKIT_GATEWAY_LEDGER__ENABLED": "true",
+                "VKIT_GATEWAY_LEDGER__URL": ledger.url.replace(str(state_dir), str(state)),
+            }
+            umask = int(service["UMask"], 8)
+            gateway = serve_as(*service_user, keys, directory, settings, umask)
+            try:
+                wait_ready(gateway)
+                served = [served_tokens(gateway, alice) for _ in range(3)]
+            finally:
+                gateway.proc.terminate()  # SIGTERM: the last flush, then exit
+                assert gateway.proc.wait(timeout=30) in (0, -signal.SIGTERM), gateway.output()
+        database = state / "usage.sqlite3"
+        assert mode_owner_group(database) == ("0o600", *service_user)
+        assert mode_owner_group(state) == ("0o700", *service_user)
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            rows = db.execute(
+                "SELECT key, requests, prompt_tokens + completion_tokens FROM usage_hours"
+            ).fetchall()
+        assert rows == [("alice", 3, sum(served))]
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def wait_ready(gateway: ServedGateway, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if gateway.proc.poll() is not None:
+            pytest.fail(f"the gateway exited ({gateway.proc.returncode}):\n{gateway.output()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{gateway.url}/readyz", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the gateway was not ready in {timeout_s} s:\n{gateway.output()}")
+
+
+def served_tokens(gateway: ServedGateway, secret: str) -> int:
+    """One answered request's tokens (the usage the gateway bills)."""
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {secret}"}
+    url = f"{gateway.url}/v1/chat/completions"
+    answer = httpx.post(url, json={**body, "max_tokens": 8}, headers=headers, timeout=30.0)
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["usage"]["total_tokens"])
 
 
 # --- Hardening that leaves CUDA working ----------------------------------------------------

@@ -67,3 +67,19 @@ def a_ledger(
     if started:
         ledger.start()
     return ledger
+
+
+def overshoot_and_bound(
+    served: list[tuple[float, int]], budget: int, window_s: float, clients: int
+) -> tuple[int, int]:
+    """Tokens served past ``budget``, and the bound docs/usage-ledger.md states: what was
+    served in ``window_s`` (flush + refresh + the write's time) after the budget was reached,
+    plus one request in flight per client. ``served``: (when answered, tokens) of each 200."""
+    total, reached_at = 0, None
+    for at, tokens in sorted(served):
+        total += tokens
+        if reached_at is None and total >= budget:
+            reached_at = at
+    assert reached_at is not None, f"the budget was never reached: {total} tokens served"
+    window = sum(t for at, t in served if reached_at < at <= reached_at + window_s)
+    return total - budget, window + clients * max(t for _, t in served)

@@ -56,6 +56,48 @@ def test_the_book_refuses_at_the_budget_counting_what_is_not_yet_written() -> No
     assert book.refusal("b", budgets, WED.timestamp()) is None  # a key the ledger has not seen
 
 
+def test_a_budget_of_millions_of_tokens_is_written_out_whole_in_the_headers() -> None:
+    """A monthly budget of 40M tokens: ``x-budget-limit-tokens: 40000000``, not ``4e+07``."""
+    book = BudgetBook()
+    budgets = KeyBudgets(month=Limit(tokens=40_000_000, dollars=1234.5))
+    book.replace({"a": Spent(tokens={"month": 40_000_000})}, {}, WED)
+    refused = book.refusal("a", budgets, WED.timestamp())
+    assert refused is not None and refused.headers["x-budget-limit-tokens"] == "40000000"
+    book.replace({"a": Spent(tokens={"month": 1}, dollars={"month": 1234.5})}, {}, WED)
+    refused = book.refusal("a", budgets, WED.timestamp())
+    assert refused is not None and refused.headers["x-budget-limit-dollars"] == "1234.50"
+
+
+def test_an_answer_within_the_budgets_says_what_is_left_of_the_tightest() -> None:
+    """Success headers: the budget with the smallest share left (here the day's 30 of 100
+    tokens, against 3.0 of the month's 5.0 dollars), as the 429 names the one spent."""
+    book = BudgetBook()
+    budgets = KeyBudgets(day=Limit(tokens=100), month=Limit(dollars=5.0))
+    book.replace({"a": Spent(tokens={"day": 60}, dollars={"month": 2.0})}, {}, WED)
+    book.unwritten["a"] = 10
+    assert book.remaining("a", budgets, WED.timestamp()) == {
+        "x-budget-period": "day",
+        "x-budget-limit-tokens": "100",
+        "x-budget-remaining-tokens": "30",
+        "x-budget-reset": "2026-12-31T00:00:00Z",
+    }
+    book.unwritten["a"] = 0  # the day: 70 of 100 left; the month: 1.00 of 5.00 (20%)
+    book.replace({"a": Spent(tokens={"day": 30}, dollars={"month": 4.0})}, {}, WED)
+    assert book.remaining("a", budgets, WED.timestamp()) == {
+        "x-budget-period": "month",
+        "x-budget-limit-dollars": "5.00",
+        "x-budget-remaining-dollars": "1.00",
+        "x-budget-reset": "2027-01-01T00:00:00Z",
+    }
+    assert book.remaining("a", None, WED.timestamp()) == {}
+    total = KeyBudgets(total=Limit(tokens=10))
+    assert book.remaining("b", total, WED.timestamp()) == {
+        "x-budget-period": "total",
+        "x-budget-limit-tokens": "10",
+        "x-budget-remaining-tokens": "10",
+    }
+
+
 async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
@@ -67,17 +109,37 @@ async def test_a_key_over_its_budget_gets_429_budget_exceeded(
     auth = {"Authorization": f"Bearer {SECRET}"}
     first = await gw.client.post("/v1/chat/completions", json=body, headers=auth)
     assert first.status_code == 200
+    assert first.headers["x-budget-period"] == "day"  # what was left when it was admitted
+    assert first.headers["x-budget-remaining-tokens"] == "1"
     refused = await gw.client.post("/v1/chat/completions", json=body, headers=auth)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "budget_exceeded"
     assert refused.headers["x-budget-period"] == "day"
     assert len(upstream.bodies) == 1  # refused before the upstream was asked
     assert gw.metric("vkit_gateway_rate_limited_total", {"key": "alice", "reason": "budget"}) == 1
-    # written by the flush loop: a second gateway on the same ledger refuses it from the database
+    # written by the flush loop and read back: refused from what the database holds (one
+    # gateway per SQLite file; two gateways share PostgreSQL in test_ledger_postgres.py)
     await wait_until(lambda: ledger.writes > 0 and not ledger.book.unwritten)
-    again = a_ledger(url)
-    assert again.refusal("alice", key.budgets) is not None
-    await again.close()
+    assert ledger.refusal("alice", key.budgets) is not None
+
+
+async def test_a_stream_within_the_budget_says_what_is_left_in_its_headers(
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}")
+    key = Key("alice", budgets=KeyBudgets(month=Limit(tokens=1000)))
+    gw = await start_gateway(keys={SECRET: key}, ledger=ledger)
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    async with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth) as got:
+        assert got.status_code == 200
+        assert got.headers["content-type"].startswith("text/event-stream")
+        assert got.headers["x-budget-period"] == "month"
+        assert got.headers["x-budget-remaining-tokens"] == "1000"
+        assert [line async for line in got.aiter_lines() if line][-1] == "data: [DONE]"
+    unlimited = await start_gateway(keys={SECRET: Key("alice")}, ledger=ledger)
+    plain = await unlimited.client.post("/v1/chat/completions", json=body, headers=auth)
+    assert plain.status_code == 200 and "x-budget-period" not in plain.headers
 
 
 async def test_a_database_away_keeps_the_rows_and_writes_them_when_back(tmp_path: Path) -> None:

@@ -8,11 +8,9 @@ gateway bills); the ledger's SQLite file is read after the gateway is gone.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +21,8 @@ import httpx
 import pytest
 
 from gateway.keyfile import add_key
+from tests.gateway.gateway_process import serving_gateway
 from tests.vllm_standin import Script, ScriptedUpstream, standin_in_thread
-from vkit.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -53,32 +51,17 @@ def upstream() -> Iterator[ScriptedUpstream]:
 def start_gateway(tmp_path: Path, upstream_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
     keys = tmp_path / "keys.yaml"
     secret = add_key(keys, "alice")
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        VKIT_GATEWAY_UPSTREAMS=upstream_url,
-        VKIT_GATEWAY_PORT=str(port),
-        VKIT_GATEWAY_KEYS_FILE=str(keys),
-        VKIT_GATEWAY_HEALTH__INTERVAL="0.2",
-        VKIT_GATEWAY_LEDGER__ENABLED="true",
-        VKIT_GATEWAY_LEDGER__FLUSH_INTERVAL=str(FLUSH_S),
+    proc, url = serving_gateway(
+        {
+            "VKIT_GATEWAY_UPSTREAMS": upstream_url,
+            "VKIT_GATEWAY_KEYS_FILE": str(keys),
+            "VKIT_GATEWAY_HEALTH__INTERVAL": "0.2",
+            "VKIT_GATEWAY_LEDGER__ENABLED": "true",
+            "VKIT_GATEWAY_LEDGER__FLUSH_INTERVAL": str(FLUSH_S),
+        },
+        timeout_s=30,
     )
-    argv = [sys.executable, "-m", "vkit", "gateway"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            error = proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            raise AssertionError(f"the gateway exited: {error}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, secret
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the gateway did not become ready")
+    return proc, url, secret
 
 
 def load(url: str, secret: str, answers: Answers, stop: threading.Event) -> list[threading.Thread]:

@@ -11,7 +11,7 @@ import pytest
 from gateway.ledger import KeyBudgets, Ledger, Limit
 from tests.gateway.conftest import SECRET, GatewayFactory
 from tests.gateway.doubles import Key
-from tests.gateway.ledger_stores import a_ledger
+from tests.gateway.ledger_stores import a_ledger, overshoot_and_bound
 from tests.gateway.postgres_process import PostgresProcess, fresh_database, running_postgres
 
 pytestmark = pytest.mark.integration
@@ -112,12 +112,5 @@ async def test_two_gateways_under_load_stop_a_key_within_the_stated_overshoot(
 
     await asyncio.gather(*(client(i) for i in (0, 1, 0, 1)))  # two clients per gateway
     assert refused == ["budget_exceeded"] * 4
-    total, reached_at = 0, None
-    for at, tokens in sorted(served):
-        total += tokens
-        if reached_at is None and total >= budget:
-            reached_at = at
-    assert reached_at is not None
-    overshoot = total - budget
-    window = [t for at, t in served if reached_at < at <= reached_at + flush + refresh + 0.3]
-    assert overshoot <= sum(window) + 4 * max(t for _, t in served), (overshoot, sum(window))
+    overshoot, bound = overshoot_and_bound(served, budget, flush + refresh + 0.3, clients=4)
+    assert overshoot <= bound, (overshoot, bound)

@@ -64,6 +64,11 @@ def register(kinds: Any) -> None:
     k8s.add_argument("--scale-target", type=int, help="running requests per replica")
     k8s.add_argument("--prometheus-url", help="Prometheus for KEDA and the adapter")
     k8s.add_argument("--no-monitoring", action="store_true", help="no Prometheus-operator CRDs")
+    k8s.add_argument(
+        "--ledger", choices=["off", "sqlite", "postgres"],
+        help="the usage ledger: off (default); sqlite (one gateway pod, a volume); postgres "
+        "(the URL from Secret vkit-ledger, an image with the postgres extra)",
+    )  # fmt: skip
     k8s.add_argument("--out", type=Path, help="kustomize root to write (deploy/k8s)")
     k8s.set_defaults(handler=run_k8s)
 
@@ -113,6 +118,7 @@ def run_k8s_groups(args: argparse.Namespace) -> int:
         f"--{n.replace('_', '-')}" for n in ("min_replicas", "scale_target") if getattr(args, n)
     ]
     given += ["--quant"] if args.quant != "bf16" else []
+    given += ["--ledger"] if args.ledger not in (None, "off") else []
     given += ["--tp"] if args.tp != 1 else []
     if given:
         raise UsageError(f"--deployment states every group: drop {', '.join(given)}")

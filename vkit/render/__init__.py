@@ -23,6 +23,8 @@
 - :mod:`vkit.render.k8s_manifests` -- the base: gateway, Redis, Services, NetworkPolicies
 - :mod:`vkit.render.k8s_autoscaling` -- KEDA ScaledObject, HPA, prometheus-adapter values
 - :mod:`vkit.render.k8s_monitoring` -- PodMonitors, rules, dashboard, price rule
+- :mod:`vkit.render.k8s_ledger` -- the usage ledger (``--ledger``): SQLite on a one-pod
+  volume, or PostgreSQL from a Secret
 - :mod:`vkit.render.k8s_groups` -- a deployment file's groups as one overlay: a StatefulSet and
   headless Service per group, the gateway discovering each
 - :mod:`vkit.render.schedule_keda` -- a replica schedule as KEDA cron triggers (a patch)

@@ -71,7 +71,7 @@ from vkit.render.compose_services import (
 )
 from vkit.render.healthcheck import wget_healthcheck
 
-VOLUMES = ("hf-cache", "vllm-cache", "prometheus-data", "grafana-data")
+VOLUMES = ("hf-cache", "vllm-cache", "prometheus-data", "grafana-data", "gateway-ledger")
 VLLM_SERVER = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 # The supervisor (a file beside compose.yaml, stdlib only) runs VLLM_SERVER as its child.
 SUPERVISOR_FILE = "vllm_supervisor.py"
@@ -85,6 +85,12 @@ KEYS_FILE_NAME = "keys.yaml"
 HF_CACHE_VOLUME = "hf-cache"
 VLLM_HF_HOME = "/root/.cache/huggingface"  # the vLLM image's HF_HOME: the hub is below it
 GATEWAY_HF_MOUNT = "/var/cache/huggingface"
+# The gateway's usage ledger (SQLite, one gateway on the box): a named volume of its own,
+# writable, apart from the read-only keys mount. The image makes the folder its user's, mode
+# 0700 (gateway.Dockerfile), which Docker copies onto the empty volume at its first mount.
+LEDGER_VOLUME = "gateway-ledger"
+LEDGER_MOUNT = "/var/lib/vkit-gateway"
+LEDGER_VALUES = {"enabled": True, "url": f"sqlite:///{LEDGER_MOUNT}/usage.sqlite3"}
 
 MODEL_VAR = "${VLLM_MODEL:?set VLLM_MODEL to the Hugging Face id to serve (see .env.example)}"
 
@@ -359,6 +365,7 @@ def gateway_settings(spec: ComposeSpec, model: str = MODEL_VAR) -> GatewaySettin
         "upstream_api_key": API_KEY_VAR,
         "keys_file": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
         "redis_url": f"redis://redis:{REDIS_PORT}/0",
+        "ledger": LEDGER_VALUES,
         "health": {"expected_models": [spec.model]},
         # The longest request, and so the graceful shutdown: stop_grace_period is above it.
         "timeouts": {"total": GATEWAY_TOTAL_TIMEOUT_S},
@@ -393,6 +400,7 @@ def gateway_service(deployment: Deployment) -> dict[str, Any]:
         "volumes": [
             f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
             f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",
+            f"{LEDGER_VOLUME}:{LEDGER_MOUNT}",
         ],
         # Clients come through the edge; the gateway's own port only on the host's loopback.
         "ports": [f"127.0.0.1:${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],

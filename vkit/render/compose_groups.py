@@ -52,6 +52,7 @@ from vkit.render.compose import (
     GATEWAY_HF_MOUNT,
     KEYS_DIR_MOUNT,
     KEYS_FILE_NAME,
+    LEDGER_VALUES,
     compose_file,
     group_slug,
     replica_services,
@@ -115,6 +116,7 @@ def groups_gateway(groups: tuple[ReplicaGroup, ...], upstreams: list[str]) -> Ga
         "upstream_api_key": API_KEY_VAR,
         "keys_file": f"{KEYS_DIR_MOUNT}/{KEYS_FILE_NAME}",
         "redis_url": f"redis://redis:{REDIS_PORT}/0",
+        "ledger": LEDGER_VALUES,
         "timeouts": {"total": GATEWAY_TOTAL_TIMEOUT_S},
     }
     values["tokenizers"]["hf_cache"] = f"{GATEWAY_HF_MOUNT}/hub"

@@ -21,8 +21,11 @@ FROM ${PYTHON_IMAGE}
 # A fixed uid and gid, 10001 (above the ids hosts give their users): the gateway reads the
 # host's keys.yaml (mode 0640) through the group compose adds to it (group_add:
 # VKIT_KEYS_GID), never by owning it. Documented in deploy/README.md.
+# /var/lib/vkit-gateway: the usage ledger's folder (a named volume in compose, which takes
+# this folder's owner and mode at its first mount), the gateway user's only.
 RUN groupadd --system --gid 10001 vkit && useradd --system --uid 10001 --gid vkit \
-        --home-dir /nonexistent --shell /usr/sbin/nologin vkit
+        --home-dir /nonexistent --shell /usr/sbin/nologin vkit \
+    && install -d -o vkit -g vkit -m 0700 /var/lib/vkit-gateway
 COPY --from=build /install /usr/local
 USER 10001:10001
 EXPOSE 8080

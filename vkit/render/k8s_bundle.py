@@ -35,6 +35,13 @@ from launcher.sizing.fit import FitPlan
 from vkit.deployment import Deployment, DrainBudget, Images
 from vkit.deployment.images import VLLM_CPU_IMAGE, VLLM_IMAGE
 from vkit.render.k8s_autoscaling import autoscaling_objects, prometheus_adapter_values
+from vkit.render.k8s_ledger import (
+    ledger_deployment_spec,
+    ledger_env,
+    ledger_objects,
+    ledger_patches,
+    ledger_values,
+)
 from vkit.render.k8s_manifests import (
     GATEWAY_DRAIN_S,
     base_gateway_values,
@@ -153,6 +160,8 @@ def gateway_settings(spec: K8sSpec, startup_s: int) -> GatewaySettings:
     if spec.routing == "aware":
         values["router"] = {"key_table_size": 0}
     values["hold"] = hold_settings(spec, startup_s)
+    if spec.ledger != "off":
+        values["ledger"] = ledger_values(spec.ledger)
     return settings_from_values(values)
 
 
@@ -161,12 +170,14 @@ def gateway_patch(spec: K8sSpec, settings: GatewaySettings) -> dict[str, Any]:
     base = settings_env(settings_from_values(base_gateway_values(spec.namespace)))
     whole = settings_env(settings)
     env = env_list({name: value for name, value in whole.items() if base.get(name) != value})
-    return {
+    env += ledger_env(spec.ledger)
+    patch = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": GATEWAY_NAME, "namespace": spec.namespace},
         "spec": {"template": {"spec": {"containers": [{"name": "gateway", "env": env}]}}},
     }
+    return strategic_merge(patch, {"spec": ledger_deployment_spec(spec.ledger)})
 
 
 def hold_settings(spec: K8sSpec, startup_s: int) -> dict[str, int]:
@@ -214,16 +225,28 @@ def overlay_files(
         files[f"{root}/amx-site.yaml"] = header + dump_all(amx)
         resources.append("amx-site.yaml")
         own += amx
+    ledger = ledger_objects(spec.ledger, spec.namespace)
+    if ledger:
+        files[f"{root}/ledger.yaml"] = header + dump_all(ledger)
+        resources.append("ledger.yaml")
+        own += ledger
     vllm = vllm_statefulset_patch(spec, plan)
     gateway = gateway_patch(spec, k8s_deployment(spec, plan).gateway)
     files[f"{root}/vllm-patch.yaml"] = header + dump_all([vllm])
     files[f"{root}/gateway-patch.yaml"] = header + dump_all([gateway])
+    patches = [vllm, gateway]
+    paths = ["vllm-patch.yaml", "gateway-patch.yaml"]
+    held = ledger_patches(spec.ledger, spec.namespace)
+    if held:
+        files[f"{root}/ledger-patch.yaml"] = header + dump_all(held)
+        patches += held
+        paths.append("ledger-patch.yaml")
     body: dict[str, Any] = {"resources": resources}
     if spec.monitoring:
         body["components"] = ["../../components/monitoring"]
-    body["patches"] = [{"path": "vllm-patch.yaml"}, {"path": "gateway-patch.yaml"}]
+    body["patches"] = [{"path": path} for path in paths]
     files[f"{root}/kustomization.yaml"] = header + kustomization(body)
-    return files, [vllm, gateway], own
+    return files, patches, own
 
 
 def render_k8s_bundle(
@@ -257,11 +280,17 @@ def same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def strategic_merge(base: Any, patch: Any) -> Any:
     """``patch`` over ``base``: maps merge; lists of keyed maps merge by key, the patch's
     items first (in its order, merged with their base item), then the base's other items,
-    as kustomize orders them; any other value is replaced."""
+    as kustomize orders them; any other value is replaced, and a key whose value is ``None``
+    removed."""
     if isinstance(base, dict) and isinstance(patch, dict):
         merged = dict(base)
         for key, value in patch.items():
-            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
+            if value is None:
+                merged.pop(key, None)
+            elif key in base:
+                merged[key] = strategic_merge(base[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
         return merged
     if isinstance(base, list) and isinstance(patch, list):
         key = merge_key(base + patch)

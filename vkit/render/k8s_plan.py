@@ -27,6 +27,7 @@ from launcher.supervision.launch_spec import loaded_checkpoint
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
 from vkit.exit_codes import CliError
 from vkit.render.k8s_autoscaling import scale_target
+from vkit.render.k8s_ledger import LedgerChoice
 from vkit.render.k8s_spec import DEFAULT_PROMETHEUS_URL, Autoscaler, K8sSpec, gpu_product_label
 from vkit.render.k8s_vllm import TINY_MODEL_DIR
 
@@ -53,6 +54,7 @@ class K8sArgs(BaseModel):
     scale_target: int | None = Field(default=None, ge=1)
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     no_monitoring: bool = False
+    ledger: LedgerChoice = "off"
     out: Path | None = None
 
     @model_validator(mode="after")
@@ -125,6 +127,7 @@ def plan_k8s(args: K8sArgs) -> tuple[K8sSpec, FitPlan, float | None]:
         scale_target=target,
         prometheus_url=args.prometheus_url,
         monitoring=not args.no_monitoring,
+        ledger=args.ledger,
     )
     return spec, plan, price
 

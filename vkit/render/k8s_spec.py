@@ -78,6 +78,9 @@ class K8sSpec(BaseModel):
     scale_target: int = Field(default=1, ge=1, description="running requests per replica")
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     monitoring: bool = Field(default=True, description="PodMonitors, rules, dashboard (CRDs)")
+    ledger: Literal["off", "sqlite", "postgres"] = Field(
+        default="off", description="the usage ledger: off, SQLite (one gateway), PostgreSQL"
+    )
     gateway_image: str = GATEWAY_IMAGE
     namespace: str = NAMESPACE
 

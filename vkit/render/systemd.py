@@ -68,6 +68,9 @@ GATEWAY_ROUTING_ENV = ETC_VKIT / "gateway-routing.env"
 # What install.sh copies to gateway.env where there is none yet (never over yours).
 GATEWAY_HOST_ENV = ETC_VKIT / "gateway.env.default"
 ETC_VKIT_ROOT = PurePosixPath("/") / ETC_VKIT
+# The gateway's StateDirectory= (vkit-gateway.service): the usage ledger's SQLite file,
+# vkit:vkit 0700, created by systemd at start; apart from the replicas' /var/lib/vkit.
+GATEWAY_STATE_DIR = PurePosixPath("/var/lib/vkit-gateway")
 # Where the units and their drop-ins (UNIT.d/*.conf) go.
 DROP_IN_DIR = PurePosixPath("etc/systemd/system")
 DRAIN_DROP_IN = "vkit-drain.conf"
@@ -198,8 +201,8 @@ def gateway_routing_values(
 
 
 def gateway_host_values(ports: Ports) -> dict[str, Any]:
-    """The gateway's listeners, keys file and Redis on the host (``gateway.env``, written
-    once: the operator's own settings go there)."""
+    """The gateway's listeners, keys file, Redis and usage ledger on the host
+    (``gateway.env``, written once: the operator's own settings go there)."""
     return {
         # Loopback: clients reach it through the edge (NGINX with TLS, vkit-edge.conf).
         "host": REPLICA_HOST,
@@ -210,6 +213,8 @@ def gateway_host_values(ports: Ports) -> dict[str, Any]:
         "admin_port": ports.gateway_admin,
         "keys_file": str(ETC_VKIT_ROOT / "keys.yaml"),
         "redis_url": f"redis://{REPLICA_HOST}:{ports.redis}/0",
+        # One gateway per host: its usage ledger in SQLite, in the unit's StateDirectory=.
+        "ledger": {"enabled": True, "url": f"sqlite:///{GATEWAY_STATE_DIR}/usage.sqlite3"},
     }
 
 
