@@ -137,13 +137,14 @@ class Forwarder:
         route_key: int | None = None,
         tenant: str = "",
         model: str | None = None,
+        priority: int = 0,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
-        upstream of its ``model`` ready is first held (``hold``), which counts toward the
-        deadline only."""
+        upstream of its ``model`` ready is first held (``hold``, released in ``priority``
+        order: the key's class), which counts toward the deadline only."""
         if self.hold is not None:
-            await self.hold.until_ready(model)
+            await self.hold.until_ready(model, priority)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
         try:
             async with asyncio.timeout(limit):
