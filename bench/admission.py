@@ -14,7 +14,9 @@ gateway's part, the retry and its 503, is the engine tests'):
    requests' own priority (what happens without classes), beside the same request on the
    idle replica.
 
-    .venv/bin/python bench/admission.py [--burst 16] [--cap 4] [--batch 8] [--tokens 64]
+    .venv/bin/python -m bench.admission [--burst 16] [--cap 4] [--batch 8] [--tokens 64]
+
+(from the repository's root: it starts the replicas as the engine tests do, ``tests.engine``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launcher.supervision.tiny_model import TINY_MODEL_NAME, build_tiny_model
 from tests.engine import EngineReplica
