@@ -346,22 +346,29 @@ def plan_fit(
     alternatives: tuple[GpuProfile, ...] = (),
 ) -> FitPlan:
     """Solve the fit; when it does not fit, list concrete ways out (``alternatives``: GPUs).
-    A time-to-first-token target that one prompt alone exceeds is refused
-    (:class:`~launcher.sizing.queue_caps.TtftTargetUnreachable`)."""
+    A time-to-first-token target that one prompt alone exceeds leaves the plan without
+    admission caps; :func:`check_plan_ttft` refuses it (``vkit plan``, ``vkit launch``)."""
     check_quantization(request, gpu)
     check_tensor_parallel(model, gpu, request.tensor_parallel)
     plan = _solve(request, gpu, model)
-    if plan.prefill_s is not None and plan.step_s is not None:
-        check_ttft_target(
-            target=plan.target,
-            prompt_tokens=plan.prompt_tokens,
-            prefill_s=plan.prefill_s,
-            step_s=plan.step_s,
-            ttft_target_s=plan.ttft_target_s,
-        )
     if plan.fits or isinstance(gpu, CpuTarget):
         return plan
     return plan.model_copy(update={"ways_out": suggest_ways_out(request, gpu, model, alternatives)})
+
+
+def check_plan_ttft(plan: FitPlan) -> None:
+    """Refuse (:class:`~launcher.sizing.queue_caps.TtftTargetUnreachable`, one line) a plan
+    whose time-to-first-token target one prompt alone exceeds; a plan without a speed
+    estimate (CPU) has nothing to check."""
+    if plan.prefill_s is None or plan.step_s is None:
+        return
+    check_ttft_target(
+        target=plan.target,
+        prompt_tokens=plan.prompt_tokens,
+        prefill_s=plan.prefill_s,
+        step_s=plan.step_s,
+        ttft_target_s=plan.ttft_target_s,
+    )
 
 
 def _describe(plan: FitPlan) -> str:

@@ -26,6 +26,7 @@ from launcher.sizing.fit import (
     CpuTarget,
     FitPlan,
     FitRequest,
+    check_plan_ttft,
     plan_fit,
 )
 from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
@@ -147,7 +148,8 @@ def solve(
     output_tokens: int = 200,
 ) -> FitPlan:
     """The fit plan for the settings (larger GPUs offered as ways out); the workload
-    (tokens per request) only shapes the speed estimate."""
+    (tokens per request) shapes the speed estimate and the admission caps. A TTFT target
+    one prompt alone exceeds is refused (:func:`~launcher.sizing.fit.check_plan_ttft`)."""
     alternatives = tuple(load_gpus().values()) if isinstance(target, GpuProfile) else ()
     request = FitRequest.model_validate(
         {
@@ -156,7 +158,9 @@ def solve(
             "output_tokens": output_tokens,
         }
     )
-    return plan_fit(request, target, spec, alternatives)
+    plan = plan_fit(request, target, spec, alternatives)
+    check_plan_ttft(plan)
+    return plan
 
 
 def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:

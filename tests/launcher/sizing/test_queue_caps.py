@@ -9,7 +9,7 @@ import pytest
 
 import launcher.sizing.queue_caps as queue_caps_module
 from launcher.errors import InvalidInput
-from launcher.sizing.fit import CpuTarget, FitRequest, plan_fit
+from launcher.sizing.fit import CpuTarget, FitRequest, check_plan_ttft, plan_fit
 from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import load_model
 from launcher.sizing.queue_caps import (
@@ -69,8 +69,10 @@ def test_a_longer_target_admits_a_longer_backlog() -> None:
 
 def test_a_target_the_gpu_cannot_meet_is_refused_in_one_line() -> None:
     request = AWQ_4090.model_copy(update={"ttft_target_s": 0.05})
+    plan = plan_fit(request, get_gpu("rtx4090"), load_model("llama-3.1-8b"))
+    assert plan.max_num_queued_tokens is None  # the planner's searches go on without caps
     with pytest.raises(TtftTargetUnreachable) as refused:
-        plan_fit(request, get_gpu("rtx4090"), load_model("llama-3.1-8b"))
+        check_plan_ttft(plan)
     assert isinstance(refused.value, InvalidInput)  # exit 2 through vkit.exit_codes
     message = str(refused.value)
     assert "\n" not in message and "0.05 s" in message and "rtx4090" in message
