@@ -24,6 +24,8 @@ Modules:
   each (fields, cap field, prompt bound, stream end, error envelope);
 - :mod:`.agent_prompt` -- the agent bodies' prompt bound (messages, items, blocks, tools);
 - :mod:`.caps` -- token caps: ``max_tokens`` injected, clamped or refused;
+- :mod:`.priority_class` -- a key's priority class as vLLM's request ``priority``, the
+  client's own never earlier;
 - :mod:`.prompt_tokens` -- a request's prompt tokens, counted before it goes upstream;
 - :mod:`.utf8_length` -- UTF-8 lengths over normal forms (texts, JSON): the byte bound's B;
 - :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;

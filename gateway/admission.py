@@ -15,6 +15,8 @@ bodies off the event loop: :mod:`gateway.prompt_budget`), the token cap (400 whe
 with ``Retry-After``, ``max_in_flight``), then the limiter reserves the estimated prompt
 tokens plus the effective ``max_tokens`` for every completion asked for (``n``,
 ``best_of``, batch prompts: :attr:`gateway.body.RequestBody.reservation`) (429).
+With ``upstream_priority`` the key's class goes upstream as the body's ``priority``, the
+client's own never earlier (:mod:`gateway.priority_class`); ``Admitted.priority`` orders the hold.
 With ``routing: aware`` the router's affinity key is read from the parsed body once
 admitted (``Admitted.route_key``). Streams are forwarded asking for usage on every chunk.
 The in-flight slot and the key's lease are one :class:`gateway.request_lease.RequestLease`,
@@ -49,6 +51,7 @@ from gateway.ledger.budgets import KeyBudgets
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.oversized_body import refuse_oversized
+from gateway.priority_class import INTERACTIVE, forwarded_priority
 from gateway.prompt_budget import CountBudget
 from gateway.prompt_tokens import ByteBound, PromptCounter
 from gateway.request_lease import KeyLease, RequestLease
@@ -73,6 +76,9 @@ class KeyLike(FanOutLimits, Protocol):
 
     @property
     def enabled(self) -> bool: ...
+
+    @property
+    def scheduling_priority(self) -> int: ...
 
 
 class KeyStoreLike(Protocol):
@@ -119,6 +125,7 @@ class Admitted:
     # None: any upstream (no upstream has listed what it serves yet).
     route_model: str | None = None
     api: AgentApi | None = None  # an agent API's route (its stream, its errors); None: chat's
+    priority: int = INTERACTIVE  # the key's class (gateway.priority_class): the hold's order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +146,7 @@ class Gate:
     max_body_containers: int | None = None  # None: no bound
     route_key: Callable[[str, Mapping[str, Any]], int | None] | None = None  # the router's
     budgets: BudgetsLike | None = None  # the ledger's budgets (None: no ledger)
+    upstream_priority: bool = True  # the key's class goes upstream as the body's priority
 
     def authenticate(self, request: Request) -> KeyLike | None:
         """The caller's key; ``None`` only when anonymous access is allowed."""
@@ -229,6 +237,12 @@ class Gate:
                     "continuous_usage_stats": True,
                 }
                 changed = True
+        priority = key.scheduling_priority if key is not None else INTERACTIVE
+        if self.upstream_priority:
+            forwarded = forwarded_priority(body.data, priority)
+            if forwarded is not None:  # a batch key, or a client asking for an earlier turn
+                body.data["priority"] = forwarded
+                changed = True
         raw = encode_body(body.data) if changed else received
         reserve = body.reservation
         lease = await self._acquire(key, key_name, label, reserve)
@@ -248,6 +262,7 @@ class Gate:
             route_key=route_key,
             route_model=body.model if served else None,
             api=api,
+            priority=priority,
         )
 
     def check_model(self, key: KeyLike | None, model: str) -> None:

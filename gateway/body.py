@@ -67,7 +67,8 @@ MAX_DEPTH = 128  # nesting levels of arrays and objects
 MEDIA_TOKENS = {"image": 1024, "audio": 750, "video": 4096}
 _MEDIA_KINDS = {part: media for part, (media, _) in MEDIA_PARTS.items()}
 # The fields the gateway acts on, as keys: two of one -> forward re-encoded. Beside the
-# documented ones, the flags inside stream_options and vLLM's use_beam_search (beam width).
+# documented ones, the flags inside stream_options, vLLM's use_beam_search (beam width) and
+# priority (a key's class: gateway.priority_class).
 # The agent bodies add their output and refused fields, not their prompt fields: "system",
 # "instructions" are common names inside tool schemas, and naming them here would re-encode
 # every chat body holding such a schema (the prompt bound only reserves; the settle bills).
@@ -80,7 +81,7 @@ _READ_NAMES = sorted(
         if not isinstance(f, Shaped)
     }
     | set(STREAM_OPTIONS.flags)
-    | {"use_beam_search"}
+    | {"use_beam_search", "priority"}
 )
 _READ_KEYS = re.compile(r'"(?:' + "|".join(_READ_NAMES) + r')"\s*:')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -165,6 +165,7 @@ class Exchange(Response):
                 admitted.route_key,
                 admitted.key_name,
                 admitted.route_model,
+                admitted.priority,
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began

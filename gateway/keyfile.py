@@ -12,6 +12,8 @@
         max_prompts: 64     #   (prompts x max(n, best_of))
         max_completions: 64
         models: [tiny-llama]  # allowed models; empty: all
+        priority: batch     # interactive (absent: the default) | batch | an integer (lower
+                            #   first): vLLM's request priority and the gateway's hold order
         budgets:            # tokens and/or dollars per day, week, month, total (UTC windows)
           month: {tokens: 40000000, dollars: 250}
         enabled: true
@@ -37,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.ledger.budgets import KeyBudgets
+from gateway.priority_class import PriorityClass, class_value
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SECRET_PREFIX = "vk-"
@@ -77,8 +80,14 @@ class ApiKey(BaseModel):
     max_completions: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
     budgets: KeyBudgets | None = None  # gateway.ledger.budgets; kept with the ledger on
+    priority: PriorityClass | None = None  # gateway.priority_class
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def scheduling_priority(self) -> int:
+        """vLLM's ``priority`` for this key's class (:mod:`gateway.priority_class`)."""
+        return class_value(self.priority)
 
 
 class KeyFile(BaseModel):

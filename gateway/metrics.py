@@ -49,6 +49,9 @@ reason/kind words, upstream ``host:port``):
 - ``vkit_gateway_hold_seconds`` -- histogram, how long held requests waited
 - ``vkit_gateway_hold_refused_total{reason}`` -- counter, held requests refused (503):
   reason ``queue_full`` | ``deadline``
+- ``vkit_gateway_upstream_refused_total{reason}`` -- counter, requests answered 503 because
+  every upstream tried refused them at its admission caps (vLLM's queue full): reason
+  ``max_num_queued_reqs`` | ``max_num_queued_tokens`` (the last refusal's)
 
 Every ``{upstream}`` series belongs to a replica of the pool: when discovery drops one, its
 series go with it (:meth:`GatewayMetrics.keep_upstreams`), so ``upstream_up`` counts only
@@ -92,6 +95,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "vkit_gateway_held_requests",
     "vkit_gateway_hold_seconds",
     "vkit_gateway_hold_refused_total",
+    "vkit_gateway_upstream_refused_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -225,6 +229,12 @@ class GatewayMetrics:
         self.hold_refused = Counter(
             PREFIX + "hold_refused",
             "Held requests refused: queue full or deadline passed",
+            ["reason"],
+            registry=registry,
+        )
+        self.upstream_refused = Counter(
+            PREFIX + "upstream_refused",
+            "Requests refused by every upstream tried at its admission caps (vLLM's queue full)",
             ["reason"],
             registry=registry,
         )

@@ -177,6 +177,7 @@ def _gate(
         max_body_containers=settings.max_body_containers,
         route_key=router.request_key if settings.routing == "aware" else None,
         allow_anonymous=settings.allow_anonymous,
+        upstream_priority=settings.upstream_priority,
         pool=pool,
         metrics=metrics,
         key_store=key_store,

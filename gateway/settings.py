@@ -398,6 +398,12 @@ class GatewaySettings(BaseSettings):
         "a JSON list or comma-separated",
     )
     upstream_api_key: SecretStr | None = Field(default=None, description="vLLM's --api-key, if set")
+    upstream_priority: bool = Field(
+        default=True,
+        description="the upstreams run vLLM's --scheduling-policy priority (every replica the "
+        "kit starts does): a key's class goes to them as the body's priority; false for "
+        "replicas on fcfs, which refuse any priority but 0",
+    )
     keys_file: Path | None = Field(default=None, description="YAML/TOML file of API keys")
     allow_anonymous: bool = Field(
         default=False, description="serve requests without a key (development only)"

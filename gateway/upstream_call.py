@@ -14,11 +14,20 @@ The attempts are a plain loop: attempt ``n`` goes to the route's ``n``-th candid
 after a failed one the loop sleeps ``backoff_initial * 2 ** (n - 1)`` seconds, at most
 ``backoff_max`` (:class:`gateway.settings.RetrySettings`). No response head within
 ``timeouts.first_byte`` (or by the request's ``total`` deadline, holding included) is a 504.
+
+vLLM's admission refusal -- status 503 with one of the two bodies of its queue caps,
+recognised exactly (:func:`queue_refusal`; docs/vllm-server.md#admission-caps) -- says that
+replica is full, not down: the next candidate is tried at once (no backoff), and a replica
+that refused is not tried again for this request. When every candidate refused, the client
+gets the gateway's own 503 (code :data:`UPSTREAMS_FULL`, ``Retry-After``), not vLLM's body,
+counted in ``vkit_gateway_upstream_refused_total{reason}``. Any other 503 is retried as
+before, and the last one is passed on as the upstream wrote it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -39,6 +48,34 @@ from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
 
 _ERROR_STATUSES = frozenset({502, 503})  # counted as upstream errors; only 503 is retried
+UPSTREAMS_FULL = "upstreams_full"  # the 503's code when every upstream tried refused at its caps
+# vLLM 0.32's admission refusals (QueueOverflowError, MaxQueuedTokensError in
+# vllm/exceptions.py): the message of each, and the cap it names.
+QUEUE_REFUSALS: dict[str, str] = {
+    "The engine is currently busy and cannot accept new requests. "
+    "Please try again later or on a different instance.": "max_num_queued_reqs",
+    "The engine has reached its prefill token backlog limit. "
+    "Please try again later or on a different instance.": "max_num_queued_tokens",
+}
+_REFUSAL_MAX_BYTES = 512  # both bodies are ~200 bytes; a longer answer is something else
+
+
+def queue_refusal(status: int, body: bytes) -> str | None:
+    """The cap named (``max_num_queued_reqs`` | ``max_num_queued_tokens``) when ``status``
+    and ``body`` are exactly vLLM's admission refusal; ``None`` for any other answer."""
+    if status != 503 or len(body) > _REFUSAL_MAX_BYTES:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or error.get("code") != 503:
+        return None
+    if error.get("type") != "Service Unavailable":
+        return None
+    message = error.get("message")
+    return QUEUE_REFUSALS.get(message) if isinstance(message, str) else None
 
 
 class _Retryable(Exception):
@@ -51,11 +88,13 @@ class _Retryable(Exception):
         response: UpstreamResponse | None,
         body: bytes,
         error: GatewayError,
+        refusal: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.response = response
         self.body = body
         self.error = error
+        self.refusal = refusal  # vLLM's admission refusal: the cap it names
 
 
 def upstream_headers(api_key: str | None) -> dict[str, str]:
@@ -98,13 +137,14 @@ class Forwarder:
         route_key: int | None = None,
         tenant: str = "",
         model: str | None = None,
+        priority: int = 0,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
-        upstream of its ``model`` ready is first held (``hold``), which counts toward the
-        deadline only."""
+        upstream of its ``model`` ready is first held (``hold``, released in ``priority``
+        order: the key's class), which counts toward the deadline only."""
         if self.hold is not None:
-            await self.hold.until_ready(model)
+            await self.hold.until_ready(model, priority)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
         try:
             async with asyncio.timeout(limit):
@@ -136,15 +176,26 @@ class Forwarder:
         route = self.router.route(path, route_key, retry.attempts, tenant, model)
         candidates = route.candidates[: retry.attempts]
         failure: _Retryable | None = None
+        full: list[Upstream] = []  # the upstreams that refused at their caps
         for attempt, upstream in enumerate(candidates, start=1):
-            if failure is not None:
+            if upstream in full:
+                continue
+            if failure is not None and failure.refusal is None:
                 await asyncio.sleep(backoff(retry, attempt - 1))
             try:
                 return upstream, await self._try(upstream, method, path, body)
             except _Retryable as exc:
                 failure = exc
+                if exc.refusal is not None:
+                    full.append(upstream)
         if failure is None:  # no candidate at all: an empty pool
             raise UpstreamUnavailable("no upstream is ready; retry shortly")
+        if failure.refusal is not None:
+            self.metrics.upstream_refused.labels(failure.refusal).inc()
+            raise UpstreamUnavailable(
+                "every replica tried is full (at its admission limits); retry shortly",
+                code=UPSTREAMS_FULL,
+            )
         if failure.response is None:
             raise failure.error
         status, content_type = failure.response.status, failure.response.content_type
@@ -176,7 +227,11 @@ class Forwarder:
             if response.status == 503:
                 body = await read_and_release(response)
                 raise _Retryable(
-                    upstream, response, body, UpstreamUnavailable("the upstream answered 503")
+                    upstream,
+                    response,
+                    body,
+                    UpstreamUnavailable("the upstream answered 503"),
+                    queue_refusal(503, body),
                 )
         return response
 

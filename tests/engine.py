@@ -234,3 +234,37 @@ def vllm_replicas(
             replica.terminate()  # both drain in parallel
         for replica in replicas:
             replica.stop()
+
+
+# The capped replica: vLLM's admission cap (4 requests in flight) and priority scheduling,
+# one request running at a time so that the others wait in vLLM's queue, in its order.
+CAPPED_QUEUED_REQS = 4
+CAPPED_ARGS = (
+    "--",
+    "--max-num-queued-reqs",
+    str(CAPPED_QUEUED_REQS),
+    "--scheduling-policy",
+    "priority",
+    "--max-num-seqs",
+    "1",
+)
+
+
+@pytest.fixture(scope="session")
+def capped_replica(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineReplica]:
+    """One CPU replica started with :data:`CAPPED_ARGS`, shared by the admission tests."""
+    replica = EngineReplica(
+        model_dir=tiny_model_dir,
+        port=free_port(),
+        cpu_core=(os.cpu_count() or 1) - 1,
+        log_path=tmp_path_factory.mktemp("capped-logs") / "capped.log",
+        extra_args=CAPPED_ARGS,
+    )
+    try:
+        replica.start()
+        replica.wait_ready(READY_TIMEOUT_S)
+        yield replica
+    finally:
+        replica.stop()

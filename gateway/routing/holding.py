@@ -11,10 +11,18 @@ queue bound or the deadline: 503 + ``Retry-After`` (codes :data:`QUEUE_FULL`,
 :data:`DEADLINE`), counted in ``vkit_gateway_hold_refused_total{reason}``. Without
 ``max_wait`` such a request is refused at once, as before. The held count is
 ``vkit_gateway_held_requests``: a scale-from-zero signal.
+
+The requests an upstream's readiness wakes together go on in their key's class order
+(``priority``, lower first, as vLLM's: :mod:`gateway.priority_class`), first come first
+served within a class: each one woken takes a turn, and the turns are given out once all of
+them have taken theirs (the next pass of the event loop), interactive ones first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,10 +57,13 @@ class Hold:
         self.pool = pool
         self.metrics = metrics
         self.clock = clock
+        self._arrivals = itertools.count()  # first come, first served within a class
+        self._turns: list[tuple[int, int, asyncio.Future[None]]] = []
 
-    async def until_ready(self, model: str | None = None) -> None:
+    async def until_ready(self, model: str | None = None, priority: int = 0) -> None:
         """Return once an upstream serving ``model`` (``None``: any) may serve; raise
-        UpstreamUnavailable if none will in time."""
+        UpstreamUnavailable if none will in time. Requests woken together return in
+        ``priority`` order (lower first), then in their order of arrival."""
         pool = self.pool
         if not pool.cannot_serve(model):
             return
@@ -66,6 +77,7 @@ class Hold:
                 "retry shortly",
                 code=QUEUE_FULL,
             )
+        arrival = next(self._arrivals)
         began = self.clock()
         self.metrics.held_requests.inc()
         try:
@@ -81,6 +93,23 @@ class Hold:
                 code=DEADLINE,
                 headers={"retry-after": str(RETRY_AFTER_S)},
             )
+        await self._take_turn(priority, arrival)
+
+    async def _take_turn(self, priority: int, arrival: int) -> None:
+        """Wait for this request's turn among those woken with it (module docstring)."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        if not self._turns:
+            loop.call_soon(self._give_turns)  # after every request woken now took a turn
+        heapq.heappush(self._turns, (priority, arrival, turn))
+        await turn
+
+    def _give_turns(self) -> None:
+        turns = self._turns
+        while turns:
+            _, _, turn = heapq.heappop(turns)
+            if not turn.done():  # its request may have been cancelled meanwhile
+                turn.set_result(None)
 
 
 def none_ready(model: str | None) -> str:

@@ -6,6 +6,8 @@
 - :mod:`.memory` -- byte math of a replica: weights by quantization, overhead, KV tokens;
 - :mod:`.lora` -- LoRA adapters: vLLM's flags and the memory their slots take from the KV cache;
 - :mod:`.fit` -- the fit solver: does a model run on a GPU (or this CPU), with which settings;
+- :mod:`.queue_caps` -- vLLM's admission caps (queued requests and prefill tokens) sized from a
+  time-to-first-token target;
 - :mod:`.gpu_sharing` -- several models on one GPU: each one's memory share, or one refusal;
 - :mod:`.fit_report` -- ``vkit plan``'s readable report and its JSON twin;
 - :mod:`.speed` -- one replica's serving speed: a step model calibrated on measurements;

@@ -14,6 +14,7 @@ has :class:`~launcher.sizing.lora.LoraSettings`); tokens = KV / bytes per token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +31,8 @@ from launcher.sizing.memory import (
 )
 from launcher.sizing.models import KvDtype, ModelSpec
 from launcher.sizing.quant_kernels import fp8_kernel, planned_speed_at
-from launcher.sizing.speed import Workload
+from launcher.sizing.queue_caps import DEFAULT_TTFT_TARGET_S, check_ttft_target, size_queue_caps
+from launcher.sizing.speed import Speed, Workload
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default (docs/memory.md#defaults)
 GPU_BLOCK_SIZE = 16  # vLLM's default KV block on CUDA
@@ -64,6 +66,11 @@ class FitRequest(BaseModel):
     lora: LoraSettings | None = Field(default=None, description="adapter slots on each GPU")
     eager: bool = Field(
         default=False, description="--enforce-eager (no CUDA graphs), for the speed"
+    )
+    ttft_target_s: float = Field(
+        default=DEFAULT_TTFT_TARGET_S,
+        gt=0,
+        description="time-to-first-token target: sizes vLLM's admission caps",
     )
 
     @model_validator(mode="after")
@@ -109,6 +116,15 @@ class FitPlan(BaseModel):
     )
     prompt_tokens: int = 500
     output_tokens: int = 200
+    ttft_target_s: float = DEFAULT_TTFT_TARGET_S
+    prefill_s: float | None = Field(
+        default=None, description="one prompt's prefill on the GPU (the speed model)"
+    )
+    step_s: float | None = Field(default=None, description="one engine step at the batch")
+    max_num_queued_tokens: int | None = Field(
+        default=None, description="vLLM's admission cap for the TTFT target (None: no GPU)"
+    )
+    max_num_queued_reqs: int | None = None
     fits: bool
     problems: list[str] = Field(default_factory=list)
     ways_out: list[str] = Field(default_factory=list)
@@ -294,9 +310,33 @@ def _solve(request: FitRequest, target: GpuProfile | CpuTarget, model: ModelSpec
         and fp8_kernel(gpu) == "w8a16-marlin",
         prompt_tokens=request.prompt_tokens,
         output_tokens=request.output_tokens,
+        **_admission(request, seqs, speed),
         fits=not problems,
         problems=problems,
     )
+
+
+def _admission(request: FitRequest, seqs: int, speed: Speed | None) -> dict[str, Any]:
+    """The plan's admission fields: vLLM's queue caps for the TTFT target
+    (:mod:`launcher.sizing.queue_caps`), from the speed model's prefill and step."""
+    fields: dict[str, Any] = {"ttft_target_s": request.ttft_target_s}
+    if speed is None:
+        return fields
+    step = 1.0 / speed.per_user_tok_s
+    caps = size_queue_caps(
+        prompt_tokens=request.prompt_tokens,
+        prefill_s=speed.prefill_s,
+        step_s=step,
+        max_num_seqs=seqs,
+        ttft_target_s=request.ttft_target_s,
+    )
+    fields.update(prefill_s=speed.prefill_s, step_s=step)
+    if caps is not None:
+        fields.update(
+            max_num_queued_tokens=caps.max_num_queued_tokens,
+            max_num_queued_reqs=caps.max_num_queued_reqs,
+        )
+    return fields
 
 
 def plan_fit(
@@ -305,13 +345,30 @@ def plan_fit(
     model: ModelSpec,
     alternatives: tuple[GpuProfile, ...] = (),
 ) -> FitPlan:
-    """Solve the fit; when it does not fit, list concrete ways out (``alternatives``: GPUs)."""
+    """Solve the fit; when it does not fit, list concrete ways out (``alternatives``: GPUs).
+    A time-to-first-token target that one prompt alone exceeds leaves the plan without
+    admission caps; :func:`check_plan_ttft` refuses it (``vkit plan``, ``vkit launch``)."""
     check_quantization(request, gpu)
     check_tensor_parallel(model, gpu, request.tensor_parallel)
     plan = _solve(request, gpu, model)
     if plan.fits or isinstance(gpu, CpuTarget):
         return plan
     return plan.model_copy(update={"ways_out": suggest_ways_out(request, gpu, model, alternatives)})
+
+
+def check_plan_ttft(plan: FitPlan) -> None:
+    """Refuse (:class:`~launcher.sizing.queue_caps.TtftTargetUnreachable`, one line) a plan
+    whose time-to-first-token target one prompt alone exceeds; a plan without a speed
+    estimate (CPU) has nothing to check."""
+    if plan.prefill_s is None or plan.step_s is None:
+        return
+    check_ttft_target(
+        target=plan.target,
+        prompt_tokens=plan.prompt_tokens,
+        prefill_s=plan.prefill_s,
+        step_s=plan.step_s,
+        ttft_target_s=plan.ttft_target_s,
+    )
 
 
 def _describe(plan: FitPlan) -> str:

@@ -75,6 +75,7 @@ def render_plan_text(plan: FitPlan, command: str | None, checkpoint_line: str | 
         f"{plan.concurrency_at_max_len:,}), max_num_seqs {plan.max_num_seqs}"
     )
     lines += _speed_line(plan)
+    lines += _admission_line(plan)
     lines.append(f"  verdict   {'FITS' if plan.fits else 'DOES NOT FIT'}")
     lines += [f"    - {problem}" for problem in plan.problems]
     if plan.ways_out:
@@ -87,6 +88,18 @@ def render_plan_text(plan: FitPlan, command: str | None, checkpoint_line: str | 
     if command is not None:
         lines += ["", "vLLM command:", f"  {command}"]
     return "\n".join(lines)
+
+
+def _admission_line(plan: FitPlan) -> list[str]:
+    """vLLM's admission caps for the TTFT target (none on CPU: no prefill rate to size by)."""
+    if plan.max_num_queued_tokens is None or plan.prefill_s is None:
+        return []
+    rate = plan.prompt_tokens / plan.prefill_s
+    return [
+        f"  admission TTFT target {plan.ttft_target_s:g} s at ~{rate:,.0f} prefill tok/s: "
+        f"max_num_queued_tokens {plan.max_num_queued_tokens:,}, "
+        f"max_num_queued_reqs {plan.max_num_queued_reqs} (past them vLLM answers 503)"
+    ]
 
 
 def plan_json(plan: FitPlan, argv: list[str] | None, env: dict[str, str]) -> dict[str, Any]:

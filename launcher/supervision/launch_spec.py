@@ -26,12 +26,14 @@ from launcher.sizing.fit import (
     CpuTarget,
     FitPlan,
     FitRequest,
+    check_plan_ttft,
     plan_fit,
 )
 from launcher.sizing.gpus import GpuProfile, get_gpu, load_gpus
 from launcher.sizing.lora import LoraSettings, lora_env
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import KvDtype, ModelSpec, load_model, vllm_model_argument
+from launcher.sizing.queue_caps import DEFAULT_TTFT_TARGET_S
 from launcher.supervision.amx_site import SITE_DIR as AMX_SITE_DIR
 from launcher.supervision.vllm_args import VllmOptions, build_vllm_argv
 
@@ -68,6 +70,9 @@ class LaunchSettings(BaseModel):
     shutdown_timeout: int | None = Field(default=None, ge=0)
     kv_cache_space_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
     max_restarts: int = Field(default=2, ge=0, le=10)
+    ttft_target: float = Field(
+        default=DEFAULT_TTFT_TARGET_S, gt=0, description="seconds: sizes vLLM's admission caps"
+    )
     lora: LoraSettings | None = Field(default=None, description="LoRA adapters (no flag)")
     extra_args: tuple[str, ...] = ()
 
@@ -130,6 +135,7 @@ def fit_request(settings: LaunchSettings) -> FitRequest:
         min_context=min(2048, settings.max_model_len or 2048),
         lora=settings.lora,
         eager=settings.enforce_eager,
+        ttft_target_s=settings.ttft_target,
     )
 
 
@@ -142,7 +148,8 @@ def solve(
     output_tokens: int = 200,
 ) -> FitPlan:
     """The fit plan for the settings (larger GPUs offered as ways out); the workload
-    (tokens per request) only shapes the speed estimate."""
+    (tokens per request) shapes the speed estimate and the admission caps. A TTFT target
+    one prompt alone exceeds is refused (:func:`~launcher.sizing.fit.check_plan_ttft`)."""
     alternatives = tuple(load_gpus().values()) if isinstance(target, GpuProfile) else ()
     request = FitRequest.model_validate(
         {
@@ -151,7 +158,9 @@ def solve(
             "output_tokens": output_tokens,
         }
     )
-    return plan_fit(request, target, spec, alternatives)
+    plan = plan_fit(request, target, spec, alternatives)
+    check_plan_ttft(plan)
+    return plan
 
 
 def plan_for(settings: LaunchSettings, target: GpuProfile | CpuTarget, spec: ModelSpec) -> FitPlan:
@@ -206,6 +215,8 @@ def options_for(
         port=settings.port,
         max_model_len=plan.max_model_len if plan else settings.max_model_len,
         max_num_seqs=plan.max_num_seqs if plan else None,
+        max_num_queued_reqs=plan.max_num_queued_reqs if plan else None,
+        max_num_queued_tokens=plan.max_num_queued_tokens if plan else None,
         gpu_memory_utilization=memory,
         tensor_parallel=tensor_parallel,
         quant=online_quant,

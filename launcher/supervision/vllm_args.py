@@ -3,20 +3,25 @@
     >>> build_vllm_argv(VllmOptions(model="m", port=8001, max_model_len=4096),
     ...                 engine=["vllm-serve"])
     ['vllm-serve', '--model', 'm', '--host', '127.0.0.1', '--port', '8001',
-     '--max-model-len', '4096']
+     '--max-model-len', '4096', '--scheduling-policy', 'priority']
 
 Rules: a flag appears once; pass-through ``extra_args`` override our values (the user wins)
 but may not repeat a flag among themselves; prefix caching is left at vLLM's default (on)
 unless the user passes a flag for it; ``--quantization`` only where vLLM cannot infer it:
 ``fp8`` (online FP8 of a 16-bit checkpoint). AWQ/GPTQ checkpoints declare their method in
 config.json and vLLM then picks the fast Marlin kernels by itself; ``--quantization awq``
-would force the slower non-Marlin kernel, so it is never emitted.
+would force the slower non-Marlin kernel, so it is never emitted. Every replica runs
+``--scheduling-policy priority`` (the gateway passes each key's class as the request's
+``priority``; requests of one priority are served first come, first served, as under
+``fcfs``), and the plan's admission caps (``--max-num-queued-reqs``,
+``--max-num-queued-tokens``: :mod:`launcher.sizing.queue_caps`) where it has them.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +58,9 @@ class VllmOptions(BaseModel):
     port: int = Field(default=8000, ge=1, le=65535)
     max_model_len: int | None = Field(default=None, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_queued_reqs: int | None = Field(default=None, ge=1)
+    max_num_queued_tokens: int | None = Field(default=None, ge=1)
+    scheduling_policy: Literal["fcfs", "priority"] | None = "priority"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     tensor_parallel: int = Field(default=1, ge=1)
     quant: Quantization = "bf16"
@@ -113,6 +121,9 @@ def _own_flags(options: VllmOptions) -> list[tuple[str, list[str]]]:
         ("port", str(options.port)),
         ("max-model-len", _opt(options.max_model_len)),
         ("max-num-seqs", _opt(options.max_num_seqs)),
+        ("max-num-queued-reqs", _opt(options.max_num_queued_reqs)),
+        ("max-num-queued-tokens", _opt(options.max_num_queued_tokens)),
+        ("scheduling-policy", options.scheduling_policy),
         ("gpu-memory-utilization", _opt(options.gpu_memory_utilization)),
         (
             "tensor-parallel-size",

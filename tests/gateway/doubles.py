@@ -26,6 +26,7 @@ class Key:
     models: list[str] = field(default_factory=list)
     budgets: KeyBudgets | None = None
     enabled: bool = True
+    scheduling_priority: int = 0  # gateway.priority_class: interactive
 
 
 class DictKeyStore:

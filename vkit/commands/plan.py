@@ -56,6 +56,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address vLLM binds (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port vLLM binds (default 8000)")
     parser.add_argument("--served-model-name", help="model name clients send")
+    parser.add_argument(
+        "--ttft-target",
+        type=float,
+        dest="ttft_target",
+        help="time-to-first-token target in seconds: sizes vLLM's admission caps (2)",
+    )
 
 
 def settings_fields(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -76,6 +82,7 @@ _FIELDS = [
     "port",
     "served_model_name",
     "kv_cache_space_gib",
+    "ttft_target",
 ]
 
 

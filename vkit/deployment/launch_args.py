@@ -37,6 +37,7 @@ LAUNCH_FLAGS: tuple[tuple[str, str], ...] = (
     ("gpu_memory_utilization", "--gpu-memory-utilization"),
     ("concurrency", "--concurrency"),
     ("max_restarts", "--max-restarts"),
+    ("ttft_target", "--ttft-target"),
 )
 # Read by vkit launch from the environment, not a flag.
 KV_CACHE_SPACE_VAR = "VLLM_CPU_KVCACHE_SPACE"

@@ -33,6 +33,7 @@ CASES: list[dict[str, Any]] = [
     {"model": "llama-3.1-8b", "gpu": "rtx4090", "quant": "awq", "concurrency": 16},
     {"model": "m", "gpu": "h200", "quant": "fp8", "kv_cache_dtype": "fp8", "tensor_parallel": 2},
     {"model": "m", "gpu_memory_utilization": 0.92, "max_restarts": 0},
+    {"model": "llama-3.1-8b", "gpu": "rtx4090", "ttft_target": 0.5},
     {"model": "m", "cpu": False, "enforce_eager": False},  # switches given as off
     {"model": "m", "extra_args": ("--seed", "7", "--max-model-len=99")},
 ]
