@@ -14,6 +14,8 @@
         models: [tiny-llama]  # allowed models; empty: all
         budgets:            # tokens and/or dollars per day, week, month, total (UTC windows)
           month: {tokens: 40000000, dollars: 250}
+        spill: true         # may go to the spill-over endpoint when the replicas are full
+        on_premises: false  # true: never leaves the replicas, whatever spill says
         enabled: true
         created: 2026-01-01T00:00:00Z
 
@@ -77,6 +79,8 @@ class ApiKey(BaseModel):
     max_completions: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
     budgets: KeyBudgets | None = None  # gateway.ledger.budgets; kept with the ledger on
+    spill: bool = False  # gateway.spill: its requests may go to the remote endpoint
+    on_premises: bool = False  # never sent off the premises (wins over spill)
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -14,6 +14,10 @@ The attempts are a plain loop: attempt ``n`` goes to the route's ``n``-th candid
 after a failed one the loop sleeps ``backoff_initial * 2 ** (n - 1)`` seconds, at most
 ``backoff_max`` (:class:`gateway.settings.RetrySettings`). No response head within
 ``timeouts.first_byte`` (or by the request's ``total`` deadline, holding included) is a 504.
+
+With a spill-over endpoint (``spill``, :mod:`gateway.spill`), the local try is
+:meth:`Forwarder.open_local_within`, and :meth:`gateway.spill.Spill.open_within` decides,
+in one call, whether a request every local replica refused goes to the remote instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.billing import UsageRecorder
 from gateway.client import (
@@ -37,6 +42,9 @@ from gateway.routing import Hold, InFlightResponse, Router, sending
 from gateway.routing.holding import none_ready
 from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
+
+if TYPE_CHECKING:
+    from gateway.spill import Spill
 
 _ERROR_STATUSES = frozenset({502, 503})  # counted as upstream errors; only 503 is retried
 
@@ -88,8 +96,27 @@ class Forwarder:
     clock: Callable[[], float]
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
     ledger: UsageRecorder | None = None  # the usage ledger billing records in (None: none)
+    spill: Spill | None = None  # the remote endpoint of last resort (None: none)
 
     async def open_within(
+        self,
+        deadline: float,
+        method: str,
+        path: str,
+        body: bytes | None,
+        route_key: int | None = None,
+        tenant: str = "",
+        model: str | None = None,
+    ) -> tuple[Upstream, UpstreamResponse]:
+        """:meth:`open_local_within`; with ``spill``, the remote's answer when every local
+        replica refused and the key may spill (:meth:`gateway.spill.Spill.open_within`)."""
+        if self.spill is not None:
+            return await self.spill.open_within(
+                self.open_local_within, deadline, method, path, body, route_key, tenant, model
+            )
+        return await self.open_local_within(deadline, method, path, body, route_key, tenant, model)
+
+    async def open_local_within(
         self,
         deadline: float,
         method: str,
