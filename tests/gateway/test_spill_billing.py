@@ -87,15 +87,12 @@ def test_vkit_usage_shows_spilled_usage_on_a_line_of_its_own(
 
 
 def test_only_an_opted_in_key_that_may_leave_the_premises_spills() -> None:
-    text = (
-        "keys:\n"
-        + "".join(
-            f"  - {{name: {name}, sha256: '{digit * 64}'{extra}}}\n"
-            for name, digit, extra in (
-                ("plain", "a", ""),
-                ("spills", "b", ", spill: true"),
-                ("kept", "c", ", spill: true, on_premises: true"),
-            )
+    text = "keys:\n" + "".join(
+        f"  - {{name: {name}, sha256: '{digit * 64}'{extra}}}\n"
+        for name, digit, extra in (
+            ("plain", "a", ""),
+            ("spills", "b", ", spill: true"),
+            ("kept", "c", ", spill: true, on_premises: true"),
         )
     )
     keys = {key.name: key for key in parse_keys(text)}
