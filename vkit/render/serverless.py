@@ -34,7 +34,7 @@ API_KEY_FILE = "/etc/vkit/runpod.key"
 
 # The vLLM flags the kit's builder emits, by the worker's variable for each: its aliases,
 # then its generic rule (the flag in upper snake case) for the flags on its allowlist
-# (src/args_builder.py: VALUE_FLAGS, PAIRED_BOOL_FLAGS; docs/configuration.md).
+# (its src/args_builder.py: VALUE_FLAGS, PAIRED_BOOL_FLAGS; docs/serverless.md).
 WORKER_NAMES: dict[str, str] = {
     "--model": "MODEL_NAME",
     "--served-model-name": "OPENAI_SERVED_MODEL_NAME_OVERRIDE",
