@@ -79,8 +79,10 @@ class ApiKey(BaseModel):
     max_completions: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
     budgets: KeyBudgets | None = None  # gateway.ledger.budgets; kept with the ledger on
-    spill: bool = False  # gateway.spill: its requests may go to the remote endpoint
-    on_premises: bool = False  # never sent off the premises (wins over spill)
+    # gateway.spill (None: false, and not written): its requests may go to the remote
+    # endpoint; on_premises: never sent off the premises, whatever spill says
+    spill: bool | None = None
+    on_premises: bool | None = None
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -119,3 +119,14 @@ def test_a_required_remote_that_does_not_answer_stops_the_start() -> None:
     assert message.startswith("spill-over endpoint runpod at http://127.0.0.1:9 does not answer: ")
     assert "\n" not in message
     check_reachable(settings.model_copy(update={"required": False}))  # not required: no probe
+
+
+def test_vkit_keys_add_writes_the_spill_flags_only_when_given(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    assert main(["keys", "add", "plain", "--file", str(keys)]) == 0
+    assert main(["keys", "add", "burst", "--spill", "--file", str(keys)]) == 0
+    assert main(["keys", "add", "kept", "--spill", "--on-premises", "--file", str(keys)]) == 0
+    text = keys.read_text()
+    assert text.count("spill: true") == 2 and text.count("on_premises: true") == 1
+    assert "false" not in text  # a plain key's file is as before
+    assert [k.name for k in parse_keys(text) if may_spill(k)] == ["burst"]

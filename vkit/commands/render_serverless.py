@@ -6,8 +6,8 @@
 Solves the fit for one worker of that GPU class (the launcher's fit solver, as ``vkit render
 compose`` does) and writes the worker's environment, in the RunPod vLLM worker's own names
 (``runpod-worker.env``), and the gateway's spill-over settings pointing at the endpoint
-(``gateway-spill.env``): :mod:`vkit.render.serverless`, docs/serverless.md. Without ``--out``
-both are printed. The checkpoint is the catalog's for the model and quantization, or
+(``gateway-spill.env``): :mod:`vkit.render.serverless_worker`, docs/serverless.md. Without
+``--out`` both are printed. The checkpoint is the catalog's for the model and quantization, or
 ``--checkpoint`` (a Hugging Face repository id). A model that does not fit, or a flag the
 worker has no setting for, is one line and a non-zero exit; nothing is written then.
 """
@@ -31,7 +31,7 @@ from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.deployment.model import container_group
 from vkit.exit_codes import CliError, UsageError
 from vkit.render.bundle import write_files
-from vkit.render.serverless import ServerlessRenderError, serverless_files
+from vkit.render.serverless_worker import ServerlessRenderError, serverless_files
 
 
 class ServerlessArgs(BaseModel):

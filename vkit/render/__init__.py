@@ -26,8 +26,8 @@
 - :mod:`vkit.render.k8s_groups` -- a deployment file's groups as one overlay: a StatefulSet and
   headless Service per group, the gateway discovering each
 - :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
-- :mod:`vkit.render.serverless` -- a serverless endpoint: the RunPod vLLM worker's settings
-  from the group's vLLM command, and the gateway's spill-over settings
+- :mod:`vkit.render.serverless_worker` -- a serverless endpoint: the RunPod vLLM worker's
+  settings from the group's vLLM command, and the gateway's spill-over settings
 
 The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the
 registration of :mod:`~vkit.commands.render_systemd`, :mod:`~vkit.commands.render_k8s` and

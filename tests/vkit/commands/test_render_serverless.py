@@ -16,7 +16,7 @@ from launcher.sizing.gpus import get_gpu
 from launcher.sizing.models import load_model
 from vkit.cli import main
 from vkit.deployment.model import container_group
-from vkit.render.serverless import (
+from vkit.render.serverless_worker import (
     GATEWAY_ENV_FILE,
     WORKER_ENV_FILE,
     ServerlessRenderError,
