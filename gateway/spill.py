@@ -1,6 +1,6 @@
 """Spill-over: a remote OpenAI-compatible endpoint as the backend of last resort.
 
-    spill = build_spill(settings.spill, pool, key_store, metrics, clock)   # None: not set
+    spill, prober = build_spill(settings.spill, pool=pool, keys=store, ...)  # None: not set
     forwarder = Forwarder(..., spill=spill)     # gateway.upstream_call: one call, open_within
 
 A request goes to the remote endpoint (:class:`gateway.spill_settings.SpillSettings`) only
@@ -33,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.client import (
     AiohttpClient,
@@ -54,6 +54,9 @@ from gateway.spill_settings import SpillError, SpillSettings
 from gateway.upstreams import Upstream, UpstreamPool
 from launcher.supervision.readiness import MODELS_PATH, model_ids
 
+if TYPE_CHECKING:
+    from gateway.upstream_call import Forwarder
+
 log = logging.getLogger("vkit.gateway.spill")
 
 DOWN = "down"  # no local replica of the model ready
@@ -62,21 +65,6 @@ HELD = "held"  # the hold queue was full, or the wait for a ready replica ran ou
 REASONS = (DOWN, BUSY, HELD)
 
 Opened = tuple[Upstream, UpstreamResponse]
-
-
-class LocalOpen(Protocol):
-    """:meth:`gateway.upstream_call.Forwarder.open_local_within`: the local replicas' try."""
-
-    def __call__(
-        self,
-        deadline: float,
-        method: str,
-        path: str,
-        body: bytes | None,
-        route_key: int | None,
-        tenant: str,
-        model: str | None,
-    ) -> Awaitable[Opened]: ...
 
 
 class SpillKey(Protocol):
@@ -147,7 +135,7 @@ class Spill:
 
     async def open_within(
         self,
-        local: LocalOpen,
+        local: Forwarder,
         deadline: float,
         method: str,
         path: str,
@@ -156,12 +144,14 @@ class Spill:
         tenant: str,
         model: str | None,
     ) -> Opened:
-        """``local``'s answer, unless every local replica refused the request and its key
-        may spill: then the remote's (see the module's docstring)."""
+        """The local replicas' answer (``local``'s upstream call), unless every local replica
+        refused the request and its key may spill: then the remote's (the module's docstring)."""
         if self.pool.cannot_serve(model) and self.allows(tenant):
             return await self.send(deadline, method, path, body, model, DOWN)
         try:
-            upstream, response = await local(deadline, method, path, body, route_key, tenant, model)
+            upstream, response = await local.open_within(
+                deadline, method, path, body, route_key, tenant, model, local_only=True
+            )
         except UpstreamUnavailable as refused:
             if not self.allows(tenant):
                 raise

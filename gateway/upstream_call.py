@@ -15,9 +15,10 @@ after a failed one the loop sleeps ``backoff_initial * 2 ** (n - 1)`` seconds, a
 ``backoff_max`` (:class:`gateway.settings.RetrySettings`). No response head within
 ``timeouts.first_byte`` (or by the request's ``total`` deadline, holding included) is a 504.
 
-With a spill-over endpoint (``spill``, :mod:`gateway.spill`), the local try is
-:meth:`Forwarder.open_local_within`, and :meth:`gateway.spill.Spill.open_within` decides,
-in one call, whether a request every local replica refused goes to the remote instead.
+With a spill-over endpoint (``spill``, :mod:`gateway.spill`), :meth:`Forwarder.open_within`
+hands the request to :meth:`gateway.spill.Spill.open_within` (one call), which runs the local
+try (``local_only``) and decides whether a request every local replica refused goes to the
+remote instead.
 """
 
 from __future__ import annotations
@@ -107,29 +108,19 @@ class Forwarder:
         route_key: int | None = None,
         tenant: str = "",
         model: str | None = None,
-    ) -> tuple[Upstream, UpstreamResponse]:
-        """:meth:`open_local_within`; with ``spill``, the remote's answer when every local
-        replica refused and the key may spill (:meth:`gateway.spill.Spill.open_within`)."""
-        if self.spill is not None:
-            return await self.spill.open_within(
-                self.open_local_within, deadline, method, path, body, route_key, tenant, model
-            )
-        return await self.open_local_within(deadline, method, path, body, route_key, tenant, model)
-
-    async def open_local_within(
-        self,
-        deadline: float,
-        method: str,
-        path: str,
-        body: bytes | None,
-        route_key: int | None = None,
-        tenant: str = "",
-        model: str | None = None,
+        *,
+        local_only: bool = False,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
         upstream of its ``model`` ready is first held (``hold``), which counts toward the
-        deadline only."""
+        deadline only. With ``spill`` (unless ``local_only``: its own call of this), a
+        request every local replica refused may be answered by the remote endpoint instead
+        (:meth:`gateway.spill.Spill.open_within`)."""
+        if self.spill is not None and not local_only:
+            return await self.spill.open_within(
+                self, deadline, method, path, body, route_key, tenant, model
+            )
         if self.hold is not None:
             await self.hold.until_ready(model)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
