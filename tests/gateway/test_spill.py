@@ -110,6 +110,8 @@ async def test_every_replica_down_spills_at_once_without_asking_them(
     assert answer.text.rstrip().endswith("data: [DONE]")
     assert len(upstream.bodies) == asked  # not held, not sent to a replica
     assert spilled(gw, "down") == 1
+    readyz = await gw.client.get("/readyz")  # still in its load balancer's rotation
+    assert (readyz.status_code, readyz.json()["status"]) == (200, "spilling")
 
 
 @pytest.mark.parametrize("secret", [BOB, CAROL], ids=["not-opted-in", "on-premises"])
