@@ -34,6 +34,8 @@ Modules:
 - :mod:`.proxy_endpoint` -- the proxied routes' endpoint: gate, exchange, no Starlette layers;
 - :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
 - :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;
+- :mod:`.spill` -- spill-over: a remote OpenAI-compatible endpoint of last resort, per key;
+- :mod:`.spill_settings` -- the spill-over endpoint's settings;
 - :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write
   deadlines;
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;

@@ -65,6 +65,7 @@ from gateway.proxy_endpoint import envelope_response, proxy_endpoint
 from gateway.routing import Hold
 from gateway.running import RunningGateway, build_gateway
 from gateway.settings import GatewaySettings
+from gateway.spill import Spill
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import UpstreamPool
 
@@ -159,7 +160,7 @@ def create_app(
         _add_proxy_route(app, path, with_cap, running.gate, running.forwarder, api)
     _document_proxied_routes(app)
     _add_models_route(app, running.gate, running.forwarder)
-    _add_probe_routes(app, running.pool, running.hold)
+    _add_probe_routes(app, running.pool, running.hold, running.forwarder.spill)
     app.add_middleware(RequestAccounting, metrics=metrics, clock=clock)
     app.proxied = MappingProxyType(
         {
@@ -192,7 +193,7 @@ def create_admin_app(gateway: GatewayApp) -> FastAPI:
     async def readyz() -> JSONResponse:
         upstreams = {u.label: u.ready for u in pool.upstreams}
         models = sorted(pool.known_models())
-        status = _readiness(pool, running.hold)
+        status = _readiness(pool, running.hold, running.forwarder.spill)
         body = {"status": status, "upstreams": upstreams, "models": models}
         return _readiness_response(body)
 
@@ -249,7 +250,9 @@ def _add_models_route(app: FastAPI, gate: Gate, forwarder: Forwarder) -> None:
         return ModelListing(forwarder, admitted)
 
 
-def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> None:
+def _add_probe_routes(
+    app: FastAPI, pool: UpstreamPool, hold: Hold | None, spill: Spill | None = None
+) -> None:
     """The public probes: no upstream addresses here (the admin ``/readyz`` has them)."""
 
     @app.get("/livez")
@@ -258,15 +261,18 @@ def _add_probe_routes(app: FastAPI, pool: UpstreamPool, hold: Hold | None) -> No
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        return _readiness_response({"status": _readiness(pool, hold)})
+        return _readiness_response({"status": _readiness(pool, hold, spill)})
 
 
-def _readiness(pool: UpstreamPool, hold: Hold | None) -> str:
-    """``ready``; ``holding`` when none is but requests wait for one (``hold.max_wait``:
-    the gateway still takes them, so it stays in its load balancer's rotation while the
-    replicas scale from zero); else ``not ready``."""
+def _readiness(pool: UpstreamPool, hold: Hold | None, spill: Spill | None = None) -> str:
+    """``ready``; ``spilling`` when none is but the spill-over endpoint is up (the keys that
+    may spill are served there: :mod:`gateway.spill`); ``holding`` when none is but requests
+    wait for one (``hold.max_wait``: the gateway still takes them, so it stays in its load
+    balancer's rotation while the replicas scale from zero); else ``not ready``."""
     if pool.any_ready:
         return "ready"
+    if spill is not None and spill.usable:
+        return "spilling"
     if hold is not None and hold.settings.max_wait is not None:
         return "holding"
     return "not ready"

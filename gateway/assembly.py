@@ -8,7 +8,8 @@ Keys that set no concurrency get ``default_key_concurrency``. The keys file is r
 background task of the app's lifespan. Prompts are counted with the tokenizers that
 ``settings.tokenizers`` names (loaded once, here); other models' by the byte bound. The usage
 ledger (``settings.ledger``) is opened and migrated here, so a database that cannot be reached
-stops the start with one line.
+stops the start with one line; so does a spill-over endpoint set as ``required`` whose
+``/v1/models`` does not answer (:func:`gateway.spill.check_reachable`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gateway.ledger import Ledger, LedgerCollector, open_store
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_tokens import build_prompt_counter
 from gateway.settings import GatewaySettings
+from gateway.spill import check_reachable
 
 # How long shutdown waits for releases still kept for an absent Redis (their leases then
 # expire by themselves after the lease ttl).
@@ -33,6 +35,7 @@ _LIMITER_DRAIN_S = 3.0
 
 
 def build_app(settings: GatewaySettings) -> GatewayApp:
+    check_reachable(settings.spill)  # SpillError: before anything is opened
     registry = CollectorRegistry()
     ProcessCollector(namespace="vkit_gateway", registry=registry)  # RSS, CPU seconds
     metrics = GatewayMetrics(registry)

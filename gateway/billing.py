@@ -9,7 +9,9 @@ content events relayed; a client gone before any answer, the estimate (what vLLM
 prefilled). :func:`settle` gives the lease back with that count (the answer is out by then:
 a failed settle is logged, never turned into an error) and counts the tokens per key, and in
 the usage ledger when there is one (:mod:`gateway.ledger`; requests billed no token are not
-recorded there).
+recorded there). A request the spill-over endpoint answered (:mod:`gateway.spill`) is billed
+the same way, under that endpoint's name: the ledger's ``backend``, and
+``spilled_tokens_total``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.metrics import GatewayMetrics
+from gateway.spill_settings import LOCAL
 
 if TYPE_CHECKING:
     from gateway.admission import Admitted
@@ -29,7 +32,9 @@ log = logging.getLogger("vkit.gateway.billing")
 class UsageRecorder(Protocol):
     """What billing asks of :class:`gateway.ledger.Ledger`: one request's tokens counted."""
 
-    def record(self, key: str, model: str, prompt: int, completion: int) -> None: ...
+    def record(
+        self, key: str, model: str, prompt: int, completion: int, backend: str = ...
+    ) -> None: ...
 
 
 async def settle(
@@ -41,13 +46,16 @@ async def settle(
     """Settle ``admitted``'s lease with the tokens it used, and count them (and, with a
     ledger, record them there: a dict update)."""
     prompt, completion = tokens_to_bill(admitted, outcome, metrics)
+    backend = outcome.backend
     if ledger is not None and prompt + completion:
-        ledger.record(admitted.key_name, admitted.model, prompt, completion)
+        ledger.record(admitted.key_name, admitted.model, prompt, completion, backend)
     try:
         await admitted.lease.settle(prompt + completion)
     except Exception:  # the answer is out; a failed settle must not turn it into a 500
         log.exception("settling the lease of key %s failed", admitted.key_name)
     metrics.count_tokens(admitted.key_name, prompt, completion)
+    if backend != LOCAL:
+        metrics.count_spilled_tokens(backend, admitted.key_name, prompt, completion)
 
 
 def tokens_to_bill(

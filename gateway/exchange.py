@@ -46,6 +46,7 @@ from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
 from gateway.served_models import listing
+from gateway.spill_settings import LOCAL
 from gateway.upstream_call import Forwarder
 from gateway.upstreams import Upstream
 from gateway.usage_meter import StreamMeter, Usage
@@ -56,11 +57,13 @@ log = logging.getLogger("vkit.gateway.exchange")
 @dataclass(slots=True)
 class Outcome:
     """What one exchange produced: the answer's status (499: the client left), the upstream
-    that answered, the time spent waiting on upstreams, when the first byte went out, and
-    the usage reported (``usage`` for a whole answer, ``meter`` for a stream)."""
+    that answered (and its backend: :mod:`gateway.spill`), the time spent waiting on
+    upstreams, when the first byte went out, and the usage reported (``usage`` for a whole
+    answer, ``meter`` for a stream)."""
 
     status: int = 0
     upstream: str = ""  # the label of the upstream that answered; "" if none did
+    backend: str = LOCAL  # who it is billed to: local, or the spill-over endpoint's name
     upstream_wait: float = 0.0
     first_byte_at: float | None = None
     usage: Usage | None = None
@@ -143,6 +146,7 @@ class Exchange(Response):
             await relay.error(exc)
             return
         self.outcome.upstream = upstream.label
+        self.outcome.backend = upstream.backend
         try:
             await self._answer(relay, response, deadline)
         except BaseException:

@@ -16,6 +16,8 @@
                             #   first): vLLM's request priority and the gateway's hold order
         budgets:            # tokens and/or dollars per day, week, month, total (UTC windows)
           month: {tokens: 40000000, dollars: 250}
+        spill: true         # may go to the spill-over endpoint when the replicas are full
+        on_premises: false  # true: never leaves the replicas, whatever spill says
         enabled: true
         created: 2026-01-01T00:00:00Z
 
@@ -81,6 +83,10 @@ class ApiKey(BaseModel):
     models: tuple[str, ...] = ()
     budgets: KeyBudgets | None = None  # gateway.ledger.budgets; kept with the ledger on
     priority: PriorityClass | None = None  # gateway.priority_class
+    # gateway.spill (None: false, and not written): its requests may go to the remote
+    # endpoint; on_premises: never sent off the premises, whatever spill says
+    spill: bool | None = None
+    on_premises: bool | None = None
     enabled: bool = True
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -52,6 +52,13 @@ reason/kind words, upstream ``host:port``):
 - ``vkit_gateway_upstream_refused_total{reason}`` -- counter, requests answered 503 because
   every upstream tried refused them at its admission caps (vLLM's queue full): reason
   ``max_num_queued_reqs`` | ``max_num_queued_tokens`` (the last refusal's)
+- ``vkit_gateway_spill_up{backend}`` -- gauge, 1 when the last probe found the spill-over
+  endpoint answering (:mod:`gateway.spill`; ``backend``: its configured name)
+- ``vkit_gateway_spilled_requests_total{backend,reason}`` -- counter, requests sent to the
+  spill-over endpoint: reason ``down`` (no local replica ready) | ``busy`` (the replicas
+  answered 503 or were over their queue bound) | ``held`` (the hold queue full or its wait over)
+- ``vkit_gateway_spilled_tokens_total{backend,key,direction}`` -- counter, the tokens of the
+  spilled requests (also in ``tokens_total``, which counts every backend)
 
 Every ``{upstream}`` series belongs to a replica of the pool: when discovery drops one, its
 series go with it (:meth:`GatewayMetrics.keep_upstreams`), so ``upstream_up`` counts only
@@ -96,6 +103,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "vkit_gateway_hold_seconds",
     "vkit_gateway_hold_refused_total",
     "vkit_gateway_upstream_refused_total",
+    "vkit_gateway_spill_up",
+    "vkit_gateway_spilled_requests_total",
+    "vkit_gateway_spilled_tokens_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -238,6 +248,24 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        self.spill_up = Gauge(
+            PREFIX + "spill_up",
+            "1 if the spill-over endpoint answered its last probe",
+            ["backend"],
+            registry=registry,
+        )
+        self.spilled_requests = Counter(
+            PREFIX + "spilled_requests",
+            "Requests sent to the spill-over endpoint, by reason",
+            ["backend", "reason"],
+            registry=registry,
+        )
+        self.spilled_tokens = Counter(
+            PREFIX + "spilled_tokens",
+            "Tokens of the requests the spill-over endpoint served",
+            ["backend", "key", "direction"],
+            registry=registry,
+        )
 
         # The collectors labelled by upstream, with their label names in order.
         self._per_upstream: tuple[tuple[Any, tuple[str, ...]], ...] = (
@@ -282,6 +310,13 @@ class GatewayMetrics:
             self._child(self.tokens, key, "prompt").inc(prompt)
         if completion:
             self._child(self.tokens, key, "completion").inc(completion)
+
+    def count_spilled_tokens(self, backend: str, key: str, prompt: int, completion: int) -> None:
+        """A spilled request's tokens, under its backend's label."""
+        if prompt:
+            self._child(self.spilled_tokens, backend, key, "prompt").inc(prompt)
+        if completion:
+            self._child(self.spilled_tokens, backend, key, "completion").inc(completion)
 
     def answered(self, key: str, model: str, status: int, duration: float) -> None:
         """One answer: its count and its duration (the accounting middleware's two samples)."""

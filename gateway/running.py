@@ -6,8 +6,9 @@
 
 Everything the public app, the admin app and the tests share lives here, typed, instead of
 on an untyped ``app.state``: the upstream pool, the gate (admission), the forwarder (the
-upstream call), the router and its scrapes, the hold, the prober, the metrics, the
-background loops (the ledger's flushes among them) and what closes at shutdown.
+upstream call, with the spill-over endpoint when one is set), the router and its scrapes, the
+hold, the prober, the metrics, the background loops (the ledger's flushes and the spill-over
+endpoint's probes among them) and what closes at shutdown.
 :meth:`RunningGateway.lifespan` runs the loops and closes the rest, in order, one failure not
 stopping the others.
 """
@@ -41,6 +42,7 @@ from gateway.routing import (
 )
 from gateway.routing.load import Scrape
 from gateway.settings import GatewaySettings
+from gateway.spill import KeyDirectory, build_spill
 from gateway.upstream_call import Forwarder, upstream_headers
 from gateway.upstreams import UpstreamPool
 from launcher.supervision.readiness import ReadinessCheck
@@ -110,6 +112,11 @@ def build_gateway(
     pool = UpstreamPool(settings.upstream_urls)
     api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
     router, routing_loops, scrapes = _routing(settings, pool, metrics, clock)
+    keys = key_store if isinstance(key_store, KeyDirectory) else None
+    spilling = build_spill(settings.spill, pool=pool, keys=keys, metrics=metrics, clock=clock)
+    spill_parts: tuple[tuple[Loop, ...], tuple[Closer, ...]] = (
+        ((spilling[1].run_forever,), (spilling[0].client.aclose,)) if spilling else ((), ())
+    )
     forwarder = Forwarder(
         retry=settings.retry,
         timeouts=settings.timeouts,
@@ -121,6 +128,7 @@ def build_gateway(
         clock=clock,
         hold=Hold(settings.hold, pool, metrics, clock),
         ledger=ledger,
+        spill=spilling[0] if spilling else None,
     )
     gate = _gate(settings, pool, metrics, key_store, limiter, prompt_counter, router, ledger)
     ledger_parts: tuple[tuple[Loop, ...], tuple[Closer, ...]] = (
@@ -140,10 +148,11 @@ def build_gateway(
         prober=UpstreamProber(
             settings.health, pool, probes, metrics, check, clock=clock, holding_interval=holding
         ),
-        loops=(*background, *routing_loops, *ledger_parts[0]),
+        loops=(*background, *routing_loops, *ledger_parts[0], *spill_parts[0]),
         closers=(
             client.aclose,
             probes.aclose,
+            *spill_parts[1],
             _closing(gate.count_budget),
             *ledger_parts[1],  # the last flush, once no request is left to record
             *on_shutdown,

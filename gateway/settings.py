@@ -41,6 +41,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.spill_settings import SpillSettings
+
 ENV_PREFIX = "VKIT_GATEWAY_"
 
 
@@ -469,6 +471,7 @@ class GatewaySettings(BaseSettings):
     hold: HoldSettings = HoldSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     ledger: LedgerSettings = LedgerSettings()
+    spill: SpillSettings = SpillSettings()  # the remote endpoint of last resort (gateway.spill)
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug | info | warning | error"
     )

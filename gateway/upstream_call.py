@@ -22,6 +22,11 @@ that refused is not tried again for this request. When every candidate refused, 
 gets the gateway's own 503 (code :data:`UPSTREAMS_FULL`, ``Retry-After``), not vLLM's body,
 counted in ``vkit_gateway_upstream_refused_total{reason}``. Any other 503 is retried as
 before, and the last one is passed on as the upstream wrote it.
+
+With a spill-over endpoint (``spill``, :mod:`gateway.spill`), :meth:`Forwarder.open_within`
+hands the request to :meth:`gateway.spill.Spill.open_within` (one call), which runs the local
+try (``local_only``) and decides whether a request every local replica refused goes to the
+remote instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.billing import UsageRecorder
 from gateway.client import (
@@ -46,6 +52,9 @@ from gateway.routing import Hold, InFlightResponse, Router, sending
 from gateway.routing.holding import none_ready
 from gateway.settings import RetrySettings, TimeoutSettings
 from gateway.upstreams import Upstream, UpstreamPool
+
+if TYPE_CHECKING:
+    from gateway.spill import Spill
 
 _ERROR_STATUSES = frozenset({502, 503})  # counted as upstream errors; only 503 is retried
 UPSTREAMS_FULL = "upstreams_full"  # the 503's code when every upstream tried refused at its caps
@@ -127,6 +136,7 @@ class Forwarder:
     clock: Callable[[], float]
     hold: Hold | None = None  # None: no upstream ready -> 503 at once
     ledger: UsageRecorder | None = None  # the usage ledger billing records in (None: none)
+    spill: Spill | None = None  # the remote endpoint of last resort (None: none)
 
     async def open_within(
         self,
@@ -138,11 +148,20 @@ class Forwarder:
         tenant: str = "",
         model: str | None = None,
         priority: int = 0,
+        *,
+        local_only: bool = False,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
         upstream of its ``model`` ready is first held (``hold``, released in ``priority``
-        order: the key's class), which counts toward the deadline only."""
+        order: the key's class), which counts toward the deadline only. With ``spill``
+        (unless ``local_only``: its own call of this), a request every local replica refused
+        may be answered by the remote endpoint instead
+        (:meth:`gateway.spill.Spill.open_within`)."""
+        if self.spill is not None and not local_only:
+            return await self.spill.open_within(
+                self, deadline, method, path, body, route_key, tenant, model, priority
+            )
         if self.hold is not None:
             await self.hold.until_ready(model, priority)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))

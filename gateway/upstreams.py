@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.served_models import NOTHING, ServedModels
+from gateway.spill_settings import LOCAL
 
 # Round-robin turns kept per model name; past this many names (adapters come and go) the
 # turns start over.
@@ -45,6 +46,7 @@ class Upstream:
     served: ServedModels = NOTHING  # its model cards as last listed (adapters with a parent)
     in_flight: int = 0  # this gateway's requests on it now (sent, answer not yet released)
     removed: bool = False  # dropped from the pool (discovery): its metrics are not written
+    backend: str = LOCAL  # who bills it: local, or the spill-over endpoint's name (gateway.spill)
 
 
 class UpstreamPool:

@@ -7,7 +7,9 @@ price P(g, h) per hour and T(g, h) tokens (prompt + completion) served by g in h
     idle(g, h)       = P(g, h)                               when T(g, h) = 0
 
 so the dollars of an hour add up to its bill: every hour the group ran is paid by the keys
-that used it in that hour, or shows as idle. (Pure: rows and prices in, dollars out.)
+that used it in that hour, or shows as idle. (Pure: rows and prices in, dollars out.) Rows the
+spill-over endpoint served (``backend`` not ``local``) used no GPU of the group: they take no
+share of its price (the endpoint bills them itself).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.ledger.tally import UsageRow
+from gateway.spill_settings import LOCAL
 
 IDLE = "(idle)"  # the key name idle hours are shown under
 
@@ -46,7 +49,7 @@ class Split:
 def split_bill(rows: Iterable[UsageRow], prices: Mapping[tuple[int, str], float]) -> Split:
     """The dollars of ``rows`` under ``prices`` (``{(hour, model): $ per hour}``). A row of an
     unpriced hour or model costs nothing; a priced hour no row used is idle."""
-    rows = list(rows)
+    rows = [row for row in rows if row.backend == LOCAL]
     served: dict[tuple[int, str], int] = defaultdict(int)
     for row in rows:
         served[(row.hour, row.model)] += row.tokens

@@ -19,6 +19,10 @@ end, never an edit of one that shipped. The SQL is the subset SQLite and Postgre
   retried with its id, and skipped when the id is already there (the upserts add, so a batch
   written twice would count twice). Ids older than :data:`BATCH_IDS_KEPT_S` are deleted by
   the writes that follow.
+- ``usage_hours.backend`` (3): who served the row's requests -- ``local`` (the replicas), or
+  the spill-over endpoint's name (:mod:`gateway.spill`) -- part of the primary key, so a key's
+  spilled usage is a row of its own. SQLite cannot change a primary key in place: the table
+  is rebuilt (copied, dropped, renamed), its existing rows ``local``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ledger_batches_by_time ON ledger_batches (written_at)",
         ),
     ),
+    Migration(
+        3,
+        "the backend of each usage row: local replicas, or the spill-over endpoint",
+        (
+            """CREATE TABLE usage_hours_3 (
+                key TEXT NOT NULL,
+                hour BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                adapter TEXT NOT NULL DEFAULT '',
+                backend TEXT NOT NULL DEFAULT 'local',
+                requests BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                PRIMARY KEY (key, hour, model, adapter, backend)
+            )""",
+            """INSERT INTO usage_hours_3
+                (key, hour, model, adapter, backend, requests, prompt_tokens, completion_tokens)
+                SELECT key, hour, model, adapter, 'local', requests, prompt_tokens,
+                    completion_tokens
+                FROM usage_hours""",
+            "DROP TABLE usage_hours",
+            "ALTER TABLE usage_hours_3 RENAME TO usage_hours",
+            "CREATE INDEX usage_hours_by_hour ON usage_hours (hour)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -80,9 +109,9 @@ CREATE_VERSION_TABLE = (
 )
 
 UPSERT_USAGE = """INSERT INTO usage_hours
-    (key, hour, model, adapter, requests, prompt_tokens, completion_tokens)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (key, hour, model, adapter) DO UPDATE SET
+    (key, hour, model, adapter, backend, requests, prompt_tokens, completion_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key, hour, model, adapter, backend) DO UPDATE SET
         requests = usage_hours.requests + excluded.requests,
         prompt_tokens = usage_hours.prompt_tokens + excluded.prompt_tokens,
         completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens"""

@@ -170,15 +170,17 @@ class LedgerStore:
     def usage(self, since: int, until: int, key: str | None = None) -> list[UsageRow]:
         """Rows of the hours in ``[since, until)``, of one key or all."""
         sql = (
-            "SELECT hour, key, model, adapter, requests, prompt_tokens, completion_tokens "
-            "FROM usage_hours WHERE hour >= ? AND hour < ?"
+            "SELECT hour, key, model, adapter, requests, prompt_tokens, completion_tokens, "
+            "backend FROM usage_hours WHERE hour >= ? AND hour < ?"
         )
         params: tuple[object, ...] = (since, until)
         if key is not None:
             sql += " AND key = ?"
             params += (key,)
         found = self._transaction(lambda cur: _fetch(cur, self._sql(sql), params))
-        return [UsageRow(int(h), k, m, a, int(r), int(p), int(c)) for h, k, m, a, r, p, c in found]
+        return [
+            UsageRow(int(h), k, m, a, int(r), int(p), int(c), b) for h, k, m, a, r, p, c, b in found
+        ]
 
     def group_hours(self, since: int, until: int) -> dict[tuple[int, str], float]:
         """``{(hour, model): price per hour}`` for the hours in ``[since, until)``."""
@@ -291,6 +293,7 @@ def _values(row: UsageRow) -> tuple[object, ...]:
         row.hour,
         row.model,
         row.adapter,
+        row.backend,
         row.requests,
         row.prompt_tokens,
         row.completion_tokens,

@@ -1,11 +1,13 @@
-"""Usage accumulated in memory, per key x model x adapter x hour: the request path's part.
+"""Usage accumulated in memory, per key x model x adapter x backend x hour: the request path's
+part.
 
     tally = UsageTally()
     tally.record("alice", "llama", "", prompt=12, completion=30, at=time.time())  # a dict update
     rows = tally.take()          # the rows so far, and a fresh tally (the writer's part)
 
-A row is one :class:`UsageRow` per key, model, adapter and hour (the hour's start, Unix
-seconds): a million requests of ten keys on one model in a day are 240 rows, not a million.
+A row is one :class:`UsageRow` per key, model, adapter, backend (``local``, or the spill-over
+endpoint's name: :mod:`gateway.spill`) and hour (the hour's start, Unix seconds): a million
+requests of ten keys on one model in a day are 240 rows, not a million.
 :class:`Backlog` holds the rows taken but not yet written (a database down or slow) as
 batches, each with an id the database records with its rows (a retry of a batch already
 written is skipped). Rows merge into the newest batch while no write of it was tried and
@@ -20,14 +22,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from gateway.spill_settings import LOCAL
+
 HOUR = 3600
 
-RowKey = tuple[int, str, str, str]  # (hour, key, model, adapter)
+RowKey = tuple[int, str, str, str, str]  # (hour, key, model, adapter, backend)
 
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    """What one key spent on one model (and adapter) in one hour."""
+    """What one key spent on one model (and adapter) in one hour, on one backend."""
 
     hour: int  # the hour's start, Unix seconds (UTC)
     key: str
@@ -36,6 +40,7 @@ class UsageRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    backend: str = LOCAL  # local replicas, or the spill-over endpoint's name
 
     @property
     def tokens(self) -> int:
@@ -48,7 +53,7 @@ def hour_of(at: float) -> int:
 
 
 class UsageTally:
-    """Counts per (hour, key, model, adapter): ``[requests, prompt, completion]``."""
+    """Counts per (hour, key, model, adapter, backend): ``[requests, prompt, completion]``."""
 
     __slots__ = ("_counts",)
 
@@ -56,9 +61,16 @@ class UsageTally:
         self._counts: dict[RowKey, list[int]] = {}
 
     def record(
-        self, key: str, model: str, adapter: str, prompt: int, completion: int, at: float
+        self,
+        key: str,
+        model: str,
+        adapter: str,
+        prompt: int,
+        completion: int,
+        at: float,
+        backend: str = LOCAL,
     ) -> None:
-        row = (int(at // HOUR) * HOUR, key, model, adapter)
+        row = (int(at // HOUR) * HOUR, key, model, adapter, backend)
         counts = self._counts.get(row)
         if counts is None:
             self._counts[row] = [1, prompt, completion]
@@ -111,7 +123,7 @@ class Backlog:
             self._batches.append(Batch())
         counts_of = self._batches[-1].counts
         for row in rows:
-            key = (row.hour, row.key, row.model, row.adapter)
+            key = (row.hour, row.key, row.model, row.adapter, row.backend)
             counts = counts_of.setdefault(key, [0, 0, 0])
             counts[0] += row.requests
             counts[1] += row.prompt_tokens
@@ -123,9 +135,7 @@ class Backlog:
         places = sorted(
             (key[0], age, key) for age, batch in enumerate(self._batches) for key in batch.counts
         )
-        dropped = [
-            UsageRow(*key, *self._batches[age].counts.pop(key)) for _, age, key in places[:over]
-        ]
+        dropped = [_row(key, self._batches[age].counts.pop(key)) for _, age, key in places[:over]]
         self._batches = [batch for batch in self._batches if batch.counts]
         self.dropped += over
         return dropped
@@ -147,5 +157,10 @@ class Backlog:
 
 
 def _rows(items: Iterable[tuple[RowKey, list[int]]]) -> Iterator[UsageRow]:
-    for (hour, key, model, adapter), (requests, prompt, completion) in items:
-        yield UsageRow(hour, key, model, adapter, requests, prompt, completion)
+    for key, counts in items:
+        yield _row(key, counts)
+
+
+def _row(key: RowKey, counts: list[int]) -> UsageRow:
+    (hour, name, model, adapter, backend), (requests, prompt, completion) = key, counts
+    return UsageRow(hour, name, model, adapter, requests, prompt, completion, backend)

@@ -35,6 +35,7 @@ from gateway.ledger.dollars import split_bill
 from gateway.ledger.owner import SqliteClaim, claim_sqlite
 from gateway.ledger.store import LedgerError, LedgerStore, sqlite_path
 from gateway.ledger.tally import Backlog, UsageRow, UsageTally, hour_of
+from gateway.spill_settings import LOCAL
 
 log = logging.getLogger("vkit.gateway.ledger")
 
@@ -72,9 +73,12 @@ class Ledger:
 
     # -- the request path -------------------------------------------------------------------
 
-    def record(self, key: str, model: str, prompt: int, completion: int) -> None:
-        """Count one request's tokens (billing calls it once the answer is over)."""
-        self.tally.record(key, model, NO_ADAPTER, prompt, completion, self.clock())
+    def record(
+        self, key: str, model: str, prompt: int, completion: int, backend: str = LOCAL
+    ) -> None:
+        """Count one request's tokens (billing calls it once the answer is over), under the
+        backend that served it (``local``, or the spill-over endpoint's name)."""
+        self.tally.record(key, model, NO_ADAPTER, prompt, completion, self.clock(), backend)
         unwritten = self.book.unwritten
         unwritten[key] = unwritten.get(key, 0) + prompt + completion
 

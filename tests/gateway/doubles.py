@@ -25,6 +25,8 @@ class Key:
     max_completions: int | None = None
     models: list[str] = field(default_factory=list)
     budgets: KeyBudgets | None = None
+    spill: bool = False
+    on_premises: bool = False
     enabled: bool = True
     scheduling_priority: int = 0  # gateway.priority_class: interactive
 
@@ -35,6 +37,9 @@ class DictKeyStore:
 
     def authenticate(self, secret: str) -> Key | None:
         return self.keys.get(secret)
+
+    def named(self, name: str) -> Key | None:
+        return next((key for key in self.keys.values() if key.name == name), None)
 
 
 @dataclass

@@ -17,5 +17,7 @@
   compose, or rendered as KEDA cron triggers or systemd timers;
 - :mod:`.render` -- ``vkit render``: deploy files for a given box (compose, nginx);
 - :mod:`.render_systemd` -- ``vkit render systemd``: a systemd host's generated files;
-- :mod:`.render_k8s` -- ``vkit render k8s``: a kustomize overlay for a GPU cluster.
+- :mod:`.render_k8s` -- ``vkit render k8s``: a kustomize overlay for a GPU cluster;
+- :mod:`.render_serverless` -- ``vkit render serverless``: a serverless endpoint (RunPod's
+  vLLM worker) for the planned model, and the gateway's spill-over settings.
 """

@@ -105,10 +105,11 @@ def run(namespace: argparse.Namespace) -> int:
     from gateway.app import create_admin_app
     from gateway.assembly import build_app  # imports uvicorn/aiohttp only when running
     from gateway.keyfile import KeyFileError
+    from gateway.spill_settings import SpillError
 
     try:
         app = build_app(settings)
-    except KeyFileError as exc:
+    except (KeyFileError, SpillError) as exc:
         raise UsageError(str(exc)) from None
     admin = create_admin_app(app) if settings.admin_port is not None else None
     tune_gc()

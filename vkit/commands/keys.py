@@ -49,6 +49,8 @@ class AddKeyArgs(BaseModel):
     concurrency: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     models: tuple[str, ...] = ()
+    spill: bool | None = None  # None: not written (false)
+    on_premises: bool | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -78,6 +80,16 @@ def register(subparsers: Any) -> None:
     add.add_argument("--concurrency", type=int, help="requests in flight (default: unlimited)")
     add.add_argument("--max-tokens", type=int, help="max_tokens cap per request")
     add.add_argument("--models", help="allowed models, comma-separated (default: all)")
+    add.add_argument(
+        "--spill",
+        action="store_true",
+        help="its requests may go to the gateway's spill-over endpoint (docs/spill-over.md)",
+    )
+    add.add_argument(
+        "--on-premises",
+        action="store_true",
+        help="its requests never leave the replicas, whatever --spill says",
+    )
     add.add_argument(
         "--group",
         help="make the file GROUP's, mode 0640: the gateway's service group reads it "
@@ -143,8 +155,10 @@ def run_add(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         max_tokens=args.max_tokens,
         models=args.models,
+        spill=True if args.spill else None,
+        on_premises=True if args.on_premises else None,
     )
-    limits = request.model_dump(exclude={"name", "file"})
+    limits = request.model_dump(exclude={"name", "file"}, exclude_none=True)
     try:
         secret = add_key(request.file, request.name, group=group, **limits)
     except KeyFileError as exc:

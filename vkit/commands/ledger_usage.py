@@ -9,8 +9,11 @@ Periods (UTC): ``today``, ``yesterday``, ``this-week``, ``last-week``, ``this-mo
 ``last-month``, a month ``YYYY-MM``, a day ``YYYY-MM-DD``, or ``FROM..TO`` (days, both
 included). Dollars are each replica group's price per hour split by each key's share of the
 tokens it served in that hour; hours a group ran and served nothing are the ``(idle)`` line
-(docs/usage-ledger.md). An unknown period or key, or a ledger that cannot be read, is one line
-and a non-zero exit.
+(docs/usage-ledger.md). Requests a spill-over endpoint served (docs/spill-over.md) are lines of
+their own, ``backend`` naming the endpoint (``local``: the replicas), whenever the period has
+any (``--by backend`` asks for the column always): they take no share of the GPU bill, their
+dollars being the endpoint's own invoice. An unknown period or key, or a ledger that cannot be
+read, is one line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any
 
 from gateway.ledger import UsageRow, open_store, split_bill
 from gateway.ledger.dollars import IDLE
+from gateway.spill_settings import LOCAL
 from vkit.exit_codes import CliError, UsageError
 
-GROUPINGS = ("key", "model", "day")
+GROUPINGS = ("key", "model", "day", "backend")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +103,14 @@ def report(
     by: Sequence[str],
     only_key: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One line per group of ``by`` (key, model, day): requests, tokens, dollars; then the
+    """One line per group of ``by`` (key, model, day, backend): requests, tokens, dollars; then the
     idle dollars of each model (and day), under the key ``(idle)``. With ``only_key``, that
     key's lines alone (priced by its share of every key's tokens, ``rows``), and no idle."""
     split = split_bill(rows, prices)
     lines: dict[tuple[str, ...], dict[str, Any]] = {}
 
-    def line(key: str, model: str, hour: int) -> dict[str, Any]:
-        fields = {"key": key, "model": model, "day": _day_of(hour)}
+    def line(key: str, model: str, hour: int, backend: str = LOCAL) -> dict[str, Any]:
+        fields = {"key": key, "model": model, "day": _day_of(hour), "backend": backend}
         group = tuple(fields[name] for name in by)
         found = lines.get(group)
         if found is None:
@@ -120,7 +124,7 @@ def report(
 
     for row in rows:
         if only_key is None or row.key == only_key:
-            found = line(row.key, row.model, row.hour)
+            found = line(row.key, row.model, row.hour, row.backend)
             found["requests"] += row.requests
             found["prompt_tokens"] += row.prompt_tokens
             found["completion_tokens"] += row.completion_tokens
@@ -211,7 +215,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--period", default="this-month", help="default: this-month")
     parser.add_argument(
-        "--by", default="key,model", help="comma-separated: key, model, day (default: key,model)"
+        "--by",
+        default="key,model",
+        help="comma-separated: key, model, day, backend (default: key,model; backend is added "
+        "when something spilled)",
     )
     parser.add_argument("--key", help="one key's usage only")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -233,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
     by = [part.strip() for part in args.by.split(",") if part.strip()]
     unknown = [part for part in by if part not in GROUPINGS]
     if unknown or not by:
-        raise UsageError(f"--by: use key, model and/or day, not '{','.join(unknown) or args.by}'")
+        wrong = ",".join(unknown) or args.by
+        raise UsageError(f"--by: use key, model, day and/or backend, not '{wrong}'")
     period = parse_period(args.period, datetime.now(UTC))
     store = open_store(ledger_url(args.ledger, args.keys_file))
     try:
@@ -241,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
         if args.key is not None and args.key not in store.key_names():
             raise CliError(f"no usage recorded for key '{args.key}' in the ledger")
         rows = store.usage(since, until)  # every key's: a key's dollars are its share
+        if "backend" not in by and any(row.backend != LOCAL for row in rows):
+            by.append("backend")  # spilled usage is never folded into the replicas'
         lines = report(rows, store.group_hours(since, until), by, only_key=args.key)
     finally:
         store.close()

@@ -34,7 +34,7 @@ from launcher.sizing.gpu_sets import split_gpu_sets
 from launcher.sizing.gpus import get_gpu, normalize_gpu_name
 from launcher.sizing.memory import Quantization
 from launcher.sizing.models import load_model
-from vkit.commands import render_k8s, render_systemd
+from vkit.commands import render_k8s, render_serverless, render_systemd
 from vkit.deployment.deployment_file import load_deployment_file
 from vkit.deployment.drain import REPLICA_DRAIN_S
 from vkit.deployment.group_fit import fit_groups
@@ -137,6 +137,7 @@ def register(subparsers: Any) -> None:
 
     render_systemd.register(kinds)
     render_k8s.register(kinds)
+    render_serverless.register(kinds)
 
 
 def run_compose(args: argparse.Namespace) -> int:

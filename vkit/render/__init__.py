@@ -30,8 +30,11 @@
 - :mod:`vkit.render.schedule_keda` -- a replica schedule as KEDA cron triggers (a patch)
 - :mod:`vkit.render.schedule_systemd` -- a replica schedule as systemd timers over ``vllm@``
 - :mod:`vkit.render.k8s_bundle` -- the kustomize tree (base, components, overlay) as files
+- :mod:`vkit.render.serverless_worker` -- a serverless endpoint: the RunPod vLLM worker's
+  settings from the group's vLLM command, and the gateway's spill-over settings
 
 The ``vkit render`` sub-commands are in :mod:`vkit.commands.render` (compose, nginx, and the
-registration of :mod:`~vkit.commands.render_systemd` and :mod:`~vkit.commands.render_k8s`).
+registration of :mod:`~vkit.commands.render_systemd`, :mod:`~vkit.commands.render_k8s` and
+:mod:`~vkit.commands.render_serverless`).
 The NGINX config comes from :mod:`vkit.nginx_conf` (one template for every deployment).
 """

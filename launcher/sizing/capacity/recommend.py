@@ -9,7 +9,9 @@ serverless costs at least as much as a dedicated fleet, and the busy share there
 (the ``cost-guide`` provider: $1.20 per GPU-hour, see ``costs``) that is 0.39 / 1.20 = 33% for
 an RTX 4090, near the guide's "self-managed wins above ~40-50% utilization". Serverless is
 the worker ``serverless.py`` prices for the model (its GPU class, its speed, its cold starts),
-so a 70B is compared with a 70B-sized worker.
+so a 70B is compared with a 70B-sized worker. A serverless recommendation names the command
+that writes that worker's endpoint settings and the gateway's spill-over to it
+(:func:`serverless_command`, docs/serverless.md).
 """
 
 from __future__ import annotations
@@ -121,6 +123,21 @@ def describe_worker(serverless: ServerlessPlan) -> str:
     return f"{serverless.provider} {count}{serverless.worker} {serverless.quant}".rstrip()
 
 
+def serverless_command(model: str, serverless: ServerlessPlan) -> str:
+    """``vkit render serverless ...`` for the worker ``serverless`` prices (its GPU class,
+    its GPUs, its precision)."""
+    words = ["vkit render serverless", f"--model {model}", f"--gpu {serverless.gpu_key}"]
+    if serverless.quant:
+        words.append(f"--quant {serverless.quant}")
+    if serverless.gpus_per_worker > 1:
+        words.append(f"--tp {serverless.gpus_per_worker}")
+    return " ".join(words)
+
+
+def _pointer(model: str, serverless: ServerlessPlan) -> str:
+    return f"; '{serverless_command(model, serverless)}' writes its endpoint"
+
+
 def _dedicated_reason(
     request: CapacityRequest, best: GpuOptionPlan, serverless: ServerlessPlan
 ) -> str:
@@ -171,7 +188,8 @@ def recommend(
         reason = f"{request.model} ({request.quant}) runs on none of the GPUs considered ({notes})"
         if serverless.worker is None:
             return made("none", f"{reason}; {describe_worker(serverless)}")
-        return made("serverless", f"{reason}; serverless: {describe_worker(serverless)}")
+        reason += f"; serverless: {describe_worker(serverless)}"
+        return made("serverless", reason + _pointer(request.model, serverless))
     best = min(serving, key=lambda o: (o.monthly_usd or 0.0, o.gpus or 0))
     assert best.monthly_usd is not None
     if serverless.monthly_usd is not None and serverless.monthly_usd < best.monthly_usd:
@@ -182,5 +200,5 @@ def recommend(
         )
         if users is not None:
             reason += f" below ~{users:,} DAU"
-        return made("serverless", reason)
+        return made("serverless", reason + _pointer(request.model, serverless))
     return made(best.fleet(request.quant), _dedicated_reason(request, best, serverless))

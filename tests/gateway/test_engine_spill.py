@@ -1,0 +1,209 @@
+"""Spill-over on real vLLM (slow tier: ``-m engine``): a third CPU replica, with an API key of
+its own and served under another name, stands in for the remote endpoint, behind a small TCP
+proxy that adds latency of its own; the OpenAI SDK is the client.
+
+With the gateway's local replica killed, an opted-in key's requests (whole and streamed) are
+answered by the remote, renamed on the way out and sent with the remote's key, and billed to
+the remote's name in the metrics and the usage ledger; a key that did not opt in gets a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from launcher.supervision.readiness import ReadinessCheck
+from launcher.supervision.readiness_probe import VllmProbe
+from tests.engine import READY_TIMEOUT_S, EngineReplica
+from tests.gateway.conftest import SECRET, GatewayFactory, wait_until
+from tests.gateway.doubles import Key
+from tests.gateway.ledger_stores import a_ledger
+from tests.gateway.test_engine import MODEL
+from vkit.stack.ports import free_port
+
+pytestmark = pytest.mark.engine
+
+REMOTE_MODEL = "remote-llama"  # the remote serves the model under another name
+REMOTE_KEY = "rk-remote-only"
+BOB = "sk-test-bob"
+LATENCY_S = 0.2  # the proxy's, before the first byte of each answer
+
+
+@pytest.fixture(scope="session")
+def remote_replica(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineReplica]:
+    """The stand-in for the remote endpoint: one more replica, started once per session."""
+    replica = EngineReplica(
+        model_dir=tiny_model_dir,
+        port=free_port(),
+        cpu_core=(os.cpu_count() or 1) - 1,
+        log_path=tmp_path_factory.mktemp("remote-logs") / "remote.log",
+        model=REMOTE_MODEL,
+        extra_args=("--", "--api-key", REMOTE_KEY),
+    )
+    replica.start()
+    try:
+        probe = VllmProbe(replica.base_url, ReadinessCheck.of(REMOTE_KEY, [REMOTE_MODEL]))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not probe.ready():
+            if not replica.running or time.monotonic() > deadline:
+                pytest.fail(f"the remote stand-in did not start:\n{replica.log_tail()}")
+            time.sleep(1.0)
+        yield replica
+    finally:
+        replica.stop()
+
+
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 that holds the first bytes answering each request (any bytes
+    from the client since the last answer) ``delay`` seconds."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> DelayProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        asked = asyncio.Event()  # set: the client sent bytes not yet answered
+        await asyncio.gather(
+            self._pipe(reader, up_writer, asked, answering=False),
+            self._pipe(up_reader, writer, asked, answering=True),
+            return_exceptions=True,
+        )
+
+    async def _pipe(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        asked: asyncio.Event,
+        *,
+        answering: bool,
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if not answering:
+                    asked.set()
+                elif asked.is_set():
+                    asked.clear()
+                    await asyncio.sleep(self.delay)
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+
+@pytest.fixture
+async def proxy(remote_replica: EngineReplica) -> AsyncIterator[DelayProxy]:
+    async with DelayProxy(remote_replica.port, LATENCY_S) as running:
+        yield running
+
+
+def client(gw_url: str, secret: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gw_url}/v1", api_key=secret, max_retries=0)
+
+
+async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_name(
+    vllm_replicas: list[EngineReplica],
+    proxy: DelayProxy,
+    start_gateway: GatewayFactory,
+    tmp_path: Path,
+) -> None:
+    local = vllm_replicas[0]
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
+    gw = await start_gateway(
+        upstreams=[local.base_url],
+        keys={SECRET: Key("alice", spill=True), BOB: Key("bob")},
+        health={"interval": 0.5, "expected_models": [MODEL]},
+        spill={
+            "url": proxy.url,
+            "name": "serverless",
+            "api_key": REMOTE_KEY,
+            "models": {MODEL: REMOTE_MODEL},
+            "probe_interval": 0.5,
+        },
+        ledger=ledger,
+    )
+    pool, spill = gw.app.running.pool, gw.app.running.forwarder.spill
+    assert spill is not None
+    await wait_until(lambda: pool.any_ready and spill.remote.ready, timeout=20)
+    alice, bob = client(gw.url, SECRET), client(gw.url, BOB)
+    messages: Any = [{"role": "user", "content": "Tell me a story."}]
+    extra = {"ignore_eos": True}
+    try:
+        here = await alice.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=4, extra_body=extra
+        )
+        assert here.model == MODEL  # the local replica's answer
+
+        local.kill()
+        await wait_until(lambda: not pool.any_ready, timeout=20)
+
+        whole = await alice.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=5, extra_body=extra
+        )
+        assert whole.model == REMOTE_MODEL  # the remote's answer, its name for the model
+        assert whole.usage is not None and whole.usage.completion_tokens == 5
+        stream = await alice.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=extra,
+        )
+        chunks = [chunk async for chunk in stream]
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+        with pytest.raises(openai.APIStatusError) as refused:
+            await bob.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+        assert refused.value.status_code == 503  # bob never opted in
+
+        spilled = {"backend": "serverless", "key": "alice", "direction": "completion"}
+        assert gw.metric("vkit_gateway_spilled_tokens_total", spilled) == 5 + 6
+        reason = {"backend": "serverless", "reason": "down"}
+        assert gw.metric("vkit_gateway_spilled_requests_total", reason) == 2
+        await ledger.flush()
+        by_backend: dict[str, list[int]] = {}
+        for row in ledger.store.usage(0, 2**40, key="alice"):  # one row per hour and backend
+            counts = by_backend.setdefault(row.backend, [0, 0])
+            counts[0] += row.requests
+            counts[1] += row.completion_tokens
+        assert by_backend == {"local": [1, 4], "serverless": [2, 11]}
+    finally:
+        await alice.close()
+        await bob.close()
+        if not local.running:
+            local.start()
+            await asyncio.to_thread(local.wait_ready, READY_TIMEOUT_S)
