@@ -13,7 +13,9 @@ command -- the one builder every target uses (:meth:`vkit.deployment.ReplicaGrou
 -- written in the worker's names (:data:`WORKER_NAMES`), never a value spelled again. The
 worker serves the model under the group's name, so the gateway sends it as it is (no
 ``spill.models`` mapping). Flags the worker sets itself (``--host``, ``--port``) or has no
-setting for (``--shutdown-timeout``: the platform stops workers) are left out; any other flag
+setting for (``--shutdown-timeout``: the platform stops workers), and the kit's admission
+in front of its own replicas (the queue caps, the priority policy: the platform queues the
+endpoint's jobs), are left out; any other flag
 it has no name for is refused (:class:`ServerlessRenderError`), so nothing is silently lost.
 """
 
@@ -48,6 +50,12 @@ WORKER_NAMES: dict[str, str] = {
     "--enable-prefix-caching": "ENABLE_PREFIX_CACHING",
 }
 LEFT_TO_THE_WORKER = frozenset({"--host", "--port", "--shutdown-timeout"})
+# The kit's admission in front of its own replicas (launcher.sizing.queue_caps, gateway.
+# priority_class), not the worker's: the platform queues a serverless endpoint's jobs (and
+# MAX_CONCURRENCY bounds a worker's), and the gateway sends the remote no ``priority``.
+LEFT_TO_THE_PLATFORM = frozenset(
+    {"--max-num-queued-reqs", "--max-num-queued-tokens", "--scheduling-policy"}
+)
 CONCURRENCY_NAME = "MAX_CONCURRENCY"  # the wrapper's jobs per worker (default 30)
 
 
@@ -71,7 +79,7 @@ def worker_env(argv: Sequence[str], concurrency: int | None = None) -> dict[str,
         index += 1
         negated = flag.startswith("--no-")
         name = "--" + flag.removeprefix("--no-") if negated else flag
-        if name in LEFT_TO_THE_WORKER:
+        if name in LEFT_TO_THE_WORKER or name in LEFT_TO_THE_PLATFORM:
             continue
         if name not in WORKER_NAMES:
             raise ServerlessRenderError(

@@ -18,6 +18,7 @@ from vkit.cli import main
 from vkit.deployment.model import container_group
 from vkit.render.serverless_worker import (
     GATEWAY_ENV_FILE,
+    LEFT_TO_THE_PLATFORM,
     WORKER_ENV_FILE,
     ServerlessRenderError,
     worker_env,
@@ -62,9 +63,11 @@ def test_the_worker_runs_the_groups_own_vllm_command(tmp_path: Path) -> None:
         shutdown_timeout_s=30,
     )
     kit = group.vllm_argv(engine=[])
-    for flag in ("--host", "--port", "--shutdown-timeout"):
+    for flag in ("--host", "--port", "--shutdown-timeout", *sorted(LEFT_TO_THE_PLATFORM)):
         del kit[kit.index(flag) : kit.index(flag) + 2]
     assert worker_argv(worker) == kit
+    # the queue caps and the priority policy are the kit's admission, not the worker's
+    assert "MAX_NUM_QUEUED_REQS" not in worker and "SCHEDULING_POLICY" not in worker
 
     gateway_env = env_lines((tmp_path / GATEWAY_ENV_FILE).read_text())
     spill = load_settings(environ=gateway_env).spill  # the gateway's own loader
