@@ -130,7 +130,7 @@ class AiohttpResponse:
 # Idle connections are closed before vLLM's own keep-alive timeout (uvicorn's, 5 s:
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE) ends them: a request sent on a connection the replica is
 # closing at that moment would be dropped, and a dropped request is not retried.
-_KEEPALIVE_S = 4.0
+KEEPALIVE_S = 4.0
 
 
 class AiohttpClient:
@@ -145,7 +145,7 @@ class AiohttpClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S
+                    limit=self._max_connections, keepalive_timeout=KEEPALIVE_S
                 ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 auto_decompress=False,
