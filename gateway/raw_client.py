@@ -182,11 +182,16 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self.complete:  # a second answer to one request: the connection is not reused
+            self.keep_alive = False
+            return
         self.status = self._parser.get_status_code()
         self.head = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > _PAUSE_AT and not self._paused and self.transport is not None:
@@ -196,6 +201,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
+        if self.complete:
+            return
         self.keep_alive = self._parser.should_keep_alive()
         self.complete = True
         self._wake()

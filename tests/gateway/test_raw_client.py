@@ -359,3 +359,21 @@ def test_it_runs_on_uvloop_as_shipped() -> None:
             return bodies[0], bodies[1], upstream.connections
 
     assert uvloop.run(exchange()) == (b"ok", b"ok", 1)
+
+
+async def test_bytes_past_the_answer_leave_the_connection_unused() -> None:
+    """An upstream that sends more than one answer to a request is not trusted with the next."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad")
+
+    async with scripted(handler) as upstream, raw_client() as client:
+        for _ in range(2):
+            response = await client.send("POST", upstream.url + "/", HEADERS, b"{}")
+            assert (response.status, await response.read()) == (200, b"ok")
+            response.release()
+            await asyncio.sleep(0.01)
+        assert upstream.connections == 2
