@@ -1,4 +1,5 @@
-"""The upstream HTTP client seam: one small protocol, one aiohttp implementation.
+"""The upstream HTTP client seam: one small protocol, and the aiohttp implementation
+(https:// upstreams; http:// ones get :mod:`gateway.raw_client`).
 
 The proxy needs four things from a client: send a request and wait for the response
 head, read a whole body, iterate body chunks as they arrive, and *close* the connection

@@ -2,10 +2,11 @@
 
 One :class:`asyncio.Protocol` per connection, the answer's head and body framing
 (Content-Length, chunked, or until the connection closes) parsed by httptools (llhttp, the
-parser uvicorn itself uses). It does what the proxy needs of :class:`gateway.client.
-UpstreamClient` and nothing more, at about a third of aiohttp's CPU per request
-(docs/gateway-cost.md#the-upstream-client). https:// upstreams (a remote endpoint) keep
-aiohttp: :class:`SchemeClient` chooses by the URL's scheme, per request.
+parser uvicorn itself uses). It does what the proxy needs of
+:class:`gateway.client.UpstreamClient` and nothing more, for a fifth of aiohttp's CPU per
+whole answer and a third per stream (docs/gateway-cost.md#the-upstream-client). https://
+upstreams (a remote endpoint) keep aiohttp: :class:`SchemeClient` chooses by the URL's
+scheme, per request.
 
 Connections are kept alive in a pool per (host, port), the most recently used first. One
 idle for ``KEEPALIVE_S`` is closed (before vLLM's own keep-alive ends it: see
