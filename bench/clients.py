@@ -1,11 +1,15 @@
 """Measure upstream HTTP clients for the gateway: CPU time per request at concurrency 16.
 
 Candidates (issue 6): httpx 0.28 (baseline), httpx behind an aiohttp transport
-(``httpx-aiohttp``, skipped when not installed), the httpx2 fork, and aiohttp directly.
+(``httpx-aiohttp``, skipped when not installed), the httpx2 fork, and aiohttp directly; and
+the gateway's own two behind its client seam (issue 26): ``seam:aiohttp``
+(``gateway.client.AiohttpClient``, what https:// upstreams get) and ``seam:raw``
+(``gateway.raw_client.RawClient``, what http:// upstreams get).
 The stand-in upstream (``bench/upstream.py``) runs pinned to CPU 0 in a subprocess; the
 client runs pinned to CPU 1, so the number is the client's own CPU per request.
 
     python bench/clients.py [--requests 3000] [--concurrency 16] [--chunks 16]
+                            [--only seam:raw,seam:aiohttp] [--rounds 1] [--uvloop]
 """
 
 from __future__ import annotations
@@ -50,6 +54,27 @@ async def aiohttp_client(url: str) -> AsyncIterator[Fetch]:
         yield fetch
 
 
+def _seam(make: Callable[[], Any]) -> Callable[[str], Any]:
+    @contextlib.asynccontextmanager
+    async def factory(url: str) -> AsyncIterator[Fetch]:
+        client = make()
+
+        async def fetch(body: bytes) -> int:
+            response = await client.send("POST", url, HEADERS, body)
+            size = 0
+            async for chunk in response.chunks():
+                size += len(chunk)
+            response.release()
+            return size
+
+        try:
+            yield fetch
+        finally:
+            await client.aclose()
+
+    return factory
+
+
 def _httpx_like(module: Any, transport: Any = None) -> Callable[[str], Any]:
     @contextlib.asynccontextmanager
     async def factory(url: str) -> AsyncIterator[Fetch]:
@@ -76,7 +101,12 @@ def _httpx_like(module: Any, transport: Any = None) -> Callable[[str], Any]:
 
 
 def candidates() -> dict[str, Callable[[str], Any]]:
+    from gateway.client import AiohttpClient
+    from gateway.raw_client import RawClient
+
     found: dict[str, Callable[[str], Any]] = {"aiohttp": aiohttp_client}
+    found["seam:aiohttp"] = _seam(lambda: AiohttpClient(5.0))
+    found["seam:raw"] = _seam(lambda: RawClient(5.0))
     import httpx
 
     found["httpx"] = _httpx_like(httpx)
@@ -115,7 +145,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--only", default="", help="comma-separated candidate names")
+    parser.add_argument("--rounds", type=int, default=1, help="candidates alternated")
+    parser.add_argument("--uvloop", action="store_true", help="the loop the gateway runs on")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    chosen = {
+        name: factory
+        for name, factory in candidates().items()
+        if not args.only or name in args.only.split(",")
+    }
     port = free_port()
     upstream_script = Path(__file__).with_name("upstream.py")
     command = [sys.executable, str(upstream_script), "--port", str(port)]
@@ -129,7 +171,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         print(f"CPU ms per request, concurrency {args.concurrency}, {args.requests} requests")
         print(f"{'client':28} {'non-stream':>10} {'stream':>10}")
-        for name, factory in candidates().items():
+        for name, factory in [item for _ in range(args.rounds) for item in chosen.items()]:
             plain = asyncio.run(measure(factory, url, BODY, args.requests, args.concurrency))
             stream = asyncio.run(
                 measure(factory, url, STREAM_BODY, args.requests, args.concurrency)

@@ -41,7 +41,8 @@ Modules:
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
 - :mod:`.event_meter` -- the usage of the agent APIs' streams (named events, no ``[DONE]``);
 - :mod:`.billing` -- the tokens a request is billed, settled on its lease;
-- :mod:`.client` -- the upstream HTTP client seam (aiohttp);
+- :mod:`.client` -- the upstream HTTP client seam (aiohttp for https:// upstreams);
+- :mod:`.raw_client` -- the client for http:// upstreams (asyncio + httptools), chosen by scheme;
 - :mod:`.upstreams` -- the upstream pool, each upstream's readiness and what it serves;
 - :mod:`.served_models` -- the names an upstream serves (base models, LoRA adapters);
 - :mod:`.health` -- background readiness probing of the upstreams;

@@ -1,4 +1,5 @@
-"""The upstream HTTP client seam: one small protocol, one aiohttp implementation.
+"""The upstream HTTP client seam: one small protocol, and the aiohttp implementation
+(https:// upstreams; http:// ones get :mod:`gateway.raw_client`).
 
 The proxy needs four things from a client: send a request and wait for the response
 head, read a whole body, iterate body chunks as they arrive, and *close* the connection
@@ -130,7 +131,7 @@ class AiohttpResponse:
 # Idle connections are closed before vLLM's own keep-alive timeout (uvicorn's, 5 s:
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE) ends them: a request sent on a connection the replica is
 # closing at that moment would be dropped, and a dropped request is not retried.
-_KEEPALIVE_S = 4.0
+KEEPALIVE_S = 4.0
 
 
 class AiohttpClient:
@@ -145,7 +146,7 @@ class AiohttpClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S
+                    limit=self._max_connections, keepalive_timeout=KEEPALIVE_S
                 ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 auto_decompress=False,

@@ -1,7 +1,10 @@
 """API keys at request time: :class:`KeyStore` authenticates secrets against the keys file.
 
-The store hashes the presented secret with SHA-256 and compares it with every stored digest
-using :func:`hmac.compare_digest` (no early exit). Secrets are never logged.
+The store hashes the presented secret with SHA-256 and finds the key by that digest in a
+dict (one lookup, whatever the number of keys), then compares the two with
+:func:`hmac.compare_digest`. What a lookup's timing could tell is about the SHA-256 digests
+of the secrets tried, which says nothing of a stored secret: the comparison of secrets never
+exits early. Secrets are never logged.
 
 Reloading never happens on a request's path: :meth:`KeyStore.run_forever` (a task of the
 app's lifespan) calls :meth:`KeyStore.refresh` every ``check_interval`` seconds, which stats,
@@ -119,6 +122,7 @@ class KeyStore:
         except OSError as exc:
             raise KeyFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         self._keys: tuple[ApiKey, ...] = ()
+        self._by_digest: dict[str, ApiKey] = {}
         self._use(tuple(parse_keys(text, str(self.path))))
         self._pending: tuple[_Signature, float] | None = None  # a change waiting to settle
         self._refused_signature: _Signature | None = None
@@ -137,11 +141,10 @@ class KeyStore:
     def authenticate(self, secret: str) -> ApiKey | None:
         """The enabled key whose digest matches ``secret``, else ``None``. No I/O."""
         presented = digest_secret(secret)
-        found: ApiKey | None = None
-        for key in self._keys:
-            if hmac.compare_digest(presented, key.sha256):
-                found = key
-        return found if found is not None and found.enabled else None
+        found = self._by_digest.get(presented)
+        if found is None or not hmac.compare_digest(presented, found.sha256):
+            return None
+        return found if found.enabled else None
 
     async def run_forever(self) -> None:
         while True:
@@ -201,6 +204,7 @@ class KeyStore:
 
     def _use(self, keys: tuple[ApiKey, ...]) -> None:
         self._keys = keys
+        self._by_digest = {key.sha256: key for key in keys}  # digests are unique (keyfile)
         if self._metrics is not None:
             self._metrics.keys_loaded.set(len(keys))
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.admission import Gate, KeyStoreLike, LimiterLike
-from gateway.client import AiohttpClient, UpstreamClient
+from gateway.client import UpstreamClient
 from gateway.health import UpstreamProber
 from gateway.ledger import Ledger
 from gateway.limits.in_flight import InFlightLimit
 from gateway.metrics import GatewayMetrics
 from gateway.prompt_budget import CountBudget
 from gateway.prompt_tokens import ByteBound, PromptCounter
+from gateway.raw_client import SchemeClient
 from gateway.routing import (
     AwareRouter,
     Discovery,
@@ -105,8 +106,8 @@ def build_gateway(
     """The gateway's parts (see :func:`gateway.app.create_app` for the arguments)."""
     # A request in flight holds at most one upstream connection: keep the pool above the bound.
     connections = max(1024, (settings.max_in_flight or 0) + 64)
-    client = upstream_client or AiohttpClient(settings.timeouts.connect, connections)
-    probes = probe_client or AiohttpClient(
+    client = upstream_client or SchemeClient(settings.timeouts.connect, connections)
+    probes = probe_client or SchemeClient(
         settings.timeouts.connect, max_connections=2 * len(settings.upstream_urls)
     )
     pool = UpstreamPool(settings.upstream_urls)
@@ -217,7 +218,7 @@ def _routing(
     if settings.routing == "round_robin":
         return RoundRobinRouter(pool), tasks, {}
     scraper = LoadScraper(
-        settings.router, pool, AiohttpClient(settings.timeouts.connect, 64), metrics, clock
+        settings.router, pool, SchemeClient(settings.timeouts.connect, 64), metrics, clock
     )
 
     async def scrape_forever() -> None:
