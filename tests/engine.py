@@ -250,11 +250,11 @@ CAPPED_ARGS = (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after its module: CI's engines share two cores
 def capped_replica(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineReplica]:
-    """One CPU replica started with :data:`CAPPED_ARGS`, shared by the admission tests."""
+    """One CPU replica started with :data:`CAPPED_ARGS`, shared by a module's admission tests."""
     replica = EngineReplica(
         model_dir=tiny_model_dir,
         port=free_port(),

@@ -37,11 +37,11 @@ BOB = "sk-test-bob"
 LATENCY_S = 0.2  # the proxy's, before the first byte of each answer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after this module: CI's engines share two cores
 def remote_replica(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineReplica]:
-    """The stand-in for the remote endpoint: one more replica, started once per session."""
+    """The stand-in for the remote endpoint: one more replica, started once for this module."""
     replica = EngineReplica(
         model_dir=tiny_model_dir,
         port=free_port(),
