@@ -124,10 +124,13 @@ class ComposeStack:
         env: Mapping[str, str],
         *,
         build_args: Mapping[str, str] | None = None,
+        project: str = PROJECT,
     ):
         """``build_args``: build the gateway from the bundle's own context with these
-        arguments (tagged ``VKIT_GATEWAY_IMAGE`` of ``env``), not ``images``' gateway."""
+        arguments (tagged ``VKIT_GATEWAY_IMAGE`` of ``env``), not ``images``' gateway;
+        ``project``: the compose project's name (two stacks up at once need two)."""
         self.compose = compose
+        self.project = project
         self.override = compose.parent / "images.override.yaml"
         self.env = dict(env)
         self.images = dict(images)
@@ -156,7 +159,7 @@ class ComposeStack:
         return [name for name in rendered if name not in NOT_STARTED]
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        command = ["docker-compose", "-p", PROJECT, "-f", str(self.compose)]
+        command = ["docker-compose", "-p", self.project, "-f", str(self.compose)]
         command += ["-f", str(self.override), *args]
         return subprocess.run(
             command,
@@ -206,7 +209,7 @@ class ComposeStack:
 
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of the project that still exist."""
-        label = f"label=com.docker.compose.project={PROJECT}"
+        label = f"label=com.docker.compose.project={self.project}"
         found = []
         for kind in ("container", "network", "volume"):
             extra = ["-a"] if kind == "container" else []

@@ -141,3 +141,33 @@ def test_a_cpu_deployment_renders_vkit_launch_replicas_with_lora(tmp_path: Path)
         two["environment"]["VLLM_CPU_OMP_THREADS_BIND"],
     ) == ("0", "1")
     test_docker_compose_accepts_the_bundle(out)
+
+
+def test_an_adapter_in_a_host_directory_is_mounted_into_its_groups_replicas(
+    tmp_path: Path,
+) -> None:
+    """vLLM in the container reads the adapter where the bundle mounts it, read-only; an
+    adapter named by its Hugging Face id is left to the cache volume."""
+    adapter = tmp_path / "lora" / "sql"
+    adapter.mkdir(parents=True)
+    file = tmp_path / "cpu.yaml"
+    file.write_text(
+        CPU_GROUPS.replace("source: /models/sql", f"source: {adapter}")
+        .replace(
+            "lora: {runtime_updates: true}",
+            "lora: {max_loras: 2}",
+        )
+        .replace(
+            f"source: {adapter}, rank: 8}}]",
+            f"source: {adapter}, rank: 8}}, {{name: tiny-hub, source: org/hub-lora, rank: 8}}]",
+        )
+    )
+    out = tmp_path / "bundle"
+    assert render(out / "compose.yaml", file) == 0
+    services = compose(out)["services"]
+    tiny, two = services["vllm-tiny-0"], services["vllm-tiny-two-1"]
+    modules = tiny["command"][tiny["command"].index("--lora-modules") + 1 :]
+    assert modules == ["tiny-sql=/opt/vkit/lora/tiny-sql", "tiny-hub=org/hub-lora"]
+    assert f"${{VKIT_ADAPTER_TINY_SQL:-{adapter}}}:/opt/vkit/lora/tiny-sql:ro" in tiny["volumes"]
+    assert not [v for v in two["volumes"] if "/opt/vkit/lora" in v]
+    assert bundle_problems(out) == []  # the variable is in .env.example

@@ -57,6 +57,12 @@ from vkit.render.compose import (
     group_slug,
     replica_services,
 )
+from vkit.render.compose_adapters import (
+    adapter_mounts,
+    adapter_variable,
+    container_lora,
+    host_adapters,
+)
 from vkit.render.compose_cpu import CPU_IMAGE, cpu_group, tokenizer_source
 from vkit.render.compose_env import Variable, bundle_variables, render_env_example
 from vkit.render.compose_services import EDGE_SITE_FILE
@@ -82,7 +88,7 @@ def _group(fit: GroupFit, shutdown_timeout_s: int) -> ReplicaGroup:
             shutdown_timeout_s=shutdown_timeout_s,
         )
         launch = group.launch.model_copy(
-            update={"served_model_name": entry.name, "lora": entry.lora_settings}
+            update={"served_model_name": entry.name, "lora": container_lora(entry.lora_settings)}
         )
         return group.model_copy(update={"launch": launch})
     checkpoint, _ = loaded_checkpoint(entry.model, entry.quant)
@@ -94,7 +100,7 @@ def _group(fit: GroupFit, shutdown_timeout_s: int) -> ReplicaGroup:
         shutdown_timeout_s=shutdown_timeout_s,
         gpu_sets=fit.gpu_sets,
         load=f"${{{model_variable(entry.name)}:-{checkpoint}}}",
-        lora=entry.lora_settings,
+        lora=container_lora(entry.lora_settings),
     )
 
 
@@ -149,7 +155,7 @@ def _cost_rules(fits: list[GroupFit]) -> dict[str, Any]:
     return {"groups": [{"name": "vkit-gpu-prices", "rules": rules}]}
 
 
-def _variables(deployment: Deployment) -> list[Variable]:
+def _variables(deployment: Deployment, file: DeploymentFile) -> list[Variable]:
     shared = [v for v in bundle_variables(None) if v.name != "VLLM_MODEL"]
     own = [
         Variable(
@@ -160,7 +166,16 @@ def _variables(deployment: Deployment) -> list[Variable]:
         for group in deployment.groups
         if not group.launch.cpu
     ]
-    return own + shared
+    adapters = [
+        Variable(
+            adapter_variable(adapter.name),
+            f"The host directory of adapter {adapter.name} (default: {adapter.source}, as\n"
+            "rendered), mounted read-only into its group's replicas.",
+        )
+        for entry in file.groups
+        for adapter in host_adapters(entry.lora_settings)
+    ]
+    return own + adapters + shared
 
 
 def render_groups_bundle(
@@ -177,12 +192,16 @@ def render_groups_bundle(
         f"dcgm-exporter:{DCGM_PORT}" if gpus else None,
         alertmanager_target=f"alertmanager:{ALERTMANAGER_PORT}",
     )
+    compose = compose_file(deployment)
+    mounts = {entry.name: adapter_mounts(entry.lora_settings) for entry in file.groups}
+    for name, group, _ in replica_services(deployment):
+        compose["services"][name]["volumes"] += mounts[group.served_model]
     files = {
-        COMPOSE_FILE: header(command) + dump_yaml(compose_file(deployment)),
+        COMPOSE_FILE: header(command) + dump_yaml(compose),
         EDGE_SITE_FILE: compose_edge_site(EdgeLimits.for_gateway(deployment.gateway)),
         PROMETHEUS_FILE: header(command) + dump_yaml(prometheus),
         COST_RULES_FILE: header(command) + dump_yaml(_cost_rules(fits)),
-        ENV_EXAMPLE_FILE: render_env_example(_variables(deployment)),
+        ENV_EXAMPLE_FILE: render_env_example(_variables(deployment, file)),
         GITIGNORE_FILE: GITIGNORE,
     }
     files.update(render_alertmanager_files(header(command)))
