@@ -14,9 +14,10 @@ nothing behind. The edge, Prometheus, Alertmanager and Grafana are not started: 
 single-group test (``test_compose_up.py``) covers them, and two CPU engines are enough for
 two shared cores.
 
-Run by hand, not by the system tier: it took 4.7 and 6.8 minutes (from rendering to ``down``)
-on a two-core machine beside other work, past what one more system test may cost there. The
-images must be built first (``make images``); nothing is built or removed:
+The system tier runs it (``test_compose_groups_up.py``, with the session's images); it
+took 4.7 and 6.8 minutes (from rendering to ``down``) on a two-core machine beside other
+work. By hand, the images must be built first (``make images``); nothing is built or
+removed:
 
     make images
     python -m tests.deploy.compose_groups_run [GATEWAY_PORT]   # default 18080, on 127.0.0.1
