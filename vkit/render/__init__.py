@@ -5,6 +5,8 @@
 - :mod:`vkit.render.compose_cpu` -- its CPU variant (``--gpu cpu``): replicas on cores
 - :mod:`vkit.render.compose_groups` -- a deployment file's groups as a compose bundle (aware
   routing to every replica of every model)
+- :mod:`vkit.render.compose_schedule` -- a bundle for a replica schedule (``--schedule``): the
+  gateway's replicas from a file the follower rewrites, holding while none is ready
 - :mod:`vkit.render.bundle` -- every file of a compose bundle (``deploy/docker/``), the writers
 - :mod:`vkit.render.compose_env` -- the bundle's variables: ``.env.example``, a first ``.env``
 - :mod:`vkit.render.gateway_build` -- the gateway image's build context inside the bundle
