@@ -76,22 +76,29 @@ QUEUE_REFUSALS: dict[str, str] = {
 _REFUSAL_MAX_BYTES = 512  # both bodies are ~200 bytes; a longer answer is something else
 
 
-def queue_refusal(status: int, body: bytes) -> str | None:
-    """The cap named (``max_num_queued_reqs`` | ``max_num_queued_tokens``) when ``status``
-    and ``body`` are exactly vLLM's admission refusal; ``None`` for any other answer."""
-    if status != 503 or len(body) > _REFUSAL_MAX_BYTES:
+def vllm_error_message(body: bytes, status: int, kind: str) -> str | None:
+    """The message of a short vLLM error envelope whose ``code`` is ``status`` and whose
+    ``type`` is ``kind``; ``None`` for any other body."""
+    if len(body) > _REFUSAL_MAX_BYTES:
         return None
     try:
         data = json.loads(body)
     except ValueError:
         return None
     error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or error.get("code") != 503:
-        return None
-    if error.get("type") != "Service Unavailable":
+    if not isinstance(error, dict) or error.get("code") != status or error.get("type") != kind:
         return None
     message = error.get("message")
-    return QUEUE_REFUSALS.get(message) if isinstance(message, str) else None
+    return message if isinstance(message, str) else None
+
+
+def queue_refusal(status: int, body: bytes) -> str | None:
+    """The cap named (``max_num_queued_reqs`` | ``max_num_queued_tokens``) when ``status``
+    and ``body`` are exactly vLLM's admission refusal; ``None`` for any other answer."""
+    if status != 503:
+        return None
+    message = vllm_error_message(body, 503, "Service Unavailable")
+    return QUEUE_REFUSALS.get(message) if message is not None else None
 
 
 # vLLM 0.32's answer to a request that reaches it while it shuts down: its tokenizer's thread
@@ -103,18 +110,9 @@ SHUTTING_DOWN_MESSAGE = "cannot schedule new futures after shutdown"
 def shutting_down(status: int, body: bytes) -> bool:
     """Whether ``status`` and ``body`` are exactly vLLM's answer from a replica shutting down
     (docs/vllm-server.md#shutting-down); any other 500 is not."""
-    if status != 500 or len(body) > _REFUSAL_MAX_BYTES:
+    if status != 500:
         return False
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return False
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or error.get("code") != 500:
-        return False
-    return error.get("type") == "InternalServerError" and error.get("message") == (
-        SHUTTING_DOWN_MESSAGE
-    )
+    return vllm_error_message(body, 500, "InternalServerError") == SHUTTING_DOWN_MESSAGE
 
 
 class _Retryable(Exception):
