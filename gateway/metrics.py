@@ -19,8 +19,9 @@ reason/kind words, upstream ``host:port``):
 - ``vkit_gateway_in_flight_requests`` -- gauge
 - ``vkit_gateway_upstream_up{upstream}`` -- gauge, 1 when the last probe found it ready
 - ``vkit_gateway_upstream_errors_total{upstream,kind}`` -- counter, kind ``connect`` |
-  ``status`` (502/503) | ``protocol`` (an answer that is not HTTP) | ``dropped`` (closed or
-  reset after the request was sent, before an answer) | ``timeout`` | ``stream``
+  ``status`` (502/503) | ``shutting_down`` (vLLM's 500 from a replica shutting down) |
+  ``protocol`` (an answer that is not HTTP) | ``dropped`` (closed or reset after the request
+  was sent, before an answer) | ``timeout`` | ``stream``
 - ``vkit_gateway_client_write_timeouts_total`` -- counter, answers abandoned because the
   client took no write within ``timeouts.client_write`` (it stopped reading)
 - ``vkit_gateway_canary_seconds{upstream}`` -- histogram, the readiness canary's one-token

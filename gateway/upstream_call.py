@@ -23,6 +23,13 @@ gets the gateway's own 503 (code :data:`UPSTREAMS_FULL`, ``Retry-After``), not v
 counted in ``vkit_gateway_upstream_refused_total{reason}``. Any other 503 is retried as
 before, and the last one is passed on as the upstream wrote it.
 
+vLLM's answer from a replica that is shutting down -- status 500, body "cannot schedule new
+futures after shutdown", recognised exactly (:func:`shutting_down`;
+docs/vllm-server.md#shutting-down) -- never started the request either: it is retried as a
+refused connection is, and the router takes the replica out until a probe finds it ready
+(:meth:`gateway.routing.Router.shutting_down`; kind ``shutting_down`` in
+``vkit_gateway_upstream_errors_total``). Every other 500 is read and passed on, never retried.
+
 With a spill-over endpoint (``spill``, :mod:`gateway.spill`), :meth:`Forwarder.open_within`
 hands the request to :meth:`gateway.spill.Spill.open_within` (one call), which runs the local
 try (``local_only``) and decides whether a request every local replica refused goes to the
@@ -69,22 +76,43 @@ QUEUE_REFUSALS: dict[str, str] = {
 _REFUSAL_MAX_BYTES = 512  # both bodies are ~200 bytes; a longer answer is something else
 
 
-def queue_refusal(status: int, body: bytes) -> str | None:
-    """The cap named (``max_num_queued_reqs`` | ``max_num_queued_tokens``) when ``status``
-    and ``body`` are exactly vLLM's admission refusal; ``None`` for any other answer."""
-    if status != 503 or len(body) > _REFUSAL_MAX_BYTES:
+def vllm_error_message(body: bytes, status: int, kind: str) -> str | None:
+    """The message of a short vLLM error envelope whose ``code`` is ``status`` and whose
+    ``type`` is ``kind``; ``None`` for any other body."""
+    if len(body) > _REFUSAL_MAX_BYTES:
         return None
     try:
         data = json.loads(body)
     except ValueError:
         return None
     error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or error.get("code") != 503:
-        return None
-    if error.get("type") != "Service Unavailable":
+    if not isinstance(error, dict) or error.get("code") != status or error.get("type") != kind:
         return None
     message = error.get("message")
-    return QUEUE_REFUSALS.get(message) if isinstance(message, str) else None
+    return message if isinstance(message, str) else None
+
+
+def queue_refusal(status: int, body: bytes) -> str | None:
+    """The cap named (``max_num_queued_reqs`` | ``max_num_queued_tokens``) when ``status``
+    and ``body`` are exactly vLLM's admission refusal; ``None`` for any other answer."""
+    if status != 503:
+        return None
+    message = vllm_error_message(body, 503, "Service Unavailable")
+    return QUEUE_REFUSALS.get(message) if message is not None else None
+
+
+# vLLM 0.32's answer to a request that reaches it while it shuts down: its tokenizer's thread
+# pool is shut already (AsyncLLM.shutdown -> BaseRenderer.shutdown), so submitting the prompt
+# raises Python's RuntimeError, rendered as a 500; the engine never saw the request.
+SHUTTING_DOWN_MESSAGE = "cannot schedule new futures after shutdown"
+
+
+def shutting_down(status: int, body: bytes) -> bool:
+    """Whether ``status`` and ``body`` are exactly vLLM's answer from a replica shutting down
+    (docs/vllm-server.md#shutting-down); any other 500 is not."""
+    if status != 500:
+        return False
+    return vllm_error_message(body, 500, "InternalServerError") == SHUTTING_DOWN_MESSAGE
 
 
 class _Retryable(Exception):
@@ -241,6 +269,8 @@ class Forwarder:
             self._count_error(upstream, "dropped")
             raise UpstreamError("the upstream closed the connection without answering") from None
         response = InFlightResponse(sent, upstream)
+        if response.status == 500:
+            return await self._unless_shutting_down(upstream, response)
         if response.status in _ERROR_STATUSES:
             self._count_error(upstream, "status")
             if response.status == 503:
@@ -253,6 +283,19 @@ class Forwarder:
                     queue_refusal(503, body),
                 )
         return response
+
+    async def _unless_shutting_down(
+        self, upstream: Upstream, response: UpstreamResponse
+    ) -> UpstreamResponse:
+        """A 500, read whole: vLLM's answer from a replica shutting down is retried elsewhere
+        (the replica out until its next good probe); any other is passed on as it came."""
+        body = await read_and_release(response)
+        if not shutting_down(500, body):
+            return _BufferedResponse(500, response.content_type, body)
+        self.router.shutting_down(upstream)
+        self._count_error(upstream, "shutting_down")
+        error = UpstreamUnavailable("the upstream is shutting down")
+        raise _Retryable(upstream, None, b"", error)
 
     def _count_error(self, upstream: Upstream, kind: str) -> None:
         self.metrics.upstream_errors.labels(upstream.label, kind).inc()

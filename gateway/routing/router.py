@@ -9,7 +9,8 @@ their own: its ring, its loads, its least loaded one; ``model`` ``None`` (nothin
 yet) is every upstream.
 
 1. Only ready replicas (the prober's verdict, :mod:`gateway.health`; one that refused a
-   connection is out at once, :meth:`AwareRouter.connect_failed`). None ready: the pool's
+   connection or answered that it is shutting down is out at once,
+   :meth:`AwareRouter.connect_failed`, :meth:`AwareRouter.shutting_down`). None ready: the pool's
    own order, reason ``fallback``.
 2. Every ready replica's queue above ``max_waiting`` (a fresh scrape says so): refused,
    503 + ``Retry-After`` (:data:`OVERLOADED_CODE`), counted in ``routing_overloaded``.
@@ -82,6 +83,9 @@ class Router(Protocol):
     def connect_failed(self, upstream: Upstream) -> None:
         """``upstream`` refused a connection."""
 
+    def shutting_down(self, upstream: Upstream) -> None:
+        """``upstream`` answered that it is shutting down (:mod:`gateway.upstream_call`)."""
+
 
 class RoutingMetrics(Protocol):
     """What the router records (:class:`gateway.metrics.GatewayMetrics` has them)."""
@@ -109,6 +113,9 @@ class RoundRobinRouter:
         return Route(self.pool.candidates(attempts, model), ROUND_ROBIN)
 
     def connect_failed(self, upstream: Upstream) -> None:
+        pass
+
+    def shutting_down(self, upstream: Upstream) -> None:
         pass
 
 
@@ -189,6 +196,13 @@ class AwareRouter:
         if upstream.ready:
             log.warning(
                 "replica %s refused a connection: out until a probe finds it ready", upstream.label
+            )
+        self.pool.mark_down(upstream)
+
+    def shutting_down(self, upstream: Upstream) -> None:
+        if upstream.ready:
+            log.warning(
+                "replica %s is shutting down: out until a probe finds it ready", upstream.label
             )
         self.pool.mark_down(upstream)
 

@@ -69,6 +69,7 @@ class ComposeArgs(BaseModel):
     context: int | None = Field(default=None, ge=16)
     shutdown_timeout: int = Field(default=REPLICA_DRAIN_S, ge=1)
     routing: Literal["round_robin", "aware"] = "round_robin"
+    schedule: bool = False
     out: Path | None = None
 
     @field_validator("gpus", mode="before")
@@ -122,6 +123,11 @@ def register(subparsers: Any) -> None:
         help="gateway routing: round_robin via NGINX (default), or aware (replicas direct)",
     )
     compose.add_argument(
+        "--schedule",
+        action="store_true",
+        help="for `vkit schedule follow`: routing aware, the replicas from replicas/replicas.txt",
+    )
+    compose.add_argument(
         "--out", type=Path, help="compose file to write; its directory gets the whole bundle"
     )
     compose.set_defaults(handler=run_compose)
@@ -146,6 +152,10 @@ def run_compose(args: argparse.Namespace) -> int:
     missing = [f"--{name}" for name in ("gpu", "gpus", "model") if getattr(args, name) is None]
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join(missing)}")
+    if args.schedule and args.routing == "round_robin":
+        raise UsageError("--schedule routes aware (the gateway drops each replica it stops)")
+    if args.schedule:
+        args.routing = "aware"
     settings = ComposeArgs.model_validate(
         {k: v for k, v in vars(args).items() if k in ComposeArgs.model_fields and v is not None}
     )
@@ -176,6 +186,7 @@ def run_compose(args: argparse.Namespace) -> int:
         model=model.name,
         shutdown_timeout_s=settings.shutdown_timeout,
         routing=settings.routing,
+        schedule=settings.schedule,
     )
     files = render_compose_bundle(spec, plan, price_per_hour=price, command=_command_line(args))
     if settings.out is None:
@@ -188,7 +199,9 @@ def run_compose(args: argparse.Namespace) -> int:
 def run_compose_groups(args: argparse.Namespace) -> int:
     """``--deployment FILE``: every group fit first (nothing is written on an error)."""
     given = [f"--{name}" for name in ("gpu", "gpus", "model", "tp") if getattr(args, name)]
-    given += [f"--{n}" for n in ("concurrency", "context", "routing") if getattr(args, n)]
+    given += [
+        f"--{n}" for n in ("concurrency", "context", "routing", "schedule") if getattr(args, n)
+    ]
     given += ["--quant"] if args.quant != "bf16" else []
     if given:
         raise UsageError(f"--deployment states every group: drop {', '.join(given)}")
@@ -278,6 +291,8 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += [f"--{flag}", str(getattr(args, flag))]
     if args.shutdown_timeout != REPLICA_DRAIN_S:
         parts += ["--shutdown-timeout", str(args.shutdown_timeout)]
-    if args.routing not in (None, "round_robin"):
+    if args.schedule:
+        parts += ["--schedule"]
+    elif args.routing not in (None, "round_robin"):
         parts += ["--routing", args.routing]
     return shlex.join(parts)

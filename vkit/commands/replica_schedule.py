@@ -2,6 +2,7 @@
 
     vkit capacity --users 100000 --schedule --weekend-share 0 --allow-zero --schedule-out week.json
     vkit schedule follow week.json --compose-file compose.yaml --services vllm-0,vllm-1
+      (a bundle from `vkit render compose --schedule`: its gateway reads replicas/replicas.txt)
     vkit schedule keda week.json --overlay ../k8s/overlays/rtx4090-llama-3.1-8b-awq-zero --out DIR
     vkit schedule systemd week.json --units vllm@0.service,vllm@1.service --out DIR
 
@@ -22,6 +23,7 @@ import yaml
 from launcher.sizing.capacity.schedule import ReplicaSchedule
 from vkit.commands.capacity_schedule import load_schedule
 from vkit.exit_codes import UsageError
+from vkit.render.compose_schedule import DRAIN_SETTLE_S, REPLICAS_FILE, replica_url
 from vkit.render.schedule_keda import keda_schedule_kustomization, keda_schedule_patch
 from vkit.render.schedule_systemd import schedule_units
 from vkit.stack.schedule_follower import ComposeReplicas, follow, follower_for
@@ -42,6 +44,7 @@ def register(subparsers: Any) -> None:
     follow_parser.add_argument("--compose-file", type=Path, required=True)
     follow_parser.add_argument("--services", required=True, metavar="LIST", help="vllm-0,vllm-1")
     follow_parser.add_argument("--poll", type=float, default=30.0, metavar="S")
+    follow_parser.add_argument("--project-name", "-p", metavar="NAME", help="compose project")
     keda = actions.add_parser("keda", help="a kustomization adding KEDA cron triggers")
     keda.add_argument("file", type=Path)
     keda.add_argument("--overlay", required=True, help="the overlay it builds on (a path)")
@@ -100,7 +103,20 @@ def run(args: argparse.Namespace) -> int:
         services = names(args.services, "--services")
         enough(schedule, services, "--services")
         stop = threading.Event()
-        replicas = ComposeReplicas(args.compose_file, services)
+        replicas_file = args.compose_file.parent / REPLICAS_FILE
+        if not replicas_file.is_file():
+            raise UsageError(
+                f"{replicas_file} not found: render the bundle with `vkit render compose "
+                "--schedule` (its gateway drops a replica before the follower stops it)"
+            )
+        replicas = ComposeReplicas(
+            args.compose_file,
+            services,
+            project=args.project_name,
+            replicas_file=replicas_file,
+            urls=replica_url,
+            settle_s=DRAIN_SETTLE_S,
+        )
         try:
             follow(follower_for(schedule), replicas, stop, args.poll)
         except KeyboardInterrupt:

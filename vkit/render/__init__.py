@@ -7,6 +7,8 @@
   routing to every replica of every model)
 - :mod:`vkit.render.compose_adapters` -- LoRA adapters in host directories, mounted into their
   group's replicas
+- :mod:`vkit.render.compose_schedule` -- a bundle for a replica schedule (``--schedule``): the
+  gateway's replicas from a file the follower rewrites, holding while none is ready
 - :mod:`vkit.render.bundle` -- every file of a compose bundle (``deploy/docker/``), the writers
 - :mod:`vkit.render.compose_env` -- the bundle's variables: ``.env.example``, a first ``.env``
 - :mod:`vkit.render.gateway_build` -- the gateway image's build context inside the bundle

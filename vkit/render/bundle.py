@@ -55,6 +55,7 @@ from vkit.render.compose import (
     replica_service_name,
 )
 from vkit.render.compose_env import bundle_variables, render_env_example
+from vkit.render.compose_schedule import REPLICAS_FILE, replicas_file_text
 from vkit.render.compose_services import (
     EDGE_HEALTH_LISTEN,
     EDGE_PORT,
@@ -131,6 +132,8 @@ def render_compose_bundle(
     variables = bundle_variables(checkpoint.repo if checkpoint else None)
     files[ENV_EXAMPLE_FILE] = render_env_example(variables)
     files[GITIGNORE_FILE] = GITIGNORE
+    if spec.schedule:  # every replica listed; `vkit schedule follow` rewrites it
+        files[REPLICAS_FILE] = replicas_file_text([replica_service_name(s) for s in spec.gpu_sets])
     files.update(copied_files())
     files.update(gateway_build_files(GATEWAY_BUILD_CONTEXT))
     return files

@@ -30,7 +30,9 @@ N`` overrides them all.
 
 Routing (the gateway's ``routing``): ``round_robin`` (the default) sends everything through
 NGINX; ``aware`` lists the replicas themselves as the gateway's upstreams (it routes by their
-load and the prompt's prefix) and leaves NGINX out, which then has no client.
+load and the prompt's prefix) and leaves NGINX out, which then has no client. With
+``schedule`` (aware only) the gateway reads the replicas from a file the schedule's
+follower rewrites, and holds requests while none is ready (:mod:`vkit.render.compose_schedule`).
 
 Secrets are never rendered: ``${VAR:?message}`` makes ``docker compose`` refuse to start
 without them; ``.env.example`` documents every variable.
@@ -41,7 +43,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.settings import GatewaySettings
 from gateway.settings_env import settings_env, settings_from_values
@@ -62,6 +64,7 @@ from vkit.deployment.service_ports import (
 )
 from vkit.render.alertmanager import alertmanager_service
 from vkit.render.compose_cpu import CPU_IMAGE, cpu_group, cpu_replica, is_cpu, tokenizer_source
+from vkit.render.compose_schedule import replicas_volume, schedule_gateway_values
 from vkit.render.compose_services import (
     dcgm_service,
     edge_service,
@@ -128,6 +131,16 @@ class ComposeSpec(BaseModel):
     routing: Literal["round_robin", "aware"] = Field(
         default="round_robin", description="the gateway's routing: via NGINX, or replica-aware"
     )
+    schedule: bool = Field(
+        default=False,
+        description="followed by `vkit schedule follow`: replicas from a discovery file",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_routes_aware(self) -> ComposeSpec:
+        if self.schedule and self.routing != "aware":
+            raise ValueError("a schedule needs routing aware (the gateway drops each replica)")
+        return self
 
     @property
     def cpu(self) -> bool:
@@ -376,6 +389,8 @@ def gateway_settings(spec: ComposeSpec, model: str = MODEL_VAR) -> GatewaySettin
         names = [replica_service_name(gpu_set) for gpu_set in spec.gpu_sets]
         values["upstreams"] = [f"http://{name}:{VLLM_PORT}" for name in names]
         values["routing"] = "aware"
+    if spec.schedule:  # vkit.render.compose_schedule: the follower drains through a file
+        values.update(schedule_gateway_values())
     return settings_from_values(values)
 
 
@@ -392,16 +407,19 @@ def gateway_depends_on(deployment: Deployment) -> dict[str, Any]:
 
 def gateway_service(deployment: Deployment) -> dict[str, Any]:
     probe = http_probe(f"http://localhost:{GATEWAY_PORT}/livez")
+    volumes = [
+        f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
+        f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",
+        f"{LEDGER_VOLUME}:{LEDGER_MOUNT}",
+    ]
+    if deployment.gateway.discovery.file is not None:  # a schedule: its replicas directory
+        volumes.append(replicas_volume())
     return {
         "image": deployment.images.gateway,
         "build": {"context": f"./{GATEWAY_BUILD_CONTEXT}"},
         "environment": settings_env(deployment.gateway),
         "group_add": [KEYS_GID_VAR],
-        "volumes": [
-            f"{KEYS_DIR_VAR}:{KEYS_DIR_MOUNT}:ro",
-            f"{HF_CACHE_VOLUME}:{GATEWAY_HF_MOUNT}:ro",
-            f"{LEDGER_VOLUME}:{LEDGER_MOUNT}",
-        ],
+        "volumes": volumes,
         # Clients come through the edge; the gateway's own port only on the host's loopback.
         "ports": [f"127.0.0.1:${{VKIT_GATEWAY_PORT:-{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
         "depends_on": gateway_depends_on(deployment),

@@ -4,7 +4,9 @@
 the hour it is into the replicas that should run, and a :class:`ReplicaSet` makes it so. On
 compose, :class:`ComposeReplicas` starts and stops the ``vllm-N`` services (``docker compose
 stop`` reaches vLLM through the replica's supervisor, and vLLM drains before it exits); the
-gateway holds what arrives while no replica is ready when its ``hold.max_wait`` is set.
+gateway holds what arrives while no replica is ready when its ``hold.max_wait`` is set. A
+bundle rendered with ``--schedule`` has the gateway read its replicas from a file, which
+:class:`ComposeReplicas` rewrites before it stops a replica and after it starts one.
 
     >>> follower = ScheduleFollower(floors=(2, 0, 1), hour_now=lambda: 1)
     >>> follower.due(), follower.due()          # first the change, then nothing new
@@ -15,10 +17,10 @@ gateway holds what arrives while no replica is ready when its ``hold.max_wait`` 
 A replica must leave the gateway's rotation before it stops: vLLM still accepts requests
 on open connections while it shuts down and fails them (500, "cannot schedule new futures
 after shutdown", measured on vLLM 0.32 CPU). Where the gateway routes to the replicas itself
-(``vkit up --schedule``), the follower first rewrites the gateway's discovery file without
-the replica (:func:`write_replicas_file`), waits for the gateway to read it, and only then
-stops it; a replica started again goes back in the file, and the gateway's prober sends it
-nothing until it is ready.
+(``vkit up --schedule``, or a compose bundle rendered with ``--schedule``), the follower
+first rewrites the gateway's discovery file without the replica (:func:`write_replicas_file`),
+waits for the gateway to read it, and only then stops it; a replica started again goes back
+in the file, and the gateway's prober sends it nothing until it is ready.
 
 The clock is injected: :func:`hour_of_week` reads the wall clock in the schedule's zone, a
 test passes its own hours.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from launcher.sizing.capacity.schedule import ReplicaSchedule
+from vkit.deployment.service_ports import VLLM_PORT
 
 
 class ReplicaSet(Protocol):
@@ -90,18 +94,66 @@ def compose_commands(services: Sequence[str], replicas: int) -> list[list[str]]:
     ]
 
 
-class ComposeReplicas:
-    """The ``vllm-N`` services of a compose project, started and stopped with ``docker compose``."""
+def _run_checked(argv: list[str]) -> None:
+    subprocess.run(argv, check=True)
 
-    def __init__(self, compose_file: Path, services: Sequence[str]) -> None:
+
+class ComposeReplicas:
+    """The ``vllm-N`` services of a compose project, started and stopped with ``docker compose``.
+
+    With ``replicas_file`` (the gateway's discovery file, :mod:`vkit.render.compose_schedule`)
+    a floor is applied in three steps: the services that should run are started; the file is
+    rewritten to list exactly them (``urls`` maps a service to its base URL); when a replica
+    left it, the follower waits ``settle_s`` (the gateway reads the file meanwhile) and only
+    then stops the ones above the floor, the last first. ``run`` and ``sleep`` are injected."""
+
+    def __init__(
+        self,
+        compose_file: Path,
+        services: Sequence[str],
+        *,
+        project: str | None = None,
+        replicas_file: Path | None = None,
+        urls: Callable[[str], str] | None = None,
+        settle_s: float = 0.0,
+        run: Callable[[list[str]], None] = _run_checked,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.compose_file = compose_file
         self.services = list(services)
+        self.project = project
+        self.replicas_file = replicas_file
+        self.urls = urls or (lambda name: f"http://{name}:{VLLM_PORT}")
+        self.settle_s = settle_s
+        self.run = run
+        self.sleep = sleep
 
     def scale_to(self, replicas: int) -> None:
-        for command in compose_commands(self.services, replicas):
-            subprocess.run(
-                ["docker", "compose", "-f", str(self.compose_file), *command], check=True
-            )
+        commands = compose_commands(self.services, replicas)
+        starts = [command for command in commands if command[0] == "start"]
+        stops = [command for command in commands if command[0] == "stop"]
+        for command in starts:
+            self._compose(command)
+        if self.replicas_file is not None:
+            wanted = [self.urls(name) for name in self.services[:replicas]]
+            listed = read_replicas_file(self.replicas_file)
+            write_replicas_file(self.replicas_file, wanted)
+            if set(listed) - set(wanted):  # one left the gateway's list: let it read that
+                self.sleep(self.settle_s)
+        for command in stops:
+            self._compose(command)
+
+    def _compose(self, command: list[str]) -> None:
+        project = ["-p", self.project] if self.project else []
+        self.run(["docker", "compose", "-f", str(self.compose_file), *project, *command])
+
+
+def read_replicas_file(path: Path) -> list[str]:
+    """The base URLs a discovery file lists (none when there is no file yet)."""
+    if not path.exists():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def write_replicas_file(path: Path, urls: Sequence[str]) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
+from vkit.render.compose_schedule import DRAIN_SETTLE_S
 from vkit.stack.schedule_follower import (
+    ComposeReplicas,
     ScheduleFollower,
     compose_commands,
     follow,
     hour_of_week,
+    write_replicas_file,
 )
 
 
@@ -63,3 +67,85 @@ def test_follow_scales_at_each_change_until_stopped() -> None:
     scale = RecordedScale(stop)
     follow(ScheduleFollower((2, 2, 0), hour_now=lambda: next(ticks)), scale, stop, poll_s=0)
     assert scale.asked == [2, 0]
+
+
+class ComposeLog:
+    """Each ``docker compose`` command with the discovery file as it was when the command ran,
+    and each pause, in order."""
+
+    def __init__(self, replicas_file: Path) -> None:
+        self.replicas_file = replicas_file
+        self.events: list[tuple[str, ...]] = []
+
+    def run(self, argv: list[str]) -> None:
+        listed = self.replicas_file.read_text().split() if self.replicas_file.exists() else []
+        self.events.append((*argv[-2:], *listed))
+
+    def sleep(self, seconds: float) -> None:
+        self.events.append(("sleep", str(seconds)))
+
+
+URLS = {"vllm-0": "http://vllm-0:8000", "vllm-1": "http://vllm-1:8000"}
+
+
+def drained(tmp_path: Path) -> tuple[ComposeReplicas, ComposeLog]:
+    replicas_file = tmp_path / "replicas" / "replicas.txt"
+    replicas_file.parent.mkdir()
+    write_replicas_file(replicas_file, list(URLS.values()))
+    log = ComposeLog(replicas_file)
+    compose = ComposeReplicas(
+        tmp_path / "compose.yaml",
+        list(URLS),
+        replicas_file=replicas_file,
+        settle_s=DRAIN_SETTLE_S,
+        run=log.run,
+        sleep=log.sleep,
+    )
+    return compose, log
+
+
+def test_a_replica_leaves_the_gateways_file_and_is_stopped_only_after_two_reads(
+    tmp_path: Path,
+) -> None:
+    compose, log = drained(tmp_path)
+    compose.scale_to(1)
+    assert log.events == [
+        ("start", "vllm-0", URLS["vllm-0"], URLS["vllm-1"]),
+        ("sleep", str(DRAIN_SETTLE_S)),  # the gateway reads the file without vllm-1 twice
+        ("stop", "vllm-1", URLS["vllm-0"]),  # and only then is it stopped
+    ]
+
+
+def test_a_replica_started_again_joins_the_file_after_its_start(tmp_path: Path) -> None:
+    compose, log = drained(tmp_path)
+    compose.scale_to(1)
+    log.events.clear()
+    compose.scale_to(2)
+    assert log.events == [
+        ("start", "vllm-0", URLS["vllm-0"]),
+        ("start", "vllm-1", URLS["vllm-0"]),  # started before the gateway may route to it
+    ]
+    assert compose.replicas_file.read_text().split() == list(URLS.values())
+    log.events.clear()
+    compose.scale_to(2)  # nothing leaves: no pause
+    assert [event[0] for event in log.events] == ["start", "start"]
+
+
+def test_the_compose_command_names_the_file_and_project(tmp_path: Path) -> None:
+    log: list[list[str]] = []
+    compose = ComposeReplicas(
+        tmp_path / "compose.yaml", ["vllm-0"], project="drain", run=log.append, sleep=print
+    )
+    compose.scale_to(1)
+    assert log == [
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(tmp_path / "compose.yaml"),
+            "-p",
+            "drain",
+            "start",
+            "vllm-0",
+        ]
+    ]
