@@ -26,7 +26,7 @@ from vkit.exit_codes import UsageError
 from vkit.render.compose_schedule import DRAIN_SETTLE_S, REPLICAS_FILE, replica_url
 from vkit.render.schedule_keda import keda_schedule_kustomization, keda_schedule_patch
 from vkit.render.schedule_systemd import schedule_units
-from vkit.stack.schedule_follower import ComposeReplicas, follow, follower_for
+from vkit.stack.schedule_follower import ComposeReplicas, compose_program, follow, follower_for
 
 PATCH_FILE = "schedule-patch.yaml"
 HEADER = "# Rendered by `vkit schedule keda`; re-render, do not edit.\n"
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             replicas_file=replicas_file,
             urls=replica_url,
             settle_s=DRAIN_SETTLE_S,
+            program=compose_program(),
         )
         try:
             follow(follower_for(schedule), replicas, stop, args.poll)

@@ -28,6 +28,7 @@ test passes its own hours.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -98,6 +99,21 @@ def _run_checked(argv: list[str]) -> None:
     subprocess.run(argv, check=True)
 
 
+def compose_program(path: str | None = None) -> list[str]:
+    """``docker compose`` (Compose v2, the plugin) where the Docker CLI has it, else the
+    stand-alone ``docker-compose`` (v1, as some distributions still package it) when that is
+    on the path; ``docker compose`` otherwise, so the error names what is missing. ``path``:
+    the search path (the process's own ``PATH`` by default)."""
+    docker = shutil.which("docker", path=path)
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose", path=path):
+        return ["docker-compose"]
+    return ["docker", "compose"]
+
+
 class ComposeReplicas:
     """The ``vllm-N`` services of a compose project, started and stopped with ``docker compose``.
 
@@ -105,7 +121,8 @@ class ComposeReplicas:
     a floor is applied in three steps: the services that should run are started; the file is
     rewritten to list exactly them (``urls`` maps a service to its base URL); when a replica
     left it, the follower waits ``settle_s`` (the gateway reads the file meanwhile) and only
-    then stops the ones above the floor, the last first. ``run`` and ``sleep`` are injected."""
+    then stops the ones above the floor, the last first. ``program`` is the compose command
+    (:func:`compose_program`); ``run`` and ``sleep`` are injected."""
 
     def __init__(
         self,
@@ -118,8 +135,10 @@ class ComposeReplicas:
         settle_s: float = 0.0,
         run: Callable[[list[str]], None] = _run_checked,
         sleep: Callable[[float], object] = time.sleep,
+        program: Sequence[str] = ("docker", "compose"),
     ) -> None:
         self.compose_file = compose_file
+        self.program = list(program)
         self.services = list(services)
         self.project = project
         self.replicas_file = replicas_file
@@ -145,7 +164,7 @@ class ComposeReplicas:
 
     def _compose(self, command: list[str]) -> None:
         project = ["-p", self.project] if self.project else []
-        self.run(["docker", "compose", "-f", str(self.compose_file), *project, *command])
+        self.run([*self.program, "-f", str(self.compose_file), *project, *command])
 
 
 def read_replicas_file(path: Path) -> list[str]:
