@@ -96,17 +96,20 @@ async def burst(client: httpx.AsyncClient, url: str, count: int, tokens: int) ->
     return summary(await asyncio.gather(*(ttft(client, url, tokens, 0) for _ in range(count))))
 
 
-async def all_in(client: httpx.AsyncClient, replica: str, count: int, timeout: float) -> None:
+async def all_in(client: httpx.AsyncClient, replica: str, count: int, timeout: float) -> str:
     """Until vLLM's own gauges say ``count`` requests are in (running or waiting): a fixed
-    sleep is not enough on a CPU-starved machine (docs/vllm-server.md#priority-scheduling)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    sleep is not enough on a CPU-starved machine (docs/vllm-server.md#priority-scheduling).
+    What it saw, for the report."""
+    began = time.monotonic()
+    most = 0.0
+    while time.monotonic() < began + timeout:
         page = (await client.get(replica + "/metrics")).text
-        if gauge(page, "vllm:num_requests_running") + gauge(page, "vllm:num_requests_waiting") >= (
-            count
-        ):
-            return
+        seen = gauge(page, "vllm:num_requests_running") + gauge(page, "vllm:num_requests_waiting")
+        most = max(most, seen)
+        if seen >= count:
+            return f"all in after {time.monotonic() - began:.1f} s"
         await asyncio.sleep(0.1)
+    return f"never all in ({most:.0f} at most in {timeout:.0f} s)"
 
 
 def gauge(page: str, name: str) -> float:
@@ -119,7 +122,7 @@ def gauge(page: str, name: str) -> float:
 
 async def interactive_under_batch(
     client: httpx.AsyncClient, url: str, replica: str, args: argparse.Namespace, priority: int
-) -> tuple[float | None, int]:
+) -> tuple[float | None, int, str]:
     """One interactive request's TTFT (priority ``priority``) once ``args.batch`` batch
     requests are in vLLM, queued and running; and how many of them had their first token
     after it."""
@@ -128,14 +131,14 @@ async def interactive_under_batch(
         asyncio.create_task(ttft(client, url, args.batch_tokens, BATCH_PRIORITY))
         for _ in range(args.batch)
     ]
-    await all_in(client, replica, args.batch, timeout=60)
+    seen = await all_in(client, replica, args.batch, timeout=60)
     sent = time.monotonic()
     measured = await ttft(client, url, 8, priority)
     batch_ttfts = await asyncio.gather(*background)
     if measured is None:
-        return None, 0
+        return None, 0, seen
     later = sum(1 for t in batch_ttfts if t is not None and began + t > sent + measured)
-    return measured, later
+    return measured, later, seen
 
 
 async def measure(args: argparse.Namespace, free: str, capped: str, replica: str) -> None:
@@ -154,11 +157,13 @@ async def measure(args: argparse.Namespace, free: str, capped: str, replica: str
         )
         print(f"  idle replica:                       TTFT {idle:.2f} s")
         for label, priority in (("interactive (0)", 0), ("no classes (100)", BATCH_PRIORITY)):
-            value, later = await interactive_under_batch(client, free, replica, args, priority)
+            value, later, seen = await interactive_under_batch(
+                client, free, replica, args, priority
+            )
             shown = "refused" if value is None else f"{value:.2f} s"
             print(
                 f"  busy, priority {label:17}: TTFT {shown}, before {later} of the batch's"
-                " first tokens"
+                f" first tokens (batch {seen})"
             )
 
 

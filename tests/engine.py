@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -271,11 +272,20 @@ def started_replica(
         replica.stop()
 
 
-@pytest.fixture(scope="module")  # stopped after its module: CI's engines share two cores
-def capped_replica(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EngineReplica]:
-    """One CPU replica started with :data:`CAPPED_ARGS`, shared by a module's admission tests."""
-    logs = tmp_path_factory.mktemp("capped-logs")
-    with started_replica(tiny_model_dir, logs, CAPPED_ARGS, "capped") as replica:
-        yield replica
+def module_replica(extra_args: tuple[str, ...], name: str) -> Any:
+    """A module-scoped fixture: one CPU replica with ``extra_args`` (:func:`started_replica`),
+    stopped after its module (CI's engines share two cores)."""
+
+    @pytest.fixture(scope="module")
+    def replica(
+        tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[EngineReplica]:
+        logs = tmp_path_factory.mktemp(f"{name}-logs")
+        with started_replica(tiny_model_dir, logs, extra_args, name) as started:
+            yield started
+
+    return replica
+
+
+# One CPU replica started with CAPPED_ARGS, shared by a module's admission tests.
+capped_replica = module_replica(CAPPED_ARGS, "capped")

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.engine import EngineReplica, started_replica
+from tests.engine import EngineReplica, module_replica
 from tests.gateway.conftest import AUTH, GatewayFactory
 from tests.gateway.test_engine import chat, vllm_sample_sum
 from tests.gateway.test_engine_admission import BATCH_AUTH, capped_gateway
@@ -38,13 +36,7 @@ BATCH_TOKENS = 1800  # with the prompt, under the replicas' max model length
 WAITING = 3  # batch requests vLLM must say are waiting before the interactive one goes
 
 
-@pytest.fixture(scope="module")  # stopped after its module: CI's engines share two cores
-def priority_replica(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EngineReplica]:
-    logs = tmp_path_factory.mktemp("priority-logs")
-    with started_replica(tiny_model_dir, logs, PRIORITY_ARGS, "priority") as replica:
-        yield replica
+priority_replica = module_replica(PRIORITY_ARGS, "priority")
 
 
 async def queue_state(replica: EngineReplica) -> tuple[float, float, float]:

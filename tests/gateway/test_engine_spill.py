@@ -28,7 +28,7 @@ from gateway.upstream_call import UPSTREAMS_FULL
 from launcher.supervision.readiness import ReadinessCheck
 from launcher.supervision.readiness_probe import VllmProbe
 from tests.engine import CAPPED_QUEUED_REQS, READY_TIMEOUT_S, EngineReplica
-from tests.gateway.conftest import SECRET, GatewayFactory, wait_until
+from tests.gateway.conftest import SECRET, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import Key
 from tests.gateway.ledger_stores import a_ledger
 from tests.gateway.test_engine import MODEL, chat
@@ -140,17 +140,18 @@ def client(gw_url: str, secret: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gw_url}/v1", api_key=secret, max_retries=0)
 
 
-async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_name(
-    vllm_replicas: list[EngineReplica],
-    proxy: DelayProxy,
+async def spill_gateway(
     start_gateway: GatewayFactory,
-    tmp_path: Path,
-) -> None:
-    local = vllm_replicas[0]
-    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
+    upstream: str,
+    keys: dict[str, Key],
+    proxy: DelayProxy,
+    ledger: Any,
+) -> ServedGateway:
+    """A gateway in front of ``upstream`` spilling to the remote stand-in (through ``proxy``),
+    once its replica and the remote are both seen ready."""
     gw = await start_gateway(
-        upstreams=[local.base_url],
-        keys={SECRET: Key("alice", spill=True), BOB: Key("bob")},
+        upstreams=[upstream],
+        keys=keys,
         health={"interval": 0.5, "expected_models": [MODEL]},
         spill={
             "url": proxy.url,
@@ -164,6 +165,31 @@ async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_n
     pool, spill = gw.app.running.pool, gw.app.running.forwarder.spill
     assert spill is not None
     await wait_until(lambda: pool.any_ready and spill.remote.ready, timeout=20)
+    return gw
+
+
+async def usage_by_backend(ledger: Any, key: str) -> dict[str, list[int]]:
+    """``key``'s [requests, completion tokens] per backend in the ledger, flushed first."""
+    await ledger.flush()
+    by_backend: dict[str, list[int]] = {}
+    for row in ledger.store.usage(0, 2**40, key=key):  # one row per hour and backend
+        counts = by_backend.setdefault(row.backend, [0, 0])
+        counts[0] += row.requests
+        counts[1] += row.completion_tokens
+    return by_backend
+
+
+async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_name(
+    vllm_replicas: list[EngineReplica],
+    proxy: DelayProxy,
+    start_gateway: GatewayFactory,
+    tmp_path: Path,
+) -> None:
+    local = vllm_replicas[0]
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
+    keys = {SECRET: Key("alice", spill=True), BOB: Key("bob")}
+    gw = await spill_gateway(start_gateway, local.base_url, keys, proxy, ledger)
+    pool = gw.app.running.pool
     alice, bob = client(gw.url, SECRET), client(gw.url, BOB)
     messages: Any = [{"role": "user", "content": "Tell me a story."}]
     extra = {"ignore_eos": True}
@@ -199,13 +225,7 @@ async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_n
         assert gw.metric("vkit_gateway_spilled_tokens_total", spilled) == 5 + 6
         reason = {"backend": "serverless", "reason": "down"}
         assert gw.metric("vkit_gateway_spilled_requests_total", reason) == 2
-        await ledger.flush()
-        by_backend: dict[str, list[int]] = {}
-        for row in ledger.store.usage(0, 2**40, key="alice"):  # one row per hour and backend
-            counts = by_backend.setdefault(row.backend, [0, 0])
-            counts[0] += row.requests
-            counts[1] += row.completion_tokens
-        assert by_backend == {"local": [1, 4], "serverless": [2, 11]}
+        assert await usage_by_backend(ledger, "alice") == {"local": [1, 4], "serverless": [2, 11]}
     finally:
         await alice.close()
         await bob.close()
@@ -231,23 +251,9 @@ async def test_the_local_replica_at_its_queue_cap_the_remote_answers_an_on_premi
     tmp_path: Path,
 ) -> None:
     ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
-    gw = await start_gateway(
-        upstreams=[capped_replica.base_url],
-        # bob opted in but must stay on-premises: on-premises wins
-        keys={SECRET: Key("alice", spill=True), BOB: Key("bob", spill=True, on_premises=True)},
-        health={"interval": 0.5, "expected_models": [MODEL]},
-        spill={
-            "url": proxy.url,
-            "name": "serverless",
-            "api_key": REMOTE_KEY,
-            "models": {MODEL: REMOTE_MODEL},
-            "probe_interval": 0.5,
-        },
-        ledger=ledger,
-    )
-    pool, spill = gw.app.running.pool, gw.app.running.forwarder.spill
-    assert spill is not None
-    await wait_until(lambda: pool.any_ready and spill.remote.ready, timeout=20)
+    # bob opted in but must stay on-premises: on-premises wins
+    keys = {SECRET: Key("alice", spill=True), BOB: Key("bob", spill=True, on_premises=True)}
+    gw = await spill_gateway(start_gateway, capped_replica.base_url, keys, proxy, ledger)
     stop = asyncio.Event()
     fillers = [
         asyncio.create_task(keep_full(capped_replica, stop)) for _ in range(CAPPED_QUEUED_REQS)
@@ -286,12 +292,7 @@ async def test_the_local_replica_at_its_queue_cap_the_remote_answers_an_on_premi
         assert gw.metric("vkit_gateway_spilled_requests_total", busy) == 1
         tokens = {"backend": "serverless", "key": "alice", "direction": "completion"}
         assert gw.metric("vkit_gateway_spilled_tokens_total", tokens) == 5
-        await ledger.flush()
-        by_backend: dict[str, list[int]] = {}
-        for row in ledger.store.usage(0, 2**40, key="alice"):
-            counts = by_backend.setdefault(row.backend, [0, 0])
-            counts[0] += row.requests
-            counts[1] += row.completion_tokens
+        by_backend = await usage_by_backend(ledger, "alice")
         assert by_backend.pop("serverless") == [1, 5]
         assert by_backend == (
             {"local": [local_answers, 5 * local_answers]} if local_answers else {}
