@@ -137,7 +137,12 @@ async def proxy(remote_replica: EngineReplica) -> AsyncIterator[DelayProxy]:
 
 
 def client(gw_url: str, secret: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gw_url}/v1", api_key=secret, max_retries=0)
+    # a long connect timeout: the gateway shares this test's event loop, which a CPU-starved
+    # machine may not run for seconds (docs/vllm-server.md#priority-scheduling)
+    timeout = httpx.Timeout(600.0, connect=60.0)
+    return openai.AsyncOpenAI(
+        base_url=f"{gw_url}/v1", api_key=secret, max_retries=0, timeout=timeout
+    )
 
 
 async def spill_gateway(
@@ -146,19 +151,25 @@ async def spill_gateway(
     keys: dict[str, Key],
     proxy: DelayProxy,
     ledger: Any,
+    probe_timeout: float | None = None,
 ) -> ServedGateway:
     """A gateway in front of ``upstream`` spilling to the remote stand-in (through ``proxy``),
-    once its replica and the remote are both seen ready."""
+    once its replica and the remote are both seen ready. ``probe_timeout`` (default: the
+    settings'): the replica's and the remote's probes' (a busy CPU replica's API server may
+    answer seconds late, which must not read as "down": docs/vllm-server.md#priority-scheduling)."""
+    timeout = {} if probe_timeout is None else {"timeout": probe_timeout}
+    spill_timeout = {} if probe_timeout is None else {"probe_timeout": probe_timeout}
     gw = await start_gateway(
         upstreams=[upstream],
         keys=keys,
-        health={"interval": 0.5, "expected_models": [MODEL]},
+        health={"interval": 0.5, "expected_models": [MODEL], **timeout},
         spill={
             "url": proxy.url,
             "name": "serverless",
             "api_key": REMOTE_KEY,
             "models": {MODEL: REMOTE_MODEL},
             "probe_interval": 0.5,
+            **spill_timeout,
         },
         ledger=ledger,
     )
@@ -253,7 +264,9 @@ async def test_the_local_replica_at_its_queue_cap_the_remote_answers_an_on_premi
     ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
     # bob opted in but must stay on-premises: on-premises wins
     keys = {SECRET: Key("alice", spill=True), BOB: Key("bob", spill=True, on_premises=True)}
-    gw = await spill_gateway(start_gateway, capped_replica.base_url, keys, proxy, ledger)
+    gw = await spill_gateway(
+        start_gateway, capped_replica.base_url, keys, proxy, ledger, probe_timeout=30.0
+    )
     stop = asyncio.Event()
     fillers = [
         asyncio.create_task(keep_full(capped_replica, stop)) for _ in range(CAPPED_QUEUED_REQS)
