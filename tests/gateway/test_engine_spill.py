@@ -139,7 +139,7 @@ async def proxy(remote_replica: EngineReplica) -> AsyncIterator[DelayProxy]:
 def client(gw_url: str, secret: str) -> openai.AsyncOpenAI:
     # a long connect timeout: the gateway shares this test's event loop, which a CPU-starved
     # machine may not run for seconds (docs/vllm-server.md#priority-scheduling)
-    timeout = httpx.Timeout(600.0, connect=60.0)
+    timeout = openai.Timeout(600.0, connect=60.0)
     return openai.AsyncOpenAI(
         base_url=f"{gw_url}/v1", api_key=secret, max_retries=0, timeout=timeout
     )
