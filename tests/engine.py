@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -250,17 +251,18 @@ CAPPED_ARGS = (
 )
 
 
-@pytest.fixture(scope="module")  # stopped after its module: CI's engines share two cores
-def capped_replica(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def started_replica(
+    model_dir: Path, log_dir: Path, extra_args: tuple[str, ...], name: str
 ) -> Iterator[EngineReplica]:
-    """One CPU replica started with :data:`CAPPED_ARGS`, shared by a module's admission tests."""
+    """One more CPU replica with ``extra_args`` (vLLM flags after ``"--"``), on the last
+    core, ready when entered and stopped on exit: a module's replica of its own."""
     replica = EngineReplica(
-        model_dir=tiny_model_dir,
+        model_dir=model_dir,
         port=free_port(),
         cpu_core=(os.cpu_count() or 1) - 1,
-        log_path=tmp_path_factory.mktemp("capped-logs") / "capped.log",
-        extra_args=CAPPED_ARGS,
+        log_path=log_dir / f"{name}.log",
+        extra_args=extra_args,
     )
     try:
         replica.start()
@@ -268,3 +270,22 @@ def capped_replica(
         yield replica
     finally:
         replica.stop()
+
+
+def module_replica(extra_args: tuple[str, ...], name: str) -> Any:
+    """A module-scoped fixture: one CPU replica with ``extra_args`` (:func:`started_replica`),
+    stopped after its module (CI's engines share two cores)."""
+
+    @pytest.fixture(scope="module")
+    def replica(
+        tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[EngineReplica]:
+        logs = tmp_path_factory.mktemp(f"{name}-logs")
+        with started_replica(tiny_model_dir, logs, extra_args, name) as started:
+            yield started
+
+    return replica
+
+
+# One CPU replica started with CAPPED_ARGS, shared by a module's admission tests.
+capped_replica = module_replica(CAPPED_ARGS, "capped")

@@ -5,6 +5,9 @@ proxy that adds latency of its own; the OpenAI SDK is the client.
 With the gateway's local replica killed, an opted-in key's requests (whole and streamed) are
 answered by the remote, renamed on the way out and sent with the remote's key, and billed to
 the remote's name in the metrics and the usage ledger; a key that did not opt in gets a 503.
+With the local replica busy instead (``tests.engine.capped_replica`` kept at its
+``--max-num-queued-reqs``, refusing with vLLM's queue-full 503), the same: the opted-in key's
+request goes to the remote (reason ``busy``), an on-premises key's gets the gateway's 503.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from gateway.upstream_call import UPSTREAMS_FULL
 from launcher.supervision.readiness import ReadinessCheck
 from launcher.supervision.readiness_probe import VllmProbe
-from tests.engine import READY_TIMEOUT_S, EngineReplica
-from tests.gateway.conftest import SECRET, GatewayFactory, wait_until
+from tests.engine import CAPPED_QUEUED_REQS, READY_TIMEOUT_S, EngineReplica
+from tests.gateway.conftest import SECRET, GatewayFactory, ServedGateway, wait_until
 from tests.gateway.doubles import Key
 from tests.gateway.ledger_stores import a_ledger
-from tests.gateway.test_engine import MODEL
+from tests.gateway.test_engine import MODEL, chat
 from vkit.stack.ports import free_port
 
 pytestmark = pytest.mark.engine
@@ -132,7 +137,57 @@ async def proxy(remote_replica: EngineReplica) -> AsyncIterator[DelayProxy]:
 
 
 def client(gw_url: str, secret: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gw_url}/v1", api_key=secret, max_retries=0)
+    # a long connect timeout: the gateway shares this test's event loop, which a CPU-starved
+    # machine may not run for seconds (docs/vllm-server.md#priority-scheduling)
+    timeout = openai.Timeout(600.0, connect=60.0)
+    return openai.AsyncOpenAI(
+        base_url=f"{gw_url}/v1", api_key=secret, max_retries=0, timeout=timeout
+    )
+
+
+async def spill_gateway(
+    start_gateway: GatewayFactory,
+    upstream: str,
+    keys: dict[str, Key],
+    proxy: DelayProxy,
+    ledger: Any,
+    probe_timeout: float | None = None,
+) -> ServedGateway:
+    """A gateway in front of ``upstream`` spilling to the remote stand-in (through ``proxy``),
+    once its replica and the remote are both seen ready. ``probe_timeout`` (default: the
+    settings'): the replica's and the remote's probes' (a busy CPU replica's API server may
+    answer seconds late, which must not read as "down": docs/vllm-server.md#priority-scheduling)."""
+    timeout = {} if probe_timeout is None else {"timeout": probe_timeout}
+    spill_timeout = {} if probe_timeout is None else {"probe_timeout": probe_timeout}
+    gw = await start_gateway(
+        upstreams=[upstream],
+        keys=keys,
+        health={"interval": 0.5, "expected_models": [MODEL], **timeout},
+        spill={
+            "url": proxy.url,
+            "name": "serverless",
+            "api_key": REMOTE_KEY,
+            "models": {MODEL: REMOTE_MODEL},
+            "probe_interval": 0.5,
+            **spill_timeout,
+        },
+        ledger=ledger,
+    )
+    pool, spill = gw.app.running.pool, gw.app.running.forwarder.spill
+    assert spill is not None
+    await wait_until(lambda: pool.any_ready and spill.remote.ready, timeout=20)
+    return gw
+
+
+async def usage_by_backend(ledger: Any, key: str) -> dict[str, list[int]]:
+    """``key``'s [requests, completion tokens] per backend in the ledger, flushed first."""
+    await ledger.flush()
+    by_backend: dict[str, list[int]] = {}
+    for row in ledger.store.usage(0, 2**40, key=key):  # one row per hour and backend
+        counts = by_backend.setdefault(row.backend, [0, 0])
+        counts[0] += row.requests
+        counts[1] += row.completion_tokens
+    return by_backend
 
 
 async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_name(
@@ -143,22 +198,9 @@ async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_n
 ) -> None:
     local = vllm_replicas[0]
     ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
-    gw = await start_gateway(
-        upstreams=[local.base_url],
-        keys={SECRET: Key("alice", spill=True), BOB: Key("bob")},
-        health={"interval": 0.5, "expected_models": [MODEL]},
-        spill={
-            "url": proxy.url,
-            "name": "serverless",
-            "api_key": REMOTE_KEY,
-            "models": {MODEL: REMOTE_MODEL},
-            "probe_interval": 0.5,
-        },
-        ledger=ledger,
-    )
-    pool, spill = gw.app.running.pool, gw.app.running.forwarder.spill
-    assert spill is not None
-    await wait_until(lambda: pool.any_ready and spill.remote.ready, timeout=20)
+    keys = {SECRET: Key("alice", spill=True), BOB: Key("bob")}
+    gw = await spill_gateway(start_gateway, local.base_url, keys, proxy, ledger)
+    pool = gw.app.running.pool
     alice, bob = client(gw.url, SECRET), client(gw.url, BOB)
     messages: Any = [{"role": "user", "content": "Tell me a story."}]
     extra = {"ignore_eos": True}
@@ -194,16 +236,84 @@ async def test_every_local_replica_killed_the_remote_answers_billed_to_its_own_n
         assert gw.metric("vkit_gateway_spilled_tokens_total", spilled) == 5 + 6
         reason = {"backend": "serverless", "reason": "down"}
         assert gw.metric("vkit_gateway_spilled_requests_total", reason) == 2
-        await ledger.flush()
-        by_backend: dict[str, list[int]] = {}
-        for row in ledger.store.usage(0, 2**40, key="alice"):  # one row per hour and backend
-            counts = by_backend.setdefault(row.backend, [0, 0])
-            counts[0] += row.requests
-            counts[1] += row.completion_tokens
-        assert by_backend == {"local": [1, 4], "serverless": [2, 11]}
+        assert await usage_by_backend(ledger, "alice") == {"local": [1, 4], "serverless": [2, 11]}
     finally:
         await alice.close()
         await bob.close()
         if not local.running:
             local.start()
             await asyncio.to_thread(local.wait_ready, READY_TIMEOUT_S)
+
+
+async def keep_full(replica: EngineReplica, stop: asyncio.Event) -> None:
+    """Keep one of the replica's queue places taken, straight on vLLM: long requests, one
+    after another, retried while vLLM refuses them."""
+    async with httpx.AsyncClient(base_url=replica.base_url, timeout=600) as direct:
+        while not stop.is_set():
+            answer = await direct.post("/v1/chat/completions", json=chat(1800))
+            if answer.status_code == 503:
+                await asyncio.sleep(0.05)
+
+
+async def test_the_local_replica_at_its_queue_cap_the_remote_answers_an_on_premises_key_gets_503(
+    capped_replica: EngineReplica,
+    proxy: DelayProxy,
+    start_gateway: GatewayFactory,
+    tmp_path: Path,
+) -> None:
+    ledger = a_ledger(f"sqlite:///{tmp_path / 'usage.sqlite3'}", flush=0.2)
+    # bob opted in but must stay on-premises: on-premises wins
+    keys = {SECRET: Key("alice", spill=True), BOB: Key("bob", spill=True, on_premises=True)}
+    gw = await spill_gateway(
+        start_gateway, capped_replica.base_url, keys, proxy, ledger, probe_timeout=30.0
+    )
+    stop = asyncio.Event()
+    fillers = [
+        asyncio.create_task(keep_full(capped_replica, stop)) for _ in range(CAPPED_QUEUED_REQS)
+    ]
+    alice, bob = client(gw.url, SECRET), client(gw.url, BOB)
+    messages: Any = [{"role": "user", "content": "Tell me a story."}]
+    extra = {"ignore_eos": True}
+    local_answers = 0  # alice's requests that found a place free between two fillers
+    try:
+        # Full when vLLM says so (the fillers' own retries are refused); a request that still
+        # found a place (a filler between two requests) is served locally: asked again.
+        for _ in range(20):
+            spilled = await alice.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=5, extra_body=extra
+            )
+            if spilled.model == REMOTE_MODEL:
+                break
+            local_answers += 1
+            await asyncio.sleep(0.5)
+        assert spilled.model == REMOTE_MODEL, "the replica never refused alice's request"
+        assert spilled.usage is not None and spilled.usage.completion_tokens == 5
+        refusal: openai.APIStatusError | None = None
+        for _ in range(20):
+            try:
+                await bob.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+            except openai.APIStatusError as refused:
+                refusal = refused
+                break
+            await asyncio.sleep(0.5)  # served locally: the replica had a place free
+        assert refusal is not None, "the replica never refused bob's request"
+        assert refusal.status_code == 503
+        assert int(refusal.response.headers["retry-after"]) >= 1
+        assert refusal.response.json()["error"]["code"] == UPSTREAMS_FULL
+
+        busy = {"backend": "serverless", "reason": "busy"}
+        assert gw.metric("vkit_gateway_spilled_requests_total", busy) == 1
+        tokens = {"backend": "serverless", "key": "alice", "direction": "completion"}
+        assert gw.metric("vkit_gateway_spilled_tokens_total", tokens) == 5
+        by_backend = await usage_by_backend(ledger, "alice")
+        assert by_backend.pop("serverless") == [1, 5]
+        assert by_backend == (
+            {"local": [local_answers, 5 * local_answers]} if local_answers else {}
+        )
+    finally:
+        stop.set()
+        await alice.close()
+        await bob.close()
+        for filler in fillers:
+            filler.cancel()
+        await asyncio.gather(*fillers, return_exceptions=True)

@@ -7,6 +7,7 @@
         quant: awq
         gpus: [0, 1]               # GPU indexes (nvidia-smi's): one replica per set of tp
         context: 8192              # or concurrency: 16
+        ttft_target: 1.5           # seconds to the first token: sizes vLLM's queue caps
         adapters:
           - {name: sql, source: org/llama-sql-lora, rank: 16}
         lora: {max_loras: 2, runtime_updates: true}
@@ -96,6 +97,9 @@ class GroupEntry(BaseModel):
     quant: Quantization = "bf16"
     context: int | None = Field(default=None, ge=16, description="target max_model_len")
     concurrency: int | None = Field(default=None, ge=1, description="target concurrent requests")
+    ttft_target: float | None = Field(
+        default=None, gt=0, description="seconds to the first token (default 2): the queue caps"
+    )
     adapters: tuple[LoraAdapter, ...] = ()
     lora: LoraOptions | bool | None = Field(
         default=None, description="None: on when adapters are named; false: off"

@@ -19,7 +19,7 @@ from typing import Any
 
 from launcher.errors import GpuShareError, InvalidInput
 from launcher.sizing.checkpoints import served_checkpoint
-from launcher.sizing.fit import CpuTarget, FitPlan, FitRequest, plan_fit
+from launcher.sizing.fit import CpuTarget, FitPlan, FitRequest, check_plan_ttft, plan_fit
 from launcher.sizing.gpu_sets import GpuSet, split_gpu_sets
 from launcher.sizing.gpu_sharing import ShareClaim, share_gpu
 from launcher.sizing.gpus import GpuProfile, get_gpu, normalize_gpu_name
@@ -53,12 +53,16 @@ class GroupFit:
 
 
 def fit_request(entry: GroupEntry) -> FitRequest:
+    fields: dict[str, Any] = {}
+    if entry.ttft_target is not None:
+        fields["ttft_target_s"] = entry.ttft_target
     return FitRequest(
         quant=entry.quant,
         tensor_parallel=entry.tp,
         context=entry.context,
         concurrency=entry.concurrency,
         lora=entry.lora_settings,
+        **fields,
     )
 
 
@@ -127,6 +131,11 @@ def fit_groups(file: DeploymentFile, *, share: bool = True) -> list[GroupFit]:
                 f"group {entry.name!r}: {plan.model} does not fit on {plan.target}{where}: "
                 + "; ".join(plan.problems)
             )
+        if entry.ttft_target is not None:  # the default's caps are left out where unmet
+            try:
+                check_plan_ttft(plan)
+            except InvalidInput as exc:
+                raise type(exc)(f"group {entry.name!r}: {exc}") from None
         fits.append(GroupFit(entry, key, sets[entry.name], plan, price, neighbours))
     return fits
 
@@ -136,7 +145,8 @@ def group_launch(
 ) -> LaunchSettings:
     """What each replica of ``fit``'s group runs with ``vkit launch`` (port aside): ``model``
     under the group's served name, the fit's context and, on a GPU, the group's kind,
-    quantization, tensor-parallel size and memory share; its LoRA settings."""
+    quantization, tensor-parallel size and memory share; its LoRA settings and its
+    time-to-first-token target (``vkit launch`` sizes the queue caps from it)."""
     fields: dict[str, Any] = {
         "model": model,
         "host": host,
@@ -152,4 +162,6 @@ def group_launch(
             fields["gpu_memory_utilization"] = fit.plan.gpu_memory_utilization
     if fit.entry.lora_settings is not None:
         fields["lora"] = fit.entry.lora_settings
+    if fit.entry.ttft_target is not None:
+        fields["ttft_target"] = fit.entry.ttft_target
     return LaunchSettings(**fields)

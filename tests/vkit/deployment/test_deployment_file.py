@@ -14,7 +14,7 @@ from vkit.deployment.deployment_file import (
     load_deployment_file,
     parse_deployment,
 )
-from vkit.deployment.group_fit import fit_groups
+from vkit.deployment.group_fit import fit_groups, group_launch
 from vkit.exit_codes import exit_code_for
 
 CHAT: dict[str, Any] = {
@@ -134,3 +134,23 @@ def test_a_group_that_does_not_fit_names_itself() -> None:
     data = two_groups(fast={"context": 40_960, "model": "qwen3-8b", "gpu": "l4"})
     with pytest.raises(InvalidInput, match=r"^group 'fast': qwen3-8b does not fit on l4"):
         fit_groups(parse_deployment(data))
+
+
+def test_a_group_ttft_target_sizes_its_queue_caps_and_goes_to_its_replicas() -> None:
+    default, tight = fit_groups(parse_deployment(two_groups(fast={"ttft_target": 0.5})))
+    wide = fit_groups(parse_deployment(two_groups(fast={"ttft_target": 4})))[1]
+    assert default.plan.ttft_target_s == 2.0 and tight.plan.ttft_target_s == 0.5
+    tokens = [fit.plan.max_num_queued_tokens for fit in (tight, wide)]
+    assert None not in tokens and tokens[0] < tokens[1]  # type: ignore[operator]
+    assert group_launch(tight, "qwen3-4b", host="0.0.0.0", shutdown_timeout=30).ttft_target == 0.5
+    assert group_launch(default, "x", host="0.0.0.0", shutdown_timeout=30).ttft_target == 2.0
+
+
+def test_a_group_ttft_target_its_gpu_cannot_meet_is_one_line_naming_the_group() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        fit_groups(parse_deployment(two_groups(fast={"ttft_target": 0.01})))
+    message = str(caught.value)
+    assert message.startswith("group 'fast': a time-to-first-token target of 0.01 s cannot be met")
+    assert "\n" not in message and exit_code_for(caught.value) == 2
+    with pytest.raises(DeploymentFileError, match="ttft_target: Input should be greater than 0"):
+        parse_deployment(two_groups(fast={"ttft_target": 0}))
