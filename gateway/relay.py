@@ -176,6 +176,7 @@ class Relay:
         await self.deliver({"type": "http.response.start", "status": 200, "headers": headers})
         chunks = response.chunks()
         error: GatewayError | None = None
+        ended = False  # the client's answer went out whole, with the stream's last event
         # One timer for the whole stream, armed around each read only (never a write: those
         # are the WriteWatch's): a new asyncio.timeout per read cost ~6 us, ~100 us a stream.
         loop = asyncio.get_running_loop()
@@ -198,19 +199,33 @@ class Relay:
                         outcome.upstream_wait += clock() - began
                     if error is not None:
                         break
+                    if ended:  # the upstream's end after its last event; more: not kept
+                        if chunk:
+                            response.abort()
+                        break
                     if not chunk:  # a clean end; before [DONE] it is a cut answer
                         if not meter.done:
                             last = "data: [DONE]" if api is None else "its last event"
                             error = UpstreamError(f"the upstream ended the stream before {last}")
                         break
                     out = meter.feed(chunk)
-                    if out:
-                        if outcome.first_byte_at is None:
-                            outcome.first_byte_at = clock()
+                    if out and outcome.first_byte_at is None:
+                        outcome.first_byte_at = clock()
+                    if meter.done:  # the last event: sent with the answer's end, one write
+                        ended = self.finishing = True
+                        end = out + meter.flush()
+                        await self.deliver(
+                            {"type": "http.response.body", "body": end, "more_body": False}
+                        )
+                    elif out:
                         body = {"type": "http.response.body", "body": out, "more_body": True}
                         await self.deliver(body)
         except TimeoutError:
             error = UpstreamTimeout(f"the stream stalled (no chunk in {idle:g} s, or over total)")
+        if ended:  # the client's answer is whole; the upstream's end is only read to keep it
+            if error is not None:
+                response.abort()
+            return
         tail = meter.flush()
         if error is not None:
             response.abort()
