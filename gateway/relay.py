@@ -1,19 +1,19 @@
 """The relay: one upstream answer sent on to the client, under the layered timeouts.
 
 A stream (a 200 to a ``stream`` request) is passed on event by event through a
-:class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the client
-did not ask for; during it, a gap over ``timeouts.idle``, the ``total`` deadline, or an
-upstream that ends the stream before ``data: [DONE]`` (cleanly, but with an event torn or
-the last ones missing: a cut answer, which the OpenAI SDK would take for a whole one:
-docs/gateway-server.md#a-stream-that-ends-early) ends the stream with a ``data: {"error":
-...}`` event and ``data: [DONE]`` (what vLLM itself sends for an error after the stream
-began); the torn half of an event is never relayed. The deadline is checked before every
-read, not only when a read has to wait: an upstream that always has the next chunk ready
-never waits. The stream's last event goes out with the answer's end (one write); the
-upstream's end after it is then read only to keep its connection. Any other answer is read
-whole (within the same bounds, else a 504 or 502 envelope), its usage read, an upstream
-error body put in the OpenAI envelope, and a 401 of the upstream (our key refused, not the
-client's) answered 502.
+:class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the
+client did not ask for; during it, a gap over ``timeouts.idle``, the ``total``
+deadline, or an upstream that ends the stream before ``data: [DONE]`` (cleanly, but
+with an event torn or the last ones missing: a cut answer, which the OpenAI SDK would
+take for a whole one: docs/gateway-server.md#a-stream-that-ends-early) ends the stream
+with a ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for
+an error after the stream began); the torn half of an event is never relayed. The
+deadline is checked before every read, not only when a read has to wait: an upstream
+that always has the next chunk ready never waits. The stream's last event goes out with
+the answer's end (one write); the upstream's end after it is then read only to keep its
+connection. Any other answer is read whole (within the same bounds, else a 504 or 502
+envelope), its usage read, an upstream error body put in the OpenAI envelope, and a 401
+of the upstream (our key refused, not the client's) answered 502.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
