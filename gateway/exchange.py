@@ -9,7 +9,8 @@
    call (hold, route, attempts and retries, first-byte timeout);
 2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
    the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`);
-   meanwhile a task watches for the client going away (then: status 499, nothing more sent);
+   meanwhile, from ``DISCONNECT_WATCH_AFTER_S`` on, a task watches for the client going away
+   (then: status 499, nothing more sent);
 3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
 4. :func:`gateway.billing.settle` -- the lease settled with the tokens used, and the
    exchange's metrics.
@@ -53,6 +54,13 @@ from gateway.usage_meter import StreamMeter, Usage
 
 log = logging.getLogger("vkit.gateway.exchange")
 
+# How long an exchange runs before a task starts watching for its client going away. Most
+# answers are over before that, and pay no task for it (a task per request cost some 5% of
+# the gateway's CPU per request: docs/gateway-cost.md#the-request-path); a client that left
+# earlier is seen as soon as the watch starts (the server keeps the disconnect for the next
+# receive), so the upstream is aborted at most this much later.
+DISCONNECT_WATCH_AFTER_S = 0.2
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -84,6 +92,7 @@ class Exchange(Response):
         self.admitted = admitted
         self.outcome = Outcome()
         self._client_gone = False
+        self._watcher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         owner = asyncio.current_task()
@@ -93,7 +102,9 @@ class Exchange(Response):
         total_left = self.admitted.started + timeouts.total - forwarder.clock()
         watch = WriteWatch(owner, timeouts.client_write, total_left)
         relay = Relay(send, watch, forwarder, self.admitted, outcome)
-        watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
+        start = watch.loop.call_later(
+            DISCONNECT_WATCH_AFTER_S, self._start_watching, receive, owner, relay
+        )
         metrics = forwarder.metrics
         if self.metered:
             metrics.in_flight.inc()
@@ -115,7 +126,9 @@ class Exchange(Response):
             outcome.status = 499
         finally:
             watch.cancel()
-            watcher.cancel()
+            start.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()
             if outcome.status:  # 499 when the client left, whatever was sent before
                 answer_labels(scope).status = outcome.status
             await self._settle()
@@ -126,6 +139,9 @@ class Exchange(Response):
         metrics.in_flight.dec()
         await billing.settle(self.admitted, self.outcome, metrics, self.forwarder.ledger)
         self._record_timings()
+
+    def _start_watching(self, receive: Receive, owner: asyncio.Task[Any], relay: Relay) -> None:
+        self._watcher = asyncio.create_task(self._watch_disconnect(receive, owner, relay))
 
     async def _watch_disconnect(
         self, receive: Receive, owner: asyncio.Task[Any], relay: Relay

@@ -1,17 +1,19 @@
 """The relay: one upstream answer sent on to the client, under the layered timeouts.
 
 A stream (a 200 to a ``stream`` request) is passed on event by event through a
-:class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the client
-did not ask for; during it, a gap over ``timeouts.idle``, the ``total`` deadline, or an
-upstream that ends the stream before ``data: [DONE]`` (cleanly, but with an event torn or
-the last ones missing: a cut answer, which the OpenAI SDK would take for a whole one:
-docs/gateway-server.md#a-stream-that-ends-early) ends the stream with a
-``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for an error
-after the stream began); the torn half of an event is never relayed. The deadline is
-checked before every read, not only when a read has to wait: an upstream that always has
-the next chunk ready never waits. Any other answer is read whole (within the same bounds,
-else a 504 or 502 envelope), its usage read, an upstream error body put in the OpenAI
-envelope, and a 401 of the upstream (our key refused, not the client's) answered 502.
+:class:`gateway.usage_meter.StreamMeter`, which reads the usage and strips what the
+client did not ask for; during it, a gap over ``timeouts.idle``, the ``total``
+deadline, or an upstream that ends the stream before ``data: [DONE]`` (cleanly, but
+with an event torn or the last ones missing: a cut answer, which the OpenAI SDK would
+take for a whole one: docs/gateway-server.md#a-stream-that-ends-early) ends the stream
+with a ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for
+an error after the stream began); the torn half of an event is never relayed. The
+deadline is checked before every read, not only when a read has to wait: an upstream
+that always has the next chunk ready never waits. The stream's last event goes out with
+the answer's end (one write); the upstream's end after it is then read only to keep its
+connection. Any other answer is read whole (within the same bounds, else a 504 or 502
+envelope), its usage read, an upstream error body put in the OpenAI envelope, and a 401
+of the upstream (our key refused, not the client's) answered 502.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
@@ -176,6 +178,7 @@ class Relay:
         await self.deliver({"type": "http.response.start", "status": 200, "headers": headers})
         chunks = response.chunks()
         error: GatewayError | None = None
+        ended = False  # the client's answer went out whole, with the stream's last event
         # One timer for the whole stream, armed around each read only (never a write: those
         # are the WriteWatch's): a new asyncio.timeout per read cost ~6 us, ~100 us a stream.
         loop = asyncio.get_running_loop()
@@ -198,19 +201,33 @@ class Relay:
                         outcome.upstream_wait += clock() - began
                     if error is not None:
                         break
+                    if ended:  # the upstream's end after its last event; more: not kept
+                        if chunk:
+                            response.abort()
+                        break
                     if not chunk:  # a clean end; before [DONE] it is a cut answer
                         if not meter.done:
                             last = "data: [DONE]" if api is None else "its last event"
                             error = UpstreamError(f"the upstream ended the stream before {last}")
                         break
                     out = meter.feed(chunk)
-                    if out:
-                        if outcome.first_byte_at is None:
-                            outcome.first_byte_at = clock()
+                    if out and outcome.first_byte_at is None:
+                        outcome.first_byte_at = clock()
+                    if meter.done:  # the last event: sent with the answer's end, one write
+                        ended = self.finishing = True
+                        end = out + meter.flush()
+                        await self.deliver(
+                            {"type": "http.response.body", "body": end, "more_body": False}
+                        )
+                    elif out:
                         body = {"type": "http.response.body", "body": out, "more_body": True}
                         await self.deliver(body)
         except TimeoutError:
             error = UpstreamTimeout(f"the stream stalled (no chunk in {idle:g} s, or over total)")
+        if ended:  # the client's answer is whole; the upstream's end is only read to keep it
+            if error is not None:
+                response.abort()
+            return
         tail = meter.flush()
         if error is not None:
             response.abort()
