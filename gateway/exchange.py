@@ -9,8 +9,8 @@
    call (hold, route, attempts and retries, first-byte timeout);
 2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
    the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`);
-   meanwhile, from ``DISCONNECT_WATCH_AFTER_S`` on, a task watches for the client going away
-   (then: status 499, nothing more sent);
+   meanwhile a task watches for the client going away (then: status 499, nothing more sent):
+   from the start for a stream, from ``DISCONNECT_WATCH_AFTER_S`` on for a whole answer;
 3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
 4. :func:`gateway.billing.settle` -- the lease settled with the tokens used, and the
    exchange's metrics.
@@ -54,11 +54,13 @@ from gateway.usage_meter import StreamMeter, Usage
 
 log = logging.getLogger("vkit.gateway.exchange")
 
-# How long an exchange runs before a task starts watching for its client going away. Most
-# answers are over before that, and pay no task for it (a task per request cost some 5% of
-# the gateway's CPU per request: docs/gateway-cost.md#the-request-path); a client that left
-# earlier is seen as soon as the watch starts (the server keeps the disconnect for the next
-# receive), so the upstream is aborted at most this much later.
+# How long a whole (non-stream) answer's exchange runs before a task starts watching for its
+# client going away. Most answers are over before that, and pay no task for it (a task per
+# request cost some 5% of the gateway's CPU per request: docs/gateway-cost.md#the-request-path);
+# a client that left earlier is seen as soon as the watch starts (the server keeps the
+# disconnect for the next receive), so the upstream is aborted at most this much later. A
+# stream is watched from its start: its client often cuts it within this time (a fast model
+# sends tens of tokens in 0.2 s), and vLLM must stop at the cut, not generate on.
 DISCONNECT_WATCH_AFTER_S = 0.2
 
 
@@ -102,9 +104,13 @@ class Exchange(Response):
         total_left = self.admitted.started + timeouts.total - forwarder.clock()
         watch = WriteWatch(owner, timeouts.client_write, total_left)
         relay = Relay(send, watch, forwarder, self.admitted, outcome)
-        start = watch.loop.call_later(
-            DISCONNECT_WATCH_AFTER_S, self._start_watching, receive, owner, relay
-        )
+        start: asyncio.TimerHandle | None = None
+        if self.admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
+            self._start_watching(receive, owner, relay)
+        else:
+            start = watch.loop.call_later(
+                DISCONNECT_WATCH_AFTER_S, self._start_watching, receive, owner, relay
+            )
         metrics = forwarder.metrics
         if self.metered:
             metrics.in_flight.inc()
@@ -126,7 +132,8 @@ class Exchange(Response):
             outcome.status = 499
         finally:
             watch.cancel()
-            start.cancel()
+            if start is not None:
+                start.cancel()
             if self._watcher is not None:
                 self._watcher.cancel()
             if outcome.status:  # 499 when the client left, whatever was sent before
