@@ -136,6 +136,7 @@ class Exchange(Response):
                 start.cancel()
             if self._watcher is not None:
                 self._watcher.cancel()
+                self._watcher = None  # the task's frame holds this exchange: no cycle left
             if outcome.status:  # 499 when the client left, whatever was sent before
                 answer_labels(scope).status = outcome.status
             await self._settle()
