@@ -22,8 +22,9 @@ import yaml
 
 from launcher.sizing.capacity.schedule import ReplicaSchedule
 from vkit.commands.capacity_schedule import load_schedule
+from vkit.deployment.service_ports import replica_url
 from vkit.exit_codes import UsageError
-from vkit.render.compose_schedule import DRAIN_SETTLE_S, REPLICAS_FILE, replica_url
+from vkit.render.compose_schedule import DRAIN_SETTLE_S, REPLICAS_FILE
 from vkit.render.schedule_keda import keda_schedule_kustomization, keda_schedule_patch
 from vkit.render.schedule_systemd import schedule_units
 from vkit.stack.schedule_follower import ComposeReplicas, compose_program, follow, follower_for

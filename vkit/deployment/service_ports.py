@@ -28,3 +28,8 @@ class Ports(BaseModel):
     gateway: int = Field(default=GATEWAY_PORT, ge=1, le=65535)
     gateway_admin: int = Field(default=GATEWAY_ADMIN_PORT, ge=1, le=65535)
     redis: int = Field(default=REDIS_PORT, ge=1, le=65535)
+
+
+def replica_url(service: str) -> str:
+    """The base URL of a replica service on a compose network (its service name as host)."""
+    return f"http://{service}:{VLLM_PORT}"

@@ -61,6 +61,7 @@ from vkit.deployment.service_ports import (
     NGINX_PORT,
     REDIS_PORT,
     VLLM_PORT,
+    replica_url,
 )
 from vkit.render.alertmanager import alertmanager_service
 from vkit.render.compose_cpu import CPU_IMAGE, cpu_group, cpu_replica, is_cpu, tokenizer_source
@@ -387,7 +388,7 @@ def gateway_settings(spec: ComposeSpec, model: str = MODEL_VAR) -> GatewaySettin
     }
     if spec.routing == "aware":
         names = [replica_service_name(gpu_set) for gpu_set in spec.gpu_sets]
-        values["upstreams"] = [f"http://{name}:{VLLM_PORT}" for name in names]
+        values["upstreams"] = [replica_url(name) for name in names]
         values["routing"] = "aware"
     if spec.schedule:  # vkit.render.compose_schedule: the follower drains through a file
         values.update(schedule_gateway_values())

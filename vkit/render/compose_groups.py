@@ -31,6 +31,7 @@ from vkit.deployment.service_ports import (
     GATEWAY_PORT,
     REDIS_PORT,
     VLLM_PORT,
+    replica_url,
 )
 from vkit.edge_conf import EdgeLimits
 from vkit.render.alertmanager import ALERTMANAGER_PORT, render_alertmanager_files
@@ -138,7 +139,7 @@ def groups_deployment(file: DeploymentFile, fits: list[GroupFit]) -> Deployment:
         images=Images(gateway=COMPOSE_GATEWAY_IMAGE, vllm_cpu=CPU_IMAGE),
         drain=DrainBudget(replica_s=file.shutdown_timeout, gateway_s=GATEWAY_TOTAL_TIMEOUT_S),
     )
-    upstreams = [f"http://{name}:{VLLM_PORT}" for name, _, _ in replica_services(draft)]
+    upstreams = [replica_url(name) for name, _, _ in replica_services(draft)]
     return draft.model_copy(update={"gateway": groups_gateway(groups, upstreams)})
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vkit.deployment.drain import GATEWAY_TOTAL_TIMEOUT_S
-from vkit.deployment.service_ports import VLLM_PORT
+from vkit.deployment.service_ports import replica_url
 
 REPLICAS_DIR = "replicas"  # in the bundle, beside compose.yaml
 REPLICAS_FILE = f"{REPLICAS_DIR}/replicas.txt"
@@ -32,11 +32,6 @@ DISCOVERY_INTERVAL_S = 1.0  # how often the gateway reads the file
 # A leaving replica is stopped after the gateway read the file without it twice, and a second.
 DRAIN_SETTLE_S = 2 * DISCOVERY_INTERVAL_S + 1
 HOLD_MAX_WAIT_S = GATEWAY_TOTAL_TIMEOUT_S / 2
-
-
-def replica_url(service: str) -> str:
-    """The base URL of a replica service on the compose network."""
-    return f"http://{service}:{VLLM_PORT}"
 
 
 def replicas_file_text(services: Sequence[str]) -> str:

@@ -39,7 +39,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from launcher.sizing.capacity.schedule import ReplicaSchedule
-from vkit.deployment.service_ports import VLLM_PORT
+from vkit.deployment.service_ports import replica_url
 
 
 class ReplicaSet(Protocol):
@@ -142,7 +142,7 @@ class ComposeReplicas:
         self.services = list(services)
         self.project = project
         self.replicas_file = replicas_file
-        self.urls = urls or (lambda name: f"http://{name}:{VLLM_PORT}")
+        self.urls = urls or replica_url
         self.settle_s = settle_s
         self.run = run
         self.sleep = sleep
