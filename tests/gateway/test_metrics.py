@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -313,3 +314,35 @@ def test_a_family_registered_twice_is_refused_by_the_registry() -> None:
     LoopCounter("x", "h", (), registry)
     with pytest.raises(ValueError, match="Duplicated"):
         Counter("x", "h", registry=registry)
+
+
+def test_a_scrape_from_another_thread_sees_every_series_while_new_ones_come() -> None:
+    """Only the loop writes; a scrape may run elsewhere (a test thread, a future admin
+    thread): it copies the series it walks, so new series mid-scrape raise nothing."""
+    registry = CollectorRegistry()
+    tokens = LoopCounter("x", "h", ("key",), registry)
+    histogram = LoopHistogram("y", "h", ("key",), registry, (1.0, 2.0))
+    scraped: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                scraped.append(len(generate_latest(registry)))
+            except BaseException as exc:  # the failure this test looks for
+                failures.append(exc)
+                return
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        for n in range(20_000):
+            tokens.labels(f"k{n}").inc()
+            histogram.labels(f"k{n % 500}").observe(1.5)
+    finally:
+        stop.set()
+        reader.join()
+    assert failures == [] and len(scraped) > 1
+    assert registry.get_sample_value("x_total", {"key": "k19999"}) == 1.0
+    assert registry.get_sample_value("y_count", {"key": "k0"}) == 40.0
