@@ -137,22 +137,22 @@ class GatewayMetrics:
             PREFIX + "request_duration_seconds",
             "Whole request duration",
             ("key", "model"),
-            registry,
             _LATENCY_BUCKETS,
+            registry,
         )
         self.time_to_first_token = LoopHistogram(
             PREFIX + "time_to_first_token_seconds",
             "Time until the first body byte was sent to the client",
             ("model",),
-            registry,
             _LATENCY_BUCKETS,
+            registry,
         )
         self.overhead = LoopHistogram(
             PREFIX + "overhead_seconds",
             "Time per request not spent waiting on the upstream",
             (),
-            registry,
             _OVERHEAD_BUCKETS,
+            registry,
         )
         self.tokens = LoopCounter(
             PREFIX + "tokens", "Tokens by key", ("key", "direction"), registry

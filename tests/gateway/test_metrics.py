@@ -241,7 +241,7 @@ def test_the_scrape_text_is_byte_for_byte_what_it_was(render: Render) -> None:
 def test_created_series_follow_prometheus_clients_switch() -> None:
     registry = CollectorRegistry()
     LoopCounter("c", "help", ("k",), registry).labels("a").inc()
-    LoopHistogram("h", "help", (), registry, (1.0,)).observe(0.5)
+    LoopHistogram("h", "help", (), (1.0,), registry).labels().observe(0.5)
     prometheus_metrics.disable_created_metrics()
     try:
         names = {s.name for family in registry.collect() for s in family.samples}
@@ -266,7 +266,7 @@ def twins(kind: str) -> tuple[CollectorRegistry, Any, CollectorRegistry, Any]:
     bounds = (-1.0, 0.0, 0.5, 1e7, 2.5e9)
     return (
         ours,
-        LoopHistogram("x", "h", ("a",), ours, bounds),
+        LoopHistogram("x", "h", ("a",), bounds, ours),
         theirs,
         Histogram("x", "h", ["a"], buckets=bounds, registry=theirs),
     )
@@ -306,7 +306,7 @@ def test_a_counter_refuses_to_go_down_as_prometheus_client_does() -> None:
     with pytest.raises(ValueError, match="label count"):
         counter.labels("a", "b")
     with pytest.raises(ValueError, match="sorted"):
-        LoopHistogram("y", "h", (), CollectorRegistry(), (2.0, 1.0))
+        LoopHistogram("y", "h", (), (2.0, 1.0), CollectorRegistry())
 
 
 def test_a_family_registered_twice_is_refused_by_the_registry() -> None:
@@ -321,7 +321,7 @@ def test_a_scrape_from_another_thread_sees_every_series_while_new_ones_come() ->
     thread): it copies the series it walks, so new series mid-scrape raise nothing."""
     registry = CollectorRegistry()
     tokens = LoopCounter("x", "h", ("key",), registry)
-    histogram = LoopHistogram("y", "h", ("key",), registry, (1.0, 2.0))
+    histogram = LoopHistogram("y", "h", ("key",), (1.0, 2.0), registry)
     scraped: list[int] = []
     failures: list[BaseException] = []
     stop = threading.Event()
