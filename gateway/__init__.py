@@ -49,6 +49,7 @@ Modules:
 - :mod:`.errors` -- the one error hierarchy, rendered as the OpenAI envelope (Anthropic's on
   ``/v1/messages``);
 - :mod:`.metrics` -- the gateway's Prometheus metrics on an injected registry;
+- :mod:`.loop_metrics` -- lean counter, gauge, histogram for the request path (no locks);
 - :mod:`.key_store` -- API keys at request time (authentication, reloads);
 - :mod:`.keyfile` -- the keys file: YAML load and atomic save;
 - :mod:`.limits` -- per-key limits (memory or Redis) and the gateway-wide in-flight bound;
