@@ -43,6 +43,7 @@ from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamResponse
+from gateway.deadline import WaitDeadline
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
@@ -103,7 +104,8 @@ class Exchange(Response):
         timeouts = forwarder.timeouts
         total_left = self.admitted.started + timeouts.total - forwarder.clock()
         watch = WriteWatch(owner, timeouts.client_write, total_left)
-        relay = Relay(send, watch, forwarder, self.admitted, outcome)
+        waits = WaitDeadline(owner, watch.loop)
+        relay = Relay(send, watch, waits, forwarder, self.admitted, outcome)
         start: asyncio.TimerHandle | None = None
         if self.admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
             self._start_watching(receive, owner, relay)
@@ -132,6 +134,7 @@ class Exchange(Response):
             outcome.status = 499
         finally:
             watch.cancel()
+            waits.close()
             if start is not None:
                 start.cancel()
             if self._watcher is not None:
