@@ -168,7 +168,7 @@ class Exchange(Response):
     async def _run(self, relay: Relay) -> None:
         deadline = self.admitted.started + self.forwarder.timeouts.total
         try:
-            upstream, response = await self._open(deadline)
+            upstream, response = await self._open(deadline, relay.waits)
         except GatewayError as exc:
             await relay.error(exc)
             return
@@ -184,7 +184,9 @@ class Exchange(Response):
     async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
         await relay.answer(response, deadline)
 
-    async def _open(self, deadline: float) -> tuple[Upstream, UpstreamResponse]:
+    async def _open(
+        self, deadline: float, waits: WaitDeadline
+    ) -> tuple[Upstream, UpstreamResponse]:
         forwarder, admitted = self.forwarder, self.admitted
         began = forwarder.clock()
         try:
@@ -197,6 +199,7 @@ class Exchange(Response):
                 admitted.key_name,
                 admitted.route_model,
                 admitted.priority,
+                waits=waits,
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began

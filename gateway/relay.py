@@ -9,12 +9,13 @@ take for a whole one: docs/gateway-server.md#a-stream-that-ends-early) ends the 
 with a ``data: {"error": ...}`` event and ``data: [DONE]`` (what vLLM itself sends for
 an error after the stream began); the torn half of an event is never relayed. The
 deadline is checked before every read, not only when a read has to wait: an upstream
-that always has the next chunk ready never waits. The reads' bounds are the exchange's
-:class:`gateway.deadline.WaitDeadline`: one timer, each read only moving its deadline. The stream's last event goes out with
+that always has the next chunk ready never waits. The stream's last event goes out with
 the answer's end (one write); the upstream's end after it is then read only to keep its
 connection. Any other answer is read whole (within the same bounds, else a 504 or 502
 envelope), its usage read, an upstream error body put in the OpenAI envelope, and a 401
-of the upstream (our key refused, not the client's) answered 502.
+of the upstream (our key refused, not the client's) answered 502. The reads' bounds (and
+the response head's: :meth:`Forwarder.open_within`) are the exchange's
+:class:`gateway.deadline.WaitDeadline`: one timer, each wait only moving its deadline.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
@@ -105,16 +106,17 @@ class WriteWatch:
 
 class Relay:
     """Sends one exchange's answer to the client through ``send``. ``finishing`` is set once
-    the last message is on its way (a disconnect then is no longer the client leaving)."""
+    the last message is on its way (a disconnect then is no longer the client leaving).
+    ``waits`` bounds the exchange's waits on the upstream (the head's, then the reads')."""
 
     __slots__ = (
         "_admitted",
         "_forwarder",
         "_outcome",
         "_send",
-        "_waits",
         "_watch",
         "finishing",
+        "waits",
     )
 
     def __init__(
@@ -128,7 +130,7 @@ class Relay:
     ) -> None:
         self._send = send
         self._watch = watch
-        self._waits = waits
+        self.waits = waits
         self._forwarder = forwarder
         self._admitted = admitted
         self._outcome = outcome
@@ -143,20 +145,26 @@ class Relay:
 
     async def _body(self, response: UpstreamResponse, deadline: float) -> None:
         forwarder, outcome = self._forwarder, self._outcome
-        began = forwarder.clock()
-        limit = min(forwarder.timeouts.idle, deadline - began)
+        waits, began = self.waits, forwarder.clock()
+        waits.begin(max(min(forwarder.timeouts.idle, deadline - began), 0.001))
+        kind = ""
         try:
-            async with asyncio.timeout(max(limit, 0.001)):
-                body = await response.read()
-        except (TimeoutError, UpstreamBroken) as exc:
+            body = await response.read()
+        except UpstreamBroken:
+            kind = "stream"
+        except asyncio.CancelledError:
+            if not waits.timed_out():
+                raise
+            kind = "timeout"
+        finally:
+            waits.end()
+            outcome.upstream_wait += forwarder.clock() - began
+        if kind:
             response.abort()
-            kind = "timeout" if isinstance(exc, TimeoutError) else "stream"
             forwarder.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
             error_class = UpstreamTimeout if kind == "timeout" else UpstreamError
             await self.error(error_class(f"the upstream answer broke off ({kind})"))
             return
-        finally:
-            outcome.upstream_wait += forwarder.clock() - began
         status = response.status
         if status == 200:
             outcome.usage = usage_from_json(body)
@@ -191,7 +199,7 @@ class Relay:
         chunks = response.chunks()
         error: GatewayError | None = None
         ended = False  # the client's answer went out whole, with the stream's last event
-        waits = self._waits  # each read under the idle and total bounds, one timer for all
+        waits = self.waits  # each read under the idle and total bounds, one timer for all
         while True:
             began = clock()
             if began >= deadline:  # also here: a read that need not wait never times out
