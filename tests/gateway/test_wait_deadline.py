@@ -44,19 +44,19 @@ async def test_many_short_waits_under_one_timer_never_trip() -> None:
     """Each wait moves the deadline; the timer first armed fires mid-way and is re-armed."""
     waits = deadline_here()
     began = time.monotonic()
-    while time.monotonic() - began < 0.2:  # 0.2 s of waits, each well within its 0.05 s
-        assert await bounded(waits, 0.05, 0.005) == "done"
+    while time.monotonic() - began < 0.6:  # 0.6 s of waits, each well within its 0.25 s
+        assert await bounded(waits, 0.25, 0.002) == "done"
     assert await bounded(waits, 0.05, 5) == "timeout"  # the next slow one still trips
     waits.close()
 
 
 async def test_time_between_waits_never_counts() -> None:
     waits = deadline_here()
-    assert await bounded(waits, 0.05, 0.001) == "done"
-    time.sleep(0.1)  # past the first wait's deadline, outside any wait: the timer fires late
-    assert await bounded(waits, 0.05, 0.01) == "done"
-    await asyncio.sleep(0.1)  # the timer fires between waits: nothing ends
-    assert await bounded(waits, 0.05, 0.01) == "done"
+    assert await bounded(waits, 0.25, 0.001) == "done"
+    time.sleep(0.3)  # past the first wait's deadline, outside any wait: the timer fires late
+    assert await bounded(waits, 0.25, 0.001) == "done"
+    await asyncio.sleep(0.3)  # the timer fires between waits: nothing ends
+    assert await bounded(waits, 0.25, 0.001) == "done"
     waits.close()
 
 
