@@ -30,7 +30,7 @@ Modules:
 - :mod:`.utf8_length` -- UTF-8 lengths over normal forms (texts, JSON): the byte bound's B;
 - :mod:`.chat_template` -- a model's chat template, rendered as vLLM renders it;
 - :mod:`.prompt_budget` -- counting within a time budget, large bodies off the event loop;
-- :mod:`.deadline` -- a time budget that long work checks as it goes;
+- :mod:`.deadline` -- a time budget that long work checks as it goes; one timer on a task's waits;
 - :mod:`.proxy_endpoint` -- the proxied routes' endpoint: gate, exchange, no Starlette layers;
 - :mod:`.exchange` -- one request's exchange (the ASGI response) and its ``Outcome`` record;
 - :mod:`.upstream_call` -- the upstream call: route, attempts, retries, first-byte timeout;

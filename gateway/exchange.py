@@ -43,6 +43,7 @@ from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
 from gateway.client import UpstreamResponse
+from gateway.deadline import WaitDeadline
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
@@ -103,7 +104,8 @@ class Exchange(Response):
         timeouts = forwarder.timeouts
         total_left = self.admitted.started + timeouts.total - forwarder.clock()
         watch = WriteWatch(owner, timeouts.client_write, total_left)
-        relay = Relay(send, watch, forwarder, self.admitted, outcome)
+        waits = WaitDeadline(owner, watch.loop)
+        relay = Relay(send, watch, waits, forwarder, self.admitted, outcome)
         start: asyncio.TimerHandle | None = None
         if self.admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
             self._start_watching(receive, owner, relay)
@@ -132,6 +134,7 @@ class Exchange(Response):
             outcome.status = 499
         finally:
             watch.cancel()
+            waits.close()
             if start is not None:
                 start.cancel()
             if self._watcher is not None:
@@ -165,7 +168,7 @@ class Exchange(Response):
     async def _run(self, relay: Relay) -> None:
         deadline = self.admitted.started + self.forwarder.timeouts.total
         try:
-            upstream, response = await self._open(deadline)
+            upstream, response = await self._open(deadline, relay.waits)
         except GatewayError as exc:
             await relay.error(exc)
             return
@@ -181,7 +184,9 @@ class Exchange(Response):
     async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
         await relay.answer(response, deadline)
 
-    async def _open(self, deadline: float) -> tuple[Upstream, UpstreamResponse]:
+    async def _open(
+        self, deadline: float, waits: WaitDeadline
+    ) -> tuple[Upstream, UpstreamResponse]:
         forwarder, admitted = self.forwarder, self.admitted
         began = forwarder.clock()
         try:
@@ -194,6 +199,7 @@ class Exchange(Response):
                 admitted.key_name,
                 admitted.route_model,
                 admitted.priority,
+                waits=waits,
             )
         finally:
             self.outcome.upstream_wait += forwarder.clock() - began

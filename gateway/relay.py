@@ -13,7 +13,9 @@ that always has the next chunk ready never waits. The stream's last event goes o
 the answer's end (one write); the upstream's end after it is then read only to keep its
 connection. Any other answer is read whole (within the same bounds, else a 504 or 502
 envelope), its usage read, an upstream error body put in the OpenAI envelope, and a 401
-of the upstream (our key refused, not the client's) answered 502.
+of the upstream (our key refused, not the client's) answered 502. The reads' bounds (and
+the response head's: :meth:`Forwarder.open_within`) are the exchange's
+:class:`gateway.deadline.WaitDeadline`: one timer, each wait only moving its deadline.
 
 Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
 that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message, Send
 
 from gateway.client import UpstreamBroken, UpstreamResponse
+from gateway.deadline import WaitDeadline
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, normalise_upstream_error
 from gateway.event_meter import EventMeter
 from gateway.upstream_call import Forwarder
@@ -103,20 +106,31 @@ class WriteWatch:
 
 class Relay:
     """Sends one exchange's answer to the client through ``send``. ``finishing`` is set once
-    the last message is on its way (a disconnect then is no longer the client leaving)."""
+    the last message is on its way (a disconnect then is no longer the client leaving).
+    ``waits`` bounds the exchange's waits on the upstream (the head's, then the reads')."""
 
-    __slots__ = ("_admitted", "_forwarder", "_outcome", "_send", "_watch", "finishing")
+    __slots__ = (
+        "_admitted",
+        "_forwarder",
+        "_outcome",
+        "_send",
+        "_watch",
+        "finishing",
+        "waits",
+    )
 
     def __init__(
         self,
         send: Send,
         watch: WriteWatch,
+        waits: WaitDeadline,
         forwarder: Forwarder,
         admitted: Admitted,
         outcome: Outcome,
     ) -> None:
         self._send = send
         self._watch = watch
+        self.waits = waits
         self._forwarder = forwarder
         self._admitted = admitted
         self._outcome = outcome
@@ -131,20 +145,26 @@ class Relay:
 
     async def _body(self, response: UpstreamResponse, deadline: float) -> None:
         forwarder, outcome = self._forwarder, self._outcome
-        began = forwarder.clock()
-        limit = min(forwarder.timeouts.idle, deadline - began)
+        waits, began = self.waits, forwarder.clock()
+        waits.begin(max(min(forwarder.timeouts.idle, deadline - began), 0.001))
+        kind = ""
         try:
-            async with asyncio.timeout(max(limit, 0.001)):
-                body = await response.read()
-        except (TimeoutError, UpstreamBroken) as exc:
+            body = await response.read()
+        except UpstreamBroken:
+            kind = "stream"
+        except asyncio.CancelledError:
+            if not waits.timed_out():
+                raise
+            kind = "timeout"
+        finally:
+            waits.end()
+            outcome.upstream_wait += forwarder.clock() - began
+        if kind:
             response.abort()
-            kind = "timeout" if isinstance(exc, TimeoutError) else "stream"
             forwarder.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
             error_class = UpstreamTimeout if kind == "timeout" else UpstreamError
             await self.error(error_class(f"the upstream answer broke off ({kind})"))
             return
-        finally:
-            outcome.upstream_wait += forwarder.clock() - began
         status = response.status
         if status == 200:
             outcome.usage = usage_from_json(body)
@@ -179,51 +199,46 @@ class Relay:
         chunks = response.chunks()
         error: GatewayError | None = None
         ended = False  # the client's answer went out whole, with the stream's last event
-        # One timer for the whole stream, armed around each read only (never a write: those
-        # are the WriteWatch's): a new asyncio.timeout per read cost ~6 us, ~100 us a stream.
-        loop = asyncio.get_running_loop()
-        reads = asyncio.timeout(None)
-        try:
-            async with reads:
-                while True:
-                    began = clock()
-                    if began >= deadline:  # also here: a read that need not wait never times out
-                        error = UpstreamTimeout("the request passed its total deadline")
-                        break
-                    reads.reschedule(loop.time() + max(min(idle, deadline - began), 0.001))
-                    try:
-                        chunk = await anext(chunks, b"")
-                    except UpstreamBroken:
-                        error = UpstreamError("the upstream connection broke during the stream")
-                    finally:
-                        if not reads.expired():  # expired: the timeout ends the stream
-                            reads.reschedule(None)
-                        outcome.upstream_wait += clock() - began
-                    if error is not None:
-                        break
-                    if ended:  # the upstream's end after its last event; more: not kept
-                        if chunk:
-                            response.abort()
-                        break
-                    if not chunk:  # a clean end; before [DONE] it is a cut answer
-                        if not meter.done:
-                            last = "data: [DONE]" if api is None else "its last event"
-                            error = UpstreamError(f"the upstream ended the stream before {last}")
-                        break
-                    out = meter.feed(chunk)
-                    if out and outcome.first_byte_at is None:
-                        outcome.first_byte_at = clock()
-                    if meter.done:  # the last event: sent with the answer's end, one write
-                        ended = self.finishing = True
-                        end = out + meter.flush()
-                        await self.deliver(
-                            {"type": "http.response.body", "body": end, "more_body": False}
-                        )
-                    elif out:
-                        body = {"type": "http.response.body", "body": out, "more_body": True}
-                        await self.deliver(body)
-        except TimeoutError:
-            error = UpstreamTimeout(f"the stream stalled (no chunk in {idle:g} s, or over total)")
+        waits = self.waits  # each read under the idle and total bounds, one timer for all
+        while True:
+            began = clock()
+            if began >= deadline:  # also here: a read that need not wait never times out
+                error = UpstreamTimeout("the request passed its total deadline")
+                break
+            waits.begin(max(min(idle, deadline - began), 0.001))
+            try:
+                chunk = await anext(chunks, b"")
+            except UpstreamBroken:
+                error = UpstreamError("the upstream connection broke during the stream")
+            except asyncio.CancelledError:
+                if not waits.timed_out():
+                    raise
+                error = UpstreamTimeout(
+                    f"the stream stalled (no chunk in {idle:g} s, or over total)"
+                )
+            finally:
+                waits.end()
+                outcome.upstream_wait += clock() - began
+            if error is not None:
+                break
+            if ended:  # the upstream's end after its last event; more: not kept
+                if chunk:
+                    response.abort()
+                break
+            if not chunk:  # a clean end; before [DONE] it is a cut answer
+                if not meter.done:
+                    last = "data: [DONE]" if api is None else "its last event"
+                    error = UpstreamError(f"the upstream ended the stream before {last}")
+                break
+            out = meter.feed(chunk)
+            if out and outcome.first_byte_at is None:
+                outcome.first_byte_at = clock()
+            if meter.done:  # the last event: sent with the answer's end, one write
+                ended = self.finishing = True
+                end = out + meter.flush()
+                await self.deliver({"type": "http.response.body", "body": end, "more_body": False})
+            elif out:
+                await self.deliver({"type": "http.response.body", "body": out, "more_body": True})
         if ended:  # the client's answer is whole; the upstream's end is only read to keep it
             if error is not None:
                 response.abort()

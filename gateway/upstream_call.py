@@ -53,6 +53,7 @@ from gateway.client import (
     UpstreamResponse,
     read_and_release,
 )
+from gateway.deadline import WaitDeadline
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Hold, InFlightResponse, Router, sending
@@ -178,6 +179,7 @@ class Forwarder:
         priority: int = 0,
         *,
         local_only: bool = False,
+        waits: WaitDeadline | None = None,
     ) -> tuple[Upstream, UpstreamResponse]:
         """:meth:`open`, but no response head within ``timeouts.first_byte`` or by
         ``deadline`` (``clock`` time: the request's total) is a 504. A request that finds no
@@ -185,7 +187,9 @@ class Forwarder:
         order: the key's class), which counts toward the deadline only. With ``spill``
         (unless ``local_only``: its own call of this), a request every local replica refused
         may be answered by the remote endpoint instead
-        (:meth:`gateway.spill.Spill.open_within`)."""
+        (:meth:`gateway.spill.Spill.open_within`). ``waits``: the exchange's deadline on its
+        upstream waits, which bounds the head's wait here with no timer of its own (else an
+        ``asyncio.timeout``)."""
         if self.spill is not None and not local_only:
             return await self.spill.open_within(
                 self, deadline, method, path, body, route_key, tenant, model, priority
@@ -193,11 +197,21 @@ class Forwarder:
         if self.hold is not None:
             await self.hold.until_ready(model, priority)
         limit = max(0.0, min(self.timeouts.first_byte, deadline - self.clock()))
+        if waits is None:
+            try:
+                async with asyncio.timeout(limit):
+                    return await self.open(method, path, body, route_key, tenant, model)
+            except TimeoutError:
+                raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
+        waits.begin(limit)
         try:
-            async with asyncio.timeout(limit):
-                return await self.open(method, path, body, route_key, tenant, model)
-        except TimeoutError:
+            return await self.open(method, path, body, route_key, tenant, model)
+        except asyncio.CancelledError:
+            if not waits.timed_out():
+                raise
             raise UpstreamTimeout(f"the upstream sent nothing within {limit:g} s") from None
+        finally:
+            waits.end()
 
     async def open(
         self,

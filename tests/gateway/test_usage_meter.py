@@ -179,3 +179,32 @@ def test_usage_from_json_finds_no_usage_where_there_is_none() -> None:
     assert usage_from_json(b'[{"usage": {"prompt_tokens": 1}}]') is None
     assert usage_from_json(b'{"usage": {"prompt_tokens": 1}') is None  # cut short
     assert usage_from_json(b"not json") is None
+
+
+USAGE_SHAPES = [
+    {"prompt_tokens": 7, "total_tokens": 11, "completion_tokens": 4},  # vLLM's order
+    {"completion_tokens": 4, "prompt_tokens": 7, "total_tokens": 11},
+    {"prompt_tokens": 7, "total_tokens": 11, "completion_tokens": 4, "prompt_tokens_details": None},
+    {"prompt_tokens": 7, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}},
+    {"prompt_tokens": 7, "total_tokens": 7},  # no completion count: 0
+]
+
+
+def test_every_shape_of_chunk_usage_is_read_and_cut_as_a_parse_would() -> None:
+    """vLLM's flat usage is read with one match; any other shape by the general path: the
+    same counts and the same chunk without its usage either way."""
+    for usage in USAGE_SHAPES:
+        chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}}], "usage": usage}
+        compact = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        meter = StreamMeter(keep_usage=False, keep_chunk_usage=False)
+        out = meter.feed(compact)
+        del chunk["usage"]
+        assert json.loads(out.removeprefix(b"data: ")) == chunk, usage
+        assert out.endswith(b"}\n\n")
+        completion = usage.get("completion_tokens") or 0
+        assert (meter.prompt_tokens, meter.completion_tokens) == (7, completion), usage
+    # a count that is not an integer is no usage: the chunk passes as it came, one content event
+    odd = b'data: {"choices":[{"index":0}],"usage":{"prompt_tokens":7,"completion_tokens":null}}'
+    meter = StreamMeter(keep_usage=False, keep_chunk_usage=False)
+    assert meter.feed(odd + b"\n\n") == odd + b"\n\n"
+    assert not meter.reported and meter.content_events == 1
