@@ -45,17 +45,25 @@ def fresh_state(limits: KeyLimits, now: float) -> KeyState:
 
 def refill(state: KeyState, limits: KeyLimits, now: float) -> None:
     """Advance both buckets to ``now`` (a clock going backwards refills nothing)."""
-    elapsed = max(0.0, now - state.updated)
-    if limits.rpm is not None:
-        state.requests = min(float(limits.rpm), state.requests + elapsed * limits.rpm / 60)
-    if limits.tpm is not None:
-        state.tokens = min(float(limits.tpm), state.tokens + elapsed * limits.tpm / 60)
-    state.updated = max(state.updated, now)
+    # Conditional expressions, not max()/min() calls: the same values (ties and NaN
+    # included), three calls a request (0.8 -> 0.3 us a refill, timeit here, 2026-12-06).
+    updated = state.updated
+    elapsed = now - updated if now - updated > 0.0 else 0.0
+    rpm, tpm = limits.rpm, limits.tpm
+    if rpm is not None:
+        level, cap = state.requests + elapsed * rpm / 60, float(rpm)
+        state.requests = level if level < cap else cap
+    if tpm is not None:
+        level, cap = state.tokens + elapsed * tpm / 60, float(tpm)
+        state.tokens = level if level < cap else cap
+    if now > updated:
+        state.updated = now
 
 
 def seconds_until(level: float, wanted: float, per_minute: int) -> float:
     """Seconds until a bucket at ``level`` holds ``wanted``."""
-    return max(0.0, (wanted - level) * 60 / per_minute)
+    seconds = (wanted - level) * 60 / per_minute
+    return seconds if seconds > 0.0 else 0.0
 
 
 def format_duration(seconds: float) -> str:
