@@ -349,7 +349,8 @@ class Gate:
 def header(scope: Scope, name: bytes) -> str:
     """The first ``name`` header of the request (``""`` when it has none), decoded as
     Starlette decodes it. Read from the scope's list: no ``Headers`` object is built for
-    the two or three headers admission reads (a third of their cost, measured here)."""
+    the two or three headers admission reads (the request and two lookups 2.1-3.7 -> 1.4-2.0
+    us, a loop of 100,000 here, 2026-12-07)."""
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")
@@ -362,9 +363,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     :class:`~gateway.errors.ClientGone` (499).
 
     Read from the ASGI ``receive`` as ``Request.stream`` reads it, without its async
-    generator (each one is registered with the event loop and finalised: the body's read
-    cost twice what it does, measured here); a refused body's rest is read by
-    :func:`_rest`."""
+    generator (each one is registered with the event loop and finalised: a one-part body's
+    read 5.9-6.4 -> 2.2-3.0 us, a loop of 100,000 here, 2026-12-07); a refused body's rest
+    is read by :func:`_rest`."""
     length = header(request.scope, b"content-length")
     declared = int(length) if length.isdigit() else None
     receive = request.receive
