@@ -300,8 +300,10 @@ def _media_part_tokens(part: dict[str, Any]) -> int:
 
 def _requested_max_tokens(data: dict[str, Any]) -> int | None:
     """The smaller of ``max_completion_tokens`` and ``max_tokens``, ``None`` for neither."""
-    given = [v for v in (MAX_COMPLETION_TOKENS.read(data), MAX_TOKENS.read(data)) if v]
-    return min(given) if given else None
+    completion, tokens = MAX_COMPLETION_TOKENS.read(data), MAX_TOKENS.read(data)
+    if completion is None or tokens is None:  # each is None or at least 1
+        return tokens if completion is None else completion
+    return completion if completion <= tokens else tokens
 
 
 def estimate_prompt_tokens(data: dict[str, Any]) -> int:
@@ -310,6 +312,11 @@ def estimate_prompt_tokens(data: dict[str, Any]) -> int:
     return _FALLBACK.count(data)
 
 
+# json.dumps builds an encoder per call unless every option is its default: one kept here
+# writes the same bytes (5.1 -> 3.9 us for a stream's chat body, timeit here, 2026-12-06).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_body(data: dict[str, Any]) -> bytes:
     """Compact JSON, ASCII only: every string escaped as the parser read it."""
-    return json.dumps(data, separators=(",", ":")).encode()
+    return _COMPACT.encode(data).encode()

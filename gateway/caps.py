@@ -85,6 +85,8 @@ class FanOutLimits(Protocol):
 
 def check_fan_out(body: RequestBody, key: FanOutLimits | None, caps: CapSettings) -> None:
     """Refuse (400, the field named) a body over a fan-out bound of ``key`` or ``caps``."""
+    if body.choices == 1 and body.prompts == 1:
+        return  # one completion: every bound is at least 1 (the settings and keys file say so)
     batch = "prompt" if "prompt" in body.data else "input"
     asked = (
         ("max_n", "n", _choices(body, "n"), "'n' is {}"),

@@ -115,18 +115,26 @@ class ByteBound:
         texts in C (UTF-8 length, normalization) and over its messages and JSON containers
         in Python, 0.1-0.4 s for the worst 4 MiB bodies measured (docs/gateway-cost.md), in
         short steps that leave the GIL to other threads."""
+        # Loops, not sum() over generators, and absent fields skipped before any call: it
+        # runs for every request (a one-message chat body 3.1 -> 0.9 us, timeit here).
         total = 0
         messages = data.get("messages")
         if isinstance(messages, list):
             total += self.request_overhead
-            total += sum(self.message_overhead + _message_bytes(m) for m in messages)
+            for message in messages:
+                total += self.message_overhead + _message_bytes(message)
             for name in ("tools", "documents", "chat_template_kwargs"):
-                total += json_bytes(data.get(name))
+                value = data.get(name)
+                if value is not None:  # json_bytes(None) is 0
+                    total += json_bytes(value)
             if data.get("add_special_tokens") is True:
                 total += SPECIALS_PER_TEXT
         for name in ("prompt", "input"):
-            total += sum(_bound_prompt(prompt) for prompt in _prompts(data.get(name)))
-        return max(1, total)
+            value = data.get(name)
+            if value is not None:  # _prompts(None) yields nothing
+                for prompt in _prompts(value):
+                    total += _bound_prompt(prompt)
+        return total if total > 1 else 1
 
 
 def _message_bytes(message: object) -> int:
@@ -135,8 +143,8 @@ def _message_bytes(message: object) -> int:
     total = 0
     for key, value in message.items():
         if key == "content":
-            parts = text_parts(value)
-            total += sum(text_bytes(part) + 1 for part in parts)  # + the joining "\n"
+            for part in text_parts(value):
+                total += text_bytes(part) + 1  # + the joining "\n"
         elif isinstance(value, str):
             total += text_bytes(value)
         elif key == "tool_calls" and isinstance(value, list):

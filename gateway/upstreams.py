@@ -42,7 +42,8 @@ class Upstream:
     label: str  # host:port, a bounded metric label
     ready: bool = False
     probed: bool = False
-    models: frozenset[str] = field(default_factory=frozenset)  # served names, last listed
+    # served names, last listed; set by UpstreamPool.record only (the pool caches who serves what)
+    models: frozenset[str] = field(default_factory=frozenset)
     served: ServedModels = NOTHING  # its model cards as last listed (adapters with a parent)
     in_flight: int = 0  # this gateway's requests on it now (sent, answer not yet released)
     removed: bool = False  # dropped from the pool (discovery): its metrics are not written
@@ -55,14 +56,24 @@ class UpstreamPool:
         self._next = 0
         self._turns: dict[str, int] = {}  # model -> its next round-robin turn
         self._known: frozenset[str] = frozenset()
+        # served name -> its upstreams, for the names some upstream serves: asked 3 times a
+        # request (a list built each time: 0.55-0.63 -> 0.13-0.27 us a call, timeit here,
+        # 2026-12-07); cleared where the names change
+        self._serving: dict[str, list[Upstream]] = {}
         self._ready_event: asyncio.Event | None = None
         self.waiting = 0  # requests held in wait_ready now
 
     def serving(self, model: str | None) -> list[Upstream]:
-        """The upstreams that serve ``model`` (``None``: every upstream)."""
+        """The upstreams that serve ``model`` (``None``: every upstream); a list the caller
+        leaves as it is."""
         if model is None:
             return self.upstreams
-        return [u for u in self.upstreams if model in u.models]
+        serving = self._serving.get(model)
+        if serving is None:
+            serving = [u for u in self.upstreams if model in u.models]
+            if model in self._known:  # a bounded cache: only the names served
+                self._serving[model] = serving
+        return serving
 
     def candidates(self, attempts: int, model: str | None = None) -> list[Upstream]:
         """Up to ``attempts`` upstreams to try in order, starting round-robin; only those
@@ -108,8 +119,16 @@ class UpstreamPool:
         serves it); ``None``: :attr:`none_can_serve`."""
         if model is None:
             return self.none_can_serve
+        # Loops, not any()/all() over generators: twice a request (0.6-0.7 -> 0.2-0.3 us a
+        # call, timeit here, 2026-12-07)
         servers = self.serving(model)
-        return not any(u.ready for u in servers) and all(u.probed for u in servers)
+        for upstream in servers:
+            if upstream.ready:
+                return False
+        for upstream in servers:  # noqa: SIM110
+            if not upstream.probed:
+                return False
+        return True
 
     def known_models(self) -> frozenset[str]:
         """Every name some upstream of the pool serves (or served before it went down)."""
@@ -174,7 +193,9 @@ class UpstreamPool:
         return True
 
     def _know(self) -> None:
-        """Recompute the union of served names (on a change, never per request)."""
+        """Recompute the union of served names (on a change, never per request); what
+        serves each name is found again when next asked."""
+        self._serving = {}
         models: frozenset[str] = frozenset()
         for upstream in self.upstreams:
             models |= upstream.models

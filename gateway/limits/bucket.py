@@ -45,17 +45,25 @@ def fresh_state(limits: KeyLimits, now: float) -> KeyState:
 
 def refill(state: KeyState, limits: KeyLimits, now: float) -> None:
     """Advance both buckets to ``now`` (a clock going backwards refills nothing)."""
-    elapsed = max(0.0, now - state.updated)
-    if limits.rpm is not None:
-        state.requests = min(float(limits.rpm), state.requests + elapsed * limits.rpm / 60)
-    if limits.tpm is not None:
-        state.tokens = min(float(limits.tpm), state.tokens + elapsed * limits.tpm / 60)
-    state.updated = max(state.updated, now)
+    # Conditional expressions, not max()/min() calls: the same values (ties and NaN
+    # included), three calls a request (0.8 -> 0.3 us a refill, timeit here, 2026-12-06).
+    updated = state.updated
+    elapsed = now - updated if now - updated > 0.0 else 0.0
+    rpm, tpm = limits.rpm, limits.tpm
+    if rpm is not None:
+        level, cap = state.requests + elapsed * rpm / 60, float(rpm)
+        state.requests = level if level < cap else cap
+    if tpm is not None:
+        level, cap = state.tokens + elapsed * tpm / 60, float(tpm)
+        state.tokens = level if level < cap else cap
+    if now > updated:
+        state.updated = now
 
 
 def seconds_until(level: float, wanted: float, per_minute: int) -> float:
     """Seconds until a bucket at ``level`` holds ``wanted``."""
-    return max(0.0, (wanted - level) * 60 / per_minute)
+    seconds = (wanted - level) * 60 / per_minute
+    return seconds if seconds > 0.0 else 0.0
 
 
 def format_duration(seconds: float) -> str:
@@ -71,17 +79,22 @@ def format_duration(seconds: float) -> str:
 
 def ratelimit_headers(state: KeyState, limits: KeyLimits) -> dict[str, str]:
     """The ``x-ratelimit-*`` headers for the state as it stands (after any admission)."""
+    # Written out for each bucket, not a loop over f-string names: it runs for every
+    # admitted request (2.9 -> 2.4 us a call, timeit here, 2026-12-06).
     headers: dict[str, str] = {}
-    for kind, limit, level in (
-        ("requests", limits.rpm, state.requests),
-        ("tokens", limits.tpm, state.tokens),
-    ):
-        if limit is None:
-            continue
-        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(level)))
-        reset = seconds_until(level, float(limit), limit)
-        headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset)
+    rpm, tpm = limits.rpm, limits.tpm
+    if rpm is not None:
+        level = state.requests
+        headers["x-ratelimit-limit-requests"] = str(rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, math.floor(level)))
+        headers["x-ratelimit-reset-requests"] = format_duration(
+            seconds_until(level, float(rpm), rpm)
+        )
+    if tpm is not None:
+        level = state.tokens
+        headers["x-ratelimit-limit-tokens"] = str(tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(level)))
+        headers["x-ratelimit-reset-tokens"] = format_duration(seconds_until(level, float(tpm), tpm))
     return headers
 
 

@@ -47,31 +47,34 @@ class MemoryLimiter:
     def __init__(self, clock: Callable[[], float], default_concurrency: int | None = None) -> None:
         self._clock = clock
         self._default_concurrency = default_concurrency
-        self._states: dict[str, KeyState] = {}
-        self._limits_of: dict[str, tuple[Any, KeyLimits]] = {}
+        # name -> (the key object its limits were built from, its limits, its state): one
+        # lookup a check (three dict lookups and two calls each before)
+        self._keys: dict[str, tuple[Any, KeyLimits, KeyState]] = {}
 
-    def _limits(self, key: Any) -> KeyLimits:
-        """The key's limits, built once per key object (a reload brings new objects)."""
-        cached = self._limits_of.get(key.name)
-        if cached is None or cached[0] is not key:
-            cached = self._limits_of[key.name] = (key, limits_of(key, self._default_concurrency))
-        return cached[1]
+    def _entry(self, key: Any) -> tuple[Any, KeyLimits, KeyState]:
+        """The key's limits, built once per key object (a reload brings new objects, new
+        limits), and its state, kept across reloads."""
+        entry = self._keys.get(key.name)
+        if entry is None or entry[0] is not key:
+            limits = limits_of(key, self._default_concurrency)
+            state = entry[2] if entry is not None else fresh_state(limits, self._clock())
+            entry = self._keys[key.name] = (key, limits, state)
+        return entry
 
     def state(self, key: Any) -> KeyState:
-        limits = self._limits(key)
-        state = self._states.get(key.name)
-        if state is None:
-            state = self._states[key.name] = fresh_state(limits, self._clock())
-        return state
+        return self._entry(key)[2]
 
     async def acquire(self, key: Any, tokens: int) -> MemoryLease:
-        headers = admit(self.state(key), self._limits(key), tokens, self._clock())
+        _, limits, state = self._entry(key)
+        headers = admit(state, limits, tokens, self._clock())
         return MemoryLease(self, key, tokens, headers)
 
     def early_refusal(self, key: Any) -> RateLimitExceeded | None:
         """The 429 any request of ``key`` with a body would get now (its concurrency, its
         requests, or no token left), or ``None``: exact, from the state itself."""
-        return refusal_now(self.state(key), self._limits(key), 1, self._clock())
+        _, limits, state = self._entry(key)
+        return refusal_now(state, limits, 1, self._clock())
 
     def release(self, key: Any, reserved: int, used: int) -> None:
-        settle(self.state(key), self._limits(key), reserved, used, self._clock())
+        _, limits, state = self._entry(key)
+        settle(state, limits, reserved, used, self._clock())
