@@ -1,13 +1,13 @@
 """The gateway's own CPU per request, without sockets: requests driven through its ASGI app.
 
 The app is built as ``vkit gateway`` builds it (key store from a keys file, memory limiter,
-metrics with the process collector), with one difference: its upstream client answers in
-process with the stand-in's canned answers (``bench/upstream.py``: a chat completion, or a
-16-chunk stream with usage in the last event), each stream event handed over as its own
-read, as vLLM sends tokens. No server, no socket, no load generator: what is measured is the
-gateway's Python work per request (admission, the exchange, the relay, billing, metrics),
-the part that bench/run.py's figures hold beside uvicorn's and the kernel's, and far less
-noisy than they are on a shared VM (CPU time of this process only).
+metrics with the process collector, the garbage collector tuned), with one difference: its
+upstream client answers in process with the stand-in's canned answers (``bench/upstream.py``: a
+chat completion, or a 16-chunk stream with usage in the last event), each stream event handed
+over as its own read, as vLLM sends tokens. No server, no socket, no load generator: what is
+measured is the gateway's Python work per request (admission, the exchange, the relay, billing,
+metrics), the part that bench/run.py's figures hold beside uvicorn's and the kernel's, and far
+less noisy than they are on a shared VM (CPU time of this process only).
 
     .venv/bin/python bench/inproc.py [--requests 20000] [--concurrency 1,16] [--stream]
                                      [--rounds 3] [--profile FILE]
@@ -36,6 +36,7 @@ from gateway.assembly import build_key_store, build_limiter
 from gateway.keyfile import add_key
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from vkit.commands.gateway import tune_gc
 
 UPSTREAM = "http://upstream.invalid:8000"
 PATH = "/v1/chat/completions"
@@ -173,6 +174,7 @@ async def drive(app: object, scope: dict[str, object], body: bytes, n: int, c: i
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app, secret = build(Path(tmp) / "keys.yaml")
+        tune_gc()  # as `vkit gateway` does before it serves
         async with app.running.lifespan():  # type: ignore[attr-defined]
             await app.running.prober.probe_all()  # type: ignore[attr-defined]
             for stream in args.stream:

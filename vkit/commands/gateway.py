@@ -118,7 +118,7 @@ def run(namespace: argparse.Namespace) -> int:
 
 
 def tune_gc() -> None:
-    """Garbage collection for a long-running server, measured under load (bench/profile.py).
+    """Garbage collection for a long-running server, measured under load (bench/cpu_profile.py).
 
     With the defaults the youngest generation is collected every 700 net allocations, which
     at concurrency 16-64 happens every few requests: the objects of the requests in flight
