@@ -96,6 +96,10 @@ async def test_stream_usage_is_metered_and_dropped(
     assert events[-1] == "[DONE]"
     assert all('"usage"' not in e or json.loads(e).get("usage") is None for e in events[:-1])
     labels = {"key": "alice", "direction": "completion"}
+    # The stream's end goes to the client with its last event; the gateway then reads the
+    # upstream's end (to keep the connection) and only then settles: on a starved machine
+    # that read came after this line (0 billed yet). Wait for the settle, then exactly 6.
+    await wait_until(lambda: gw.metric("vkit_gateway_tokens_total", labels) > 0, timeout=60)
     assert gw.metric("vkit_gateway_tokens_total", labels) == 6
 
 
