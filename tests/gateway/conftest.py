@@ -16,6 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from gateway.app import GatewayApp, create_admin_app, create_app
+from gateway.held_head import http_protocol
 from gateway.settings import GatewaySettings
 from tests.gateway.doubles import DictKeyStore, Key, RecordingLimiter
 from tests.gateway.ledger_stores import ledger_store, postgres_server, store_url  # noqa: F401
@@ -113,7 +114,9 @@ async def start_gateway(upstream: ScriptedUpstream) -> AsyncIterator[GatewayFact
             prompt_counter=prompt_counter,
             ledger=ledger,
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        # uvicorn as `vkit gateway` runs it: httptools, the response head held for its body
+        http = http_protocol("httptools")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=http)
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         async with asyncio.timeout(10):

@@ -178,11 +178,14 @@ def serve(settings: GatewaySettings, app: Any, admin: Any | None) -> None:
 
     parts = server_parts()
     logging.getLogger("vkit.gateway").warning(parts.describe())
+    from gateway.held_head import http_protocol
+
     public = uvicorn.Server(
         uvicorn.Config(
             app,
             loop=parts.loop,
-            http=parts.http,
+            # a response's head goes out with its body, in one write (gateway/held_head.py)
+            http=http_protocol(parts.http),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
