@@ -12,6 +12,9 @@ The gateway runs as the image installs it (``--vkit-env shipped``, the default: 
 image's requirements and the kit, built once by ``bench/venvs.py``), or from the dev venv
 (``dev``: this process's Python and path, with whatever vLLM's dependencies bring).
 
+``--chunk-delay-ms 1`` has the stand-in write each stream chunk apart (a pause before each),
+as vLLM writes each token: every proxy then reads and writes each event on its own.
+
 Target ``vkit-ledger`` is the same gateway keeping the usage ledger (SQLite): compare
 ``--targets vkit,vkit-ledger --rounds 4`` for the ledger's cost per request.
 
@@ -353,6 +356,13 @@ def main() -> None:
         "unpacked), to compare gateways in one run",
     )
     parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the stand-in's pause before each stream chunk: 0 (default) writes a stream at "
+        "once; > 0 writes each chunk apart, as vLLM sends each token",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -380,6 +390,8 @@ def main() -> None:
             str(port),
             "--model",
             MODEL,
+            "--chunk-delay-ms",
+            str(args.chunk_delay_ms),
         ]
         with process(argv, 0, work / "upstream.log"):
             wait_http(f"{upstream}/health", 10)
