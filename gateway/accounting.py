@@ -18,7 +18,10 @@ the app fills in what it learns through :func:`answer_labels`:
   ``other``); ``none`` for answers that name no model (a 400 body, ``GET /v1/models``);
 - ``status``: the one sent in ``http.response.start``, unless the app set one (the exchange
   sets 499 when the client went away, whatever had been sent); an exception with nothing
-  sent is a 500, which is what Starlette's ServerErrorMiddleware answers.
+  sent is a 500, which is what Starlette's ServerErrorMiddleware answers. An app that notes
+  every status it sends itself (``app_notes_status``: the proxied routes,
+  :mod:`gateway.proxy_endpoint`) is given the server's ``send`` as it is, not wrapped: a
+  stream's every chunk then pays no call here.
 
     app.add_middleware(RequestAccounting, metrics=metrics, clock=time.perf_counter)
     ...
@@ -62,7 +65,9 @@ def answer_labels(scope: Scope) -> AnswerLabels:
 
 class RequestAccounting:
     """Counts each HTTP answer once, by key name, model label and status, with its duration
-    (``clock`` seconds from the request's arrival here until the app is done with it)."""
+    (``clock`` seconds from the request's arrival here until the app is done with it).
+    ``app_notes_status``: the app sets ``answer_labels(scope).status`` to each status it
+    sends, so ``send`` is passed on unwrapped (nothing noted: 500, as when nothing was sent)."""
 
     def __init__(
         self,
@@ -71,11 +76,13 @@ class RequestAccounting:
         metrics: GatewayMetrics,
         clock: Callable[[], float],
         unaccounted: Collection[str] = PROBE_PATHS,
+        app_notes_status: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.clock = clock
         self.unaccounted = frozenset(unaccounted)
+        self.app_notes_status = app_notes_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.unaccounted:
@@ -83,16 +90,19 @@ class RequestAccounting:
             return
         started = self.clock()
         labels = scope[_SCOPE_KEY] = AnswerLabels()
+        passed_on = send
+        if not self.app_notes_status:
 
-        def send_noting_status(message: Message) -> Awaitable[None]:
-            # Not a coroutine of its own: it hands back the server's awaitable, so a stream's
-            # chunks pay one call each here, not one more coroutine.
-            if message["type"] == "http.response.start":
-                labels.sent = message["status"]
-            return send(message)
+            def send_noting_status(message: Message) -> Awaitable[None]:
+                # Not a coroutine of its own: it hands back the server's awaitable, so a
+                # stream's chunks pay one call each here, not one more coroutine.
+                if message["type"] == "http.response.start":
+                    labels.sent = message["status"]
+                return send(message)
 
+            passed_on = send_noting_status
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, passed_on)
         finally:
             status = labels.status or labels.sent or 500
             self.metrics.answered(labels.key, labels.model, status, self.clock() - started)

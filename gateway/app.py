@@ -168,6 +168,7 @@ def create_app(
                 proxy_endpoint(path, with_cap, running.gate, running.forwarder, api),
                 metrics=metrics,
                 clock=clock,
+                app_notes_status=True,  # proxy_endpoint and the exchange note theirs
             )
             for path, _, with_cap, api in _PROXIED
         }

@@ -8,7 +8,8 @@
 1. :meth:`Forwarder.open_within <gateway.upstream_call.Forwarder.open_within>` -- the upstream
    call (hold, route, attempts and retries, first-byte timeout);
 2. :meth:`Relay.answer <gateway.relay.Relay.answer>` -- the answer sent on to the client, under
-   the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`);
+   the idle and total timeouts and the client-write deadline (:class:`gateway.relay.WriteWatch`:
+   the exchange's one timer, which also bounds 1's wait and starts the disconnect watch);
    meanwhile a task watches for the client going away (then: status 499, nothing more sent):
    from the start for a stream, from ``DISCONNECT_WATCH_AFTER_S`` on for a whole answer;
 3. the upstream answer released (or aborted on any failure: vLLM then stops generating);
@@ -42,15 +43,12 @@ from starlette.types import Receive, Scope, Send
 from gateway import billing
 from gateway.accounting import answer_labels
 from gateway.admission import Admitted
-from gateway.client import UpstreamResponse
-from gateway.deadline import WaitDeadline
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.event_meter import EventMeter
 from gateway.relay import Relay, WriteWatch
 from gateway.served_models import listing
 from gateway.spill_settings import LOCAL
 from gateway.upstream_call import Forwarder
-from gateway.upstreams import Upstream
 from gateway.usage_meter import StreamMeter, Usage
 
 log = logging.getLogger("vkit.gateway.exchange")
@@ -100,43 +98,44 @@ class Exchange(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         owner = asyncio.current_task()
         assert owner is not None
-        forwarder, outcome = self.forwarder, self.outcome
+        forwarder, outcome, admitted = self.forwarder, self.outcome, self.admitted
         timeouts = forwarder.timeouts
-        total_left = self.admitted.started + timeouts.total - forwarder.clock()
-        watch = WriteWatch(owner, timeouts.client_write, total_left)
-        waits = WaitDeadline(owner, watch.loop)
-        relay = Relay(send, watch, waits, forwarder, self.admitted, outcome)
-        start: asyncio.TimerHandle | None = None
-        if self.admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
+        total_left = admitted.started + timeouts.total - forwarder.clock()
+        relay: Relay
+        if admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
+            watch = WriteWatch(owner, timeouts.client_write, total_left)
+            relay = Relay(send, watch, forwarder, admitted, outcome)
             self._start_watching(receive, owner, relay)
-        else:
-            start = watch.loop.call_later(
-                DISCONNECT_WATCH_AFTER_S, self._start_watching, receive, owner, relay
+        else:  # the watch's one timer starts the disconnect watch, if the exchange lasts
+            watch = WriteWatch(
+                owner,
+                timeouts.client_write,
+                total_left,
+                DISCONNECT_WATCH_AFTER_S,
+                lambda: self._start_watching(receive, owner, relay),
             )
+            relay = Relay(send, watch, forwarder, admitted, outcome)
         metrics = forwarder.metrics
         if self.metered:
             metrics.in_flight.inc()
         try:
             await self._run(relay)
         except asyncio.CancelledError:
-            if watch.tripped:
+            if watch.gave_up:
                 # Abandoned half-way (the upstream closed by _run): the server closes the
                 # client connection (uvicorn: "returned without completing response").
                 metrics.client_write_timeouts.inc()
                 log.warning(
                     "the client of key %s took no write in time (%s deadline): answer abandoned",
-                    self.admitted.key_name,
-                    watch.tripped,
+                    admitted.key_name,
+                    watch.gave_up,
                 )
             elif not self._client_gone:
                 raise
             owner.uncancel()
             outcome.status = 499
         finally:
-            watch.cancel()
-            waits.close()
-            if start is not None:
-                start.cancel()
+            watch.close()  # its timer, and the call that would start the watch (a cycle)
             if self._watcher is not None:
                 self._watcher.cancel()
                 self._watcher = None  # the task's frame holds this exchange: no cycle left
@@ -166,43 +165,35 @@ class Exchange(Response):
                 return
 
     async def _run(self, relay: Relay) -> None:
-        deadline = self.admitted.started + self.forwarder.timeouts.total
+        forwarder, admitted, outcome = self.forwarder, self.admitted, self.outcome
+        deadline = admitted.started + forwarder.timeouts.total
+        began = forwarder.clock()
         try:
-            upstream, response = await self._open(deadline, relay.waits)
+            try:
+                upstream, response = await forwarder.open_within(
+                    deadline,
+                    admitted.method,
+                    admitted.path,
+                    admitted.body,
+                    admitted.route_key,
+                    admitted.key_name,
+                    admitted.route_model,
+                    admitted.priority,
+                    waits=relay.watch,
+                )
+            finally:
+                outcome.upstream_wait += forwarder.clock() - began
         except GatewayError as exc:
             await relay.error(exc)
             return
-        self.outcome.upstream = upstream.label
-        self.outcome.backend = upstream.backend
+        outcome.upstream = upstream.label
+        outcome.backend = upstream.backend
         try:
-            await self._answer(relay, response, deadline)
+            await relay.answer(response, deadline)
         except BaseException:
             response.abort()
             raise
         response.release()
-
-    async def _answer(self, relay: Relay, response: UpstreamResponse, deadline: float) -> None:
-        await relay.answer(response, deadline)
-
-    async def _open(
-        self, deadline: float, waits: WaitDeadline
-    ) -> tuple[Upstream, UpstreamResponse]:
-        forwarder, admitted = self.forwarder, self.admitted
-        began = forwarder.clock()
-        try:
-            return await forwarder.open_within(
-                deadline,
-                admitted.method,
-                admitted.path,
-                admitted.body,
-                admitted.route_key,
-                admitted.key_name,
-                admitted.route_model,
-                admitted.priority,
-                waits=waits,
-            )
-        finally:
-            self.outcome.upstream_wait += forwarder.clock() - began
 
     def _record_timings(self) -> None:
         # The answer's count and duration are gateway.accounting's; these only the exchange knows.

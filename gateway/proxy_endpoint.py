@@ -12,7 +12,10 @@ The answers are the same as through Starlette's handlers: a
 :class:`~gateway.errors.GatewayError` is its envelope (the route's: Anthropic's on
 ``/v1/messages``, else OpenAI's); any other exception, with nothing sent yet, is logged and
 answered with the 500 envelope, then raised on to the server (as Starlette's
-``ServerErrorMiddleware`` does), which logs it and closes the connection.
+``ServerErrorMiddleware`` does), which logs it and closes the connection. Every status this
+endpoint sends is noted in the request's :func:`~gateway.accounting.answer_labels` (the
+exchange's by the exchange), so the middleware passes ``send`` on unwrapped
+(``app_notes_status``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.accounting import answer_labels
 from gateway.admission import Gate
 from gateway.agent_apis import AgentApi, api_of
 from gateway.errors import GatewayError
@@ -59,7 +63,7 @@ def proxy_endpoint(
                 Request(scope, receive), path, with_cap, started=forwarder.clock(), api=api
             )
         except GatewayError as exc:
-            await envelope_response(exc, path)(scope, receive, send)
+            await _envelope(exc, path, scope, receive, send)
             return
         except Exception:
             await _internal_error(scope, receive, send)
@@ -71,7 +75,7 @@ def proxy_endpoint(
             if exchange.outcome.status:  # the answer began: the server closes the connection
                 raise
             if isinstance(exc, GatewayError):
-                await envelope_response(exc, path)(scope, receive, send)
+                await _envelope(exc, path, scope, receive, send)
                 return
             await _internal_error(scope, receive, send)
             raise
@@ -79,7 +83,15 @@ def proxy_endpoint(
     return endpoint
 
 
+async def _envelope(
+    exc: GatewayError, path: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer :func:`envelope_response`, its status noted for the request's accounting."""
+    answer_labels(scope).status = exc.status_code
+    await envelope_response(exc, path)(scope, receive, send)
+
+
 async def _internal_error(scope: Scope, receive: Receive, send: Send) -> None:
     log.exception("unexpected error on %s", scope["path"])
     error = GatewayError("internal gateway error")
-    await envelope_response(error, scope["path"])(scope, receive, send)
+    await _envelope(error, scope["path"], scope, receive, send)

@@ -14,18 +14,20 @@ the answer's end (one write); the upstream's end after it is then read only to k
 connection. Any other answer is read whole (within the same bounds, else a 504 or 502
 envelope), its usage read, an upstream error body put in the OpenAI envelope, and a 401
 of the upstream (our key refused, not the client's) answered 502. The reads' bounds (and
-the response head's: :meth:`Forwarder.open_within`) are the exchange's
-:class:`gateway.deadline.WaitDeadline`: one timer, each wait only moving its deadline.
+the response head's: :meth:`Forwarder.open_within`) are the exchange's :class:`WriteWatch`,
+a :class:`gateway.deadline.WaitDeadline`: each wait only moves its deadline.
 
-Every write goes through :meth:`Relay.deliver`, under the client-write deadline: a client
-that takes no write within ``timeouts.client_write`` (it stopped reading, its socket open)
-is given up on, and so is one that takes none within ``WRITE_GRACE_S`` (1 s) past the
-``total`` deadline (the grace lets the closing error event out to a client that reads). The
-server's ``send`` waits while the socket's write buffer is full (uvicorn's flow control), so
-a write that waits is where such a client shows. :class:`WriteWatch` is one timer per
-exchange, re-armed only when it fires, not one per write: an ``asyncio.timeout`` around each
-send cost ~5 us of CPU here, some 10% of a 16-chunk stream's whole cost. The exchange
-answers 499 and counts ``client_write_timeouts`` when the watch has ``tripped``.
+Every write is under the client-write deadline (:meth:`Relay.deliver`, or its body inline
+for a stream's chunks): a client that takes no write within ``timeouts.client_write`` (it
+stopped reading, its socket open) is given up on, and so is one that takes none within
+``WRITE_GRACE_S`` (1 s) past the ``total`` deadline (the grace lets the closing error event
+out to a client that reads). The server's ``send`` waits while the socket's write buffer is
+full (uvicorn's flow control), so a write that waits is where such a client shows.
+:class:`WriteWatch` is one timer per exchange, re-armed only when it fires, not one per write:
+an ``asyncio.timeout`` around each send cost ~5 us of CPU here, some 10% of a 16-chunk
+stream's whole cost. The same timer bounds the upstream waits and starts a whole answer's
+disconnect watch (:mod:`gateway.exchange`): one timer armed per exchange, not three. The
+exchange answers 499 and counts ``client_write_timeouts`` when the watch has ``gave_up``.
 
 The agent APIs' streams (``Admitted.api``) are metered by their events instead
 (:class:`gateway.event_meter.EventMeter`), end with their own last event rather than
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Send
@@ -68,69 +71,106 @@ _SSE_HEADERS = [
 WRITE_GRACE_S = 1.0
 
 
-class WriteWatch:
-    """Cancels ``owner`` once a write to the client has waited ``limit`` seconds, or, from
-    the request's total deadline (``total_left`` seconds from now) on, ``WRITE_GRACE_S``
-    (when shorter). ``tripped`` then names the deadline: ``"client_write"`` or ``"total"``."""
+class WriteWatch(WaitDeadline):
+    """The exchange's one timer. It cancels ``owner`` once a write to the client has waited
+    ``limit`` seconds, or, from the request's total deadline (``total_left`` seconds from
+    now) on, ``WRITE_GRACE_S`` (when shorter); ``gave_up`` then names the deadline:
+    ``"client_write"`` or ``"total"``. As a :class:`~gateway.deadline.WaitDeadline` it also
+    bounds the exchange's waits on the upstream (the head's, then the reads'), and it calls
+    ``then_watch`` once ``watch_after`` seconds have passed (the exchange's disconnect watch
+    of a whole answer). One timer serves all three: armed at construction at the earliest
+    moment any of them can be due, moved earlier only by a wait that is due sooner, and
+    otherwise re-armed only when it fires."""
 
-    __slots__ = ("_deadline", "_handle", "_limit", "_owner", "loop", "since", "tripped")
+    __slots__ = ("_deadline", "_limit", "_then_watch", "_watch_at", "gave_up", "since")
 
     def __init__(
-        self, owner: asyncio.Task[Any], limit: float, total_left: float = math.inf
+        self,
+        owner: asyncio.Task[Any],
+        limit: float,
+        total_left: float = math.inf,
+        watch_after: float = math.inf,
+        then_watch: Callable[[], object] | None = None,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
+        super().__init__(owner, asyncio.get_running_loop())
         self.since: float | None = None  # loop time at which the write in progress began
-        self.tripped = ""
-        self._owner = owner
+        self.gave_up = ""
         self._limit = limit
         now = self.loop.time()
         self._deadline = now + total_left
-        self._handle = self.loop.call_at(min(now + limit, self._deadline), self._check)
+        self._then_watch = then_watch
+        self._watch_at = now + watch_after if then_watch is not None else math.inf
+        at = self._armed = min(now + limit, self._deadline, self._watch_at)
+        self._handle = self.loop.call_at(at, self._fire)
 
-    def _check(self) -> None:
-        if self._owner.cancelling():  # ending already (the client went away)
+    def close(self) -> None:
+        """The exchange is over: the timer goes, and with it what it would have called."""
+        super().close()
+        self._then_watch = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        owner = self._owner
+        if owner.cancelling() > self._base:  # ending already (the client went away)
             return
-        now, since = self.loop.time(), self.since
-        past = now >= self._deadline - 0.001
+        now = self.loop.time()
+        # The write in progress, if any: the next one cannot be due before now + limit.
+        deadline, since = self._deadline, self.since
+        past = now >= deadline - 0.001
         limit = min(self._limit, WRITE_GRACE_S) if past else self._limit
         if since is not None and now - since >= limit - 0.001:
-            self.tripped = "total" if past else "client_write"
-            self._owner.cancel()
+            self.gave_up = "total" if past else "client_write"
+            owner.cancel()
             return
         at = (now if since is None else since) + limit
-        self._handle = self.loop.call_at(at if past else min(at, self._deadline), self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+        if not past and deadline < at:
+            at = deadline
+        # The disconnect watch, once it is time.
+        if self._watch_at <= self._armed:
+            then_watch, self._then_watch = self._then_watch, None
+            self._watch_at = math.inf
+            if then_watch is not None:
+                then_watch()
+        elif self._watch_at < at:
+            at = self._watch_at
+        # The upstream wait in progress, if any.
+        due = self._at
+        if due is not None:
+            if due <= self._armed:
+                self._at = None
+                self.tripped = True
+                owner.cancel()
+            elif due < at:
+                at = due
+        self._armed = at
+        self._handle = self.loop.call_at(at, self._fire)
 
 
 class Relay:
     """Sends one exchange's answer to the client through ``send``. ``finishing`` is set once
     the last message is on its way (a disconnect then is no longer the client leaving).
-    ``waits`` bounds the exchange's waits on the upstream (the head's, then the reads')."""
+    ``watch`` bounds its writes and the exchange's waits on the upstream (the head's, then the
+    reads')."""
 
     __slots__ = (
         "_admitted",
         "_forwarder",
         "_outcome",
         "_send",
-        "_watch",
         "finishing",
-        "waits",
+        "watch",
     )
 
     def __init__(
         self,
         send: Send,
         watch: WriteWatch,
-        waits: WaitDeadline,
         forwarder: Forwarder,
         admitted: Admitted,
         outcome: Outcome,
     ) -> None:
         self._send = send
-        self._watch = watch
-        self.waits = waits
+        self.watch = watch
         self._forwarder = forwarder
         self._admitted = admitted
         self._outcome = outcome
@@ -145,7 +185,7 @@ class Relay:
 
     async def _body(self, response: UpstreamResponse, deadline: float) -> None:
         forwarder, outcome = self._forwarder, self._outcome
-        waits, began = self.waits, forwarder.clock()
+        waits, began = self.watch, forwarder.clock()
         waits.begin(max(min(forwarder.timeouts.idle, deadline - began), 0.001))
         kind = ""
         try:
@@ -199,25 +239,30 @@ class Relay:
         chunks = response.chunks()
         error: GatewayError | None = None
         ended = False  # the client's answer went out whole, with the stream's last event
-        waits = self.waits  # each read under the idle and total bounds, one timer for all
+        watch = self.watch  # each read under the idle and total bounds, one timer for all
+        begin, end_wait, timed_out = watch.begin, watch.end, watch.timed_out
+        send, loop_time, feed = self._send, watch.loop.time, meter.feed
         while True:
             began = clock()
             if began >= deadline:  # also here: a read that need not wait never times out
                 error = UpstreamTimeout("the request passed its total deadline")
                 break
-            waits.begin(max(min(idle, deadline - began), 0.001))
+            limit = deadline - began  # max(min(idle, this), 0.001), without two calls a read
+            if idle < limit:
+                limit = idle
+            begin(limit if limit > 0.001 else 0.001)
             try:
                 chunk = await anext(chunks, b"")
             except UpstreamBroken:
                 error = UpstreamError("the upstream connection broke during the stream")
             except asyncio.CancelledError:
-                if not waits.timed_out():
+                if not timed_out():
                     raise
                 error = UpstreamTimeout(
                     f"the stream stalled (no chunk in {idle:g} s, or over total)"
                 )
             finally:
-                waits.end()
+                end_wait()
                 outcome.upstream_wait += clock() - began
             if error is not None:
                 break
@@ -230,15 +275,19 @@ class Relay:
                     last = "data: [DONE]" if api is None else "its last event"
                     error = UpstreamError(f"the upstream ended the stream before {last}")
                 break
-            out = meter.feed(chunk)
+            out = feed(chunk)
             if out and outcome.first_byte_at is None:
                 outcome.first_byte_at = clock()
             if meter.done:  # the last event: sent with the answer's end, one write
                 ended = self.finishing = True
                 end = out + meter.flush()
                 await self.deliver({"type": "http.response.body", "body": end, "more_body": False})
-            elif out:
-                await self.deliver({"type": "http.response.body", "body": out, "more_body": True})
+            elif out:  # as deliver does, here without a coroutine of its own per chunk
+                watch.since = loop_time()
+                try:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                finally:
+                    watch.since = None
         if ended:  # the client's answer is whole; the upstream's end is only read to keep it
             if error is not None:
                 response.abort()
@@ -279,7 +328,7 @@ class Relay:
 
     async def deliver(self, message: Message) -> None:
         """``send`` under the write watch (:class:`WriteWatch`)."""
-        watch = self._watch
+        watch = self.watch
         watch.since = watch.loop.time()
         try:
             await self._send(message)
