@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.usage_meter import _VLLM_CHUNK, StreamMeter, Usage
 
-# --- the meter before the pattern, copied as it was (its helpers below) ---------------
+# --- the meter before the pattern, copied as it was (its functions below) -------------
 
 _EVENT_END = b"\n\n"
 _DONE = b"data: [DONE]"
