@@ -4,13 +4,17 @@ The app is built as ``vkit gateway`` builds it (key store from a keys file, memo
 metrics with the process collector, the garbage collector tuned), with one difference: its
 upstream client answers in process with the stand-in's canned answers (``bench/upstream.py``: a
 chat completion, or a 16-chunk stream with usage in the last event), each stream event handed
-over as its own read, as vLLM sends tokens. No server, no socket, no load generator: what is
-measured is the gateway's Python work per request (admission, the exchange, the relay, billing,
-metrics), the part that bench/run.py's figures hold beside uvicorn's and the kernel's, and far
-less noisy than they are on a shared VM (CPU time of this process only).
+over as its own read, as vLLM sends tokens (``--events-per-read N``: N events a read).
+``--vllm-events``: the 16-token stream as vLLM's OpenAI server writes it when the gateway asks
+for ``include_usage`` and ``continuous_usage_stats`` (:func:`vllm_events`), in place of the
+stand-in's. No server, no socket, no load generator: what is measured is the gateway's Python
+work per request (admission, the exchange, the relay, billing, metrics), the part that
+bench/run.py's figures hold beside uvicorn's and the kernel's, and far less noisy than they are
+on a shared VM (CPU time of this process only).
 
     .venv/bin/python bench/inproc.py [--requests 20000] [--concurrency 1,16] [--stream]
-                                     [--rounds 3] [--profile FILE]
+                                     [--rounds 3] [--profile FILE] [--vllm-events]
+                                     [--events-per-read N]
 
 Prints CPU microseconds per request (median and min-max of the rounds). ``--profile`` writes
 a cProfile of one extra round (``python -m pstats FILE``).
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import sys
 import tempfile
 import time
@@ -66,14 +71,54 @@ class Canned:
         pass
 
 
+def vllm_events(model: str, tokens: int, prompt_tokens: int, created: int) -> list[bytes]:
+    """A chat stream of ``tokens`` tokens ("tok " each, cut by ``max_tokens``) byte for byte as
+    vLLM 0.32's OpenAI server writes it with ``stream_options: {"include_usage": true,
+    "continuous_usage_stats": true}`` (pydantic's ``model_dump_json(exclude_unset=True)``,
+    compact): the role chunk (its usage followed by the first chunk's two null members), a
+    chunk per token (the last with its finish reason), each with its usage so far, the final
+    ``"choices":[]`` usage chunk, ``data: [DONE]``."""
+    head = f'{{"id":"chatcmpl-{0x5EED:016x}","object":"chat.completion.chunk","created":{created},'
+    head += f'"model":{json.dumps(model)},"choices":'
+
+    def usage(completion: int, details: bool = True) -> str:
+        counts = f'"prompt_tokens":{prompt_tokens},"total_tokens":{prompt_tokens + completion},'
+        counts += f'"completion_tokens":{completion}'
+        return '"usage":{' + counts + (',"completion_tokens_details":null}' if details else "}")
+
+    choice = '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+    chunks = [
+        choice
+        + '"finish_reason":null}],'
+        + usage(0)
+        + ',"prompt_token_ids":null,"prompt_text":null'
+    ]
+    for done in range(1, tokens + 1):
+        finish = '"length","stop_reason":null' if done == tokens else "null"
+        choice = '[{"index":0,"delta":{"content":"tok "},"logprobs":null,'
+        chunks.append(choice + f'"finish_reason":{finish},"token_ids":null}}],' + usage(done))
+    chunks.append("[]," + usage(tokens, details=False))
+    events = [f"data: {head}{chunk}}}\n\n".encode() for chunk in chunks]
+    return [*events, b"data: [DONE]\n\n"]
+
+
 class CannedClient:
     """The gateway's upstream client seam, answered in process."""
 
-    def __init__(self) -> None:
+    def __init__(self, vllm: bool = False, events_per_read: int = 1) -> None:
         stand_in = StandInUpstream(UpstreamConfig())
         whole = stand_in._completion(chat=True)
         self._whole = whole.split(b"\r\n\r\n", 1)[1]
-        self._events = stand_in._stream_events(chat=True, include_usage=True)
+        config = stand_in.config
+        events = (
+            vllm_events(config.model, config.chunks, config.prompt_tokens, int(time.time()))
+            if vllm
+            else stand_in._stream_events(chat=True, include_usage=True)
+        )
+        self._events = [
+            b"".join(events[at : at + events_per_read])
+            for at in range(0, len(events), events_per_read)
+        ]
         self._models = stand_in._models.split(b"\r\n\r\n", 1)[1]
 
     async def send(
@@ -91,7 +136,7 @@ class CannedClient:
         pass
 
 
-def build(keys: Path) -> tuple[object, str]:
+def build(keys: Path, vllm: bool = False, events_per_read: int = 1) -> tuple[object, str]:
     secret = add_key(keys, "bench", rpm=1_000_000_000, tpm=10**15, concurrency=100_000)
     settings = GatewaySettings(upstreams=[UPSTREAM], keys_file=keys)
     registry = CollectorRegistry()
@@ -99,7 +144,7 @@ def build(keys: Path) -> tuple[object, str]:
     metrics = GatewayMetrics(registry)
     limiter = build_limiter(settings, metrics, [])
     key_store = build_key_store(settings, metrics)
-    client = CannedClient()
+    client = CannedClient(vllm, events_per_read)
     app = create_app(
         settings,
         key_store=key_store,
@@ -173,7 +218,7 @@ async def drive(app: object, scope: dict[str, object], body: bytes, n: int, c: i
 
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        app, secret = build(Path(tmp) / "keys.yaml")
+        app, secret = build(Path(tmp) / "keys.yaml", args.vllm_events, args.events_per_read)
         tune_gc()  # as `vkit gateway` does before it serves
         async with app.running.lifespan():  # type: ignore[attr-defined]
             await app.running.prober.probe_all()  # type: ignore[attr-defined]
@@ -222,6 +267,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", help="write cProfile stats to FILE-<kind>-c<N>")
     parser.add_argument("--asyncio", action="store_true", help="asyncio's loop, not uvloop")
+    parser.add_argument(
+        "--vllm-events",
+        action="store_true",
+        help="stream vLLM's own chunks (per-chunk usage, compact JSON), not the stand-in's",
+    )
+    parser.add_argument(
+        "--events-per-read", type=int, default=1, help="stream events handed over per read"
+    )
     args = parser.parse_args()
     if args.asyncio:
         asyncio.run(main_async(args))

@@ -12,9 +12,12 @@ to its last chunk: the latest ``completion_tokens`` of every choice, summed, and
 count of content events relayed (vLLM sends one or more tokens a chunk).
 
 The per-chunk work stays on bytes: an event without ``"usage"`` is passed through
-untouched; one with a single ``"usage":{...}`` member has that member cut out by position
-and only its ~80 bytes decoded. Anything else (the member twice, odd spacing before it) is
-parsed and re-encoded, one parse per event.
+untouched; a chat chunk as vLLM writes it (compact JSON, its choice first, the flat ``usage``
+member last) is read by one anchored pattern that gives the choice's index, both counts and
+where the member starts; any other event with a single ``"usage":{...}`` member has that
+member cut out by position and only its ~80 bytes decoded. Anything else (the member twice,
+odd spacing before it) is parsed and re-encoded, one parse per event. The three paths give
+the same bytes and counts wherever more than one of them applies.
 
 :func:`usage_from_json` reads ``usage`` of a non-streaming answer: the top-level member,
 never one nested in ``choices`` or ``prompt_logprobs``; chat's counts or the agent APIs'
@@ -40,6 +43,23 @@ _CHOICE_INDEX = re.compile(rb'"index":\s*(\d+)')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens":(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":(\d+)')
 _SPACE = b" \t\r\n"
+# A chat chunk as vLLM's OpenAI server writes it with continuous_usage_stats (pydantic's
+# compact JSON): one choice with a text delta, no logprobs, the flat usage member last. Groups:
+# the choice's index (1), the member ``,"usage":{...}`` that ends the event (2), its
+# prompt_tokens (3) and completion_tokens (4). Its only free text is the id, the model, the
+# delta's string and the finish reason: none holds an unescaped quote or a control character,
+# so nothing in them reads as a member name (``"usage"``, ``"index"``, ``"choices"``) or as an
+# event's end, and whatever the pattern matches is one whole event.
+_STRING = rb'[^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*'
+_VLLM_CHUNK = re.compile(
+    rb'data: \{"id":"[^"\\\x00-\x1f]*","object":"chat\.completion\.chunk","created":\d+,'
+    rb'"model":"[^"\\\x00-\x1f]*","choices":\[\{"index":(0|[1-9]\d*),'
+    rb'"delta":\{(?:"role":"assistant",)?"(?:content|reasoning)":"' + _STRING + rb'"\},'
+    rb'"logprobs":null,"finish_reason":(?:null|"[a-z_]+","stop_reason":(?:null|\d+))'
+    rb'(?:,"token_ids":(?:null|\[[\d,]*\]))?\}\]'
+    rb'(,"usage":\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)'
+    rb'(?:,"completion_tokens_details":null)?\}\})'
+)
 _TAIL_TRIES = 4  # top-level candidates tried from the end before parsing the whole answer
 _DECODER = json.JSONDecoder()
 
@@ -117,6 +137,11 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
+        if data.endswith(_EVENT_END):  # one vLLM chunk, as vLLM sends them: matched at once
+            one = _VLLM_CHUNK.fullmatch(data, 0, len(data) - len(_EVENT_END))
+            if one is not None:
+                self._pending = b""
+                return self._vllm_chunk(data, one)
         end = data.rfind(_EVENT_END)
         if end < 0:
             self._pending = data
@@ -162,6 +187,9 @@ class StreamMeter:
 
     def _event(self, event: bytes) -> bytes | None:
         """One complete event (without its blank line): what to send on, or ``None``."""
+        chunk = _VLLM_CHUNK.fullmatch(event)
+        if chunk is not None:
+            return self._vllm_chunk(event, chunk)
         if _USAGE not in event:
             if event.lstrip().startswith(_DONE):
                 self.done = True
@@ -189,10 +217,22 @@ class StreamMeter:
         cut = _without_member(event, start, value_end)
         return cut if cut is not None else self._parsed_event(event, strip=True)
 
+    def _vllm_chunk(self, data: bytes, chunk: re.Match[bytes]) -> bytes:
+        """The event :data:`_VLLM_CHUNK` matched in ``data`` (and its blank line, if ``data``
+        has it): counted and its usage member cut as the byte path of :meth:`_event` would
+        (its one ``"index":`` is the choice's; its first ``"usage":{`` is that member)."""
+        self._count(int(chunk[1]), int(chunk[3]), int(chunk[4]))
+        if self._keep_chunk_usage:
+            return data
+        return data[: chunk.start(2)] + data[chunk.end(2) - 1 :]
+
     def _count_chunk(self, index: int, usage: Usage) -> None:
+        self._count(index, usage.prompt_tokens, usage.completion_tokens)
+
+    def _count(self, index: int, prompt: int, completion: int) -> None:
         self.content_events += 1
-        self._completion[index] = max(self._completion.get(index, 0), usage.completion_tokens)
-        self._prompt[index // self._choices_per_prompt] = usage.prompt_tokens
+        self._completion[index] = max(self._completion.get(index, 0), completion)
+        self._prompt[index // self._choices_per_prompt] = prompt
 
     def _parsed_event(self, event: bytes, strip: bool = False) -> bytes | None:
         """The slow path: parse the event's JSON, read and maybe remove its usage."""
