@@ -6,9 +6,11 @@ upstream client answers in process with the stand-in's canned answers (``bench/u
 chat completion, or a 16-chunk stream with usage in the last event), each stream event handed
 over as its own read, as vLLM sends tokens (``--events-per-read N``: N events a read).
 ``--vllm-events``: the 16-token stream as vLLM's OpenAI server writes it when the gateway asks
-for ``include_usage`` and ``continuous_usage_stats`` (:func:`vllm_events`), in place of the
-stand-in's. No server, no socket, no load generator: what is measured is the gateway's Python
-work per request (admission, the exchange, the relay, billing, metrics), the part that
+for ``include_usage`` and ``continuous_usage_stats`` (``vllm_events`` in ``bench/upstream.py``,
+which the stand-in writes to the gateway too), in place of the stand-in's older one.
+
+No server, no socket, no load generator: what is measured is the gateway's Python work per
+request (admission, the exchange, the relay, billing, metrics), the part that
 bench/run.py's figures hold beside uvicorn's and the kernel's, and far less noisy than they are
 on a shared VM (CPU time of this process only).
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from pathlib import Path
 from statistics import median
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from upstream import StandInUpstream, UpstreamConfig  # bench/upstream.py
+from upstream import StandInUpstream, UpstreamConfig, vllm_events  # bench/upstream.py
 
 from gateway.app import create_app
 from gateway.assembly import build_key_store, build_limiter
@@ -69,37 +70,6 @@ class Canned:
 
     def abort(self) -> None:
         pass
-
-
-def vllm_events(model: str, tokens: int, prompt_tokens: int, created: int) -> list[bytes]:
-    """A chat stream of ``tokens`` tokens ("tok " each, cut by ``max_tokens``) byte for byte as
-    vLLM 0.32's OpenAI server writes it with ``stream_options: {"include_usage": true,
-    "continuous_usage_stats": true}`` (pydantic's ``model_dump_json(exclude_unset=True)``,
-    compact): the role chunk (its usage followed by the first chunk's two null members), a
-    chunk per token (the last with its finish reason), each with its usage so far, the final
-    ``"choices":[]`` usage chunk, ``data: [DONE]``."""
-    head = f'{{"id":"chatcmpl-{0x5EED:016x}","object":"chat.completion.chunk","created":{created},'
-    head += f'"model":{json.dumps(model)},"choices":'
-
-    def usage(completion: int, details: bool = True) -> str:
-        counts = f'"prompt_tokens":{prompt_tokens},"total_tokens":{prompt_tokens + completion},'
-        counts += f'"completion_tokens":{completion}'
-        return '"usage":{' + counts + (',"completion_tokens_details":null}' if details else "}")
-
-    choice = '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-    chunks = [
-        choice
-        + '"finish_reason":null}],'
-        + usage(0)
-        + ',"prompt_token_ids":null,"prompt_text":null'
-    ]
-    for done in range(1, tokens + 1):
-        finish = '"length","stop_reason":null' if done == tokens else "null"
-        choice = '[{"index":0,"delta":{"content":"tok "},"logprobs":null,'
-        chunks.append(choice + f'"finish_reason":{finish},"token_ids":null}}],' + usage(done))
-    chunks.append("[]," + usage(tokens, details=False))
-    events = [f"data: {head}{chunk}}}\n\n".encode() for chunk in chunks]
-    return [*events, b"data: [DONE]\n\n"]
 
 
 class CannedClient:

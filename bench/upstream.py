@@ -7,7 +7,9 @@ Serves just enough of vLLM's surface for proxy benchmarks and gateway tests:
 - ``POST /v1/chat/completions`` and ``POST /v1/completions``: a fixed JSON answer with
   ``usage``; with ``"stream": true`` an SSE stream of ``--chunks`` chunks (chunked
   transfer encoding), then the usage chunk when ``stream_options.include_usage`` is set,
-  then ``data: [DONE]``.
+  then ``data: [DONE]``. A chat stream that also asks for ``continuous_usage_stats`` (as the
+  vkit gateway asks for every stream) is written byte for byte as vLLM 0.32 writes it, usage
+  on every chunk (:func:`vllm_events`).
 
 It parses only the request line, ``Content-Length`` and the few JSON fields it needs, so
 that it costs far less CPU than any proxy put in front of it.
@@ -56,6 +58,37 @@ def _head(status: int, content_type: str, length: int | None) -> bytes:
         f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
     )
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def vllm_events(model: str, tokens: int, prompt_tokens: int, created: int) -> list[bytes]:
+    """A chat stream of ``tokens`` tokens ("tok " each, cut by ``max_tokens``) byte for byte as
+    vLLM 0.32's OpenAI server writes it with ``stream_options: {"include_usage": true,
+    "continuous_usage_stats": true}`` (pydantic's ``model_dump_json(exclude_unset=True)``,
+    compact): the role chunk (its usage followed by the first chunk's two null members), a
+    chunk per token (the last with its finish reason), each with its usage so far, the final
+    ``"choices":[]`` usage chunk, ``data: [DONE]``."""
+    head = f'{{"id":"chatcmpl-{0x5EED:016x}","object":"chat.completion.chunk","created":{created},'
+    head += f'"model":{json.dumps(model)},"choices":'
+
+    def usage(completion: int, details: bool = True) -> str:
+        counts = f'"prompt_tokens":{prompt_tokens},"total_tokens":{prompt_tokens + completion},'
+        counts += f'"completion_tokens":{completion}'
+        return '"usage":{' + counts + (',"completion_tokens_details":null}' if details else "}")
+
+    choice = '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+    chunks = [
+        choice
+        + '"finish_reason":null}],'
+        + usage(0)
+        + ',"prompt_token_ids":null,"prompt_text":null'
+    ]
+    for done in range(1, tokens + 1):
+        finish = '"length","stop_reason":null' if done == tokens else "null"
+        choice = '[{"index":0,"delta":{"content":"tok "},"logprobs":null,'
+        chunks.append(choice + f'"finish_reason":{finish},"token_ids":null}}],' + usage(done))
+    chunks.append("[]," + usage(tokens, details=False))
+    events = [f"data: {head}{chunk}}}\n\n".encode() for chunk in chunks]
+    return [*events, b"data: [DONE]\n\n"]
 
 
 def _json_response(status: int, payload: object) -> bytes:
@@ -175,10 +208,18 @@ class StandInUpstream:
         if not request.get("stream"):
             writer.write(self._completion(chat))
             return
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        options = request.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
         delay = self.config.slow_chunk_delay_s if fault == "slow" else self.config.chunk_delay_s
         writer.write(_head(200, "text/event-stream", None))
-        for event in self._stream_events(chat, include_usage):
+        if chat and include_usage and options.get("continuous_usage_stats"):
+            config = self.config
+            events = vllm_events(
+                config.model, config.chunks, config.prompt_tokens, int(time.time())
+            )
+        else:
+            events = self._stream_events(chat, include_usage)
+        for event in events:
             if delay:
                 await writer.drain()
                 await asyncio.sleep(delay)
