@@ -38,6 +38,7 @@ Modules:
 - :mod:`.spill_settings` -- the spill-over endpoint's settings;
 - :mod:`.relay` -- the answer sent on to the client, under the idle, total and client-write
   deadlines;
+- :mod:`.held_head` -- uvicorn's HTTP protocol, a response's head written with its body;
 - :mod:`.usage_meter` -- the usage an answer or a stream reports, read on the bytes;
 - :mod:`.event_meter` -- the usage of the agent APIs' streams (named events, no ``[DONE]``);
 - :mod:`.billing` -- the tokens a request is billed, settled on its lease;
