@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,20 +102,19 @@ class Exchange(Response):
         forwarder, outcome, admitted = self.forwarder, self.outcome, self.admitted
         timeouts = forwarder.timeouts
         total_left = admitted.started + timeouts.total - forwarder.clock()
-        relay: Relay
-        if admitted.stream:  # a cut stream must stop vLLM at the cut: watched from the start
-            watch = WriteWatch(owner, timeouts.client_write, total_left)
-            relay = Relay(send, watch, forwarder, admitted, outcome)
+        stream = admitted.stream
+        # A cut stream must stop vLLM at the cut: watched from the start. A whole answer's
+        # watch is started by the write watch's one timer, if the exchange lasts that long.
+        watch = WriteWatch(
+            owner,
+            timeouts.client_write,
+            total_left,
+            math.inf if stream else DISCONNECT_WATCH_AFTER_S,
+            None if stream else lambda: self._start_watching(receive, owner, relay),
+        )
+        relay = Relay(send, watch, forwarder, admitted, outcome)
+        if stream:
             self._start_watching(receive, owner, relay)
-        else:  # the watch's one timer starts the disconnect watch, if the exchange lasts
-            watch = WriteWatch(
-                owner,
-                timeouts.client_write,
-                total_left,
-                DISCONNECT_WATCH_AFTER_S,
-                lambda: self._start_watching(receive, owner, relay),
-            )
-            relay = Relay(send, watch, forwarder, admitted, outcome)
         metrics = forwarder.metrics
         if self.metered:
             metrics.in_flight.inc()

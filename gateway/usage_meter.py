@@ -137,7 +137,8 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
-        if data.endswith(_EVENT_END):  # one vLLM chunk, as vLLM sends them: matched at once
+        tried = data.endswith(_EVENT_END)
+        if tried:  # one vLLM chunk, as vLLM sends them: matched at once
             one = _VLLM_CHUNK.fullmatch(data, 0, len(data) - len(_EVENT_END))
             if one is not None:
                 self._pending = b""
@@ -156,7 +157,8 @@ class StreamMeter:
             self.content_events += events
             return complete
         if complete.find(_EVENT_END) == len(complete) - len(_EVENT_END):  # one event: most
-            kept = self._event(complete[: -len(_EVENT_END)])
+            # (when ``data`` ended with it, it is ``data``, which the pattern did not match)
+            kept = self._event(complete[: -len(_EVENT_END)], vllm_tried=tried)
             return b"" if kept is None else kept + _EVENT_END
         sent = (self._event(event) for event in complete.split(_EVENT_END)[:-1])
         return b"".join(event + _EVENT_END for event in sent if event is not None)
@@ -185,9 +187,10 @@ class StreamMeter:
             return sum(self._completion.values())
         return self.content_events
 
-    def _event(self, event: bytes) -> bytes | None:
-        """One complete event (without its blank line): what to send on, or ``None``."""
-        chunk = _VLLM_CHUNK.fullmatch(event)
+    def _event(self, event: bytes, vllm_tried: bool = False) -> bytes | None:
+        """One complete event (without its blank line): what to send on, or ``None``.
+        ``vllm_tried``: :data:`_VLLM_CHUNK` is known not to match it."""
+        chunk = None if vllm_tried else _VLLM_CHUNK.fullmatch(event)
         if chunk is not None:
             return self._vllm_chunk(event, chunk)
         if _USAGE not in event:
