@@ -65,6 +65,9 @@ class Canned:
         for part in self._parts:
             yield part
 
+    def unread(self) -> bytes:
+        return b""
+
     def release(self) -> None:
         pass
 

@@ -69,6 +69,9 @@ class UpstreamResponse(Protocol):
     def chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive; raises UpstreamBroken."""
 
+    def unread(self) -> bytes:
+        """The body bytes that came and were not read yet, taken without waiting."""
+
     def release(self) -> None:
         """Done reading everything: the connection may be reused."""
 
@@ -120,6 +123,12 @@ class AiohttpResponse:
             if not chunk:
                 return
             yield chunk
+
+    def unread(self) -> bytes:
+        try:
+            return self._response.content.read_nowait()
+        except (RuntimeError, aiohttp.ClientError, OSError):  # a read waits, or it broke
+            return b""
 
     def release(self) -> None:
         self._response.release()

@@ -26,7 +26,9 @@ over ``idle`` or the ``total`` deadline -> an ``data: {"error": ...}`` event and
 past the ``total`` deadline, is given up on: status 499 and ``client_write_timeouts``.
 ``total`` so bounds the whole request, from admission to the last write: the key's slot is
 free by then (and that second). Every way,
-the upstream connection is closed, so vLLM aborts, and the key is billed what was relayed.
+the upstream connection is closed, so vLLM aborts, and the key is billed what the upstream
+sent: what was relayed and, when the client left or stopped taking writes, what had come and
+was not yet read (:meth:`Relay.meter_unread`; docs/gateway-server.md#a-client-that-leaves-a-stream).
 """
 
 from __future__ import annotations
@@ -191,6 +193,8 @@ class Exchange(Response):
         try:
             await relay.answer(response, deadline)
         except BaseException:
+            if self._client_gone or relay.watch.gave_up:
+                relay.meter_unread(response)
             response.abort()
             raise
         response.release()

@@ -26,6 +26,7 @@ does for idempotent methods.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any, cast
@@ -46,6 +47,10 @@ from gateway.client import (
 
 _PAUSE_AT = 1 << 16  # body bytes buffered and not yet read at which reading pauses
 _SWEEP_S = 0.5
+_UNREAD_READ = 1 << 18  # bytes per read of a socket's receive queue (asyncio's own size)
+# At most this much is read from the socket by ``unread``: what a loopback receive queue holds
+# when the gateway fell behind, bounded so that an upstream writing on cannot hold the loop.
+UNREAD_CAP = 1 << 22
 _RESENT_ON_STALE = frozenset({"GET", "HEAD"})
 
 
@@ -109,6 +114,31 @@ class _Connection(asyncio.Protocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+        return data
+
+    def unread(self, cap: int = UNREAD_CAP) -> bytes:
+        """The body bytes that came and were not read, taken without waiting: those parsed
+        already, and what the socket's receive queue holds (read now, up to ``cap`` bytes).
+        For an answer about to be aborted: what the upstream sent before the abort, which
+        the key is billed for (docs/gateway-server.md#a-client-that-leaves-a-stream)."""
+        transport = self.transport
+        if transport is not None and not self.complete and self._failure is None:
+            sock = transport.get_extra_info("socket")
+            fd = -1 if sock is None else sock.fileno()
+            left = cap
+            while fd >= 0 and left > 0 and self._parser is not None and not self.complete:
+                try:
+                    data = os.read(fd, min(left, _UNREAD_READ))
+                except OSError:  # nothing more queued (EAGAIN), or the connection broke
+                    break
+                if not data:
+                    break
+                left -= len(data)
+                self.data_received(data)
+        body = self._body
+        data = b"".join(body)
+        body.clear()
+        self._buffered = 0
         return data
 
     async def _wait(self) -> None:
@@ -239,6 +269,10 @@ class RawResponse:
         assert conn is not None, "read after release"
         while chunk := await conn.next_chunk():
             yield chunk
+
+    def unread(self, cap: int = UNREAD_CAP) -> bytes:
+        conn = self._conn
+        return b"" if conn is None else conn.unread(cap)
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -301,6 +301,15 @@ class Relay:
         self.finishing = True
         await self.deliver({"type": "http.response.body", "body": tail, "more_body": False})
 
+    def meter_unread(self, response: UpstreamResponse) -> None:
+        """Meter what the upstream sent of a stream and the client will not get: the
+        chunks already in its connection when the client left (vLLM generated them)."""
+        meter = self._outcome.meter
+        if meter is not None:
+            data = response.unread()
+            if data:
+                meter.feed(data)
+
     async def whole(
         self,
         status: int,

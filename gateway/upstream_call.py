@@ -329,6 +329,9 @@ class _BufferedResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self._body
 
+    def unread(self) -> bytes:
+        return b""
+
     def release(self) -> None:
         pass
 

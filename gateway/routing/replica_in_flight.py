@@ -44,6 +44,9 @@ class InFlightResponse:
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.chunks()
 
+    def unread(self) -> bytes:
+        return self._response.unread()
+
     def release(self) -> None:
         self._done()
         self._response.release()

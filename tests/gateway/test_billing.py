@@ -8,7 +8,9 @@ top-level ``usage``; an answer without one bills the reservation and is counted.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from gateway.body import estimate_prompt_tokens
@@ -171,3 +173,80 @@ async def test_embeddings_refuse_stream_true(
         response = await gw.client.post("/v1/embeddings", json=body, headers=AUTH)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/json")
+
+
+def _chunk(completion_tokens: int) -> bytes:
+    """One vLLM chat chunk with its running usage (``continuous_usage_stats``)."""
+    usage = {"prompt_tokens": 7, "total_tokens": 7 + completion_tokens}
+    usage["completion_tokens"] = completion_tokens
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": "abcd"}, "finish_reason": None}],
+        "usage": usage,
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+class _BehindResponse:
+    """A stream whose first chunk was read, and whose next chunks had come (in the
+    connection, not yet read) when the client left; then nothing more comes."""
+
+    status = 200
+    content_type = "text/event-stream"
+
+    def __init__(self) -> None:
+        self.waiting = b"".join(_chunk(4 * i) for i in range(2, 6)) + b'data: {"id'
+        self.aborted = False
+
+    async def read(self) -> bytes:
+        raise AssertionError("a stream is read by chunks")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield _chunk(4)
+        await asyncio.Event().wait()  # what came next is in the connection, unread
+        yield b""
+
+    def unread(self) -> bytes:
+        waiting, self.waiting = self.waiting, b""
+        return waiting
+
+    def release(self) -> None:
+        raise AssertionError("a cut stream is aborted, not released")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _BehindClient:
+    def __init__(self) -> None:
+        self.responses: list[_BehindResponse] = []
+
+    async def send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> _BehindResponse:
+        self.responses.append(_BehindResponse())
+        return self.responses[-1]
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_client_that_leaves_is_billed_what_had_come_and_was_not_yet_read(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The gateway fell behind the upstream (it had read one chunk of five when the client
+    left): the chunks already in the connection are billed, up to the last whole one
+    (20 tokens), not only the one read (4); vLLM generated them all before the abort."""
+    client = _BehindClient()
+    gw = await start_gateway(upstream_client=client)
+    async with gw.client.stream("POST", "/v1/chat/completions", json=STREAM, headers=AUTH) as r:
+        async for chunk in r.aiter_bytes():
+            assert b"abcd" in chunk
+            break
+    await wait_until(lambda: bool(gw.limiter.leases[0].settled))
+    assert client.responses[0].aborted
+    assert gw.limiter.leases[0].settled == [7 + 20]
+    assert gw.metric("vkit_gateway_tokens_total", COMPLETION_TOKENS) == 20

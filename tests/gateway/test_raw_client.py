@@ -4,6 +4,10 @@ socket: framing split across reads, the four failure kinds, the keep-alive pool,
 from __future__ import annotations
 
 import asyncio
+import queue
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -377,3 +381,81 @@ async def test_bytes_past_the_answer_leave_the_connection_unused() -> None:
             response.release()
             await asyncio.sleep(0.01)
         assert upstream.connections == 2
+
+
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class _ThreadedStream:
+    """An upstream in a thread that answers one request with a chunked stream: ``first``,
+    then each part written when the test asks (``write``) and in the kernel when it returns,
+    whatever the test's event loop does meanwhile."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._parts: queue.Queue[bytes | None] = queue.Queue()
+        self._written = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while (part := self._parts.get()) is not None:
+                conn.sendall(part)
+                self._written.set()
+            conn.recv(1)  # until the client closes
+
+    def write(self, part: bytes) -> None:
+        """Blocks (the loop too) until ``part`` is sent, then lets the kernel deliver it."""
+        self._written.clear()
+        self._parts.put(part)
+        assert self._written.wait(2)
+        time.sleep(0.05)
+
+    def close(self) -> None:
+        self._parts.put(None)
+        self._listener.close()
+
+
+async def test_unread_takes_what_was_parsed_and_what_the_socket_holds_without_waiting() -> None:
+    """What a stream's upstream sent and the gateway had not read when its client left:
+    the parsed bytes not yet taken, then the socket's receive queue, framing decoded."""
+    upstream = _ThreadedStream()
+    try:
+        async with raw_client() as client:
+            response = await client.send("POST", upstream.url + "/", HEADERS, b"{}")
+            chunks = response.chunks()
+            upstream.write(_chunked(b"one;"))
+            assert await anext(chunks) == b"one;"
+            upstream.write(_chunked(b"two;"))
+            await asyncio.sleep(0.05)  # the loop reads and parses it; nobody takes it
+            upstream.write(_chunked(b"three;") + _chunked(b"fo"))  # the loop never runs
+            upstream.write(_chunked(b"ur;"))
+            assert response.unread() == b"two;three;four;"
+            assert response.unread() == b""  # nothing more came
+            upstream.write(_chunked(b"five;") + _chunked(b"six;"))
+            assert response.unread() == b"five;six;"
+            response.abort()
+    finally:
+        upstream.close()
+
+
+async def test_unread_reads_the_socket_up_to_its_cap() -> None:
+    upstream = _ThreadedStream()
+    try:
+        async with raw_client() as client:
+            response = await client.send("POST", upstream.url + "/", HEADERS, b"{}")
+            parts = [_chunked(b"%04d;" % i) for i in range(100)]  # 10 bytes each, framed
+            upstream.write(b"".join(parts))
+            assert response.unread(cap=100) == b"".join(b"%04d;" % i for i in range(10))
+            assert response.unread() == b"".join(b"%04d;" % i for i in range(10, 100))
+            response.abort()
+    finally:
+        upstream.close()

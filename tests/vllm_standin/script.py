@@ -21,6 +21,9 @@ class WholeAnswer:
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self.body
 
+    def unread(self) -> bytes:
+        return b""
+
     def release(self) -> None:
         pass
 
