@@ -3,7 +3,8 @@
 Registered in ``tests/conftest.py`` (``pytest_plugins = ["tests.engine"]``); run alone with
 ``-p tests.engine``. The fixture :func:`vllm_replicas` builds the tiny model once
 (:func:`launcher.supervision.tiny_model.build_tiny_model`), starts both replicas in parallel through
-``vkit launch --cpu`` (each pinned to its own core, ``VLLM_CPU_KVCACHE_SPACE=1``,
+``vkit launch --cpu`` (each pinned to its own core and in its own process group of the tests'
+session, ``VLLM_CPU_KVCACHE_SPACE=1``,
 ``--enforce-eager``, ``--max-model-len 2048``, served as ``tiny-llama``, logs to files),
 waits for them with a bounded timeout, and stops them at the end (SIGTERM, then SIGKILL).
 
@@ -125,8 +126,19 @@ class EngineReplica:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 cwd=REPO_ROOT,
-                start_new_session=True,
+                # Its own process group, in the tests' session: a session of its own is a
+                # scheduling group of its own (the kernel's autogroup), and a generating
+                # replica's group then held both CPUs for seconds, the tests' process and
+                # the replica's own API server waiting (docs/vllm-server.md#one-scheduling-group).
+                process_group=0,
             )
+
+    @property
+    def pid(self) -> int:
+        """The ``vkit launch`` process's (vLLM's server and engine core are below it)."""
+        if self._proc is None:
+            raise RuntimeError(f"replica on port {self.port} was never started")
+        return self._proc.pid
 
     @property
     def running(self) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +33,10 @@ EVENTS_READ = 10
 # busy (docs/vllm-server.md#client-disconnects-and-aborts).
 TOLERANCE = STREAM_INTERVAL + 24
 TRIES = 5
-# On the 2-CPU test machines, a generating replica's engine core and worker processes at times
-# hold both CPUs for 1-5 s, and every other process (these tests, vLLM's own API server) waits,
-# runnable (docs/vllm-server.md#client-disconnects-and-aborts). A try in which this loop was
-# held that long shows the machine, not the gateway: vLLM's server could not see the cut
+# When a generating replica's processes held both CPUs (each replica in a session of its own,
+# a scheduling group of its own: docs/vllm-server.md#one-scheduling-group), every other process
+# (these tests, vLLM's own API server) waited, runnable, for 0.7-4.6 s. A try in which this loop
+# was held that long shows the machine, not the gateway: vLLM's server could not see the cut
 # either, and its engine generated on, tokens never sent. Such a try is made again.
 STALL_S = 0.5
 
@@ -148,6 +150,29 @@ async def test_a_cut_stream_bills_what_vllm_generated(
     # max_tokens after it.
     assert cut.generated - cut.at_cut <= TOLERANCE, stories
     assert cut.generated - TOLERANCE <= cut.billed <= cut.generated, stories
+
+
+def autogroup(pid: int | str) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
+def test_every_replica_process_is_scheduled_in_the_tests_group(
+    vllm_replicas: list[Any],
+) -> None:
+    """vkit launch, vLLM's API server, its engine core and worker: all in the tests' session,
+    so that the kernel's autogroup does not give a generating replica the CPUs apart."""
+    import psutil
+
+    ours = autogroup("self")
+    for replica in vllm_replicas:
+        tree = psutil.Process(replica.pid).children(recursive=True)
+        assert len(tree) >= 2, "vkit launch, then vLLM's server and its engine core"
+        for process in [psutil.Process(replica.pid), *tree]:
+            assert os.getsid(process.pid) == os.getsid(0), process.cmdline()
+            assert autogroup(process.pid) == ours, process.cmdline()
 
 
 async def test_n_2_is_reserved_and_billed_twice(

@@ -1,8 +1,12 @@
 """A supervisor for a group of processes: start, wait until ready, stop them all.
 
-Every child starts in its own session (its own process group), with stdout and
-stderr going to its log file. Readiness waits are bounded; a child that exits or
-does not get ready in time raises ``ProcessFailed`` with the last lines of its log.
+Every child starts in its own process group, in vkit's own session, with stdout and
+stderr going to its log file. Not in a session of its own: where the kernel schedules by
+session (autogroup, ``/proc/sys/kernel/sched_autogroup_enabled``), a session is a share of
+the CPUs apart, and on a 2-CPU machine a generating vLLM replica's session held both CPUs for
+up to 4.6 s while the gateway's process waited, runnable
+(docs/vllm-server.md#one-scheduling-group). Readiness waits are bounded; a child that exits
+or does not get ready in time raises ``ProcessFailed`` with the last lines of its log.
 ``stop_all`` asks each stop tier in turn to stop, waits up to a grace period, then
 SIGKILLs the whole process group, so that grandchildren (vLLM's engine core) go too.
 A child that died on its own can be started again in its place (``reap`` what it left
@@ -138,7 +142,7 @@ class ProcessGroup:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**self._base_env, **spec.env},
-                start_new_session=True,
+                process_group=0,
             )
         except OSError as exc:
             log.close()

@@ -109,6 +109,27 @@ def test_stop_all_kills_a_stubborn_child_and_its_grandchild_in_a_new_session(
     assert group.running == []
 
 
+def autogroup(pid: int | str) -> str | None:
+    """The kernel's scheduling group by session (``/autogroup-N``), where it has them."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.integration
+def test_each_child_has_its_own_process_group_in_vkits_session(tmp_path: Path) -> None:
+    """Its own group, so that the whole group is killed (grandchildren too); vkit's session,
+    so that the kernel's autogroup schedules it with the gateway, not as a share apart."""
+    with ProcessGroup() as group:
+        running = group.start(spec(tmp_path, "sleeper", "import time; time.sleep(600)"))
+        pid = running.popen.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getsid(pid) == os.getsid(0)
+        assert autogroup(pid) == autogroup("self")
+        group.stop_all(grace_s=0.5)
+
+
 @pytest.mark.integration
 def test_a_missing_program_is_one_clear_error(tmp_path: Path) -> None:
     missing = ProcessSpec("nginx", ("/nonexistent/nginx",), tmp_path / "n.log")
