@@ -193,9 +193,11 @@ class Exchange(Response):
         try:
             await relay.answer(response, deadline)
         except BaseException:
-            if self._client_gone or relay.watch.gave_up:
-                relay.meter_unread(response)
-            response.abort()
+            try:
+                if self._client_gone or relay.watch.gave_up:
+                    relay.meter_unread(response)
+            finally:
+                response.abort()  # whatever metering did: vLLM must stop
             raise
         response.release()
 

@@ -459,3 +459,11 @@ async def test_unread_reads_the_socket_up_to_its_cap() -> None:
             response.abort()
     finally:
         upstream.close()
+
+
+def test_unread_under_uvloop_as_the_gateway_runs() -> None:
+    """`vkit gateway` runs uvloop, whose transports give a socket of their own kind."""
+    import uvloop  # a dependency of the kit: the gateway's loop
+
+    uvloop.run(test_unread_takes_what_was_parsed_and_what_the_socket_holds_without_waiting())
+    uvloop.run(test_unread_reads_the_socket_up_to_its_cap())
