@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from gateway.body import estimate_prompt_tokens
 from tests.engine import MAX_MODEL_LEN
 from tests.gateway.conftest import AUTH, GatewayFactory, wait_until
 from tests.gateway.test_engine import MODEL, gateway_for, replicas_sum, settled_sum
+from tests.vkit.stack.test_processes import autogroup
 
 pytestmark = pytest.mark.engine
 
@@ -150,13 +150,6 @@ async def test_a_cut_stream_bills_what_vllm_generated(
     # max_tokens after it.
     assert cut.generated - cut.at_cut <= TOLERANCE, stories
     assert cut.generated - TOLERANCE <= cut.billed <= cut.generated, stories
-
-
-def autogroup(pid: int | str) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
-    except OSError:
-        return None
 
 
 def test_every_replica_process_is_scheduled_in_the_tests_group(
