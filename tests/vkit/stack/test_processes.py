@@ -109,12 +109,27 @@ def test_stop_all_kills_a_stubborn_child_and_its_grandchild_in_a_new_session(
     assert group.running == []
 
 
-def autogroup(pid: int | str) -> str | None:
-    """The kernel's scheduling group by session (``/autogroup-N``), where it has them."""
+def autogroup(pid: int | str, proc: Path = Path("/proc")) -> str | None:
+    """The kernel's scheduling group by session (``/autogroup-N``), where it has them.
+
+    None where the kernel has none, and where the process is in the kernel's default group
+    (a session that no ``setsid`` began while autogroup was on, as under ``noautogroup`` or
+    in some CI runners): the file is then empty, and the tests' own CI ran that way."""
     try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        fields = (proc / str(pid) / "autogroup").read_text().split()
     except OSError:
         return None
+    return fields[0] if fields else None
+
+
+def test_autogroup_reads_a_group_an_empty_file_and_no_file(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "autogroup").write_text("/autogroup-2470 nice 0\n")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "autogroup").write_text("")
+    assert autogroup(7, tmp_path) == "/autogroup-2470"
+    assert autogroup(1, tmp_path) is None
+    assert autogroup(2, tmp_path) is None
 
 
 @pytest.mark.integration
