@@ -8,7 +8,8 @@ dependency: ``.venv/bin/pip install py-spy``. py-spy samples wall time while the
 running or runnable: on a busy machine compare tables of one run, and take CPU figures
 from ``bench/run.py``.
 
-    .venv/bin/python bench/cpu_profile.py --concurrency 16,64 [--duration 8] [--stream] [--top 25]
+    .venv/bin/python bench/cpu_profile.py --concurrency 16,64 [--duration 8] [--stream]
+        [--chunk-delay-ms 1] [--top 25]
 
 Writes each run's collapsed stacks to ``.vkit/bench/profile-c<N>[-stream].txt`` (feed them
 to any flame-graph viewer) and prints the gateway's CPU ms per request beside the tables.
@@ -105,6 +106,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="16,64", help="comma-separated")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per profile")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the stand-in's pause before each stream chunk (bench/run.py's option)",
+    )
     parser.add_argument("--top", type=int, default=25)
     default_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     parser.add_argument("--py-spy", default=default_spy)
@@ -117,6 +124,7 @@ def main() -> None:
         upstream_port, port = free_port(), free_port()
         upstream = f"http://127.0.0.1:{upstream_port}"
         argv = [sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", str(upstream_port)]
+        argv += ["--chunk-delay-ms", str(args.chunk_delay_ms)]
         keys = work / "keys.yaml"
         secret = add_key(keys, "bench", rpm=100_000_000, tpm=1_000_000_000, concurrency=1000)
         env = {
