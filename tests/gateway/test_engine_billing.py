@@ -33,11 +33,11 @@ EVENTS_READ = 10
 # busy (docs/vllm-server.md#client-disconnects-and-aborts).
 TOLERANCE = STREAM_INTERVAL + 24
 TRIES = 5
-# When a generating replica's processes held both CPUs (each replica in a session of its own,
-# a scheduling group of its own: docs/vllm-server.md#one-scheduling-group), every other process
-# (these tests, vLLM's own API server) waited, runnable, for 0.7-4.6 s. A try in which this loop
-# was held that long shows the machine, not the gateway: vLLM's server could not see the cut
-# either, and its engine generated on, tokens never sent. Such a try is made again.
+# When a generating replica's processes held both CPUs (as when each replica had a session,
+# and so a scheduling group, of its own: docs/vllm-server.md#one-scheduling-group), every other
+# process (these tests, vLLM's own API server) waited, runnable, for 0.7-4.6 s. A try in which
+# this loop was held that long shows the machine, not the gateway: vLLM's server could not see
+# the cut either, and its engine generated on, tokens never sent. Such a try is made again.
 STALL_S = 0.5
 
 
