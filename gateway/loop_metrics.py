@@ -175,7 +175,11 @@ class LoopFamily(Collector, Generic[SeriesT]):
     def collect(self) -> list[Metric]:
         metric = Metric(self._name, self._documentation, self._type)
         names = self._labelnames
-        for values, series in list(self._series.items()):  # a copy: new series may come
+        # One C call copies the series (dict.copy(), as prometheus_client copies its own under
+        # its lock): list(items()) would walk the live dict, and a collection the garbage
+        # collector starts while it builds the list may run Python code that lets the loop's
+        # thread add a series mid-walk.
+        for values, series in self._series.copy().items():
             labels = dict(zip(names, values, strict=True))
             for suffix, own, value in series.samples():
                 metric.add_sample(self._name + suffix, {**labels, **own}, value)

@@ -10,6 +10,7 @@ the time each series was made, so their values are compared to the clock, not to
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import threading
@@ -346,3 +347,34 @@ def test_a_scrape_from_another_thread_sees_every_series_while_new_ones_come() ->
     assert failures == [] and len(scraped) > 1
     assert registry.get_sample_value("x_total", {"key": "k19999"}) == 1.0
     assert registry.get_sample_value("y_count", {"key": "k0"}) == 40.0
+
+
+def test_a_scrape_copies_the_series_before_code_the_garbage_collector_runs_can_add_one() -> None:
+    """The thread test's rare failure, made certain: a scrape that builds its copy item by item
+    allocates a tuple per series; past the tuple free list an allocation may start a
+    collection, and the Python code a collection runs (finalizers, ``gc.callbacks``) is where
+    another thread gets the interpreter and adds a series. Here a ``gc.callbacks`` hook is that
+    other thread, and a collection runs at every allocation."""
+    registry = CollectorRegistry()
+    tokens = LoopCounter("x", "h", ("key",), registry)
+    for n in range(5_000):  # more than the interpreter keeps free pairs for
+        tokens.labels(f"k{n}").inc()
+    added: list[object] = []
+    scraping = False
+
+    def writer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and scraping:
+            added.append(tokens.labels(f"new{len(added)}"))
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(writer)
+    gc.set_threshold(1)
+    try:
+        scraping = True
+        text = generate_latest(registry).decode()
+    finally:
+        scraping = False
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(writer)
+    assert added  # the hook did add series during the scrape
+    assert all(f'x_total{{key="k{n}"}} 1.0' in text for n in range(5_000))
